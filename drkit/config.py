@@ -1,0 +1,170 @@
+"""The configuration file: found, read and validated once, at the edge.
+
+Lookup order: ``-c/--config PATH``, then ``$DRKIT_CONFIG``, then
+``/etc/drkit/drkit.yaml``. Errors name the key (``sources[1].paths``) and what is wrong.
+Library code never reads the environment: the CLI passes an :class:`Environment`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drkit.errors import ConfigError
+from drkit.sources import build_source
+from drkit.sources.base import Source
+
+DEFAULT_CONFIG_PATH = Path("/etc/drkit/drkit.yaml")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The process environment, captured once by the CLI and passed down."""
+
+    vars: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls) -> "Environment":
+        return cls(dict(os.environ))
+
+    def get(self, name: str) -> str | None:
+        value = self.vars.get(name)
+        return value if value not in (None, "") else None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RepositoryConfig(_Strict):
+    url: str = Field(min_length=1)
+    password_file: Path | None = None
+    password_command: str | None = None
+    compression: int | Literal["auto", "off", "max"] = "auto"
+    """zstd level 1-19, 'auto' (fast, level 3), 'max' (19) or 'off'."""
+    pack_size_mib: int = Field(16, ge=1, le=128)
+    index_every_packs: int = Field(32, ge=1)
+    """Write an intermediate index after this many packs (crash recovery granularity)."""
+    workers: int = Field(0, ge=0, le=64)
+    """Threads that hash, compress and encrypt; 0 means one per CPU."""
+    s3: dict[str, Any] | None = None
+    sftp: dict[str, Any] | None = None
+
+    def storage_options(self) -> dict[str, Any]:
+        return {"s3": self.s3 or {}, "sftp": self.sftp or {}}
+
+    def zstd_level(self) -> int:
+        if self.compression == "off":
+            return 0
+        if self.compression == "auto":
+            return 3
+        if self.compression == "max":
+            return 19
+        return int(self.compression)
+
+    @field_validator("compression")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 0 <= v <= 19:
+            raise ValueError("zstd level must be between 0 and 19")
+        return v
+
+
+class RawConfig(_Strict):
+    repository: RepositoryConfig
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    hostname: str | None = None
+    # Sections owned by other modules; validated there.
+    schedule: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    runbooks: dict[str, Any] | None = None
+    drill: dict[str, Any] | None = None
+
+
+@dataclass
+class Config:
+    """A validated configuration."""
+
+    path: Path | None
+    repository: RepositoryConfig
+    sources: list[Source]
+    raw: RawConfig
+
+    def source(self, name: str) -> Source:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise ConfigError(
+            f"no source named {name!r}",
+            key="sources",
+            hint="configured: " + (", ".join(s.name for s in self.sources) or "none"),
+        )
+
+    def select_sources(self, names: list[str] | tuple[str, ...]) -> list[Source]:
+        return [self.source(n) for n in names] if names else list(self.sources)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: Any, path: Path | None = None) -> Config:
+    """Validate a parsed YAML document; raises ConfigError naming the bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError("the file must be a YAML mapping with a 'repository' key")
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(err["msg"], key=_loc(tuple(err["loc"]))) from None
+    sources: list[Source] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(raw.sources):
+        key = f"sources[{i}]"
+        name = spec.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(
+                "every source needs a 'name': letters, digits, '.', '_' or '-' (at most 63)",
+                key=f"{key}.name",
+            )
+        if name in seen:
+            raise ConfigError(f"duplicate source name {name!r}", key=f"{key}.name")
+        seen.add(name)
+        if not isinstance(spec.get("type"), str):
+            raise ConfigError("every source needs a 'type'", key=f"{key}.type")
+        sources.append(build_source(spec, key=key))
+    return Config(path=path, repository=raw.repository, sources=sources, raw=raw)
+
+
+def load_config(path: Path | None, env: Environment) -> Config:
+    """Find and load the config file (see module doc for the lookup order)."""
+    if path is None:
+        from_env = env.get("DRKIT_CONFIG")
+        path = Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found",
+            hint="pass -c PATH, set DRKIT_CONFIG, or start from config/drkit.example.yaml",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    return parse_config(data, path)

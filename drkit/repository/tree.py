@@ -1,0 +1,89 @@
+"""Snapshot trees: the list of entries (files, directories, symlinks) of a snapshot.
+
+A tree is serialised as JSON lines, one :class:`Entry` per line, in the order the
+source produced them (directories before their contents). The serialised stream is
+chunked like file data and stored as blobs of type ``tree``, so unchanged metadata
+deduplicates across snapshots. The snapshot manifest lists the tree blob ids in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+ENTRY_TYPES = (FILE, DIR, SYMLINK)
+
+
+@dataclass
+class Entry:
+    """One item of a snapshot.
+
+    ``path`` is the logical path: absolute for files taken from the host
+    (``/srv/data/x``), relative for artefacts a source produced (``state.db``).
+    Restore puts it at ``TARGET/<path without leading slash>``.
+    ``chunks`` are hex chunk ids whose plaintexts, concatenated, are the content.
+    """
+
+    path: str
+    type: str
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    size: int = 0
+    chunks: list[str] = field(default_factory=list)
+    target: str = ""
+    # change detection for the files source (not restored)
+    inode: int = 0
+    ctime_ns: int = 0
+    dev: int = 0
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v not in ("", 0, []) or k in ("path", "type")}
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Entry":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Entry":
+        return cls.from_dict(json.loads(line))
+
+    def unchanged_since(self, other: "Entry") -> bool:
+        """True when stat data says the file content cannot have changed."""
+        return (
+            self.type == FILE
+            and other.type == FILE
+            and self.size == other.size
+            and self.mtime_ns == other.mtime_ns
+            and self.ctime_ns == other.ctime_ns
+            and self.inode == other.inode
+            and self.dev == other.dev
+        )
+
+
+def encode_entries(entries: Iterable[Entry]) -> Iterator[bytes]:
+    """Serialise entries as JSON lines (UTF-8, ASCII-escaped)."""
+    for entry in entries:
+        yield (entry.to_json() + "\n").encode("ascii")
+
+
+def decode_lines(chunks: Iterable[bytes]) -> Iterator[Entry]:
+    """Parse JSON lines from a sequence of byte chunks split anywhere."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line:
+                yield Entry.from_json(line.decode("ascii"))
+    if pending.strip():
+        yield Entry.from_json(pending.decode("ascii"))

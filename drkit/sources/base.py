@@ -1,0 +1,162 @@
+"""The source seam: what is saved, and how it is put back.
+
+A source knows how to take a consistent copy of one thing (a directory tree, a SQLite
+database, an etcd snapshot, a Git repository, a Longhorn volume ...) and how to put it
+back. It knows nothing of storage or crypto: during backup it hands entries and byte
+streams to a :class:`BackupContext`; during restore it reads them from a
+:class:`RestoreContext`.
+
+Adding a source type:
+
+1. subclass :class:`Source`, set ``type_name`` and an ``Options`` pydantic model
+   (``extra="forbid"``) for its config keys (they sit next to ``name`` and ``type``
+   in the ``sources:`` list of the config file);
+2. register the class path in :data:`drkit.sources.SOURCE_TYPES`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from drkit.repository.tree import Entry
+
+if TYPE_CHECKING:
+    from drkit.repository.snapshot import Snapshot
+
+
+class SourceOptions(BaseModel):
+    """Base of every source's options model: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackupContext(Protocol):
+    """What a source may do while it is backed up (implemented by services.backup).
+
+    Entries are recorded in the order they are added; add a directory before its
+    contents. Paths are logical (see :class:`~drkit.repository.tree.Entry`).
+    """
+
+    source_name: str
+    scratch_dir: Path
+    """A private, empty directory on the backup host, deleted after the run."""
+    meta: dict[str, Any]
+    """Source metadata stored in this snapshot's manifest (``snapshot.meta``)."""
+    run_meta: dict[str, Any]
+    """Metadata shared by every source of one ``drkit backup`` run (``snapshot.run_meta``)."""
+
+    def add_dir(self, path: str, st: os.stat_result | None = None, *, mode: int = 0o755) -> Entry: ...
+
+    def add_symlink(self, path: str, target: str, st: os.stat_result | None = None) -> Entry: ...
+
+    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
+        """Store a regular file; reuses the parent snapshot's chunks when unchanged."""
+        ...
+
+    def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
+        """Store everything *stream* yields until EOF as one file entry."""
+        ...
+
+    def add_bytes(self, path: str, data: bytes, *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry: ...
+
+    def parent_entry(self, path: str) -> Entry | None:
+        """The entry of the same path in this source's previous snapshot, if any."""
+        ...
+
+    def progress(self, text: str) -> None:
+        """Show what the source is doing (no-op when not on a terminal)."""
+        ...
+
+
+class RestoreContext(Protocol):
+    """What a source may do while it is restored (implemented by services.restore)."""
+
+    snapshot: "Snapshot"
+    target: Path | None
+    """``--target DIR`` (None for in-place or push restores)."""
+    include: list[str]
+    force: bool
+    dry_run: bool
+    options: dict[str, Any]
+    """Restore options from the CLI: ``in_place`` (bool), ``volumes`` (list of PVC
+    names), ``push_to`` (URL) and anything a source documents."""
+
+    def entries(self) -> Iterator[Entry]: ...
+
+    def open_entry(self, entry: Entry) -> IO[bytes]:
+        """A verified, sequential reader of one file entry's content."""
+        ...
+
+    def write_entries(self, target: Path, *, include: list[str] | None = None) -> "RestoreResult":
+        """Restore entries under *target* (the files-style restore)."""
+        ...
+
+    def say(self, line: str) -> None:
+        """Tell the operator something (printed; collected for --json)."""
+        ...
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did: counts, bytes and human lines for the report."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes_written: int = 0
+    lines: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckResult:
+    """Outcome of a semantic check of restored data (used by drills)."""
+
+    ok: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+class Source(ABC):
+    """One configured thing to back up."""
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
+
+    def __init__(self, name: str, options: SourceOptions) -> None:
+        self.name = name
+        self.options = options
+
+    def describe(self) -> str:
+        """One line for listings (``drkit sources``, plans)."""
+        return f"{self.name} ({self.type_name})"
+
+    def check_run(self, run: list["Source"]) -> None:
+        """Refuse (raise :class:`~drkit.errors.Refused`) if *run* lacks what this source
+        needs alongside it (e.g. a datastore without the K3s token). Default: nothing."""
+
+    @abstractmethod
+    def backup(self, ctx: BackupContext) -> None:
+        """Take a consistent copy and hand it to *ctx*. Raises DrkitError subclasses."""
+
+    def restore(self, ctx: RestoreContext) -> RestoreResult:
+        """Put the snapshot back. Default: files-style restore under ``ctx.target``."""
+        if ctx.target is None:
+            from drkit.errors import UsageError
+
+            raise UsageError(f"source {self.name!r} restores into a directory: give --target DIR")
+        return ctx.write_entries(ctx.target, include=ctx.include)
+
+    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+        """Semantic check of data restored under *restored* (drills).
+
+        Default: content was already verified chunk by chunk while restoring."""
+        return CheckResult(ok=True, summary="content hashes verified")

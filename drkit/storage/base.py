@@ -1,0 +1,63 @@
+"""The storage seam: named byte objects, nothing more.
+
+A backend moves whole objects by name. It never sees a path a user typed: every name
+is checked by :func:`validate_name` before it reaches a backend, and the repository's
+layout module is the only code that formats names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
+
+from drkit.errors import UsageError
+
+_NAME_RE = re.compile(r"^[a-z]+(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+
+
+def validate_name(name: str) -> str:
+    """Return *name* if it is a valid object name, else raise :class:`UsageError`.
+
+    Valid names are ``kind`` or ``kind/segment/...`` where segments are plain ASCII
+    words (no ``..``, no leading dot, no empty segment, no absolute path).
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(f"invalid storage object name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its name and size in bytes."""
+
+    name: str
+    size: int
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What every backend implements (local directory, SFTP, S3, wrappers).
+
+    Promises:
+    - ``put`` is atomic: readers see the old object, or the whole new one, never a
+      part; a failed ``put`` leaves no object (and no visible temporary) behind.
+    - ``get`` returns exactly the stored bytes (or the requested range) or raises
+      :class:`~drkit.errors.ObjectNotFound` / :class:`~drkit.errors.StorageError`.
+    - ``delete`` is idempotent: deleting a missing object is not an error.
+    - ``list`` yields every complete object under a prefix, in no particular order.
+    """
+
+    url: str
+
+    def put(self, name: str, data: bytes | memoryview) -> None: ...
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, name: str) -> ObjectInfo: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages drkit's tests and benchmarks run against (real etcd, sshd,
+# sqlite3, git, restic, borg, e2fsprogs). Installs only what is missing.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have etcd       || need+=(etcd-server)
+have etcdctl    || need+=(etcd-client)
+have sshd       || need+=(openssh-server)
+have ssh-keygen || need+=(openssh-client)
+have sqlite3    || need+=(sqlite3)
+have git        || need+=(git)
+have restic     || need+=(restic)
+have borg       || need+=(borgbackup)
+have mkfs.ext4  || need+=(e2fsprogs)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
