@@ -163,6 +163,14 @@ class ObjectNotFound(StorageError):
     """object {name} does not exist"""
 
 
+class TransientStorageError(StorageError):
+    """storage error: {message}
+
+    A failure that may go away on its own (dropped connection, throttling, a 5xx, a
+    checksum mismatch in transit): :class:`drkit.storage.retry.RetryingStorage` retries it.
+    """
+
+
 class Refused(DrkitError):
     """{message}"""
 

@@ -1,0 +1,454 @@
+"""S3 and S3-compatible object stores (AWS, MinIO, Ceph RGW, Wasabi, B2's S3 API).
+
+``repository.url: s3://BUCKET/PREFIX`` with options under ``repository.s3`` (see
+:class:`S3Options`). Promises, on top of :class:`~drkit.storage.base.Storage`'s:
+
+- ``put`` is atomic: S3 makes an object visible only when its upload completes; objects
+  larger than ``multipart_threshold_mib`` go up as a multipart upload whose parts are sent
+  concurrently and which is aborted on failure (no object appears).
+- Every upload carries a checksum the server verifies (``Content-MD5`` by default, which
+  every S3-compatible store understands, or a flexible checksum: crc32, crc32c, sha1,
+  sha256), and the object's MD5 in metadata (``x-amz-meta-drkit-md5``); a full ``get``
+  compares length and that MD5, a range ``get`` compares length. A mismatch is a
+  :class:`~drkit.errors.TransientStorageError` (retried).
+- Only objects under ``data/`` (packs) get ``storage_class``; index, snapshots, keys and
+  locks stay in STANDARD, where they are read often.
+- ``put``/``get``/``stat``/``list`` need no delete permission, so a backup can run with
+  credentials that cannot destroy history.
+- Errors: a missing bucket or rejected credentials are one-line :class:`StorageError` s
+  with a hint, a missing key is :class:`ObjectNotFound`, throttling/5xx/connection errors
+  are transient. botocore's own retries run in ``adaptive`` mode under ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from drkit.errors import ConfigError, ObjectNotFound, StorageError, TransientStorageError
+from drkit.storage.base import ObjectInfo, validate_name
+
+MiB = 1024 * 1024
+MD5_META = "drkit-md5"
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+    "IncompleteBody",
+    "OperationAborted",
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+}
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403"}
+
+
+class S3Options(BaseModel):
+    """``repository.s3``: every key optional; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None
+    """For S3-compatible stores, e.g. ``https://minio.lan:9000``; AWS when unset."""
+    region: str | None = None
+    profile: str | None = None
+    """A profile of the shared AWS config/credentials files."""
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    storage_class: str | None = None
+    """For packs (``data/``) only, e.g. STANDARD_IA, GLACIER_IR, INTELLIGENT_TIERING."""
+    sse: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    checksum: Literal["md5", "crc32", "crc32c", "sha1", "sha256"] = "md5"
+    multipart_threshold_mib: int = Field(32, ge=5, le=5 * 1024)
+    multipart_chunk_mib: int = Field(8, ge=5, le=5 * 1024)
+    """Part size (S3's minimum is 5 MiB except for the last part)."""
+    concurrency: int = Field(4, ge=1, le=64)
+    """Parts of one multipart upload sent at the same time."""
+    max_attempts: int = Field(5, ge=1, le=20)
+    """botocore's own attempts per request (adaptive mode)."""
+    connect_timeout: float = Field(10, gt=0)
+    read_timeout: float = Field(60, gt=0)
+    verify_tls: bool | str = True
+    """False, or a CA bundle path for a private CA."""
+
+
+def parse_options(raw: dict[str, Any] | None) -> S3Options:
+    """Validate ``repository.s3``; raises ConfigError naming ``repository.s3.KEY``."""
+    try:
+        opts = S3Options.model_validate(raw or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(err["msg"], key=f"repository.s3.{key}" if key else "repository.s3") from None
+    if (opts.access_key_id is None) != (opts.secret_access_key is None):
+        raise ConfigError(
+            "set both access_key_id and secret_access_key, or neither",
+            key="repository.s3",
+            hint="without them the standard AWS credential chain is used (env, shared files, instance role)",
+        )
+    if opts.sse_kms_key_id and opts.sse != "aws:kms":
+        raise ConfigError("sse_kms_key_id needs sse: aws:kms", key="repository.s3.sse_kms_key_id")
+    return opts
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET/PREFIX`` -> (bucket, prefix without slashes); raises ConfigError."""
+    parsed = urlparse(url)
+    if parsed.scheme.lower() != "s3" or not parsed.netloc:
+        raise ConfigError(f"not an S3 URL: {url!r}", key="repository.url", hint="use s3://BUCKET/PREFIX")
+    if "@" in parsed.netloc or parsed.query or parsed.fragment:
+        raise ConfigError(
+            "an S3 URL holds only a bucket and a prefix",
+            key="repository.url",
+            hint="put credentials and the endpoint under repository.s3, never in the URL",
+        )
+    prefix = parsed.path.strip("/")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise ConfigError(f"bad prefix {prefix!r} in {url!r}", key="repository.url")
+    return parsed.netloc, prefix
+
+
+class S3Storage:
+    """Objects under ``PREFIX/`` in one bucket. Thread-safe (one shared boto3 client)."""
+
+    def __init__(self, url: str, options: S3Options | dict[str, Any] | None = None) -> None:
+        self.bucket, self.prefix = parse_url(url)
+        self.options = options if isinstance(options, S3Options) else parse_options(options)
+        self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.endpoint = self.options.endpoint_url or "AWS S3"
+        self._client = self._make_client()
+        self._bucket_checked = False
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        import boto3
+        import botocore.config
+        from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+        o = self.options
+        try:
+            session = boto3.session.Session(profile_name=o.profile) if o.profile else boto3.session.Session()
+        except ProfileNotFound:
+            raise ConfigError(f"AWS profile {o.profile!r} not found", key="repository.s3.profile") from None
+        config_kwargs: dict[str, Any] = {
+            "retries": {"mode": "adaptive", "max_attempts": o.max_attempts},
+            "connect_timeout": o.connect_timeout,
+            "read_timeout": o.read_timeout,
+            "s3": {"addressing_style": o.addressing_style},
+            "max_pool_connections": max(10, o.concurrency * 2 + 4),
+        }
+        if o.checksum == "md5":
+            # Content-MD5 only: S3-compatible stores that predate flexible checksums reject
+            # the CRC32 that recent botocore adds by default.
+            config_kwargs["request_checksum_calculation"] = "when_required"
+            config_kwargs["response_checksum_validation"] = "when_required"
+        try:
+            return session.client(
+                "s3",
+                endpoint_url=o.endpoint_url,
+                region_name=o.region or session.region_name or "us-east-1",
+                aws_access_key_id=o.access_key_id,
+                aws_secret_access_key=o.secret_access_key.get_secret_value() if o.secret_access_key else None,
+                aws_session_token=o.session_token.get_secret_value() if o.session_token else None,
+                verify=o.verify_tls,
+                config=botocore.config.Config(**config_kwargs),
+            )
+        except (ValueError, BotoCoreError) as exc:
+            raise ConfigError(f"cannot set up the S3 client: {exc}", key="repository.s3") from None
+
+    def _key(self, name: str) -> str:
+        validate_name(name)
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _name(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def _put_args(self, name: str) -> dict[str, Any]:
+        o = self.options
+        args: dict[str, Any] = {}
+        if o.storage_class and name.startswith("data/"):
+            args["StorageClass"] = o.storage_class
+        if o.sse:
+            args["ServerSideEncryption"] = o.sse
+            if o.sse_kms_key_id:
+                args["SSEKMSKeyId"] = o.sse_kms_key_id
+        return args
+
+    def _checksum_args(self, data: bytes | memoryview) -> dict[str, Any]:
+        if self.options.checksum == "md5":
+            return {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+        return {"ChecksumAlgorithm": self.options.checksum.upper()}
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _error(self, exc: Exception, op: str, name: str) -> StorageError:
+        """Map a botocore exception to a drkit error (never containing secrets)."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError as BotoConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = f"{op} {name} on {self.endpoint}"
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return StorageError(
+                    f"bucket {self.bucket!r} does not exist on {self.endpoint}",
+                    hint=f"create it first (e.g. 'aws s3 mb s3://{self.bucket}') or fix repository.url / repository.s3.endpoint_url",
+                )
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectNotFound(name=name)
+            if code in _CREDENTIAL_CODES:
+                return StorageError(
+                    f"credentials rejected by {self.endpoint} ({code}) on {op} {name}",
+                    hint="check repository.s3.access_key_id/secret_access_key or the AWS profile/env credentials, and the region",
+                )
+            if code in _DENIED_CODES:
+                return StorageError(
+                    f"credentials rejected: access denied ({code}) to {op} {name} in bucket {self.bucket!r}",
+                    hint=f"grant these credentials s3 permission for {op} on arn:aws:s3:::{self.bucket}/{self.prefix}* "
+                    "(backup needs get/put/list only; forget/prune/unlock also need delete)",
+                )
+            if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+                return TransientStorageError(f"{where}: {code or status} {err.get('Message', '')}".rstrip())
+            if code == "InvalidBucketName":
+                return StorageError(f"invalid bucket name {self.bucket!r}", hint="fix repository.url")
+            return StorageError(f"{where}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+        if isinstance(exc, NoCredentialsError):
+            return StorageError(
+                f"no S3 credentials found for {self.endpoint}",
+                hint="set repository.s3.access_key_id/secret_access_key, a profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            )
+        if isinstance(exc, PartialCredentialsError):
+            return StorageError(f"incomplete S3 credentials: {exc}", hint="check the AWS profile or environment")
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+            return TransientStorageError(
+                f"cannot reach S3 endpoint {self.endpoint} ({type(exc).__name__}) during {op} {name}",
+                hint="check repository.s3.endpoint_url, the network and the store's health",
+            )
+        return TransientStorageError(f"{where}: {type(exc).__name__}: {exc}")
+
+    def _check_bucket(self, op: str, name: str) -> None:
+        """After an ambiguous 404: raise the missing-bucket error if that is the cause."""
+        if self._bucket_checked:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                exc.response["Error"]["Code"] = "NoSuchBucket"
+            raise self._error(exc, op, name) from None
+        except Exception as exc:
+            raise self._error(exc, op, name) from None
+        self._bucket_checked = True
+
+    # -- Storage --------------------------------------------------------------------------
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        key = self._key(name)
+        view = memoryview(data).cast("B")
+        md5 = hashlib.md5(view).hexdigest()
+        threshold = self.options.multipart_threshold_mib * MiB
+        try:
+            if len(view) <= threshold:
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=bytes(view),
+                    Metadata={MD5_META: md5},
+                    **self._put_args(name),
+                    **self._checksum_args(view),
+                )
+            else:
+                self._put_multipart(name, key, view, md5)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "put", name) from exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="drkit-s3-part")
+            return self._pool
+
+    def _put_multipart(self, name: str, key: str, view: memoryview, md5: str) -> None:
+        o = self.options
+        part = o.multipart_chunk_mib * MiB
+        create_args = dict(self._put_args(name))
+        if o.checksum != "md5":
+            create_args["ChecksumAlgorithm"] = o.checksum.upper()
+        upload = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata={MD5_META: md5}, **create_args
+        )
+        upload_id = upload["UploadId"]
+
+        def send(number: int, start: int) -> dict[str, Any]:
+            chunk = view[start : start + part]
+            resp = self._client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=bytes(chunk),
+                **self._checksum_args(chunk),
+            )
+            done = {"PartNumber": number, "ETag": resp["ETag"]}
+            if o.checksum != "md5":
+                field = f"Checksum{o.checksum.upper()}"
+                if field in resp:
+                    done[field] = resp[field]
+            return done
+
+        try:
+            futures = [
+                self._executor().submit(send, i + 1, start) for i, start in enumerate(range(0, len(view), part))
+            ]
+            parts = [f.result() for f in futures]
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:  # no object becomes visible; this frees the parts (needs AbortMultipartUpload)
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass
+            raise
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        key = self._key(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        if length == 0:
+            self.stat(name)
+            return b""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        ranged = offset > 0 or length is not None
+        if ranged:
+            args["Range"] = f"bytes={offset}-" + (str(offset + length - 1) if length is not None else "")
+        if self.options.checksum != "md5" and not ranged:
+            args["ChecksumMode"] = "ENABLED"
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self._client.get_object(**args)
+            body = resp["Body"].read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "InvalidRange":  # offset at or past the end: the object exists
+                return b""
+            if code in ("NoSuchKey", "404"):
+                self._check_bucket("get", name)
+            raise self._error(exc, "get", name) from exc
+        except Exception as exc:
+            raise self._error(exc, "get", name) from exc
+        expected = resp.get("ContentLength")
+        if expected is not None and len(body) != expected:
+            raise TransientStorageError(
+                f"short read of {name} from {self.endpoint}: {len(body)} of {expected} bytes"
+            )
+        if not ranged:
+            want = (resp.get("Metadata") or {}).get(MD5_META)
+            if want and hashlib.md5(body).hexdigest() != want:
+                raise TransientStorageError(f"checksum mismatch reading {name} from {self.endpoint}")
+        return body
+
+    def stat(self, name: str) -> ObjectInfo:
+        key = self._key(name)
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                self._check_bucket("stat", name)
+            raise self._error(exc, "stat", name) from exc
+        except Exception as exc:
+            raise self._error(exc, "stat", name) from exc
+        return ObjectInfo(name, int(resp["ContentLength"]))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under *prefix*/ (names that are not valid object names are skipped)."""
+        base = self._key(prefix.rstrip("/")) + "/"
+        items: list[ObjectInfo] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    name = self._name(obj["Key"])
+                    try:
+                        validate_name(name)
+                    except Exception:
+                        continue
+                    items.append(ObjectInfo(name, int(obj["Size"])))
+        except Exception as exc:
+            raise self._error(exc, "list", prefix) from exc
+        return iter(items)
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            err = self._error(exc, "delete", name)
+            if isinstance(err, ObjectNotFound):
+                return
+            raise err from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._client.close()
+
+
+def open_s3(url: str, options: dict[str, Any]) -> S3Storage:
+    """Factory for :data:`drkit.storage.SCHEMES` (``options["s3"]`` is ``repository.s3``)."""
+    return S3Storage(url, parse_options(options.get("s3")))
+
+
+def _register() -> None:
+    from drkit.storage import SCHEMES
+
+    SCHEMES["s3"] = open_s3
+
+
+_register()
