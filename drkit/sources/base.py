@@ -50,6 +50,8 @@ class BackupContext(Protocol):
     """Source metadata stored in this snapshot's manifest (``snapshot.meta``)."""
     run_meta: dict[str, Any]
     """Metadata shared by every source of one ``drkit backup`` run (``snapshot.run_meta``)."""
+    paths: list[str]
+    """What the snapshot covers, for listings (e.g. the backed-up directories)."""
 
     def add_dir(self, path: str, st: os.stat_result | None = None, *, mode: int = 0o755) -> Entry: ...
 
@@ -71,6 +73,10 @@ class BackupContext(Protocol):
 
     def progress(self, text: str) -> None:
         """Show what the source is doing (no-op when not on a terminal)."""
+        ...
+
+    def warn(self, text: str) -> None:
+        """Record a problem that skips one item (the run ends as a partial failure)."""
         ...
 
 

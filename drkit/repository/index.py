@@ -1,0 +1,114 @@
+"""The index: where each blob lives (pack, offset, length).
+
+Index files are zstd-compressed JSON, sealed with associated data kind ``index``, and
+named by the SHA-256 of their stored bytes::
+
+    {"version": 1,
+     "supersedes": ["<index id>", ...],
+     "packs": [{"id": "<pack id>", "size": N,
+                "blobs": [[type, "<chunk id hex>", offset, length, raw_length], ...]}]}
+
+The in-memory index is the union of all index files. A pack listed by several index
+files is the same pack (its name is its content hash), so duplicates are harmless.
+``supersedes`` lets prune replace index files: once the new one is stored, the old
+ones can be deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import zstandard
+
+from drkit.repository.pack import PackEntry
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack: str
+    blob_type: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+class Index:
+    """In-memory map of chunk id -> location, plus the packs it knows."""
+
+    def __init__(self) -> None:
+        self._packs: list[str] = []
+        self._pack_no: dict[str, int] = {}
+        self.pack_sizes: dict[str, int] = {}
+        self._blobs: dict[bytes, tuple[int, int, int, int, int]] = {}
+        self.files: set[str] = set()
+
+    def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
+        no = self._pack_no.get(pack_id)
+        if no is None:
+            no = self._pack_no[pack_id] = len(self._packs)
+            self._packs.append(pack_id)
+        self.pack_sizes[pack_id] = size
+        for e in entries:
+            self._blobs.setdefault(e.id, (no, e.blob_type, e.offset, e.length, e.raw_length))
+
+    def __contains__(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def get(self, chunk_id: bytes) -> BlobLocation | None:
+        loc = self._blobs.get(chunk_id)
+        if loc is None:
+            return None
+        return BlobLocation(self._packs[loc[0]], loc[1], loc[2], loc[3], loc[4])
+
+    def packs(self) -> list[str]:
+        return list(self._packs)
+
+    def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        for chunk_id in self._blobs:
+            loc = self.get(chunk_id)
+            assert loc is not None
+            yield chunk_id, loc
+
+    def entries_by_pack(self) -> dict[str, list[PackEntry]]:
+        out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
+        for chunk_id, (no, t, off, length, raw) in self._blobs.items():
+            out[self._packs[no]].append(PackEntry(t, chunk_id, off, length, raw))
+        return out
+
+
+def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes: Iterable[str] = ()) -> bytes:
+    doc = {
+        "version": 1,
+        "supersedes": sorted(supersedes),
+        "packs": [
+            {
+                "id": pack_id,
+                "size": size,
+                "blobs": [[e.blob_type, e.id.hex(), e.offset, e.length, e.raw_length] for e in entries],
+            }
+            for pack_id, size, entries in packs
+        ],
+    }
+    return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
+    """Return (packs, supersedes); raises ValueError for a malformed document."""
+    try:
+        doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
+        packs = [
+            (
+                p["id"],
+                int(p["size"]),
+                [PackEntry(int(t), bytes.fromhex(i), int(o), int(n), int(r)) for t, i, o, n, r in p["blobs"]],
+            )
+            for p in doc["packs"]
+        ]
+        return packs, list(doc.get("supersedes", []))
+    except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
+        raise ValueError(f"malformed index file: {exc}") from None

@@ -1,0 +1,93 @@
+"""Passphrase key slots.
+
+The master key is random; each passphrase wraps it in its own key slot
+(``keys/<id>``), so passphrases can be added, listed, removed and rotated without
+re-encrypting any data. A slot is a JSON document::
+
+    {"version": 1, "kdf": "scrypt", "n": 65536, "r": 8, "p": 2,
+     "salt": b64, "data": b64(sealed master key), "created": iso, "host": ..., "user": ..., "label": ...}
+
+The wrapping key is ``scrypt(passphrase, salt, n, r, p, 32 bytes)``; ``data`` is the
+master key JSON sealed with AES-256-GCM under it (associated data: kind ``key``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from drkit.repository.crypto import KIND_KEY, Cipher, DecryptError, MasterKey, _b64, _unb64, aad
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    n: int
+    r: int
+    p: int
+
+
+# 64 MiB of memory and ~0.3 s per try on a small machine.
+DEFAULT_KDF = KdfParams(n=2**16, r=8, p=2)
+# Tests only (see tests/conftest.py): fast, never for real repositories.
+TEST_KDF = KdfParams(n=2**10, r=8, p=1)
+
+
+def _derive(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
+    kdf = Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p)
+    return kdf.derive(passphrase.encode("utf-8"))
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def make_slot(master: MasterKey, passphrase: str, *, label: str = "", params: KdfParams | None = None) -> tuple[str, bytes]:
+    """Wrap *master* under *passphrase*; return (slot id, slot bytes)."""
+    params = params or DEFAULT_KDF
+    salt = os.urandom(32)
+    wrapping = Cipher(_derive(passphrase, salt, params))
+    sealed = wrapping.seal(json.dumps(master.to_json()).encode(), aad(KIND_KEY))
+    doc = {
+        "version": 1,
+        "kdf": "scrypt",
+        "n": params.n,
+        "r": params.r,
+        "p": params.p,
+        "salt": _b64(salt),
+        "data": _b64(sealed),
+        "created": datetime.now(timezone.utc).isoformat(),
+        "host": socket.gethostname(),
+        "user": _user(),
+        "label": label,
+    }
+    return secrets.token_hex(32), json.dumps(doc, indent=1).encode()
+
+
+def parse_slot(raw: bytes) -> dict[str, Any]:
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("kdf") != "scrypt":
+        raise ValueError("not a drkit key slot")
+    return doc
+
+
+def open_slot(doc: dict[str, Any], passphrase: str) -> MasterKey | None:
+    """Return the master key if *passphrase* opens this slot, else None."""
+    params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
+    wrapping = Cipher(_derive(passphrase, _unb64(doc["salt"]), params))
+    try:
+        plain = wrapping.open(_unb64(doc["data"]), aad(KIND_KEY))
+    except DecryptError:
+        return None
+    return MasterKey.from_json(json.loads(plain))

@@ -1,0 +1,105 @@
+"""Packs: many sealed blobs in one object, with an encrypted trailer listing them.
+
+Layout of a pack (all integers little-endian)::
+
+    magic        8 bytes  b"DRKPACK\\x01"
+    blob 0 .. n  sealed blobs (see blob.py), back to back
+    trailer      sealed (associated data kind "trailer"), plaintext:
+                 count u32, then per blob: type u8, id 32 bytes, offset u32,
+                 length u32 (sealed size), raw_length u32 (plaintext size)
+    trailer_len  u32, the size of the sealed trailer
+
+A pack is named by the SHA-256 of all its bytes, so bitrot is found without keys,
+and the index can be rebuilt from packs alone by reading their trailers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from drkit.repository.crypto import KIND_TRAILER, Cipher, DecryptError, aad
+
+MAGIC = b"DRKPACK\x01"
+_ENTRY = struct.Struct("<B32sIII")
+_COUNT = struct.Struct("<I")
+_TAIL = struct.Struct("<I")
+
+
+class PackFormatError(Exception):
+    """A pack's structure is broken (truncated, wrong magic, bad trailer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    blob_type: int
+    id: bytes
+    offset: int
+    length: int
+    raw_length: int
+
+
+class PackBuilder:
+    """Accumulates sealed blobs; :meth:`finish` returns the pack bytes and its id."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = [MAGIC]
+        self.entries: list[PackEntry] = []
+        self.size = len(MAGIC)
+
+    def add(self, blob_type: int, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
+        self.entries.append(PackEntry(blob_type, chunk_id, self.size, len(sealed), raw_length))
+        self._parts.append(sealed)
+        self.size += len(sealed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def finish(self, cipher: Cipher) -> tuple[str, bytes]:
+        plain = _COUNT.pack(len(self.entries)) + b"".join(
+            _ENTRY.pack(e.blob_type, e.id, e.offset, e.length, e.raw_length) for e in self.entries
+        )
+        trailer = cipher.seal(plain, aad(KIND_TRAILER))
+        self._parts.append(trailer)
+        self._parts.append(_TAIL.pack(len(trailer)))
+        data = b"".join(self._parts)
+        self._parts = []
+        pack_id = hashlib.sha256(data).hexdigest()
+        # Verify before it leaves: the trailer we wrote must read back to our entries.
+        if read_trailer(data, cipher) != self.entries:
+            raise PackFormatError("pack trailer does not read back")
+        return pack_id, data
+
+
+def trailer_length(tail4: bytes) -> int:
+    if len(tail4) != 4:
+        raise PackFormatError("pack is truncated")
+    return _TAIL.unpack(tail4)[0]
+
+
+def parse_trailer(sealed: bytes, cipher: Cipher) -> list[PackEntry]:
+    try:
+        plain = cipher.open(sealed, aad(KIND_TRAILER))
+    except DecryptError as exc:
+        raise PackFormatError(f"pack trailer: {exc}") from None
+    (count,) = _COUNT.unpack_from(plain, 0)
+    if len(plain) != _COUNT.size + count * _ENTRY.size:
+        raise PackFormatError("pack trailer has the wrong size")
+    return [PackEntry(*_ENTRY.unpack_from(plain, _COUNT.size + i * _ENTRY.size)) for i in range(count)]
+
+
+def read_trailer(data: bytes | memoryview, cipher: Cipher) -> list[PackEntry]:
+    """Parse the trailer of a complete pack held in memory; raises PackFormatError."""
+    view = memoryview(data)
+    if len(view) < len(MAGIC) + 4 or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise PackFormatError("not a drkit pack (bad magic or truncated)")
+    length = trailer_length(bytes(view[-4:]))
+    start = len(view) - 4 - length
+    if start < len(MAGIC):
+        raise PackFormatError("pack trailer length is out of range")
+    entries = parse_trailer(bytes(view[start:-4]), cipher)
+    for e in entries:
+        if e.offset < len(MAGIC) or e.offset + e.length > start:
+            raise PackFormatError("pack trailer points outside the pack")
+    return entries

@@ -1,0 +1,302 @@
+"""The repository: format-aware access to a Storage (keys, index, blobs, snapshots, locks).
+
+It knows nothing of K3s or of sources. Writers use :class:`~drkit.repository.saver.BlobSaver`
+(packs, then index) and :meth:`Repository.save_snapshot` (last), so a crash at any point
+leaves every existing snapshot restorable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+import pyfastcdc
+
+from drkit.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UsageError,
+    WrongKey,
+)
+from drkit.repository import keys as keyslots
+from drkit.repository import layout
+from drkit.repository.blob import BlobCodec, BlobError
+from drkit.repository.crypto import KIND_INDEX, KIND_SNAPSHOT, ChunkHasher, Cipher, DecryptError, MasterKey, aad
+from drkit.repository.index import Index, decode_index_file, encode_index_file
+from drkit.repository.locks import Lock
+from drkit.repository.pack import PackEntry, PackFormatError, read_trailer
+from drkit.repository.snapshot import Snapshot
+from drkit.storage.base import Storage
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024, "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+
+
+def _check_fastcdc_compiled() -> None:
+    if pyfastcdc.FastCDC.__module__.startswith("pyfastcdc.py"):
+        raise UsageError(
+            "the compiled pyfastcdc extension is not loaded (pure-Python fallback is far too slow)",
+            hint="reinstall pyfastcdc from a wheel for this Python version",
+        )
+
+
+class Repository:
+    """An open repository. Construct with :meth:`init` or :meth:`open`."""
+
+    def __init__(self, storage: Storage, config: dict[str, Any], master: MasterKey, key_id: str, *, compression_level: int = 3) -> None:
+        self.storage = storage
+        self.config = config
+        self.master = master
+        self.key_id = key_id
+        self.cipher = Cipher(master.data_key)
+        self.hasher = ChunkHasher(master.id_key)
+        self.codec = BlobCodec(self.cipher, self.hasher, compression_level)
+        self.index = Index()
+        self.index_loaded = False
+
+    # -- creation and opening -------------------------------------------------
+
+    @staticmethod
+    def exists(storage: Storage) -> bool:
+        try:
+            storage.stat(layout.CONFIG)
+            return True
+        except ObjectNotFound:
+            return False
+
+    @classmethod
+    def init(cls, storage: Storage, passphrase: str, *, compression_level: int = 3, pack_size: int = DEFAULT_PACK_SIZE) -> "Repository":
+        """Create a repository; raises RepositoryExists. The config object is written
+        last, so an interrupted init leaves no repository (and can be re-run)."""
+        if cls.exists(storage):
+            raise RepositoryExists(url=storage.url)
+        master = MasterKey.generate()
+        config = {
+            "version": FORMAT_VERSION,
+            "id": secrets.token_hex(32),
+            "created": datetime.now(timezone.utc).isoformat(),
+            "chunker": DEFAULT_CHUNKER,
+            "pack_size": pack_size,
+            "key_mode": "passphrase",
+        }
+        key_id, slot = keyslots.make_slot(master, passphrase, label="initial")
+        storage.put(layout.key_name(key_id), slot)
+        storage.put(layout.CONFIG, json.dumps(config, indent=1).encode())
+        return cls(storage, config, master, key_id, compression_level=compression_level)
+
+    @classmethod
+    def read_config(cls, storage: Storage) -> dict[str, Any]:
+        try:
+            raw = storage.get(layout.CONFIG)
+        except ObjectNotFound:
+            raise RepositoryNotFound(url=storage.url) from None
+        try:
+            config = json.loads(raw)
+        except ValueError:
+            raise IntegrityError(name=layout.CONFIG, detail="not valid JSON") from None
+        if config.get("version") != FORMAT_VERSION:
+            raise UsageError(f"repository format version {config.get('version')} is not supported by this drkit")
+        return config
+
+    @classmethod
+    def open(cls, storage: Storage, passphrase: str, *, compression_level: int = 3) -> "Repository":
+        """Open with a passphrase; raises RepositoryNotFound or WrongKey."""
+        _check_fastcdc_compiled()
+        config = cls.read_config(storage)
+        for key_id, doc in cls._slots(storage):
+            master = keyslots.open_slot(doc, passphrase)
+            if master is not None:
+                return cls(storage, config, master, key_id, compression_level=compression_level)
+        raise WrongKey()
+
+    @staticmethod
+    def _slots(storage: Storage) -> Iterator[tuple[str, dict[str, Any]]]:
+        for info in sorted(storage.list(layout.KEYS), key=lambda i: i.name):
+            key_id = layout.id_of(info.name)
+            if key_id is None:
+                continue
+            try:
+                yield key_id, keyslots.parse_slot(storage.get(info.name))
+            except (ValueError, ObjectNotFound):
+                continue
+
+    # -- key slots -------------------------------------------------------------
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": key_id,
+                "current": key_id == self.key_id,
+                "created": doc.get("created"),
+                "host": doc.get("host"),
+                "user": doc.get("user"),
+                "label": doc.get("label", ""),
+            }
+            for key_id, doc in self._slots(self.storage)
+        ]
+
+    def add_key(self, passphrase: str, label: str = "") -> str:
+        """Add a slot for *passphrase*; returns its id. Data is not re-encrypted."""
+        key_id, slot = keyslots.make_slot(self.master, passphrase, label=label)
+        self.storage.put(layout.key_name(key_id), slot)
+        return key_id
+
+    def remove_key(self, ref: str) -> str:
+        """Remove the slot whose id starts with *ref*; refuses the slot in use."""
+        matches = [k["id"] for k in self.list_keys() if k["id"].startswith(ref)]
+        if len(matches) != 1:
+            raise UsageError(f"{'no' if not matches else 'more than one'} key slot matches {ref!r}", hint="'drkit key list' shows the ids")
+        if matches[0] == self.key_id:
+            raise UsageError(
+                "refusing to remove the key slot this passphrase opened",
+                hint="open the repository with another passphrase to remove this one",
+            )
+        self.storage.delete(layout.key_name(matches[0]))
+        return matches[0]
+
+    # -- chunking --------------------------------------------------------------
+
+    def chunker(self) -> pyfastcdc.FastCDC:
+        c = self.config["chunker"]
+        return pyfastcdc.FastCDC(
+            avg_size=c["avg_size"], min_size=c["min_size"], max_size=c["max_size"], seed=self.master.chunker_seed
+        )
+
+    @property
+    def pack_size(self) -> int:
+        return int(self.config.get("pack_size", DEFAULT_PACK_SIZE))
+
+    # -- index -----------------------------------------------------------------
+
+    def load_index(self, on_error: Callable[[str, str], None] | None = None) -> None:
+        """Load every index file. A damaged one raises IntegrityError, or is passed to
+        ``on_error(name, detail)`` and skipped when a handler is given."""
+        self.index = Index()
+        for info in self.storage.list(layout.INDEX):
+            index_id = layout.id_of(info.name)
+            if index_id is None:
+                continue
+            try:
+                packs, _ = self.read_index_file(index_id)
+            except IntegrityError as exc:
+                if on_error is None:
+                    raise
+                on_error(info.name, exc.fields.get("detail", str(exc)))
+                continue
+            except ObjectNotFound:
+                continue  # removed by a concurrent prune after listing
+            for pack_id, size, entries in packs:
+                self.index.add_pack(pack_id, size, entries)
+            self.index.files.add(index_id)
+        self.index_loaded = True
+
+    def read_index_file(self, index_id: str) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
+        name = layout.index_name(index_id)
+        raw = self.storage.get(name)
+        if hashlib.sha256(raw).hexdigest() != index_id:
+            raise IntegrityError(name=name, detail="content does not match its name (SHA-256)", hint="run 'drkit rebuild-index'")
+        try:
+            return decode_index_file(self.cipher.open(raw, aad(KIND_INDEX)))
+        except (DecryptError, ValueError) as exc:
+            raise IntegrityError(name=name, detail=str(exc), hint="run 'drkit rebuild-index'") from None
+
+    def write_index(self, packs: list[tuple[str, int, list[PackEntry]]], supersedes: list[str] | tuple[str, ...] = ()) -> str:
+        """Store an index file for *packs* (atomic); returns its id."""
+        sealed = self.cipher.seal(encode_index_file(packs, supersedes), aad(KIND_INDEX))
+        index_id = hashlib.sha256(sealed).hexdigest()
+        self.storage.put(layout.index_name(index_id), sealed)
+        self.index.files.add(index_id)
+        return index_id
+
+    # -- packs and blobs -------------------------------------------------------
+
+    def read_pack(self, pack_id: str) -> bytes:
+        """The whole pack, checked against its name; raises IntegrityError."""
+        name = layout.pack_name(pack_id)
+        data = self.storage.get(name)
+        if hashlib.sha256(data).hexdigest() != pack_id:
+            raise IntegrityError(name=name, detail="content does not match its name (SHA-256)")
+        return data
+
+    def pack_entries(self, pack_id: str, data: bytes) -> list[PackEntry]:
+        try:
+            return read_trailer(data, self.cipher)
+        except PackFormatError as exc:
+            raise IntegrityError(name=layout.pack_name(pack_id), detail=str(exc)) from None
+
+    def read_blob(self, chunk_id: bytes) -> bytes:
+        """Fetch, decrypt, decompress and verify one blob; raises IntegrityError."""
+        loc = self.index.get(chunk_id)
+        if loc is None:
+            raise IntegrityError(name=f"blob {chunk_id.hex()}", detail="not in the index")
+        sealed = self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length)
+        try:
+            return self.codec.decode(loc.blob_type, chunk_id, sealed)
+        except BlobError as exc:
+            raise IntegrityError(name=layout.pack_name(loc.pack), detail=str(exc)) from None
+
+    # -- snapshots -------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        sealed = self.cipher.seal(snap.encode(), aad(KIND_SNAPSHOT, snap.id.encode()))
+        self.storage.put(layout.snapshot_name(snap.id), sealed)
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        name = layout.snapshot_name(snapshot_id)
+        raw = self.storage.get(name)
+        try:
+            snap = Snapshot.decode(self.cipher.open(raw, aad(KIND_SNAPSHOT, snapshot_id.encode())))
+        except (DecryptError, ValueError) as exc:
+            raise IntegrityError(name=name, detail=str(exc), hint="'drkit forget' this snapshot id; the others are unaffected") from None
+        if snap.id != snapshot_id:
+            raise IntegrityError(name=name, detail="manifest id does not match its name")
+        return snap
+
+    def snapshot_ids(self) -> list[str]:
+        return [i for i in (layout.id_of(o.name) for o in self.storage.list(layout.SNAPSHOTS)) if i]
+
+    def list_snapshots(self, on_error: Callable[[str, str], None] | None = None) -> list[Snapshot]:
+        """All snapshots, oldest first. A damaged manifest raises, or goes to *on_error*."""
+        out = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                out.append(self.load_snapshot(snapshot_id))
+            except IntegrityError as exc:
+                if on_error is None:
+                    raise
+                on_error(layout.snapshot_name(snapshot_id), exc.fields.get("detail", str(exc)))
+            except ObjectNotFound:
+                continue
+        out.sort(key=lambda s: (s.time, s.id))
+        return out
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.storage.delete(layout.snapshot_name(snapshot_id))
+
+    def find_snapshot(self, ref: str, source: str | None = None) -> Snapshot:
+        """Resolve ``latest`` or an id prefix (optionally within one source)."""
+        snaps = [s for s in self.list_snapshots(on_error=lambda *_: None) if source is None or s.source == source]
+        scope = f" for source {source!r}" if source else ""
+        if ref == "latest":
+            if not snaps:
+                raise SnapshotNotFound(ref=ref, scope=scope)
+            return snaps[-1]
+        matches = [s for s in snaps if s.id.startswith(ref)]
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id {ref!r} is ambiguous{scope}", hint="give more characters of the id")
+        if not matches:
+            raise SnapshotNotFound(ref=ref, scope=scope)
+        return matches[0]
+
+    # -- locks -----------------------------------------------------------------
+
+    def lock(self, *, exclusive: bool, command: str = "") -> Lock:
+        """Acquire a lock (shared or exclusive); raises RepositoryLocked."""
+        return Lock(self.storage, exclusive, command).acquire()

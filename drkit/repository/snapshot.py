@@ -1,0 +1,79 @@
+"""Snapshot manifests: what one backup of one source contains.
+
+A manifest is zstd-compressed JSON sealed with associated data kind ``snapshot`` and
+the snapshot id, stored at ``snapshots/<id>`` (id: 32 random bytes, hex). It holds the
+source name and type, the run id shared by all snapshots of one ``drkit backup``,
+tags, statistics, source metadata and the ordered ids of the tree blobs (see tree.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import zstandard
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class Snapshot:
+    id: str
+    time: str
+    source: str
+    source_type: str
+    run: str
+    host: str
+    tree: list[str]
+    tags: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    parent: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    run_meta: dict[str, Any] = field(default_factory=dict)
+    program_version: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def datetime(self) -> datetime:
+        return parse_time(self.time)
+
+    def encode(self) -> bytes:
+        doc = {"version": 1, **asdict(self)}
+        return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Snapshot":
+        try:
+            doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
+            doc.pop("version", None)
+            known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+            return cls(**known)
+        except (TypeError, ValueError, zstandard.ZstdError) as exc:
+            raise ValueError(f"malformed snapshot manifest: {exc}") from None
+
+    def summary(self) -> dict[str, Any]:
+        """The fields shown by ``drkit snapshots --json``."""
+        return {
+            "id": self.id,
+            "short_id": self.short_id,
+            "time": self.time,
+            "source": self.source,
+            "source_type": self.source_type,
+            "run": self.run,
+            "host": self.host,
+            "tags": self.tags,
+            "paths": self.paths,
+            "stats": self.stats,
+        }

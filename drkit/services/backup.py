@@ -1,0 +1,421 @@
+"""Backup: run each source against a snapshot writer, then store the manifests.
+
+One ``drkit backup`` is a *run*: every selected source gets its own snapshot, all
+sharing a run id and the run metadata (K3s version, node name ...). Per source, data
+goes through a :class:`~drkit.repository.saver.BlobSaver` (packs, then index); the
+manifests of the run are written last, together, after every index. A source that
+fails does not stop the others: the run then ends as a partial failure.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from drkit import __version__
+from drkit.errors import DrkitError, PartialFailure
+from drkit.repository.blob import BLOB_TREE
+from drkit.repository.repo import Repository
+from drkit.repository.saver import BlobSaver
+from drkit.repository.snapshot import Snapshot, now_iso
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, decode_lines, encode_entries
+from drkit.sources.base import Source
+
+log = logging.getLogger("drkit.backup")
+
+_READ_SIZE = 4 * 1024 * 1024
+
+
+class _Names:
+    """Cached uid/gid -> name lookups."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = ""
+        return self._users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = ""
+        return self._groups[gid]
+
+
+def iter_tree(repo: Repository, snap: Snapshot) -> Iterator[Entry]:
+    """Entries of a snapshot, in stored order (tree blobs are verified on read)."""
+    return decode_lines(repo.read_blob(bytes.fromhex(t)) for t in snap.tree)
+
+
+@dataclass
+class SourceStats:
+    bytes_read: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    size: int = 0
+    errors: int = 0
+
+
+class SnapshotWriter:
+    """The :class:`~drkit.sources.base.BackupContext` handed to a source."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        saver: BlobSaver,
+        source: Source,
+        *,
+        parent: Snapshot | None,
+        scratch_dir: Path,
+        run_meta: dict[str, Any],
+        on_bytes: Callable[[int], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.saver = saver
+        self.source_name = source.name
+        self.scratch_dir = scratch_dir
+        self.meta: dict[str, Any] = {}
+        self.run_meta = run_meta
+        self.stats = SourceStats()
+        self.warnings: list[str] = []
+        self.paths: list[str] = []
+        self._parent_snap = parent
+        self._parent: dict[str, Entry] | None = None
+        self._chunker = repo.chunker()
+        self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=scratch_dir)
+        self._count = 0
+        self._names = _Names()
+        self._on_bytes = on_bytes
+        self._on_text = on_text
+
+    # -- BackupContext ---------------------------------------------------------
+
+    def parent_entry(self, path: str) -> Entry | None:
+        if self._parent is None:
+            self._parent = {}
+            if self._parent_snap is not None:
+                try:
+                    for e in iter_tree(self.repo, self._parent_snap):
+                        if e.type == FILE:
+                            self._parent[e.path] = e
+                except DrkitError as exc:  # a damaged parent only costs speed
+                    log.warning("parent snapshot %s unreadable (%s); reading everything", self._parent_snap.short_id, exc)
+                    self._parent = {}
+        return self._parent.get(path)
+
+    def progress(self, text: str) -> None:
+        if self._on_text:
+            self._on_text(text)
+
+    def warn(self, text: str) -> None:
+        """Record a problem that skips one item but not the snapshot."""
+        self.warnings.append(text)
+        self.stats.errors += 1
+        log.warning("%s: %s", self.source_name, text)
+
+    def add_dir(self, path: str, st: os.stat_result | None = None, *, mode: int = 0o755) -> Entry:
+        entry = self._from_stat(path, DIR, st) if st else Entry(path=path, type=DIR, mode=mode, mtime_ns=time.time_ns())
+        self.stats.dirs += 1
+        return self._record(entry)
+
+    def add_symlink(self, path: str, target: str, st: os.stat_result | None = None) -> Entry:
+        entry = self._from_stat(path, SYMLINK, st) if st else Entry(path=path, type=SYMLINK, mode=0o777)
+        entry.target = target
+        self.stats.symlinks += 1
+        return self._record(entry)
+
+    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
+        if st is None:
+            st = os.lstat(real_path)
+        entry = self._from_stat(path, FILE, st)
+        old = self.parent_entry(path)
+        if old is not None and entry.unchanged_since(old) and all(self.saver.known(bytes.fromhex(c)) for c in old.chunks):
+            entry.chunks = list(old.chunks)
+            self.stats.files_unmodified += 1
+            self.stats.size += entry.size
+            if self._on_bytes:
+                self._on_bytes(entry.size)
+            return self._record(entry)
+        with open(real_path, "rb", buffering=0) as f:
+            entry.chunks, entry.size = self._store(f)
+        if old is None:
+            self.stats.files_new += 1
+        else:
+            self.stats.files_changed += 1
+        return self._record(entry)
+
+    def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
+        entry = Entry(path=path, type=FILE, mode=mode, uid=os.getuid(), gid=os.getgid(), mtime_ns=mtime_ns or time.time_ns())
+        entry.chunks, entry.size = self._store(stream)
+        self.stats.files_new += 1
+        return self._record(entry)
+
+    def add_bytes(self, path: str, data: bytes, *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
+        import io
+
+        return self.add_stream(path, io.BytesIO(data), mode=mode, mtime_ns=mtime_ns)
+
+    # -- internals -------------------------------------------------------------
+
+    def _from_stat(self, path: str, kind: str, st: os.stat_result) -> Entry:
+        return Entry(
+            path=path,
+            type=kind,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            user=self._names.user(st.st_uid),
+            group=self._names.group(st.st_gid),
+            mtime_ns=st.st_mtime_ns,
+            size=st.st_size if kind == FILE else 0,
+            inode=st.st_ino if kind == FILE else 0,
+            ctime_ns=st.st_ctime_ns if kind == FILE else 0,
+            dev=st.st_dev if kind == FILE else 0,
+        )
+
+    def _store(self, stream: IO[bytes]) -> tuple[list[str], int]:
+        chunks: list[str] = []
+        size = 0
+        for chunk in self._chunker.cut_stream(stream):
+            data = bytes(chunk.data)
+            chunk_id, _new = self.saver.save(data)
+            chunks.append(chunk_id.hex())
+            size += len(data)
+            if self._on_bytes:
+                self._on_bytes(len(data))
+        self.stats.bytes_read += size
+        self.stats.size += size
+        return chunks, size
+
+    def _record(self, entry: Entry) -> Entry:
+        for line in encode_entries([entry]):
+            self._entries.write(line)
+        self._count += 1
+        return entry
+
+    def finish_tree(self) -> list[str]:
+        """Store the tree (as tree blobs) and return their ids, in order."""
+        self._entries.seek(0)
+        ids = []
+        for chunk in self._chunker.cut_stream(self._entries):
+            chunk_id, _ = self.saver.save(bytes(chunk.data), BLOB_TREE)
+            ids.append(chunk_id.hex())
+        self._entries.close()
+        return ids
+
+    @property
+    def entry_count(self) -> int:
+        return self._count
+
+
+@dataclass
+class SourceOutcome:
+    source: str
+    source_type: str
+    snapshot: Snapshot | None = None
+    error: DrkitError | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "type": self.source_type, "ok": self.error is None and not self.warnings}
+        if self.snapshot:
+            s = self.snapshot
+            out.update(
+                id=s.id,
+                short_id=s.short_id,
+                time=s.time,
+                run=s.run,
+                tags=s.tags,
+                bytes_read=s.stats.get("bytes_read", 0),
+                bytes_added=s.stats.get("bytes_added", 0),
+                bytes_stored=s.stats.get("bytes_stored", 0),
+                stats=s.stats,
+            )
+        if self.error:
+            out["error"] = self.error.message
+        if self.warnings:
+            out["warnings"] = self.warnings
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+@dataclass
+class BackupRun:
+    run_id: str
+    outcomes: list[SourceOutcome]
+    run_meta: dict[str, Any]
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return [o.snapshot for o in self.outcomes if o.snapshot]
+
+    @property
+    def failed(self) -> list[SourceOutcome]:
+        return [o for o in self.outcomes if o.error or o.warnings]
+
+
+@dataclass
+class BackupOptions:
+    tags: list[str] = field(default_factory=list)
+    host: str = field(default_factory=socket.gethostname)
+    workers: int = 0
+    index_every_packs: int = 32
+    scratch_root: Path | None = None
+
+
+def _latest_of(snaps: list[Snapshot], source: str, host: str) -> Snapshot | None:
+    mine = [s for s in snaps if s.source == source and s.host == host]
+    return mine[-1] if mine else None
+
+
+def run_backup(
+    repo: Repository,
+    sources: list[Source],
+    options: BackupOptions,
+    *,
+    progress: "ProgressSink | None" = None,
+) -> BackupRun:
+    """Back up *sources* as one run. Raises RepositoryLocked before doing anything if
+    an exclusive lock is held; raises PartialFailure (after storing what succeeded)
+    when a source failed."""
+    for src in sources:
+        src.check_run(sources)
+    run_id = secrets.token_hex(16)
+    run_meta: dict[str, Any] = {"host": options.host, "drkit_version": __version__}
+    outcomes: list[SourceOutcome] = []
+    with repo.lock(exclusive=False, command="backup"):
+        repo.load_index()
+        existing = repo.list_snapshots(on_error=lambda name, detail: log.warning("skipping damaged manifest %s: %s", name, detail))
+        for src in sources:
+            outcomes.append(_backup_one(repo, src, existing, run_id, run_meta, options, progress))
+        # Manifests last: every blob they reference is in a stored index by now.
+        for o in outcomes:
+            if o.snapshot is not None:
+                o.snapshot.run_meta = dict(run_meta)
+                repo.save_snapshot(o.snapshot)
+    run = BackupRun(run_id, outcomes, run_meta)
+    bad = run.failed
+    if bad:
+        names = ", ".join(
+            f"{o.source} ({o.error.message if o.error else str(len(o.warnings)) + ' item(s) skipped'})" for o in bad
+        )
+        err: DrkitError
+        if all(o.error for o in outcomes):
+            err = outcomes[0].error  # type: ignore[assignment]
+        else:
+            err = PartialFailure(f"backup incomplete: {names}")
+        err.run = run  # type: ignore[attr-defined]
+        raise err
+    return run
+
+
+class ProgressSink:
+    """Receives progress; the CLI renders it (rich) or ignores it."""
+
+    def start_source(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def text(self, text: str) -> None: ...
+
+    def end_source(self) -> None: ...
+
+
+def _backup_one(
+    repo: Repository,
+    src: Source,
+    existing: list[Snapshot],
+    run_id: str,
+    run_meta: dict[str, Any],
+    options: BackupOptions,
+    progress: ProgressSink | None,
+) -> SourceOutcome:
+    outcome = SourceOutcome(src.name, src.type_name)
+    started = time.monotonic()
+    parent = _latest_of(existing, src.name, options.host)
+    scratch = Path(tempfile.mkdtemp(prefix=f"drkit-{src.name}-", dir=options.scratch_root))
+    os.chmod(scratch, 0o700)
+    if progress:
+        progress.start_source(src.name, None)
+    saver = BlobSaver(repo, workers=options.workers, index_every_packs=options.index_every_packs)
+    try:
+        writer = SnapshotWriter(
+            repo,
+            saver,
+            src,
+            parent=parent,
+            scratch_dir=scratch,
+            run_meta=run_meta,
+            on_bytes=progress.advance if progress else None,
+            on_text=progress.text if progress else None,
+        )
+        try:
+            src.backup(writer)
+            tree = writer.finish_tree()
+        except BaseException:
+            saver.abort()
+            raise
+        saver.finish()
+        s = saver.stats
+        snap = Snapshot(
+            id=secrets.token_hex(32),
+            time=now_iso(),
+            source=src.name,
+            source_type=src.type_name,
+            run=run_id,
+            host=options.host,
+            tree=tree,
+            tags=list(options.tags),
+            paths=writer.paths,
+            parent=parent.id if parent else None,
+            stats={
+                "bytes_read": writer.stats.bytes_read,
+                "bytes_added": s.bytes_new_raw,
+                "bytes_stored": s.bytes_new_sealed,
+                "size": writer.stats.size,
+                "entries": writer.entry_count,
+                "files_new": writer.stats.files_new,
+                "files_changed": writer.stats.files_changed,
+                "files_unmodified": writer.stats.files_unmodified,
+                "blobs_new": s.blobs_new,
+                "packs": s.packs,
+                "errors": writer.stats.errors,
+            },
+            meta=writer.meta,
+            program_version=__version__,
+        )
+        outcome.snapshot = snap
+        outcome.warnings = writer.warnings
+    except DrkitError as exc:
+        outcome.error = exc
+        log.error("source %s failed: %s", src.name, exc.message)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        outcome.seconds = time.monotonic() - started
+        if progress:
+            progress.end_source()
+    return outcome
