@@ -1,0 +1,70 @@
+"""``drkit backup``: one snapshot per selected source, all in one run."""
+
+from __future__ import annotations
+
+import click
+
+from drkit.cli.app import CliState, cli, pass_state
+from drkit.cli.common import human_size, open_repository, progress_for
+from drkit.errors import DrkitError
+from drkit.services.backup import BackupOptions, BackupRun, run_backup
+
+
+def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
+    if as_json:
+        state.emit_json({"run": run.run_id, "snapshots": [o.to_json() for o in run.outcomes], "run_meta": run.run_meta})
+        return
+    for o in run.outcomes:
+        if o.snapshot:
+            st = o.snapshot.stats
+            state.say(
+                f"{o.source}: snapshot {o.snapshot.short_id} saved in {o.seconds:.1f}s: "
+                f"{st.get('entries', 0)} entries, {human_size(st.get('size', 0))} total, "
+                f"{human_size(st.get('bytes_read', 0))} read, {human_size(st.get('bytes_added', 0))} new "
+                f"({human_size(st.get('bytes_stored', 0))} stored)"
+            )
+            for w in o.warnings:
+                state.say(f"  warning: {w}")
+        if o.error:
+            state.say(f"{o.source}: FAILED: {o.error.message}")
+
+
+@cli.command("backup")
+@click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Back up only this source (repeatable). Default: all.")
+@click.option("-t", "--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshots (repeatable).")
+@click.option("--host", help="Record this host name instead of the machine's (or config 'hostname').")
+@click.option("--json", "as_json", is_flag=True, help="Print {run, snapshots: [{id, source, time, bytes_read, bytes_added, ...}]}.")
+@pass_state
+def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], host: str | None, as_json: bool) -> None:
+    """Snapshot the configured sources into the repository.
+
+    Each source gets its own snapshot; all snapshots of one run share a run id.
+    Only new data is stored: unchanged files are not even read again, and chunks
+    already in the repository are not uploaded twice. A run interrupted at any
+    point leaves earlier snapshots intact, and the next run reuses what it uploaded.
+
+    \b
+    Examples:
+      drkit backup                      every source
+      drkit backup -s k3s-db -s token   two sources, one run
+      drkit backup --tag before-upgrade --json
+    """
+    cfg = state.config
+    selected = cfg.select_sources(sources)
+    repo = open_repository(state)
+    options = BackupOptions(
+        tags=list(tags),
+        workers=cfg.repository.workers,
+        index_every_packs=cfg.repository.index_every_packs,
+    )
+    if host or cfg.raw.hostname:
+        options.host = host or cfg.raw.hostname or options.host
+    try:
+        with progress_for(state, not as_json) as progress:
+            run = run_backup(repo, selected, options, progress=progress)
+    except DrkitError as exc:
+        run = getattr(exc, "run", None)
+        if run is not None:
+            _report(state, run, as_json)
+        raise
+    _report(state, run, as_json)

@@ -1,0 +1,94 @@
+"""Helpers shared by commands: open the repository, render sizes and progress."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from drkit.cli.app import CliState
+from drkit.passwords import Secret, resolve_passphrase
+from drkit.repository.repo import Repository
+from drkit.services.backup import ProgressSink
+from drkit.storage import open_storage
+from drkit.storage.base import Storage
+
+
+def storage_for(state: CliState) -> Storage:
+    """The configured storage, with retries and logging around it."""
+    from drkit.storage.observe import wrap_storage
+
+    repo_cfg = state.config.repository
+    return wrap_storage(open_storage(repo_cfg.url, repo_cfg.storage_options()))
+
+
+def passphrase(state: CliState, *, confirm: bool = False) -> Secret:
+    return resolve_passphrase(state.env, state.config.repository, interactive=state.interactive, confirm=confirm)
+
+
+def open_repository(state: CliState) -> Repository:
+    """Open the configured repository (raises RepositoryNotFound / WrongKey)."""
+    storage = storage_for(state)
+    Repository.read_config(storage)  # a missing repository is reported before asking for a passphrase
+    return Repository.open(storage, passphrase(state).reveal(), compression_level=state.config.repository.zstd_level())
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class RichProgress(ProgressSink):
+    """A rich progress display on stderr (only used on a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.fields[source]}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}", style="dim"),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> "RichProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start_source(self, name: str, total: int | None) -> None:
+        self._task = self._progress.add_task("", total=total, source=name, detail="")
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def text(self, text: str) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, detail=text[-50:])
+
+    def end_source(self) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, detail="done")
+            self._task = None
+
+
+@contextmanager
+def progress_for(state: CliState, enabled: bool = True) -> Iterator[ProgressSink | None]:
+    """A progress sink on a terminal, else None."""
+    if not enabled or not state.interactive:
+        yield None
+        return
+    with RichProgress() as p:
+        yield p

@@ -1,0 +1,105 @@
+"""``drkit restore``: fetch, decrypt, verify and put back one snapshot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from drkit.cli.app import CliState, cli, pass_state
+from drkit.cli.common import human_size, open_repository, progress_for
+from drkit.errors import UsageError
+from drkit.services.restore import SnapshotReader
+
+
+@cli.command("restore")
+@click.argument("snapshot", metavar="SNAPSHOT|latest")
+@click.option("-s", "--source", required=True, metavar="NAME", help="The source whose snapshot this is.")
+@click.option("--target", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Restore under this directory (original paths below it).")
+@click.option("-i", "--include", "include", multiple=True, metavar="PATTERN", help="Restore only matching paths (fnmatch on the full path; a directory includes its contents).")
+@click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
+@click.option("--force", is_flag=True, help="Allow a non-empty target (files are replaced atomically).")
+@click.option("--in-place", is_flag=True, help="Put the data back on this node (sources that support it: K3s datastore, node files, Kubernetes objects).")
+@click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn: restore only these PVCs (namespace/name or name).")
+@click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def restore_cmd(
+    state: CliState,
+    snapshot: str,
+    source: str,
+    target: Path | None,
+    include: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+    in_place: bool,
+    volumes: tuple[str, ...],
+    push_to: str | None,
+    as_json: bool,
+) -> None:
+    """Restore a snapshot of one source.
+
+    Every chunk is verified against its keyed hash before it is written; a file
+    whose data is damaged is not left behind, and the restore fails naming it.
+    Files come back under DIR with their full original path (restic's convention):
+    /srv/data/x is restored as DIR/srv/data/x. Without --force the target must be
+    empty; paths that would escape it are refused.
+
+    \b
+    Examples:
+      drkit restore latest -s data --target /tmp/restore
+      drkit restore 2b9418cf -s data --target /tmp/r --include '/srv/data/db/*'
+      drkit restore latest -s k3s-db --target /root/restore   (then run the runbook)
+    """
+    src = state.config.source(source)
+    if target is None and not (in_place or push_to):
+        raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
+    repo = open_repository(state)
+    snap = repo.find_snapshot(snapshot, source=source)
+    if snap.source_type != src.type_name:
+        raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, but source {source!r} is {src.type_name}")
+    repo.load_index()
+    started = time.monotonic()
+    with progress_for(state, not as_json) as progress:
+        if progress:
+            progress.start_source(f"restore {source}", snap.stats.get("size"))
+        reader = SnapshotReader(
+            repo,
+            snap,
+            target=target,
+            include=list(include),
+            force=force,
+            dry_run=dry_run,
+            options={"in_place": in_place, "volumes": list(volumes), "push_to": push_to},
+            on_bytes=progress.advance if progress else None,
+            on_line=None if as_json else state.say,
+        )
+        result = src.restore(reader)
+        if progress:
+            progress.end_source()
+    seconds = time.monotonic() - started
+    if as_json:
+        state.emit_json(
+            {
+                "snapshot": snap.id,
+                "source": source,
+                "target": str(target) if target else None,
+                "dry_run": dry_run,
+                "files": result.files,
+                "dirs": result.dirs,
+                "symlinks": result.symlinks,
+                "bytes": result.bytes_written,
+                "seconds": round(seconds, 3),
+                "lines": reader.lines + result.lines,
+                "details": result.details,
+            }
+        )
+        return
+    for line in result.lines:
+        state.say(line)
+    verb = "would restore" if dry_run else "restored"
+    state.say(
+        f"{verb} snapshot {snap.short_id} of {source} ({snap.time}): {result.files} files, {result.dirs} dirs, "
+        f"{result.symlinks} symlinks, {human_size(result.bytes_written)} in {seconds:.1f}s"
+    )

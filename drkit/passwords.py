@@ -1,0 +1,135 @@
+"""Where the repository passphrase comes from (never argv, never logged).
+
+Exactly one of these may be set; two is an error (borg's rule, so a stale variable
+cannot silently win)::
+
+    DRKIT_PASSWORD            the passphrase itself
+    DRKIT_PASSWORD_FILE       a file whose first line is the passphrase
+    DRKIT_PASSWORD_COMMAND    a command (run without a shell) that prints it
+    repository.password_file / repository.password_command   the same, in the config
+
+With none set and a terminal attached, drkit asks for it. New passphrases (``drkit key
+add``) come from ``DRKIT_NEW_PASSWORD`` / ``DRKIT_NEW_PASSWORD_FILE`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import stat
+import sys
+from pathlib import Path
+
+from drkit.config import Environment, RepositoryConfig
+from drkit.errors import PassphraseError
+
+
+class Secret:
+    """A secret string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _read_file(path: Path, what: str) -> str:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PassphraseError(f"{what}: {path} does not exist", hint=f"create it (chmod 600 {path})") from None
+    except OSError as exc:
+        raise PassphraseError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    warning = warn_if_world_readable(path)
+    if warning:
+        print(warning, file=sys.stderr)
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        raise PassphraseError(f"{what}: {path} is empty")
+    return line
+
+
+def _run_command(command: str, what: str) -> str:
+    from drkit.proc import run
+
+    result = run(shlex.split(command), timeout=60, hint=f"check {what}")
+    line = result.text.splitlines()[0] if result.text else ""
+    if not line:
+        raise PassphraseError(f"{what}: the command printed nothing")
+    return line
+
+
+def resolve_passphrase(
+    env: Environment,
+    repo: RepositoryConfig | None,
+    *,
+    interactive: bool,
+    confirm: bool = False,
+    prefix: str = "DRKIT_PASSWORD",
+    prompt: str = "repository passphrase: ",
+) -> Secret:
+    """Return the passphrase from exactly one configured place, or a prompt.
+
+    Raises PassphraseError when two places are set, a file/command fails, or nothing
+    is set and there is no terminal to ask on."""
+    candidates: list[tuple[str, str]] = []
+    if env.get(prefix):
+        candidates.append((prefix, "env"))
+    if env.get(f"{prefix}_FILE"):
+        candidates.append((f"{prefix}_FILE", "file"))
+    if env.get(f"{prefix}_COMMAND"):
+        candidates.append((f"{prefix}_COMMAND", "command"))
+    if repo is not None and prefix == "DRKIT_PASSWORD":
+        if repo.password_file:
+            candidates.append(("repository.password_file", "cfgfile"))
+        if repo.password_command:
+            candidates.append(("repository.password_command", "cfgcommand"))
+    if len(candidates) > 1:
+        raise PassphraseError(
+            "the passphrase is set in more than one place: " + " and ".join(c[0] for c in candidates),
+            hint="keep exactly one of them",
+        )
+    if candidates:
+        what, kind = candidates[0]
+        if kind == "env":
+            value = env.get(prefix) or ""
+        elif kind == "file":
+            value = _read_file(Path(env.get(f"{prefix}_FILE") or ""), what)
+        elif kind == "command":
+            value = _run_command(env.get(f"{prefix}_COMMAND") or "", what)
+        elif kind == "cfgfile":
+            value = _read_file(Path(repo.password_file), what)  # type: ignore[union-attr,arg-type]
+        else:
+            value = _run_command(repo.password_command or "", what)  # type: ignore[union-attr]
+        return Secret(value)
+    if not interactive or not sys.stdin.isatty():
+        raise PassphraseError(f"no passphrase given (set {prefix}, {prefix}_FILE or {prefix}_COMMAND)")
+    value = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != value:
+        raise PassphraseError("the two passphrases differ")
+    if not value:
+        raise PassphraseError("empty passphrase")
+    return Secret(value)
+
+
+def warn_if_world_readable(path: Path) -> str | None:
+    """Return a warning line if *path* is readable by group or others."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"warning: {path} is readable by other users (chmod 600 {path})"
+    return None
