@@ -1,0 +1,114 @@
+"""``drkit forget`` (retention) and ``drkit prune`` (free space)."""
+
+from __future__ import annotations
+
+import click
+
+from drkit.cli.app import CliState, cli, pass_state
+from drkit.cli.common import human_size, open_repository
+from drkit.errors import UsageError
+from drkit.services.forget import Policy, apply_policy, parse_duration
+from drkit.services.prune import PruneReport, prune
+
+
+def _say_prune(state: CliState, r: PruneReport) -> None:
+    verb = "would free" if r.dry_run else "freed"
+    state.say(
+        f"prune: {r.packs_deleted} pack(s) deleted, {r.packs_repacked} repacked, {r.orphans_deleted} orphan(s) removed; "
+        f"{verb} {human_size(r.bytes_freed)}"
+    )
+
+
+@cli.command("forget")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT...]")
+@click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Only these sources.")
+@click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest snapshots.")
+@click.option("--keep-hourly", type=int, default=0, metavar="N", help="Keep the newest of each of the last N hours.")
+@click.option("--keep-daily", type=int, default=0, metavar="N", help="... of the last N days.")
+@click.option("--keep-weekly", type=int, default=0, metavar="N", help="... of the last N ISO weeks.")
+@click.option("--keep-monthly", type=int, default=0, metavar="N", help="... of the last N months.")
+@click.option("--keep-yearly", type=int, default=0, metavar="N", help="... of the last N years.")
+@click.option("--keep-within", metavar="DURATION", help="Keep all within DURATION of the newest (e.g. 7d, 2w3d, 12h).")
+@click.option("--keep-tag", "keep_tags", multiple=True, metavar="TAG", help="Keep snapshots with this tag.")
+@click.option("--prune", "do_prune", is_flag=True, help="Run prune afterwards to free the space.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print decisions as JSON.")
+@pass_state
+def forget_cmd(
+    state: CliState,
+    snapshot_ids: tuple[str, ...],
+    sources: tuple[str, ...],
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: str | None,
+    keep_tags: tuple[str, ...],
+    do_prune: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove snapshots by a keep-policy (per source), or by id.
+
+    Only manifests are removed; the data goes with 'drkit prune' (or --prune).
+    A snapshot is kept when any rule keeps it.
+
+    \b
+    Examples:
+      drkit forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+      drkit forget --keep-within 30d --dry-run
+      drkit forget 2b9418cf
+    """
+    try:
+        policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+                        parse_duration(keep_within) if keep_within else None, list(keep_tags))
+    except ValueError as exc:
+        raise UsageError(f"--keep-within: {exc}") from None
+    if policy.empty() and not snapshot_ids:
+        raise UsageError("no policy and no snapshot given: refusing to forget everything", hint="e.g. --keep-daily 7 --keep-weekly 4")
+    repo = open_repository(state)
+    removed: list[dict[str, object]] = []
+    with repo.lock(exclusive=True, command="forget"):
+        if snapshot_ids:
+            targets = [repo.find_snapshot(ref) for ref in snapshot_ids]
+            decisions = [(s, False, ["explicit"]) for s in targets]
+        else:
+            snaps = [s for s in repo.list_snapshots() if not sources or s.source in sources]
+            decisions = [(d.snapshot, d.keep, d.reasons) for d in apply_policy(snaps, policy)]
+        for snap, keep, reasons in decisions:
+            if not as_json:
+                state.say(f"{'keep  ' if keep else 'remove'} {snap.short_id} {snap.time[:19]} {snap.source:<16} {','.join(reasons)}")
+            if not keep:
+                removed.append({"id": snap.id, "source": snap.source, "time": snap.time})
+                if not dry_run:
+                    repo.delete_snapshot(snap.id)
+    report = None
+    if do_prune and removed:
+        report = prune(repo, dry_run=dry_run)
+    if as_json:
+        state.emit_json({"removed": removed, "dry_run": dry_run, "prune": report.to_json() if report else None})
+    else:
+        state.say(f"{'would remove' if dry_run else 'removed'} {len(removed)} snapshot(s)")
+        if report:
+            _say_prune(state, report)
+
+
+@cli.command("prune")
+@click.option("--repack-threshold", type=click.FloatRange(0.01, 1.0), default=0.5, show_default=True, help="Repack a pack when at least this share of it is unused.")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: bool) -> None:
+    """Delete data no snapshot references; repack mostly-empty packs.
+
+    Takes an exclusive lock: backups wait (they fail with exit 4) until it ends.
+    Safe to interrupt: every snapshot stays restorable at every step.
+    """
+    repo = open_repository(state)
+    report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)
+    if as_json:
+        state.emit_json(report.to_json())
+    else:
+        _say_prune(state, report)

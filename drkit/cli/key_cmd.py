@@ -1,0 +1,57 @@
+"""``drkit key add|list|remove``: manage passphrase key slots."""
+
+from __future__ import annotations
+
+import click
+
+from drkit.cli.app import CliState, cli, pass_state
+from drkit.cli.common import open_repository
+from drkit.passwords import resolve_passphrase
+
+
+@cli.group("key")
+def key_group() -> None:
+    """Manage the passphrases that open the repository.
+
+    Each passphrase wraps the same master key in its own slot, so adding or
+    removing one never re-encrypts data. To rotate: 'key add' the new one, then
+    open with it and 'key remove' the old slot.
+    """
+
+
+@key_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_state
+def key_list(state: CliState, as_json: bool) -> None:
+    """List key slots (the one that opened the repository is marked *)."""
+    repo = open_repository(state)
+    keys = repo.list_keys()
+    if as_json:
+        state.emit_json(keys)
+        return
+    state.say(f"  {'ID':<9} {'CREATED':<20} {'USER@HOST':<30} LABEL")
+    for k in keys:
+        mark = "*" if k["current"] else " "
+        state.say(f"{mark} {k['id'][:8]:<9} {str(k['created'])[:19]:<20} {str(k['user']) + '@' + str(k['host']):<30} {k['label']}")
+
+
+@key_group.command("add")
+@click.option("--label", default="", help="A note to recognise the slot by (e.g. 'offsite admin').")
+@pass_state
+def key_add(state: CliState, label: str) -> None:
+    """Add a passphrase (from DRKIT_NEW_PASSWORD / _FILE / _COMMAND, or asked twice)."""
+    repo = open_repository(state)
+    new = resolve_passphrase(state.env, None, interactive=state.interactive, confirm=True,
+                             prefix="DRKIT_NEW_PASSWORD", prompt="new passphrase: ")
+    key_id = repo.add_key(new.reveal(), label)
+    state.say(f"added key slot {key_id[:8]}")
+
+
+@key_group.command("remove")
+@click.argument("key_id")
+@pass_state
+def key_remove(state: CliState, key_id: str) -> None:
+    """Remove a key slot by id (prefix). The slot in use cannot be removed."""
+    repo = open_repository(state)
+    removed = repo.remove_key(key_id)
+    state.say(f"removed key slot {removed[:8]}")

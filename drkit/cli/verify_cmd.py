@@ -1,0 +1,69 @@
+"""``drkit verify`` and ``drkit rebuild-index``."""
+
+from __future__ import annotations
+
+import click
+
+from drkit.cli.app import CliState, cli, pass_state
+from drkit.cli.common import open_repository
+from drkit.errors import DamageFound, UsageError
+from drkit.services.rebuild_index import rebuild_index
+from drkit.services.verify import parse_subset, verify_repository
+
+
+@cli.command("verify")
+@click.option("--read-data", is_flag=True, help="Download and check every pack (slow, thorough).")
+@click.option("--read-data-subset", metavar="PCT", help="Check a random part of the packs: '10%', '1/8' or '0.1'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, as_json: bool) -> None:
+    """Check that the repository is sound; exit 0 if it is, 6 if damage is found.
+
+    \b
+    Levels:
+      (default)            structure: index, manifests, trees, every referenced
+                           blob indexed, every pack present with the right size
+      --read-data-subset   also download a random share of the packs and check
+                           every byte (SHA-256 name, decryption, compression, ids)
+      --read-data          the same for all packs
+
+    Each problem names the damaged object and the snapshots it affects.
+    """
+    subset = None
+    if read_data_subset:
+        try:
+            subset = parse_subset(read_data_subset)
+        except ValueError as exc:
+            raise UsageError(f"--read-data-subset: {exc}") from None
+    repo = open_repository(state)
+    report = verify_repository(repo, read_data=read_data or subset is not None, subset=subset)
+    if as_json:
+        state.emit_json(report.to_json())
+    else:
+        level = "full read" if read_data else (f"read {read_data_subset} of the packs" if subset else "structure")
+        state.say(f"checked {report.snapshots} snapshots, {report.packs} packs, {report.blobs} blobs ({level}; {report.packs_read} packs read)")
+        if report.orphan_packs:
+            state.say(f"{len(report.orphan_packs)} unreferenced pack(s) (from interrupted backups; 'drkit prune' removes them)")
+        for p in report.problems:
+            click.echo(f"damaged: {p.line()}", err=True)
+        if report.ok:
+            state.say("no problems found")
+    if not report.ok:
+        raise DamageFound(count=len(report.problems))
+
+
+@cli.command("rebuild-index")
+@pass_state
+def rebuild_index_cmd(state: CliState) -> None:
+    """Rebuild the index from the packs' own trailers.
+
+    Use it when verify reports a damaged or missing index file. Damaged packs are
+    left out and listed. Takes an exclusive lock (no backup may run meanwhile).
+    """
+    repo = open_repository(state)
+    report = rebuild_index(repo)
+    state.say(f"indexed {report.blobs} blobs in {report.packs} packs; replaced {report.removed_index_files} index file(s)")
+    for line in report.damaged:
+        click.echo(f"damaged pack left out: {line}", err=True)
+    if report.damaged:
+        raise DamageFound(count=len(report.damaged))

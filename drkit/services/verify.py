@@ -1,0 +1,187 @@
+"""Verify: prove the repository is sound, or name exactly what is not.
+
+Levels:
+
+- structure (always): every index file and manifest decrypts; every snapshot's tree
+  reads; every blob a snapshot references is in the index; every indexed pack exists
+  with the indexed size.
+- ``read_data``: additionally download packs (all, or a random ``subset`` fraction),
+  check each against its SHA-256 name, parse its trailer, compare it with the index,
+  and decrypt, decompress and hash-check every blob in it.
+
+Every problem names the damaged object and the snapshots it affects.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from drkit.errors import DrkitError, IntegrityError, ObjectNotFound
+from drkit.repository import layout
+from drkit.repository.blob import BLOB_TREE, BlobError
+from drkit.repository.repo import Repository
+from drkit.repository.snapshot import Snapshot
+from drkit.repository.tree import decode_lines
+
+
+@dataclass
+class Problem:
+    object: str
+    detail: str
+    snapshots: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        affects = f" (affects snapshots: {', '.join(self.snapshots)})" if self.snapshots else ""
+        return f"{self.object}: {self.detail}{affects}"
+
+
+@dataclass
+class VerifyReport:
+    snapshots: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    blobs: int = 0
+    orphan_packs: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "snapshots": self.snapshots,
+            "packs": self.packs,
+            "packs_read": self.packs_read,
+            "blobs": self.blobs,
+            "orphan_packs": self.orphan_packs,
+            "problems": [{"object": p.object, "detail": p.detail, "snapshots": p.snapshots} for p in self.problems],
+        }
+
+
+def _label(s: Snapshot) -> str:
+    return f"{s.short_id} ({s.source})"
+
+
+def verify_repository(
+    repo: Repository,
+    *,
+    read_data: bool = False,
+    subset: float | None = None,
+    workers: int = 4,
+    on_pack: Callable[[int], None] | None = None,
+    seed: int | None = None,
+) -> VerifyReport:
+    """Check the repository; returns a report (it does not raise for damage)."""
+    report = VerifyReport()
+    with repo.lock(exclusive=False, command="verify"):
+        repo.load_index(on_error=lambda name, detail: report.problems.append(Problem(name, detail)))
+        snaps = repo.list_snapshots(on_error=lambda name, detail: report.problems.append(Problem(name, detail)))
+        report.snapshots = len(snaps)
+        users: dict[bytes, set[str]] = defaultdict(set)
+        for snap in snaps:
+            _walk_snapshot(repo, snap, users, report)
+        report.blobs = len(users)
+        by_pack: dict[str, set[str]] = defaultdict(set)
+        for chunk_id, labels in users.items():
+            loc = repo.index.get(chunk_id)
+            if loc is not None:
+                by_pack[loc.pack] |= labels
+
+        stored = {layout.id_of(o.name): o.size for o in repo.storage.list(layout.DATA)}
+        indexed = repo.index.packs()
+        report.packs = len(indexed)
+        report.orphan_packs = sorted(p for p in stored if p and p not in repo.index.pack_sizes)
+        for pack_id in indexed:
+            size = repo.index.pack_sizes[pack_id]
+            if pack_id not in stored:
+                report.problems.append(Problem(layout.pack_name(pack_id), "pack is missing", sorted(by_pack.get(pack_id, ()))))
+            elif stored[pack_id] != size:
+                report.problems.append(
+                    Problem(layout.pack_name(pack_id), f"size {stored[pack_id]} differs from indexed size {size}", sorted(by_pack.get(pack_id, ())))
+                )
+        if read_data:
+            candidates = [p for p in indexed if p in stored]
+            if subset is not None and subset < 1.0:
+                rng = random.Random(seed)
+                count = max(1, round(len(candidates) * subset)) if candidates else 0
+                candidates = rng.sample(candidates, count)
+            entries = repo.index.entries_by_pack()
+
+            def check(pack_id: str) -> list[Problem]:
+                return _read_pack(repo, pack_id, entries.get(pack_id, []), sorted(by_pack.get(pack_id, ())))
+
+            with ThreadPoolExecutor(workers) as pool:
+                for found in pool.map(check, candidates):
+                    report.problems.extend(found)
+                    report.packs_read += 1
+                    if on_pack:
+                        on_pack(1)
+    return report
+
+
+def _walk_snapshot(repo: Repository, snap: Snapshot, users: dict[bytes, set[str]], report: VerifyReport) -> None:
+    label = _label(snap)
+    tree_ids = [bytes.fromhex(t) for t in snap.tree]
+    for tid in tree_ids:
+        users[tid].add(label)
+    missing = [t for t in tree_ids if t not in repo.index]
+    if missing:
+        report.problems.append(Problem(f"blob {missing[0].hex()}", "tree blob is not in the index", [label]))
+        return
+    try:
+        for entry in decode_lines(repo.read_blob(t) for t in tree_ids):
+            for hex_id in entry.chunks:
+                cid = bytes.fromhex(hex_id)
+                users[cid].add(label)
+                if cid not in repo.index:
+                    report.problems.append(Problem(f"blob {hex_id}", f"data of {entry.path} is not in the index", [label]))
+    except IntegrityError as exc:
+        report.problems.append(Problem(str(exc.fields.get("name", "tree")), str(exc.fields.get("detail", exc)), [label]))
+    except (ValueError, DrkitError) as exc:
+        report.problems.append(Problem(layout.snapshot_name(snap.id), f"tree unreadable: {exc}", [label]))
+
+
+def _read_pack(repo: Repository, pack_id: str, indexed: list, affected: list[str]) -> list[Problem]:
+    name = layout.pack_name(pack_id)
+    try:
+        data = repo.read_pack(pack_id)
+        trailer = repo.pack_entries(pack_id, data)
+    except IntegrityError as exc:
+        return [Problem(name, str(exc.fields.get("detail", exc)), affected)]
+    except ObjectNotFound:
+        return [Problem(name, "pack is missing", affected)]
+    problems = []
+    in_trailer = {e.id: e for e in trailer}
+    for e in indexed:
+        t = in_trailer.get(e.id)
+        if t is None or (t.offset, t.length) != (e.offset, e.length):
+            problems.append(Problem(name, f"index entry for blob {e.id.hex()[:16]} does not match the pack trailer", affected))
+    view = memoryview(data)
+    for e in trailer:
+        try:
+            repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+        except BlobError as exc:
+            kind = "tree" if e.blob_type == BLOB_TREE else "data"
+            problems.append(Problem(name, f"{kind} {exc}", affected))
+    return problems
+
+
+def parse_subset(text: str) -> float:
+    """'10%' -> 0.1, '0.25' -> 0.25, '1/8' -> 0.125; ValueError otherwise."""
+    text = text.strip()
+    if text.endswith("%"):
+        value = float(text[:-1]) / 100
+    elif "/" in text:
+        n, m = text.split("/", 1)
+        value = int(n) / int(m)
+    else:
+        value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("subset must be within (0, 100%]")
+    return value
