@@ -134,7 +134,9 @@ class SshServer:
                 self.process.wait(timeout=5)
 
 
-def _write_config(workdir: Path, port: int, host: str, host_key: Path, authorized: Path, home: Path) -> Path:
+def _write_config(
+    workdir: Path, port: int, host: str, host_key: Path, authorized: Path, home: Path, sftp_args: str
+) -> Path:
     config = workdir / "sshd_config"
     config.write_text(
         "\n".join(
@@ -157,7 +159,7 @@ def _write_config(workdir: Path, port: int, host: str, host_key: Path, authorize
                 "MaxStartups 100:30:200",
                 "MaxSessions 50",
                 "LogLevel VERBOSE",
-                f"Subsystem sftp internal-sftp -d {home}",
+                f"Subsystem sftp internal-sftp {sftp_args} -d {home}".replace("  ", " "),
                 "",
             ]
         )
@@ -180,8 +182,13 @@ def _wait_banner(host: str, port: int, proc: subprocess.Popen[bytes], deadline: 
     return False
 
 
-def start_sshd(tmpdir: str | os.PathLike[str], *, host: str = "127.0.0.1", attempts: int = 3) -> SshServer:
+def start_sshd(
+    tmpdir: str | os.PathLike[str], *, host: str = "127.0.0.1", attempts: int = 3, sftp_args: str = ""
+) -> SshServer:
     """Start a private sshd under *tmpdir* on a free port of *host*; wait until it answers.
+
+    *sftp_args* go to ``internal-sftp`` (e.g. ``"-R"`` for a read-only SFTP server, whose
+    writes fail with "permission denied" even for root).
 
     Raises :class:`SshdStartError` (with sshd's log) if it does not come up, or
     FileNotFoundError if sshd is not installed (tests should call ``require_binary`` first).
@@ -209,7 +216,7 @@ def start_sshd(tmpdir: str | os.PathLike[str], *, host: str = "127.0.0.1", attem
     last_log = ""
     for _ in range(attempts):
         port = free_port(host)
-        config = _write_config(workdir, port, host, host_key, authorized, home)
+        config = _write_config(workdir, port, host, host_key, authorized, home, sftp_args)
         log = open(log_file, "ab")
         try:
             proc = subprocess.Popen(

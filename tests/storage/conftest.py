@@ -1,0 +1,104 @@
+"""Fixtures for the storage tests: one moto S3 server and one sshd per session, a fresh
+bucket / folder per test, and ``backend``: the same contract over every backend."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from drkit.storage.base import Storage
+from drkit.storage.local import LocalStorage
+from drkit.storage.retry import RetryPolicy
+from tests.conftest import require_binary
+from tests.servers.s3 import MotoServer, start_moto
+from tests.servers.sshd import SshServer, start_sshd
+
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_elapsed=30)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        require_binary("moto_server")  # skips locally, fails under CI
+        raise exc
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    require_binary("sshd")
+    require_binary("ssh-keygen")
+    server = start_sshd(tmp_path_factory.mktemp("sshd-session"))
+    yield server
+    server.stop()
+
+
+def sftp_options(server: SshServer, **extra: Any) -> dict[str, Any]:
+    """``repository.sftp`` for a test server (its key and known_hosts, no agent)."""
+    opts: dict[str, Any] = {
+        "key_file": str(server.key_file),
+        "known_hosts_file": str(server.known_hosts_file),
+        "allow_agent": False,
+        "ssh_config_file": None,
+    }
+    opts.update(extra)
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+@dataclass
+class Backend:
+    """A fresh, empty storage plus a way to look at it from outside (bypassing drkit)."""
+
+    kind: str
+    storage: Storage
+    raw_names: Callable[[], list[str]]
+    """Every file/key under the repository root, temporaries included."""
+
+
+@pytest.fixture(params=["local", "s3", "sftp"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    kind = request.param
+    if kind == "local":
+        root = tmp_path / "repo"
+        storage: Storage = LocalStorage(root)
+
+        def raw() -> list[str]:
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    elif kind == "s3":
+        from drkit.storage.s3 import S3Storage
+
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        bucket = moto.new_bucket()
+        storage = S3Storage(
+            f"s3://{bucket}/repo", moto.options(multipart_threshold_mib=5, multipart_chunk_mib=5, concurrency=4)
+        )
+        client = moto.client()
+
+        def raw() -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="repo/")
+            return sorted(o["Key"][5:] for p in pages for o in p.get("Contents", []))
+
+    else:
+        from drkit.storage.sftp import SftpStorage
+
+        server: SshServer = request.getfixturevalue("sshd")
+        folder = f"repo-{secrets.token_hex(4)}"
+        storage = SftpStorage(server.url(f"~/{folder}"), sftp_options(server))
+        root = server.sftp_home / folder
+
+        def raw() -> list[str]:
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    try:
+        yield Backend(kind, storage, raw)
+    finally:
+        storage.close()
