@@ -42,6 +42,9 @@ class CliState:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path, self.env)
+            from drkit.redact import protect_config
+
+            protect_config(self._config, self.env)
         return self._config
 
     @property
@@ -61,7 +64,11 @@ pass_state = click.make_pass_decorator(CliState)
 
 
 def _configure_logging(debug: bool, fmt: str) -> None:
+    from drkit.redact import RedactingFilter, install_log_redaction
+
+    install_log_redaction()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
     if fmt == "json":
         from drkit.logfmt import JsonFormatter
 
@@ -117,13 +124,19 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, 
     never from the command line.
     """
     _configure_logging(debug, log_format)
-    ctx.obj = CliState(config_path=config_path, env=Environment.capture(), debug=debug, quiet=quiet, log_format=log_format)
+    env = Environment.capture()
+    from drkit.redact import register_env
+
+    register_env(env.vars)
+    ctx.obj = CliState(config_path=config_path, env=env, debug=debug, quiet=quiet, log_format=log_format)
 
 
 def _print_error(exc: DrkitError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
+    from drkit.redact import redact
+
+    click.echo(f"error: {redact(exc.message)}", err=True)
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+        click.echo(f"hint: {redact(exc.hint)}", err=True)
 
 
 def run_cli(entry: Callable[..., Any], args: list[str] | None = None) -> int:
@@ -151,14 +164,24 @@ def run_cli(entry: Callable[..., Any], args: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: say so plainly
-        if debug:
-            raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+        from drkit.redact import format_exception, redact
+
+        if debug:  # the traceback, with secrets masked
+            click.echo(format_exception(exc), err=True, nl=False)
+            return EXIT_INTERNAL
+        click.echo(f"error: internal error: {type(exc).__name__}: {redact(exc)}", err=True)
         click.echo("hint: run again with --debug for a traceback, and please report it", err=True)
         return EXIT_INTERNAL
 
 
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: locks released, temp files removed, exit 130
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM (systemd stop, the scheduler) acts like Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     sys.exit(run_cli(cli))
 
