@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "drkit.cli.key_cmd",
     "drkit.cli.unlock_cmd",
     "drkit.cli.demo_cmd",
+    "drkit.cli.runbook_cmd",
     "drkit.cli.schedule_cmd",
 ]
 
