@@ -66,6 +66,7 @@ class FilesSource(Source):
 
     def backup(self, ctx: BackupContext) -> None:
         opts = self.options
+        self._dirs: set[str] = set()  # per run: directories already recorded
         ctx.paths.extend(opts.paths)
         for root in opts.paths:
             try:
@@ -93,8 +94,6 @@ class FilesSource(Source):
 
     @property
     def _seen_dirs(self) -> set[str]:
-        if not hasattr(self, "_dirs"):
-            self._dirs: set[str] = set()
         return self._dirs
 
     def _walk(self, ctx: BackupContext, path: str, st: os.stat_result, root_dev: int) -> None:
