@@ -102,3 +102,22 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield Backend(kind, storage, raw)
     finally:
         storage.close()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted under tmp_path (a real ENOSPC); skips where mounting is not allowed."""
+    import subprocess
+
+    mount = require_binary("mount")
+    point = tmp_path / "tiny"
+    point.mkdir()
+    proc = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(point)], capture_output=True, text=True, timeout=20
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): full-disk test needs CAP_SYS_ADMIN")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=20)
