@@ -23,6 +23,12 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in self._skip and not key.startswith("_"):
                 data[key] = value
-        if record.exc_info:
+        if record.exc_text:  # already formatted (and redacted by drkit.redact)
+            data["exc"] = record.exc_text
+        elif record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        if record.stack_info:
+            data["stack"] = record.stack_info
+        from drkit.redact import redact
+
+        return redact(json.dumps(data, default=str))

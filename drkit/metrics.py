@@ -320,8 +320,12 @@ class MetricsSink:
         *,
         labels: Mapping[str, str] | None = None,
         now: float | None = None,
+        gauges: Iterable[tuple[str, str | None, float]] = (),
     ) -> dict[SeriesKey, float]:
-        """The series a run produces (without touching the file). ValueError on an unknown metric."""
+        """The series a run produces (without touching the file). ValueError on an unknown metric.
+
+        *gauges* are (metric, source, value) values that are not an outcome (the snapshot
+        count of a source this run did not back up, the repository size)."""
         now = self.clock() if now is None else now
         extra = dict(labels or {})
         out: dict[SeriesKey, float] = {}
@@ -342,6 +346,8 @@ class MetricsSink:
                 rpo, rto = self.config.targets(oc.source)
                 put("rpo_target_seconds", oc.source, rpo)
                 put("rto_budget_seconds", oc.source, rto)
+        for key, source, value in gauges:
+            put(key, source, value)
         return out
 
     def write(self, new: Mapping[SeriesKey, float]) -> None:
@@ -394,9 +400,10 @@ class MetricsSink:
         *,
         labels: Mapping[str, str] | None = None,
         now: float | None = None,
+        gauges: Iterable[tuple[str, str | None, float]] = (),
     ) -> None:
-        """Record several outcomes of one run in a single write."""
-        self.write(self.samples(job, outcomes, labels=labels, now=now))
+        """Record several outcomes (and plain gauges) of one run in a single write."""
+        self.write(self.samples(job, outcomes, labels=labels, now=now, gauges=gauges))
 
     def read(self) -> dict[SeriesKey, float]:
         """The drkit series currently in the file (empty when it does not exist)."""
@@ -454,6 +461,13 @@ class Run:
     """Extra labels (``level`` for verify)."""
     ok: bool | None = None
     """Set to False to record the run as failed without raising."""
+    gauges: list[tuple[str, str | None, float]] = field(default_factory=list)
+
+    def set(self, metric: str, value: float, *, source: str | None = None) -> None:
+        """Record a plain value that is not an outcome (``snapshots`` of a source,
+        ``repository_size_bytes``); ValueError for an unknown metric."""
+        metric_name(metric)
+        self.gauges.append((metric, source, float(value)))
 
     def add(self, source: str | None, *, ok: bool, duration: float | None = None,
             values: Mapping[str, float] | None = None) -> None:
@@ -468,6 +482,7 @@ def track(
     *,
     sources: Iterable[str] = (),
     clock: Callable[[], float] = time.time,
+    enabled: bool = True,
 ) -> Iterator[Run]:
     """Time a command and record its outcome on exit (only when metrics are configured).
 
@@ -479,9 +494,10 @@ def track(
 
     Raises ConfigError up front when the ``metrics:`` section is invalid; write errors
     are only logged. The block's exception always propagates unchanged.
+    ``enabled=False`` (a dry run) records nothing.
     """
     config = _config_of(state_or_config)
-    sink = MetricsSink.from_config(config, clock=clock)
+    sink = MetricsSink.from_config(config, clock=clock) if enabled else None
     run = Run(command=command, sources=list(sources), started=clock())
     failed = False
     try:
@@ -502,8 +518,61 @@ def track(
             elif run.values or not outcomes:
                 outcomes[None] = Outcome(None, whole_ok, elapsed, dict(run.values))
             try:
-                sink.record_many(command, outcomes.values(), labels=run.labels)
+                sink.record_many(command, outcomes.values(), labels=run.labels, gauges=run.gauges)
             except ConfigError as exc:
                 log.error("metrics not written: %s", exc.message)
             except ValueError as exc:  # a programming error in the caller: say so, do not mask
                 log.error("metrics not written: %s", exc)
+
+
+# --- adapters for the commands' results (duck-typed: no import of the services) ----
+
+
+def backup_outcomes(run: Any) -> list[Outcome]:
+    """Outcomes of a :class:`drkit.services.backup.BackupRun` (one per source)."""
+    out = []
+    for o in getattr(run, "outcomes", []):
+        values: dict[str, float] = {}
+        snap = getattr(o, "snapshot", None)
+        stats = getattr(snap, "stats", None) or {}
+        if snap is not None:
+            values = {
+                "backup_read_bytes": float(stats.get("bytes_read", 0)),
+                "backup_added_bytes": float(stats.get("bytes_added", 0)),
+                "backup_stored_bytes": float(stats.get("bytes_stored", 0)),
+            }
+        out.append(Outcome(o.source, getattr(o, "error", None) is None and snap is not None,
+                           float(getattr(o, "seconds", 0.0)), values))
+    return out
+
+
+def record_repository_state(run: Run, repo: Any) -> None:
+    """Add the snapshot count per source and the repository size to *run*.
+
+    Best effort: what cannot be read (a manifest this host cannot decrypt, a storage
+    error) is left out with a debug line; never raises for it.
+    """
+    try:
+        counts: dict[str, int] = {}
+        for snap in repo.list_snapshots(on_error=lambda name, detail: None):
+            counts[snap.source] = counts.get(snap.source, 0) + 1
+        for source, n in counts.items():
+            run.set("snapshots", n, source=source)
+    except Exception as exc:  # noqa: BLE001 - metrics are best effort
+        log.debug("snapshot counts not recorded: %s", exc)
+    try:
+        from drkit.repository import layout
+
+        total = 0
+        for prefix in (layout.DATA, layout.INDEX, layout.SNAPSHOTS, layout.KEYS):
+            total += sum(info.size for info in repo.storage.list(prefix))
+        run.set("repository_size_bytes", total)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("repository size not recorded: %s", exc)
+
+
+def record_backup(run: Run, backup_run: Any, repo: Any) -> None:
+    """Add a backup run's per-source outcomes, snapshot counts and repository size to *run*."""
+    for oc in backup_outcomes(backup_run):
+        run.add(oc.source, ok=oc.ok, duration=oc.duration, values=oc.values)
+    record_repository_state(run, repo)

@@ -24,6 +24,7 @@ files or stdin, never in argv (see :mod:`drkit.proc`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -98,7 +99,8 @@ class SecretRegistry:
         value = value.strip("\r\n") or value  # a password file's trailing newline
         if len(value) < MIN_SECRET_LENGTH:
             return
-        forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+        forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+                 json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
         with self._lock:
             if forms <= self._values:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository, progress_for
 from drkit.errors import DrkitError
@@ -51,20 +52,23 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
     """
     cfg = state.config
     selected = cfg.select_sources(sources)
-    repo = open_repository(state)
-    options = BackupOptions(
-        tags=list(tags),
-        workers=cfg.repository.workers,
-        index_every_packs=cfg.repository.index_every_packs,
-    )
-    if host or cfg.raw.hostname:
-        options.host = host or cfg.raw.hostname or options.host
-    try:
-        with progress_for(state, not as_json) as progress:
-            run = run_backup(repo, selected, options, progress=progress)
-    except DrkitError as exc:
-        run = getattr(exc, "run", None)
-        if run is not None:
-            _report(state, run, as_json)
-        raise
-    _report(state, run, as_json)
+    with metrics.track(state, "backup", sources=[s.name for s in selected]) as m:
+        repo = open_repository(state)
+        options = BackupOptions(
+            tags=list(tags),
+            workers=cfg.repository.workers,
+            index_every_packs=cfg.repository.index_every_packs,
+        )
+        if host or cfg.raw.hostname:
+            options.host = host or cfg.raw.hostname or options.host
+        try:
+            with progress_for(state, not as_json) as progress:
+                run = run_backup(repo, selected, options, progress=progress)
+        except DrkitError as exc:
+            run = getattr(exc, "run", None)
+            if run is not None:
+                metrics.record_backup(m, run, repo)
+                _report(state, run, as_json)
+            raise
+        metrics.record_backup(m, run, repo)
+        _report(state, run, as_json)

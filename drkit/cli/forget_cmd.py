@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository
 from drkit.errors import UsageError
+from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
 from drkit.services.prune import PruneReport, prune
 
@@ -68,7 +70,21 @@ def forget_cmd(
         raise UsageError(f"--keep-within: {exc}") from None
     if policy.empty() and not snapshot_ids:
         raise UsageError("no policy and no snapshot given: refusing to forget everything", hint="e.g. --keep-daily 7 --keep-weekly 4")
-    repo = open_repository(state)
+    with metrics.track(state, "forget", enabled=not dry_run) as m:
+        repo = open_repository(state)
+        removed, report = _forget(state, repo, snapshot_ids, sources, policy, do_prune, dry_run, as_json)
+        if not dry_run:
+            metrics.record_repository_state(m, repo)
+    if as_json:
+        state.emit_json({"removed": removed, "dry_run": dry_run, "prune": report.to_json() if report else None})
+    else:
+        state.say(f"{'would remove' if dry_run else 'removed'} {len(removed)} snapshot(s)")
+        if report:
+            _say_prune(state, report)
+
+
+def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], sources: tuple[str, ...],
+            policy: Policy, do_prune: bool, dry_run: bool, as_json: bool) -> tuple[list[dict[str, object]], PruneReport | None]:
     removed: list[dict[str, object]] = []
     with repo.lock(exclusive=True, command="forget"):
         if snapshot_ids:
@@ -87,12 +103,7 @@ def forget_cmd(
     report = None
     if do_prune and removed:
         report = prune(repo, dry_run=dry_run)
-    if as_json:
-        state.emit_json({"removed": removed, "dry_run": dry_run, "prune": report.to_json() if report else None})
-    else:
-        state.say(f"{'would remove' if dry_run else 'removed'} {len(removed)} snapshot(s)")
-        if report:
-            _say_prune(state, report)
+    return removed, report
 
 
 @cli.command("prune")
@@ -106,8 +117,11 @@ def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: 
     Takes an exclusive lock: backups wait (they fail with exit 4) until it ends.
     Safe to interrupt: every snapshot stays restorable at every step.
     """
-    repo = open_repository(state)
-    report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)
+    with metrics.track(state, "prune", enabled=not dry_run) as m:
+        repo = open_repository(state)
+        report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)
+        if not dry_run:
+            metrics.record_repository_state(m, repo)
     if as_json:
         state.emit_json(report.to_json())
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import open_repository
 from drkit.errors import DamageFound, UsageError
@@ -35,8 +36,12 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             subset = parse_subset(read_data_subset)
         except ValueError as exc:
             raise UsageError(f"--read-data-subset: {exc}") from None
-    repo = open_repository(state)
-    report = verify_repository(repo, read_data=read_data or subset is not None, subset=subset)
+    with metrics.track(state, "verify") as m:
+        m.labels["level"] = "full" if read_data else ("subset" if subset is not None else "structure")
+        repo = open_repository(state)
+        report = verify_repository(repo, read_data=read_data or subset is not None, subset=subset)
+        m.values.update(verify_ok=float(report.ok), verify_damaged_objects=float(len(report.problems)))
+        m.ok = report.ok
     if as_json:
         state.emit_json(report.to_json())
     else:
