@@ -105,7 +105,10 @@ def iam_enforced(moto: MotoServer) -> Iterator[None]:
 
     def reset(value: str) -> str:
         req = urllib.request.Request(
-            f"{moto.endpoint_url}/moto-api/reset-auth", data=value.encode(), method="POST"
+            f"{moto.endpoint_url}/moto-api/reset-auth",
+            data=value.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             return str(json.load(resp)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
