@@ -231,6 +231,28 @@ class Repository:
         except PackFormatError as exc:
             raise IntegrityError(name=layout.pack_name(pack_id), detail=str(exc)) from None
 
+    def adopt_orphan_packs(self, on_error: Callable[[str, str], None] | None = None) -> int:
+        """Index packs that exist but no index file lists (left by an interrupted run),
+        so their data is reused instead of uploaded again. Damaged ones are skipped
+        (and reported to *on_error*). Never deletes. Returns the number adopted."""
+        adopted = []
+        for info in self.storage.list(layout.DATA):
+            pack_id = layout.id_of(info.name)
+            if pack_id is None or pack_id in self.index.pack_sizes:
+                continue
+            try:
+                data = self.read_pack(pack_id)
+                entries = self.pack_entries(pack_id, data)
+            except (IntegrityError, ObjectNotFound) as exc:
+                if on_error:
+                    on_error(info.name, str(exc))
+                continue
+            self.index.add_pack(pack_id, len(data), entries)
+            adopted.append((pack_id, len(data), entries))
+        if adopted:
+            self.write_index(adopted)
+        return len(adopted)
+
     def read_blob(self, chunk_id: bytes) -> bytes:
         """Fetch, decrypt, decompress and verify one blob; raises IntegrityError."""
         loc = self.index.get(chunk_id)

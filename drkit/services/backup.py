@@ -309,6 +309,9 @@ def run_backup(
     outcomes: list[SourceOutcome] = []
     with repo.lock(exclusive=False, command="backup"):
         repo.load_index()
+        adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
+        if adopted:
+            log.info("reusing %d pack(s) uploaded by an interrupted run", adopted)
         existing = repo.list_snapshots(on_error=lambda name, detail: log.warning("skipping damaged manifest %s: %s", name, detail))
         for src in sources:
             outcomes.append(_backup_one(repo, src, existing, run_id, run_meta, options, progress))
