@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
-from drkit.errors import DrkitError
+from drkit.errors import DrkitError, ObjectNotFound
 from drkit.storage.base import ObjectInfo, Storage
 from drkit.storage.retry import RetryingStorage, RetryPolicy
 
@@ -67,6 +67,10 @@ class ObservedStorage:
         start = time.monotonic()
         try:
             result = fn()
+        except ObjectNotFound as exc:  # often expected (does the repository exist yet?)
+            self.stats.add(errors=1)
+            log.debug("storage %s %s: %s", op, name, exc.message)
+            raise
         except DrkitError as exc:
             self.stats.add(errors=1)
             log.warning("storage %s %s failed: %s", op, name, exc.message, extra={"op": op, "object": name})

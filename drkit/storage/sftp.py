@@ -237,8 +237,9 @@ class SftpStorage:
             ) from None
         except paramiko.AuthenticationException as exc:
             client.close()
+            tried = f"key {self.options.key_file}" if self.options.key_file else "the agent and default keys"
             raise StorageError(
-                f"authentication failed for {self.where}: {exc}",
+                f"authentication failed for {self.where} (tried {tried}; server said: {exc})",
                 hint="check repository.sftp.key_file (or the ssh-agent) and that its public key is in the server's authorized_keys",
             ) from None
         except socket.gaierror as exc:
