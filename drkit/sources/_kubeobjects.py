@@ -1,0 +1,136 @@
+"""Shared backup/restore of Kubernetes manifests for the k8s-secrets and argocd sources.
+
+Backup stores each object, stripped of cluster-specific metadata, as YAML under
+``<plural>/<namespace>/<name>.yaml`` (see :func:`drkit.kube.manifest_path`).
+Restore either writes those files under ``--target`` (never touching the cluster) or,
+with ``in_place``, applies them in a fixed kind order (create, or replace what exists)
+and reports every object it applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from drkit.errors import PartialFailure, UsageError
+from drkit.kube import Kube, KubeAPIError, dump_manifest, load_manifest, manifest_path, object_ref
+from drkit.repository.tree import FILE
+from drkit.sources.base import BackupContext, RestoreContext, RestoreResult
+
+# Restore order (velero's habit: order as data, each with its reason).
+APPLY_ORDER = [
+    "Namespace",  # everything else lives in one
+    "ConfigMap",  # Argo CD reads argocd-cm / argocd-rbac-cm at start
+    "Secret",  # sealed-secrets keys before the controller starts; repo creds before apps sync
+    "AppProject",  # Applications refer to their project
+    "Application",
+    "ApplicationSet",  # generates Applications: last, so the restored ones exist first
+]
+
+
+def store_objects(ctx: BackupContext, objs: Iterable[dict[str, Any]]) -> list[str]:
+    """Hand each (already stripped) object to *ctx* as YAML; returns the paths used."""
+    paths = []
+    for obj in objs:
+        path = manifest_path(obj)
+        ctx.add_bytes(path, dump_manifest(obj), mode=0o600)
+        paths.append(path)
+    return paths
+
+
+def read_objects(ctx: RestoreContext) -> list[tuple[str, dict[str, Any]]]:
+    """(path, object) of every YAML manifest in the snapshot, honouring ``ctx.include``."""
+    out = []
+    for entry in ctx.entries():
+        if entry.type != FILE or not entry.path.endswith(".yaml"):
+            continue
+        if ctx.include and not any(_included(entry.path, pat) for pat in ctx.include):
+            continue
+        f = ctx.open_entry(entry)
+        try:
+            data = f.read()
+        finally:
+            f.close()
+        out.append((entry.path, load_manifest(data, name=entry.path)))
+    return out
+
+
+def _included(path: str, pattern: str) -> bool:
+    import fnmatch
+
+    pattern = pattern.strip("/")
+    return fnmatch.fnmatch(path, pattern) or path.startswith(pattern.rstrip("/") + "/")
+
+
+def restore_objects(
+    ctx: RestoreContext,
+    kube_factory: Callable[[], Kube],
+    *,
+    source_name: str,
+    transform: Callable[[dict[str, Any]], tuple[dict[str, Any], str | None]] | None = None,
+) -> RestoreResult:
+    """The restore contract of manifest sources (see module doc).
+
+    *transform* may change an object before it is applied and return a note for the
+    report (e.g. "automated sync paused"). Without ``in_place`` and without
+    ``--target`` it raises UsageError. A failure to apply one object does not stop the
+    others; any failure ends in :class:`PartialFailure` after the report.
+    """
+    if not ctx.options.get("in_place"):
+        if ctx.target is None:
+            raise UsageError(
+                f"source {source_name!r} restores manifests into a directory: give --target DIR",
+                hint="or --in-place to apply them to the cluster of the source's kubeconfig",
+            )
+        result = ctx.write_entries(ctx.target, include=ctx.include or None)
+        result.lines.append(f"wrote {result.files} manifest(s) under {ctx.target} (cluster not touched)")
+        return result
+
+    objs = read_objects(ctx)
+    order = {kind: i for i, kind in enumerate(APPLY_ORDER)}
+    objs.sort(key=lambda po: (order.get(po[1].get("kind", ""), len(order)), po[0]))
+    result = RestoreResult()
+    if ctx.dry_run:
+        for path, obj in objs:
+            if transform is not None:
+                obj, _ = transform(obj)
+            line = f"would apply {object_ref(obj)}"
+            ctx.say(line)
+            result.lines.append(line)
+        return result
+
+    kube = kube_factory()
+    try:
+        namespaces = sorted({o["metadata"]["namespace"] for _, o in objs if o["metadata"].get("namespace")})
+        for ns in namespaces:
+            if kube.ensure_namespace(ns):
+                line = f"created Namespace {ns}"
+                ctx.say(line)
+                result.lines.append(line)
+        applied: list[str] = []
+        for path, obj in objs:
+            note = None
+            if transform is not None:
+                obj, note = transform(obj)
+            try:
+                how = kube.apply(obj)
+            except KubeAPIError as exc:
+                line = f"FAILED {object_ref(obj)}: {exc.message}"
+                ctx.say(line)
+                result.lines.append(line)
+                result.failed.append(path)
+                continue
+            line = f"{how} {object_ref(obj)}" + (f" ({note})" if note else "")
+            ctx.say(line)
+            result.lines.append(line)
+            applied.append(object_ref(obj))
+            result.files += 1
+        result.details["applied"] = applied
+    finally:
+        kube.close()
+    if result.failed:
+        raise PartialFailure(
+            f"{len(result.failed)} of {len(objs)} object(s) of source {source_name!r} were not applied: "
+            + ", ".join(result.failed[:5]),
+            hint="see the lines above for the API server's reasons; fix them and run the restore again (it is idempotent)",
+        )
+    return result

@@ -1,0 +1,1101 @@
+"""A FAKE Kubernetes API server for tests. It is not Kubernetes and not Longhorn.
+
+There is no API server on the test machines, so drkit's Kubernetes-facing code (which
+talks through the official ``kubernetes`` client only) is tested against this small
+threaded HTTP server on ``127.0.0.1:<free port>``. It serves the paths drkit uses:
+
+- core v1: namespaces, secrets, configmaps, persistentvolumes, persistentvolumeclaims
+  (list in one namespace or across all, ``labelSelector``/``fieldSelector``, get,
+  create, replace, merge patch, delete);
+- ``argoproj.io/v1alpha1``: applications, appprojects, applicationsets;
+- ``cert-manager.io/v1``: issuers, clusterissuers;
+- ``longhorn.io/v1beta2``: every kind of Longhorn v1.12.1 (validated against the real
+  CRD schemas); Volume, Snapshot, Backup, BackupVolume, VolumeAttachment, Node and
+  BackupTarget also *behave* (see below).
+
+Validation (what a real API server does, and where the fake is deliberately stricter):
+
+- every object received is checked against its schema (``jsonschema``; see
+  :mod:`tests.fakes.schemas`): types, enums, required fields. A failure is ``422
+  Invalid`` like the real server.
+- unknown fields: the ``fieldValidation`` query parameter is honoured (``Strict``:
+  ``400 BadRequest`` naming the field; ``Warn``: pruned with a ``Warning`` header;
+  ``Ignore``: pruned). **Without the parameter the fake defaults to Strict** (a real
+  server defaults to Warn and silently drops the field), so that a misspelt field fails
+  a test instead of a restore. ``FakeKube(unknown_fields="Warn")`` restores the real
+  default.
+- ObjectMeta: ``metadata.name`` required (DNS-1123), namespace in the body must match
+  the URL; ``uid``, ``resourceVersion``, ``creationTimestamp``, ``generation`` are
+  assigned by the server. A create with ``metadata.resourceVersion`` set fails with
+  ``500 InternalError: resourceVersion should not be set on objects to be created``
+  (the real etcd3 store's answer).
+- replace (PUT) with a stale ``resourceVersion`` is ``409 Conflict``; a custom resource
+  replaced without ``resourceVersion`` is ``422`` (CRs do not allow unconditional
+  updates; core kinds do).
+- status: for kinds with a status subresource (all Longhorn kinds, ApplicationSet,
+  PV, PVC, Namespace) the ``status`` in a create/replace/patch body is ignored.
+- patches: ``application/merge-patch+json`` (RFC 7386) everywhere;
+  ``application/strategic-merge-patch+json`` on custom resources is ``415
+  UnsupportedMediaType`` like the real server (on core kinds the fake applies it as a
+  merge patch: good enough for the maps drkit patches); JSON patch and apply patch are
+  ``415`` (not implemented by the fake).
+- authentication: a bearer token is required (``401`` otherwise).
+
+Longhorn behaviour imitated (DESIGN.md section 3):
+
+- webhooks: a Volume without ``spec.frontend`` is refused (422); ``numberOfReplicas``
+  defaults to 3; ``size`` is rounded up to a multiple of 2 MiB; a Snapshot of a missing
+  Volume and a Backup of a missing Snapshot are refused (422); a Volume whose
+  ``fromBackup`` names no known Backup is refused (422); ``dataSource`` must be
+  ``snap://VOLUME/SNAPSHOT`` of an existing, ready snapshot.
+- each Volume has a backing file ``STATE/volumes/NAME.img`` (sparse, ``size`` bytes)
+  and a VolumeAttachment of the same name. Attaching is done the way Longhorn v1.5+
+  does it: an entry in ``spec.attachmentTickets`` of the Volume's VolumeAttachment
+  (``{id, type, nodeID, parameters: {disableFrontend: "false"}}``). A ticket for the
+  fake's node is satisfied after ``attach_delay``: status ticket ``satisfied: true``,
+  Volume ``status.state: attached`` and ``currentNodeID``, and the "block device"
+  ``DEVICE_DIR/NAME`` appears (a hard link to the backing file, so writes land in the
+  volume). With no tickets left the volume detaches and the device disappears; deleting
+  the Volume removes its attachment, device, backing file and its Snapshots.
+- Snapshot (``spec.createSnapshot: true``): the backing file is copied at creation
+  time (the snapshot content); ``status.readyToUse`` becomes true after
+  ``snapshot_delay``.
+- a Volume with ``spec.dataSource: snap://VOL/SNAP`` is a clone: its backing file is
+  a copy of that snapshot content; ``status.cloneStatus.state`` goes ``initiated`` ->
+  ``completed`` after ``clone_delay`` (it cannot be attached before).
+- Backup (label ``backup-volume``, ``spec.snapshotName``): ``status.state`` goes
+  ``InProgress`` -> ``Completed`` after ``backup_delay``, with ``status.url`` as
+  Longhorn writes it (``<backup target URL>?backup=<name>&volume=<volume>``) and a
+  BackupVolume object; the snapshot content is kept as the backup content, so a
+  Volume with ``spec.fromBackup: URL`` restores it (``status.restoreRequired`` true
+  until ``restore_delay`` passes).
+- injectable failures: ``fail_snapshots``, ``fail_backups``, ``fail_clones`` (an error
+  message: the object ends in its error state) and ``stall_snapshots``,
+  ``stall_backups``, ``stall_attach`` (never finishes, for timeouts).
+
+State changes are applied lazily: before every request (and every handle accessor)
+the fake runs the transitions whose time has come, so nothing races the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.fakes import schemas
+
+MIB = 1024 * 1024
+LONGHORN_NS = "longhorn-system"
+TOKEN = "fake-token-for-tests"
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class ApiError(Exception):
+    """An error the fake answers with a ``Status`` object."""
+
+    def __init__(self, code: int, reason: str, message: str, *, name: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.name, self.kind = code, reason, message, name, kind
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": {"name": self.name, "kind": self.kind},
+            "code": self.code,
+        }
+
+
+def _invalid(kind: str, name: str, message: str) -> ApiError:
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {message}', name=name, kind=kind)
+
+
+def _webhook_denied(kind: str, name: str, message: str) -> ApiError:
+    # Longhorn's admission webhook answers like this (422 through the API server).
+    return ApiError(
+        422,
+        "Invalid",
+        f'admission webhook "validator.longhorn.io" denied the request: {message}',
+        name=name,
+        kind=kind,
+    )
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str  # "" for core
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    schema: dict[str, Any]
+    custom: bool
+    status_subresource: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+def _builtin_types() -> list[ResourceType]:
+    core = [
+        ("namespaces", "Namespace", False, schemas.NAMESPACE, True),
+        ("secrets", "Secret", True, schemas.SECRET, False),
+        ("configmaps", "ConfigMap", True, schemas.CONFIGMAP, False),
+        ("persistentvolumes", "PersistentVolume", False, schemas.PERSISTENT_VOLUME, True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True, schemas.PERSISTENT_VOLUME_CLAIM, True),
+    ]
+    types = [ResourceType("", "v1", p, k, ns, s, False, st) for p, k, ns, s, st in core]
+    types += [
+        ResourceType("argoproj.io", "v1alpha1", "applications", "Application", True, schemas.APPLICATION, True, False),
+        ResourceType("argoproj.io", "v1alpha1", "appprojects", "AppProject", True, schemas.APPPROJECT, True, False),
+        ResourceType(
+            "argoproj.io", "v1alpha1", "applicationsets", "ApplicationSet", True, schemas.APPLICATIONSET, True, True
+        ),
+        ResourceType("cert-manager.io", "v1", "issuers", "Issuer", True, schemas.CERT_MANAGER_ISSUER, True, True),
+        ResourceType(
+            "cert-manager.io", "v1", "clusterissuers", "ClusterIssuer", False, schemas.CERT_MANAGER_ISSUER, True, True
+        ),
+    ]
+    for kind, crd in schemas.longhorn_crds().items():
+        types.append(
+            ResourceType(
+                "longhorn.io", "v1beta2", crd["plural"], kind, crd["namespaced"], crd["schema"], True,
+                crd["status_subresource"],
+            )
+        )
+    return types
+
+
+# --- label and field selectors ---------------------------------------------------------
+_SEL_SET = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+_SEL_EQ = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(==|=|!=)\s*([A-Za-z0-9._-]*)\s*$")
+_SEL_EXISTS = re.compile(r"^\s*(!?)\s*([A-Za-z0-9./_-]+)\s*$")
+
+
+def _split_selector(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return parts
+
+
+def parse_label_selector(text: str) -> Callable[[dict[str, str]], bool]:
+    """Compile a Kubernetes label selector; ApiError 400 when malformed."""
+    tests: list[Callable[[dict[str, str]], bool]] = []
+    for part in _split_selector(text or ""):
+        if m := _SEL_SET.match(part):
+            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
+            if op == "in":
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
+            else:
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+        elif m := _SEL_EQ.match(part):
+            key, op, value = m.groups()
+            if op == "!=":
+                tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
+            else:
+                tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
+        elif m := _SEL_EXISTS.match(part):
+            neg, key = m.groups()
+            tests.append((lambda lb, k=key: k not in lb) if neg else (lambda lb, k=key: k in lb))
+        else:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: invalid label selector {text!r}")
+    return lambda labels: all(t(labels) for t in tests)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _quantity_bytes(q: Any) -> int:
+    text = str(q)
+    units = {"Ki": 1024, "Mi": MIB, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 10**6, "G": 10**9}
+    for suffix, mult in units.items():
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * mult
+    return int(text)
+
+
+@dataclass
+class FakeKube:
+    """The fake's state and its knobs. Create with :func:`start_fake_kube`."""
+
+    state_dir: Path
+    device_dir: Path
+    node_id: str = "node-1"
+    backup_target_url: str = "s3://drkit-test@us-east-1/backupstore"
+    unknown_fields: str = "Strict"
+    # delays (seconds) and injected failures
+    snapshot_delay: float = 0.0
+    backup_delay: float = 0.0
+    clone_delay: float = 0.0
+    attach_delay: float = 0.0
+    restore_delay: float = 0.0
+    fail_snapshots: str | None = None
+    fail_backups: str | None = None
+    fail_clones: str | None = None
+    stall_snapshots: bool = False
+    stall_backups: bool = False
+    stall_attach: bool = False
+    # observations for assertions
+    requests: list[tuple[str, str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.types = {(t.group, t.plural): t for t in _builtin_types()}
+        self.by_kind = {(t.api_version, t.kind): t for t in self.types.values()}
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self._rv = 1000
+        self._pending: list[tuple[float, Callable[[], None]]] = []
+        self._validators: dict[tuple[str, str], jsonschema.Draft7Validator] = {}
+        (self.state_dir / "volumes").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "backups").mkdir(parents=True, exist_ok=True)
+        self.device_dir.mkdir(parents=True, exist_ok=True)
+        for ns in ("default", "kube-system", LONGHORN_NS):
+            self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        self.seed(
+            {
+                "apiVersion": "longhorn.io/v1beta2",
+                "kind": "Node",
+                "metadata": {"name": self.node_id, "namespace": LONGHORN_NS},
+                "spec": {"allowScheduling": True, "name": self.node_id},
+            }
+        )
+        self.seed(
+            {
+                "apiVersion": "longhorn.io/v1beta2",
+                "kind": "BackupTarget",
+                "metadata": {"name": "default", "namespace": LONGHORN_NS},
+                "spec": {"backupTargetURL": self.backup_target_url, "pollInterval": "5m0s"},
+            }
+        )
+
+    # ------------------------------------------------------------------ handle API
+    def seed(self, body: dict[str, Any], *, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create an object as if a client had POSTed it (same validation and hooks)."""
+        rtype = self.by_kind.get((body.get("apiVersion"), body.get("kind")))
+        if rtype is None:
+            raise KeyError(f"the fake does not serve {body.get('apiVersion')} {body.get('kind')}")
+        ns = body.get("metadata", {}).get("namespace") if rtype.namespaced else None
+        if rtype.namespaced and not ns:
+            ns = "default"
+        with self.lock:
+            created = self.create(rtype, ns, copy.deepcopy(body), "Strict")
+            if status is not None:
+                created = self.set_status(rtype.kind, ns, created["metadata"]["name"], status)
+            return copy.deepcopy(created)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """A copy of one object (``kind`` as in the object, e.g. "Volume"), or None."""
+        with self.lock:
+            self.tick()
+            rtype = self._type_of_kind(kind)
+            found = self.objects.get((rtype.group, rtype.plural, namespace or "", name))
+            return copy.deepcopy(found) if found else None
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            self.tick()
+            rtype = self._type_of_kind(kind)
+            return [
+                copy.deepcopy(o)
+                for (g, p, ns, _), o in sorted(self.objects.items())
+                if (g, p) == (rtype.group, rtype.plural) and (namespace is None or ns == namespace)
+            ]
+
+    def set_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge *status* into an object's status (what a controller would do)."""
+        with self.lock:
+            rtype = self._type_of_kind(kind)
+            obj = self._must_get(rtype, namespace, name)
+            obj["status"] = merge_patch(obj.get("status") or {}, status)
+            self._bump(obj)
+            return copy.deepcopy(obj)
+
+    def volume_path(self, name: str) -> Path:
+        """The backing file of Longhorn volume *name* (its data)."""
+        return self.state_dir / "volumes" / f"{name}.img"
+
+    def device_path(self, name: str) -> Path:
+        return self.device_dir / name
+
+    def provision(
+        self,
+        namespace: str,
+        pvc_name: str,
+        size: int,
+        *,
+        storage_class: str = "longhorn",
+        fs_type: str = "ext4",
+        labels: dict[str, str] | None = None,
+        attach: bool = True,
+    ) -> str:
+        """Do what Longhorn's CSI provisioner does for a new PVC: Volume ``pvc-<uid>``,
+        PV (``driver.longhorn.io``) and a bound PVC; attached to the node (a workload
+        uses it) when *attach*. Returns the volume name."""
+        with self.lock:
+            if self.get("Namespace", None, namespace) is None:
+                self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            pvc = self.seed(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": pvc_name, "namespace": namespace, "labels": labels or {}},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": str(size)}},
+                        "storageClassName": storage_class,
+                        "volumeMode": "Filesystem",
+                    },
+                }
+            )
+            volume = f"pvc-{pvc['metadata']['uid']}"
+            self.seed(
+                {
+                    "apiVersion": "longhorn.io/v1beta2",
+                    "kind": "Volume",
+                    "metadata": {"name": volume, "namespace": LONGHORN_NS},
+                    "spec": {"size": str(size), "frontend": "blockdev", "numberOfReplicas": 1, "accessMode": "rwo"},
+                }
+            )
+            self.seed(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {
+                        "name": volume,
+                        "annotations": {"pv.kubernetes.io/provisioned-by": "driver.longhorn.io"},
+                    },
+                    "spec": {
+                        "capacity": {"storage": str(size)},
+                        "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Delete",
+                        "storageClassName": storage_class,
+                        "volumeMode": "Filesystem",
+                        "csi": {
+                            "driver": "driver.longhorn.io",
+                            "volumeHandle": volume,
+                            "fsType": fs_type,
+                            "volumeAttributes": {"numberOfReplicas": "1", "staleReplicaTimeout": "30"},
+                        },
+                        "claimRef": {
+                            "apiVersion": "v1",
+                            "kind": "PersistentVolumeClaim",
+                            "namespace": namespace,
+                            "name": pvc_name,
+                            "uid": pvc["metadata"]["uid"],
+                        },
+                    },
+                }
+            )
+            key = ("", "persistentvolumeclaims", namespace, pvc_name)
+            self.objects[key]["spec"]["volumeName"] = volume
+            self._bind_claims()
+            if attach:
+                self._add_ticket(volume, f"csi-{uuid.uuid4().hex}", "csi-attacher")
+            self.tick()
+            return volume
+
+    def volume_names(self) -> list[str]:
+        return [o["metadata"]["name"] for o in self.list("Volume", LONGHORN_NS)]
+
+    # ------------------------------------------------------------------ internals
+    def _type_of_kind(self, kind: str) -> ResourceType:
+        for t in self.types.values():
+            if t.kind == kind:
+                return t
+        raise KeyError(kind)
+
+    def _all(self, kind: str) -> list[dict[str, Any]]:
+        """The live objects of one kind (no copies, no tick: for use inside the fake)."""
+        rtype = self._type_of_kind(kind)
+        return [o for (g, p, _, _), o in self.objects.items() if (g, p) == (rtype.group, rtype.plural)]
+
+    def _must_get(self, rtype: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
+        found = self.objects.get((rtype.group, rtype.plural, ns or "", name))
+        if found is None:
+            group = f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
+            raise ApiError(404, "NotFound", f'{group} "{name}" not found', name=name, kind=rtype.plural)
+        return found
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self._pending.append((time.monotonic() + delay, action))
+
+    def tick(self) -> None:
+        """Run the transitions that are due (called before every request)."""
+        with self.lock:
+            for _ in range(20):
+                now = time.monotonic()
+                due = [p for p in self._pending if p[0] <= now]
+                if not due:
+                    return
+                self._pending = [p for p in self._pending if p[0] > now]
+                for _, action in due:
+                    action()
+
+    def validate(self, rtype: ResourceType, body: dict[str, Any], mode: str) -> None:
+        name = (body.get("metadata") or {}).get("name", "")
+        if body.get("kind") not in (None, rtype.kind) or body.get("apiVersion") not in (None, rtype.api_version):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version "
+                f"({rtype.api_version}) or kind {body.get('kind')!r} is not {rtype.kind!r}",
+            )
+        meta = body.get("metadata")
+        if not isinstance(meta, dict):
+            raise _invalid(rtype.kind, name, "metadata: Required value")
+        unknown_meta = schemas.unknown_fields(meta, schemas.OBJECT_META, ".metadata", prune=mode != "Strict")
+        unknown = unknown_meta + schemas.unknown_fields(body, rtype.schema, prune=mode != "Strict")
+        if unknown:
+            if mode == "Strict":
+                fields = ", ".join(f'unknown field "{p.lstrip(".")}"' for p in unknown)
+                raise ApiError(400, "BadRequest", f"{rtype.kind} in version \"{rtype.version}\" cannot be handled "
+                               f"as a {rtype.kind}: strict decoding error: {fields}", name=name, kind=rtype.kind)
+            if mode == "Warn":
+                self.warnings += [f'unknown field "{p.lstrip(".")}"' for p in unknown]
+        key = (rtype.group, rtype.plural)
+        if key not in self._validators:
+            self._validators[key] = jsonschema.Draft7Validator(schemas.to_jsonschema(rtype.schema))
+        meta_validator = jsonschema.Draft7Validator(schemas.to_jsonschema(schemas.OBJECT_META))
+        errors = [(".metadata", e) for e in meta_validator.iter_errors(meta)]
+        errors += [("", e) for e in self._validators[key].iter_errors(body)]
+        if errors:
+            prefix, err = errors[0]
+            where = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+            raise _invalid(rtype.kind, name, f"{where.lstrip('.') or '<root>'}: {err.message}")
+        if not name or not _DNS1123.match(name) or len(name) > 253:
+            raise _invalid(rtype.kind, name, f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain "
+                           "must consist of lower case alphanumeric characters, '-' or '.'")
+        if rtype.kind == "Secret":
+            import base64
+            import binascii
+
+            for k, v in (body.get("data") or {}).items():
+                try:
+                    base64.b64decode(v, validate=True)
+                except (binascii.Error, ValueError):
+                    raise _invalid("Secret", name, f"data[{k}]: Invalid value: illegal base64 data") from None
+        if rtype.kind == "PersistentVolume":
+            spec = body.get("spec") or {}
+            if not spec.get("capacity", {}).get("storage"):
+                raise _invalid(rtype.kind, name, "spec.capacity: Required value")
+            if not spec.get("accessModes"):
+                raise _invalid(rtype.kind, name, "spec.accessModes: Required value")
+            sources = [s for s in ("csi", "hostPath", "local", "nfs") if s in spec]
+            if len(sources) != 1:
+                raise _invalid(rtype.kind, name, "spec: Required value: must specify a volume type")
+        if rtype.kind == "PersistentVolumeClaim":
+            spec = body.get("spec") or {}
+            if not spec.get("accessModes"):
+                raise _invalid(rtype.kind, name, "spec.accessModes: Required value: at least 1 access mode is required")
+            if not (spec.get("resources") or {}).get("requests", {}).get("storage"):
+                raise _invalid(rtype.kind, name, "spec.resources[storage]: Required value")
+
+    # ---- create / replace / patch / delete
+    def create(self, rtype: ResourceType, ns: str | None, body: dict[str, Any], mode: str) -> dict[str, Any]:
+        meta = body.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if rtype.namespaced:
+            if meta.get("namespace") not in (None, ns):
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                               "sent on the request")
+            meta["namespace"] = ns
+            if ("", "namespaces", "", ns) not in self.objects:
+                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found', name=ns or "", kind="namespaces")
+        self.validate(rtype, body, mode)
+        name = meta["name"]
+        if meta.get("resourceVersion"):
+            raise ApiError(500, "InternalError", "Internal error occurred: resourceVersion should not be set on "
+                           "objects to be created")
+        key = (rtype.group, rtype.plural, ns or "", name)
+        if key in self.objects:
+            group = f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
+            raise ApiError(409, "AlreadyExists", f'{group} "{name}" already exists', name=name, kind=rtype.plural)
+        body["apiVersion"], body["kind"] = rtype.api_version, rtype.kind
+        if rtype.status_subresource:
+            body.pop("status", None)
+        if rtype.kind == "Secret" and "stringData" in body:
+            import base64
+
+            data = body.setdefault("data", {})
+            for k, v in body.pop("stringData").items():
+                data[k] = base64.b64encode(v.encode()).decode()
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        self._longhorn_admit(rtype, body)
+        self._bump(body)
+        self.objects[key] = body
+        self._after_create(rtype, body)
+        return body
+
+    def replace(self, rtype: ResourceType, ns: str | None, name: str, body: dict[str, Any], mode: str,
+                *, patch: bool = False) -> dict[str, Any]:
+        current = self._must_get(rtype, ns, name)
+        meta = body.setdefault("metadata", {})
+        if meta.get("name") not in (None, name):
+            raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        meta["name"] = name
+        if rtype.namespaced:
+            meta.setdefault("namespace", ns)
+        self.validate(rtype, body, mode)
+        rv = meta.get("resourceVersion")
+        if not rv and rtype.custom and not patch:
+            raise _invalid(rtype.kind, name, "metadata.resourceVersion: Invalid value: 0x0: must be specified for an "
+                           "update")
+        if rv and rv != current["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {rtype.plural} "{name}": the object has '
+                           "been modified; please apply your changes to the latest version and try again",
+                           name=name, kind=rtype.plural)
+        for k in ("uid", "creationTimestamp"):
+            meta[k] = current["metadata"][k]
+        body["apiVersion"], body["kind"] = rtype.api_version, rtype.kind
+        if rtype.status_subresource:
+            body.pop("status", None)
+            if "status" in current:
+                body["status"] = current["status"]
+        if rtype.kind == "Volume":
+            self._longhorn_admit(rtype, body)
+        spec_changed = body.get("spec") != current.get("spec")
+        meta["generation"] = current["metadata"].get("generation", 1) + (1 if spec_changed else 0)
+        self._bump(body)
+        self.objects[(rtype.group, rtype.plural, ns or "", name)] = body
+        if rtype.kind == "VolumeAttachment":
+            self._reconcile_attachment(name)
+        return body
+
+    def delete(self, rtype: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
+        obj = self._must_get(rtype, ns, name)
+        del self.objects[(rtype.group, rtype.plural, ns or "", name)]
+        self.deleted.append((rtype.kind, ns or "", name))
+        if rtype.kind == "Volume":
+            self._delete_volume_parts(name)
+        elif rtype.kind == "Snapshot":
+            (self.state_dir / "snapshots" / f"{name}.img").unlink(missing_ok=True)
+        elif rtype.kind == "PersistentVolumeClaim":
+            for pv in self._all("PersistentVolume"):
+                ref = pv["spec"].get("claimRef") or {}
+                if (ref.get("namespace"), ref.get("name")) == (ns, name) and ref.get("uid") == obj["metadata"]["uid"]:
+                    pv["status"] = {"phase": "Released"}
+        return obj
+
+    # ---- core behaviour: PV/PVC binding (what the PV controller does)
+    def _bind_claims(self) -> None:
+        for (g, p, ns, name), pvc in list(self.objects.items()):
+            if (g, p) != ("", "persistentvolumeclaims"):
+                continue
+            vol = pvc["spec"].get("volumeName")
+            pv = self.objects.get(("", "persistentvolumes", "", vol)) if vol else None
+            if pv is None:
+                pvc["status"] = {"phase": "Pending"}
+                continue
+            ref = pv["spec"].get("claimRef")
+            if ref and ((ref.get("namespace"), ref.get("name")) != (ns, name) or
+                        ref.get("uid") not in (None, pvc["metadata"]["uid"])):
+                pvc["status"] = {"phase": "Pending"}
+                continue
+            pv["spec"]["claimRef"] = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": ns,
+                "name": name,
+                "uid": pvc["metadata"]["uid"],
+                "resourceVersion": pvc["metadata"]["resourceVersion"],
+            }
+            pv["status"] = {"phase": "Bound"}
+            pvc["status"] = {
+                "phase": "Bound",
+                "accessModes": pv["spec"]["accessModes"],
+                "capacity": pv["spec"]["capacity"],
+            }
+
+    def _after_create(self, rtype: ResourceType, body: dict[str, Any]) -> None:
+        if rtype.kind in ("PersistentVolume", "PersistentVolumeClaim"):
+            if rtype.kind == "PersistentVolume":
+                body["status"] = {"phase": "Available"}
+            self._bind_claims()
+        elif rtype.group == "longhorn.io":
+            self._longhorn_created(rtype, body)
+
+    # ---- Longhorn
+    def _longhorn_admit(self, rtype: ResourceType, body: dict[str, Any]) -> None:
+        """Longhorn's mutating and validating webhooks."""
+        if rtype.group != "longhorn.io":
+            return
+        name = body["metadata"]["name"]
+        spec = body.setdefault("spec", {})
+        if rtype.kind == "Volume":
+            if not spec.get("frontend"):
+                raise _webhook_denied("Volume", name, "invalid volume frontend specified: ")
+            if not spec.get("numberOfReplicas"):
+                spec["numberOfReplicas"] = 3
+            size = int(spec.get("size") or 0)
+            if size <= 0 and not spec.get("fromBackup"):
+                raise _webhook_denied("Volume", name, f"invalid volume size {size}")
+            if size % (2 * MIB):
+                size += 2 * MIB - size % (2 * MIB)
+            spec["size"] = str(size)
+            spec.setdefault("dataEngine", "v1")
+            if "uid" in body["metadata"] and self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, name)):
+                return  # an update: data source checks are for creation only
+            source = spec.get("dataSource") or ""
+            if source:
+                m = re.match(r"^snap://([^/]+)/([^/]+)$", source)
+                if not m:
+                    raise _webhook_denied("Volume", name, f"invalid dataSource {source}")
+                snap = self.objects.get(("longhorn.io", "snapshots", LONGHORN_NS, m.group(2)))
+                if ("longhorn.io", "volumes", LONGHORN_NS, m.group(1)) not in self.objects:
+                    raise _webhook_denied("Volume", name, f"source volume {m.group(1)} not found")
+                if snap is None or snap["spec"]["volume"] != m.group(1) or not snap.get("status", {}).get("readyToUse"):
+                    raise _webhook_denied("Volume", name, f"snapshot {m.group(2)} of volume {m.group(1)} not ready")
+            if spec.get("fromBackup"):
+                if not any(b.get("status", {}).get("url") == spec["fromBackup"] for b in self._all("Backup")):
+                    raise _webhook_denied("Volume", name, f"cannot find backup {spec['fromBackup']}: the backup "
+                                          "target has not synced it (no Backup object)")
+        elif rtype.kind == "Snapshot":
+            vol = spec.get("volume", "")
+            if ("longhorn.io", "volumes", LONGHORN_NS, vol) not in self.objects:
+                raise _webhook_denied("Snapshot", name, f"volume {vol} not found")
+            body["metadata"].setdefault("labels", {})["longhornvolume"] = vol
+        elif rtype.kind == "Backup":
+            snap_name = spec.get("snapshotName", "")
+            snap = self.objects.get(("longhorn.io", "snapshots", LONGHORN_NS, snap_name))
+            if not snap_name or snap is None:
+                raise _webhook_denied("Backup", name, f"snapshot {snap_name!r} not found")
+            vol = (body["metadata"].get("labels") or {}).get("backup-volume")
+            if not vol:
+                raise _webhook_denied("Backup", name, "label backup-volume is required")
+            if snap["spec"]["volume"] != vol:
+                raise _webhook_denied("Backup", name, f"snapshot {snap_name} does not belong to volume {vol}")
+
+    def _longhorn_created(self, rtype: ResourceType, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        spec = body["spec"]
+        if rtype.kind == "Volume":
+            size = int(spec["size"])
+            status: dict[str, Any] = {"state": "detached", "robustness": "unknown", "currentNodeID": "",
+                                      "frontendDisabled": False, "restoreRequired": False}
+            backing = self.volume_path(name)
+            with open(backing, "wb") as f:
+                f.truncate(size)
+            source = spec.get("dataSource") or ""
+            if source:
+                _, snap = source[len("snap://"):].split("/", 1)
+                shutil.copyfile(self.state_dir / "snapshots" / f"{snap}.img", backing)
+                with open(backing, "r+b") as f:
+                    f.truncate(max(size, backing.stat().st_size))
+                vol, snapname = source[len("snap://"):].split("/", 1)
+                status["cloneStatus"] = {"sourceVolume": vol, "snapshot": snapname, "state": "initiated"}
+                failure = self.fail_clones
+
+                def finish_clone() -> None:
+                    obj = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, name))
+                    if obj is not None:
+                        obj["status"]["cloneStatus"]["state"] = "failed" if failure else "completed"
+                        self._bump(obj)
+                        self._reconcile_attachment(name)
+
+                self.after(self.clone_delay, finish_clone)
+            if spec.get("fromBackup"):
+                url = spec["fromBackup"]
+                backup = next(b for b in self._all("Backup") if b.get("status", {}).get("url") == url)
+                content = self.state_dir / "backups" / f"{backup['metadata']['name']}.img"
+                shutil.copyfile(content, backing)
+                status["restoreRequired"] = True
+                status["state"] = "attached"  # Longhorn attaches a restoring volume itself
+
+                def finish_restore() -> None:
+                    obj = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, name))
+                    if obj is not None:
+                        obj["status"].update({"restoreRequired": False, "state": "detached"})
+                        self._bump(obj)
+                        self._reconcile_attachment(name)
+
+                self.after(self.restore_delay, finish_restore)
+            body["status"] = status
+            self.create(
+                self.types[("longhorn.io", "volumeattachments")],
+                LONGHORN_NS,
+                {
+                    "apiVersion": "longhorn.io/v1beta2",
+                    "kind": "VolumeAttachment",
+                    "metadata": {"name": name, "namespace": LONGHORN_NS, "labels": {"longhornvolume": name}},
+                    "spec": {"volume": name, "attachmentTickets": {}},
+                },
+                "Strict",
+            )
+        elif rtype.kind == "Snapshot":
+            vol = spec["volume"]
+            if spec.get("createSnapshot", False):
+                shutil.copyfile(self.volume_path(vol), self.state_dir / "snapshots" / f"{name}.img")
+            body["status"] = {"readyToUse": False, "ownerID": self.node_id}
+            if self.stall_snapshots:
+                return
+            failure = self.fail_snapshots
+            size = self.volume_path(vol).stat().st_size
+
+            def finish_snapshot() -> None:
+                obj = self.objects.get(("longhorn.io", "snapshots", LONGHORN_NS, name))
+                if obj is None:
+                    return
+                if failure:
+                    obj["status"].update({"error": failure, "readyToUse": False})
+                else:
+                    obj["status"].update({"readyToUse": True, "creationTime": _now(), "size": size,
+                                          "restoreSize": size, "userCreated": True, "parent": ""})
+                self._bump(obj)
+
+            self.after(self.snapshot_delay, finish_snapshot)
+        elif rtype.kind == "Backup":
+            vol = body["metadata"]["labels"]["backup-volume"]
+            snap = spec["snapshotName"]
+            body["status"] = {"state": "InProgress", "progress": 0, "snapshotName": snap, "volumeName": vol,
+                              "backupTargetName": "default"}
+            content = self.state_dir / "snapshots" / f"{snap}.img"
+            if content.exists():
+                shutil.copyfile(content, self.state_dir / "backups" / f"{name}.img")
+            if self.stall_backups:
+                return
+            failure = self.fail_backups
+
+            def finish_backup() -> None:
+                obj = self.objects.get(("longhorn.io", "backups", LONGHORN_NS, name))
+                if obj is None:
+                    return
+                if failure:
+                    obj["status"].update({"state": "Error", "error": failure})
+                else:
+                    obj["status"].update({
+                        "state": "Completed",
+                        "progress": 100,
+                        "url": f"{self.backup_target_url}?backup={name}&volume={vol}",
+                        "backupCreatedAt": _now(),
+                        "size": str(self.volume_path(vol).stat().st_size) if self.volume_path(vol).exists() else "0",
+                    })
+                    if ("longhorn.io", "backupvolumes", LONGHORN_NS, vol) not in self.objects:
+                        self.create(
+                            self.types[("longhorn.io", "backupvolumes")],
+                            LONGHORN_NS,
+                            {
+                                "apiVersion": "longhorn.io/v1beta2",
+                                "kind": "BackupVolume",
+                                "metadata": {"name": vol, "namespace": LONGHORN_NS,
+                                             "labels": {"backup-volume": vol, "backup-target": "default"}},
+                                "spec": {"backupTargetName": "default", "volumeName": vol},
+                            },
+                            "Strict",
+                        )
+                self._bump(obj)
+
+            self.after(self.backup_delay, finish_backup)
+
+    def _add_ticket(self, volume: str, ticket_id: str, ticket_type: str) -> None:
+        va = self.objects[("longhorn.io", "volumeattachments", LONGHORN_NS, volume)]
+        va["spec"].setdefault("attachmentTickets", {})[ticket_id] = {
+            "id": ticket_id, "type": ticket_type, "nodeID": self.node_id, "parameters": {"disableFrontend": "false"},
+        }
+        self._bump(va)
+        self._reconcile_attachment(volume)
+
+    def _reconcile_attachment(self, volume: str) -> None:
+        """Schedule the attach/detach that the attachment tickets ask for."""
+        va = self.objects.get(("longhorn.io", "volumeattachments", LONGHORN_NS, volume))
+        vol = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, volume))
+        if va is None or vol is None:
+            return
+        tickets = va["spec"].get("attachmentTickets") or {}
+        statuses: dict[str, Any] = {}
+        for tid, ticket in tickets.items():
+            old = (va.get("status") or {}).get("attachmentTicketStatuses", {}).get(tid)
+            statuses[tid] = old or {"id": tid, "satisfied": False, "conditions": []}
+        va["status"] = {"attachmentTicketStatuses": statuses}
+        if not tickets:
+            self._detach(volume)
+            return
+        busy = vol["status"].get("cloneStatus", {}).get("state") not in (None, "", "completed") or vol["status"].get(
+            "restoreRequired")
+        if self.stall_attach or busy:
+            return
+
+        def attach() -> None:
+            va2 = self.objects.get(("longhorn.io", "volumeattachments", LONGHORN_NS, volume))
+            vol2 = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, volume))
+            if va2 is None or vol2 is None:
+                return
+            for tid, ticket in (va2["spec"].get("attachmentTickets") or {}).items():
+                st = va2["status"]["attachmentTicketStatuses"].setdefault(tid, {"id": tid, "conditions": []})
+                ok = ticket.get("nodeID") == self.node_id
+                st["satisfied"] = ok
+                st["conditions"] = [{"type": "Satisfied", "status": "True" if ok else "False",
+                                     "message": "" if ok else f"node {ticket.get('nodeID')} not found",
+                                     "lastTransitionTime": _now()}]
+            if any(s.get("satisfied") for s in va2["status"]["attachmentTicketStatuses"].values()):
+                vol2["status"].update({"state": "attached", "robustness": "healthy", "currentNodeID": self.node_id})
+                vol2["spec"]["nodeID"] = self.node_id
+                dev = self.device_path(volume)
+                if not dev.exists():
+                    dev.hardlink_to(self.volume_path(volume))
+            self._bump(va2)
+            self._bump(vol2)
+
+        self.after(self.attach_delay, attach)
+
+    def _detach(self, volume: str) -> None:
+        self.device_path(volume).unlink(missing_ok=True)
+        vol = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, volume))
+        if vol is not None and vol["status"].get("state") == "attached" and not vol["status"].get("restoreRequired"):
+            vol["status"].update({"state": "detached", "robustness": "unknown", "currentNodeID": ""})
+            vol["spec"]["nodeID"] = ""
+            self._bump(vol)
+
+    def _delete_volume_parts(self, volume: str) -> None:
+        self.device_path(volume).unlink(missing_ok=True)
+        self.volume_path(volume).unlink(missing_ok=True)
+        self.objects.pop(("longhorn.io", "volumeattachments", LONGHORN_NS, volume), None)
+        for key, snap in list(self.objects.items()):
+            if key[:2] == ("longhorn.io", "snapshots") and snap["spec"].get("volume") == volume:
+                del self.objects[key]
+                (self.state_dir / "snapshots" / f"{key[3]}.img").unlink(missing_ok=True)
+
+    # ---- HTTP dispatch
+    def route(self, path: str) -> tuple[ResourceType, str | None, str | None, str | None]:
+        """(type, namespace, name, subresource) for an API path; ApiError 404 otherwise."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, rest = "", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, rest = parts[1], parts[3:]
+        else:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        elif group == "" and len(rest) in (1, 2) and rest[0] == "namespaces":
+            return self.types[("", "namespaces")], None, rest[1] if len(rest) == 2 else None, None
+        if not rest or (group, rest[0]) not in self.types:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        rtype = self.types[(group, rest[0])]
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if ns is not None and not rtype.namespaced:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        return rtype, ns, name, sub
+
+    def handle(self, method: str, url: str, content_type: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.tick()
+            self.requests.append((method, url, content_type))
+            parts = urlsplit(url)
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            rtype, ns, name, sub = self.route(parts.path)
+            if sub is not None and sub != "status":
+                raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")
+            mode = query.get("fieldValidation", self.unknown_fields)
+            if mode not in ("Strict", "Warn", "Ignore"):
+                raise ApiError(400, "BadRequest", f"fieldValidation must be Strict, Warn or Ignore, not {mode!r}")
+            body: Any = None
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    raise ApiError(400, "BadRequest", "the request body is not JSON") from None
+            if method == "GET" and name is None:
+                return 200, self._list(rtype, ns, query)
+            if method == "GET":
+                return 200, copy.deepcopy(self._must_get(rtype, ns, name))
+            if method == "POST" and name is None:
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "the request body must be a JSON object")
+                return 201, copy.deepcopy(self.create(rtype, ns, body, mode))
+            if name is None:
+                raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a collection")
+            if method == "PUT":
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "the request body must be a JSON object")
+                return 200, copy.deepcopy(self.replace(rtype, ns, name, body, mode))
+            if method == "PATCH":
+                ctype = content_type.split(";")[0].strip()
+                if ctype == "application/strategic-merge-patch+json" and rtype.custom:
+                    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                                   f"accepted media types include: application/json-patch+json, "
+                                   f"application/merge-patch+json, application/apply-patch+yaml")
+                if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                    raise ApiError(415, "UnsupportedMediaType", f"the fake does not implement {ctype} patches")
+                current = self._must_get(rtype, ns, name)
+                patched = merge_patch(current, body)
+                if (body.get("metadata") or {}).get("resourceVersion") is None:
+                    patched["metadata"].pop("resourceVersion", None)
+                return 200, copy.deepcopy(self.replace(rtype, ns, name, patched, mode, patch=True))
+            if method == "DELETE":
+                return 200, copy.deepcopy(self.delete(rtype, ns, name))
+            raise ApiError(405, "MethodNotAllowed", f"method {method} is not allowed")
+
+    def _list(self, rtype: ResourceType, ns: str | None, query: dict[str, str]) -> dict[str, Any]:
+        match = parse_label_selector(query.get("labelSelector", ""))
+        fields = []
+        for part in [p for p in query.get("fieldSelector", "").split(",") if p]:
+            m = re.match(r"^(metadata\.name|metadata\.namespace|type)(==|=|!=)(.*)$", part)
+            if not m:
+                raise ApiError(400, "BadRequest", f'field label not supported: "{part}"')
+            fields.append(m.groups())
+
+        def field_ok(o: dict[str, Any]) -> bool:
+            for path, op, value in fields:
+                cur = o.get("type", "") if path == "type" else o["metadata"].get(path.split(".")[1], "")
+                if (cur == value) == (op == "!="):
+                    return False
+            return True
+
+        items = []
+        for (g, p, ons, _), o in sorted(self.objects.items()):
+            if (g, p) != (rtype.group, rtype.plural) or (ns is not None and ons != ns):
+                continue
+            if not match(o["metadata"].get("labels") or {}) or not field_ok(o):
+                continue
+            item = copy.deepcopy(o)
+            if not rtype.custom:  # typed core lists carry no apiVersion/kind per item
+                item.pop("apiVersion", None)
+                item.pop("kind", None)
+            items.append(item)
+        return {
+            "apiVersion": rtype.api_version,
+            "kind": f"{rtype.kind}List",
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": items,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeKube
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            code, payload = 401, ApiError(401, "Unauthorized", "Unauthorized").status()
+        else:
+            try:
+                warn_before = len(self.fake.warnings)
+                code, payload = self.fake.handle(self.command, self.path, self.headers.get("Content-Type", ""), raw)
+                new_warnings = self.fake.warnings[warn_before:]
+            except ApiError as exc:
+                code, payload, new_warnings = exc.code, exc.status(), []
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for w in new_warnings if code < 400 else []:
+            self.send_header("Warning", f'299 - "{w}"')
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+@dataclass
+class FakeKubeServer:
+    """A running fake: its URL, a kubeconfig pointing at it, and the state handle."""
+
+    fake: FakeKube
+    url: str
+    kubeconfig: Path
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def write_kubeconfig(path: Path, url: str, *, token: str = TOKEN, context: str = "fake") -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake-user", "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake-user"}}],
+        "current-context": context,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_fake_kube(base: Path, **knobs: Any) -> FakeKubeServer:
+    """Start a fake on 127.0.0.1:0 with its state under *base*."""
+    fake = FakeKube(state_dir=base / "state", device_dir=base / "dev" / "longhorn", **knobs)
+    handler = type("Handler", (_Handler,), {"fake": fake})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fake-kube-api", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = write_kubeconfig(base / "kubeconfig.yaml", url)
+    return FakeKubeServer(fake=fake, url=url, kubeconfig=kubeconfig, _server=server, _thread=thread)
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path) -> Iterator[tuple[Path, FakeKube]]:
+    """Yield ``(kubeconfig path, fake handle)`` for a fresh FAKE API server."""
+    running = start_fake_kube(tmp_path / "fake-kube")
+    try:
+        yield running.kubeconfig, running.fake
+    finally:
+        running.stop()
