@@ -507,7 +507,8 @@ def track(
         raise
     finally:
         if sink is not None:
-            elapsed = clock() - run.started
+            ended = clock()
+            elapsed = ended - run.started
             outcomes = dict(run.outcomes)
             for name in run.sources:
                 outcomes.setdefault(name, Outcome(name, not failed, elapsed))
@@ -518,7 +519,7 @@ def track(
             elif run.values or not outcomes:
                 outcomes[None] = Outcome(None, whole_ok, elapsed, dict(run.values))
             try:
-                sink.record_many(command, outcomes.values(), labels=run.labels, gauges=run.gauges)
+                sink.record_many(command, outcomes.values(), labels=run.labels, gauges=run.gauges, now=ended)
             except ConfigError as exc:
                 log.error("metrics not written: %s", exc.message)
             except ValueError as exc:  # a programming error in the caller: say so, do not mask
