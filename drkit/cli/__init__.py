@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "drkit.cli.demo_cmd",
     "drkit.cli.runbook_cmd",
     "drkit.cli.schedule_cmd",
+    "drkit.cli.copy_cmd",
+    "drkit.cli.drill_cmd",
 ]
 
 for _module in COMMAND_MODULES:

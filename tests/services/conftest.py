@@ -1,0 +1,102 @@
+"""Fixtures for the service tests: run the real ``drkit`` CLI in-process, make
+local repositories with config files, and sample data trees."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+from drkit.cli import cli
+from drkit.cli.app import run_cli
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+Runner = Callable[..., CliResult]
+
+
+@pytest.fixture
+def drkit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Runner:
+    """``drkit(*args, env={...})``: run the CLI in this process; returns code, stdout, stderr.
+
+    *env* is set for this call only (the CLI captures the environment when it starts)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            code = run_cli(cli, list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def write_config(path: Path, repo_url: str, sources: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
+    """Write a drkit config file (small packs so tests make several)."""
+    doc: dict[str, Any] = {"repository": {"url": repo_url, "pack_size_mib": 1}, "sources": sources or []}
+    doc.update(extra)
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small tree with text, a multi-chunk binary, an empty file, a symlink and nesting.
+
+    Returns {relative path: content} of the regular files."""
+    files = {
+        "readme.txt": b"hello drkit\n" * 100,
+        "etc/app/config.yaml": b"replicas: 1\nimage: app:1.2.3\n",
+        "data/blob.bin": os.urandom(3 * 1024 * 1024 + 123),
+        "data/empty": b"",
+        "deep/a/b/c/d.txt": b"deep\n",
+        "caf\u00e9 \u00fcml.txt": "unicode name\n".encode(),
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    os.chmod(root / "etc/app/config.yaml", 0o600)
+    (root / "link-to-readme").symlink_to("readme.txt")
+    return files
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[tuple[Path, dict[str, bytes]]]:
+    root = tmp_path / "srv"
+    root.mkdir()
+    yield root, make_tree(root)
+
+
+def restored_files(target: Path, root: Path) -> dict[str, bytes]:
+    """{relative path: content} of regular files restored from *root* under *target*."""
+    base = target / str(root).lstrip("/")
+    return {
+        str(p.relative_to(base)): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def flip_byte_in_a_pack(repo_root: Path, *, largest: bool = True) -> Path:
+    """Flip one byte in the middle of a pack under ``repo_root/data``; return the pack."""
+    packs = sorted((p for p in (repo_root / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    assert packs, "no packs in the repository"
+    pack = packs[-1] if largest else packs[0]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(pack, 0o644)
+    pack.write_bytes(bytes(data))
+    return pack

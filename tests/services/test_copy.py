@@ -1,0 +1,205 @@
+"""``drkit copy`` between real repositories with different keys (local, and local -> S3 over moto's HTTP server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.storage.local import LocalStorage
+from drkit.repository.repo import Repository
+from tests.services.conftest import Runner, flip_byte_in_a_pack, make_tree, restored_files, write_config
+
+PASS_A = "source passphrase A"
+PASS_B = "destination passphrase B"
+ENV_A = {"DRKIT_PASSWORD": PASS_A}
+
+
+def _setup(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]) -> tuple[Path, Path, Path]:
+    root, _ = tree
+    sources = [{"name": "data", "type": "files", "paths": [str(root)]}]
+    a = write_config(tmp_path / "a.yaml", str(tmp_path / "repo-a"), sources)
+    b = write_config(tmp_path / "b.yaml", str(tmp_path / "repo-b"), sources)  # restore needs the source
+    assert drkit("-c", str(a), "init", env=ENV_A).code == 0
+    assert drkit("-c", str(b), "init", env={"DRKIT_PASSWORD": PASS_B}).code == 0
+    r = drkit("-c", str(a), "backup", "--tag", "nightly", env=ENV_A)
+    assert r.code == 0, r.err
+    return a, b, tmp_path / "repo-b"
+
+
+def _snapshots(drkit: Runner, cfg: Path, password: str) -> list[dict[str, Any]]:
+    r = drkit("-c", str(cfg), "snapshots", "--json", env={"DRKIT_PASSWORD": password})
+    assert r.code == 0, r.err
+    return json.loads(r.out)
+
+
+def _object_names(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+
+def test_copy_reencrypts_restores_byte_equal_and_second_copy_adds_nothing(
+    tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    root, files = tree
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    to_env = {**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}
+
+    r = drkit("-c", str(a), "copy", "--to", str(b), "--json", env=to_env)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert (report["copied"], report["skipped"], report["failed"]) == (1, 0, 0)
+    item = report["snapshots"][0]
+    assert item["bytes_read"] == sum(len(v) for v in files.values())
+    assert item["bytes_added"] >= item["bytes_read"]  # the destination had nothing (+ the tree blobs)
+
+    src_snaps = _snapshots(drkit, a, PASS_A)
+    dst_snaps = _snapshots(drkit, b, PASS_B)
+    assert len(dst_snaps) == 1
+    s, d = src_snaps[0], dst_snaps[0]
+    assert d["id"] != s["id"] and item["copy"] == d["id"]
+    for key in ("time", "source", "source_type", "run", "host", "tags", "paths"):
+        assert d[key] == s[key], key
+    assert d["tags"] == ["nightly"]
+
+    # copied_from is recorded in the destination manifest (read with B's key)
+    dst = Repository.open(LocalStorage(repo_b), PASS_B)
+    copy = dst.load_snapshot(d["id"])
+    src_repo = Repository.open(LocalStorage(tmp_path / "repo-a"), PASS_A)
+    assert copy.meta["copied_from"]["repository"] == src_repo.config["id"]
+    assert copy.meta["copied_from"]["snapshot"] == s["id"]
+    # different keys: the chunk ids of the two trees share nothing
+    assert not set(copy.tree) & set(src_repo.load_snapshot(s["id"]).tree)
+    # A's passphrase does not open B
+    assert drkit("-c", str(b), "snapshots", env=ENV_A).code == 5
+
+    # restore from the copy: every byte, the symlink and the mode
+    target = tmp_path / "restored"
+    r = drkit("-c", str(b), "restore", "latest", "-s", "data", "--target", str(target), env={"DRKIT_PASSWORD": PASS_B})
+    assert r.code == 0, r.err
+    assert restored_files(target, root) == files
+    base = target / str(root).lstrip("/")
+    assert (base / "link-to-readme").is_symlink() and str((base / "link-to-readme").readlink()) == "readme.txt"
+    assert (base / "etc/app/config.yaml").stat().st_mode & 0o777 == 0o600
+
+    # second copy: nothing new, no snapshot, no object written
+    before = _object_names(repo_b)
+    r = drkit("-c", str(a), "copy", "--to", str(b), "--json", env=to_env)
+    assert r.code == 0, r.err
+    again = json.loads(r.out)
+    assert (again["copied"], again["skipped"]) == (0, 1)
+    assert again["snapshots"][0]["copy"] == d["id"]
+    assert _object_names(repo_b) == before
+    assert len(_snapshots(drkit, b, PASS_B)) == 1
+
+
+def test_incremental_copy_reuses_the_earlier_copy_and_url_destination(
+    tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    root, files = tree
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    to_env = {**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}
+    assert drkit("-c", str(a), "copy", "--to", str(repo_b), env=to_env).code == 0  # a URL (plain path)
+
+    (root / "new.txt").write_bytes(b"added later\n")
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    r = drkit("-c", str(a), "copy", "--to", str(repo_b), "--json", env=to_env)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert (report["copied"], report["skipped"]) == (1, 1)
+    item = next(i for i in report["snapshots"] if i["status"] == "copied")
+    assert item["bytes_read"] == len(b"added later\n")  # unchanged files were not read again
+    assert item["bytes_reused"] == sum(len(v) for v in files.values())
+    assert item["bytes_added"] < 16 * 1024  # the new file and the new tree, nothing of the old data
+
+    target = tmp_path / "restored2"
+    r = drkit("-c", str(b), "restore", "latest", "-s", "data", "--target", str(target), env={"DRKIT_PASSWORD": PASS_B})
+    assert r.code == 0, r.err
+    assert restored_files(target, root) == {**files, "new.txt": b"added later\n"}
+    dst_snaps = _snapshots(drkit, b, PASS_B)
+    dst = Repository.open(LocalStorage(repo_b), PASS_B)
+    newest = dst.load_snapshot(dst_snaps[-1]["id"])
+    assert newest.parent == dst_snaps[0]["id"]  # parent chain follows the source's
+
+
+def test_source_filter_and_snapshot_refs(tmp_path: Path, drkit: Runner) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    f1, f2 = make_tree(one), {"x.txt": b"two\n"}
+    (two / "x.txt").write_bytes(b"two\n")
+    sources = [
+        {"name": "one", "type": "files", "paths": [str(one)]},
+        {"name": "two", "type": "files", "paths": [str(two)]},
+    ]
+    a = write_config(tmp_path / "a.yaml", str(tmp_path / "repo-a"), sources)
+    b = write_config(tmp_path / "b.yaml", str(tmp_path / "repo-b"), sources)
+    assert drkit("-c", str(a), "init", env=ENV_A).code == 0
+    assert drkit("-c", str(b), "init", env={"DRKIT_PASSWORD": PASS_B}).code == 0
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    to_env = {**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}
+
+    r = drkit("-c", str(a), "copy", "--to", str(b), "--source", "two", "latest", "--json", env=to_env)
+    assert r.code == 0, r.err
+    assert [i["source"] for i in json.loads(r.out)["snapshots"]] == ["two"]
+    assert [s["source"] for s in _snapshots(drkit, b, PASS_B)] == ["two"]
+
+    r = drkit("-c", str(a), "copy", "--to", str(b), "--source", "nope", env=to_env)
+    assert r.code == 2 and "no snapshot of source 'nope'" in r.err
+
+    first_one = next(s for s in _snapshots(drkit, a, PASS_A) if s["source"] == "one")
+    r = drkit("-c", str(a), "copy", "--to", str(b), first_one["id"][:10], "--json", env=to_env)
+    assert r.code == 0, r.err
+    assert [i["snapshot"] for i in json.loads(r.out)["snapshots"]] == [first_one["id"]]
+
+    r = drkit("-c", str(a), "copy", "--to", str(b), "--json", env=to_env)  # the rest: one's second, two's first
+    report = json.loads(r.out)
+    assert (report["copied"], report["skipped"]) == (2, 2)
+    assert sorted(s["source"] for s in _snapshots(drkit, b, PASS_B)) == ["one", "one", "two", "two"]
+
+    r = drkit("-c", str(a), "copy", "--to", str(b), "deadbeef", env=to_env)
+    assert r.code == 2 and "no snapshot matches 'deadbeef'" in r.err
+    target = tmp_path / "r"
+    r = drkit("-c", str(b), "restore", first_one["id"][:8], "-s", "one", "--target", str(target),
+              env={"DRKIT_PASSWORD": PASS_B})
+    # the copy has a new id: the source id does not name it in the destination
+    assert r.code == 2
+    r = drkit("-c", str(b), "restore", "latest", "-s", "one", "--target", str(target), env={"DRKIT_PASSWORD": PASS_B})
+    assert r.code == 0 and restored_files(target, one) == f1
+    del f2
+
+
+def test_damage_in_the_source_fails_loudly_and_copies_nothing_broken(
+    tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    pack = flip_byte_in_a_pack(tmp_path / "repo-a")
+    r = drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 6, (r.out, r.err)
+    assert "damaged object data/" in r.err and pack.name in r.err
+    assert "not copied" in r.err
+    assert _snapshots(drkit, b, PASS_B) == []  # no manifest for a snapshot whose data is bad
+
+
+def test_destination_errors_are_one_line(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]) -> None:
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    r = drkit("-c", str(a), "copy", "--to", str(b), env=ENV_A)
+    assert r.code == 2 and "DRKIT_TO_PASSWORD" in r.err
+    r = drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": "wrong"})
+    assert r.code == 5
+    r = drkit("-c", str(a), "copy", "--to", str(tmp_path / "nowhere"), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 3 and "no drkit repository" in r.err
+    r = drkit("-c", str(a), "copy", "--to", str(a), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_A})
+    assert r.code == 2 and "same repository" in r.err
+    pw = tmp_path / "b.pass"
+    pw.write_text(PASS_B + "\n")
+    pw.chmod(0o600)
+    b2 = write_config(tmp_path / "b2.yaml", str(repo_b))
+    doc = b2.read_text().replace("pack_size_mib: 1", f"pack_size_mib: 1\n  password_file: {pw}")
+    b2.write_text(doc)
+    r = drkit("-c", str(a), "copy", "--to", str(b2), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 2 and "more than one place" in r.err
+    r = drkit("-c", str(a), "copy", "--to", str(b2), env=ENV_A)  # the destination config's password_file
+    assert r.code == 0, r.err
+    assert PASS_B not in r.out + r.err
