@@ -13,6 +13,8 @@ have git        || need+=(git)
 have restic     || need+=(restic)
 have borg       || need+=(borgbackup)
 have mkfs.ext4  || need+=(e2fsprogs)
+have promtool   || need+=(prometheus)       # promtool: alert rule checks and unit tests
+have systemd-analyze || need+=(systemd)    # verifies generated units (nothing is started)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
 SUDO=""
