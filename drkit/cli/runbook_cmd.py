@@ -165,6 +165,13 @@ def runbook_group() -> None:
     """
 
 
+def _first_sentence(text: str, limit: int = 110) -> str:
+    flat = " ".join(text.split())
+    cut = flat.find(". ")
+    first = flat[: cut + 1] if cut != -1 else flat
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
 @runbook_group.command("list")
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -176,7 +183,7 @@ def list_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
     for name, path in cat.files().items():
         try:
             rb = load_runbook(path)
-            desc = rb.description.strip().splitlines()[0]
+            desc = _first_sentence(rb.description)
         except RunbookError as exc:
             desc = f"INVALID: {exc.message}"
         rows.append({"name": name, "path": str(path), "description": desc})

@@ -158,8 +158,7 @@ class Engine:
     journal: Journal
     reporter: Reporter = field(default_factory=NullReporter)
     drkit_local: Sequence[str] = (sys.executable, "-m", "drkit")
-    """argv prefix of ``drkit`` action on this host (add ``-c CONFIG`` here)."""
-    drkit_remote: Sequence[str] = ("drkit",)
+    """argv prefix of the ``drkit`` action, which always runs on this host (add ``-c CONFIG``)."""
     sleep: Callable[[float], None] = time.sleep
 
     # -- public ----------------------------------------------------------------------
@@ -262,8 +261,9 @@ class Engine:
         return env
 
     def _exec(self, step: PlannedStep, script: str, tail: list[str], *, secrets: frozenset[str] = frozenset(),
-              stdin: bytes | None = None, show: bool = True) -> CommandResult:
-        ex = self.executors[step.target]
+              stdin: bytes | None = None, show: bool = True, where: str | None = None,
+              sudo: bool | None = None) -> CommandResult:
+        ex = self.executors[where or step.target]
 
         def out(line: str) -> None:
             line = self.secrets.redact(line)
@@ -273,7 +273,8 @@ class Engine:
             if show:
                 self.reporter.output(step, line)
 
-        return ex.run(script, timeout=step.timeout, sudo=step.sudo, env=self._env(step, secrets), stdin=stdin, on_output=out)
+        return ex.run(script, timeout=step.timeout, sudo=step.sudo if sudo is None else sudo,
+                      env=self._env(step, secrets), stdin=stdin, on_output=out)
 
     def _check(self, step: PlannedStep, check: PlannedCheck, tail: list[str]) -> bool:
         for part in check.parts:
@@ -287,6 +288,13 @@ class Engine:
         return True
 
     def _same_file(self, step: PlannedStep, part: SameFile, tail: list[str]) -> CommandResult:
+        if part.src is not None and part.src.is_dir():
+            res = CommandResult(0, "", False, 0.0)
+            for src, dest in _upload_pairs(part.src, part.dest):
+                res = self._same_file(step, SameFile(dest, src=src), tail)
+                if not res.ok:
+                    break
+            return res
         env_extra = {"DRKIT_DEST": part.dest}
         if part.src is not None:
             try:
@@ -330,23 +338,35 @@ class Engine:
             extra = f" (tried {attempts} times)" if attempts > 1 else ""
             raise _StepFailure(f"{action.label} {what}{extra}: {_last(tail)}")
         if isinstance(action, DrkitCmd):
-            prefix = self.drkit_local if step.target == "local" else self.drkit_remote
-            res = self._exec(step, shlex.join([*prefix, *action.args]), tail)
+            # Always on this host: it holds the repository's keys and drkit's config.
+            res = self._exec(step, shlex.join([*self.drkit_local, *action.args]), tail, where="local", sudo=False)
             if not res.ok:
                 what = "timed out" if res.timed_out else f"exited {res.returncode}"
                 raise _StepFailure(f"drkit {action.args[0]} {what}: {_last(tail)}")
             return
         ex = self.executors[step.target]
         if isinstance(action, UploadFile):
-            if not action.src.is_file():
+            if not action.src.exists():
                 raise _StepFailure(f"local file {action.src} does not exist (an earlier step should have made it)")
-            ex.put_file(action.src, action.dest, mode=action.mode, sudo=step.sudo, timeout=step.timeout)
-            tail.append(f"uploaded {action.src} -> {action.dest}")
+            for src, dest in _upload_pairs(action.src, action.dest):
+                ex.put_file(src, dest, mode=action.mode, sudo=step.sudo, timeout=step.timeout)
+                tail.append(f"uploaded {src} -> {dest}")
             return
         assert isinstance(action, RenderFile)
         data = action.content.reveal(lambda n: self.secrets.get(n).reveal()).encode()
         ex.put_file(data, action.dest, mode=action.mode, sudo=step.sudo, timeout=step.timeout)
         tail.append(f"wrote {action.dest} from {action.source}")
+
+
+def _upload_pairs(src: Path, dest: str) -> list[tuple[Path, str]]:
+    """(local file, remote path) for a file, or for every file below a directory."""
+    if not src.is_dir():
+        return [(src, dest)]
+    pairs = []
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            pairs.append((p, dest.rstrip("/") + "/" + p.relative_to(src).as_posix()))
+    return pairs
 
 
 def _last(tail: list[str]) -> str:

@@ -29,9 +29,10 @@ A *check* (``probe``, ``until``) is a shell command (string or ``{command: ...}`
 path test (``{path: P, absent: true}``, ``contains``, ``sha256``) or a Kubernetes field
 (``{kube: {resource: node/n1, jsonpath: '{.status.phase}', value: Running}}``).
 An *action* (``apply``: one or a list) is a shell command (string or ``{shell: ...,
-stdin: ...}``), ``{drkit: "restore latest --source db --target /x"}``, ``{wait-for:
+stdin: ...}``), ``{drkit: "restore latest --source db --target /x"}`` (always on the host running
+the runbook, which holds the repository keys), ``{wait-for:
 {kube: {resource, condition | jsonpath+value}}}`` or ``{wait-for: {command: ...}}``,
-``{upload: {src, dest, mode}}`` or ``{template: {src | content, dest, mode}}``.
+``{upload: {src, dest, mode}}`` (a local file, or a directory copied file by file) or ``{template: {src | content, dest, mode}}``.
 
 :func:`load_runbook` raises :class:`~drkit.runbook.errors.RunbookError` naming the
 file, the step and the key.

@@ -80,7 +80,7 @@ class DrkitCmd:
     args: tuple[str, ...]
 
     def describe(self) -> str:
-        return "drkit: drkit " + shlex.join(self.args)
+        return "drkit (on this host): drkit " + shlex.join(self.args)
 
 
 @dataclass(frozen=True)
