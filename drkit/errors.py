@@ -118,10 +118,24 @@ class RepositoryLocked(DrkitError):
 
 
 class WrongKey(DrkitError):
-    """wrong passphrase: no key slot of this repository opens with it"""
+    """{message}"""
 
     exit_code = EXIT_WRONG_KEY
+
+    def __init__(self, message: str = "wrong passphrase: no key slot of this repository opens with it", *, hint: str | None = None) -> None:
+        super().__init__(hint=hint, message=message)
+
     default_hint = "check DRKIT_PASSWORD / the password file; 'drkit key list' shows the slots"
+
+
+class IdentityRequired(DrkitError):
+    """this repository's content is sealed to a recipient: reading it needs the identity"""
+
+    exit_code = EXIT_WRONG_KEY
+    default_hint = (
+        "run this on the admin host with --identity FILE (or DRKIT_IDENTITY_FILE); "
+        "a backup host holds only the recipient and can write backups, not read them"
+    )
 
 
 class IntegrityError(DrkitError):

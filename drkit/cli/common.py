@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import click
 
 from drkit.cli.app import CliState
-from drkit.passwords import Secret, resolve_passphrase
+from drkit.passwords import Secret, resolve_passphrase, warn_if_world_readable
 from drkit.repository.repo import Repository
 from drkit.services.backup import ProgressSink
 from drkit.storage import open_storage
 from drkit.storage.base import Storage
+
+if TYPE_CHECKING:
+    from drkit.repository.identity import Identity
 
 
 def storage_for(state: CliState) -> Storage:
@@ -26,11 +32,47 @@ def passphrase(state: CliState, *, confirm: bool = False) -> Secret:
     return resolve_passphrase(state.env, state.config.repository, interactive=state.interactive, confirm=confirm)
 
 
-def open_repository(state: CliState) -> Repository:
-    """Open the configured repository (raises RepositoryNotFound / WrongKey)."""
+def identity_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--identity FILE``: the X25519 identity of a recipient-mode repository."""
+    return click.option(
+        "--identity",
+        "identity_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Identity file that opens a recipient-mode repository (default: $DRKIT_IDENTITY_FILE).",
+    )(f)
+
+
+def load_identity_for(state: CliState, path: Path | None) -> "Identity | None":
+    """The identity from --identity or DRKIT_IDENTITY_FILE, or None. Its own
+    passphrase (if protected) comes from DRKIT_IDENTITY_PASSWORD[_FILE|_COMMAND]."""
+    from drkit.repository.identity import load_identity
+
+    if path is None and state.env.get("DRKIT_IDENTITY_FILE"):
+        path = Path(state.env.get("DRKIT_IDENTITY_FILE") or "")
+    if path is None:
+        return None
+    warning = warn_if_world_readable(path)
+    if warning:
+        click.echo(warning, err=True)
+    return load_identity(
+        path,
+        lambda: resolve_passphrase(
+            state.env, None, interactive=state.interactive, prefix="DRKIT_IDENTITY_PASSWORD", prompt="identity passphrase: "
+        ).reveal(),
+    )
+
+
+def open_repository(state: CliState, identity_path: Path | None = None) -> Repository:
+    """Open the configured repository with the identity (if given) or the passphrase.
+    Raises RepositoryNotFound / WrongKey."""
     storage = storage_for(state)
     Repository.read_config(storage)  # a missing repository is reported before asking for a passphrase
-    return Repository.open(storage, passphrase(state).reveal(), compression_level=state.config.repository.zstd_level())
+    level = state.config.repository.zstd_level()
+    identity = load_identity_for(state, identity_path)
+    if identity is not None:
+        return Repository.open(storage, None, identity=identity, compression_level=level)
+    return Repository.open(storage, passphrase(state).reveal(), compression_level=level)
 
 
 def human_size(n: float) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, open_repository
+from drkit.cli.common import human_size, identity_option, open_repository
 from drkit.errors import UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
@@ -35,6 +37,7 @@ def _say_prune(state: CliState, r: PruneReport) -> None:
 @click.option("--prune", "do_prune", is_flag=True, help="Run prune afterwards to free the space.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print decisions as JSON.")
+@identity_option
 @pass_state
 def forget_cmd(
     state: CliState,
@@ -51,6 +54,7 @@ def forget_cmd(
     do_prune: bool,
     dry_run: bool,
     as_json: bool,
+    identity_path: Path | None,
 ) -> None:
     """Remove snapshots by a keep-policy (per source), or by id.
 
@@ -71,7 +75,7 @@ def forget_cmd(
     if policy.empty() and not snapshot_ids:
         raise UsageError("no policy and no snapshot given: refusing to forget everything", hint="e.g. --keep-daily 7 --keep-weekly 4")
     with metrics.track(state, "forget", enabled=not dry_run) as m:
-        repo = open_repository(state)
+        repo = open_repository(state, identity_path)
         removed, report = _forget(state, repo, snapshot_ids, sources, policy, do_prune, dry_run, as_json)
         if not dry_run:
             metrics.record_repository_state(m, repo)
@@ -110,15 +114,16 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
 @click.option("--repack-threshold", type=click.FloatRange(0.01, 1.0), default=0.5, show_default=True, help="Repack a pack when at least this share of it is unused.")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@identity_option
 @pass_state
-def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: bool) -> None:
+def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: bool, identity_path: Path | None) -> None:
     """Delete data no snapshot references; repack mostly-empty packs.
 
     Takes an exclusive lock: backups wait (they fail with exit 4) until it ends.
     Safe to interrupt: every snapshot stays restorable at every step.
     """
     with metrics.track(state, "prune", enabled=not dry_run) as m:
-        repo = open_repository(state)
+        repo = open_repository(state, identity_path)
         report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)
         if not dry_run:
             metrics.record_repository_state(m, repo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
@@ -29,10 +31,11 @@ def key_list(state: CliState, as_json: bool) -> None:
     if as_json:
         state.emit_json(keys)
         return
-    state.say(f"  {'ID':<9} {'CREATED':<20} {'USER@HOST':<30} LABEL")
+    state.say(f"  {'ID':<9} {'KIND':<11} {'CREATED':<20} {'USER@HOST':<30} LABEL")
     for k in keys:
         mark = "*" if k["current"] else " "
-        state.say(f"{mark} {k['id'][:8]:<9} {str(k['created'])[:19]:<20} {str(k['user']) + '@' + str(k['host']):<30} {k['label']}")
+        who = f"{k['user']}@{k['host']}" if k.get("user") else ""
+        state.say(f"{mark} {k['id'][:8]:<9} {k['kind']:<11} {str(k['created'])[:19]:<20} {who:<30} {k['label']}")
 
 
 @key_group.command("add")
@@ -55,3 +58,26 @@ def key_remove(state: CliState, key_id: str) -> None:
     repo = open_repository(state)
     removed = repo.remove_key(key_id)
     state.say(f"removed key slot {removed[:8]}")
+
+
+@key_group.command("generate-identity")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE", help="Where to write the identity (0600; never overwritten).")
+@click.option("--protect", is_flag=True, help="Encrypt the file with a passphrase (DRKIT_IDENTITY_PASSWORD[_FILE|_COMMAND] or a prompt).")
+@pass_state
+def key_generate_identity(state: CliState, output: Path, protect: bool) -> None:
+    """Create an X25519 identity for recipient mode and print its recipient.
+
+    Keep FILE on the admin host (or offline), never on the node being backed up.
+    Give the printed recipient to 'drkit init --recipient' on the backup host.
+    """
+    from drkit.repository.identity import generate_identity, write_identity
+
+    secret = None
+    if protect:
+        secret = resolve_passphrase(state.env, None, interactive=state.interactive, confirm=True,
+                                    prefix="DRKIT_IDENTITY_PASSWORD", prompt="identity passphrase: ").reveal()
+    identity = generate_identity()
+    write_identity(output, identity, secret)
+    click.echo(identity.recipient)
+    if not state.quiet:
+        click.echo(f"identity written to {output} (keep it off the backup host)", err=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, open_repository, progress_for
+from drkit.cli.common import identity_option, human_size, open_repository, progress_for
 from drkit.errors import UsageError
 from drkit.services.restore import SnapshotReader
 
@@ -24,6 +24,7 @@ from drkit.services.restore import SnapshotReader
 @click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn: restore only these PVCs (namespace/name or name).")
 @click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@identity_option
 @pass_state
 def restore_cmd(
     state: CliState,
@@ -37,6 +38,7 @@ def restore_cmd(
     volumes: tuple[str, ...],
     push_to: str | None,
     as_json: bool,
+    identity_path: Path | None,
 ) -> None:
     """Restore a snapshot of one source.
 
@@ -55,7 +57,7 @@ def restore_cmd(
     src = state.config.source(source)
     if target is None and not (in_place or push_to):
         raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
-    repo = open_repository(state)
+    repo = open_repository(state, identity_path)
     snap = repo.find_snapshot(snapshot, source=source)
     if snap.source_type != src.type_name:
         raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, but source {source!r} is {src.type_name}")

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, open_repository
+from drkit.cli.common import identity_option, human_size, open_repository
 
 
 @cli.command("snapshots")
 @click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Only this source (repeatable).")
 @click.option("-t", "--tag", "tags", multiple=True, metavar="TAG", help="Only snapshots with this tag.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, source, time, run, tags, ...}.")
+@identity_option
 @pass_state
-def snapshots_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], as_json: bool) -> None:
+def snapshots_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], as_json: bool, identity_path: Path | None) -> None:
     """List snapshots, oldest first.
 
     A snapshot is named by its id; any unique prefix (8 characters are shown) or
     'latest' (per --source) works wherever a snapshot is asked for.
     """
-    repo = open_repository(state)
+    repo = open_repository(state, identity_path)
     damaged: list[str] = []
     snaps = repo.list_snapshots(on_error=lambda name, detail: damaged.append(f"{name}: {detail}"))
     snaps = [s for s in snaps if (not sources or s.source in sources) and (not tags or set(tags) & set(s.tags))]

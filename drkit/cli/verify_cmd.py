@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import open_repository
+from drkit.cli.common import identity_option, open_repository
 from drkit.errors import DamageFound, UsageError
 from drkit.services.rebuild_index import rebuild_index
 from drkit.services.verify import parse_subset, verify_repository
@@ -16,8 +18,9 @@ from drkit.services.verify import parse_subset, verify_repository
 @click.option("--read-data", is_flag=True, help="Download and check every pack (slow, thorough).")
 @click.option("--read-data-subset", metavar="PCT", help="Check a random part of the packs: '10%', '1/8' or '0.1'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@identity_option
 @pass_state
-def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, as_json: bool) -> None:
+def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, as_json: bool, identity_path: Path | None) -> None:
     """Check that the repository is sound; exit 0 if it is, 6 if damage is found.
 
     \b
@@ -38,7 +41,7 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             raise UsageError(f"--read-data-subset: {exc}") from None
     with metrics.track(state, "verify") as m:
         m.labels["level"] = "full" if read_data else ("subset" if subset is not None else "structure")
-        repo = open_repository(state)
+        repo = open_repository(state, identity_path)
         report = verify_repository(repo, read_data=read_data or subset is not None, subset=subset)
         m.values.update(verify_ok=float(report.ok), verify_damaged_objects=float(len(report.problems)))
         m.ok = report.ok
@@ -51,6 +54,8 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             state.say(f"{len(report.orphan_packs)} unreferenced pack(s) (from interrupted backups; 'drkit prune' removes them)")
         for p in report.problems:
             click.echo(f"damaged: {p.line()}", err=True)
+        if not report.content_checked:
+            state.say("content not checked: this host holds only the recipient (use --identity FILE on the admin host)")
         if report.ok:
             state.say("no problems found")
     if not report.ok:

@@ -15,7 +15,8 @@ import threading
 
 import zstandard
 
-from drkit.repository.crypto import KIND_BLOB, Cipher, ChunkHasher, DecryptError, aad
+from drkit.errors import IdentityRequired
+from drkit.repository.crypto import KIND_BLOB, Cipher, ChunkHasher, DecryptError, IdentityMissing, RecipientCipher, aad
 
 RAW = 0
 ZSTD = 1
@@ -35,7 +36,7 @@ def blob_aad(blob_type: int, chunk_id: bytes) -> bytes:
 class BlobCodec:
     """Thread-safe encode/decode of blobs (zstd contexts are per thread)."""
 
-    def __init__(self, cipher: Cipher, hasher: ChunkHasher, level: int) -> None:
+    def __init__(self, cipher: Cipher | RecipientCipher, hasher: ChunkHasher, level: int) -> None:
         self.cipher = cipher
         self.hasher = hasher
         self.level = level
@@ -81,6 +82,8 @@ class BlobCodec:
             plain = self.cipher.open(sealed, blob_aad(blob_type, chunk_id))
         except DecryptError as exc:
             raise BlobError(f"blob {chunk_id.hex()[:16]}: {exc}") from None
+        except IdentityMissing:
+            raise IdentityRequired() from None
         flag = plain[0]
         if flag == RAW:
             data = plain[1:]

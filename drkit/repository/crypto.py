@@ -54,11 +54,15 @@ def _unb64(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class MasterKey:
-    """The repository's secret material, stored wrapped in every key slot."""
+    """The repository's secret material, stored wrapped in every key slot.
+
+    In recipient mode, ``data_key`` only protects index files and pack trailers
+    (what a writer needs to deduplicate); content is sealed to ``recipient``."""
 
     data_key: bytes
     id_key: bytes
     chunker_seed: int
+    recipient: bytes | None = None
 
     @classmethod
     def generate(cls) -> "MasterKey":
@@ -69,11 +73,14 @@ class MasterKey:
         )
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "data_key": _b64(self.data_key),
             "id_key": _b64(self.id_key),
             "chunker_seed": self.chunker_seed,
         }
+        if self.recipient is not None:
+            doc["recipient"] = _b64(self.recipient)
+        return doc
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> "MasterKey":
@@ -81,6 +88,7 @@ class MasterKey:
             data_key=_unb64(str(data["data_key"])),
             id_key=_unb64(str(data["id_key"])),
             chunker_seed=int(data["chunker_seed"]),  # type: ignore[arg-type]
+            recipient=_unb64(str(data["recipient"])) if data.get("recipient") else None,
         )
 
     def __repr__(self) -> str:
@@ -122,3 +130,106 @@ class ChunkHasher:
 
     def __call__(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._key).digest()
+
+
+# -- recipient (public-key) mode ------------------------------------------------
+#
+# Content (blobs, manifests) is sealed to an X25519 recipient: per writer session, an
+# ephemeral key pair is made; the session key is HKDF-SHA256 of the X25519 shared
+# secret. The envelope is then:
+#
+#     scheme 0x02 | ephemeral public key (32) | nonce (12) | ciphertext || tag (16)
+#
+# The writer forgets the ephemeral private key when the session ends, so a backup
+# host that holds only the recipient cannot open anything it stored, not even what
+# it wrote itself. Only the identity (the X25519 private key) opens scheme 0x02.
+
+SCHEME_RECIPIENT = 0x02
+RECIPIENT_PREFIX = "drkit-recipient-v1:"
+_HKDF_INFO = b"drkit recipient session key v1"
+
+
+class IdentityMissing(Exception):
+    """A scheme 0x02 object was met without the identity that opens it."""
+
+
+def _session_key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=epk + recipient, info=_HKDF_INFO).derive(shared)
+
+
+def encode_recipient(public: bytes) -> str:
+    return RECIPIENT_PREFIX + base64.urlsafe_b64encode(public).decode("ascii").rstrip("=")
+
+
+def decode_recipient(text: str) -> bytes:
+    """Parse a recipient string; ValueError if malformed."""
+    text = text.strip()
+    if not text.startswith(RECIPIENT_PREFIX):
+        raise ValueError(f"a recipient starts with {RECIPIENT_PREFIX!r}")
+    body = text[len(RECIPIENT_PREFIX) :]
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    if len(raw) != 32:
+        raise ValueError("a recipient holds a 32-byte X25519 public key")
+    return raw
+
+
+class RecipientCipher:
+    """Seals to a recipient; opens only with the identity (or this session's own key,
+    for the verification of what it is about to upload). Thread-safe."""
+
+    def __init__(self, recipient: bytes, identity: "X25519PrivateKey | None" = None) -> None:  # noqa: F821
+        self.recipient = recipient
+        self.identity = identity
+        self._session: tuple[bytes, AESGCM] | None = None
+        self._opened: dict[bytes, AESGCM] = {}
+
+    def _current(self) -> tuple[bytes, AESGCM]:
+        if self._session is None:
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+            esk = X25519PrivateKey.generate()
+            epk = esk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            shared = esk.exchange(X25519PublicKey.from_public_bytes(self.recipient))
+            self._session = (epk, AESGCM(_session_key(shared, epk, self.recipient)))
+        return self._session
+
+    def end_session(self) -> None:
+        """Forget the session key: nothing sealed so far can be opened without the identity."""
+        self._session = None
+
+    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
+        epk, aead = self._current()
+        nonce = os.urandom(NONCE_SIZE)
+        return bytes((SCHEME_RECIPIENT,)) + epk + nonce + aead.encrypt(nonce, bytes(plaintext), associated)
+
+    def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
+        sealed = memoryview(sealed)
+        if len(sealed) < 1 + 32 + OVERHEAD - 1 or sealed[0] != SCHEME_RECIPIENT:
+            raise DecryptError("unknown encryption scheme or truncated object")
+        epk = bytes(sealed[1:33])
+        aead = self._aead_for(epk)
+        body = sealed[33:]
+        try:
+            return aead.decrypt(bytes(body[:NONCE_SIZE]), bytes(body[NONCE_SIZE:]), associated)
+        except InvalidTag:
+            raise DecryptError("authentication failed") from None
+
+    def _aead_for(self, epk: bytes) -> AESGCM:
+        session = self._session
+        if session is not None and session[0] == epk:
+            return session[1]
+        aead = self._opened.get(epk)
+        if aead is None:
+            if self.identity is None:
+                raise IdentityMissing()
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+            shared = self.identity.exchange(X25519PublicKey.from_public_bytes(epk))
+            aead = AESGCM(_session_key(shared, epk, self.recipient))
+            if len(self._opened) < 4096:
+                self._opened[epk] = aead
+        return aead

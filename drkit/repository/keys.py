@@ -77,13 +77,15 @@ def make_slot(master: MasterKey, passphrase: str, *, label: str = "", params: Kd
 
 def parse_slot(raw: bytes) -> dict[str, Any]:
     doc = json.loads(raw)
-    if not isinstance(doc, dict) or doc.get("kdf") != "scrypt":
+    if not isinstance(doc, dict) or doc.get("kdf") not in ("scrypt", "x25519"):
         raise ValueError("not a drkit key slot")
     return doc
 
 
 def open_slot(doc: dict[str, Any], passphrase: str) -> MasterKey | None:
     """Return the master key if *passphrase* opens this slot, else None."""
+    if doc.get("kdf") != "scrypt":
+        return None
     params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
     wrapping = Cipher(_derive(passphrase, _unb64(doc["salt"]), params))
     try:

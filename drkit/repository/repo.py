@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pyfastcdc
 
 from drkit.errors import (
+    IdentityRequired,
     IntegrityError,
     ObjectNotFound,
     RepositoryExists,
@@ -27,7 +28,18 @@ from drkit.errors import (
 from drkit.repository import keys as keyslots
 from drkit.repository import layout
 from drkit.repository.blob import BlobCodec, BlobError
-from drkit.repository.crypto import KIND_INDEX, KIND_SNAPSHOT, ChunkHasher, Cipher, DecryptError, MasterKey, aad
+from drkit.repository.crypto import (
+    KIND_INDEX,
+    KIND_SNAPSHOT,
+    ChunkHasher,
+    Cipher,
+    DecryptError,
+    IdentityMissing,
+    MasterKey,
+    RecipientCipher,
+    aad,
+)
+from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
 from drkit.repository.index import Index, decode_index_file, encode_index_file
 from drkit.repository.locks import Lock
 from drkit.repository.pack import PackEntry, PackFormatError, read_trailer
@@ -50,14 +62,29 @@ def _check_fastcdc_compiled() -> None:
 class Repository:
     """An open repository. Construct with :meth:`init` or :meth:`open`."""
 
-    def __init__(self, storage: Storage, config: dict[str, Any], master: MasterKey, key_id: str, *, compression_level: int = 3) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        config: dict[str, Any],
+        master: MasterKey,
+        key_id: str,
+        *,
+        compression_level: int = 3,
+        identity: Identity | None = None,
+    ) -> None:
         self.storage = storage
         self.config = config
         self.master = master
         self.key_id = key_id
+        self.identity = identity
+        # Index files and pack trailers: what every writer needs to deduplicate.
         self.cipher = Cipher(master.data_key)
+        # Content (blobs, manifests): the same key, or sealed to the recipient.
+        self.content_cipher: Cipher | RecipientCipher = (
+            RecipientCipher(master.recipient, identity.private if identity else None) if master.recipient else self.cipher
+        )
         self.hasher = ChunkHasher(master.id_key)
-        self.codec = BlobCodec(self.cipher, self.hasher, compression_level)
+        self.codec = BlobCodec(self.content_cipher, self.hasher, compression_level)
         self.index = Index()
         self.index_loaded = False
 
@@ -72,22 +99,39 @@ class Repository:
             return False
 
     @classmethod
-    def init(cls, storage: Storage, passphrase: str, *, compression_level: int = 3, pack_size: int = DEFAULT_PACK_SIZE) -> "Repository":
+    def init(
+        cls,
+        storage: Storage,
+        passphrase: str,
+        *,
+        compression_level: int = 3,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        recipient: bytes | None = None,
+    ) -> "Repository":
         """Create a repository; raises RepositoryExists. The config object is written
-        last, so an interrupted init leaves no repository (and can be re-run)."""
+        last, so an interrupted init leaves no repository (and can be re-run).
+
+        With *recipient* (recipient mode) the passphrase slot opens only what a
+        backup host needs to write; content is sealed to the recipient, and a second
+        slot lets the identity holder open the repository without the passphrase."""
         if cls.exists(storage):
             raise RepositoryExists(url=storage.url)
         master = MasterKey.generate()
+        if recipient is not None:
+            master = MasterKey(master.data_key, master.id_key, master.chunker_seed, recipient)
         config = {
             "version": FORMAT_VERSION,
             "id": secrets.token_hex(32),
             "created": datetime.now(timezone.utc).isoformat(),
             "chunker": DEFAULT_CHUNKER,
             "pack_size": pack_size,
-            "key_mode": "passphrase",
+            "key_mode": "recipient" if recipient else "passphrase",
         }
         key_id, slot = keyslots.make_slot(master, passphrase, label="initial")
         storage.put(layout.key_name(key_id), slot)
+        if recipient is not None:
+            slot_id, slot = make_recipient_slot(master)
+            storage.put(layout.key_name(slot_id), slot)
         storage.put(layout.CONFIG, json.dumps(config, indent=1).encode())
         return cls(storage, config, master, key_id, compression_level=compression_level)
 
@@ -106,15 +150,45 @@ class Repository:
         return config
 
     @classmethod
-    def open(cls, storage: Storage, passphrase: str, *, compression_level: int = 3) -> "Repository":
-        """Open with a passphrase; raises RepositoryNotFound or WrongKey."""
+    def open(
+        cls,
+        storage: Storage,
+        passphrase: str | None = None,
+        *,
+        compression_level: int = 3,
+        identity: Identity | None = None,
+    ) -> "Repository":
+        """Open with a passphrase, or (recipient mode) with the identity alone.
+        Raises RepositoryNotFound or WrongKey."""
         _check_fastcdc_compiled()
         config = cls.read_config(storage)
         for key_id, doc in cls._slots(storage):
-            master = keyslots.open_slot(doc, passphrase)
+            if identity is not None and doc.get("kdf") == "x25519":
+                master = open_recipient_slot(doc, identity)
+            elif passphrase is not None:
+                master = keyslots.open_slot(doc, passphrase)
+            else:
+                continue
             if master is not None:
-                return cls(storage, config, master, key_id, compression_level=compression_level)
+                return cls(storage, config, master, key_id, compression_level=compression_level, identity=identity)
+        if identity is not None and passphrase is None:
+            raise WrongKey(message="this identity does not open the repository (not its recipient)")
         raise WrongKey()
+
+    @property
+    def recipient_mode(self) -> bool:
+        return self.master.recipient is not None
+
+    @property
+    def can_read_content(self) -> bool:
+        """False on a backup host of a recipient-mode repository (no identity)."""
+        return not self.recipient_mode or self.identity is not None
+
+    def end_session(self) -> None:
+        """Forget the writer's session key (recipient mode): from now on nothing this
+        process wrote can be read back without the identity."""
+        if isinstance(self.content_cipher, RecipientCipher):
+            self.content_cipher.end_session()
 
     @staticmethod
     def _slots(storage: Storage) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -138,6 +212,7 @@ class Repository:
                 "host": doc.get("host"),
                 "user": doc.get("user"),
                 "label": doc.get("label", ""),
+                "kind": "identity" if doc.get("kdf") == "x25519" else "passphrase",
             }
             for key_id, doc in self._slots(self.storage)
         ]
@@ -267,14 +342,16 @@ class Repository:
     # -- snapshots -------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        sealed = self.cipher.seal(snap.encode(), aad(KIND_SNAPSHOT, snap.id.encode()))
+        sealed = self.content_cipher.seal(snap.encode(), aad(KIND_SNAPSHOT, snap.id.encode()))
         self.storage.put(layout.snapshot_name(snap.id), sealed)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         name = layout.snapshot_name(snapshot_id)
         raw = self.storage.get(name)
         try:
-            snap = Snapshot.decode(self.cipher.open(raw, aad(KIND_SNAPSHOT, snapshot_id.encode())))
+            snap = Snapshot.decode(self.content_cipher.open(raw, aad(KIND_SNAPSHOT, snapshot_id.encode())))
+        except IdentityMissing:
+            raise IdentityRequired() from None
         except (DecryptError, ValueError) as exc:
             raise IntegrityError(name=name, detail=str(exc), hint="'drkit forget' this snapshot id; the others are unaffected") from None
         if snap.id != snapshot_id:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import pyfastcdc
+
 from drkit import __version__
 from drkit.errors import DrkitError, PartialFailure
 from drkit.repository.blob import BLOB_TREE
@@ -34,7 +36,7 @@ from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
 
-_READ_SIZE = 4 * 1024 * 1024
+_BLOCK_SIZE = 16 * 1024 * 1024
 
 
 class _Names:
@@ -59,6 +61,48 @@ class _Names:
             except KeyError:
                 self._groups[gid] = ""
         return self._groups[gid]
+
+
+def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], block: int = _BLOCK_SIZE) -> Iterator[memoryview]:
+    """Yield the content-defined chunks of *stream* as read-only views.
+
+    Reads ``block`` bytes at a time (at least twice the chunker's max size) and cuts
+    inside the block; a cut is final once ``max_size`` bytes after its start are in the
+    block (or at end of stream), which is exactly what ``cut_stream`` sees, so the
+    boundaries are identical. The unfinished tail is carried into the next block. Each
+    block is a fresh object: views handed out stay valid while the caller keeps them."""
+    max_size = chunker.max_size
+    block = max(block, 2 * max_size)
+    carry = memoryview(b"")
+    eof = False
+    while not eof:
+        want = block - len(carry)
+        piece = stream.read(want)
+        if piece is None:
+            piece = b""
+        if 0 < len(piece) < want:  # a short read: keep reading until full or EOF
+            parts = [piece]
+            got = len(piece)
+            while got < want:
+                more = stream.read(want - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            piece = b"".join(parts)
+        if len(piece) < want:
+            eof = True
+        data = memoryview(b"".join((carry, piece)) if carry else piece)
+        if not data:
+            return
+        end = len(data)
+        pos = 0
+        for chunk in chunker.cut_buf(data):
+            if not eof and chunk.offset + max_size > end:
+                break
+            yield chunk.data
+            pos = chunk.offset + chunk.length
+        carry = data[pos:]
 
 
 def iter_tree(repo: Repository, snap: Snapshot) -> Iterator[Entry]:
@@ -197,15 +241,20 @@ class SnapshotWriter:
         )
 
     def _store(self, stream: IO[bytes]) -> tuple[list[str], int]:
-        chunks: list[str] = []
+        """Chunk *stream*, queue every chunk with the saver; return (chunk ids, size).
+
+        Reads large blocks and cuts them in place (no per-chunk copy; the chunk
+        boundaries are the same as ``FastCDC.cut_stream``'s). Hashing, dedup and
+        sealing happen in the saver's workers while this thread reads on."""
+        tickets = []
         size = 0
-        for chunk in self._chunker.cut_stream(stream):
-            data = bytes(chunk.data)
-            chunk_id, _new = self.saver.save(data)
-            chunks.append(chunk_id.hex())
+        on_bytes = self._on_bytes
+        for data in _cut_blocks(self._chunker, stream):
+            tickets.append(self.saver.submit(data))
             size += len(data)
-            if self._on_bytes:
-                self._on_bytes(len(data))
+            if on_bytes:
+                on_bytes(len(data))
+        chunks = [t.id().hex() for t in tickets]
         self.stats.bytes_read += size
         self.stats.size += size
         return chunks, size
@@ -312,7 +361,13 @@ def run_backup(
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:
             log.info("reusing %d pack(s) uploaded by an interrupted run", adopted)
-        existing = repo.list_snapshots(on_error=lambda name, detail: log.warning("skipping damaged manifest %s: %s", name, detail))
+        # A recipient-mode backup host cannot read earlier manifests: it re-reads
+        # files (deduplication still avoids storing them again).
+        existing = (
+            repo.list_snapshots(on_error=lambda name, detail: log.warning("skipping damaged manifest %s: %s", name, detail))
+            if repo.can_read_content
+            else []
+        )
         for src in sources:
             outcomes.append(_backup_one(repo, src, existing, run_id, run_meta, options, progress))
         # Manifests last: every blob they reference is in a stored index by now.
@@ -320,6 +375,7 @@ def run_backup(
             if o.snapshot is not None:
                 o.snapshot.run_meta = dict(run_meta)
                 repo.save_snapshot(o.snapshot)
+        repo.end_session()
     run = BackupRun(run_id, outcomes, run_meta)
     bad = run.failed
     if bad:
