@@ -20,7 +20,8 @@ The daemon (:class:`Daemon`):
 - runs each job as a child process ``python -m drkit -c CONFIG ... <command>``, so a
   job's memory and state die with it and SIGTERM can be forwarded to it;
 - never runs two jobs at once: due jobs wait in a queue and start one after the other,
-  in the fixed order backup, prune, verify_full, verify, drill; a job that is still
+  first come first served, and jobs that fall due together in the fixed order backup,
+  prune, verify_full, verify, drill; a job that is still
   queued or running when it is due again is not queued twice (missed runs collapse);
   a queued full verify makes the sampled one redundant;
 - delays every start by a random ``0..jitter``;
@@ -203,20 +204,47 @@ class VerifySchedule(JobSchedule):
         return str(v).strip()
 
 
-class ScheduleConfig(_Strict):
-    """The ``schedule:`` section of the config file."""
-
-    jitter: Duration = 600.0
-    stop_timeout: Duration = 300.0
-    backup: JobSchedule = Field(default_factory=lambda: JobSchedule(every=86400, at="02:00", timeout=6 * 3600))
-    prune: PruneSchedule = Field(default_factory=lambda: PruneSchedule(weekday="saturday", at="04:00", timeout=6 * 3600))
-    verify_full: JobSchedule = Field(default_factory=lambda: JobSchedule(weekday="sunday", at="06:00", timeout=12 * 3600))
-    verify: VerifySchedule = Field(default_factory=lambda: VerifySchedule(every=86400, at="05:00", timeout=2 * 3600))
-    drill: JobSchedule = Field(default_factory=lambda: JobSchedule(weekday="sunday", at="08:00", timeout=4 * 3600))
-
+DEFAULT_TIMING: dict[str, dict[str, str]] = {
+    "backup": {"every": "1d", "at": "02:00"},
+    "prune": {"weekday": "saturday", "at": "04:00"},
+    "verify_full": {"weekday": "sunday", "at": "06:00"},
+    "verify": {"every": "1d", "at": "05:00"},
+    "drill": {"weekday": "sunday", "at": "08:00"},
+}
+"""When each job runs unless the config says otherwise."""
 
 DEFAULT_TIMEOUTS = {"backup": 6 * 3600.0, "prune": 6 * 3600.0, "verify_full": 12 * 3600.0,
                     "verify": 2 * 3600.0, "drill": 4 * 3600.0}
+_TIMING_KEYS = ("every", "at", "weekday")
+
+
+class ScheduleConfig(_Strict):
+    """The ``schedule:`` section of the config file.
+
+    A job's section is merged over its defaults: ``backup: {enabled: false}`` or
+    ``verify: {subset: 5%}`` keep the default timing; a section that sets any of
+    ``every``/``at``/``weekday`` replaces the default timing as a whole.
+    """
+
+    jitter: Duration = 600.0
+    stop_timeout: Duration = 300.0
+    backup: JobSchedule = Field(default_factory=lambda: JobSchedule.model_validate(DEFAULT_TIMING["backup"]))
+    prune: PruneSchedule = Field(default_factory=lambda: PruneSchedule.model_validate(DEFAULT_TIMING["prune"]))
+    verify_full: JobSchedule = Field(default_factory=lambda: JobSchedule.model_validate(DEFAULT_TIMING["verify_full"]))
+    verify: VerifySchedule = Field(default_factory=lambda: VerifySchedule.model_validate(DEFAULT_TIMING["verify"]))
+    drill: JobSchedule = Field(default_factory=lambda: JobSchedule.model_validate(DEFAULT_TIMING["drill"]))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, timing in DEFAULT_TIMING.items():
+            section = out.get(name)
+            if isinstance(section, dict) and not any(k in section for k in _TIMING_KEYS):
+                out[name] = {**timing, **section}
+        return out
 
 
 def parse_schedule_config(data: Mapping[str, Any] | None) -> ScheduleConfig:
@@ -490,6 +518,7 @@ def drkit_argv(config_path: Path | None, *, log_format: str = "text", debug: boo
 @dataclass
 class _Queued:
     job: Job
+    queued_at: _dt.datetime
     not_before: _dt.datetime
 
 
@@ -531,7 +560,7 @@ class Daemon:
 
     # -- queue --
 
-    def _due(self, job: Job) -> None:
+    def _due(self, job: Job, *, jitter: bool = True) -> None:
         """Called by ``schedule`` when *job* is due: queue it (once) with its jitter."""
         if self.running is not None and self.running.name == job.name or any(q.job.name == job.name for q in self.queue):
             log.info("job %s is due but still %s: not queued twice", job.name,
@@ -546,13 +575,25 @@ class Daemon:
         for q in dropped:
             log.info("job %s dropped from the queue: %s covers it", q.job.name, job.name)
             self.queue.remove(q)
-        delay = self.rng.uniform(0, self.jitter) if self.jitter > 0 else 0.0
-        not_before = self.clock.now() + _dt.timedelta(seconds=delay)
-        self.queue.append(_Queued(job, not_before))
+        delay = self.rng.uniform(0, self.jitter) if jitter and self.jitter > 0 else 0.0
+        now = self.clock.now()
+        not_before = now + _dt.timedelta(seconds=delay)
+        self.queue.append(_Queued(job, now, not_before))
         log.debug("job %s queued, starts at %s", job.name, not_before.isoformat(timespec="seconds"))
 
+    def trigger(self, name: str) -> None:
+        """Queue job *name* to start now, without jitter (once, like a due job).
+
+        Raises UsageError naming the jobs when there is no such job."""
+        for job in self.jobs:
+            if job.name == name:
+                self._due(job, jitter=False)
+                return
+        raise UsageError(f"no scheduled job named {name!r}", hint="jobs: " + ", ".join(j.name for j in self.jobs))
+
     def _head(self) -> _Queued | None:
-        return min(self.queue, key=lambda q: (q.job.priority, q.not_before)) if self.queue else None
+        """First come, first served (no job starves); jobs due together go in JOB_ORDER."""
+        return min(self.queue, key=lambda q: (q.queued_at, q.job.priority)) if self.queue else None
 
     # -- control --
 

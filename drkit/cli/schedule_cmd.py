@@ -68,8 +68,10 @@ def show_cmd(state: CliState) -> None:
 
 
 @schedule_group.command("run")
+@click.option("--now", "run_now", multiple=True, metavar="JOB",
+              help="Also queue this job at start (repeatable), e.g. --now backup.")
 @pass_state
-def run_cmd(state: CliState) -> None:
+def run_cmd(state: CliState, run_now: tuple[str, ...]) -> None:
     """Run the jobs in the foreground until SIGTERM or Ctrl-C.
 
     Each job runs as a child 'drkit' process with this config; one log line when a
@@ -92,6 +94,8 @@ def run_cmd(state: CliState) -> None:
     daemon = Daemon(jobs, launcher, jitter=jitter)
     log.info("drkit scheduler started (pid %d, config %s, %d jobs, jitter %ds)",
              os.getpid(), config_path, len(jobs), int(jitter))
+    for name in run_now:
+        daemon.trigger(name)
     with daemon.signals():
         daemon.run()
 
