@@ -15,6 +15,7 @@ orphans and ``drkit rebuild-index`` adopts them.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import Callable
 from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA
 from drkit.repository.pack import PackBuilder, PackEntry
+
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass
@@ -39,8 +42,40 @@ class SaverStats:
     index_files: int = 0
 
 
+class BlobTicket:
+    """A blob queued with :meth:`BlobSaver.submit`; :meth:`id` waits for its chunk id.
+
+    The worker fills in ``chunk_id`` (and, for a new blob, ``sealed``); the saver's
+    thread moves ``sealed`` into a pack and drops it, so a ticket kept until the end
+    of a large file holds 32 bytes, not the data."""
+
+    __slots__ = ("blob_type", "data", "chunk_id", "sealed", "new", "raw_length", "future")
+
+    def __init__(self, blob_type: int, data: Buffer | None, chunk_id: bytes = b"") -> None:
+        self.blob_type = blob_type
+        self.data = data
+        self.chunk_id = chunk_id
+        self.sealed: bytes | None = None
+        self.new = False
+        self.raw_length = len(data) if data is not None else 0
+        self.future: Future | None = None
+
+    def id(self) -> bytes:
+        """The chunk id (waits for the worker; re-raises its error)."""
+        if self.future is not None:
+            self.future.result()
+        return self.chunk_id
+
+
 class BlobSaver:
     """Stores blobs of one writer session. Not thread-safe: call from one thread.
+
+    Work is split so that the calling thread only cuts and queues: hashing,
+    deduplication, compression, encryption and the verification of every sealed blob
+    (decrypt + decompress + keyed hash) run in ``workers`` threads; assembling a pack
+    (concatenation, SHA-256 name, trailer check) and storing it run in the upload
+    threads. Blobs enter packs in submission order, so output is deterministic for a
+    given input apart from the random nonces.
 
     Use as a context manager, or call :meth:`finish` (success) / :meth:`abort`.
     """
@@ -52,6 +87,7 @@ class BlobSaver:
         workers: int = 0,
         index_every_packs: int = 32,
         uploads: int = 2,
+        max_inflight_bytes: int = 32 * 1024 * 1024,
         on_upload: Callable[[int], None] | None = None,
     ) -> None:
         self.repo = repo
@@ -59,11 +95,14 @@ class BlobSaver:
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drkit-seal")
         self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="drkit-upload")
-        self._max_inflight = self.workers * 3
+        self._max_inflight = self.workers * 4
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
         self._max_uploads = uploads
-        self._sealing: deque[Future] = deque()
-        self._uploading: deque[tuple[Future, str, int, list[PackEntry]]] = deque()
+        self._sealing: deque[BlobTicket] = deque()
+        self._uploading: deque[tuple[Future, list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
+        self._lock = threading.Lock()
         self._builder = PackBuilder()
         self._unindexed: list[tuple[str, int, list[PackEntry]]] = []
         self._index_every = index_every_packs
@@ -72,29 +111,42 @@ class BlobSaver:
 
     # -- public ----------------------------------------------------------------
 
-    def save(self, data: bytes, blob_type: int = BLOB_DATA) -> tuple[bytes, bool]:
-        """Queue *data*; return (chunk id, True if new to the repository)."""
+    def save(self, data: Buffer, blob_type: int = BLOB_DATA) -> tuple[bytes, bool]:
+        """Queue *data*; return (chunk id, True if new to the repository).
+
+        Hashes in the calling thread (the id is returned at once); prefer
+        :meth:`submit` on hot paths."""
         chunk_id = self.repo.hasher(data)
-        if chunk_id in self.repo.index or chunk_id in self._pending:
-            self.stats.blobs_reused += 1
-            return chunk_id, False
-        self._pending.add(chunk_id)
-        self.stats.blobs_new += 1
-        self.stats.bytes_new_raw += len(data)
-        self._sealing.append(self._pool.submit(self._seal, blob_type, chunk_id, data))
-        if len(self._sealing) > self._max_inflight:
-            self._drain(self._max_inflight // 2)
+        with self._lock:
+            if chunk_id in self.repo.index or chunk_id in self._pending:
+                self.stats.blobs_reused += 1
+                return chunk_id, False
+            self._pending.add(chunk_id)
+        ticket = BlobTicket(blob_type, data, chunk_id)
+        ticket.new = True
+        self._enqueue(ticket)
         return chunk_id, True
 
+    def submit(self, data: Buffer, blob_type: int = BLOB_DATA) -> BlobTicket:
+        """Queue *data* for hashing, deduplication and (if new) sealing in a worker.
+
+        *data* must not change until the ticket's id is known (a memoryview into a
+        buffer that is not reused is fine). Returns at once unless too much is in
+        flight; the chunk id comes from :meth:`BlobTicket.id`."""
+        ticket = BlobTicket(blob_type, data)
+        self._enqueue(ticket)
+        return ticket
+
     def known(self, chunk_id: bytes) -> bool:
-        return chunk_id in self.repo.index or chunk_id in self._pending
+        with self._lock:
+            return chunk_id in self.repo.index or chunk_id in self._pending
 
     def finish(self) -> None:
         """Store everything queued: last pack, uploads, final index. Idempotent."""
         if self._closed:
             return
         try:
-            self._drain(0)
+            self._drain(0, 0)
             if len(self._builder):
                 self._flush_pack()
             self._reap_uploads(0)
@@ -106,14 +158,15 @@ class BlobSaver:
         """Stop; index the packs already uploaded so a later run reuses them."""
         if self._closed:
             return
-        for fut in self._sealing:
-            fut.cancel()
+        for ticket in self._sealing:
+            if ticket.future is not None:
+                ticket.future.cancel()
         self._sealing.clear()
         try:
             while self._uploading:
-                fut, pack_id, size, entries = self._uploading.popleft()
+                fut, entries = self._uploading.popleft()
                 try:
-                    fut.result()
+                    pack_id, size = fut.result()
                 except Exception:  # noqa: BLE001 - a failed upload is simply not indexed
                     continue
                 self._uploaded(pack_id, size, entries)
@@ -132,34 +185,69 @@ class BlobSaver:
 
     # -- internals -------------------------------------------------------------
 
-    def _seal(self, blob_type: int, chunk_id: bytes, data: bytes) -> tuple[int, bytes, bytes, int]:
-        return blob_type, chunk_id, self.repo.codec.encode(blob_type, chunk_id, data), len(data)
+    def _enqueue(self, ticket: BlobTicket) -> None:
+        ticket.future = self._pool.submit(self._work, ticket)
+        self._sealing.append(ticket)
+        self._inflight_bytes += ticket.raw_length
+        if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
+            self._drain(self._max_inflight // 2, self._max_inflight_bytes // 2)
 
-    def _drain(self, limit: int) -> None:
-        while len(self._sealing) > limit:
-            blob_type, chunk_id, sealed, raw_length = self._sealing.popleft().result()
-            self._builder.add(blob_type, chunk_id, sealed, raw_length)
+    def _work(self, ticket: BlobTicket) -> None:
+        """In a worker: hash (unless known), dedupe, seal and verify."""
+        data = ticket.data
+        assert data is not None
+        ticket.data = None
+        if not ticket.chunk_id:
+            chunk_id = ticket.chunk_id = self.repo.hasher(data)
+            with self._lock:
+                if chunk_id in self.repo.index or chunk_id in self._pending:
+                    return
+                self._pending.add(chunk_id)
+            ticket.new = True
+        ticket.sealed = self.repo.codec.encode(ticket.blob_type, ticket.chunk_id, data)
+
+    def _drain(self, limit: int, byte_limit: int) -> None:
+        while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
+            ticket = self._sealing.popleft()
+            self._inflight_bytes -= ticket.raw_length
+            assert ticket.future is not None
+            ticket.future.result()
+            if not ticket.new:
+                self.stats.blobs_reused += 1
+                continue
+            sealed = ticket.sealed
+            assert sealed is not None
+            ticket.sealed = None
+            self._builder.add(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
+            self.stats.blobs_new += 1
+            self.stats.bytes_new_raw += ticket.raw_length
             self.stats.bytes_new_sealed += len(sealed)
             if self._builder.size >= self.repo.pack_size:
                 self._flush_pack()
 
     def _flush_pack(self) -> None:
         builder, self._builder = self._builder, PackBuilder()
-        pack_id, data = builder.finish(self.repo.cipher)
         self._reap_uploads(self._max_uploads - 1)
-        fut = self._upload_pool.submit(self.repo.storage.put, layout.pack_name(pack_id), data)
-        self._uploading.append((fut, pack_id, len(data), builder.entries))
+        fut = self._upload_pool.submit(self._store_pack, builder)
+        self._uploading.append((fut, builder.entries))
+
+    def _store_pack(self, builder: PackBuilder) -> tuple[str, int]:
+        """In an upload thread: finish the pack (name, trailer check) and store it."""
+        pack_id, data = builder.finish(self.repo.cipher)
+        self.repo.storage.put(layout.pack_name(pack_id), data)
+        return pack_id, len(data)
 
     def _reap_uploads(self, limit: int) -> None:
         while len(self._uploading) > limit:
-            fut, pack_id, size, entries = self._uploading.popleft()
-            fut.result()
+            fut, entries = self._uploading.popleft()
+            pack_id, size = fut.result()
             self._uploaded(pack_id, size, entries)
 
     def _uploaded(self, pack_id: str, size: int, entries: list[PackEntry]) -> None:
-        self.repo.index.add_pack(pack_id, size, entries)
-        for e in entries:
-            self._pending.discard(e.id)
+        with self._lock:
+            self.repo.index.add_pack(pack_id, size, entries)
+            for e in entries:
+                self._pending.discard(e.id)
         self._unindexed.append((pack_id, size, entries))
         self.stats.packs += 1
         self.stats.bytes_stored += size
