@@ -1,0 +1,279 @@
+"""What the K3s sources share: where K3s keeps things, whether it runs, what it is.
+
+Facts of a K3s server node this module encodes (K3s v1.2x-v1.3x):
+
+- data dir ``/var/lib/rancher/k3s`` (``data-dir:`` in config.yaml moves it); the
+  server token at ``server/token``, certificates under ``server/tls``, the
+  datastore under ``server/db`` (``state.db`` for SQLite, ``etcd/`` for embedded etcd);
+- config dir ``/etc/rancher/k3s``: ``config.yaml``, drop-ins ``config.yaml.d/*.yaml``
+  (read in lexical order; later files win; a key ending in ``+`` appends), and
+  ``registries.yaml``;
+- the running server shows up in ``/proc`` as a process whose command line is
+  ``k3s server ...`` (K3s rewrites its argv[0] to ``k3s server``).
+
+Nothing here changes the node, except :func:`atomic_write_from` and
+:func:`fsync_dir`, which write where they are told.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable
+
+import yaml
+
+from drkit import proc
+from drkit.errors import DrkitError, Refused
+
+DEFAULT_DATA_DIR = Path("/var/lib/rancher/k3s")
+DEFAULT_CONFIG_DIR = Path("/etc/rancher/k3s")
+DEFAULT_PROC_ROOT = Path("/proc")
+
+
+def sqlite_db_path(data_dir: Path) -> Path:
+    return data_dir / "server" / "db" / "state.db"
+
+
+def etcd_member_dir(data_dir: Path) -> Path:
+    return data_dir / "server" / "db" / "etcd"
+
+
+def etcd_tls_dir(data_dir: Path) -> Path:
+    return data_dir / "server" / "tls" / "etcd"
+
+
+def token_path(data_dir: Path) -> Path:
+    return data_dir / "server" / "token"
+
+
+# --- is K3s running? -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunningProcess:
+    """A process that looks like a K3s server."""
+
+    pid: int
+    cmdline: str
+
+
+def find_k3s_server(proc_root: Path = DEFAULT_PROC_ROOT) -> RunningProcess | None:
+    """Return the first process under *proc_root* whose command line is ``k3s server``.
+
+    Read-only; processes that vanish or cannot be read are skipped. *proc_root* is
+    a parameter so that tests can lay out a fake ``/proc`` (``<pid>/cmdline``).
+    """
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            raw = (proc_root / name / "cmdline").read_bytes()
+        except OSError:
+            continue
+        args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        if not args:
+            continue
+        if _is_k3s_server(args):
+            return RunningProcess(int(name), " ".join(args)[:200])
+    return None
+
+
+def _is_k3s_server(args: list[str]) -> bool:
+    first = args[0].split()
+    # K3s rewrites its title to "k3s server" (one argv element with a space).
+    words = first + args[1:]
+    if not words or os.path.basename(words[0]) != "k3s":
+        return False
+    return len(words) > 1 and words[1] == "server"
+
+
+RunningCheck = Callable[[], "RunningProcess | None"]
+"""How a source asks whether K3s runs; injectable for tests."""
+
+
+def refuse_if_running(check: RunningCheck, action: str) -> None:
+    """Raise :class:`Refused` when *check* finds a running K3s server."""
+    found = check()
+    if found is not None:
+        raise Refused(
+            f"K3s is running (pid {found.pid}: {found.cmdline}); refusing to {action}",
+            hint="stop it first ('systemctl stop k3s', or k3s-killall.sh), then run the restore again",
+        )
+
+
+# --- config.yaml -------------------------------------------------------------------
+
+def read_k3s_config(config_dir: Path) -> dict[str, Any]:
+    """Merge ``config.yaml`` and ``config.yaml.d/*.yaml`` the way K3s does.
+
+    Later files override earlier keys; ``key+`` appends to a list value. A missing
+    file is an empty config. Raises :class:`DrkitError` on unparsable YAML.
+    """
+    files: list[Path] = []
+    main = config_dir / "config.yaml"
+    if main.is_file():
+        files.append(main)
+    dropins = config_dir / "config.yaml.d"
+    if dropins.is_dir():
+        files.extend(sorted(p for p in dropins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+    merged: dict[str, Any] = {}
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DrkitError(f"cannot read K3s config {path}: {exc}".splitlines()[0],
+                             hint="fix the file; K3s would not start with it either") from None
+        if not isinstance(data, dict):
+            continue
+        for key, value in data.items():
+            key = str(key)
+            if key.endswith("+"):
+                base = key[:-1]
+                old = merged.get(base, [])
+                old = old if isinstance(old, list) else [old]
+                merged[base] = old + (value if isinstance(value, list) else [value])
+            else:
+                merged[key] = value
+    return merged
+
+
+def config_flag(config: dict[str, Any], name: str) -> bool:
+    """True when boolean flag *name* is set in a merged K3s config."""
+    value = config.get(name)
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def data_dir_from_config(config_dir: Path) -> Path:
+    """The data dir config.yaml names (``data-dir:``), else the default."""
+    value = read_k3s_config(config_dir).get("data-dir")
+    return Path(value) if isinstance(value, str) and value else DEFAULT_DATA_DIR
+
+
+def node_name(config: dict[str, Any]) -> str:
+    """``node-name:`` from the K3s config, else this host's name (as K3s does)."""
+    value = config.get("node-name")
+    return str(value) if value else socket.gethostname()
+
+
+_VERSION_RE = re.compile(r"k3s version (v\d+\.\d+\.\d+\S*)")
+
+
+def k3s_version(binary: str = "k3s") -> str | None:
+    """``vX.Y.Z+k3sN`` from ``k3s --version``, or None if k3s is not installed."""
+    path = shutil.which(binary) or (binary if os.access(binary, os.X_OK) else None)
+    if path is None:
+        return None
+    try:
+        out = proc.run([path, "--version"], timeout=20).text
+    except DrkitError:
+        return None
+    match = _VERSION_RE.search(out)
+    return match.group(1) if match else None
+
+
+@dataclass
+class NodeFacts:
+    """What a datastore source records in the run's metadata."""
+
+    k3s_version: str | None
+    node_name: str
+    secrets_encryption: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, run_meta: dict[str, Any]) -> None:
+        """Fill *run_meta* (keys ``k3s_version``, ``node_name``, ``secrets_encryption``)
+        without overwriting what another source of the run already recorded."""
+        run_meta.setdefault("k3s_version", self.k3s_version or "unknown")
+        run_meta.setdefault("node_name", self.node_name)
+        run_meta.setdefault("secrets_encryption", self.secrets_encryption)
+        for key, value in self.extra.items():
+            run_meta.setdefault(key, value)
+
+
+def node_facts(config_dir: Path, k3s_binary: str = "k3s") -> NodeFacts:
+    """Collect version, node name and secrets-encryption from this node (read-only)."""
+    config = read_k3s_config(config_dir)
+    return NodeFacts(
+        k3s_version=k3s_version(k3s_binary),
+        node_name=node_name(config),
+        secrets_encryption=config_flag(config, "secrets-encryption"),
+    )
+
+
+# --- run consistency -----------------------------------------------------------------
+
+def require_token_source(source_name: str, run: Iterable[Any]) -> None:
+    """Refuse a run that holds a datastore source but no ``k3s-node`` source."""
+    if any(getattr(s, "type_name", None) == "k3s-node" for s in run):
+        return
+    raise Refused(
+        f"source {source_name!r} saves the K3s datastore, but this run has no k3s-node source: "
+        "a datastore snapshot without the server token of the same moment cannot be restored",
+        hint="add a 'type: k3s-node' source to the config and back both up in the same run "
+        "(drkit backup --source DATASTORE --source NODE)",
+    )
+
+
+# --- atomic placement ----------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_from(
+    dest: Path,
+    stream: IO[bytes],
+    *,
+    mode: int = 0o600,
+    uid: int | None = None,
+    gid: int | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> int:
+    """Write *stream* to *dest* atomically; return the number of bytes written.
+
+    The data goes to a temporary file in *dest*'s directory, is fsynced, given
+    *mode* (and *uid*/*gid* when running as root), checked with *verify* (which may
+    raise to abort: *dest* is then untouched), renamed over *dest*, and the directory
+    is fsynced. A reader sees the old file or the new one, never a mixture.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".drkit-tmp", dir=dest.parent)
+    tmp = Path(tmp_name)
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                block = stream.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+                total += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        if uid is not None and gid is not None and os.geteuid() == 0:
+            os.chown(tmp, uid, gid)
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    return total

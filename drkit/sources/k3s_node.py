@@ -1,0 +1,227 @@
+"""``k3s-node``: the server token and node configuration that a datastore needs.
+
+The token (``server/token``) encrypts K3s's bootstrap data inside the datastore: a
+datastore snapshot restored without the token of the same moment does not start.
+This source saves, with modes, owners and symlinks:
+
+- from the data dir: ``server/token`` (and ``node-token``/``agent-token`` when
+  present), ``server/tls``, ``server/cred``, ``server/manifests``;
+- from the config dir: ``config.yaml``, ``config.yaml.d/``, ``registries.yaml``.
+
+Logical paths are ``data/<path relative to the data dir>`` and
+``config/<path relative to the config dir>``, so ``--target DIR`` yields
+``DIR/data/server/token`` and ``DIR/config/config.yaml``; ``--in-place`` maps them
+back onto the configured directories (refused while K3s runs). Whether
+``secrets-encryption`` is set is recorded: a restore must match it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from drkit.errors import DrkitError, UsageError
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
+from drkit.sources import k3s_common as k3s
+from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+
+if TYPE_CHECKING:
+    from drkit.repository.snapshot import Snapshot
+
+DATA_PREFIX = "data"
+CONFIG_PREFIX = "config"
+TOKEN_ENTRY = f"{DATA_PREFIX}/server/token"
+
+DATA_ITEMS = ["server/token", "server/node-token", "server/agent-token", "server/tls", "server/cred",
+              "server/manifests"]
+"""What is taken from the data dir (missing optional items are skipped)."""
+CONFIG_ITEMS = ["config.yaml", "config.yaml.d", "registries.yaml"]
+
+
+class K3sNodeOptions(SourceOptions):
+    data_dir: Path = k3s.DEFAULT_DATA_DIR
+    config_dir: Path = k3s.DEFAULT_CONFIG_DIR
+    manifests: bool = True
+    """Include ``server/manifests`` (auto-deployed manifests; K3s rewrites its own on start)."""
+
+
+class K3sNodeSource(Source):
+    """K3s server token, certificates, credentials, manifests and config files."""
+
+    type_name = "k3s-node"
+    Options = K3sNodeOptions
+    options: K3sNodeOptions
+
+    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)  # type: ignore[assignment]
+    """How an in-place restore asks whether K3s runs (replace in tests)."""
+
+    def describe(self) -> str:
+        return f"{self.name} (k3s-node: {self.options.data_dir}, {self.options.config_dir})"
+
+    # --- backup ------------------------------------------------------------------------
+
+    def _roots(self) -> list[tuple[str, Path, list[str]]]:
+        items = [i for i in DATA_ITEMS if self.options.manifests or i != "server/manifests"]
+        return [(DATA_PREFIX, self.options.data_dir, items), (CONFIG_PREFIX, self.options.config_dir, CONFIG_ITEMS)]
+
+    def backup(self, ctx: BackupContext) -> None:
+        """Store the node files; raises UsageError when the token is missing (not a server node)."""
+        token = k3s.token_path(self.options.data_dir)
+        if not token.is_file():
+            raise UsageError(
+                f"K3s server token not found at {token}",
+                hint="run drkit on the K3s server node as root, or set data_dir in this source",
+            )
+        counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+        for prefix, root, items in self._roots():
+            if not root.is_dir():
+                continue
+            ctx.add_dir(prefix, os.stat(root))
+            made: set[str] = {prefix}
+            for item in items:
+                path = root / item
+                if not os.path.lexists(path):
+                    continue
+                self._add_parents(ctx, prefix, root, Path(item).parent, made)
+                for logical, real, st in _walk(prefix, root, Path(item)):
+                    if stat.S_ISDIR(st.st_mode):
+                        ctx.add_dir(logical, st)
+                        counts["dirs"] += 1
+                    elif stat.S_ISLNK(st.st_mode):
+                        ctx.add_symlink(logical, os.readlink(real), st)
+                        counts["symlinks"] += 1
+                    elif stat.S_ISREG(st.st_mode):
+                        ctx.add_file(logical, real, st)
+                        counts["files"] += 1
+                        counts["bytes"] += st.st_size
+        config = k3s.read_k3s_config(self.options.config_dir)
+        secrets_encryption = k3s.config_flag(config, "secrets-encryption")
+        ctx.meta.update({
+            "data_dir": str(self.options.data_dir),
+            "config_dir": str(self.options.config_dir),
+            "secrets_encryption": secrets_encryption,
+            "cluster_init": k3s.config_flag(config, "cluster-init"),
+            **counts,
+        })
+        facts = k3s.node_facts(self.options.config_dir)
+        facts.record(ctx.run_meta)
+        ctx.run_meta["secrets_encryption"] = secrets_encryption
+        ctx.run_meta["token_saved"] = True
+
+    @staticmethod
+    def _add_parents(ctx: BackupContext, prefix: str, root: Path, rel: Path, made: set[str]) -> None:
+        parts: list[str] = []
+        for part in rel.parts:
+            parts.append(part)
+            logical = f"{prefix}/{'/'.join(parts)}"
+            if logical not in made:
+                ctx.add_dir(logical, os.stat(root.joinpath(*parts)))
+                made.add(logical)
+
+    # --- restore -----------------------------------------------------------------------
+
+    def restore(self, ctx: RestoreContext) -> RestoreResult:
+        """``--target DIR``: files under DIR/data and DIR/config. ``--in-place``: back onto
+        the configured directories (refused while K3s runs; each file replaced atomically)."""
+        if not ctx.options.get("in_place"):
+            result = super().restore(ctx)
+            assert ctx.target is not None
+            result.lines.append(f"token and data-dir files under {ctx.target / DATA_PREFIX}, "
+                                f"config files under {ctx.target / CONFIG_PREFIX}")
+            self._secrets_line(ctx, result)
+            return result
+        return self._restore_in_place(ctx)
+
+    def _secrets_line(self, ctx: RestoreContext, result: RestoreResult) -> None:
+        meta = getattr(ctx.snapshot, "meta", {}) or {}
+        if meta.get("secrets_encryption"):
+            result.lines.append("the original server ran with secrets-encryption: the restored server must too")
+
+    def _real_path(self, logical: str) -> Path:
+        prefix, _, rest = logical.partition("/")
+        roots = {DATA_PREFIX: self.options.data_dir, CONFIG_PREFIX: self.options.config_dir}
+        if prefix not in roots:
+            raise DrkitError(f"unexpected entry {logical!r} in a k3s-node snapshot")
+        rel = Path(rest)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DrkitError(f"entry {logical!r} would escape {roots[prefix]}")
+        return roots[prefix] / rel if rest else roots[prefix]
+
+    def _restore_in_place(self, ctx: RestoreContext) -> RestoreResult:
+        result = RestoreResult()
+        entries = list(ctx.entries())
+        if ctx.dry_run:
+            for e in entries:
+                if e.type != DIR:
+                    result.lines.append(f"would write {self._real_path(e.path)}")
+            return result
+        k3s.refuse_if_running(self.running_check, "replace the K3s token and node files")
+        dirs: list[tuple[Path, Entry]] = []
+        for e in entries:
+            dest = self._real_path(e.path)
+            if e.type == DIR:
+                dest.mkdir(parents=True, exist_ok=True)
+                dirs.append((dest, e))
+                result.dirs += 1
+            elif e.type == SYMLINK:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.drkit-tmp")
+                tmp.unlink(missing_ok=True)
+                os.symlink(e.target, tmp)
+                _chown(tmp, e, follow=False)
+                os.replace(tmp, dest)
+                result.symlinks += 1
+            elif e.type == FILE:
+                with ctx.open_entry(e) as stream:
+                    result.bytes_written += k3s.atomic_write_from(dest, stream, mode=e.mode, uid=e.uid, gid=e.gid)
+                result.files += 1
+        for dest, e in reversed(dirs):  # modes after contents: a 0500 dir must not block writes
+            os.chmod(dest, e.mode)
+            _chown(dest, e)
+        result.lines.append(
+            f"restored {result.files} files, {result.symlinks} symlinks into {self.options.data_dir} "
+            f"and {self.options.config_dir}"
+        )
+        self._secrets_line(ctx, result)
+        return result
+
+    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+        """The token is there and well-formed, the CA is there, file counts match."""
+        problems = []
+        token = restored / TOKEN_ENTRY
+        if not token.is_file():
+            problems.append(f"{TOKEN_ENTRY} missing")
+        else:
+            text = token.read_text(errors="replace").strip()
+            if not text:
+                problems.append("token is empty")
+            elif text.startswith("K10") and "::" not in text:
+                problems.append("token has a K10 prefix but no '::' part: truncated?")
+        if not (restored / DATA_PREFIX / "server/tls/server-ca.crt").is_file():
+            problems.append("server/tls/server-ca.crt missing")
+        meta = getattr(snapshot, "meta", {}) or {}
+        files = sum(1 for p in restored.rglob("*") if p.is_file() and not p.is_symlink())
+        if "files" in meta and files != meta["files"]:
+            problems.append(f"{files} files restored, snapshot recorded {meta['files']}")
+        ok = not problems
+        return CheckResult(ok=ok, summary=f"token present, {files} files" if ok else "; ".join(problems),
+                           details={"files": files}, problems=problems)
+
+
+def _chown(path: Path, e: Entry, *, follow: bool = True) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, e.uid, e.gid, follow_symlinks=follow)
+
+
+def _walk(prefix: str, root: Path, rel: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Yield (logical path, real path, lstat) for *rel* and, if a directory, its
+    contents, depth first, sorted, directories before their contents; symlinks are
+    not followed."""
+    real = root / rel
+    st = os.lstat(real)
+    yield f"{prefix}/{rel.as_posix()}", real, st
+    if stat.S_ISDIR(st.st_mode):
+        for name in sorted(os.listdir(real)):
+            yield from _walk(prefix, root, rel / name)
