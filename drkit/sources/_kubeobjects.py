@@ -93,9 +93,7 @@ def restore_objects(
         for path, obj in objs:
             if transform is not None:
                 obj, _ = transform(obj)
-            line = f"would apply {object_ref(obj)}"
-            ctx.say(line)
-            result.lines.append(line)
+            ctx.say(f"would apply {object_ref(obj)}")
         return result
 
     kube = kube_factory()
@@ -103,9 +101,7 @@ def restore_objects(
         namespaces = sorted({o["metadata"]["namespace"] for _, o in objs if o["metadata"].get("namespace")})
         for ns in namespaces:
             if kube.ensure_namespace(ns):
-                line = f"created Namespace {ns}"
-                ctx.say(line)
-                result.lines.append(line)
+                ctx.say(f"created Namespace {ns}")
         applied: list[str] = []
         for path, obj in objs:
             note = None
@@ -114,14 +110,10 @@ def restore_objects(
             try:
                 how = kube.apply(obj)
             except KubeAPIError as exc:
-                line = f"FAILED {object_ref(obj)}: {exc.message}"
-                ctx.say(line)
-                result.lines.append(line)
+                ctx.say(f"FAILED {object_ref(obj)}: {exc.message}")
                 result.failed.append(path)
                 continue
-            line = f"{how} {object_ref(obj)}" + (f" ({note})" if note else "")
-            ctx.say(line)
-            result.lines.append(line)
+            ctx.say(f"{how} {object_ref(obj)}" + (f" ({note})" if note else ""))
             applied.append(object_ref(obj))
             result.files += 1
         result.details["applied"] = applied

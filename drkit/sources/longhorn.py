@@ -74,6 +74,9 @@ CSI_DRIVER = "driver.longhorn.io"
 CREATED_BY = "drkit.io/created-by"
 VOLUME_LABEL = "drkit.io/volume"
 SOURCE_LABEL = "drkit.io/source"
+CREATED_AT = "drkit.io/created-at-ns"
+"""Annotation: creation time in ns (creationTimestamp has 1 s resolution: retention
+must order two snapshots of the same second)."""
 _COPY = 4 * 1024 * 1024
 T = TypeVar("T")
 
@@ -350,6 +353,7 @@ class LonghornSource(Source):
                             "namespace": opts.longhorn_namespace,
                             "labels": {CREATED_BY: "drkit", VOLUME_LABEL: _label_value(sel.volume_name),
                                        SOURCE_LABEL: _label_value(self.name)},
+                            "annotations": {CREATED_AT: str(time.time_ns())},
                         },
                         "spec": {"volume": sel.volume_name, "createSnapshot": True,
                                  "labels": {CREATED_BY: "drkit"}},
@@ -444,8 +448,12 @@ class LonghornSource(Source):
             ticket = self._attach(kube, clone, node)
             device = opts.device_dir / clone
             ctx.progress(f"{self.name}: reading {sel.ref}")
-            with open(device, "rb", buffering=0) as f:
-                entry = ctx.add_stream(_record_path(sel.namespace, sel.pvc_name, "img"), f, mode=0o600)
+            try:
+                with open(device, "rb", buffering=0) as f:
+                    entry = ctx.add_stream(_record_path(sel.namespace, sel.pvc_name, "img"), f, mode=0o600)
+            except OSError as exc:
+                raise LonghornError(f"cannot read the block device {device} of {sel.ref}: {exc.strerror or exc}",
+                                    hint="drkit must run as root on the node that holds the volume") from None
             return entry.size
         finally:
             self._remove_clone(kube, clone, ticket)
@@ -500,7 +508,12 @@ class LonghornSource(Source):
         snaps = kube.list(LH_SNAPSHOT, self.options.longhorn_namespace,
                           label_selector=f"{CREATED_BY}=drkit,{VOLUME_LABEL}={_label_value(volume)}")
         snaps = [s for s in snaps if (s.get("spec") or {}).get("volume") == volume]
-        snaps.sort(key=lambda s: (s["metadata"].get("creationTimestamp", ""), s["metadata"]["name"]))
+
+        def age_key(s: dict[str, Any]) -> tuple[str, int, str]:
+            ns = (s["metadata"].get("annotations") or {}).get(CREATED_AT, "0")
+            return (s["metadata"].get("creationTimestamp", ""), int(ns) if ns.isdigit() else 0, s["metadata"]["name"])
+
+        snaps.sort(key=age_key)
         doomed = snaps[: max(0, len(snaps) - self.options.keep_snapshots)]
         for s in doomed:
             kube.delete(LH_SNAPSHOT, s["metadata"]["name"], self.options.longhorn_namespace, missing_ok=True)
@@ -622,8 +635,8 @@ class LonghornSource(Source):
         return volume, pv, pvc
 
     def _say(self, ctx: RestoreContext, result: RestoreResult, line: str) -> None:
+        """Report one action (ctx.say prints it as it happens; not repeated in result.lines)."""
         ctx.say(line)
-        result.lines.append(line)
 
     def _restore_one(self, ctx: RestoreContext, kube: Kube, record: dict[str, Any], image: Any, node: str,
                      result: RestoreResult) -> None:
@@ -694,8 +707,12 @@ class LonghornSource(Source):
         written = 0
         try:
             device = self.options.device_dir / volume
+            try:
+                fd = os.open(device, os.O_WRONLY)
+            except OSError as exc:
+                raise LonghornError(f"cannot open the block device {device} for writing: {exc.strerror or exc}",
+                                    hint="drkit must run as root on the node that holds the volume") from None
             src: IO[bytes] = ctx.open_entry(image)
-            fd = os.open(device, os.O_WRONLY)
             try:
                 offset = 0
                 while True:

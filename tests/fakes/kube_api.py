@@ -71,7 +71,8 @@ Longhorn behaviour imitated (DESIGN.md section 3):
   until ``restore_delay`` passes).
 - injectable failures: ``fail_snapshots``, ``fail_backups``, ``fail_clones`` (an error
   message: the object ends in its error state) and ``stall_snapshots``,
-  ``stall_backups``, ``stall_attach`` (never finishes, for timeouts).
+  ``stall_backups``, ``stall_attach`` (never finishes, for timeouts), ``break_devices``
+  (an attached volume's device cannot be read).
 
 State changes are applied lazily: before every request (and every handle accessor)
 the fake runs the transitions whose time has come, so nothing races the tests.
@@ -281,6 +282,8 @@ class FakeKube:
     stall_snapshots: bool = False
     stall_backups: bool = False
     stall_attach: bool = False
+    break_devices: bool = False
+    """Attached volumes' devices appear as unreadable directories (a read failure)."""
     # observations for assertions
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -886,15 +889,24 @@ class FakeKube:
                 vol2["status"].update({"state": "attached", "robustness": "healthy", "currentNodeID": self.node_id})
                 vol2["spec"]["nodeID"] = self.node_id
                 dev = self.device_path(volume)
-                if not dev.exists():
+                if not dev.exists() and self.break_devices:
+                    dev.mkdir()
+                elif not dev.exists():
                     dev.hardlink_to(self.volume_path(volume))
             self._bump(va2)
             self._bump(vol2)
 
         self.after(self.attach_delay, attach)
 
+    def _remove_device(self, volume: str) -> None:
+        dev = self.device_path(volume)
+        if dev.is_dir():
+            dev.rmdir()
+        else:
+            dev.unlink(missing_ok=True)
+
     def _detach(self, volume: str) -> None:
-        self.device_path(volume).unlink(missing_ok=True)
+        self._remove_device(volume)
         vol = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, volume))
         if vol is not None and vol["status"].get("state") == "attached" and not vol["status"].get("restoreRequired"):
             vol["status"].update({"state": "detached", "robustness": "unknown", "currentNodeID": ""})
@@ -902,7 +914,7 @@ class FakeKube:
             self._bump(vol)
 
     def _delete_volume_parts(self, volume: str) -> None:
-        self.device_path(volume).unlink(missing_ok=True)
+        self._remove_device(volume)
         self.volume_path(volume).unlink(missing_ok=True)
         self.objects.pop(("longhorn.io", "volumeattachments", LONGHORN_NS, volume), None)
         for key, snap in list(self.objects.items()):

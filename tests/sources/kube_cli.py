@@ -24,6 +24,7 @@ class Drkit:
 
     @classmethod
     def setup(cls, tmp_path: Path, sources: list[dict[str, Any]]) -> "Drkit":
+        tmp_path.mkdir(parents=True, exist_ok=True)
         config = tmp_path / "drkit.yaml"
         config.write_text(yaml.safe_dump({
             "repository": {"url": str(tmp_path / "repo"), "pack_size_mib": 4},
