@@ -149,11 +149,20 @@ class Journal:
 
     @classmethod
     def list_runs(cls, state_dir: Path) -> list[str]:
-        """Run ids in *state_dir*, oldest first."""
+        """Run ids in *state_dir*, oldest first (by start time; unreadable journals last)."""
         if not state_dir.is_dir():
             return []
-        ids = [p.name[:-5] for p in state_dir.glob("*.json") if RUN_ID.match(p.name[:-5])]
-        return sorted(ids)
+        found = []
+        for p in state_dir.glob("*.json"):
+            run_id = p.name[:-5]
+            if not RUN_ID.match(run_id):
+                continue
+            try:
+                started = str(json.loads(p.read_text()).get("started", ""))
+            except (OSError, ValueError):
+                started = "~"
+            found.append((started, run_id))
+        return [run_id for _, run_id in sorted(found)]
 
     @classmethod
     def latest(cls, state_dir: Path) -> "Journal":

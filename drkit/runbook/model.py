@@ -234,9 +234,32 @@ class Step(_Strict):
     probe: Check | None = None
     apply: list[Action] = Field(default_factory=list)
     until: Check | None = None
-    retries: int = Field(0, ge=0, le=10000)
-    delay: float = Field(5.0, ge=0)
-    timeout: float | None = Field(None, gt=0)
+    retries: int | str = 0
+    """Extra checks after the first (an integer, or a ``{{ variable }}``)."""
+    delay: float | str = 5.0
+    """Seconds between checks (a number, or a ``{{ variable }}``)."""
+    timeout: float | str | None = None
+    """Seconds each command may run (a number, or a ``{{ variable }}``)."""
+
+    @field_validator("retries", "delay", "timeout")
+    @classmethod
+    def _number(cls, v: Any, info: Any) -> Any:
+        if isinstance(v, str):
+            if "{{" in v:
+                return v
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError("must be a number or a {{ variable }}") from None
+        if v is not None and v < 0:
+            raise ValueError("must not be negative")
+        if info.field_name == "retries" and v is not None:
+            if int(v) != v:
+                raise ValueError("must be a whole number")
+            return int(v)
+        if info.field_name == "timeout" and v is not None and v <= 0:
+            raise ValueError("must be greater than 0")
+        return v
     on_failure: str | None = None
     sudo: bool | None = None
     target: Target | None = None

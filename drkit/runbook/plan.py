@@ -466,20 +466,33 @@ def plan_step(rb: Runbook, step: Step, index: int, variables: Mapping[str, str])
     actions = tuple(_action(r, a, f"apply[{i}]", rb) for i, a in enumerate(step.apply))
     probe = _check(r, step.probe, "probe") if step.probe is not None else _auto_probe(actions)
     until = _check(r, step.until, "until") if step.until is not None else None
+    def number(value: float | int | str | None, key: str, default: float) -> float:
+        if value is None:
+            return default
+        if isinstance(value, str):
+            text = render(value, variables, where=f"{r.where}.{key}")
+            try:
+                value = float(text)
+            except ValueError:
+                raise RunbookError(f"{key} must be a number, got {text!r}", where=r.where) from None
+        if value < 0 or (key == "retries" and int(value) != value) or (key == "timeout" and value == 0):
+            raise RunbookError(f"bad {key}: {value!r}", where=r.where)
+        return float(value)
+
     return PlannedStep(
         index=index,
         name=step.name,
         description=step.description.strip(),
         target=step.target or rb.defaults.target,
         sudo=rb.defaults.sudo if step.sudo is None else step.sudo,
-        timeout=step.timeout or rb.defaults.timeout,
+        timeout=number(step.timeout, "timeout", rb.defaults.timeout),
         when=step.when,
         enabled=enabled,
         probe=probe,
         actions=actions,
         until=until,
-        retries=step.retries,
-        delay=step.delay,
+        retries=int(number(step.retries, "retries", 0)),
+        delay=number(step.delay, "delay", 5.0),
         on_failure=render(step.on_failure, variables, where=f"{r.where}.on_failure") if step.on_failure else None,
     )
 
