@@ -232,9 +232,55 @@ class _SqliteWriter:
         self._thread = None
 
 
-def _sqlite_sample(root: Path, box: Sandbox, types: list[str]) -> Sample:
-    db = root / "sqlite" / "state.db"
-    db.parent.mkdir(parents=True)
+def _self_signed_ca(common_name: str) -> tuple[bytes, bytes]:
+    """A real self-signed EC CA certificate and key (PEM), like K3s's server-ca."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+def _write(path: Path, data: str | bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+
+
+def _k3s_node_layout(base: Path) -> tuple[Path, Path, str]:
+    """A K3s server's token, TLS, credentials, manifests and config under *base*;
+    returns (data dir, config dir, token)."""
+    data, conf = base / "var/lib/rancher/k3s", base / "etc/rancher/k3s"
+    server = data / "server"
+    token = f"K10{hashlib.sha256(os.urandom(32)).hexdigest()}::server:{os.urandom(16).hex()}"
+    _write(server / "token", token + "\n", 0o600)
+    _write(server / "node-token", token + "\n", 0o600)
+    for ca in ("server-ca", "client-ca", "request-header-ca"):
+        cert, key = _self_signed_ca(f"k3s-{ca}@sandbox")
+        _write(server / "tls" / f"{ca}.crt", cert, 0o644)
+        _write(server / "tls" / f"{ca}.key", key, 0o600)
+    _write(server / "cred/passwd", f"{os.urandom(16).hex()},node,node,k3s:agent\n", 0o600)
+    _write(server / "manifests/sandbox.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: sandbox}\n", 0o600)
+    os.chmod(server / "cred", 0o700)
+    _write(conf / "config.yaml", 'write-kubeconfig-mode: "0600"\nnode-name: sandbox\nsecrets-encryption: true\n', 0o600)
+    return data, conf, token
+
+
+def _create_kine_db(db: Path) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
     for stmt in _KINE_SCHEMA:
@@ -245,31 +291,41 @@ def _sqlite_sample(root: Path, box: Sandbox, types: list[str]) -> Sample:
     )
     conn.commit()
     conn.close()
-    writer = box._writer = _SqliteWriter(db)
-    # k3s-sqlite refuses a run without a k3s-node source (the server token): use it
-    # only when both are installed here.
+
+
+def _sqlite_samples(root: Path, box: Sandbox, types: list[str]) -> list[Sample]:
+    """The K3s datastore under write load, and (with k3s-sqlite) the node's token and config."""
+    out: list[Sample] = []
+    node_spec: dict[str, Any] | None = None
     if "k3s-sqlite" in types and "k3s-node" in types:
-        spec: dict[str, Any] = {"name": "sqlite", "type": "k3s-sqlite", "path": str(db),
-                                "config_dir": str(root / "sqlite" / "etc-rancher-k3s")}
-        note = ""
-        logical = "state.db"
+        data_dir, config_dir, token = _k3s_node_layout(root / "k3s")
+        db = data_dir / "server/db/state.db"
+        _create_kine_db(db)
+        node_spec = {"name": "k3s-node", "type": "k3s-node", "data_dir": str(data_dir), "config_dir": str(config_dir)}
+        real: dict[str, Any] = {"name": "k3s-db", "type": "k3s-sqlite", "path": str(db), "config_dir": str(config_dir)}
+    else:
+        db = root / "sqlite" / "state.db"
+        _create_kine_db(db)
+        real = {"name": "k3s-db", "type": "k3s-sqlite", "path": str(db)}
+    writer = box._writer = _SqliteWriter(db)
+    if node_spec is not None and _usable(real, types) and _usable(node_spec, types):
+        spec, note, logical = real, "", "state.db"
+
+        def node_check(restored: Path, snap: Snapshot) -> CheckResult:
+            path = restored / "data/server/token"
+            ok = path.is_file() and path.read_text().strip() == token
+            summary = "token equals the node's" if ok else "restored token differs from the node's"
+            return CheckResult(ok, summary, problems=[] if ok else [summary])
+
+        out.append(Sample("k3s-node", "k3s-node", node_spec, "", node_check))
     else:
         missing = "k3s-sqlite" if "k3s-sqlite" not in types else "k3s-node (k3s-sqlite needs it in the same run)"
         export = root / "sqlite-export"
         export.mkdir()
         copy = export / "state.db"
-
-        def online_copy() -> None:
-            from drkit.sources.k3s_sqlite import online_copy as sqlite_online_copy
-
-            sqlite_online_copy(db, copy)
-
-        if "k3s-sqlite" in types:
-            box._before_backup.append(online_copy)
-        else:
-            box._before_backup.append(lambda: _stdlib_online_copy(db, copy))
-        spec = {"name": "sqlite", "type": "files", "paths": [str(export)]}
-        note = f"{missing} not available: copied online with SQLite's backup API under write load, stored as files"
+        box._before_backup.append(lambda: _stdlib_online_copy(db, copy))
+        spec = {"name": "k3s-db", "type": "files", "paths": [str(export)]}
+        note = f"{missing} not usable: copied online with SQLite's backup API under write load, stored as files"
         logical = str(copy)
 
     def check(restored: Path, snap: Snapshot) -> CheckResult:
@@ -300,7 +356,8 @@ def _sqlite_sample(root: Path, box: Sandbox, types: list[str]) -> Sample:
         )
         return CheckResult(not problems, summary, details={"rows": rows, "max_id": max_id}, problems=problems)
 
-    return Sample("sqlite", "sqlite", spec, note, check)
+    out.insert(0, Sample("k3s-db", "sqlite", spec, note, check))
+    return out
 
 
 def _stdlib_online_copy(src: Path, dest: Path) -> None:
@@ -597,7 +654,7 @@ def build_sandbox(root: Path, *, say: Say = lambda _: None) -> Sandbox:
     box = Sandbox(root=root, config_path=root / "drkit.yaml", repo_dir=root / "repo")
     say("creating sample sources")
     box.samples.append(_files_sample(root))
-    box.samples.append(_sqlite_sample(root, box, types))
+    box.samples.extend(_sqlite_samples(root, box, types))
     if shutil.which("git"):
         box.samples.append(_git_sample(root, types))
     else:
