@@ -186,18 +186,16 @@ def register_mapping_secrets(data: Any) -> int:
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """Redact a log record in place: message (args merged), exception text, stack, extras.
-
-    Idempotent (a record is only processed once). Returns the record.
-    """
-    if getattr(record, "_drkit_redacted", False):
-        return record
-    try:
-        message = record.getMessage()
-    except Exception:  # a broken format string: keep what we can show
-        message = f"{record.msg!s} {record.args!r}"
-    record.msg = redact(message)
-    record.args = None
+    """Redact a log record in place: message (args merged), exception text, stack, and
+    string ``extra=`` fields. Idempotent. Returns the record."""
+    if not getattr(record, "_drkit_redacted", False):
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep what we can show
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        record._drkit_redacted = True  # type: ignore[attr-defined]
     if record.exc_info and not record.exc_text:
         record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     if record.exc_text:
@@ -207,7 +205,6 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     for key, value in list(record.__dict__.items()):
         if key not in _STANDARD_RECORD_KEYS and isinstance(value, str):
             setattr(record, key, redact(value))
-    record._drkit_redacted = True  # type: ignore[attr-defined]
     return record
 
 
@@ -229,8 +226,9 @@ _installed = False
 def install_log_redaction() -> None:
     """Redact every log record of this process at creation (idempotent).
 
-    Wraps the logging record factory, so records of every logger (drkit's, boto3's,
-    paramiko's) are redacted before any handler, filter or formatter sees them.
+    Wraps the logging record factory and ``Logger.makeRecord`` (for ``extra=`` fields),
+    so records of every logger (drkit's, boto3's, paramiko's) are redacted before any
+    handler, filter or formatter sees them.
     """
     global _installed
     with _install_lock:
@@ -243,6 +241,13 @@ def install_log_redaction() -> None:
 
         factory._drkit_redacting = True  # type: ignore[attr-defined]
         logging.setLogRecordFactory(factory)
+        # extra= fields are set on the record after the factory ran: redact them too
+        make_record = logging.Logger.makeRecord
+
+        def redacting_make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            return redact_record(make_record(self, *args, **kwargs))
+
+        logging.Logger.makeRecord = redacting_make_record  # type: ignore[method-assign]
         _installed = True
 
 
