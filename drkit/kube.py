@@ -251,6 +251,7 @@ class Kube:
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call one client method with ``_preload_content=False`` and return the decoded
         JSON; translate failures (see module doc). *what* names the action in errors."""
+        import pydantic  # noqa: PLC0415
         import urllib3  # noqa: PLC0415
 
         client = _client()
@@ -258,6 +259,11 @@ class Kube:
             resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except client.ApiException as exc:
             raise self._translate(what, exc.status, exc.body) from None
+        except pydantic.ValidationError as exc:  # the client checks core v1 bodies itself
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"][1:]) or "body"
+            raise KubeInvalid(f"cannot {what}: {where}: {err['msg']}",
+                              hint="the object does not follow the Kubernetes schema (a damaged manifest?)") from None
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
             raise KubeUnreachable(

@@ -17,7 +17,8 @@ Validation (what a real API server does, and where the fake is deliberately stri
 
 - every object received is checked against its schema (``jsonschema``; see
   :mod:`tests.fakes.schemas`): types, enums, required fields. A failure is ``422
-  Invalid`` like the real server.
+  Invalid`` like the real server. ``null`` in a field that is not ``nullable`` is
+  dropped first, as the real server does.
 - unknown fields: the ``fieldValidation`` query parameter is honoured (``Strict``:
   ``400 BadRequest`` naming the field; ``Warn``: pruned with a ``Warning`` header;
   ``Ignore``: pruned). **Without the parameter the fake defaults to Strict** (a real
@@ -499,6 +500,7 @@ class FakeKube:
         meta = body.get("metadata")
         if not isinstance(meta, dict):
             raise _invalid(rtype.kind, name, "metadata: Required value")
+        schemas.prune_nulls(body, rtype.schema)
         unknown_meta = schemas.unknown_fields(meta, schemas.OBJECT_META, ".metadata", prune=mode != "Strict")
         unknown = unknown_meta + schemas.unknown_fields(body, rtype.schema, prune=mode != "Strict")
         if unknown:

@@ -305,3 +305,24 @@ def unknown_fields(value: Any, schema: dict[str, Any], path: str = "", *, prune:
         for i, item in enumerate(value):
             found += unknown_fields(item, schema["items"], f"{path}[{i}]", prune=prune)
     return found
+
+
+def prune_nulls(value: Any, schema: dict[str, Any]) -> None:
+    """Drop ``null`` values of fields whose schema is not ``nullable`` (in place), as
+    the API server does before defaulting and validation."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") and not schema.get("properties"):
+        return
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        addl = schema.get("additionalProperties")
+        for key in list(value):
+            child = props.get(key) if key in props else (addl if isinstance(addl, dict) else None)
+            if child is None:
+                continue
+            if value[key] is None and not child.get("nullable"):
+                del value[key]
+            else:
+                prune_nulls(value[key], child)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            prune_nulls(item, schema["items"])
