@@ -36,7 +36,7 @@ def parse_destination(value: str) -> Destination:
     if scheme_of(value) == "" and (path.is_file() or path.suffix in (".yaml", ".yml")):
         cfg = load_config(path, Environment())
         return Destination(cfg.repository, path)
-    return Destination(RepositoryConfig(url=value), None)
+    return Destination(RepositoryConfig.model_validate({"url": value}), None)
 
 
 def destination_passphrase(state: CliState, dest: Destination) -> Secret:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, cast
 
 from drkit.errors import DrkitError, IntegrityError, PartialFailure, SnapshotNotFound, UsageError
 from drkit.repository.repo import Repository
@@ -348,7 +348,7 @@ def _copy_one(
                         continue
                     stream = BlobStream(src, entry.chunks)
                     try:
-                        writer.copy_file(entry, stream)
+                        writer.copy_file(entry, cast(IO[bytes], stream))
                     finally:
                         stream.close()
                 else:

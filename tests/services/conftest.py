@@ -100,3 +100,20 @@ def flip_byte_in_a_pack(repo_root: Path, *, largest: bool = True) -> Path:
     os.chmod(pack, 0o644)
     pack.write_bytes(bytes(data))
     return pack
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Any]:
+    """moto's S3 server over real HTTP on a free loopback port (one per session)."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        from tests.conftest import require_binary
+
+        require_binary("moto_server")  # skips locally, fails under CI
+        raise
+    from tests.servers.s3 import start_moto
+
+    server = start_moto()
+    yield server
+    server.stop()

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
+import yaml
 
-from drkit.storage.local import LocalStorage
 from drkit.repository.repo import Repository
+from drkit.storage.local import LocalStorage
 from tests.services.conftest import Runner, flip_byte_in_a_pack, make_tree, restored_files, write_config
 
 PASS_A = "source passphrase A"
@@ -203,3 +203,38 @@ def test_destination_errors_are_one_line(tmp_path: Path, drkit: Runner, tree: tu
     r = drkit("-c", str(a), "copy", "--to", str(b2), env=ENV_A)  # the destination config's password_file
     assert r.code == 0, r.err
     assert PASS_B not in r.out + r.err
+
+
+def test_copy_local_to_s3_over_moto_http(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]],
+                                         moto_server: Any) -> None:
+    root, files = tree
+    sources = [{"name": "data", "type": "files", "paths": [str(root)]}]
+    a = write_config(tmp_path / "a.yaml", str(tmp_path / "repo-a"), sources)
+    bucket = moto_server.new_bucket()
+    s3 = write_config(tmp_path / "s3.yaml", f"s3://{bucket}/offsite", sources)
+    doc = yaml.safe_load(s3.read_text())
+    doc["repository"]["s3"] = moto_server.options()
+    s3.write_text(yaml.safe_dump(doc))
+    env_s3 = {"DRKIT_PASSWORD": PASS_B}
+    assert drkit("-c", str(a), "init", env=ENV_A).code == 0
+    r = drkit("-c", str(s3), "init", env=env_s3)
+    assert r.code == 0, r.err
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+
+    r = drkit("-c", str(a), "copy", "--to", str(s3), "--json", env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["copied"] == 1
+    keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket, Prefix="offsite/").get("Contents", [])]
+    assert any(k.startswith("offsite/data/") for k in keys) and any(k.startswith("offsite/snapshots/") for k in keys)
+    assert not any(k.startswith("offsite/locks/") for k in keys)  # both locks released
+
+    target = tmp_path / "from-s3"
+    r = drkit("-c", str(s3), "restore", "latest", "-s", "data", "--target", str(target), env=env_s3)
+    assert r.code == 0, r.err
+    assert restored_files(target, root) == files
+
+    count = len(keys)
+    r = drkit("-c", str(a), "copy", "--to", str(s3), "--json", env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 0 and json.loads(r.out)["skipped"] == 1
+    keys2 = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket, Prefix="offsite/").get("Contents", [])]
+    assert len(keys2) == count

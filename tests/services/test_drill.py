@@ -221,7 +221,7 @@ def test_sandbox_drill_passes(tmp_path: Path, drkit: Runner) -> None:
     assert "refs equal to the original" in checks["git"]
     assert "SHA-256 matches" in checks["volume"]
     if etcd_expected:
-        assert f"holds all 50 keys" in checks["etcd"]
+        assert "holds all 50 keys" in checks["etcd"]
     assert list(tmp_path.iterdir()) == []  # nothing left behind without --keep
 
 
