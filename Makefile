@@ -18,9 +18,11 @@ venv: $(STAMP)
 system-deps:
 	./scripts/install-system-deps.sh
 
-## Back up a sample data set into ./demo, restore it, check every byte.
+## Back up a sample data set into ./demo, restore it, check every byte; then a restore
+## drill over throwaway sample sources (files, K3s SQLite under load, Git, etcd, volume image).
 demo: $(STAMP)
 	$(BIN)/drkit demo --dir demo
+	$(BIN)/drkit drill --sandbox
 
 ## Install what the tests need (Debian packages + Python test extras) and run them.
 test: system-deps $(STAMP)
