@@ -162,7 +162,19 @@ def test_observed_storage_counts_and_logs_without_contents(flaky: Flaky, caplog:
     obs = wrap_storage(flaky, RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.001))
     assert isinstance(obs, ObservedStorage) and isinstance(obs.inner, RetryingStorage)
     assert obs.url == flaky.url
-    caplog.set_level(logging.DEBUG, logger="drkit.storage")
+    # The CLI (run by other tests) stops 'drkit' from propagating: listen on it directly.
+    drkit_log = logging.getLogger("drkit")
+    drkit_log.addHandler(caplog.handler)
+    old_level = drkit_log.level
+    drkit_log.setLevel(logging.DEBUG)
+    try:
+        _exercise(flaky, obs, caplog)
+    finally:
+        drkit_log.removeHandler(caplog.handler)
+        drkit_log.setLevel(old_level)
+
+
+def _exercise(flaky: Flaky, obs: ObservedStorage, caplog: pytest.LogCaptureFixture) -> None:
     secret = b"TOPSECRETCONTENT" * 10
     obs.put("data/s", secret)
     assert obs.get("data/s") == secret
