@@ -1,0 +1,432 @@
+"""``k3s-etcd``: K3s's embedded etcd (``--cluster-init``), saved as an etcd snapshot.
+
+Backup (``method: api``, default) streams a snapshot from etcd's maintenance API
+through the v3 HTTP gateway: ``POST <endpoint>/v3/maintenance/snapshot`` answers
+with JSON lines ``{"result":{"blob":"<base64>"}}`` (etcd 3.4 and later). On a K3s
+node the client certificates under ``server/tls/etcd/`` are used (``client.crt``,
+``client.key``, CA ``server-ca.crt``); plain ``http://`` endpoints need none.
+``method: k3s`` runs ``k3s etcd-snapshot save`` into a private directory instead.
+
+Either way the snapshot's integrity trailer (its last 32 bytes are the SHA-256 of
+everything before them) is checked before anything is stored; a damaged snapshot
+is refused. The revision (from ``etcdutl``/``etcdctl snapshot status``) and the
+number of live keys at that revision are recorded.
+
+Restore writes ``etcd-snapshot.db`` and prints the one-shot K3s step that uses it::
+
+    k3s server --cluster-reset --cluster-reset-restore-path=DIR/etcd-snapshot.db
+
+(then start K3s normally, with the token from the same backup run). Restore option
+``data_dir`` (with ``member_name``/``peer_url``) also builds a plain etcd data dir
+with ``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4). ``--in-place`` puts the
+file under ``<data_dir>/server/db/snapshots/`` (refused while K3s runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from drkit import proc
+from drkit.errors import ConfigError, DrkitError, IntegrityError, Refused, StorageError, UsageError
+from drkit.sources import k3s_common as k3s
+from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+
+if TYPE_CHECKING:
+    from drkit.repository.snapshot import Snapshot
+
+ARTEFACT = "etcd-snapshot.db"
+SNAPSHOT_PATH = "/v3/maintenance/snapshot"
+TRAILER = 32  # bytes of SHA-256 appended to every etcd snapshot
+
+
+class K3sEtcdOptions(SourceOptions):
+    endpoints: list[str] = Field(default_factory=lambda: ["https://127.0.0.1:2379"], min_length=1)
+    ca_file: Path | None = None
+    """Default: ``<data_dir>/server/tls/etcd/server-ca.crt`` for https endpoints."""
+    cert_file: Path | None = None
+    """Default: ``<data_dir>/server/tls/etcd/client.crt``."""
+    key_file: Path | None = None
+    """Default: ``<data_dir>/server/tls/etcd/client.key``."""
+    data_dir: Path = k3s.DEFAULT_DATA_DIR
+    config_dir: Path = k3s.DEFAULT_CONFIG_DIR
+    method: Literal["api", "k3s"] = "api"
+    k3s_binary: str = "k3s"
+    timeout: float = Field(600.0, gt=0)
+    """Seconds the snapshot may take."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "K3sEtcdOptions":
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+        return self
+
+
+@dataclass(frozen=True)
+class SnapshotStatus:
+    revision: int
+    total_keys: int
+    hash: int
+    total_size: int
+
+
+# --- integrity -------------------------------------------------------------------------
+
+def check_trailer(path: Path) -> str:
+    """Verify an etcd snapshot's SHA-256 trailer; return the hex digest.
+
+    Raises :class:`IntegrityError` if the file is too short or the digest differs.
+    """
+    size = path.stat().st_size
+    if size <= TRAILER:
+        raise IntegrityError(name=path.name, detail=f"only {size} bytes: not an etcd snapshot")
+    digest = hashlib.sha256()
+    remaining = size - TRAILER
+    with open(path, "rb") as f:
+        while remaining:
+            block = f.read(min(remaining, 1 << 20))
+            if not block:
+                raise IntegrityError(name=path.name, detail="file shrank while being read")
+            digest.update(block)
+            remaining -= len(block)
+        trailer = f.read(TRAILER)
+    if digest.digest() != trailer:
+        raise IntegrityError(
+            name=path.name,
+            detail="SHA-256 trailer does not match the content: the snapshot is damaged or truncated",
+            hint="take a new snapshot; a damaged one is never stored",
+        )
+    return digest.hexdigest()
+
+
+def snapshot_tool() -> tuple[str, dict[str, str]]:
+    """``etcdutl`` when installed (etcd >= 3.5), else ``etcdctl`` with ETCDCTL_API=3."""
+    found = shutil.which("etcdutl")
+    if found:
+        return found, {}
+    return proc.which("etcdctl", hint="install etcd-client (etcdctl) or etcdutl"), {"ETCDCTL_API": "3"}
+
+
+def snapshot_status(path: Path) -> SnapshotStatus:
+    """Revision, key count (all revisions) and hash of a snapshot file."""
+    tool, env = snapshot_tool()
+    out = proc.run([tool, "snapshot", "status", str(path), "-w", "json"], env=env, timeout=120).text
+    try:
+        doc = json.loads(out.strip().splitlines()[-1])
+        return SnapshotStatus(int(doc["revision"]), int(doc["totalKey"]), int(doc["hash"]), int(doc["totalSize"]))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise DrkitError(f"cannot read '{Path(tool).name} snapshot status' output: {exc}") from None
+
+
+def restore_data_dir(snapshot: Path, data_dir: Path, *, name: str = "default",
+                     peer_url: str = "http://localhost:2380") -> None:
+    """Build a fresh etcd data dir from *snapshot* (``snapshot restore``).
+
+    Refuses (:class:`Refused`) a *data_dir* that exists and is not empty.
+    """
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise Refused(f"etcd data dir {data_dir} exists and is not empty",
+                      hint="choose a new directory; drkit never overwrites an etcd data dir")
+    if data_dir.exists():
+        data_dir.rmdir()
+    tool, env = snapshot_tool()
+    proc.run([tool, "snapshot", "restore", str(snapshot), "--data-dir", str(data_dir), "--name", name,
+              "--initial-cluster", f"{name}={peer_url}", "--initial-advertise-peer-urls", peer_url],
+             env=env, timeout=600)
+
+
+# --- talking to etcd --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EtcdClient:
+    """A minimal client of etcd's v3 HTTP gateway (snapshot, range count)."""
+
+    endpoint: str
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout: float = 600.0
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.endpoint.startswith("https://"):
+            return None
+        for label, path in (("ca_file", self.ca_file), ("cert_file", self.cert_file), ("key_file", self.key_file)):
+            if path is None or not Path(path).is_file():
+                raise ConfigError(f"{path} not found (needed for {self.endpoint})", key=label,
+                                  hint="on a K3s node these are under server/tls/etcd/; run as root")
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> Any:
+        req = urllib.request.Request(self.endpoint.rstrip("/") + path, data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        try:
+            return urllib.request.urlopen(req, timeout=timeout, context=self._ssl())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(500).decode("utf-8", "replace")
+            raise StorageError(message=f"etcd {self.endpoint}{path}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise StorageError(message=f"cannot reach etcd at {self.endpoint}: {reason}",
+                               hint="is K3s running with embedded etcd? check endpoints and certificates") from None
+
+    def snapshot_to(self, dest: Path) -> int:
+        """Stream a snapshot into *dest*; return its size. The trailer is not checked here."""
+        total = 0
+        with self._post(SNAPSHOT_PATH, {}, self.timeout) as resp, open(dest, "wb") as out:
+            for line in resp:
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    raise DrkitError(f"etcd {self.endpoint} sent a malformed snapshot stream line") from None
+                if "error" in doc:
+                    err = doc["error"]
+                    message = err.get("message") if isinstance(err, dict) else err
+                    raise DrkitError(f"etcd snapshot failed: {message}")
+                blob = base64.b64decode(doc.get("result", {}).get("blob", ""))
+                out.write(blob)
+                total += len(blob)
+            out.flush()
+            os.fsync(out.fileno())
+        return total
+
+    def count_keys(self, revision: int | None = None) -> tuple[int, int]:
+        """(live key count, header revision), at *revision* if given."""
+        body: dict[str, Any] = {"key": "AA==", "range_end": "AA==", "count_only": True}
+        if revision:
+            body["revision"] = revision
+        with self._post("/v3/kv/range", body, 60) as resp:
+            doc = json.loads(resp.read())
+        if "error" in doc or "code" in doc:
+            raise DrkitError(f"etcd range failed: {doc.get('message') or doc.get('error')}")
+        return int(doc.get("count", 0)), int(doc.get("header", {}).get("revision", 0))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def throwaway_etcd(data_dir: Path, *, name: str = "default", timeout: float = 30.0) -> Iterator[EtcdClient]:
+    """Run ``etcd`` on *data_dir* on free loopback ports until the block ends.
+
+    Used by drills to prove that restored data starts. The process is killed on exit,
+    also when the block raises. Raises :class:`DrkitError` if etcd does not come up.
+    """
+    binary = proc.which("etcd", hint="install etcd-server to check etcd snapshots")
+    cport, pport = _free_port(), _free_port()
+    client, peer = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        [binary, "--name", name, "--data-dir", str(data_dir), "--listen-client-urls", client,
+         "--advertise-client-urls", client, "--listen-peer-urls", peer],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        etcd = EtcdClient(client, timeout=60)
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                tail = log.read()[-600:].decode("utf-8", "replace").strip().splitlines()[-1:]
+                raise DrkitError(f"etcd on {data_dir} exited ({process.returncode}): {' '.join(tail)}")
+            try:
+                etcd.count_keys()
+                break
+            except DrkitError:
+                if time.monotonic() > deadline:
+                    raise DrkitError(f"etcd on {data_dir} did not answer within {timeout:g}s") from None
+                time.sleep(0.2)
+        yield etcd
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+# --- the source -------------------------------------------------------------------------
+
+class K3sEtcdSource(Source):
+    """K3s embedded etcd, as a verified etcd snapshot."""
+
+    type_name = "k3s-etcd"
+    Options = K3sEtcdOptions
+    options: K3sEtcdOptions
+
+    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)  # type: ignore[assignment]
+
+    def describe(self) -> str:
+        how = "k3s etcd-snapshot save" if self.options.method == "k3s" else ", ".join(self.options.endpoints)
+        return f"{self.name} (k3s-etcd: {how})"
+
+    def check_run(self, run: list[Source]) -> None:
+        k3s.require_token_source(self.name, run)
+
+    def client(self, endpoint: str) -> EtcdClient:
+        tls = k3s.etcd_tls_dir(self.options.data_dir)
+        o = self.options
+        return EtcdClient(
+            endpoint,
+            ca_file=o.ca_file or tls / "server-ca.crt",
+            cert_file=o.cert_file or tls / "client.crt",
+            key_file=o.key_file or tls / "client.key",
+            timeout=o.timeout,
+        )
+
+    def backup(self, ctx: BackupContext) -> None:
+        """Take a snapshot, check its trailer, store it as ``etcd-snapshot.db``.
+
+        Raises IntegrityError for a damaged snapshot (nothing stored), StorageError when
+        etcd cannot be reached, ConfigError for missing certificates."""
+        dest = ctx.scratch_dir / ARTEFACT
+        started = time.monotonic()
+        endpoint = None
+        if self.options.method == "k3s":
+            ctx.progress("k3s etcd-snapshot save")
+            self._k3s_save(ctx.scratch_dir, dest)
+        else:
+            errors = []
+            for url in self.options.endpoints:
+                ctx.progress(f"etcd snapshot from {url}")
+                try:
+                    self.client(url).snapshot_to(dest)
+                    endpoint = url
+                    break
+                except StorageError as exc:
+                    errors.append(str(exc.fields.get("message", exc.message)))
+            if endpoint is None:
+                raise StorageError(message="; ".join(errors),
+                                   hint="is K3s running with embedded etcd? check endpoints and certificates")
+        sha = check_trailer(dest)
+        meta: dict[str, Any] = {"datastore": "etcd", "method": self.options.method, "size": dest.stat().st_size,
+                                "sha256": sha, "snapshot_seconds": round(time.monotonic() - started, 3)}
+        try:
+            status = snapshot_status(dest)
+            meta.update(revision=status.revision, total_keys=status.total_keys, hash=status.hash)
+        except (proc.ProgramNotFound, proc.CommandFailed) as exc:
+            meta["status_error"] = exc.message
+        if endpoint is not None and "revision" in meta:
+            try:
+                meta["keys"], _ = self.client(endpoint).count_keys(meta["revision"])
+            except DrkitError as exc:  # compacted past the revision already: record why
+                meta["keys_error"] = exc.message
+        if endpoint:
+            meta["endpoint"] = endpoint
+        ctx.add_file(ARTEFACT, dest)
+        ctx.meta.update(meta)
+        ctx.run_meta["datastore"] = "etcd"
+        if "revision" in meta:
+            ctx.run_meta["etcd_revision"] = meta["revision"]
+        k3s.node_facts(self.options.config_dir, self.options.k3s_binary).record(ctx.run_meta)
+
+    def _k3s_save(self, scratch: Path, dest: Path) -> None:
+        outdir = scratch / "k3s-etcd-snapshot"
+        outdir.mkdir()
+        binary = proc.which(self.options.k3s_binary, hint="method: k3s needs the k3s binary; or use method: api")
+        proc.run([binary, "etcd-snapshot", "save", "--data-dir", str(self.options.data_dir),
+                  "--dir", str(outdir), "--name", "drkit"], timeout=self.options.timeout)
+        files = [p for p in outdir.iterdir() if p.is_file()]
+        if len(files) != 1 or files[0].suffix == ".zip":
+            raise DrkitError(f"k3s etcd-snapshot save left {[p.name for p in files]} in {outdir}, expected one "
+                             "uncompressed snapshot", hint="do not set etcd-snapshot-compress for drkit's runs")
+        files[0].rename(dest)
+
+    # --- restore ---------------------------------------------------------------------
+
+    def _entry(self, ctx: RestoreContext) -> Any:
+        for entry in ctx.entries():
+            if entry.path == ARTEFACT:
+                return entry
+        raise IntegrityError(name=ARTEFACT, detail="this snapshot has no such entry",
+                             hint="was it made by a k3s-etcd source? 'drkit snapshots' shows the type")
+
+    def restore(self, ctx: RestoreContext) -> RestoreResult:
+        """Write ``etcd-snapshot.db`` (``--target`` or, ``--in-place``, under the K3s data
+        dir), verify its trailer, report the cluster-reset command; option ``data_dir``
+        also builds a plain etcd data dir."""
+        entry = self._entry(ctx)
+        if ctx.options.get("in_place"):
+            dest_dir = self.options.data_dir / "server" / "db" / "snapshots"
+            snap = getattr(ctx.snapshot, "short_id", "snapshot")
+            path = dest_dir / f"drkit-restore-{snap}.db"
+            if ctx.dry_run:
+                return RestoreResult(lines=[f"would write {path}"])
+            k3s.refuse_if_running(self.running_check, "prepare a cluster reset")
+            with ctx.open_entry(entry) as stream:
+                written = k3s.atomic_write_from(path, stream, mode=0o600, verify=check_trailer)
+            result = RestoreResult(files=1, bytes_written=written)
+        else:
+            result = super().restore(ctx)
+            assert ctx.target is not None
+            path = ctx.target / ARTEFACT
+            if ctx.dry_run:
+                return result
+            check_trailer(path)
+        result.lines.append(f"wrote {path} (SHA-256 trailer verified)")
+        command = f"k3s server --cluster-reset --cluster-reset-restore-path={path}"
+        result.details["snapshot_file"] = str(path)
+        result.details["cluster_reset_command"] = command
+        result.lines.append("to restore K3s: stop K3s, then run once (with the original server token):")
+        result.lines.append(f"  {command}")
+        result.lines.append("then start K3s normally (systemctl start k3s)")
+        data_dir = ctx.options.get("data_dir")
+        if data_dir:
+            restore_data_dir(path, Path(data_dir), name=ctx.options.get("member_name") or "default",
+                             peer_url=ctx.options.get("peer_url") or "http://localhost:2380")
+            result.details["etcd_data_dir"] = str(data_dir)
+            result.lines.append(f"plain etcd data dir written to {data_dir}")
+        return result
+
+    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+        """Trailer check, then start a throwaway etcd on the restored data and count keys."""
+        path = restored / ARTEFACT
+        if not path.is_file():
+            return CheckResult(ok=False, summary=f"{ARTEFACT} missing", problems=[f"{path} does not exist"])
+        try:
+            check_trailer(path)
+        except IntegrityError as exc:
+            return CheckResult(ok=False, summary="snapshot damaged", problems=[exc.message])
+        meta = getattr(snapshot, "meta", {}) or {}
+        problems: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="drkit-etcd-check-") as tmp:
+            data_dir = Path(tmp) / "data"
+            try:
+                restore_data_dir(path, data_dir)
+                with throwaway_etcd(data_dir) as etcd:
+                    keys, revision = etcd.count_keys()
+            except DrkitError as exc:
+                return CheckResult(ok=False, summary="restored snapshot does not start", problems=[exc.message])
+        if "keys" in meta and keys != meta["keys"]:
+            problems.append(f"{keys} keys in the restored etcd, snapshot recorded {meta['keys']}")
+        if "revision" in meta and revision != meta["revision"]:
+            problems.append(f"revision {revision} after restore, snapshot recorded {meta['revision']}")
+        summary = f"etcd started on the restored data: {keys} keys at revision {revision}"
+        return CheckResult(ok=not problems, summary=summary if not problems else "; ".join(problems),
+                           details={"keys": keys, "revision": revision}, problems=problems)
