@@ -534,6 +534,11 @@ def _etcd_sample(root: Path, box: Sandbox, types: list[str]) -> Sample | None:
     export.mkdir()
     snapshot_file = export / "etcd-snapshot.db"
     real: dict[str, Any] = {"name": "etcd", "type": "k3s-etcd", "endpoints": [etcd.client_url]}
+    node_layout = root / "k3s"
+    if node_layout.is_dir():  # keep the source away from the host's /etc/rancher/k3s
+        real.update(data_dir=str(node_layout / "var/lib/rancher/k3s"), config_dir=str(node_layout / "etc/rancher/k3s"))
+    else:
+        real.update(data_dir=str(base / "k3s-data"), config_dir=str(base / "k3s-config"))
     if _usable(real, types):
         return Sample("etcd", "etcd", real)  # k3s-etcd checks the restored snapshot itself
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from drkit.services.drill import (
     DrillReport,
     SourceDrill,
     human_table,
+    make_scratch,
     parse_drill_config,
     record_metrics,
     run_drill,
@@ -103,7 +103,7 @@ def _sandbox(state: CliState, *, as_json: bool, scratch: Path | None, keep: bool
     from drkit.sandbox import build_sandbox
 
     say = (lambda text: None) if as_json else state.say
-    root = Path(tempfile.mkdtemp(prefix="drkit-sandbox-", dir=scratch)).resolve()
+    root = make_scratch(scratch, "drkit-sandbox-")
     box = None
     try:
         say(f"sandbox in {root}")

@@ -394,8 +394,7 @@ def run_drill(
     by_name = {s.name: s for s in configured}
     report = DrillReport(repository=str(repo.config.get("id", "")), started=clock(), snapshot_ref=options.snapshot_ref,
                          rto_budget_seconds=options.rto_budget_seconds)
-    scratch = Path(tempfile.mkdtemp(prefix="drkit-drill-", dir=options.scratch_root))
-    os.chmod(scratch, 0o700)
+    scratch = make_scratch(options.scratch_root, "drkit-drill-")
     try:
         with repo.lock(exclusive=False, command="drill"):
             damaged: list[str] = []
@@ -425,6 +424,69 @@ def run_drill(
             for r in report.results:
                 r.restored_to = None
     return report
+
+
+def diagnose_restore(repo: Repository, snap: Snapshot, target: Path, *, max_packs: int = 20) -> tuple[list[str], list[str]]:
+    """After a failed restore: (paths of file entries missing under *target*, damaged
+    objects behind them, as ``"<object name>: <what is wrong>"``).
+
+    Checks only the packs holding the missing files' chunks (at most *max_packs*):
+    each is read whole and checked against its SHA-256 name, and when the pack itself
+    is intact, each needed blob is decrypted and verified. Never raises for damage."""
+    from drkit.errors import ObjectNotFound, StorageError
+    from drkit.repository import layout
+
+    missing: list[str] = []
+    wanted: dict[str, list[bytes]] = {}
+    unindexed: list[str] = []
+    try:
+        for entry in iter_tree(repo, snap):
+            if entry.type != FILE or os.path.lexists(safe_destination(target, entry.path)):
+                continue
+            missing.append(entry.path)
+            for hex_id in entry.chunks:
+                loc = repo.index.get(bytes.fromhex(hex_id))
+                if loc is None:
+                    unindexed.append(f"blob {hex_id[:16]}: not in the index")
+                else:
+                    wanted.setdefault(loc.pack, []).append(bytes.fromhex(hex_id))
+    except DrkitError as exc:
+        return missing, [exc.message]
+    damaged = sorted(set(unindexed))
+    for pack_id in sorted(wanted)[:max_packs]:
+        name = layout.pack_name(pack_id)
+        try:
+            repo.read_pack(pack_id)
+        except IntegrityError as exc:
+            damaged.append(f"{name}: {exc.fields.get('detail', exc.message)}")
+            continue
+        except ObjectNotFound:
+            damaged.append(f"{name}: missing")
+            continue
+        except StorageError as exc:
+            damaged.append(f"{name}: {exc.message}")
+            continue
+        for chunk_id in dict.fromkeys(wanted[pack_id]):
+            try:
+                repo.read_blob(chunk_id)
+            except DrkitError as exc:
+                damaged.append(f"{name}: {exc.fields.get('detail', exc.message)}")
+                break
+    return missing, damaged
+
+
+def make_scratch(root: Path | None, prefix: str) -> Path:
+    """A new private (0700) directory under *root* (default: the system temp dir).
+    Raises UsageError when *root* is not an existing, writable directory."""
+    if root is not None and not root.is_dir():
+        raise UsageError(f"scratch directory {root} does not exist or is not a directory",
+                         hint="create it (on a disk with room for the largest source), or leave --scratch out")
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    except OSError as exc:
+        raise UsageError(f"cannot create a scratch directory under {root or tempfile.gettempdir()}: {exc.strerror}") from None
+    os.chmod(scratch, 0o700)
+    return scratch.resolve()
 
 
 def _source_for(target: DrillTarget, configured: Source | None) -> Source | None:
@@ -471,8 +533,15 @@ def _drill_one(repo: Repository, t: DrillTarget, configured: Source | None, scra
             r.fail("restore", f"{len(restored.failed)} file(s) not restored: {', '.join(restored.failed[:3])}", damage=True)
     except DrkitError as exc:
         r.rto_seconds = time.monotonic() - started
-        r.fail("restore", exc.message, damage=isinstance(exc, (IntegrityError, DamageFound)))
-        log.error("drill %s: restore failed: %s", t.source, exc.message)
+        damage = isinstance(exc, (IntegrityError, DamageFound))
+        message = exc.message
+        if damage:
+            missing, objects = diagnose_restore(repo, snap, target)
+            if missing:
+                message = (f"{len(missing)} file(s) not restored (e.g. {missing[0]}); damaged: "
+                           + (", ".join(objects) if objects else exc.message))
+        r.fail("restore", message, damage=damage)
+        log.error("drill %s: restore failed: %s", t.source, message)
         return r
     check_started = time.monotonic()
     try:
