@@ -9,12 +9,13 @@ and reports every object it applied.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 from drkit.errors import PartialFailure, UsageError
 from drkit.kube import Kube, KubeAPIError, dump_manifest, load_manifest, manifest_path, object_ref
 from drkit.repository.tree import FILE
-from drkit.sources.base import BackupContext, RestoreContext, RestoreResult
+from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult
 
 # Restore order (velero's habit: order as data, each with its reason).
 APPLY_ORDER = [
@@ -126,3 +127,29 @@ def restore_objects(
             hint="see the lines above for the API server's reasons; fix them and run the restore again (it is idempotent)",
         )
     return result
+
+
+def check_manifests(restored: Path, *, expected: int | None, required: Sequence[str] = ()) -> CheckResult:
+    """Semantic check of restored manifests (drills): every ``*.yaml`` under *restored*
+    parses as a Kubernetes object, there are *expected* of them (when known), and each
+    path in *required* is present."""
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    files = sorted(p for p in restored.rglob("*.yaml") if p.is_file())
+    for path in files:
+        rel = str(path.relative_to(restored))
+        try:
+            obj = load_manifest(path.read_bytes(), name=rel)
+        except KubeAPIError as exc:
+            problems.append(exc.message)
+            continue
+        if rel != manifest_path(obj):
+            problems.append(f"{rel} holds {object_ref(obj)}")
+        counts[obj["kind"]] = counts.get(obj["kind"], 0) + 1
+    if expected is not None and len(files) != expected:
+        problems.append(f"{len(files)} manifest(s) restored, the snapshot recorded {expected}")
+    for rel in required:
+        if not (restored / rel).is_file():
+            problems.append(f"{rel} is missing")
+    summary = f"{len(files)} manifest(s) parse as Kubernetes objects" if not problems else "; ".join(problems[:3])
+    return CheckResult(ok=not problems, summary=summary, details={"counts": counts}, problems=problems)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -30,8 +31,11 @@ from drkit.kube import (
     strip_object,
     unique,
 )
-from drkit.sources._kubeobjects import restore_objects, store_objects
-from drkit.sources.base import BackupContext, RestoreContext, RestoreResult, Source
+from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
+from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source
+
+if TYPE_CHECKING:
+    from drkit.repository.snapshot import Snapshot
 
 SECRET_TYPE_LABEL = "argocd.argoproj.io/secret-type"
 REQUIRED_CONFIGMAP = "argocd-cm"
@@ -138,3 +142,9 @@ class ArgoCDSource(Source):
             source_name=self.name,
             transform=pause_automated_sync if pause else None,
         )
+
+    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+        """Every restored manifest parses, the count matches, argocd-cm is there."""
+        ns = snapshot.meta.get("namespace", self.options.namespace)
+        return check_manifests(restored, expected=snapshot.meta.get("count"),
+                               required=[f"configmaps/{ns}/{REQUIRED_CONFIGMAP}.yaml"])

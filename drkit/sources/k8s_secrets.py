@@ -8,7 +8,8 @@ YAML manifests with cluster-specific metadata stripped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -24,8 +25,11 @@ from drkit.kube import (
     strip_object,
     unique,
 )
-from drkit.sources._kubeobjects import restore_objects, store_objects
-from drkit.sources.base import BackupContext, RestoreContext, RestoreResult, Source
+from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
+from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source
+
+if TYPE_CHECKING:
+    from drkit.repository.snapshot import Snapshot
 
 SEALED_SECRETS_LABEL = "sealedsecrets.bitnami.com/sealed-secrets-key"
 CERT_NAME_ANNOTATION = "cert-manager.io/certificate-name"
@@ -155,3 +159,9 @@ class K8sSecretsSource(Source):
         """Write manifests under ``--target``, or with ``in_place`` apply them (create or
         replace; missing namespaces are created) and report each object."""
         return restore_objects(ctx, lambda: connect_options(self.options), source_name=self.name)
+
+    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+        """Every restored manifest parses, the count and the names match the snapshot."""
+        objects = snapshot.meta.get("objects") or []
+        return check_manifests(restored, expected=snapshot.meta.get("count"),
+                               required=[f"secrets/{ref}.yaml" for ref in objects])

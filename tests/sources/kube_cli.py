@@ -62,12 +62,22 @@ class Drkit:
     def restore(self, source: str, *args: str, snapshot: str = "latest") -> dict[str, Any]:
         return json.loads(self.ok("restore", snapshot, "-s", source, "--json", *args).stdout)
 
-    def snapshot_meta(self, source: str) -> dict[str, Any]:
-        """The ``meta`` of the latest snapshot of *source* (read from the repository)."""
+    def latest(self, source: str) -> Any:
+        """The latest :class:`~drkit.repository.snapshot.Snapshot` of *source*."""
         from drkit.repository.repo import Repository
         from drkit.storage import open_storage
 
         url = yaml.safe_load(self.config.read_text())["repository"]["url"]
         repo = Repository.open(open_storage(url, {}), PASSWORD)
         snaps = [s for s in repo.list_snapshots() if s.source == source]
-        return snaps[-1].meta
+        return snaps[-1]
+
+    def snapshot_meta(self, source: str) -> dict[str, Any]:
+        """The ``meta`` of the latest snapshot of *source* (read from the repository)."""
+        return self.latest(source).meta
+
+    def source(self, name: str) -> Any:
+        """The configured Source object called *name*."""
+        from drkit.config import parse_config
+
+        return parse_config(yaml.safe_load(self.config.read_text()), self.config).source(name)

@@ -97,6 +97,14 @@ def test_export_contents_and_target_restore(tmp_path: Path, fake_kube: tuple[Pat
                                    "finalizers": ["resources-finalizer.argocd.argoproj.io"]}
     cm = yaml.safe_load((out / "configmaps/argocd/argocd-cm.yaml").read_text())
     assert cm["data"] == {"url": "https://argocd.example.org", "admin.enabled": "false"}
+    check = d.source("argocd").check_restored(out, d.latest("argocd"))
+    assert check.ok, check.problems
+    assert check.details["counts"]["Application"] == 2
+    (out / "configmaps/argocd/argocd-cm.yaml").unlink()
+    check = d.source("argocd").check_restored(out, d.latest("argocd"))
+    assert not check.ok
+    assert "8 manifest(s) restored, the snapshot recorded 9" in check.problems
+    assert "configmaps/argocd/argocd-cm.yaml is missing" in check.problems
 
 
 def test_wrong_namespace_is_refused(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:

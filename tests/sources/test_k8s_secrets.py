@@ -87,6 +87,11 @@ def test_default_presets_select_sealed_secrets_keys_and_cert_manager_across_name
         assert stripped not in key["metadata"]
     assert "annotations" not in key["metadata"]  # only last-applied-configuration was there
     assert key["metadata"]["labels"] == {"sealedsecrets.bitnami.com/sealed-secrets-key": "active"}
+    check = d.source("secrets").check_restored(out, d.latest("secrets"))
+    assert check.ok, check.problems
+    (out / "secrets/web/www-tls.yaml").write_text("kind: [broken")
+    check = d.source("secrets").check_restored(out, d.latest("secrets"))
+    assert not check.ok and "secrets/web/www-tls.yaml is not valid YAML" in check.summary
 
 
 def test_own_selection_by_namespace_and_label(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:

@@ -113,6 +113,15 @@ def test_drkit_mode_round_trip_of_an_ext4_volume(tmp_path: Path, app_volume: tup
     assert (out / "volumes/apps/data-db-0.yaml").exists()
     fsck_ok(image)
     assert fs_read(image, "random.bin") == files["random.bin"]
+    # the drill check: size and a read-only e2fsck of the restored image
+    check = d.source("vols").check_restored(out, d.latest("vols"))
+    assert check.ok, check.problems
+    assert check.details == {"apps/data-db-0": "ext4: e2fsck -fn clean"}
+    with open(image, "r+b") as f:  # wipe the block group descriptors
+        f.seek(4096)
+        f.write(b"\xff" * 8192)
+    check = d.source("vols").check_restored(out, d.latest("vols"))
+    assert not check.ok and "e2fsck -fn found problems" in check.summary
 
 
 def test_in_place_restore_creates_volume_pv_and_bound_pvc(tmp_path: Path, app_volume: tuple) -> None:
