@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository, progress_for
 from drkit.config import Environment, RepositoryConfig, load_config
@@ -121,21 +122,33 @@ def copy_cmd(state: CliState, snapshots: tuple[str, ...], to: str, sources: tupl
     dst = open_destination(state, dest)
     cfg = state.config.repository
     on_item = None if as_json else (lambda item: state.say(_line(item)))
-    try:
-        with progress_for(state, not as_json) as progress:
-            report = copy_snapshots(
-                src,
-                dst,
-                refs=list(snapshots),
-                sources=list(sources),
-                workers=cfg.workers,
-                index_every_packs=dest.repository.index_every_packs,
-                progress=progress,
-                on_item=on_item,
-            )
-    except DrkitError as exc:
-        partial = getattr(exc, "report", None)
-        if partial is not None:
-            _summary(state, partial, as_json)
-        raise
-    _summary(state, report, as_json)
+    with metrics.track(state, "copy") as m:
+        try:
+            with progress_for(state, not as_json) as progress:
+                report = copy_snapshots(
+                    src,
+                    dst,
+                    refs=list(snapshots),
+                    sources=list(sources),
+                    workers=cfg.workers,
+                    index_every_packs=dest.repository.index_every_packs,
+                    progress=progress,
+                    on_item=on_item,
+                )
+        except DrkitError as exc:
+            partial = getattr(exc, "report", None)
+            if partial is not None:
+                _record(m, partial)
+                _summary(state, partial, as_json)
+            raise
+        _record(m, report)
+        _summary(state, report, as_json)
+
+
+def _record(run: metrics.Run, report: CopyReport) -> None:
+    """One outcome per source (failed if any of its snapshots was not copied)."""
+    by_source: dict[str, list[CopyItem]] = {}
+    for item in report.items:
+        by_source.setdefault(item.snapshot.source, []).append(item)
+    for source, items in by_source.items():
+        run.add(source, ok=all(i.status != "failed" for i in items), duration=sum(i.seconds for i in items))

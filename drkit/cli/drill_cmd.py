@@ -10,7 +10,8 @@ import click
 
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository
-from drkit.config import Config, Environment, load_config
+from drkit import metrics
+from drkit.config import Environment, load_config
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.backup import BackupOptions, BackupRun, run_backup
@@ -21,17 +22,19 @@ from drkit.services.drill import (
     human_table,
     make_scratch,
     parse_drill_config,
-    record_metrics,
+    metric_outcomes,
     run_drill,
     write_result_file,
 )
 from drkit.storage.local import LocalStorage
 
 
-def _publish(state: CliState, config: Config, report: DrillReport, result_file: Path | None) -> None:
+def _publish(run: metrics.Run, report: DrillReport, result_file: Path | None) -> None:
+    """Result file (atomic) and per-source metrics (written when the track block ends)."""
+    for oc in metric_outcomes(report):
+        run.add(oc.source, ok=oc.ok, duration=oc.duration, values=oc.values)
     if result_file is not None:
         write_result_file(result_file, report)
-    record_metrics(config, report)
 
 
 def _show(state: CliState, report: DrillReport, as_json: bool) -> None:
@@ -91,12 +94,13 @@ def drill_cmd(state: CliState, snapshot_ref: str, sources: tuple[str, ...], as_j
         rto_budget_seconds=drill_cfg.rto_budget_seconds,
     )
     progress = None if as_json else (lambda name: click.echo(f"drilling {name} ...", err=True) if state.interactive else None)
-    report = run_drill(repo, cfg.sources, options, on_start=progress)
-    _publish(state, cfg, report, result_file or drill_cfg.result_file)
-    _show(state, report, as_json)
-    err = report.error()
-    if err is not None:
-        raise err
+    with metrics.track(state, "drill") as m:
+        report = run_drill(repo, cfg.sources, options, on_start=progress)
+        _publish(m, report, result_file or drill_cfg.result_file)
+        _show(state, report, as_json)
+        err = report.error()
+        if err is not None:
+            raise err
 
 
 def _sandbox(state: CliState, *, as_json: bool, scratch: Path | None, keep: bool) -> None:
@@ -129,18 +133,19 @@ def _sandbox(state: CliState, *, as_json: bool, scratch: Path | None, keep: bool
         say("drilling: restore each source into a scratch directory and check it")
         options = DrillOptions(scratch_root=root, keep=keep, extra_checks=box.checks,
                                rto_budget_seconds=drill_cfg.rto_budget_seconds)
-        report = run_drill(repo, cfg.sources, options)
-        report.notes[:0] = [f"{s.name}: {s.note}" for s in box.samples if s.note] + box.notes
-        _publish(state, cfg, report, drill_cfg.result_file)
-        if as_json:
-            state.emit_json(report.to_json())
-        else:
-            _summary(state, report)
-            if keep:
-                state.say(f"kept: {root} (config drkit.yaml, repository repo/, result drill-result.json, metrics drkit.prom)")
-        err = report.error()
-        if err is not None:
-            raise err
+        with metrics.track(cfg, "drill") as m:
+            report = run_drill(repo, cfg.sources, options)
+            report.notes[:0] = [f"{s.name}: {s.note}" for s in box.samples if s.note] + box.notes
+            _publish(m, report, drill_cfg.result_file)
+            if as_json:
+                state.emit_json(report.to_json())
+            else:
+                _summary(state, report)
+                if keep:
+                    state.say(f"kept: {root} (config drkit.yaml, repository repo/, result drill-result.json, metrics drkit.prom)")
+            err = report.error()
+            if err is not None:
+                raise err
     finally:
         if box is not None:
             box.close()

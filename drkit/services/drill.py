@@ -586,11 +586,10 @@ def write_result_file(path: Path, report: DrillReport) -> None:
                           hint="the directory must be writable by drkit") from None
 
 
-def record_metrics(config: Any, report: DrillReport) -> bool:
-    """Record drill_success / drill_rto_seconds / drill_rpo_seconds per source in the
-    Prometheus textfile when ``metrics:`` is configured (never raises; see
-    :func:`drkit.metrics.record_job`). Returns True when written."""
-    from drkit.metrics import Outcome, record_job
+def metric_outcomes(report: DrillReport) -> list[Any]:
+    """Per-source :class:`drkit.metrics.Outcome` values of a drill: ``drill_success``,
+    ``drill_rto_seconds`` and ``drill_rpo_seconds`` (the duration is restore + check)."""
+    from drkit.metrics import Outcome
 
     outcomes: list[Outcome] = []
     for r in report.results:
@@ -600,7 +599,7 @@ def record_metrics(config: Any, report: DrillReport) -> bool:
         if r.rpo_seconds is not None:
             values["drill_rpo_seconds"] = r.rpo_seconds
         outcomes.append(Outcome(r.source, r.ok, (r.rto_seconds or 0) + (r.check_seconds or 0), values))
-    return record_job(config, "drill", outcomes)
+    return outcomes
 
 
 def human_table(report: DrillReport, sizes: Callable[[float], str]) -> list[str]:

@@ -117,3 +117,29 @@ def moto_server() -> Iterator[Any]:
     server = start_moto()
     yield server
     server.stop()
+
+
+def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
+    """Flip one byte inside the first data blob of the file whose path ends with
+    *path_suffix* (latest snapshot that has it); return the damaged pack file.
+
+    Only that blob's bytes change: tree blobs and other blobs still decrypt, so the
+    damage is found exactly where that file's data is read."""
+    from drkit.repository.repo import Repository
+    from drkit.services.backup import iter_tree
+    from drkit.storage.local import LocalStorage
+
+    repo = Repository.open(LocalStorage(repo_root), passphrase)
+    repo.load_index()
+    for snap in reversed(repo.list_snapshots()):
+        for entry in iter_tree(repo, snap):
+            if entry.path.endswith(path_suffix) and entry.chunks:
+                loc = repo.index.get(bytes.fromhex(entry.chunks[0]))
+                assert loc is not None
+                pack = repo_root / "data" / loc.pack[:2] / loc.pack
+                data = bytearray(pack.read_bytes())
+                data[loc.offset + loc.length // 2] ^= 0xFF
+                os.chmod(pack, 0o644)
+                pack.write_bytes(bytes(data))
+                return pack
+    raise AssertionError(f"no file ending in {path_suffix!r} with data in the repository")

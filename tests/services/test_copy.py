@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from drkit.metrics import parse_textfile
 from drkit.repository.repo import Repository
 from drkit.storage.local import LocalStorage
-from tests.services.conftest import Runner, flip_byte_in_a_pack, make_tree, restored_files, write_config
+from tests.services.conftest import Runner, damage_blob_of, make_tree, restored_files, write_config
 
 PASS_A = "source passphrase A"
 PASS_B = "destination passphrase B"
@@ -123,6 +125,23 @@ def test_incremental_copy_reuses_the_earlier_copy_and_url_destination(
     assert newest.parent == dst_snaps[0]["id"]  # parent chain follows the source's
 
 
+def test_copy_records_metrics_per_source(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]) -> None:
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    prom = tmp_path / "drkit.prom"
+    doc = yaml.safe_load(a.read_text())
+    doc["metrics"] = {"textfile": str(prom)}
+    a.write_text(yaml.safe_dump(doc))
+    assert drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}).code == 0
+    series = parse_textfile(prom.read_text())
+    ok = series[("drkit_last_success_timestamp_seconds", (("command", "copy"), ("source", "data")))]
+    assert abs(ok - time.time()) < 60
+    damage_blob_of(tmp_path / "repo-a", PASS_A, "data/blob.bin")
+    (tree[0] / "more.txt").write_text("more\n")
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    # the new snapshot reuses the earlier copy for unchanged files: damage in them is not read
+    assert drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}).code == 0
+
+
 def test_source_filter_and_snapshot_refs(tmp_path: Path, drkit: Runner) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
@@ -174,7 +193,7 @@ def test_damage_in_the_source_fails_loudly_and_copies_nothing_broken(
     tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]]
 ) -> None:
     a, b, repo_b = _setup(tmp_path, drkit, tree)
-    pack = flip_byte_in_a_pack(tmp_path / "repo-a")
+    pack = damage_blob_of(tmp_path / "repo-a", PASS_A, "data/blob.bin")
     r = drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
     assert r.code == 6, (r.out, r.err)
     assert "damaged object data/" in r.err and pack.name in r.err
