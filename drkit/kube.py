@@ -23,9 +23,10 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 from pydantic import Field
@@ -157,19 +158,19 @@ def resource_of(obj: dict[str, Any]) -> Resource:
 
 # --- connection --------------------------------------------------------------------
 def _client() -> Any:
-    import kubernetes.client  # noqa: PLC0415 - slow import, on purpose here
+    import kubernetes.client
 
     return kubernetes.client
 
 
-def connect(kubeconfig: Path | str | None = None, context: str | None = None, in_cluster: bool = False) -> "Kube":
+def connect(kubeconfig: Path | str | None = None, context: str | None = None, in_cluster: bool = False) -> Kube:
     """Build a :class:`Kube` (no request is made yet).
 
     Raises :class:`KubeUnreachable` when no usable configuration is found (missing
     file, unknown context, not in a pod).
     """
-    from kubernetes import config as kconfig  # noqa: PLC0415
-    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+    from kubernetes import config as kconfig
+    from kubernetes.config.config_exception import ConfigException
 
     client = _client()
     cfg = client.Configuration()
@@ -207,7 +208,7 @@ def connect(kubeconfig: Path | str | None = None, context: str | None = None, in
     return Kube(client.ApiClient(cfg), server=cfg.host)
 
 
-def connect_options(options: KubeOptions) -> "Kube":
+def connect_options(options: KubeOptions) -> Kube:
     """:func:`connect` with a source's connection keys."""
     return connect(options.kubeconfig, options.context, options.in_cluster)
 
@@ -238,10 +239,10 @@ class Kube:
     def close(self) -> None:
         try:
             self.api_client.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        except Exception as exc:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the Kubernetes client: %s", exc)
 
-    def __enter__(self) -> "Kube":
+    def __enter__(self) -> Kube:  # noqa: PYI034 - Kube is not meant to be subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -251,8 +252,8 @@ class Kube:
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call one client method with ``_preload_content=False`` and return the decoded
         JSON; translate failures (see module doc). *what* names the action in errors."""
-        import pydantic  # noqa: PLC0415
-        import urllib3  # noqa: PLC0415
+        import pydantic
+        import urllib3
 
         client = _client()
         try:

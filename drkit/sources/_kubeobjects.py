@@ -9,11 +9,19 @@ and reports every object it applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from drkit.errors import PartialFailure, UsageError
-from drkit.kube import Kube, KubeAPIError, dump_manifest, load_manifest, manifest_path, object_ref
+from drkit.kube import (
+    Kube,
+    KubeAPIError,
+    dump_manifest,
+    load_manifest,
+    manifest_path,
+    object_ref,
+)
 from drkit.repository.tree import FILE
 from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult
 

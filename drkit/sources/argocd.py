@@ -32,7 +32,13 @@ from drkit.kube import (
     unique,
 )
 from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -143,7 +149,7 @@ class ArgoCDSource(Source):
             transform=pause_automated_sync if pause else None,
         )
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """Every restored manifest parses, the count matches, argocd-cm is there."""
         ns = snapshot.meta.get("namespace", self.options.namespace)
         return check_manifests(restored, expected=snapshot.meta.get("count"),

@@ -26,7 +26,13 @@ from drkit.kube import (
     unique,
 )
 from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -35,6 +41,7 @@ SEALED_SECRETS_LABEL = "sealedsecrets.bitnami.com/sealed-secrets-key"
 CERT_NAME_ANNOTATION = "cert-manager.io/certificate-name"
 CERT_MANAGER_NAMESPACE = "cert-manager"
 Preset = Literal["sealed-secrets", "cert-manager"]
+DEFAULT_PRESETS: tuple[Preset, ...] = ("sealed-secrets", "cert-manager")
 
 
 class K8sSecretsOptions(KubeOptions):
@@ -60,7 +67,7 @@ class K8sSecretsOptions(KubeOptions):
     Connection keys: ``kubeconfig``, ``context``, ``in_cluster``.
     """
 
-    presets: list[Preset] = Field(default_factory=lambda: ["sealed-secrets", "cert-manager"])
+    presets: list[Preset] = Field(default_factory=lambda: list(DEFAULT_PRESETS))
     namespaces: list[str] = Field(default_factory=list)
     label_selector: str | None = Field(None, min_length=1)
     cluster_resource_namespace: str = CERT_MANAGER_NAMESPACE
@@ -75,7 +82,7 @@ class K8sSecretsSource(Source):
     options: K8sSecretsOptions
 
     def describe(self) -> str:
-        parts = list(self.options.presets)
+        parts: list[str] = list(self.options.presets)
         if self.options.namespaces or self.options.label_selector:
             parts.append(f"{','.join(self.options.namespaces) or 'all namespaces'}"
                          f"{' ' + self.options.label_selector if self.options.label_selector else ''}")
@@ -101,7 +108,8 @@ class K8sSecretsSource(Source):
             found += certs + acme
         if opts.namespaces or opts.label_selector:
             own: list[dict[str, Any]] = []
-            for ns in opts.namespaces or [None]:
+            scopes: list[str | None] = list(opts.namespaces) or [None]
+            for ns in scopes:
                 own += kube.list(SECRET, ns, label_selector=opts.label_selector)
             counts["selected"] = len(own)
             found += own
@@ -160,7 +168,7 @@ class K8sSecretsSource(Source):
         replace; missing namespaces are created) and report each object."""
         return restore_objects(ctx, lambda: connect_options(self.options), source_name=self.name)
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """Every restored manifest parses, the count and the names match the snapshot."""
         objects = snapshot.meta.get("objects") or []
         return check_manifests(restored, expected=snapshot.meta.get("count"),

@@ -40,10 +40,11 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field
@@ -66,7 +67,13 @@ from drkit.kube import (
     strip_object,
 )
 from drkit.repository.tree import FILE
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -220,7 +227,8 @@ class LonghornSource(Source):
         Longhorn."""
         opts = self.options
         pvcs: list[dict[str, Any]] = []
-        for ns in opts.namespaces or [None]:
+        scopes: list[str | None] = list(opts.namespaces) or [None]
+        for ns in scopes:
             pvcs += kube.list(PVC, ns, label_selector=opts.label_selector)
         wanted = set(opts.pvcs)
         if wanted:
@@ -368,7 +376,7 @@ class LonghornSource(Source):
         for sel in selected:
             name = names[sel.volume_name]
 
-            def ready(name: str = name) -> bool | None:
+            def ready(name: str = name, sel: SelectedVolume = sel) -> bool | None:
                 snap = self._lh_get(kube, LH_SNAPSHOT, name)
                 status = (snap or {}).get("status") or {}
                 if snap is None:
@@ -737,7 +745,7 @@ class LonghornSource(Source):
         return written
 
     # ------------------------------------------------------------------ drills
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """Each volume's record is present; a drkit image has the recorded size and, for
         ext2/3/4, passes a read-only ``e2fsck -fn``; a native record carries its URL
         (the data in Longhorn's backup target is not read)."""

@@ -88,12 +88,12 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
@@ -706,10 +706,11 @@ class FakeKube:
                     raise _webhook_denied("Volume", name, f"source volume {m.group(1)} not found")
                 if snap is None or snap["spec"]["volume"] != m.group(1) or not snap.get("status", {}).get("readyToUse"):
                     raise _webhook_denied("Volume", name, f"snapshot {m.group(2)} of volume {m.group(1)} not ready")
-            if spec.get("fromBackup"):
-                if not any(b.get("status", {}).get("url") == spec["fromBackup"] for b in self._all("Backup")):
-                    raise _webhook_denied("Volume", name, f"cannot find backup {spec['fromBackup']}: the backup "
-                                          "target has not synced it (no Backup object)")
+            if spec.get("fromBackup") and not any(
+                b.get("status", {}).get("url") == spec["fromBackup"] for b in self._all("Backup")
+            ):
+                raise _webhook_denied("Volume", name, f"cannot find backup {spec['fromBackup']}: the backup "
+                                      "target has not synced it (no Backup object)")
         elif rtype.kind == "Snapshot":
             vol = spec.get("volume", "")
             if ("longhorn.io", "volumes", LONGHORN_NS, vol) not in self.objects:
@@ -863,7 +864,7 @@ class FakeKube:
             return
         tickets = va["spec"].get("attachmentTickets") or {}
         statuses: dict[str, Any] = {}
-        for tid, ticket in tickets.items():
+        for tid in tickets:
             old = (va.get("status") or {}).get("attachmentTicketStatuses", {}).get(tid)
             statuses[tid] = old or {"id": tid, "satisfied": False, "conditions": []}
         va["status"] = {"attachmentTicketStatuses": statuses}
@@ -983,9 +984,9 @@ class FakeKube:
             if method == "PATCH":
                 ctype = content_type.split(";")[0].strip()
                 if ctype == "application/strategic-merge-patch+json" and rtype.custom:
-                    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                                   f"accepted media types include: application/json-patch+json, "
-                                   f"application/merge-patch+json, application/apply-patch+yaml")
+                    raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                   "accepted media types include: application/json-patch+json, "
+                                   "application/merge-patch+json, application/apply-patch+yaml")
                 if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                     raise ApiError(415, "UnsupportedMediaType", f"the fake does not implement {ctype} patches")
                 current = self._must_get(rtype, ns, name)

@@ -30,14 +30,7 @@ from drkit.kube import (
     connect,
     strip_object,
 )
-from tests.fakes.kube_api import (  # noqa: F401 (fixture)
-    LONGHORN_NS,
-    MIB,
-    TOKEN,
-    FakeKube,
-    fake_kube,
-    parse_label_selector,
-)
+from tests.fakes.kube_api import LONGHORN_NS, MIB, TOKEN, FakeKube, parse_label_selector
 
 VOLUME: dict[str, Any] = {
     "apiVersion": "longhorn.io/v1beta2",

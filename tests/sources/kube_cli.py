@@ -23,7 +23,7 @@ class Drkit:
     config: Path
 
     @classmethod
-    def setup(cls, tmp_path: Path, sources: list[dict[str, Any]]) -> "Drkit":
+    def setup(cls, tmp_path: Path, sources: list[dict[str, Any]]) -> Drkit:
         tmp_path.mkdir(parents=True, exist_ok=True)
         config = tmp_path / "drkit.yaml"
         config.write_text(yaml.safe_dump({

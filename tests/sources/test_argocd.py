@@ -11,7 +11,7 @@ import yaml
 
 from drkit.kube import ARGO_APPLICATION, CONFIGMAP, connect
 from drkit.sources.argocd import PAUSED_ANNOTATION, pause_automated_sync
-from tests.fakes.kube_api import FakeKube, fake_kube  # noqa: F401 (fixture)
+from tests.fakes.kube_api import FakeKube
 from tests.sources.kube_cli import Drkit
 
 

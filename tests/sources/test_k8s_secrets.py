@@ -11,7 +11,7 @@ import yaml
 
 from drkit.kube import KubeAuthError, KubeUnreachable, connect
 from drkit.sources import build_source
-from tests.fakes.kube_api import FakeKube, fake_kube, write_kubeconfig  # noqa: F401 (fixture)
+from tests.fakes.kube_api import FakeKube, write_kubeconfig
 from tests.sources.kube_cli import Drkit
 
 
@@ -102,7 +102,7 @@ def test_own_selection_by_namespace_and_label(tmp_path: Path, fake_kube: tuple[P
     src = build_source({"name": "s", "type": "k8s-secrets", "kubeconfig": str(kubeconfig), "presets": [],
                         "label_selector": "app in (db)"}, key="sources[0]")
     with connect(kubeconfig) as kube:
-        found, counts = src.select(kube)  # type: ignore[attr-defined]
+        found, _counts = src.select(kube)  # type: ignore[attr-defined]
     assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in found] == [("apps", "db-password"),
                                                                                      ("web", "db-other")]
     src2 = build_source({"name": "s", "type": "k8s-secrets", "kubeconfig": str(kubeconfig), "presets": [],
@@ -162,7 +162,7 @@ def test_restore_without_target_or_in_place_is_a_usage_error(tmp_path: Path, fak
 
 
 def test_connection_errors_are_one_line_drkit_errors(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:
-    kubeconfig, fake = fake_kube
+    kubeconfig, _fake = fake_kube
     bad_token = write_kubeconfig(tmp_path / "bad.yaml", yaml.safe_load(kubeconfig.read_text())["clusters"][0]
                                  ["cluster"]["server"], token="wrong")
     from drkit.kube import SECRET
