@@ -410,11 +410,12 @@ def _git_sample(root: Path, types: list[str]) -> Sample:
     bare = root / "git" / "gitops.git"
     _git(root / "git", "clone", "-q", "--mirror", str(work), str(bare))
     original_refs = _refs(bare)
-    real: dict[str, Any] = {"name": "git", "type": "git", "url": str(bare)}
+    real: dict[str, Any] = {"name": "git", "type": "git", "url": str(bare), "cache_dir": str(root / "git" / "cache")}
     if _usable(real, types):
-        return Sample("git", "git", real)  # the git source checks fsck and refs itself
-    spec = {"name": "git", "type": "files", "paths": [str(bare)]}
-    note = _fallback_note("git", types, "the bare mirror is stored as files")
+        spec, note = real, ""
+    else:
+        spec = {"name": "git", "type": "files", "paths": [str(bare)]}
+        note = _fallback_note("git", types, "the bare mirror is stored as files")
 
     def check(restored: Path, snap: Snapshot) -> CheckResult:
         candidates = [_restored(restored, str(bare))] + sorted(p.parent for p in restored.rglob("HEAD") if (p.parent / "objects").is_dir())

@@ -501,6 +501,15 @@ def _source_for(target: DrillTarget, configured: Source | None) -> Source | None
         return None
 
 
+def _files_style(snap: Snapshot, source: Source | None) -> bool:
+    """True when the restore lays the entries out as they are (files-style) and the
+    source has no check of its own: then the entry-by-entry re-hash is the check."""
+    if snap.source_type == "files" or source is None:
+        return True
+    cls = type(source)
+    return cls.restore is Source.restore and cls.check_restored is Source.check_restored
+
+
 def _drill_one(repo: Repository, t: DrillTarget, configured: Source | None, scratch: Path,
                options: DrillOptions, clock: Callable[[], datetime]) -> SourceDrill:
     r = SourceDrill(t.source, t.source_type, t.snapshot)
@@ -545,7 +554,7 @@ def _drill_one(repo: Repository, t: DrillTarget, configured: Source | None, scra
         return r
     check_started = time.monotonic()
     try:
-        if snap.source_type == "files":
+        if _files_style(snap, source):
             check = check_files_content(repo, snap, target)
         else:
             assert source is not None
