@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "drkit.cli.schedule_cmd",
     "drkit.cli.copy_cmd",
     "drkit.cli.drill_cmd",
+    "drkit.cli.config_cmd",
 ]
 
 for _module in COMMAND_MODULES:
