@@ -62,6 +62,7 @@ from drkit.kube import (
     Kube,
     KubeAPIError,
     KubeConflict,
+    KubeInvalid,
     KubeOptions,
     connect_options,
     strip_object,
@@ -566,8 +567,10 @@ class LonghornSource(Source):
         if not ctx.options.get("in_place"):
             if ctx.target is None:
                 raise UsageError(f"source {self.name!r}: give --target DIR, or --in-place to recreate the volumes")
-            include = [p for r, _ in records for p in ([_record_path(r["namespace"], r["pvc_name"], "yaml")]
-                                                       + ([r["image"]] if r.get("image") else []))]
+            include: list[str] | None = None  # everything (or --include)
+            if ctx.options.get("volumes"):
+                include = [p for r, _ in records for p in ([_record_path(r["namespace"], r["pvc_name"], "yaml")]
+                                                           + ([r["image"]] if r.get("image") else []))]
             return ctx.write_entries(ctx.target, include=include)
         result = RestoreResult()
         if not records:
@@ -677,7 +680,17 @@ class LonghornSource(Source):
             self._wait(f"PVC {ref} to be deleted", lambda: True if kube.get_or_none(PVC, pvc_name, ns) is None else None,
                        opts.attach_timeout, hint="a pod still uses it (kubernetes.io/pvc-protection): scale it down")
             self._say(ctx, result, f"deleted existing PVC {ref} (--force)")
-        kube.create(LH_VOLUME, volume)
+        try:
+            kube.create(LH_VOLUME, volume)
+        except KubeInvalid as exc:
+            if record["mode"] != "native":
+                raise
+            raise KubeInvalid(
+                f"Longhorn refused to restore {ref} from {record['backup']['url']}: {exc.message}",
+                status=exc.status,
+                hint="on a rebuilt cluster, configure the same backup target and wait until Longhorn has synced "
+                     "it (kubectl -n longhorn-system get backupvolumes,backups), then run the restore again",
+            ) from None
         try:
             self._wait(f"restored Longhorn volume {volume_name} to be ready", lambda: self._volume_ready(kube, volume_name),
                        opts.backup_timeout if record["mode"] == "native" else opts.attach_timeout)

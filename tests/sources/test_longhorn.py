@@ -339,3 +339,39 @@ def test_selection_skips_non_longhorn_pvcs_and_refuses_named_ones(tmp_path: Path
     d2 = Drkit.setup(tmp_path / "two", [source_spec(kubeconfig, fake, namespaces=["empty"])])
     err = d2.fails("backup", "-s", "vols")
     assert err.exit_code == 9 and "selected no Longhorn volumes" in err.message
+
+
+def test_two_volumes_and_the_volume_filter(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:
+    kubeconfig, fake = fake_kube
+    contents = {}
+    for ns, pvc in (("apps", "a"), ("web", "b")):
+        volume = fake.provision(ns, pvc, 4 * MIB)
+        contents[f"{ns}/{pvc}"] = os.urandom(4 * MIB)
+        fake.volume_path(volume).write_bytes(contents[f"{ns}/{pvc}"])
+    d = Drkit.setup(tmp_path, [source_spec(kubeconfig, fake)])
+    d.backup("vols")
+    assert [(v["namespace"], v["pvc"]) for v in d.snapshot_meta("vols")["volumes"]] == [("apps", "a"), ("web", "b")]
+    out = tmp_path / "only-b"
+    d.restore("vols", "--target", str(out), "--volume", "web/b")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "volumes/web/b.img", "volumes/web/b.yaml"]
+    assert (out / "volumes/web/b.img").read_bytes() == contents["web/b"]
+    err = d.fails("restore", "latest", "-s", "vols", "--target", str(tmp_path / "x"), "--volume", "apps/zzz")
+    assert err.exit_code == 2 and "apps/zzz" in err.message and "apps/a, web/b" in (err.hint or "")
+
+
+def test_native_restore_before_the_backup_target_synced_is_explained(
+        tmp_path: Path, app_volume: tuple) -> None:
+    kubeconfig, fake, volume, _ = app_volume
+    d = Drkit.setup(tmp_path, [source_spec(kubeconfig, fake, mode="native")])
+    d.backup("vols")
+    wipe_cluster_copy(kubeconfig, "apps", "data-db-0", volume)
+    with connect(kubeconfig) as kube:  # a rebuilt cluster: Longhorn has not synced the backup target yet
+        from drkit.kube import LH_BACKUP
+
+        for b in fake.list("Backup", LONGHORN_NS):
+            kube.delete(LH_BACKUP, b["metadata"]["name"], LONGHORN_NS)
+    err = d.fails("restore", "latest", "-s", "vols", "--in-place")
+    assert err.exit_code == 9 and "Longhorn refused to restore apps/data-db-0" in err.message
+    assert "synced" in (err.hint or "")
+    assert fake.get("PersistentVolumeClaim", "apps", "data-db-0") is None
