@@ -85,6 +85,11 @@ def test_copy_reencrypts_restores_byte_equal_and_second_copy_adds_nothing(
     assert (base / "link-to-readme").is_symlink() and str((base / "link-to-readme").readlink()) == "readme.txt"
     assert (base / "etc/app/config.yaml").stat().st_mode & 0o777 == 0o600
 
+    # a drill of the destination passes: the copy restores and re-hashes
+    r = drkit("-c", str(b), "drill", "--json", env={"DRKIT_PASSWORD": PASS_B})
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["sources"][0]["snapshot"] == d["id"]
+
     # second copy: nothing new, no snapshot, no object written
     before = _object_names(repo_b)
     r = drkit("-c", str(a), "copy", "--to", str(b), "--json", env=to_env)

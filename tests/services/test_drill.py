@@ -242,3 +242,42 @@ def test_sandbox_human_summary_and_keep(tmp_path: Path, drkit: Runner) -> None:
     assert "restore drill failed:" in r.err and "FAIL" in r.out
     r = drkit("drill", "--sandbox", "--snapshot", "abc")
     assert r.code == 2 and "--sandbox makes its own sources" in r.err
+
+
+def test_failed_semantic_check_is_damage_and_named(tmp_path: Path, drkit: Runner) -> None:
+    from drkit.config import Environment, load_config
+    from drkit.services.drill import DrillFailed, DrillOptions, run_drill
+    from drkit.sources.base import CheckResult
+
+    s = _setup(tmp_path, drkit)
+    cfg = load_config(s["cfg"], Environment())
+    repo = Repository.open(LocalStorage(s["repo"]), PASS)
+    seen: list[Path] = []
+
+    def wrong(restored: Path, snap: Any) -> CheckResult:
+        seen.append(restored)
+        assert (restored / str(s["data"]).lstrip("/") / "readme.txt").is_file()  # runs on the restored data
+        return CheckResult(False, "row count 3 < 5", problems=["row count 3 < 5"])
+
+    report = run_drill(repo, cfg.sources, DrillOptions(extra_checks={"data": wrong}, scratch_root=tmp_path))
+    by = {r.source: r for r in report.results}
+    assert by["data"].failed_step == "check" and not by["data"].ok
+    assert by["data"].check is not None and "re-hashed" in by["data"].check.summary  # the files check still ran
+    assert by["etc"].ok
+    err = report.error()
+    assert isinstance(err, DrillFailed) and err.exit_code == 6
+    assert "data (check: " in err.message and "row count 3 < 5" in err.message
+    assert seen and not seen[0].exists()  # scratch removed afterwards
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("drkit-drill-")] == []
+
+
+def test_drill_waits_for_no_one_but_refuses_an_exclusive_lock(tmp_path: Path, drkit: Runner) -> None:
+    s = _setup(tmp_path, drkit)
+    repo = Repository.open(LocalStorage(s["repo"]), PASS)
+    with repo.lock(exclusive=True, command="prune"):
+        r = drkit("-c", str(s["cfg"]), "drill", env=ENV)
+    assert r.code == 4 and "locked" in r.err
+    series = parse_textfile(s["prom"].read_text())
+    assert series[("drkit_last_failure_timestamp_seconds", (("command", "drill"),))] > 0
+    with repo.lock(exclusive=False, command="backup"):  # a running backup does not stop a drill
+        assert drkit("-c", str(s["cfg"]), "drill", env=ENV).code == 0
