@@ -54,7 +54,7 @@ class BlobCodec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | memoryview) -> bytes:
         if self.level <= 0 or len(data) < 64:
             return b"\x00" + data
         comp = self._compressor()
@@ -67,29 +67,40 @@ class BlobCodec:
             return b"\x00" + data
         return b"\x01" + packed
 
-    def encode(self, blob_type: int, chunk_id: bytes, data: bytes) -> bytes:
+    def encode(self, blob_type: int, chunk_id: bytes, data: bytes | memoryview) -> bytes:
         """Compress and seal; then verify the sealed bytes decode back to *chunk_id*.
 
-        The verification catches a broken compressor or cipher before anything is
-        uploaded (restic shipped two compression bugs; this is their fix)."""
+        The verification (decrypt, decompress, keyed hash: the full read path) catches
+        a broken compressor or cipher before anything is uploaded (restic shipped two
+        compression bugs; this is their fix). Raises BlobError if it fails."""
         sealed = self.cipher.seal(self.compress(data), blob_aad(blob_type, chunk_id))
-        self.decode(blob_type, chunk_id, sealed)
+        self.decode_view(blob_type, chunk_id, sealed)
         return sealed
 
     def decode(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes:
         """Open, decompress and check the keyed hash; raises BlobError."""
+        data = self.decode_view(blob_type, chunk_id, sealed)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def decode_view(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
+        """:meth:`decode` without the final copy of a raw blob: returns bytes or a
+        read-only view of the decrypted plaintext. Same checks; raises BlobError."""
         try:
             plain = self.cipher.open(sealed, blob_aad(blob_type, chunk_id))
         except DecryptError as exc:
             raise BlobError(f"blob {chunk_id.hex()[:16]}: {exc}") from None
         except IdentityMissing:
             raise IdentityRequired() from None
+        if not plain:
+            raise BlobError(f"blob {chunk_id.hex()[:16]}: empty plaintext")
         flag = plain[0]
+        body = memoryview(plain)[1:]
+        data: bytes | memoryview
         if flag == RAW:
-            data = plain[1:]
+            data = body
         elif flag == ZSTD:
             try:
-                data = self._decompressor().decompress(plain[1:])
+                data = self._decompressor().decompress(body)
             except zstandard.ZstdError as exc:
                 raise BlobError(f"blob {chunk_id.hex()[:16]}: decompression failed: {exc}") from None
         else:

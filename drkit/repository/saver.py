@@ -86,8 +86,8 @@ class BlobSaver:
         *,
         workers: int = 0,
         index_every_packs: int = 32,
-        uploads: int = 2,
-        max_inflight_bytes: int = 32 * 1024 * 1024,
+        uploads: int = 1,
+        max_inflight_bytes: int = 16 * 1024 * 1024,
         on_upload: Callable[[int], None] | None = None,
     ) -> None:
         self.repo = repo
