@@ -23,7 +23,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,15 @@ def _status_message(body: str | bytes | None) -> tuple[str, str]:
     return "", ""
 
 
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run in a pod produced."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 class Kube:
     """A connection to one API server, speaking plain dicts. Thread-safe like ApiClient."""
 
@@ -426,6 +436,44 @@ class Kube:
         except KubeNotFound:
             if not missing_ok:
                 raise
+
+    def exec(self, namespace: str, pod: str, command: Sequence[str], *, container: str | None = None,
+             timeout: float = 300.0) -> ExecResult:
+        """Run *command* in a pod's container through the API (``pods/exec``) and wait.
+
+        Returns the exit status and output; raises :class:`KubeNotFound`/:class:`KubeInvalid`
+        (no such pod or container, pod not running), :class:`KubeAPIError` on a timeout
+        or a broken stream. Does not raise on a non-zero exit: check ``returncode``.
+        """
+        from kubernetes.stream import stream
+
+        client = _client()
+        what = f"exec {command[0]!r} in pod {namespace}/{pod}"
+        kw: dict[str, Any] = {"command": [str(c) for c in command], "stderr": True, "stdin": False, "stdout": True, "tty": False,
+                              "_preload_content": False}
+        if container:
+            kw["container"] = container
+        try:
+            ws = stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, **kw)
+        except client.ApiException as exc:
+            status, body = exc.status, exc.body
+            if not status:  # the websocket handshake failed: "Handshake status 404 Not Found -+-+- {...}"
+                reason = str(exc.reason or "")
+                m = re.search(r"Handshake status (\d+)", reason)
+                status = int(m.group(1)) if m else None
+                body = reason.split("-+-+-")[-1].strip() if reason.count("-+-+-") >= 2 else None
+            raise self._translate(what, status, body) from None
+        try:
+            ws.run_forever(timeout=timeout)
+            if ws.is_open():
+                raise KubeAPIError(f"cannot {what}: no result after {timeout:g}s",
+                                   hint="the command may still run in the pod; raise the hook's timeout")
+            out = ws.read_channel(1)
+            err = ws.read_channel(2)
+            rc = ws.returncode
+        finally:
+            ws.close()
+        return ExecResult(int(rc), out if isinstance(out, str) else str(out), err if isinstance(err, str) else str(err))
 
     def ensure_namespace(self, name: str) -> bool:
         """Create namespace *name* if missing. Returns True when it was created."""

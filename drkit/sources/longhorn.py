@@ -3,9 +3,10 @@
 Backup, per selected PVC (PVC -> PV with ``csi.driver: driver.longhorn.io`` ->
 ``volumeHandle`` -> Longhorn ``Volume`` in ``longhorn-system``):
 
-1. optional ``pre_hook`` (e.g. a database flush or ``fsfreeze``), a Longhorn
-   ``Snapshot`` CR per volume (all taken together), ``post_hook`` (always, even when a
-   snapshot fails), then wait for every ``status.readyToUse`` (timeout);
+1. optional ``pre_hooks`` (commands on this host, or exec in a pod through the API:
+   e.g. a database flush or ``fsfreeze``), a Longhorn ``Snapshot`` CR per volume (all
+   taken together), ``post_hooks`` (always, even when a pre hook or a snapshot fails),
+   then wait for every ``status.readyToUse`` (timeout);
 2. ``mode: drkit`` (default): clone the snapshot into a temporary volume
    (``spec.dataSource: snap://VOLUME/SNAPSHOT``), attach it to this node with a
    VolumeAttachment ticket (Longhorn v1.5+), read its block device
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from drkit import proc
 from drkit.errors import EXIT_STORAGE, DrkitError, Refused, UsageError
@@ -74,6 +75,7 @@ from drkit.sources.base import (
     RestoreContext,
     RestoreResult,
     Source,
+    SourceOptions,
 )
 
 if TYPE_CHECKING:
@@ -102,6 +104,31 @@ class LonghornTimeout(LonghornError):
     """{message}"""
 
 
+class Hook(SourceOptions):
+    """A command run around the snapshots.
+
+    ``command``: argv (no shell). Without ``pod`` it runs on this host (through
+    drkit.proc: timeout, one-line errors); with ``pod: NAMESPACE/NAME`` it runs in that
+    pod's ``container`` (default: its only container) through the API (``pods/exec``),
+    e.g. ``{command: [psql, -c, CHECKPOINT], pod: apps/db-0}``. A plain list is a local
+    command. A non-zero exit fails the backup.
+    """
+
+    command: list[str] = Field(min_length=1)
+    pod: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+    container: str | None = Field(None, min_length=1)
+    timeout: float = Field(300.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _argv_shorthand(cls, value: Any) -> Any:
+        return {"command": value} if isinstance(value, list) else value
+
+    def describe(self) -> str:
+        where = f" in pod {self.pod}" + (f" ({self.container})" if self.container else "") if self.pod else ""
+        return f"{self.command[0]!r}{where}"
+
+
 class LonghornOptions(KubeOptions):
     """Longhorn volumes to back up, and how.
 
@@ -120,10 +147,10 @@ class LonghornOptions(KubeOptions):
     (``/dev/longhorn``, where attached volumes appear), ``node_id`` (the Longhorn node
     to attach clones and restored volumes to; default: the only node),
     ``number_of_replicas`` of restored volumes (1, a single node), ``keep_snapshots``
-    (Snapshot CRs drkit keeps per volume, default 1), ``pre_hook``/``post_hook``
-    (argv lists run around the snapshots, e.g. ``["fsfreeze", "-f", "/mnt/db"]``),
-    timeouts in seconds (``snapshot_timeout``, ``clone_timeout``, ``attach_timeout``,
-    ``backup_timeout``, ``hook_timeout``) and ``poll_interval``.
+    (Snapshot CRs drkit keeps per volume, default 1), ``pre_hooks``/``post_hooks``
+    (see :class:`Hook`; post hooks always run once pre hooks started), timeouts in
+    seconds (``snapshot_timeout``, ``clone_timeout``, ``attach_timeout``,
+    ``backup_timeout``) and ``poll_interval``.
     Connection keys: ``kubeconfig``, ``context``, ``in_cluster``.
     """
 
@@ -136,9 +163,8 @@ class LonghornOptions(KubeOptions):
     node_id: str | None = Field(None, min_length=1)
     number_of_replicas: int = Field(1, ge=1, le=20)
     keep_snapshots: int = Field(1, ge=0)
-    pre_hook: list[str] = Field(default_factory=list)
-    post_hook: list[str] = Field(default_factory=list)
-    hook_timeout: float = Field(300.0, gt=0)
+    pre_hooks: list[Hook] = Field(default_factory=list)
+    post_hooks: list[Hook] = Field(default_factory=list)
     snapshot_timeout: float = Field(300.0, gt=0)
     clone_timeout: float = Field(1800.0, gt=0)
     attach_timeout: float = Field(300.0, gt=0)
@@ -342,17 +368,30 @@ class LonghornSource(Source):
             "pv": strip_object(sel.pv),
         }
 
-    def _run_hook(self, argv: list[str], what: str) -> None:
-        if argv:
-            proc.run(argv, timeout=self.options.hook_timeout, hint=f"the source's {what} failed; fix it or remove it")
+    def _run_hooks(self, kube: Kube, hooks: list[Hook], what: str) -> None:
+        """Run *hooks* in order; raise on the first failure (proc.CommandFailed, or a
+        KubeAPIError subclass when the pod cannot be reached). Errors carry the last
+        lines of the command's stderr, never its environment."""
+        for hook in hooks:
+            hint = f"fix or remove the source's {what}"
+            if hook.pod is None:
+                proc.run(hook.command, timeout=hook.timeout, hint=hint)
+                continue
+            ns, pod = hook.pod.split("/", 1)
+            result = kube.exec(ns, pod, hook.command, container=hook.container, timeout=hook.timeout)
+            if result.returncode != 0:
+                tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+                raise proc.CommandFailed(f"{what} {hook.describe()} failed (exit {result.returncode})"
+                                         + (f": {tail}" if tail else ""), cmd=proc.format_cmd(hook.command),
+                                         returncode=result.returncode, stderr_tail=tail, hint=hint)
 
     def _take_snapshots(self, ctx: BackupContext, kube: Kube, selected: list[SelectedVolume]) -> dict[str, str]:
-        """pre_hook, one Snapshot CR per volume, post_hook (always), then wait ready."""
+        """pre hooks, one Snapshot CR per volume, post hooks (always), then wait ready."""
         opts = self.options
         names: dict[str, str] = {}
         ctx.progress(f"{self.name}: snapshotting {len(selected)} volume(s)")
-        self._run_hook(opts.pre_hook, "pre_hook")
         try:
+            self._run_hooks(kube, opts.pre_hooks, "pre hook")
             for sel in selected:
                 name = f"drkit-{_stamp()}-{secrets.token_hex(3)}"
                 kube.create(
@@ -372,8 +411,13 @@ class LonghornSource(Source):
                     },
                 )
                 names[sel.volume_name] = name
-        finally:
-            self._run_hook(opts.post_hook, "post_hook")
+        except BaseException:
+            try:
+                self._run_hooks(kube, opts.post_hooks, "post hook")
+            except DrkitError as exc:  # the first error is the one to report
+                log.error("%s: post hook failed too: %s", self.name, exc.message)
+            raise
+        self._run_hooks(kube, opts.post_hooks, "post hook")
         for sel in selected:
             name = names[sel.volume_name]
 

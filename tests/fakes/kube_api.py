@@ -4,9 +4,10 @@ There is no API server on the test machines, so drkit's Kubernetes-facing code (
 talks through the official ``kubernetes`` client only) is tested against this small
 threaded HTTP server on ``127.0.0.1:<free port>``. It serves the paths drkit uses:
 
-- core v1: namespaces, secrets, configmaps, persistentvolumes, persistentvolumeclaims
-  (list in one namespace or across all, ``labelSelector``/``fieldSelector``, get,
-  create, replace, merge patch, delete);
+- core v1: namespaces, secrets, configmaps, persistentvolumes, persistentvolumeclaims,
+  pods (list in one namespace or across all, ``labelSelector``/``fieldSelector``, get,
+  create, replace, merge patch, delete) and ``pods/exec`` over a websocket (channel
+  protocol v4; the command runs on the test host unless ``exec_handler`` is set);
 - ``argoproj.io/v1alpha1``: applications, appprojects, applicationsets;
 - ``cert-manager.io/v1``: issuers, clusterissuers;
 - ``longhorn.io/v1beta2``: every kind of Longhorn v1.12.1 (validated against the real
@@ -166,6 +167,7 @@ def _builtin_types() -> list[ResourceType]:
         ("configmaps", "ConfigMap", True, schemas.CONFIGMAP, False),
         ("persistentvolumes", "PersistentVolume", False, schemas.PERSISTENT_VOLUME, True),
         ("persistentvolumeclaims", "PersistentVolumeClaim", True, schemas.PERSISTENT_VOLUME_CLAIM, True),
+        ("pods", "Pod", True, schemas.POD, True),
     ]
     types = [ResourceType("", "v1", p, k, ns, s, False, st) for p, k, ns, s, st in core]
     types += [
@@ -285,6 +287,11 @@ class FakeKube:
     stall_attach: bool = False
     break_devices: bool = False
     """Attached volumes' devices appear as unreadable directories (a read failure)."""
+    exec_handler: Callable[[str, str, str, list[str]], tuple[int, bytes, bytes]] | None = None
+    """Runs ``pods/exec`` commands: (namespace, pod, container, argv) -> (exit status,
+    stdout, stderr). Default: the command runs on the test host, as if the container
+    were the host."""
+    execs: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
     # observations for assertions
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -925,6 +932,45 @@ class FakeKube:
                 del self.objects[key]
                 (self.state_dir / "snapshots" / f"{key[3]}.img").unlink(missing_ok=True)
 
+    # ---- pods/exec
+    def prepare_exec(self, path: str, query: dict[str, list[str]]) -> tuple[str, str, str, list[str]]:
+        """Check an exec request as the API server would; (ns, pod, container, argv)."""
+        with self.lock:
+            self.tick()
+            parts = [p for p in path.split("/") if p]
+            if len(parts) != 7 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "pods" or parts[6] != "exec":
+                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            ns, name = parts[3], parts[5]
+            pod = self._must_get(self.types[("", "pods")], ns, name)
+            command = query.get("command") or []
+            if not command:
+                raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+            names = [c["name"] for c in pod["spec"]["containers"]]
+            container = (query.get("container") or [""])[-1]
+            if not container:
+                if len(names) != 1:
+                    raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                   f"choose one of: {names}")
+                container = names[0]
+            if container not in names:
+                raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
+            if (pod.get("status") or {}).get("phase") != "Running":
+                raise ApiError(400, "BadRequest", f"cannot exec into a container in a completed pod; current phase "
+                               f"is {(pod.get('status') or {}).get('phase', 'Pending')}")
+            self.execs.append((ns, name, container, command))
+            return ns, name, container, command
+
+    def run_exec(self, ns: str, pod: str, container: str, command: list[str]) -> tuple[int, bytes, bytes]:
+        if self.exec_handler is not None:
+            return self.exec_handler(ns, pod, container, command)
+        import subprocess
+
+        try:
+            proc = subprocess.run(command, capture_output=True, timeout=60, check=False)
+        except FileNotFoundError:
+            return 127, b"", f'exec: "{command[0]}": executable file not found in $PATH'.encode()
+        return proc.returncode, proc.stdout, proc.stderr
+
     # ---- HTTP dispatch
     def route(self, path: str) -> tuple[ResourceType, str | None, str | None, str | None]:
         """(type, namespace, name, subresource) for an API path; ApiError 404 otherwise."""
@@ -1040,7 +1086,70 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def _ws_frame(self, payload: bytes, opcode: int = 0x2) -> bytes:
+        head = bytes([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            head += bytes([n])
+        elif n < 65536:
+            head += bytes([126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([127]) + n.to_bytes(8, "big")
+        return head + payload
+
+    def _serve_exec(self) -> None:
+        """``pods/exec`` over a websocket, channel protocol v4 (stdout 1, stderr 2,
+        status 3), as the API server speaks it to ``kubernetes.stream``."""
+        import base64
+        import hashlib
+
+        parts = urlsplit(self.path)
+        try:
+            ns, pod, container, command = self.fake.prepare_exec(parts.path, parse_qs(parts.query))
+        except ApiError as exc:
+            data = json.dumps(exc.status()).encode()
+            self.send_response(exc.code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        rc, out, err = self.fake.run_exec(ns, pod, container, command)
+        if rc == 0:
+            status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        else:
+            status = {"metadata": {}, "status": "Failure",
+                      "message": f"command terminated with non-zero exit code: exit status {rc}",
+                      "reason": "NonZeroExitCode",
+                      "details": {"causes": [{"reason": "ExitCode", "message": str(rc)}]}}
+        frames = b""
+        if out:
+            frames += self._ws_frame(b"\x01" + out)
+        if err:
+            frames += self._ws_frame(b"\x02" + err)
+        frames += self._ws_frame(b"\x03" + json.dumps(status).encode())
+        frames += self._ws_frame((1000).to_bytes(2, "big"), opcode=0x8)
+        self.wfile.write(frames)
+        self.wfile.flush()
+        self.close_connection = True
+
     def _serve(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self._serve_exec()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":

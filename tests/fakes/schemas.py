@@ -141,6 +141,23 @@ PERSISTENT_VOLUME_CLAIM = top(
     }
 )
 
+POD = top(
+    {
+        "spec": obj(
+            {
+                "containers": {"type": "array", "items": obj({"name": STR, "image": STR, "command": STR_LIST,
+                                                               "args": STR_LIST, "volumeMounts": {"type": "array",
+                                                                                                  "items": OPEN}},
+                                                              ["name"])},
+                "volumes": {"type": "array", "items": OPEN},
+                "nodeName": STR,
+            },
+            ["containers"],
+        ),
+        "status": OPEN,
+    }
+)
+
 # --- Argo CD (argoproj.io/v1alpha1), a subset of the real CRDs -----------------------
 _DESTINATION = obj({"server": STR, "name": STR, "namespace": STR})
 _APP_SOURCE = obj(

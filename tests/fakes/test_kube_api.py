@@ -282,3 +282,20 @@ def test_strip_object_removes_cluster_specific_metadata() -> None:
                    "spec": {"claimRef": {"namespace": "n", "name": "c"}}}
     assert pv["metadata"]["uid"] == "u"  # the input is untouched
     assert strip_object(pv, keep_owner_references=True)["metadata"]["ownerReferences"] == [{"uid": "o"}]
+
+
+def test_pod_exec_over_the_websocket_channel_protocol(kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    _, fake = fake_kube
+    fake.seed({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "default"},
+               "spec": {"containers": [{"name": "pg"}, {"name": "sidecar"}]}}, status={"phase": "Running"})
+    result = kube.exec("default", "db-0", ["sh", "-c", "echo out; echo err >&2; exit 5"], container="pg")
+    assert (result.returncode, result.stdout, result.stderr) == (5, "out\n", "err\n")
+    assert kube.exec("default", "db-0", ["true"], container="sidecar").returncode == 0
+    with pytest.raises(KubeInvalid, match="a container name must be specified"):
+        kube.exec("default", "db-0", ["true"])
+    fake.seed({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "done", "namespace": "default"},
+               "spec": {"containers": [{"name": "c"}]}}, status={"phase": "Succeeded"})
+    with pytest.raises(KubeInvalid, match="completed pod"):
+        kube.exec("default", "done", ["true"])
+    with pytest.raises(KubeNotFound, match='pods "ghost" not found'):
+        kube.exec("default", "ghost", ["true"])

@@ -301,21 +301,64 @@ def test_retention_keeps_the_newest_drkit_snapshots_only(tmp_path: Path, fake_ku
     assert names == sorted(made[1:] + ["users-own"])
 
 
-def test_hooks_run_around_the_snapshot_and_a_failing_pre_hook_aborts(tmp_path: Path, app_volume: tuple) -> None:
+def test_hooks_run_around_the_snapshots_locally_and_in_pods(tmp_path: Path, app_volume: tuple) -> None:
     kubeconfig, fake, _, _ = app_volume
+    fake.seed({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "apps"},
+               "spec": {"containers": [{"name": "postgres", "image": "postgres:16"}, {"name": "exporter"}]}},
+              status={"phase": "Running"})
     log = tmp_path / "hooks.log"
-    spec = source_spec(kubeconfig, fake, pre_hook=["sh", "-c", f"echo pre >> {log}"],
-                       post_hook=["sh", "-c", f"echo post >> {log}"])
+    snapshots_at_pre: list[int] = []
+
+    def in_pod(ns: str, pod: str, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        snapshots_at_pre.append(len(fake.list("Snapshot", LONGHORN_NS)))
+        with open(log, "a") as f:
+            f.write(f"{ns}/{pod}/{container}: {' '.join(argv)}\n")
+        return 0, b"CHECKPOINT\n", b""
+
+    fake.exec_handler = in_pod
+    spec = source_spec(kubeconfig, fake,
+                       pre_hooks=[["sh", "-c", f"echo local-pre >> {log}"],
+                                  {"command": ["psql", "-c", "CHECKPOINT"], "pod": "apps/db-0",
+                                   "container": "postgres"}],
+                       post_hooks=[["sh", "-c", f"echo local-post >> {log}"]])
     d = Drkit.setup(tmp_path, [spec])
     d.backup("vols")
-    assert log.read_text() == "pre\npost\n"
-    src = build_source(dict(spec, pre_hook=["sh", "-c", "exit 3"]), key="sources[0]")
-    assert isinstance(src, LonghornSource)
-    before = len(fake.list("Snapshot", LONGHORN_NS))
-    d2 = Drkit.setup(tmp_path / "two", [dict(spec, pre_hook=["sh", "-c", "exit 3"])])
-    err = d2.fails("backup", "-s", "vols")
-    assert "exit 3" in err.message
-    assert len(fake.list("Snapshot", LONGHORN_NS)) == before
+    assert log.read_text() == "local-pre\napps/db-0/postgres: psql -c CHECKPOINT\nlocal-post\n"
+    assert snapshots_at_pre == [0]  # the pod hook ran before the snapshot was requested
+    assert fake.execs == [("apps", "db-0", "postgres", ["psql", "-c", "CHECKPOINT"])]
+
+
+def test_a_failing_pre_hook_aborts_but_post_hooks_still_run(tmp_path: Path, app_volume: tuple) -> None:
+    kubeconfig, fake, _, _ = app_volume
+    fake.seed({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "apps"},
+               "spec": {"containers": [{"name": "postgres"}]}}, status={"phase": "Running"})
+    log = tmp_path / "hooks.log"
+    post = [["sh", "-c", f"echo post >> {log}"]]
+    cases = [
+        ([["sh", "-c", "echo boom >&2; exit 3"]], "exit 3", 1),
+        ([{"command": ["sh", "-c", "echo frozen-fail >&2; exit 4"], "pod": "apps/db-0"}],
+         "pre hook 'sh' in pod apps/db-0 failed (exit 4): frozen-fail", 1),
+        ([{"command": ["true"], "pod": "apps/db-9"}], 'pods "db-9" not found', 2),
+        ([{"command": ["true"], "pod": "apps/db-0", "container": "nope"}], "container nope is not valid", 9),
+    ]
+    for i, (pre, message, code) in enumerate(cases):
+        d = Drkit.setup(tmp_path / str(i), [source_spec(kubeconfig, fake, pre_hooks=pre, post_hooks=post)])
+        err = d.fails("backup", "-s", "vols")
+        assert message in err.message and err.exit_code == code, (err.message, err.exit_code)
+        assert fake.list("Snapshot", LONGHORN_NS) == []
+        assert log.read_text().count("post") == i + 1  # the post hook undid whatever the pre hooks did
+
+
+def test_hook_options_are_validated(tmp_path: Path) -> None:
+    from drkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pre_hooks"):
+        build_source({"name": "v", "type": "longhorn", "pre_hooks": [{"command": []}]}, key="sources[0]")
+    with pytest.raises(ConfigError, match="pod"):
+        build_source({"name": "v", "type": "longhorn", "pre_hooks": [{"command": ["x"], "pod": "no-namespace"}]},
+                     key="sources[0]")
+    src = build_source({"name": "v", "type": "longhorn", "pre_hooks": [["sync"]]}, key="sources[0]")
+    assert isinstance(src, LonghornSource) and src.options.pre_hooks[0].command == ["sync"]
 
 
 def test_selection_skips_non_longhorn_pvcs_and_refuses_named_ones(tmp_path: Path, app_volume: tuple) -> None:
