@@ -136,7 +136,8 @@ class MetricsConfig(_Strict):
     rpo_target: Duration = Field(default=26 * 3600.0)
     """Default RPO target (a daily backup plus slack): ``DrkitBackupTooOld`` fires past it."""
     rto_budget: Duration = Field(default=4 * 3600.0)
-    """Default RTO budget: ``DrkitDrillOverBudget`` fires when a drill takes longer."""
+    """Default RTO budget: ``DrkitDrillOverBudget`` fires when a drill takes longer.
+    Unset, it is ``drill.rto_budget_seconds`` when that is set (else 4h)."""
     sources: dict[str, SourceTargets] = Field(default_factory=dict)
     """Per-source overrides of rpo_target / rto_budget."""
 
@@ -308,10 +309,19 @@ class MetricsSink:
         """The sink for a loaded :class:`~drkit.config.Config` (or its ``metrics`` mapping);
         None when metrics are not configured. Raises ConfigError for a bad section."""
         section = config
+        drill_budget = None
         if hasattr(config, "raw"):
             section = config.raw.metrics
+            drill = getattr(config.raw, "drill", None)
+            if isinstance(drill, Mapping) and isinstance(drill.get("rto_budget_seconds"), (int, float)):
+                drill_budget = float(drill["rto_budget_seconds"])
         parsed = parse_metrics_config(section)
-        return cls(parsed, clock=clock) if parsed is not None else None
+        if parsed is None:
+            return None
+        if drill_budget is not None and "rto_budget" not in (section or {}):
+            # one budget: the one 'drkit drill' enforces (exit 7) is the one the alert uses
+            parsed.rto_budget = drill_budget
+        return cls(parsed, clock=clock)
 
     def samples(
         self,

@@ -214,6 +214,18 @@ def test_track_records_unreported_sources_as_failed_on_exception(tmp_path: Path)
     assert (tmp_path / "drkit.prom").read_text() == before  # a dry run records nothing
 
 
+def test_rto_budget_follows_the_drill_budget_unless_set(tmp_path: Path) -> None:
+    from drkit.config import parse_config
+
+    base = {"repository": {"url": str(tmp_path / "r")}, "drill": {"rto_budget_seconds": 1800}}
+    cfg = parse_config({**base, "metrics": {"textfile": str(tmp_path / "m.prom")}})
+    sink = MetricsSink.from_config(cfg)
+    assert sink is not None and sink.config.targets("etcd") == (26 * 3600.0, 1800.0)
+    cfg = parse_config({**base, "metrics": {"textfile": str(tmp_path / "m.prom"), "rto_budget": "1h"}})
+    assert MetricsSink.from_config(cfg).config.targets("etcd")[1] == 3600.0  # type: ignore[union-attr]
+    assert MetricsSink.from_config(parse_config(base)) is None
+
+
 def test_metrics_off_without_section() -> None:
     assert parse_metrics_config(None) is None
     assert MetricsConfig(textfile=Path("/a/b.prom")).targets("x") == (26 * 3600.0, 4 * 3600.0)
