@@ -402,7 +402,8 @@ def _action(r: _Renderer, a: Any, key: str, rb: Runbook) -> PlannedAction:
         return r.shell(a.shell, key, stdin=a.stdin)
     if isinstance(a, DrkitAction):
         if isinstance(a.drkit, str):
-            args = tuple(r.plain(x, key + ".drkit") for x in shlex.split(a.drkit))
+            # rendered first, then split: a variable may hold several arguments
+            args = tuple(shlex.split(r.plain(a.drkit, key + ".drkit")))
         else:
             args = tuple(r.plain(x, key + ".drkit") for x in a.drkit)
         if not args:

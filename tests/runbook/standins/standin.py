@@ -30,6 +30,7 @@ CONF = json.loads((HERE / "standin.json").read_text())
 ROOT = Path(CONF["root"])
 STATE_PATH = Path(CONF["state"])
 ARGS = sys.argv[1:]
+STDIN = ""
 INSTALLER = """#!/bin/sh
 # STAND-IN for https://get.k3s.io (written by the curl stand-in)
 exec k3s-install-standin "$@"
@@ -124,8 +125,8 @@ def k3s_started(st: dict[str, Any]) -> None:
     node = CONF.get("node_name", "node1")
     objects(st)[f"node//{node}"] = {
         "kind": "node", "metadata": {"name": node},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
+        "status": {"conditions": [{"type": "Ready", "status": "False"}]},
+    }  # Ready once someone waits for it (kubectl wait)
 
 
 def swapon(st: dict[str, Any]) -> None:
@@ -208,7 +209,8 @@ KINDS = {
     "persistentvolumeclaims": "pvc", "application": "application", "applications": "application",
     "applications.argoproj.io": "application", "backuptargets.longhorn.io": "backuptarget",
     "backuptarget": "backuptarget", "statefulset": "statefulset", "statefulsets": "statefulset",
-    "deployment": "deployment", "deployments": "deployment",
+    "deployment": "deployment", "deployments": "deployment", "application.argoproj.io": "application",
+    "backuptarget.longhorn.io": "backuptarget", "statefulset.apps": "statefulset", "deployment.apps": "deployment",
 }
 CLUSTER_SCOPED = {"node", "namespace"}
 NAME_PREFIX = {"application": "application.argoproj.io", "backuptarget": "backuptarget.longhorn.io",
@@ -286,7 +288,7 @@ def jsonpath(obj: Any, path: str) -> str:
     if m:
         return "".join(jsonpath(item, m.group(1)) for item in obj["items"])
     result = ""
-    for tok in re.findall(r"\{(.*?)\}(?=\{|$)|([^{]+)", path):
+    for tok in re.findall(r'\{("(?:[^"\\]|\\.)*"|[^{}]*)\}|([^{]+)', path):
         expr, lit = tok
         if lit:
             result += lit
@@ -342,6 +344,8 @@ def kubectl(st: dict[str, Any]) -> None:
         if not found:
             fail(f'{kind} "{name}" not found')
         if cond.startswith("condition="):
+            if kind == "node" and st.get("services", {}).get("k3s", {}).get("active"):
+                found[0]["status"]["conditions"][0]["status"] = "True"  # the kubelet came up meanwhile
             value = _field(found[0], f'.status.conditions[?(@.type=="{cond.split("=", 1)[1]}")].status')
             ok = value == "True"
         else:
@@ -359,7 +363,7 @@ def kubectl(st: dict[str, Any]) -> None:
         docs: list[Any] = []
         for f in opts["f"]:
             if f == "-":
-                docs += list(yaml.safe_load_all(sys.stdin.read()))
+                docs += list(yaml.safe_load_all(STDIN))
             elif Path(f).is_dir():
                 files = sorted(Path(f).rglob("*.yaml") if opts.get("R") else Path(f).glob("*.yaml"))
                 for p in files:
@@ -483,6 +487,10 @@ def main() -> None:
         "swapoff": swapoff, "modprobe": modprobe, "lsmod": lsmod, "sysctl": sysctl, "curl": curl,
         "k3s": k3s, "kubectl": kubectl, "helm": helm,
     }
+    global STDIN
+    # read a pipe BEFORE taking the state lock: in 'kubectl create ... | kubectl apply -f -'
+    # both run at once, and the writer needs the lock too
+    STDIN = sys.stdin.read() if TOOL == "kubectl" and "apply" in ARGS and "-" in ARGS else ""
     with open(STATE_PATH.with_suffix(".lock"), "w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         st = load()
