@@ -49,9 +49,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -305,7 +306,7 @@ class MetricsSink:
         self.clock = clock
 
     @classmethod
-    def from_config(cls, config: Any, *, clock: Callable[[], float] = time.time) -> "MetricsSink | None":
+    def from_config(cls, config: Any, *, clock: Callable[[], float] = time.time) -> MetricsSink | None:
         """The sink for a loaded :class:`~drkit.config.Config` (or its ``metrics`` mapping);
         None when metrics are not configured. Raises ConfigError for a bad section."""
         section = config

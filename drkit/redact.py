@@ -32,8 +32,9 @@ import stat
 import threading
 import traceback
 import urllib.parse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 

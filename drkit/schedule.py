@@ -56,12 +56,21 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Annotated, Any, Protocol
 
 import schedule as _schedule
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drkit.errors import ConfigError, UsageError
 
@@ -157,7 +166,7 @@ class JobSchedule(_Strict):
         return matches[0]
 
     @model_validator(mode="after")
-    def _combination(self) -> "JobSchedule":
+    def _combination(self) -> JobSchedule:
         if self.weekday is not None:
             if self.every is not None and self.every != 7 * 86400:
                 raise ValueError("'weekday' makes a job weekly: leave out 'every' (or set it to 1w)")
@@ -174,7 +183,7 @@ class JobSchedule(_Strict):
 
 
 class PruneSchedule(JobSchedule):
-    keep: dict[str, int | str] = Field(default_factory=lambda: {"daily": 7, "weekly": 4, "monthly": 12})
+    keep: dict[str, int | str] = Field(default_factory=lambda: dict[str, int | str](daily=7, weekly=4, monthly=12))
     """Retention policy passed to ``drkit forget --prune`` as ``--keep-KEY VALUE``."""
 
     @field_validator("keep")
@@ -629,10 +638,10 @@ class Daemon:
 
     def next_runs(self) -> list[tuple[Job, _dt.datetime]]:
         """Each job with the time ``schedule`` will next make it due."""
-        out = []
+        out: list[tuple[Job, _dt.datetime]] = []
         for entry in self.scheduler.jobs:
-            job = entry.job_func.args[0]
-            out.append((job, entry.next_run))
+            assert entry.job_func is not None and entry.next_run is not None
+            out.append((entry.job_func.args[0], entry.next_run))
         return sorted(out, key=lambda p: (p[1], p[0].priority))
 
     # -- the loop --

@@ -176,7 +176,7 @@ def test_unknown_metric_is_a_programming_error(tmp_path: Path) -> None:
 def test_unwritable_directory_logs_one_error_and_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                                  drkit_logs: logging.Logger) -> None:
     class Cfg:
-        class raw:  # noqa: N801 - mimics Config.raw
+        class raw:
             metrics = {"textfile": str(tmp_path / "missing" / "drkit.prom")}
 
     assert record_job(Cfg, "backup", [Outcome("etcd", True, 1.0)]) is False
@@ -189,7 +189,7 @@ def test_unwritable_directory_logs_one_error_and_does_not_raise(tmp_path: Path, 
 
 def test_track_records_unreported_sources_as_failed_on_exception(tmp_path: Path) -> None:
     class Cfg:
-        class raw:  # noqa: N801
+        class raw:
             metrics = {"textfile": str(tmp_path / "drkit.prom")}
 
     ticks = iter([100.0, 160.0])

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 import yaml
 
 from drkit.metrics import METRICS, MetricsConfig, MetricsSink, Outcome, parse_textfile
@@ -156,10 +156,10 @@ def test_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones(tmp_path: Path) -
         # 'stale' had its last good backup at t=0; 'fresh' succeeds every minute
         {"series": 'drkit_last_success_timestamp_seconds{command="backup",source="stale"}', "values": "0x2000"},
         {"series": 'drkit_last_failure_timestamp_seconds{command="backup",source="stale"}', "values": "0x2000"},
-        {"series": f'drkit_rpo_target_seconds{{source="stale"}}', "values": f"{rpo}x2000"},
+        {"series": 'drkit_rpo_target_seconds{source="stale"}', "values": f"{rpo}x2000"},
         {"series": 'drkit_last_success_timestamp_seconds{command="backup",source="fresh"}', "values": "0+60x2000"},
         {"series": 'drkit_last_failure_timestamp_seconds{command="backup",source="fresh"}', "values": "0x2000"},
-        {"series": f'drkit_rpo_target_seconds{{source="fresh"}}', "values": f"{rpo}x2000"},
+        {"series": 'drkit_rpo_target_seconds{source="fresh"}', "values": f"{rpo}x2000"},
         # verify: fine until minute 10, then damage at the full level
         {"series": 'drkit_verify_ok{level="full"}', "values": "1x10 0x20"},
         {"series": 'drkit_verify_damaged_objects{level="full"}', "values": "0x10 3x20"},

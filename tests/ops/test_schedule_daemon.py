@@ -93,7 +93,7 @@ class Proc:
             if self.p.poll() is not None:
                 break
             time.sleep(0.02)
-        raise AssertionError(f"condition not met; stderr so far:\n" + "\n".join(self.lines))
+        raise AssertionError("condition not met; stderr so far:\n" + "\n".join(self.lines))
 
     def stop(self) -> tuple[int, str, float]:
         t0 = time.monotonic()

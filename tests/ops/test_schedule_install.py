@@ -132,7 +132,6 @@ def test_cron_file_lines_run_drkit_with_the_job_arguments(setup: dict[str, Path]
     for line in entries:
         fields = line.split(None, 6)
         assert len(fields) == 7 and fields[5] == "backup"
-        minute, hour, dom, month, dow = fields[:5]
         assert all(f == "*" or f.replace("*/", "").isdigit() for f in fields[:5]), line
         command = fields[6]
         # cron turns an unescaped % into a newline: there must be none
