@@ -246,3 +246,48 @@ def test_schedule_run_refuses_unknown_now_job(live_config: Path, capsys: pytest.
     assert run_cli(cli, ["-c", str(live_config), "schedule", "run", "--now", "bakup"]) == 2
     err = capsys.readouterr().err
     assert "error: no scheduled job named 'bakup'" in err and "hint: jobs: backup" in err
+
+
+def test_drkit_treats_sigterm_like_ctrl_c_and_records_the_failure(live_config: Path, tmp_path: Path) -> None:
+    """A drkit command that gets SIGTERM (from systemd or the scheduler) unwinds like
+    Ctrl-C: 'interrupted', exit 130, and the backup is recorded as failed in the metrics."""
+    started = tmp_path / "pw-command-started"
+    script = tmp_path / "slow-passphrase.sh"
+    script.write_text(f"#!/bin/sh\ntouch '{started}'\nsleep 30\necho never\n")
+    script.chmod(0o755)
+    proc = Proc([sys.executable, "-m", "drkit", "-c", str(live_config), "backup"],
+                _env(DRKIT_PASSWORD_COMMAND=str(script)))
+    try:
+        proc.wait_for(started.exists)
+        os.kill(proc.p.pid, signal.SIGTERM)  # drkit only, not its process group
+        code, _, took = proc.stop()
+    finally:
+        proc.kill()
+    assert code == 130, proc.lines
+    assert took < 5
+    assert proc.lines[-1] in ("interrupted", "aborted")  # click turns KeyboardInterrupt into Abort
+    prom = (tmp_path / "textfile" / "drkit.prom").read_text()
+    assert re.search(r'drkit_last_failure_timestamp_seconds\{command="backup",source="data"\} 1\d{9}', prom), prom
+    assert 'drkit_last_success_timestamp_seconds{command="backup",source="data"} 0' in prom
+
+
+def test_sigterm_to_the_scheduler_stops_a_real_drkit_job(live_config: Path, tmp_path: Path) -> None:
+    started = tmp_path / "pw-command-started"
+    script = tmp_path / "slow-passphrase.sh"
+    script.write_text(f"#!/bin/sh\ntouch '{started}'\nsleep 30\necho never\n")
+    script.chmod(0o755)
+    proc = Proc([sys.executable, "-m", "drkit", "-c", str(live_config), "schedule", "run", "--now", "backup"],
+                _env(DRKIT_PASSWORD_COMMAND=str(script)))
+    try:
+        proc.wait_for(started.exists)
+        os.kill(proc.p.pid, signal.SIGTERM)
+        code, _, took = proc.stop()
+    finally:
+        proc.kill()
+    text = "\n".join(proc.lines)
+    assert code == 0, text
+    assert took < 8  # stop_timeout is 10 s: the job stopped on SIGTERM, it was not killed
+    assert re.search(r"job backup stopped on stop after [\d.]+s \(exit \d+: ", text), text
+    assert "killing it" not in text
+    prom = (tmp_path / "textfile" / "drkit.prom").read_text()
+    assert re.search(r'drkit_last_failure_timestamp_seconds\{command="backup",source="data"\} 1\d{9}', prom), prom
