@@ -475,6 +475,12 @@ class Kube:
             ws.close()
         return ExecResult(int(rc), out if isinstance(out, str) else str(out), err if isinstance(err, str) else str(err))
 
+    def server_version(self) -> str:
+        """The API server's ``gitVersion`` (e.g. ``v1.31.4+k3s1``)."""
+        client = _client()
+        data = self.call("read the server version", client.VersionApi(self.api_client).get_code)
+        return str(data.get("gitVersion", ""))
+
     def ensure_namespace(self, name: str) -> bool:
         """Create namespace *name* if missing. Returns True when it was created."""
         if self.get_or_none(NAMESPACE, name) is not None:

@@ -36,6 +36,16 @@ APPLY_ORDER = [
 ]
 
 
+def record_cluster(ctx: BackupContext, kube: Kube) -> None:
+    """Record which cluster a snapshot came from: ``meta.kubernetes_version`` and
+    ``meta.kubernetes_server``, and ``run_meta.kubernetes_version`` (shared by every source
+    of the run, so a restore can warn about a different Kubernetes/K3s version)."""
+    version = kube.server_version()
+    ctx.meta["kubernetes_version"] = version
+    ctx.meta["kubernetes_server"] = kube.server
+    ctx.run_meta.setdefault("kubernetes_version", version)
+
+
 def store_objects(ctx: BackupContext, objs: Iterable[dict[str, Any]]) -> list[str]:
     """Hand each (already stripped) object to *ctx* as YAML; returns the paths used."""
     paths = []

@@ -31,7 +31,12 @@ from drkit.kube import (
     strip_object,
     unique,
 )
-from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
+from drkit.sources._kubeobjects import (
+    check_manifests,
+    record_cluster,
+    restore_objects,
+    store_objects,
+)
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -129,6 +134,7 @@ class ArgoCDSource(Source):
     def backup(self, ctx: BackupContext) -> None:
         ctx.progress(f"{self.name}: exporting Argo CD from namespace {self.options.namespace}")
         with connect_options(self.options) as kube:
+            record_cluster(ctx, kube)
             objs = self.export(kube)
         store_objects(ctx, objs)
         counts: dict[str, int] = {}

@@ -25,7 +25,12 @@ from drkit.kube import (
     strip_object,
     unique,
 )
-from drkit.sources._kubeobjects import check_manifests, restore_objects, store_objects
+from drkit.sources._kubeobjects import (
+    check_manifests,
+    record_cluster,
+    restore_objects,
+    store_objects,
+)
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -140,6 +145,7 @@ class K8sSecretsSource(Source):
         ``allow_empty``), KubeAPIError subclasses when the API fails."""
         ctx.progress(f"{self.name}: listing Secrets")
         with connect_options(self.options) as kube:
+            record_cluster(ctx, kube)
             secrets, counts = self.select(kube)
         if not secrets and not self.options.allow_empty:
             raise Refused(

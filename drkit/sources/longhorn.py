@@ -69,6 +69,7 @@ from drkit.kube import (
     strip_object,
 )
 from drkit.repository.tree import FILE
+from drkit.sources._kubeobjects import record_cluster
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -300,6 +301,7 @@ class LonghornSource(Source):
         KubeAPIError subclasses on failures; temporary clones never outlive a run."""
         opts = self.options
         with connect_options(opts) as kube:
+            record_cluster(ctx, kube)
             selected, skipped = self.select(kube)
             if not selected:
                 raise Refused(

@@ -292,6 +292,9 @@ class FakeKube:
     stdout, stderr). Default: the command runs on the test host, as if the container
     were the host."""
     execs: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+    version: dict[str, str] = field(default_factory=lambda: {
+        "major": "1", "minor": "31", "gitVersion": "v1.31.4+k3s1", "platform": "linux/amd64"})
+    """What ``GET /version`` answers."""
     # observations for assertions
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -1001,6 +1004,8 @@ class FakeKube:
             self.requests.append((method, url, content_type))
             parts = urlsplit(url)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            if parts.path.rstrip("/") == "/version" and method == "GET":
+                return 200, dict(self.version)
             rtype, ns, name, sub = self.route(parts.path)
             if sub is not None and sub != "status":
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")

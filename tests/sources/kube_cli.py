@@ -21,6 +21,7 @@ PASSWORD = "correct horse battery staple"
 @dataclass
 class Drkit:
     config: Path
+    flags: tuple[str, ...] = ("-q",)
 
     @classmethod
     def setup(cls, tmp_path: Path, sources: list[dict[str, Any]]) -> Drkit:
@@ -36,7 +37,7 @@ class Drkit:
         return d
 
     def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["-c", str(self.config), "-q", *args], env={"DRKIT_PASSWORD": PASSWORD},
+        return CliRunner().invoke(cli, ["-c", str(self.config), *self.flags, *args], env={"DRKIT_PASSWORD": PASSWORD},
                                   catch_exceptions=True)
 
     def fails(self, *args: str) -> DrkitError:

@@ -69,6 +69,8 @@ def test_default_presets_select_sealed_secrets_keys_and_cert_manager_across_name
         "web/www-tls",
     ]
     assert meta["counts"] == {"sealed-secrets": 2, "cert-manager-certificates": 1, "cert-manager-acme-keys": 1}
+    assert meta["kubernetes_version"] == "v1.31.4+k3s1"
+    assert d.latest("secrets").run_meta["kubernetes_version"] == "v1.31.4+k3s1"
 
     out = tmp_path / "out"
     d.restore("secrets", "--target", str(out))
