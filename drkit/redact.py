@@ -62,7 +62,11 @@ _SECRET_KEY_RE = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|credential|private[_-]?key|api[_-]?key|session[_-]?key)",
     re.IGNORECASE,
 )
-_NOT_SECRET_KEY_RE = re.compile(r"(_file|_path|_command|_cmd|file|_id|_env)$", re.IGNORECASE)
+_NOT_SECRET_KEY_RE = re.compile(
+    r"(_file|_path|_command|_cmd|file|_id|_env|user|_name|name|_namespace|_label|_labels|_selector"
+    r"|_encryption|_type|_mode|_ttl|_age|_length|_count)$",
+    re.IGNORECASE,
+)
 
 # scheme://user:password@host -> scheme://user:***@host
 _URL_USERINFO_RE = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?P<post>@)")

@@ -68,7 +68,8 @@ def test_credential_shaped_text_is_masked_even_when_unregistered(text: str, expe
     ("key", "secret"),
     [("secret_access_key", True), ("password", True), ("token", True), ("passphrase", True), ("api_key", True),
      ("session_token", True), ("access_key_id", False), ("password_file", False), ("password_command", False),
-     ("key_file", False), ("url", False), ("bucket", False)],
+     ("key_file", False), ("url", False), ("bucket", False), ("token_user", False), ("secret_name", False),
+     ("token_env", False), ("sse_kms_key_id", False), ("secrets_encryption", False)],
 )
 def test_is_secret_key(key: str, secret: bool) -> None:
     assert is_secret_key(key) is secret
