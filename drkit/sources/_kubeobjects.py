@@ -46,6 +46,24 @@ def record_cluster(ctx: BackupContext, kube: Kube) -> None:
     ctx.run_meta.setdefault("kubernetes_version", version)
 
 
+def warn_version_mismatch(ctx: RestoreContext, kube: Kube) -> str | None:
+    """Say a warning when the cluster's Kubernetes minor version differs from the one
+    the snapshot was taken on (objects may use API fields the other version lacks).
+    Returns the warning, or None when both match or either is unknown."""
+    import re
+
+    then = str((getattr(ctx.snapshot, "meta", None) or {}).get("kubernetes_version") or "")
+    now = kube.server_version()
+    minor = re.compile(r"v?(\d+)\.(\d+)")
+    a, b = minor.match(then), minor.match(now)
+    if not a or not b or a.groups() == b.groups():
+        return None
+    line = (f"warning: the snapshot was taken on Kubernetes {then}, this cluster runs {now}: "
+            "check the restored objects (API fields differ between minor versions)")
+    ctx.say(line)
+    return line
+
+
 def store_objects(ctx: BackupContext, objs: Iterable[dict[str, Any]]) -> list[str]:
     """Hand each (already stripped) object to *ctx* as YAML; returns the paths used."""
     paths = []
@@ -117,6 +135,7 @@ def restore_objects(
 
     kube = kube_factory()
     try:
+        warn_version_mismatch(ctx, kube)
         namespaces = sorted({o["metadata"]["namespace"] for _, o in objs if o["metadata"].get("namespace")})
         for ns in namespaces:
             if kube.ensure_namespace(ns):

@@ -69,7 +69,7 @@ from drkit.kube import (
     strip_object,
 )
 from drkit.repository.tree import FILE
-from drkit.sources._kubeobjects import record_cluster
+from drkit.sources._kubeobjects import record_cluster, warn_version_mismatch
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -622,6 +622,7 @@ class LonghornSource(Source):
         if not records:
             raise UsageError(f"snapshot of source {self.name!r} holds no volumes")
         with connect_options(self.options) as kube:
+            warn_version_mismatch(ctx, kube)
             node = self._node_id(kube) if any(r["mode"] == "drkit" for r, _ in records) else ""
             for record, image in records:
                 self._restore_one(ctx, kube, record, image, node, result)

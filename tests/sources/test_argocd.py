@@ -128,7 +128,10 @@ def test_in_place_restore_pauses_automated_sync(tmp_path: Path, fake_kube: tuple
         for name in ("grafana", "loki"):
             kube.delete(ARGO_APPLICATION, name, "argocd")
         kube.merge_patch(CONFIGMAP, "argocd-cm", "argocd", {"data": {"url": None}})
+    fake.version = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+k3s1"}  # the rebuilt node is newer
     lines = d.restore("argocd", "--in-place")["lines"]
+    assert lines[0] == ("warning: the snapshot was taken on Kubernetes v1.31.4+k3s1, this cluster runs "
+                        "v1.32.0+k3s1: check the restored objects (API fields differ between minor versions)")
     assert lines.index("replaced ConfigMap argocd/argocd-cm") < lines.index("replaced Secret argocd/repo-gitops")
     assert lines.index("replaced AppProject argocd/platform") < lines.index(
         "created Application argocd/grafana (automated sync paused)")
