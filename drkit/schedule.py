@@ -682,7 +682,7 @@ class Daemon:
         started = self.clock.now()
         t0 = time.monotonic()
         self.running = job
-        log.info("job %s started: drkit %s", job.name, shlex.join(job.args))
+        log.info("job %s started: drkit %s", job.name, shlex.join(job.args), extra={"job": job.name, "event": "start"})
         try:
             code, killed = self.launcher(job, self.stop_event, self.kill_event)
         finally:
@@ -692,14 +692,17 @@ class Daemon:
         duration = max(wall, fake)
         result = JobRun(job.name, started, code, duration, stopped=self.stop_event.is_set(), killed=killed)
         self.history.append(result)
+        # structured fields for --log-format json (Loki): {job, event, exit_code, duration_seconds}
+        fields = {"job": job.name, "event": "finish", "exit_code": code, "duration_seconds": round(duration, 3)}
         meaning = EXIT_MEANINGS.get(code, "signal " + signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else "failed")
         if code == 0:
-            log.info("job %s finished: ok in %s", job.name, format_duration(duration))
+            log.info("job %s finished: ok in %s", job.name, format_duration(duration), extra=fields)
         elif result.stopped:
             log.warning("job %s %s on stop after %s (exit %d: %s)", job.name,
-                        "killed" if killed else "stopped", format_duration(duration), code, meaning)
+                        "killed" if killed else "stopped", format_duration(duration), code, meaning, extra=fields)
         else:
-            log.error("job %s failed after %s: exit %d (%s)", job.name, format_duration(duration), code, meaning)
+            log.error("job %s failed after %s: exit %d (%s)", job.name, format_duration(duration), code, meaning,
+                      extra=fields)
         if self.on_finish is not None:
             self.on_finish(result)
 

@@ -166,6 +166,9 @@ def test_jobs_run_in_order_one_at_a_time(fake_clock: FakeClock, caplog: pytest.L
     assert "job drill failed after 20m: exit 7 (partial failure)" in finished
     assert any("job verify is due but verify_full is queued and covers it" in r.getMessage() for r in caplog.records)
     assert [r.returncode for r in daemon.history].count(7) == 1
+    ends = [r for r in caplog.records if getattr(r, "event", None) == "finish"]  # fields for --log-format json
+    assert [(r.job, r.exit_code) for r in ends] == [(n, 7 if n == "drill" else 0) for n, _, _ in launcher.runs]
+    assert ends[0].duration_seconds == 3 * 3600
 
 
 def test_missed_runs_collapse_into_one(fake_clock: FakeClock) -> None:
