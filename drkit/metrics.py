@@ -15,7 +15,8 @@ Promises:
   run updates ``last_failure`` but keeps the previous ``last_success``. Concurrent
   writers (a manual run during a scheduled one) are serialised by an ``flock`` on a
   sidecar lock file, so no update is lost.
-- **Secret-free**: the rendered text passes through :func:`drkit.redact.redact`.
+- **Secret-free**: label values pass through :func:`drkit.redact.redact` (values are
+  numbers, help texts are fixed).
 
 Labels: ``command`` (backup, verify, forget, prune, drill ...) and ``source``. The
 command label is deliberately not called ``job``: Prometheus attaches its own ``job``
@@ -242,9 +243,9 @@ def render_textfile(series: Mapping[SeriesKey, float]) -> str:
         lines.append(f"# HELP {name} {spec.help}")
         lines.append(f"# TYPE {name} {spec.type}")
         for labels, value in rows:
-            lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lab = ",".join(f'{k}="{_escape(redact(v))}"' for k, v in labels)
             lines.append(f"{name}{{{lab}}} {_format_value(value)}" if lab else f"{name} {_format_value(value)}")
-    return redact("\n".join(lines) + "\n") if lines else ""
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 
 MASK = "***"
 
-MIN_SECRET_LENGTH = 1
-"""Every non-empty secret is redacted: a short passphrase mangling some log text is
-better than a short passphrase in a log."""
+MIN_SECRET_LENGTH = 4
+"""Shorter values are not registered: masking every "1" or "ab" would mangle every log
+line and number, and a secret that short protects nothing anyway."""
 
 SECRET_ENV_VARS = (
     "DRKIT_PASSWORD",

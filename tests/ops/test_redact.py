@@ -119,8 +119,15 @@ def test_log_records_are_redacted_at_every_level(level: int, redacting_logs: log
 def test_metrics_text_never_holds_a_secret() -> None:
     sk = new_secret()
     register(sk)
-    text = render_textfile({("drkit_snapshots", (("source", sk),)): 1})
-    assert sk not in text and 'source="***"' in text
+    number = str(10**11 + secrets.randbelow(10**11))
+    register(number)  # a (silly) numeric secret must not corrupt the values
+    text = render_textfile({("drkit_snapshots", (("source", sk),)): float(number)})
+    assert sk not in text and f'drkit_snapshots{{source="***"}} {number}' in text
+
+
+def test_very_short_values_are_not_registered() -> None:
+    register("ab")
+    assert redact("a tab b") == "a tab b"
 
 
 # --- through the CLI -----------------------------------------------------------------
