@@ -7,8 +7,6 @@ Thin: parse options, find the runbook, build executors, hand over to
 from __future__ import annotations
 
 import functools
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +22,7 @@ from drkit.runbook.engine import Engine, Selection, SecretStore, file_sha256
 from drkit.runbook.errors import RunbookError
 from drkit.runbook.executor import Executor, LocalExecutor, SshExecutor, SshTarget
 from drkit.runbook.journal import DEFAULT_STATE_DIR, Journal, StepRecord
-from drkit.runbook.model import Runbook, load_runbook
+from drkit.runbook.model import load_runbook
 from drkit.runbook.plan import Plan, PlannedStep, make_plan
 
 

@@ -48,7 +48,7 @@ from drkit.runbook.plan import (
     ShellCmd,
     UploadFile,
 )
-from drkit.runbook.template import Secret, SecretMode, redact, render, secret_env_name
+from drkit.runbook.template import Secret, redact, render, secret_env_name
 
 
 class SecretStore:

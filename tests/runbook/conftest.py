@@ -15,6 +15,7 @@ import pytest
 from drkit.cli import cli
 from drkit.cli.app import run_cli
 from tests.servers import sshd_server  # noqa: F401  (fixture)
+from tests.runbook.world import make_node
 from tests.servers.sshd import SshServer
 
 
@@ -61,3 +62,9 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
          "--known-hosts", str(server.known_hosts_file)],
         server,
     )
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> dict:
+    """See :func:`tests.runbook.world.make_node`."""
+    return make_node(tmp_path)
