@@ -115,3 +115,11 @@ def wrap_storage(storage: Storage, policy: RetryPolicy | None = None) -> Observe
     ``wrap_storage(open_storage(url, options))``; the result's ``stats`` holds the counters.
     """
     return ObservedStorage(RetryingStorage(storage, policy or RetryPolicy()))
+
+
+def unwrap(storage: Storage) -> Storage:
+    """The backend under any wrappers (for backend-specific maintenance such as
+    ``remove_stale_temporaries``)."""
+    while isinstance(storage, (ObservedStorage, RetryingStorage)):
+        storage = storage.inner
+    return storage

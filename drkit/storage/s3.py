@@ -432,6 +432,29 @@ class S3Storage:
                 return
             raise err from exc
 
+    def remove_stale_temporaries(self, min_age_seconds: float = 3600) -> int:
+        """Abort multipart uploads under the prefix started more than *min_age_seconds* ago.
+
+        Their parts are invisible but billed; younger uploads may be in progress and are
+        kept. Returns how many were aborted. Needs s3:ListBucketMultipartUploads and
+        s3:AbortMultipartUpload (not DeleteObject).
+        """
+        import datetime
+
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=min_age_seconds)
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] <= cutoff:
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted += 1
+        except Exception as exc:
+            raise self._error(exc, "clean", "multipart uploads") from exc
+        return aborted
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:

@@ -550,6 +550,38 @@ class SftpStorage:
 
         self._run("delete", name, do)
 
+    def remove_stale_temporaries(self, min_age_seconds: float = 3600) -> int:
+        """Delete temporaries (``.tmp-*``) of interrupted puts older than *min_age_seconds*.
+
+        Younger ones may belong to a put in progress and are kept. Returns how many were
+        removed. Idempotent.
+        """
+        import time
+
+        cutoff = time.time() - min_age_seconds
+
+        def do(sftp: Any) -> int:
+            assert self._root is not None
+            removed = 0
+            stack = [self._root]
+            while stack:
+                folder = stack.pop()
+                try:
+                    entries = sftp.listdir_attr(folder)
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    path = f"{folder}/{entry.filename}"
+                    if stat_mod.S_ISDIR(entry.st_mode or 0):
+                        stack.append(path)
+                    elif entry.filename.startswith(TEMP_PREFIX) and (entry.st_mtime or 0) < cutoff:
+                        with contextlib.suppress(FileNotFoundError):
+                            sftp.remove(path)
+                            removed += 1
+            return removed
+
+        return self._run("clean", "temporaries", do)
+
     def close(self) -> None:
         """Close every session and the connection (a later call reconnects)."""
         with self._cond:

@@ -221,3 +221,21 @@ def test_flexible_checksums(moto_server: MotoServer, algorithm: str) -> None:
     assert storage.get("data/00/big") == big
     head = moto_server.client().head_object(Bucket=bucket, Key="repo/index/i", ChecksumMode="ENABLED")
     assert f"Checksum{algorithm.upper()}" in head
+
+
+def test_remove_stale_multipart_uploads(moto_server: MotoServer) -> None:
+    from drkit.storage.observe import unwrap
+
+    bucket = moto_server.new_bucket()
+    client = moto_server.client()
+    client.create_multipart_upload(Bucket=bucket, Key="repo/data/00/abandoned")
+    client.create_multipart_upload(Bucket=bucket, Key="other/not-ours")
+    storage = unwrap(wrap_storage(s3(moto_server, bucket)))
+    assert isinstance(storage, S3Storage)
+    # moto reports every upload as initiated on 2010-11-10: younger than 30 years, kept...
+    assert storage.remove_stale_temporaries(min_age_seconds=30 * 365 * 86400) == 0
+    # ...older than an hour, aborted (only under our prefix).
+    assert storage.remove_stale_temporaries(min_age_seconds=3600) == 1
+    assert storage.remove_stale_temporaries(min_age_seconds=3600) == 0
+    left = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == ["other/not-ours"]

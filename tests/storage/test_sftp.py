@@ -194,3 +194,21 @@ def test_missing_object_and_folder(sshd: SshServer, tmp_path: Path) -> None:
         storage.get("config")
     storage.delete("config")
     storage.close()
+
+
+def test_remove_stale_temporaries(sshd: SshServer, tmp_path: Path) -> None:
+    folder = f"stale-{tmp_path.name}"
+    storage = SftpStorage(sshd.url(f"~/{folder}"), sftp_options(sshd))
+    storage.put("data/00/p", b"whole")
+    root = sshd.sftp_home / folder
+    old = root / "data" / "00" / ".tmp-q.dead"
+    young = root / "data" / "00" / ".tmp-r.inflight"
+    old.write_bytes(b"partial")
+    young.write_bytes(b"partial")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    assert wrap_storage(storage).inner.inner is storage  # what unwrap() walks through
+    assert storage.remove_stale_temporaries(min_age_seconds=3600) == 1
+    assert sorted(p.name for p in (root / "data" / "00").iterdir()) == [".tmp-r.inflight", "p"]
+    assert storage.remove_stale_temporaries(min_age_seconds=0) == 1
+    assert sorted(p.name for p in (root / "data" / "00").iterdir()) == ["p"]
+    storage.close()
