@@ -217,9 +217,9 @@ def show_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
             state.say(f"  {k} = {dflt}{extra}" + (f"\n      {v.description}" if v.description else ""))
     if rb.secrets:
         state.say("\nSecrets (read at run time, never stored):")
-        for k, s in rb.secrets.items():
-            src = " or ".join(x for x in (f"${s.env}" if s.env else "", f"file {s.file}" if s.file else "") if x)
-            state.say(f"  {k}: from {src}" + (f" - {s.description}" if s.description else ""))
+        for k, sec in rb.secrets.items():
+            src = " or ".join(x for x in (f"${sec.env}" if sec.env else "", f"file {sec.file}" if sec.file else "") if x)
+            state.say(f"  {k}: from {src}" + (f" - {sec.description}" if sec.description else ""))
     state.say("\nSteps:")
     for i, s in enumerate(rb.steps, 1):
         when = f"  [when {s.when}]" if s.when else ""
@@ -340,8 +340,9 @@ def resume_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path
         )
     selection = Selection.from_dict(j.selection)
     conn = j.connection
-    identity = identity or (Path(conn["identity"]) if conn.get("identity") else rc.identity)
-    known_hosts = known_hosts or (Path(conn["known_hosts"]) if conn.get("known_hosts") else rc.known_hosts)
+    saved_identity, saved_known_hosts = conn.get("identity"), conn.get("known_hosts")
+    identity = identity or (Path(saved_identity) if saved_identity else rc.identity)
+    known_hosts = known_hosts or (Path(saved_known_hosts) if saved_known_hosts else rc.known_hosts)
     execs = _executors(plan, selection.indices(plan), conn.get("target"), identity, known_hosts, state)
     engine = Engine(plan, execs, SecretStore(rb, plan.variables, state.env.vars), j,
                     _Printer(state, len(plan.steps)), drkit_local=_drkit_prefix(state))

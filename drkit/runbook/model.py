@@ -326,7 +326,7 @@ class Runbook(_Strict):
     description: str = Field(min_length=1)
     when_to_use: str = Field(min_length=1)
     needs: list[str] = Field(default_factory=list)
-    defaults: StepDefaults = Field(default_factory=StepDefaults)
+    defaults: StepDefaults = Field(default_factory=lambda: StepDefaults.model_validate({}))
     variables: dict[str, VariableSpec] = Field(default_factory=dict)
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
