@@ -212,3 +212,22 @@ def test_remove_stale_temporaries(sshd: SshServer, tmp_path: Path) -> None:
     assert storage.remove_stale_temporaries(min_age_seconds=0) == 1
     assert sorted(p.name for p in (root / "data" / "00").iterdir()) == ["p"]
     storage.close()
+
+
+def test_no_delete_server_still_takes_backups(tmp_path: Path) -> None:
+    """An SFTP server that refuses deletes (internal-sftp -P remove,rmdir): puts work."""
+    require_binary("sshd")
+    server = start_sshd(tmp_path, sftp_args="-P remove,rmdir")
+    try:
+        storage = wrap_storage(SftpStorage(server.url("~/nodel"), sftp_options(server)), FAST_RETRY)
+        storage.put("data/00/p", b"pack")
+        storage.put("config", b"c")
+        storage.put("config", b"c2")  # overwrite = rename over the old file
+        assert storage.get("config") == b"c2"
+        assert sorted(i.name for i in storage.list("data")) == ["data/00/p"]
+        with pytest.raises(StorageError, match="permission denied: delete config"):
+            storage.delete("config")
+        assert sorted(p.name for p in (server.sftp_home / "nodel").rglob("*") if p.is_file()) == ["config", "p"]
+        storage.close()
+    finally:
+        server.stop()
