@@ -23,15 +23,18 @@ line of output, every journal entry and every error message.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from drkit.errors import DrkitError, UsageError
+from drkit.errors import DrkitError, Interrupted, Refused, UsageError
 from drkit.runbook import journal as J
 from drkit.runbook.errors import RunbookError, StepFailed
 from drkit.runbook.executor import CommandResult, Executor
@@ -191,6 +194,10 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------
 
     def _run(self, indices: list[int], dry_run: bool) -> Journal:
+        with _RunbookLock(self.journal):
+            return self._run_locked(indices, dry_run)
+
+    def _run_locked(self, indices: list[int], dry_run: bool) -> Journal:
         j = self.journal
         j.failed_step = None
         j.save()
@@ -204,6 +211,12 @@ class Engine:
             self.reporter.step_started(step)
             try:
                 rec.status, rec.message = self._step(step, dry_run, tail, rec)
+            except KeyboardInterrupt:
+                rec.status, rec.message = J.FAILED, "interrupted"
+                rec.finished, rec.output_tail = utcnow(), tail[-J.OUTPUT_TAIL_LINES:]
+                j.status, j.failed_step, j.finished = "interrupted", step.name, utcnow()
+                j.save()
+                raise Interrupted(hint=f"'drkit runbook resume {j.run_id}' continues at step {step.name!r}") from None
             except _StepFailure as f:
                 rec.status, rec.message = J.FAILED, self.secrets.redact(f.message)
             except DrkitError as exc:
@@ -356,6 +369,37 @@ class Engine:
         data = action.content.reveal(lambda n: self.secrets.get(n).reveal()).encode()
         ex.put_file(data, action.dest, mode=action.mode, sudo=step.sudo, timeout=step.timeout)
         tail.append(f"wrote {action.dest} from {action.source}")
+
+
+class _RunbookLock:
+    """One run of a runbook at a time per state dir (an flock, released by the kernel if we die)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.path = journal.state_dir / f".{journal.runbook}.lock"
+        self.runbook = journal.runbook
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_RunbookLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise Refused(
+                f"runbook {self.runbook} is already running ({holder})",
+                hint="wait for it to finish; 'drkit runbook status' shows its progress",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _upload_pairs(src: Path, dest: str) -> list[tuple[Path, str]]:

@@ -421,3 +421,55 @@ def test_status_of_a_bad_run_id(tmp_path, drkit):
     assert r.code == 2 and "bad run id" in r.err
     r = drkit("runbook", "status", "--state-dir", tmp_path / "none")
     assert r.code == 2 and "no runbook runs recorded" in r.err
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path, drkit):
+    import fcntl
+
+    rb = write(tmp_path, RESUMABLE)
+    state = tmp_path / "state"
+    state.mkdir()
+    with open(state / ".t.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        r = drkit("runbook", "run", rb, "--state-dir", state, "--var", f"base={tmp_path}")
+    assert r.code == 9
+    assert "runbook t is already running (pid 4242 on elsewhere)" in r.err
+    assert not (tmp_path / "probes.log").exists()
+
+
+def test_an_interrupted_run_resumes_at_the_interrupted_step(tmp_path):
+    from drkit.errors import Interrupted
+    from drkit.runbook.engine import Engine, SecretStore, Selection
+    from drkit.runbook.executor import LocalExecutor
+    from drkit.runbook.model import load_runbook
+    from drkit.runbook.plan import make_plan
+
+    base = tmp_path / "base"
+    base.mkdir()
+    rb = load_runbook(write(tmp_path, RESUMABLE.replace("  - name: s4\n", "  - name: wait\n    probe: '[ -e {{ base }}/gate ]'\n    retries: 3\n    delay: 0\n  - name: s4\n")))
+    plan = make_plan(rb, {"base": str(base)})
+    local = LocalExecutor()
+    (base / "gate").touch()
+    (base / "out3").touch()
+    os.unlink(base / "gate")
+
+    def ctrl_c(_: float) -> None:
+        raise KeyboardInterrupt
+
+    j = Journal(run_id=Journal.new_run_id("t"), runbook="t", runbook_path=str(rb.path), runbook_sha256="",
+                target="local", connection={}, variables=plan.variables, overrides={"base": str(base)},
+                selection=Selection().to_dict(), state_dir=tmp_path / "state")
+    engine = Engine(plan, {"local": local, "remote": local}, SecretStore(rb, plan.variables, {}), j, sleep=ctrl_c)
+    with pytest.raises(Interrupted) as err:
+        engine.run(Selection())
+    assert f"drkit runbook resume {j.run_id}" in (err.value.hint or "")
+    saved = Journal.load(tmp_path / "state", j.run_id)
+    assert saved.status == "interrupted" and saved.failed_step == "wait"
+    assert statuses(saved) == {"s1": "changed", "s2": "changed", "s3": "ok", "wait": "failed", "s4": "not-run"}
+    (base / "gate").touch()
+    again = Engine(plan, {"local": local, "remote": local}, SecretStore(rb, plan.variables, {}), saved)
+    done = again.resume()
+    assert done.status == "ok" and statuses(done)["wait"] == "ok" and statuses(done)["s4"] == "changed"
+    assert (base / "applies.log").read_text() == "apply s1\napply s2\napply s4\n"
