@@ -48,7 +48,10 @@ class RepositoryConfig(_Strict):
     password_file: Path | None = None
     password_command: str | None = None
     compression: int | Literal["auto", "off", "max"] = "auto"
-    """zstd level 1-19, 'auto' (fast, level 3), 'max' (19) or 'off'."""
+    """zstd level 1-19, 'auto' (fast: level 1), 'max' (19) or 'off'.
+
+    'auto' is level 1: on a mixed data set it compresses about 25% faster than
+    level 3 for about 2.5% more stored bytes (bench/README.md)."""
     pack_size_mib: int = Field(16, ge=1, le=128)
     index_every_packs: int = Field(32, ge=1)
     """Write an intermediate index after this many packs (crash recovery granularity)."""
@@ -64,7 +67,7 @@ class RepositoryConfig(_Strict):
         if self.compression == "off":
             return 0
         if self.compression == "auto":
-            return 3
+            return 1
         if self.compression == "max":
             return 19
         return int(self.compression)

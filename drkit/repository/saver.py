@@ -14,7 +14,10 @@ orphans and ``drkit rebuild-index`` adopts them.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +29,49 @@ from drkit.repository.blob import BLOB_DATA
 from drkit.repository.pack import PackBuilder, PackEntry
 
 Buffer = bytes | bytearray | memoryview
+_RSS_SOFT_LIMIT = 144 * 1024 * 1024
+"""Above this resident size, free heap pages are returned to the OS after each pack."""
+
+
+class _Allocator:
+    """Keeps glibc's heap from hoarding the megabyte-sized buffers a backup churns
+    through (read blocks, compressed and sealed chunks, packs): freed memory spread
+    over one arena per thread otherwise stays resident, and peak RSS creeps up with
+    the amount of data. Caps the arenas at two and gives free pages back after each
+    stored pack. A no-op on other C libraries."""
+
+    _libc: "ctypes.CDLL | None" = None
+    _ready = False
+
+    @classmethod
+    def setup(cls) -> None:
+        if cls._ready:
+            return
+        cls._ready = True
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.mallopt(-8, 2)  # M_ARENA_MAX
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            cls._libc = libc
+        except (OSError, AttributeError):
+            cls._libc = None
+
+    @classmethod
+    def trim(cls, above: int = 0) -> None:
+        """Give free heap pages back when resident memory exceeds *above* bytes."""
+        if cls._libc is None:
+            return
+        if above:
+            try:
+                with open("/proc/self/statm", "rb") as f:
+                    resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                return
+            if resident <= above:
+                return
+        cls._libc.malloc_trim(0)
 
 
 @dataclass
@@ -87,9 +133,10 @@ class BlobSaver:
         workers: int = 0,
         index_every_packs: int = 32,
         uploads: int = 1,
-        max_inflight_bytes: int = 16 * 1024 * 1024,
+        max_inflight_bytes: int = 8 * 1024 * 1024,
         on_upload: Callable[[int], None] | None = None,
     ) -> None:
+        _Allocator.setup()
         self.repo = repo
         self.stats = SaverStats()
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -251,6 +298,7 @@ class BlobSaver:
         self._unindexed.append((pack_id, size, entries))
         self.stats.packs += 1
         self.stats.bytes_stored += size
+        _Allocator.trim(above=_RSS_SOFT_LIMIT)
         if self._on_upload:
             self._on_upload(size)
         if len(self._unindexed) >= self._index_every:

@@ -63,46 +63,50 @@ class _Names:
         return self._groups[gid]
 
 
-def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], block: int = _BLOCK_SIZE) -> Iterator[memoryview]:
-    """Yield the content-defined chunks of *stream* as read-only views.
+def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | None = None) -> Iterator[bytes]:
+    """Yield the content-defined chunks of *stream* (each its own bytes object).
 
-    Reads ``block`` bytes at a time (at least twice the chunker's max size) and cuts
-    inside the block; a cut is final once ``max_size`` bytes after its start are in the
-    block (or at end of stream), which is exactly what ``cut_stream`` sees, so the
-    boundaries are identical. The unfinished tail is carried into the next block. Each
-    block is a fresh object: views handed out stay valid while the caller keeps them."""
+    Reads into *buf* (reusable across calls; at least twice the chunker's max size,
+    else a new one is made) and cuts inside it; a cut is final once ``max_size`` bytes
+    after its start are in the buffer (or at end of stream), which is exactly what
+    ``cut_stream`` sees, so the boundaries are identical. The unfinished tail moves to
+    the front of the buffer. Chunks are copied out, so memory held by chunks in flight
+    is their own size, not whole read buffers."""
     max_size = chunker.max_size
-    block = max(block, 2 * max_size)
-    carry = memoryview(b"")
+    if buf is None or len(buf) < 2 * max_size:
+        buf = bytearray(max(_BLOCK_SIZE, 2 * max_size))
+    block = len(buf)
+    view = memoryview(buf)
+    readinto = getattr(stream, "readinto", None)
+    filled = 0
     eof = False
-    while not eof:
-        want = block - len(carry)
-        piece = stream.read(want)
-        if piece is None:
-            piece = b""
-        if 0 < len(piece) < want:  # a short read: keep reading until full or EOF
-            parts = [piece]
-            got = len(piece)
-            while got < want:
-                more = stream.read(want - got)
-                if not more:
+    try:
+        while not eof:
+            while filled < block:
+                if readinto is not None:
+                    got = readinto(view[filled:])
+                else:
+                    piece = stream.read(block - filled)
+                    got = len(piece) if piece else 0
+                    view[filled : filled + got] = piece or b""
+                if not got:
+                    eof = True
                     break
-                parts.append(more)
-                got += len(more)
-            piece = b"".join(parts)
-        if len(piece) < want:
-            eof = True
-        data = memoryview(b"".join((carry, piece)) if carry else piece)
-        if not data:
-            return
-        end = len(data)
-        pos = 0
-        for chunk in chunker.cut_buf(data):
-            if not eof and chunk.offset + max_size > end:
-                break
-            yield chunk.data
-            pos = chunk.offset + chunk.length
-        carry = data[pos:]
+                filled += got
+            if not filled:
+                return
+            pos = 0
+            for chunk in chunker.cut_buf(view[:filled]):
+                if not eof and chunk.offset + max_size > filled:
+                    break
+                yield bytes(chunk.data)
+                pos = chunk.offset + chunk.length
+            if pos:
+                # No overlap: unless at EOF, pos >= block - max_size >= max_size > filled - pos.
+                buf[: filled - pos] = view[pos:filled]
+                filled -= pos
+    finally:
+        view.release()
 
 
 def iter_tree(repo: Repository, snap: Snapshot) -> Iterator[Entry]:
@@ -149,6 +153,7 @@ class SnapshotWriter:
         self._parent_snap = parent
         self._parent: dict[str, Entry] | None = None
         self._chunker = repo.chunker()
+        self._readbuf: bytearray | None = None
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=scratch_dir)
         self._count = 0
         self._names = _Names()
@@ -249,7 +254,9 @@ class SnapshotWriter:
         tickets = []
         size = 0
         on_bytes = self._on_bytes
-        for data in _cut_blocks(self._chunker, stream):
+        if self._readbuf is None:
+            self._readbuf = bytearray(max(_BLOCK_SIZE, 2 * self._chunker.max_size))
+        for data in _cut_blocks(self._chunker, stream, self._readbuf):
             tickets.append(self.saver.submit(data))
             size += len(data)
             if on_bytes:
