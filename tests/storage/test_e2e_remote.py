@@ -37,6 +37,7 @@ class RemoteWorkspace(Workspace):
             "sources": [{"name": "data", "type": "files", "paths": [str(self.data)], "exclude": ["*.tmp"]}],
         }
         self.config.write_text(yaml.safe_dump(doc))
+        self.config.chmod(0o600)
 
 
 @pytest.fixture
@@ -176,3 +177,25 @@ def test_bad_storage_option_is_config_error(rws: RemoteWorkspace, moto_server: M
     rws.configure("s3://b/p", s3={"endpoint": "http://x"})
     r = rws.run("init")
     assert r.code == 2 and "repository.s3.endpoint" in r.err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="drkit.repository.locks.Lock.release deletes the lock and fails the whole backup when the "
+    "account may not delete; it should warn and leave the lock to go stale (reported to the lead)",
+)
+def test_sftp_backup_with_a_server_that_refuses_deletes(rws: RemoteWorkspace, tmp_path: Path) -> None:
+    """Backup must never need to delete (issue 3): a no-delete SFTP account still backs up."""
+    from tests.conftest import require_binary
+    from tests.servers.sshd import start_sshd
+
+    require_binary("sshd")
+    server = start_sshd(tmp_path / "nodel", sftp_args="-P remove,rmdir")
+    try:
+        rws.configure(server.url("~/repo"), sftp=sftp_options(server))
+        rws.ok("init")
+        r = rws.run("backup")
+        assert r.code == 0, r.err
+        restore_and_compare(rws, "restored")
+    finally:
+        server.stop()
