@@ -335,6 +335,9 @@ class SshExecutor:
                 hint="is the node up, sshd running, and the port right?",
             ) from None
         self.client = client
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)  # long steps (volume restores) must not lose an idle NAT mapping
         uid = self._exec_simple("id -u").strip()
         self.is_root = uid == "0"
 
