@@ -80,33 +80,30 @@ def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | 
     readinto = getattr(stream, "readinto", None)
     filled = 0
     eof = False
-    try:
-        while not eof:
-            while filled < block:
-                if readinto is not None:
-                    got = readinto(view[filled:])
-                else:
-                    piece = stream.read(block - filled)
-                    got = len(piece) if piece else 0
-                    view[filled : filled + got] = piece or b""
-                if not got:
-                    eof = True
-                    break
-                filled += got
-            if not filled:
-                return
-            pos = 0
-            for chunk in chunker.cut_buf(view[:filled]):
-                if not eof and chunk.offset + max_size > filled:
-                    break
-                yield bytes(chunk.data)
-                pos = chunk.offset + chunk.length
-            if pos:
-                # No overlap: unless at EOF, pos >= block - max_size >= max_size > filled - pos.
-                buf[: filled - pos] = view[pos:filled]
-                filled -= pos
-    finally:
-        view.release()
+    while not eof:
+        while filled < block:
+            if readinto is not None:
+                got = readinto(view[filled:])
+            else:
+                piece = stream.read(block - filled)
+                got = len(piece) if piece else 0
+                view[filled : filled + got] = piece or b""
+            if not got:
+                eof = True
+                break
+            filled += got
+        if not filled:
+            return
+        pos = 0
+        for chunk in chunker.cut_buf(view[:filled]):
+            if not eof and chunk.offset + max_size > filled:
+                break
+            yield bytes(chunk.data)
+            pos = chunk.offset + chunk.length
+        if pos:
+            # No overlap: unless at EOF, pos >= block - max_size >= max_size > filled - pos.
+            buf[: filled - pos] = view[pos:filled]
+            filled -= pos
 
 
 def iter_tree(repo: Repository, snap: Snapshot) -> Iterator[Entry]:

@@ -1,0 +1,215 @@
+"""The programs under comparison, each behind the same four steps.
+
+Every step runs as a child process, timed with a monotonic clock and measured with
+``os.wait4`` (the rusage of that one child: CPU time and peak RSS), so one tool's
+figures never mix with another's.
+
+Settings, chosen to be comparable (see bench/README.md):
+
+- drkit: ``compression: auto`` (the default), passphrase key slot, local repository.
+- restic: repository format 2 (restic 0.14's default), compression ``auto``
+  (zstd "default" level in restic's Go zstd), passphrase.
+- borg: ``repokey-blake2`` (AES-256-CTR + keyed BLAKE2b), ``--compression zstd,3``
+  (the level drkit's ``auto`` uses), passphrase.
+
+All three skip unchanged files on the second backup (parent snapshot / files cache)
+and restore into an empty directory under the original absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PASSPHRASE = "drkit-bench-passphrase"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepFailed(RuntimeError):
+    """A tool exited non-zero; the message carries its stderr tail."""
+
+
+@dataclass
+class Measured:
+    wall: float
+    cpu: float
+    maxrss_kib: int
+    stdout: str
+
+
+def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Measured:
+    """Run *argv*; return wall time, CPU (user+sys) and peak RSS of that child alone.
+
+    Raises StepFailed (with the stderr tail) on a non-zero exit or a timeout."""
+    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-out-{os.getpid()}.txt"
+    err_path = out_path.with_suffix(".err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise StepFailed(f"{argv[0]} timed out after {timeout:.0f}s")
+            time.sleep(0.002)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = out_path.read_text(errors="replace")
+    stderr = err_path.read_text(errors="replace")
+    out_path.unlink(missing_ok=True)
+    err_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        raise StepFailed(f"{' '.join(argv[:3])} ... exited {proc.returncode}: {tail}")
+    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, stdout)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of regular files under *path* (apparent sizes)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+@dataclass
+class Tool:
+    """One program: a repository under *work*, backing up *data*."""
+
+    name: str
+    work: Path
+    data: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def repo(self) -> Path:
+        return self.work / "repo"
+
+    def reset(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.setup()
+
+    def setup(self) -> None: ...
+
+    def version(self) -> str: ...
+
+    def init(self) -> Measured: ...
+
+    def backup(self, label: str) -> tuple[Measured, dict[str, Any]]: ...
+
+    def restore(self, target: Path) -> Measured: ...
+
+    def restored_root(self, target: Path) -> Path:
+        return target / str(self.data).lstrip("/")
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+class Drkit(Tool):
+    def setup(self) -> None:
+        cfg = self.work / "drkit.yaml"
+        cfg.write_text(
+            "repository:\n"
+            f"  url: {self.repo}\n"
+            "  compression: auto\n"
+            "sources:\n"
+            "  - name: data\n"
+            "    type: files\n"
+            f"    paths: [{self.data}]\n"
+        )
+        cfg.chmod(0o600)
+        self.env = _base_env() | {"DRKIT_PASSWORD": PASSPHRASE}
+        self.env["PYTHONPATH"] = str(ROOT) + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
+
+    def _argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "drkit", "-c", str(self.work / "drkit.yaml"), *args]
+
+    def version(self) -> str:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "drkit"], capture_output=True, text=True).stdout.strip()
+        return f"drkit {rev}{'+dirty' if dirty else ''}"
+
+    def init(self) -> Measured:
+        return run_measured(self._argv("init"), env=self.env)
+
+    def backup(self, label: str) -> tuple[Measured, dict[str, Any]]:
+        m = run_measured(self._argv("backup", "--json", "--tag", label), env=self.env)
+        snap = json.loads(m.stdout)["snapshots"][0]
+        return m, {"bytes_added_raw": snap["bytes_added"], "bytes_added_stored": snap.get("bytes_stored")}
+
+    def restore(self, target: Path) -> Measured:
+        return run_measured(self._argv("restore", "latest", "--source", "data", "--target", str(target)), env=self.env)
+
+
+class Restic(Tool):
+    def setup(self) -> None:
+        self.env = _base_env() | {
+            "RESTIC_PASSWORD": PASSPHRASE,
+            "RESTIC_REPOSITORY": str(self.repo),
+            "RESTIC_CACHE_DIR": str(self.work / "cache"),
+        }
+
+    def version(self) -> str:
+        return subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.split(" compiled")[0].strip()
+
+    def init(self) -> Measured:
+        return run_measured(["restic", "init", "--quiet"], env=self.env)
+
+    def backup(self, label: str) -> tuple[Measured, dict[str, Any]]:
+        m = run_measured(["restic", "backup", "--json", "--quiet", "--tag", label, str(self.data)], env=self.env)
+        summary = [json.loads(line) for line in m.stdout.splitlines() if '"summary"' in line][-1]
+        return m, {"bytes_added_raw": summary["data_added"], "bytes_added_stored": summary.get("data_added_packed")}
+
+    def restore(self, target: Path) -> Measured:
+        return run_measured(["restic", "restore", "--quiet", "latest", "--target", str(target)], env=self.env)
+
+
+class Borg(Tool):
+    compression = "zstd,3"
+
+    def setup(self) -> None:
+        self.env = _base_env() | {
+            "BORG_PASSPHRASE": PASSPHRASE,
+            "BORG_REPO": str(self.repo),
+            "BORG_BASE_DIR": str(self.work / "base"),
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def version(self) -> str:
+        return subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout.strip()
+
+    def init(self) -> Measured:
+        return run_measured(["borg", "init", "--encryption", "repokey-blake2"], env=self.env)
+
+    def backup(self, label: str) -> tuple[Measured, dict[str, Any]]:
+        m = run_measured(["borg", "create", "--json", "--compression", self.compression, f"::{label}", str(self.data)], env=self.env)
+        stats = json.loads(m.stdout)["archive"]["stats"]
+        # borg reports new data only after compression ("deduplicated_size").
+        return m, {"bytes_added_raw": None, "bytes_added_stored": stats["deduplicated_size"]}
+
+    def restore(self, target: Path) -> Measured:
+        target.mkdir(parents=True, exist_ok=True)
+        listing = run_measured(["borg", "list", "--short", "--last", "1", "::"], env=self.env).stdout.split()
+        return run_measured(["borg", "extract", f"::{listing[-1]}"], env=self.env, cwd=target)
+
+
+TOOLS: dict[str, type[Tool]] = {"drkit": Drkit, "restic": Restic, "borg": Borg}
