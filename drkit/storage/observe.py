@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from drkit.errors import DrkitError, ObjectNotFound
 from drkit.storage.base import ObjectInfo, Storage
@@ -59,9 +60,10 @@ class ObservedStorage:
     inner: Storage
     stats: StorageStats = field(default_factory=StorageStats)
 
-    @property
-    def url(self) -> str:  # type: ignore[override]
-        return self.inner.url
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = self.inner.url
 
     def _timed(self, op: str, name: str, fn: Callable[[], T]) -> tuple[T, float]:
         start = time.monotonic()

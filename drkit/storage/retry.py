@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from drkit.errors import StorageError, TransientStorageError
 from drkit.storage.base import ObjectInfo, Storage
@@ -61,9 +62,10 @@ class RetryingStorage:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
 
-    @property
-    def url(self) -> str:  # type: ignore[override]
-        return self.inner.url
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = self.inner.url
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         start = self.clock()

@@ -25,13 +25,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from drkit.errors import ConfigError, ObjectNotFound, StorageError, TransientStorageError
+from drkit.errors import (
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
 from drkit.storage.base import ObjectInfo, validate_name
 
 MiB = 1024 * 1024
@@ -212,13 +218,8 @@ class S3Storage:
 
     def _error(self, exc: Exception, op: str, name: str) -> StorageError:
         """Map a botocore exception to a drkit error (never containing secrets)."""
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError as BotoConnectionError,
-            HTTPClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
+        from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         where = f"{op} {name} on {self.endpoint}"
         if isinstance(exc, ClientError):

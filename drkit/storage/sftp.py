@@ -34,15 +34,21 @@ import posixpath
 import secrets
 import socket
 import stat as stat_mod
-import struct
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drkit.errors import ConfigError, ObjectNotFound, StorageError, StorageFull, TransientStorageError
+from drkit.errors import (
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    TransientStorageError,
+)
 from drkit.storage.base import ObjectInfo, validate_name
 
 TEMP_PREFIX = ".tmp-"

@@ -10,14 +10,14 @@ Use them by importing them into a test module (``from tests.servers import sshd_
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import require_binary
 from tests.servers.sshd import SshServer, start_sshd
 
-__all__ = ["SshServer", "start_sshd", "sshd_server"]
+__all__ = ["SshServer", "sshd_server", "start_sshd"]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -26,12 +26,7 @@ MiB = 1024 * 1024
 class RemoteWorkspace(Workspace):
     """A foundation workspace whose repository lives at a URL with storage options."""
 
-    url: str = ""
-    options: dict[str, Any] = {}
-
     def configure(self, url: str, **options: Any) -> None:
-        self.url = url
-        self.options = options
         doc = {
             "repository": {"url": url, **options},
             "sources": [{"name": "data", "type": "files", "paths": [str(self.data)], "exclude": ["*.tmp"]}],

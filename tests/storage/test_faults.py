@@ -7,8 +7,8 @@ never leaves a partial object (nor a temporary) behind."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from drkit.errors import ConfigError, ObjectNotFound, StorageError, StorageFull, TransientStorageError
+from drkit.errors import (
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    TransientStorageError,
+)
 from drkit.storage import open_storage
 from drkit.storage.observe import wrap_storage
 from drkit.storage.sftp import SftpStorage, parse_options, parse_url

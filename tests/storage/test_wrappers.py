@@ -7,12 +7,18 @@ import errno
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from drkit.errors import ObjectNotFound, StorageError, StorageFull, TransientStorageError
+from drkit.errors import (
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    TransientStorageError,
+)
 from drkit.storage import open_storage
 from drkit.storage.base import ObjectInfo
 from drkit.storage.local import LocalStorage
