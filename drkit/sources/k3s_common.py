@@ -277,3 +277,44 @@ def atomic_write_from(
         raise
     fsync_dir(dest.parent)
     return total
+
+
+# --- restore-time consistency --------------------------------------------------------
+
+_MINOR_RE = re.compile(r"v?(\d+)\.(\d+)")
+
+
+def _minor(version: str | None) -> tuple[int, int] | None:
+    match = _MINOR_RE.match(version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def describe_run(run_meta: dict[str, Any]) -> str:
+    """One line about the node a snapshot came from (for restore reports)."""
+    parts = [f"K3s {run_meta.get('k3s_version', 'unknown')}"]
+    if run_meta.get("node_name"):
+        parts.append(f"node {run_meta['node_name']}")
+    if "secrets_encryption" in run_meta:
+        parts.append("secrets-encryption " + ("on" if run_meta["secrets_encryption"] else "off"))
+    return "snapshot taken on " + ", ".join(parts)
+
+
+def mismatch_warnings(run_meta: dict[str, Any], facts: NodeFacts) -> list[str]:
+    """Warnings when this node differs from the one a snapshot came from: another K3s
+    minor version, or another ``secrets-encryption`` setting. Empty when all match
+    or when either side is unknown."""
+    warnings = []
+    then, now = _minor(run_meta.get("k3s_version")), _minor(facts.k3s_version)
+    if then and now and then != now:
+        warnings.append(
+            f"warning: the snapshot was taken with K3s {run_meta['k3s_version']}, this node runs {facts.k3s_version}: "
+            "restore with the same minor version (install it pinned), then upgrade"
+        )
+    if "secrets_encryption" in run_meta and bool(run_meta["secrets_encryption"]) != facts.secrets_encryption:
+        want = "on" if run_meta["secrets_encryption"] else "off"
+        warnings.append(
+            f"warning: the snapshot's server ran with secrets-encryption {want}, this node's config has it "
+            f"{'on' if facts.secrets_encryption else 'off'}: set 'secrets-encryption: "
+            f"{'true' if run_meta['secrets_encryption'] else 'false'}' in config.yaml before starting K3s"
+        )
+    return warnings

@@ -16,9 +16,9 @@ Restore writes ``etcd-snapshot.db`` and prints the one-shot K3s step that uses i
 
     k3s server --cluster-reset --cluster-reset-restore-path=DIR/etcd-snapshot.db
 
-(then start K3s normally, with the token from the same backup run). Restore option
-``data_dir`` (with ``member_name``/``peer_url``) also builds a plain etcd data dir
-with ``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4). ``--in-place`` puts the
+(then start K3s normally, with the token from the same backup run). For plain etcd,
+the source option ``restore_data_dir: true`` (or the restore option ``data_dir``) also
+builds an etcd data dir with ``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4). ``--in-place`` puts the
 file under ``<data_dir>/server/db/snapshots/`` (refused while K3s runs).
 """
 
@@ -70,6 +70,11 @@ class K3sEtcdOptions(SourceOptions):
     k3s_binary: str = "k3s"
     timeout: float = Field(600.0, gt=0)
     """Seconds the snapshot may take."""
+    restore_data_dir: bool = False
+    """Plain etcd (not K3s): ``restore --target DIR`` also builds ``DIR/etcd-data``,
+    a data dir for member ``member_name`` advertising ``peer_url``."""
+    member_name: str = Field("default", min_length=1)
+    peer_url: str = "http://localhost:2380"
 
     @model_validator(mode="after")
     def _check(self) -> "K3sEtcdOptions":
@@ -396,10 +401,18 @@ class K3sEtcdSource(Source):
         result.lines.append("to restore K3s: stop K3s, then run once (with the original server token):")
         result.lines.append(f"  {command}")
         result.lines.append("then start K3s normally (systemctl start k3s)")
+        run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
+        result.lines.append(k3s.describe_run(run_meta))
+        if ctx.options.get("in_place"):
+            result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir,
+                                                                            self.options.k3s_binary))
         data_dir = ctx.options.get("data_dir")
+        if not data_dir and self.options.restore_data_dir and ctx.target is not None:
+            data_dir = ctx.target / "etcd-data"
         if data_dir:
-            restore_data_dir(path, Path(data_dir), name=ctx.options.get("member_name") or "default",
-                             peer_url=ctx.options.get("peer_url") or "http://localhost:2380")
+            restore_data_dir(path, Path(data_dir),
+                             name=ctx.options.get("member_name") or self.options.member_name,
+                             peer_url=ctx.options.get("peer_url") or self.options.peer_url)
             result.details["etcd_data_dir"] = str(data_dir)
             result.lines.append(f"plain etcd data dir written to {data_dir}")
         return result

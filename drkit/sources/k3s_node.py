@@ -136,6 +136,7 @@ class K3sNodeSource(Source):
 
     def _secrets_line(self, ctx: RestoreContext, result: RestoreResult) -> None:
         meta = getattr(ctx.snapshot, "meta", {}) or {}
+        result.lines.append(k3s.describe_run(getattr(ctx.snapshot, "run_meta", {}) or {}))
         if meta.get("secrets_encryption"):
             result.lines.append("the original server ran with secrets-encryption: the restored server must too")
 

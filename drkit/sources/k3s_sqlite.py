@@ -165,6 +165,7 @@ class K3sSqliteSource(Source):
         result = super().restore(ctx)
         assert ctx.target is not None
         result.lines.append(f"wrote {ctx.target / ARTEFACT}")
+        result.lines.append(k3s.describe_run(getattr(ctx.snapshot, "run_meta", {}) or {}))
         result.lines.append(
             f"to use it: stop K3s, remove {self.options.path}-wal and -shm, put state.db at {self.options.path}, "
             "start K3s with the token of the same snapshot run (or: drkit restore --in-place)"
@@ -202,6 +203,9 @@ class K3sSqliteSource(Source):
         for path in aside:
             result.lines.append(f"kept the previous {path.name.split('.drkit-replaced')[0]} as {path}")
         result.lines.append("start K3s with the server token from the same backup run")
+        run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
+        result.lines.append(k3s.describe_run(run_meta))
+        result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir))
         result.details["path"] = str(dest)
         result.details["moved_aside"] = [str(p) for p in aside]
         return result

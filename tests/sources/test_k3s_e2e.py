@@ -26,7 +26,7 @@ def test_etcd_and_token_through_the_cli(tmp_path: Path, etcd_server: EtcdServer)
     layout = make_k3s_layout(tmp_path / "node", datastore="etcd")
     d = DrkitCli.setup(tmp_path / "drkit", [
         {"name": "etcd", "type": "k3s-etcd", "endpoints": [etcd_server.client_url], "data_dir": str(layout.data_dir),
-         "config_dir": str(layout.config_dir)},
+         "config_dir": str(layout.config_dir), "restore_data_dir": True, "member_name": "second"},
         {"name": "node", "type": "k3s-node", "data_dir": str(layout.data_dir), "config_dir": str(layout.config_dir)},
     ])
     # a datastore without its token is refused before anything is stored
@@ -42,11 +42,10 @@ def test_etcd_and_token_through_the_cli(tmp_path: Path, etcd_server: EtcdServer)
     snap_file = target / "etcd-snapshot.db"
     assert out["details"]["cluster_reset_command"] == \
         f"k3s server --cluster-reset --cluster-reset-restore-path={snap_file}"
-    # the restored snapshot becomes a data dir that a second etcd serves, key for key
-    from drkit.sources.k3s_etcd import restore_data_dir
-
-    data_dir = tmp_path / "etcd2"
-    restore_data_dir(snap_file, data_dir, name="second", peer_url="http://localhost:2380")
+    assert any("snapshot taken on K3s" in line for line in out["lines"])
+    # restore_data_dir: the restore also built a data dir that a second etcd serves, key for key
+    data_dir = target / "etcd-data"
+    assert out["details"]["etcd_data_dir"] == str(data_dir)
     second = start_etcd(tmp_path / "second", data_dir=data_dir, name="second", initial_peer_url="http://localhost:2380")
     try:
         assert second.all_keys() == expected

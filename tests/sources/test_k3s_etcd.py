@@ -199,3 +199,24 @@ def test_run_without_token_source_is_refused(tmp_path: Path) -> None:
     src = build_source({"name": "etcd", "type": "k3s-etcd"}, key="s")
     with pytest.raises(Refused, match="no k3s-node source"):
         src.check_run([src])
+
+
+def test_method_k3s_runs_etcd_snapshot_save(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    from tests.fixtures.k3s_layout import write_standin_k3s
+
+    _fill(etcd_server, 200)
+    k3s_bin = write_standin_k3s(tmp_path / "bin", etcd_endpoint=etcd_server.client_url)
+    src = _source(tmp_path, etcd_server, method="k3s", k3s_binary=str(k3s_bin))
+    ctx = _backup(tmp_path, src)
+    assert ctx.meta["method"] == "k3s" and ctx.meta["total_keys"] >= 200
+    assert ctx.run_meta["k3s_version"] == "v1.30.4+k3s1"
+    snap = tmp_path / "k.db"
+    snap.write_bytes(ctx.content["etcd-snapshot.db"])
+    check_trailer(snap)
+    # a failing k3s is one clear error
+    broken = build_source({"name": "etcd", "type": "k3s-etcd", "method": "k3s",
+                           "k3s_binary": str(write_standin_k3s(tmp_path / "bin2")), "timeout": 30}, key="s")
+    (tmp_path / "scratch2").mkdir()
+    with pytest.raises(Exception) as info:
+        broken.backup(RecordingBackup("etcd", tmp_path / "scratch2"))
+    assert "command failed" in str(info.value) and "etcd datastore is not started" in str(info.value)
