@@ -132,7 +132,7 @@ class BlobSaver:
         *,
         workers: int = 0,
         index_every_packs: int = 32,
-        uploads: int = 1,
+        uploads: int = 0,
         max_inflight_bytes: int = 8 * 1024 * 1024,
         on_upload: Callable[[int], None] | None = None,
     ) -> None:
@@ -141,6 +141,11 @@ class BlobSaver:
         self.stats = SaverStats()
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drkit-seal")
+        if not uploads:
+            # A local disk takes a pack in milliseconds: one upload at a time keeps memory
+            # low. Remote stores have latency to hide: keep a few packs in flight.
+            url = str(getattr(repo.storage, "url", ""))
+            uploads = 3 if "://" in url and not url.startswith("file://") else 1
         self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="drkit-upload")
         self._max_inflight = self.workers * 4
         self._max_inflight_bytes = max_inflight_bytes

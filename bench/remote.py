@@ -1,0 +1,277 @@
+"""Remote throughput: drkit backing up to S3 (moto's server) and SFTP (loopback sshd),
+next to a raw transfer of the same stored bytes.
+
+For each remote, drkit's first backup of the data set is timed (the whole process:
+start-up, key derivation, reading, chunking, compression, encryption, verification and
+upload). Then the objects that backup stored are listed, and a raw transfer of objects
+of exactly those sizes is timed in a child process of its own:
+
+- S3: boto3's managed multipart upload (``upload_fileobj``, 8 MiB parts, 4 threads),
+  one object after another;
+- SFTP: paramiko, one connection, ``putfo`` with pipelined writes, then fsync like drkit.
+
+drkit's throughput ratio = raw seconds / drkit seconds (the same bytes moved; target
+>= 0.8). The servers are test servers, started here on 127.0.0.1 and stopped after:
+moto's ``ThreadedMotoServer`` (in this process; real HTTP) and an OpenSSH ``sshd`` with
+its own config and keys (``tests/servers/sshd.py``). Both sides of each transfer run on
+the same two cores, so these figures measure the client's overhead against a real
+protocol stack, not network speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from tools import PASSPHRASE, StepFailed, _base_env, run_measured  # noqa: E402
+
+TARGET = 0.8
+
+
+def _drkit_env() -> dict[str, str]:
+    env = _base_env() | {"DRKIT_PASSWORD": PASSPHRASE}
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _write_config(path: Path, url: str, section: str, options: dict[str, Any], data: Path) -> None:
+    import yaml
+
+    doc = {
+        "repository": {"url": url, "compression": "auto", section: options},
+        "sources": [{"name": "data", "type": "files", "paths": [str(data)]}],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+
+
+def _drkit(config: Path, *args: str) -> Any:
+    return run_measured([sys.executable, "-m", "drkit", "-c", str(config), *args], env=_drkit_env(), timeout=3600)
+
+
+def _raw(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the raw transfer in a child process; return its own timing (JSON)."""
+    spec_file = Path(tempfile.mkstemp(prefix="bench-raw-", suffix=".json")[1])
+    spec_file.write_text(json.dumps(spec))
+    try:
+        m = run_measured([sys.executable, str(Path(__file__)), "--raw", kind, str(spec_file)], env=_drkit_env(), timeout=3600)
+    finally:
+        spec_file.unlink(missing_ok=True)
+    out = json.loads(m.stdout)
+    out["process_wall"] = round(m.wall, 3)
+    out["cpu"] = round(m.cpu, 3)
+    return out
+
+
+def _result(name: str, drkit_m: Any, sizes: list[int], raw: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    stored = sum(sizes)
+    ratio = raw["seconds"] / drkit_m.wall
+    return {
+        "remote": name,
+        "objects": len(sizes),
+        "stored_bytes": stored,
+        "drkit_seconds": round(drkit_m.wall, 3),
+        "drkit_cpu": round(drkit_m.cpu, 3),
+        "drkit_peak_rss_mib": round(drkit_m.maxrss_kib / 1024, 1),
+        "drkit_mib_s": round(stored / drkit_m.wall / 2**20, 1),
+        "raw_seconds": raw["seconds"],
+        "raw_mib_s": round(stored / raw["seconds"] / 2**20, 1),
+        "raw_method": raw["method"],
+        "throughput_ratio": round(ratio, 3),
+        "meets_target": ratio >= TARGET,
+        **info,
+    }
+
+
+def bench_s3(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from tests.servers.s3 import start_moto
+
+    moto = start_moto()
+    try:
+        s3 = moto.client()
+        bucket = moto.new_bucket("bench")
+        config = work / "drkit-s3.yaml"
+        _write_config(config, f"s3://{bucket}/repo", "s3", moto.options(), data)
+        _drkit(config, "init")
+        before = {o["Key"] for o in _list_s3(s3, bucket)}
+        m = _drkit(config, "backup", "--json")
+        sizes = [o["Size"] for o in _list_s3(s3, bucket) if o["Key"] not in before]
+        log(f"remote s3: drkit backup {m.wall:.2f}s, {len(sizes)} objects, {sum(sizes) / 2**20:.1f} MiB stored")
+        raw_bucket = moto.new_bucket("raw")
+        raw = _raw("s3", {"endpoint": moto.endpoint_url, "bucket": raw_bucket, "sizes": sizes, "options": moto.options()})
+        log(f"remote s3: raw boto3 multipart {raw['seconds']:.2f}s")
+        return _result("s3 (moto server)", m, sizes, raw, {"drkit_json": json.loads(m.stdout)["snapshots"][0].get("bytes_stored")})
+    finally:
+        moto.stop()
+
+
+def _list_s3(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        out.extend(page.get("Contents", []))
+    return out
+
+
+def bench_sftp(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from tests.servers.sshd import start_sshd
+
+    server = start_sshd(work / "sshd-root")
+    try:
+        repo_dir = server.sftp_home / "repo"
+        config = work / "drkit-sftp.yaml"
+        _write_config(
+            config,
+            server.url(str(repo_dir)),
+            "sftp",
+            {"key_file": str(server.key_file), "known_hosts_file": str(server.known_hosts_file), "allow_agent": False},
+            data,
+        )
+        _drkit(config, "init")
+        before = _list_dir(repo_dir)
+        m = _drkit(config, "backup", "--json")
+        after = _list_dir(repo_dir)
+        sizes = [size for path, size in after.items() if path not in before]
+        log(f"remote sftp: drkit backup {m.wall:.2f}s, {len(sizes)} objects, {sum(sizes) / 2**20:.1f} MiB stored")
+        raw = _raw(
+            "sftp",
+            {
+                "host": server.host,
+                "port": server.port,
+                "user": server.user,
+                "key_file": str(server.key_file),
+                "known_hosts_file": str(server.known_hosts_file),
+                "dir": str(server.sftp_home / "raw"),
+                "sizes": sizes,
+            },
+        )
+        log(f"remote sftp: raw paramiko pipelined {raw['seconds']:.2f}s")
+        return _result("sftp (loopback OpenSSH)", m, sizes, raw, {})
+    finally:
+        server.stop()
+
+
+def _list_dir(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[p] = os.path.getsize(p)
+    return out
+
+
+def run(data: Path, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both remotes; a remote whose server cannot start is reported, not fatal."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    results: dict[str, Any] = {}
+    for name, fn in (("s3", bench_s3), ("sftp", bench_sftp)):
+        try:
+            results[name] = fn(data, work, log)
+        except (StepFailed, RuntimeError, FileNotFoundError, OSError) as exc:
+            log(f"remote {name}: skipped: {exc}")
+            results[name] = {"remote": name, "error": str(exc)}
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print()
+    print(f"{'remote':26s}{'stored':>11s}{'drkit':>10s}{'raw':>10s}{'drkit MiB/s':>13s}{'raw MiB/s':>11s}{'ratio':>8s}  target >= {TARGET}")
+    for r in results.values():
+        if "error" in r:
+            print(f"{r['remote']:26s}  not run: {r['error']}")
+            continue
+        print(
+            f"{r['remote']:26s}{r['stored_bytes'] / 2**20:>8.1f}MiB{r['drkit_seconds']:>9.2f}s{r['raw_seconds']:>9.2f}s"
+            f"{r['drkit_mib_s']:>13.1f}{r['raw_mib_s']:>11.1f}{r['throughput_ratio']:>7.2f}x  [{'PASS' if r['meets_target'] else 'MISS'}]"
+        )
+
+
+# -- raw transfers (run in a child process) -------------------------------------
+
+
+def _payload(size: int, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 - a deliberate cache
+    block = _cache.get(0)
+    if block is None or len(block) < size:
+        block = _cache[0] = os.urandom(max(size, 16 << 20))
+    return block[:size]
+
+
+def raw_s3(spec: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    o = spec["options"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=o["endpoint_url"],
+        region_name=o["region"],
+        aws_access_key_id=o["access_key_id"],
+        aws_secret_access_key=o["secret_access_key"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
+    cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+    payloads = [_payload(n) for n in spec["sizes"]]
+    start = time.monotonic()
+    for i, data in enumerate(payloads):
+        s3.upload_fileobj(io.BytesIO(data), spec["bucket"], f"raw/{i:06d}", Config=cfg)
+    return {"seconds": round(time.monotonic() - start, 3), "method": "boto3 upload_fileobj, 8 MiB parts, 4 threads"}
+
+
+def raw_sftp(spec: dict[str, Any]) -> dict[str, Any]:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(spec["known_hosts_file"])
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(spec["host"], port=spec["port"], username=spec["user"], key_filename=spec["key_file"], allow_agent=False, look_for_keys=False)
+    sftp = client.open_sftp()
+    try:
+        sftp.mkdir(spec["dir"])
+    except OSError:
+        pass
+    payloads = [_payload(n) for n in spec["sizes"]]
+    start = time.monotonic()
+    for i, data in enumerate(payloads):
+        with sftp.open(f"{spec['dir']}/{i:06d}", "wb") as f:
+            f.set_pipelined(True)
+            f.write(data)  # paramiko splits it into pipelined 32 KiB requests
+            f.flush()
+            try:
+                sftp._request(paramiko.sftp.CMD_EXTENDED, "fsync@openssh.com", f.handle)  # as drkit does
+            except (OSError, paramiko.SFTPError):
+                pass
+    seconds = time.monotonic() - start
+    client.close()
+    return {"seconds": round(seconds, 3), "method": "paramiko SFTP, pipelined writes, fsync@openssh.com"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="remote benchmark (use bench/run.py --remote-only)")
+    ap.add_argument("--raw", choices=["s3", "sftp"])
+    ap.add_argument("spec", nargs="?")
+    args = ap.parse_args()
+    if args.raw:
+        spec = json.loads(Path(args.spec).read_text())
+        print(json.dumps(raw_s3(spec) if args.raw == "s3" else raw_sftp(spec)))
+        return 0
+    ap.error("run it through bench/run.py --remote or --remote-only")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
