@@ -183,10 +183,13 @@ class DrillReport:
     host: str = field(default_factory=socket.gethostname)
     results: list[SourceDrill] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    """Index files or snapshot manifests that could not be read (``name: detail``):
+    the snapshots behind them cannot be restored, so the drill fails."""
 
     @property
     def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
+        return bool(self.results) and all(r.ok for r in self.results) and not self.damaged
 
     @property
     def failed(self) -> list[SourceDrill]:
@@ -204,6 +207,7 @@ class DrillReport:
             "rto_seconds_total": round(sum(r.rto_seconds or 0 for r in self.results), 3),
             "bytes_restored": sum(r.bytes_restored for r in self.results),
             "sources": [r.to_json() for r in self.results],
+            "damaged": list(self.damaged),
             "notes": list(self.notes),
         }
 
@@ -211,12 +215,16 @@ class DrillReport:
         """The error a failed drill ends with (None when it passed): DrillFailed (exit 6)
         when data is damaged or wrong, else PartialFailure (exit 7)."""
         bad = self.failed
-        if not bad and self.results:
+        if not bad and self.results and not self.damaged:
             return None
-        if not self.results:
+        if not self.results and not self.damaged:
             return PartialFailure("restore drill failed: nothing to drill (no source selected)")
-        text = "; ".join(f"{r.source} ({r.failed_step}: {r.error})" for r in bad)
-        if any(r.damage for r in bad):
+        parts = [f"{r.source} ({r.failed_step}: {r.error})" for r in bad]
+        if self.damaged:
+            parts.append(f"unreadable repository objects: {', '.join(self.damaged[:3])}"
+                         + (" ..." if len(self.damaged) > 3 else ""))
+        text = "; ".join(parts)
+        if self.damaged or any(r.damage for r in bad):
             return DrillFailed(message=text)
         return PartialFailure(f"restore drill failed: {text}")
 
@@ -400,8 +408,7 @@ def run_drill(
             damaged: list[str] = []
             repo.load_index(on_error=lambda name, detail: damaged.append(f"{name}: {detail}"))
             snaps = repo.list_snapshots(on_error=lambda name, detail: damaged.append(f"{name}: {detail}"))
-            for line in damaged:
-                report.notes.append(f"damaged object skipped: {line}")
+            report.damaged.extend(damaged)
             if options.snapshot_ref == "latest":
                 unknown = [n for n in options.sources if n not in by_name and not any(s.source == n for s in snaps)]
                 if unknown:
@@ -631,6 +638,8 @@ def human_table(report: DrillReport, sizes: Callable[[float], str]) -> list[str]
         lines.append(f"{r.source}: {r.failed_step}: {r.error}")
         if r.check:
             lines.extend(f"  {p}" for p in r.check.problems[:5])
+    for line in report.damaged:
+        lines.append(f"damaged: {line}")
     for note in report.notes:
         lines.append(f"note: {note}")
     verdict = "PASS" if report.ok else "FAIL"

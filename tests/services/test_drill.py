@@ -281,3 +281,18 @@ def test_drill_waits_for_no_one_but_refuses_an_exclusive_lock(tmp_path: Path, dr
     assert series[("drkit_last_failure_timestamp_seconds", (("command", "drill"),))] > 0
     with repo.lock(exclusive=False, command="backup"):  # a running backup does not stop a drill
         assert drkit("-c", str(s["cfg"]), "drill", env=ENV).code == 0
+
+
+def test_damaged_manifest_fails_the_drill(tmp_path: Path, drkit: Runner) -> None:
+    s = _setup(tmp_path, drkit)
+    manifest = next((s["repo"] / "snapshots").iterdir())
+    data = bytearray(manifest.read_bytes())
+    data[-5] ^= 1
+    os.chmod(manifest, 0o644)
+    manifest.write_bytes(bytes(data))
+    r = drkit("-c", str(s["cfg"]), "drill", "--json", env=ENV)
+    assert r.code == 6, r.err
+    report = json.loads(r.out)
+    assert report["ok"] is False
+    assert report["damaged"] == [f"snapshots/{manifest.name}: authentication failed"]
+    assert f"unreadable repository objects: snapshots/{manifest.name}" in r.err
