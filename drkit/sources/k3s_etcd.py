@@ -5,7 +5,9 @@ through the v3 HTTP gateway: ``POST <endpoint>/v3/maintenance/snapshot`` answers
 with JSON lines ``{"result":{"blob":"<base64>"}}`` (etcd 3.4 and later). On a K3s
 node the client certificates under ``server/tls/etcd/`` are used (``client.crt``,
 ``client.key``, CA ``server-ca.crt``); plain ``http://`` endpoints need none.
-``method: k3s`` runs ``k3s etcd-snapshot save`` into a private directory instead.
+``method: etcdctl`` runs ``etcdctl snapshot save`` over gRPC with the same endpoints and
+certificates (for an etcd without the HTTP gateway); ``method: k3s`` runs
+``k3s etcd-snapshot save`` into a private directory.
 
 Either way the snapshot's integrity trailer (its last 32 bytes are the SHA-256 of
 everything before them) is checked before anything is stored; a damaged snapshot
@@ -66,7 +68,9 @@ class K3sEtcdOptions(SourceOptions):
     """Default: ``<data_dir>/server/tls/etcd/client.key``."""
     data_dir: Path = k3s.DEFAULT_DATA_DIR
     config_dir: Path = k3s.DEFAULT_CONFIG_DIR
-    method: Literal["api", "k3s"] = "api"
+    method: Literal["api", "etcdctl", "k3s"] = "api"
+    """``api``: the v3 HTTP gateway; ``etcdctl``: ``etcdctl snapshot save`` over gRPC
+    (same endpoints and certificates); ``k3s``: ``k3s etcd-snapshot save``."""
     k3s_binary: str = "k3s"
     timeout: float = Field(600.0, gt=0)
     """Seconds the snapshot may take."""
@@ -186,8 +190,10 @@ class EtcdClient:
         try:
             return urllib.request.urlopen(req, timeout=timeout, context=self._ssl())
         except urllib.error.HTTPError as exc:
-            detail = exc.read(500).decode("utf-8", "replace")
-            raise StorageError(message=f"etcd {self.endpoint}{path}: HTTP {exc.code}: {detail}") from None
+            detail = exc.read(500).decode("utf-8", "replace").strip()
+            hint = ("this etcd does not serve the v3 HTTP gateway: set 'method: etcdctl' (or 'k3s') on the source"
+                    if exc.code == 404 else None)
+            raise StorageError(message=f"etcd {self.endpoint}{path}: HTTP {exc.code}: {detail}", hint=hint) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise StorageError(message=f"cannot reach etcd at {self.endpoint}: {reason}",
@@ -316,8 +322,12 @@ class K3sEtcdSource(Source):
         if self.options.method == "k3s":
             ctx.progress("k3s etcd-snapshot save")
             self._k3s_save(ctx.scratch_dir, dest)
+        elif self.options.method == "etcdctl":
+            ctx.progress("etcdctl snapshot save")
+            endpoint = self._etcdctl_save(dest)
         else:
-            errors = []
+            errors: list[str] = []
+            hints: list[str | None] = []
             for url in self.options.endpoints:
                 ctx.progress(f"etcd snapshot from {url}")
                 try:
@@ -326,9 +336,10 @@ class K3sEtcdSource(Source):
                     break
                 except StorageError as exc:
                     errors.append(str(exc.fields.get("message", exc.message)))
+                    hints.append(exc.hint)
             if endpoint is None:
-                raise StorageError(message="; ".join(errors),
-                                   hint="is K3s running with embedded etcd? check endpoints and certificates")
+                raise StorageError(message="; ".join(errors), hint=next((h for h in hints if h), None)
+                                   or "is K3s running with embedded etcd? check endpoints and certificates")
         sha = check_trailer(dest)
         meta: dict[str, Any] = {"datastore": "etcd", "method": self.options.method, "size": dest.stat().st_size,
                                 "sha256": sha, "snapshot_seconds": round(time.monotonic() - started, 3)}
@@ -350,6 +361,24 @@ class K3sEtcdSource(Source):
         if "revision" in meta:
             ctx.run_meta["etcd_revision"] = meta["revision"]
         k3s.node_facts(self.options.config_dir, self.options.k3s_binary).record(ctx.run_meta)
+
+    def _etcdctl_save(self, dest: Path) -> str:
+        """``etcdctl snapshot save`` against the first endpoint that works; returns it."""
+        binary = proc.which("etcdctl", hint="install etcd-client, or use method: api")
+        errors = []
+        for url in self.options.endpoints:
+            client = self.client(url)
+            cmd = [binary, "--endpoints", url, "--dial-timeout", "10s"]
+            if url.startswith("https://"):
+                client._ssl()  # raises ConfigError naming a missing file
+                cmd += ["--cacert", str(client.ca_file), "--cert", str(client.cert_file), "--key", str(client.key_file)]
+            try:
+                proc.run(cmd + ["snapshot", "save", str(dest)], env={"ETCDCTL_API": "3"}, timeout=self.options.timeout)
+                return url
+            except proc.CommandFailed as exc:
+                errors.append(exc.message)
+                dest.unlink(missing_ok=True)
+        raise StorageError(message="; ".join(errors), hint="is K3s running with embedded etcd? check endpoints and certificates")
 
     def _k3s_save(self, scratch: Path, dest: Path) -> None:
         outdir = scratch / "k3s-etcd-snapshot"

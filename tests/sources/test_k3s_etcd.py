@@ -220,3 +220,36 @@ def test_method_k3s_runs_etcd_snapshot_save(tmp_path: Path, etcd_server: EtcdSer
     with pytest.raises(Exception) as info:
         broken.backup(RecordingBackup("etcd", tmp_path / "scratch2"))
     assert "command failed" in str(info.value) and "etcd datastore is not started" in str(info.value)
+
+
+def test_method_etcdctl_over_tls(tmp_path: Path, etcd_tls_server: EtcdServer) -> None:
+    _fill(etcd_tls_server, 150)
+    src = _source(tmp_path, etcd_tls_server, method="etcdctl")
+    ctx = _backup(tmp_path, src)
+    assert ctx.meta["method"] == "etcdctl" and ctx.meta["keys"] == 149  # _fill deletes one key
+    assert ctx.meta["endpoint"] == etcd_tls_server.client_url
+
+
+def test_gateway_404_hints_at_other_methods(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class NoGateway(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"404 page not found")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = build_source({"name": "etcd", "type": "k3s-etcd",
+                            "endpoints": [f"http://127.0.0.1:{server.server_address[1]}"]}, key="s")
+        with pytest.raises(StorageError, match="HTTP 404") as info:
+            src.backup(RecordingBackup("etcd", tmp_path))
+        assert info.value.hint and "method: etcdctl" in info.value.hint
+    finally:
+        server.shutdown()
