@@ -234,7 +234,8 @@ def copy_snapshots(
     Raises UsageError when both are the same repository, SnapshotNotFound for an
     unknown ref, RepositoryLocked when either is locked exclusively. When a snapshot
     cannot be read (damage in the source) the others are still copied, then
-    IntegrityError (exit 6) names the damaged object and the snapshots not copied.
+    IntegrityError (exit 6) names the damaged object and the snapshots not copied;
+    the same for a source manifest that cannot be read.
     """
     src_id, dst_id = str(src.config["id"]), str(dst.config["id"])
     if src_id == dst_id:
@@ -246,7 +247,10 @@ def copy_snapshots(
     with src.lock(exclusive=False, command="copy (source)"), dst.lock(exclusive=False, command="copy (destination)"):
         src.load_index()
         dst.load_index()
-        snaps = src.list_snapshots(on_error=lambda name, detail: log.warning("source: skipping damaged manifest %s: %s", name, detail))
+        damaged: list[tuple[str, str]] = []
+        snaps = src.list_snapshots(on_error=lambda name, detail: damaged.append((name, detail)))
+        for name, detail in damaged:
+            log.error("source: damaged manifest %s (%s): that snapshot cannot be copied", name, detail)
         selected = select_snapshots(snaps, list(refs or []), list(sources or []))
         existing = dst.list_snapshots(on_error=lambda name, detail: log.warning("destination: skipping damaged manifest %s: %s", name, detail))
         present: dict[str, Snapshot] = {}
@@ -271,6 +275,15 @@ def copy_snapshots(
             if on_item:
                 on_item(item)
     failed = report.failed
+    if damaged and not failed:
+        names = ", ".join(n for n, _ in damaged)
+        err0 = IntegrityError(
+            name=damaged[0][0],
+            detail=f"{damaged[0][1]}; {len(damaged)} snapshot manifest(s) of the source cannot be read and were not copied: {names}",
+            hint="the other snapshots were copied; 'drkit verify' on the source lists the damage",
+        )
+        err0.report = report  # type: ignore[attr-defined]
+        raise err0
     if failed:
         first = failed[0].error
         names = ", ".join(f"{i.snapshot.short_id} ({i.snapshot.source})" for i in failed)

@@ -262,3 +262,18 @@ def test_copy_local_to_s3_over_moto_http(tmp_path: Path, drkit: Runner, tree: tu
     assert r.code == 0 and json.loads(r.out)["skipped"] == 1
     keys2 = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket, Prefix="offsite/").get("Contents", [])]
     assert len(keys2) == count
+
+
+def test_damaged_source_manifest_copies_the_rest_and_fails(tmp_path: Path, drkit: Runner,
+                                                           tree: tuple[Path, dict[str, bytes]]) -> None:
+    a, b, repo_b = _setup(tmp_path, drkit, tree)
+    (tree[0] / "x").write_text("x\n")
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    first = _snapshots(drkit, a, PASS_A)[0]["id"]
+    manifest = tmp_path / "repo-a" / "snapshots" / first
+    manifest.chmod(0o644)
+    manifest.write_bytes(manifest.read_bytes()[:-1] + b"\x00")
+    r = drkit("-c", str(a), "copy", "--to", str(b), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 6
+    assert f"damaged object snapshots/{first}" in r.err and "were not copied" in r.err
+    assert len(_snapshots(drkit, b, PASS_B)) == 1  # the readable one was copied
