@@ -807,8 +807,9 @@ class LonghornSource(Source):
     # ------------------------------------------------------------------ drills
     def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """Each volume's record is present; a drkit image has the recorded size and, for
-        ext2/3/4, passes a read-only ``e2fsck -fn``; a native record carries its URL
-        (the data in Longhorn's backup target is not read)."""
+        ext2/3/4, carries a superblock (or is all zeros: never formatted) and passes a
+        read-only ``e2fsck -fn``; a native record carries its URL (the data in
+        Longhorn's backup target is not read)."""
         problems: list[str] = []
         details: dict[str, Any] = {}
         for vol in snapshot.meta.get("volumes") or []:
@@ -828,14 +829,26 @@ class LonghornSource(Source):
                 problems.append(f"{ref}: image missing or not {record.get('image_size')} bytes")
                 continue
             fs = record.get("fs_type") or ""
+            if record.get("volume_mode") == "Block":
+                details[ref] = "raw block volume: size checked only"
+                continue
             if fs in ("ext2", "ext3", "ext4"):
+                with open(image, "rb") as f:
+                    head = f.read(1024 * 1024)
+                if head[1080:1082] != b"\x53\xef":  # no ext superblock magic
+                    if head.count(0) == len(head):
+                        details[ref] = f"{fs}: no filesystem yet (never formatted), size checked"
+                    else:
+                        problems.append(f"{ref}: no ext2/3/4 superblock, although the PV says {fs}")
+                    continue
                 try:
                     res = proc.run([proc.which("e2fsck"), "-fn", str(image)], timeout=3600, check=False)
                 except proc.ProgramNotFound:
                     details[ref] = f"{fs}: e2fsck not installed, filesystem not checked"
                     continue
                 if res.returncode != 0:
-                    tail = " | ".join(res.text.strip().splitlines()[-3:])
+                    lines = [ln.strip() for ln in (res.text + res.err_text).splitlines() if ln.strip()]
+                    tail = " | ".join(lines[:3])
                     problems.append(f"{ref}: e2fsck -fn found problems (exit {res.returncode}): {tail}")
                 else:
                     details[ref] = f"{fs}: e2fsck -fn clean"
