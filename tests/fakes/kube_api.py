@@ -292,6 +292,8 @@ class FakeKube:
     stdout, stderr). Default: the command runs on the test host, as if the container
     were the host."""
     execs: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+    forbidden: set[tuple[str, str]] = field(default_factory=set)
+    """(HTTP method, plural) pairs answered with 403 Forbidden (RBAC denies them)."""
     version: dict[str, str] = field(default_factory=lambda: {
         "major": "1", "minor": "31", "gitVersion": "v1.31.4+k3s1", "platform": "linux/amd64"})
     """What ``GET /version`` answers."""
@@ -1007,6 +1009,12 @@ class FakeKube:
             if parts.path.rstrip("/") == "/version" and method == "GET":
                 return 200, dict(self.version)
             rtype, ns, name, sub = self.route(parts.path)
+            if (method, rtype.plural) in self.forbidden:
+                group = f"{rtype.group}" if rtype.group else ""
+                raise ApiError(403, "Forbidden", f'{rtype.plural}{"." + group if group else ""} is forbidden: User '
+                               f'"system:serviceaccount:drkit:drkit" cannot {method.lower()} resource '
+                               f'"{rtype.plural}" in API group "{group}"' + (f' in the namespace "{ns}"' if ns else ""),
+                               name=name or "", kind=rtype.plural)
             if sub is not None and sub != "status":
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")
             mode = query.get("fieldValidation", self.unknown_fields)

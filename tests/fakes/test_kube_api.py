@@ -299,3 +299,15 @@ def test_pod_exec_over_the_websocket_channel_protocol(kube: Kube, fake_kube: tup
         kube.exec("default", "done", ["true"])
     with pytest.raises(KubeNotFound, match='pods "ghost" not found'):
         kube.exec("default", "ghost", ["true"])
+
+
+def test_rbac_denial_is_a_one_line_error_with_a_hint(kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    _, fake = fake_kube
+    fake.forbidden.add(("GET", "secrets"))
+    with pytest.raises(KubeAuthError) as exc:
+        kube.list(SECRET, "default")
+    assert exc.value.status == 403 and exc.value.exit_code == 2
+    assert exc.value.message == (
+        'cannot list secrets in namespace default (HTTP 403, Forbidden): secrets is forbidden: User '
+        '"system:serviceaccount:drkit:drkit" cannot get resource "secrets" in API group "" in the namespace "default"')
+    assert "RBAC" in (exc.value.hint or "")
