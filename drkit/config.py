@@ -57,6 +57,8 @@ class RepositoryConfig(_Strict):
     """Write an intermediate index after this many packs (crash recovery granularity)."""
     workers: int = Field(0, ge=0, le=64)
     """Threads that hash, compress and encrypt; 0 means one per CPU."""
+    append_only: bool = False
+    """This host may add objects but never delete or replace them (locks excepted)."""
     s3: dict[str, Any] | None = None
     sftp: dict[str, Any] | None = None
 

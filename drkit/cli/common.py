@@ -25,7 +25,12 @@ def storage_for(state: CliState) -> Storage:
     from drkit.storage.observe import wrap_storage
 
     repo_cfg = state.config.repository
-    return wrap_storage(open_storage(repo_cfg.url, repo_cfg.storage_options()))
+    storage: Storage = wrap_storage(open_storage(repo_cfg.url, repo_cfg.storage_options()))
+    if repo_cfg.append_only:
+        from drkit.storage.appendonly import AppendOnlyStorage
+
+        storage = AppendOnlyStorage(storage)
+    return storage
 
 
 def passphrase(state: CliState, *, confirm: bool = False) -> Secret:

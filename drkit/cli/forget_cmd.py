@@ -9,10 +9,23 @@ import click
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, identity_option, open_repository
-from drkit.errors import UsageError
+from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
 from drkit.services.prune import PruneReport, prune
+
+
+def _protected(state: CliState) -> bool:
+    repo_cfg = state.config.repository
+    return repo_cfg.append_only or bool((repo_cfg.s3 or {}).get("object_lock"))
+
+
+def _refuse_on_append_only(state: CliState, dry_run: bool) -> None:
+    if state.config.repository.append_only and not dry_run:
+        raise Refused(
+            "this host is configured append-only: it may not forget or prune",
+            hint="run forget/prune from the admin host, with a config without repository.append_only",
+        )
 
 
 def _say_prune(state: CliState, r: PruneReport) -> None:
@@ -72,6 +85,13 @@ def forget_cmd(
                         parse_duration(keep_within) if keep_within else None, list(keep_tags))
     except ValueError as exc:
         raise UsageError(f"--keep-within: {exc}") from None
+    _refuse_on_append_only(state, dry_run)
+    if policy.count_based() and _protected(state):
+        click.echo(
+            "warning: count-based rules (--keep-last/-hourly/-daily/...) on an append-only or object-locked repository "
+            "can be gamed: a compromised host can push real snapshots out by adding fake ones; prefer --keep-within",
+            err=True,
+        )
     if policy.empty() and not snapshot_ids:
         raise UsageError("no policy and no snapshot given: refusing to forget everything", hint="e.g. --keep-daily 7 --keep-weekly 4")
     with metrics.track(state, "forget", enabled=not dry_run) as m:
@@ -122,6 +142,7 @@ def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: 
     Takes an exclusive lock: backups wait (they fail with exit 4) until it ends.
     Safe to interrupt: every snapshot stays restorable at every step.
     """
+    _refuse_on_append_only(state, dry_run)
     with metrics.track(state, "prune", enabled=not dry_run) as m:
         repo = open_repository(state, identity_path)
         report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)

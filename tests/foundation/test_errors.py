@@ -112,3 +112,33 @@ def test_unlock_removes_stale_locks_only(ws: Workspace) -> None:
     remaining = [p.name for p in (ws.repo / "locks").iterdir()]
     assert remaining == [live.id]
     live.release()
+
+
+def test_append_only_host_backs_up_but_never_deletes(ws: Workspace) -> None:
+    from drkit.errors import EXIT_REFUSED
+    from drkit.storage.appendonly import AppendOnlyStorage
+
+    ws.write_config(append_only=True)
+    ws.ok("init")
+    ws.ok("backup")
+    (ws.data / "a/more.txt").write_text("more")
+    ws.ok("backup")
+    assert not list((ws.repo / "locks").iterdir()), "its own locks are still removed"
+    before = listing(ws.repo)
+    for args in (["forget", "--keep-last", "1"], ["prune"]):
+        r = ws.run(*args)
+        assert r.code == EXIT_REFUSED and "append-only" in one_error_line(r.err)
+    r = ws.run("forget", "--keep-last", "1", "--dry-run")
+    assert r.code == 0 and "count-based" in r.err
+    assert listing(ws.repo) == before
+    storage = AppendOnlyStorage(LocalStorage(ws.repo))
+    name = next(f"snapshots/{p.name}" for p in (ws.repo / "snapshots").iterdir())
+    import pytest
+
+    from drkit.errors import Refused
+
+    with pytest.raises(Refused):
+        storage.delete(name)
+    with pytest.raises(Refused):
+        storage.put(name, b"garbage")
+    assert listing(ws.repo) == before

@@ -1,0 +1,60 @@
+"""Append-only access: this host may add objects, never delete or replace them.
+
+``repository.append_only: true`` wraps the storage in :class:`AppendOnlyStorage`:
+deleting, or writing over an existing object, is refused with a clear error. The one
+exception is the host's own lock files under ``locks/`` (a lock must be removable
+when the run ends). Backups need nothing else: packs, index files and manifests are
+only ever added.
+
+This is enforcement by drkit on a host that runs drkit honestly. Against an attacker
+who controls the host it must be backed by the storage itself: S3 Object Lock
+(``repository.s3.object_lock``), or server-side restrictions of the SFTP account
+(see docs/storage.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from drkit.errors import ObjectNotFound, Refused
+from drkit.storage.base import ObjectInfo, Storage
+
+_MUTABLE_PREFIX = "locks/"
+_HINT = "this host is configured append-only (repository.append_only); run forget/prune from the admin host"
+
+
+@dataclass
+class AppendOnlyStorage:
+    inner: Storage
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        if not name.startswith(_MUTABLE_PREFIX):
+            try:
+                self.inner.stat(name)
+            except ObjectNotFound:
+                pass
+            else:
+                raise Refused(f"append-only: refusing to overwrite {name}", hint=_HINT)
+        self.inner.put(name, data)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.get(name, offset, length)
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self.inner.stat(name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        if not name.startswith(_MUTABLE_PREFIX):
+            raise Refused(f"append-only: refusing to delete {name}", hint=_HINT)
+        self.inner.delete(name)
+
+    def close(self) -> None:
+        self.inner.close()
