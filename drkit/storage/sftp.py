@@ -136,6 +136,24 @@ def _fingerprint(key: Any) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _quiet_prefetch(f: Any) -> None:
+    """Make *f*'s prefetch helper thread exit quietly when the connection drops.
+
+    paramiko's readv() sends its read requests from a helper thread, which dies with a
+    traceback on stderr when the line drops; the reading thread sees the drop anyway and
+    drkit reports and retries it there.
+    """
+    import paramiko
+
+    original = f._prefetch_thread
+
+    def quiet(*args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            original(*args, **kwargs)
+
+    f._prefetch_thread = quiet
+
+
 class SftpStorage:
     """Objects as files under a folder on an SSH host."""
 
@@ -511,6 +529,7 @@ class SftpStorage:
                     return b""
                 # readv pipelines the requests; one request-sized piece per read() keeps
                 # paramiko from concatenating a growing bytes object (quadratic).
+                _quiet_prefetch(f)
                 step = f.MAX_REQUEST_SIZE
                 data = b"".join(f.readv([(o, min(step, end - o)) for o in range(offset, end, step)]))
             if len(data) != want:

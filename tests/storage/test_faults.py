@@ -193,9 +193,7 @@ def test_sftp_refused_connections_are_retried(sshd: SshServer, sftp_proxy: tuple
     assert proxy.accepted == 3
 
 
-# paramiko's own prefetch thread dies with EOFError when the line drops; drkit sees the
-# error on the reading thread and retries.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_sftp_cut_during_download_is_retried(sshd: SshServer, sftp_proxy: tuple[TcpFaultProxy, dict], tmp_path: Path) -> None:
     proxy, opts = sftp_proxy
     storage = wrap_storage(SftpStorage(f"sftp://{sshd.user}@127.0.0.1:{proxy.port}/~/dl-{tmp_path.name}", opts), FAST_RETRY)
