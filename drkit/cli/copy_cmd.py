@@ -35,7 +35,10 @@ def parse_destination(value: str) -> Destination:
     (ConfigError if it cannot be read or is invalid); anything else is a URL."""
     path = Path(value).expanduser()
     if scheme_of(value) == "" and (path.is_file() or path.suffix in (".yaml", ".yml")):
+        from drkit.redact import protect_config
+
         cfg = load_config(path, Environment())
+        protect_config(cfg, Environment())  # its S3/SFTP secrets never reach a log line or an error
         return Destination(cfg.repository, path)
     return Destination(RepositoryConfig.model_validate({"url": value}), None)
 
@@ -66,9 +69,13 @@ def open_destination(state: CliState, dest: Destination) -> Repository:
     """Open the destination (RepositoryNotFound before asking for a passphrase; WrongKey)."""
     from drkit.storage.observe import wrap_storage
 
+    from drkit.redact import register
+
     storage = wrap_storage(open_storage(dest.repository.url, dest.repository.storage_options()))
     Repository.read_config(storage)
-    return Repository.open(storage, destination_passphrase(state, dest).reveal(), compression_level=dest.repository.zstd_level())
+    secret = destination_passphrase(state, dest)
+    register(secret.reveal())  # DRKIT_TO_PASSWORD is not among the variables the CLI registers
+    return Repository.open(storage, secret.reveal(), compression_level=dest.repository.zstd_level())
 
 
 def _line(item: CopyItem) -> str:

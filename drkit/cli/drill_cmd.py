@@ -115,6 +115,9 @@ def _sandbox(state: CliState, *, as_json: bool, scratch: Path | None, keep: bool
         cfg = load_config(box.config_path, Environment())
         drill_cfg = parse_drill_config(cfg.raw.drill)
         secret = (root / "passphrase").read_text().strip()
+        from drkit.redact import register
+
+        register(secret)
         repo = Repository.init(LocalStorage(box.repo_dir), secret, pack_size=cfg.repository.pack_size_mib * 1024 * 1024)
         say(f"backing up {len(cfg.sources)} sources into a new repository ({', '.join(s.describe() for s in cfg.sources)})")
         started = time.monotonic()
