@@ -22,9 +22,10 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO
 
 from drkit.errors import DrkitError, UsageError
 
@@ -222,7 +223,7 @@ class Stream:
         assert proc.stdout is not None
         self.stdout: IO[bytes] = proc.stdout
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -44,7 +44,14 @@ from pydantic import Field, field_validator
 
 from drkit import proc
 from drkit.errors import ConfigError, DrkitError, IntegrityError, UsageError
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+    SourceOptions,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -302,7 +309,7 @@ class GitSource(Source):
                     continue
                 if rel == Path("objects") and name in _SKIP_OBJECTS:
                     continue
-                if name.endswith(".lock") or name.startswith("tmp_") or name.endswith(".keep"):
+                if name.endswith((".lock", ".keep")) or name.startswith("tmp_"):
                     continue
                 st = os.lstat(mirror / child)
                 logical = child.as_posix()
@@ -368,7 +375,7 @@ class GitSource(Source):
                                  f"({len(refs.refs)} refs, snapshot recorded {meta.get('ref_count')})")
         return refs
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """``git fsck`` and every ref compared with the snapshot's list."""
         try:
             refs = self._verify(restored, snapshot)

@@ -22,9 +22,10 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 import yaml
 
@@ -243,7 +244,7 @@ def atomic_write_from(
     mode: int = 0o600,
     uid: int | None = None,
     gid: int | None = None,
-    verify: Callable[[Path], None] | None = None,
+    verify: Callable[[Path], object] | None = None,
 ) -> int:
     """Write *stream* to *dest* atomically; return the number of bytes written.
 

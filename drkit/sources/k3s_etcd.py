@@ -39,16 +39,30 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from drkit import proc
-from drkit.errors import ConfigError, DrkitError, IntegrityError, Refused, StorageError, UsageError
+from drkit.errors import (
+    ConfigError,
+    DrkitError,
+    IntegrityError,
+    Refused,
+    StorageError,
+)
 from drkit.sources import k3s_common as k3s
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+    SourceOptions,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -81,7 +95,7 @@ class K3sEtcdOptions(SourceOptions):
     peer_url: str = "http://localhost:2380"
 
     @model_validator(mode="after")
-    def _check(self) -> "K3sEtcdOptions":
+    def _check(self) -> K3sEtcdOptions:
         for url in self.endpoints:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
@@ -446,7 +460,7 @@ class K3sEtcdSource(Source):
             result.lines.append(f"plain etcd data dir written to {data_dir}")
         return result
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """Trailer check, then start a throwaway etcd on the restored data and count keys."""
         path = restored / ARTEFACT
         if not path.is_file():

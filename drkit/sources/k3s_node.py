@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
 from drkit.sources import k3s_common as k3s
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+    SourceOptions,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -188,7 +196,7 @@ class K3sNodeSource(Source):
         self._secrets_line(ctx, result)
         return result
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """The token is there and well-formed, the CA is there, file counts match."""
         problems = []
         token = restored / TOKEN_ENTRY

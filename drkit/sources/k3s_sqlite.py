@@ -26,7 +26,14 @@ from pydantic import Field
 
 from drkit.errors import DrkitError, IntegrityError, UsageError
 from drkit.sources import k3s_common as k3s
-from drkit.sources.base import BackupContext, CheckResult, RestoreContext, RestoreResult, Source, SourceOptions
+from drkit.sources.base import (
+    BackupContext,
+    CheckResult,
+    RestoreContext,
+    RestoreResult,
+    Source,
+    SourceOptions,
+)
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
@@ -225,7 +232,7 @@ class K3sSqliteSource(Source):
             k3s.fsync_dir(dest.parent)
         return moved
 
-    def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
+    def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
         """integrity_check of ``restored/state.db`` and row counts against the snapshot's."""
         path = restored / ARTEFACT
         if not path.is_file():

@@ -22,7 +22,7 @@ class DrkitCli:
     config: Path
 
     @classmethod
-    def setup(cls, base: Path, sources: list[dict[str, Any]]) -> "DrkitCli":
+    def setup(cls, base: Path, sources: list[dict[str, Any]]) -> DrkitCli:
         base.mkdir(parents=True, exist_ok=True)
         config = base / "drkit.yaml"
         config.write_text(yaml.safe_dump({"repository": {"url": str(base / "repo"), "pack_size_mib": 4},

@@ -6,8 +6,8 @@ from __future__ import annotations
 import http.server
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -144,7 +144,7 @@ def test_url_with_credentials_is_refused(tmp_path: Path) -> None:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[tuple[str, str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append((self.path, self.headers.get("Authorization", "")))
         self.send_response(403)
         self.end_headers()

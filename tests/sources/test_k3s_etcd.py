@@ -235,7 +235,7 @@ def test_gateway_404_hints_at_other_methods(tmp_path: Path) -> None:
     import threading
 
     class NoGateway(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.send_response(404)
             self.end_headers()
             self.wfile.write(b"404 page not found")

@@ -18,8 +18,8 @@ from tests.fixtures.k3s_layout import create_kine_db, fake_proc, make_k3s_layout
 from tests.fixtures.recording import RecordingBackup, RecordingRestore
 
 
-def _writer(db: str, started: "multiprocessing.synchronize.Event", stop: "multiprocessing.synchronize.Event",
-            committed: "multiprocessing.sharedctypes.Synchronized") -> None:
+def _writer(db: str, started: multiprocessing.synchronize.Event, stop: multiprocessing.synchronize.Event,
+            committed: multiprocessing.sharedctypes.Synchronized) -> None:
     conn = sqlite3.connect(db, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     i = 0
