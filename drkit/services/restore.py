@@ -84,6 +84,7 @@ class _FilePlan:
     tmp: Path
     failed: str | None = None
     remaining: int = 0
+    done: bool = False
 
 
 @dataclass
@@ -232,13 +233,11 @@ class SnapshotReader:
         return result
 
     def _restore_files(self, files: list[_FilePlan], result: RestoreResult) -> None:
+        """Fetch each needed pack once (worker threads), verify every blob, pwrite it
+        into temporary files; a file is put in place (meta, rename) by the thread that
+        writes its last chunk, so metadata work overlaps with data work."""
         uses: dict[str, dict[bytes, _BlobUse]] = {}
         for no, plan in enumerate(files):
-            fd = os.open(plan.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, plan.entry.size)
-            finally:
-                os.close(fd)
             offset = 0
             for hex_id in plan.entry.chunks:
                 cid = bytes.fromhex(hex_id)
@@ -255,15 +254,21 @@ class SnapshotReader:
         lock = threading.Lock()
         fds: dict[int, int] = {}
 
+        def fd_for(no: int) -> int:
+            """The open temporary of file *no* (created at its full size); call under lock."""
+            fd = fds.get(no)
+            if fd is None:
+                fd = _create_tmp(files[no])
+                fds[no] = fd
+            return fd
+
         def write(no: int, offset: int, data: bytes | memoryview) -> None:
             plan = files[no]
             if plan.failed:
                 return
+            with lock:
+                fd = fd_for(no)
             if not _all_zero(data):  # holes stay sparse (the file was ftruncated to size)
-                with lock:
-                    fd = fds.get(no)
-                    if fd is None:
-                        fd = fds[no] = os.open(plan.tmp, os.O_WRONLY)
                 view = memoryview(data)
                 while view:
                     n = os.pwrite(fd, view, offset)
@@ -271,8 +276,11 @@ class SnapshotReader:
                     offset += n
             with lock:
                 plan.remaining -= 1
-                if plan.remaining == 0 and no in fds:
+                last = plan.remaining == 0 and not plan.failed
+                if last:
                     os.close(fds.pop(no))
+            if last:
+                _finish_file(plan)
             if self._on_bytes:
                 self._on_bytes(len(data))
 
@@ -314,22 +322,41 @@ class SnapshotReader:
             fds.clear()
 
         for plan in files:
-            if plan.failed or plan.remaining:
-                try:
-                    plan.tmp.unlink()
-                except FileNotFoundError:
-                    pass
-                why = plan.failed or "not all chunks were written"
-                result.failed.append(plan.entry.path)
-                result.lines.append(f"FAILED {plan.entry.path}: {why}")
-                log.error("not restored: %s: %s", plan.entry.path, why)
+            if not plan.done and not plan.failed and not plan.remaining:
+                os.close(_create_tmp(plan))  # a file without chunks (empty)
+                _finish_file(plan)
+            if plan.done:
+                result.files += 1
+                result.bytes_written += plan.entry.size
                 continue
-            if plan.dest.is_dir() and not plan.dest.is_symlink():
-                raise Refused(f"refusing to replace directory {plan.dest} by a file")
-            _apply_meta(plan.tmp, plan.entry)
-            os.replace(plan.tmp, plan.dest)
-            result.files += 1
-            result.bytes_written += plan.entry.size
+            try:
+                plan.tmp.unlink()
+            except FileNotFoundError:
+                pass
+            why = plan.failed or "not all chunks were written"
+            result.failed.append(plan.entry.path)
+            result.lines.append(f"FAILED {plan.entry.path}: {why}")
+            log.error("not restored: %s: %s", plan.entry.path, why)
+
+
+def _create_tmp(plan: _FilePlan) -> int:
+    """Create (or truncate) the temporary of *plan* at the file's size; returns the fd."""
+    fd = os.open(plan.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, plan.entry.size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _finish_file(plan: _FilePlan) -> None:
+    """Metadata, then rename over the destination (atomic). Raises Refused for a directory."""
+    if plan.dest.is_dir() and not plan.dest.is_symlink():
+        raise Refused(f"refusing to replace directory {plan.dest} by a file")
+    _apply_meta(plan.tmp, plan.entry)
+    os.replace(plan.tmp, plan.dest)
+    plan.done = True
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
