@@ -29,8 +29,8 @@ Validation (what a real API server does, and where the fake is deliberately stri
 - ObjectMeta: ``metadata.name`` required (DNS-1123), namespace in the body must match
   the URL; ``uid``, ``resourceVersion``, ``creationTimestamp``, ``generation`` are
   assigned by the server. A create with ``metadata.resourceVersion`` set fails with
-  ``500 InternalError: resourceVersion should not be set on objects to be created``
-  (the real etcd3 store's answer).
+  ``500 resourceVersion should not be set on objects to be created`` (the real etcd3
+  store's answer; like it, an unparsable value such as ``-1`` is ignored).
 - replace (PUT) with a stale ``resourceVersion`` is ``409 Conflict``; a custom resource
   replaced without ``resourceVersion`` is ``422`` (CRs do not allow unconditional
   updates; core kinds do).
@@ -574,9 +574,9 @@ class FakeKube:
                 raise ApiError(404, "NotFound", f'namespaces "{ns}" not found', name=ns or "", kind="namespaces")
         self.validate(rtype, body, mode)
         name = meta["name"]
-        if meta.get("resourceVersion"):
-            raise ApiError(500, "InternalError", "Internal error occurred: resourceVersion should not be set on "
-                           "objects to be created")
+        rv = str(meta.get("resourceVersion") or "")
+        if rv.isdigit() and int(rv) != 0:  # the etcd3 store's check (an unparsable value slips through)
+            raise ApiError(500, "", "resourceVersion should not be set on objects to be created")
         key = (rtype.group, rtype.plural, ns or "", name)
         if key in self.objects:
             group = f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
