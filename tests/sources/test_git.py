@@ -204,3 +204,21 @@ def test_ssh_key_goes_into_git_ssh_command(tmp_path: Path) -> None:
     assert "StrictHostKeyChecking=yes" in env["GIT_SSH_COMMAND"]
     with pytest.raises(ConfigError, match="not found"):
         _source(tmp_path, "git@example.test:org/gitops.git", ssh_key_file=str(tmp_path / "nope")).auth({})
+
+
+def test_packs_are_merged_geometrically_when_they_pile_up(tmp_path: Path) -> None:
+    origin = make_gitops_repo(tmp_path / "origin.git")
+    src = _source(tmp_path, str(origin), max_packs=2)
+    seen: set[str] = set()
+    prev = None
+    for n in range(4):
+        if n:
+            add_commits(origin, "main", 3, 20000 + 10 * n)
+        prev = _backup(tmp_path, src, seen, parent=prev, n=n)
+        packs = list((tmp_path / "cache/mirror.git/objects/pack").glob("*.pack"))
+        assert len(packs) <= 3, [p.name for p in packs]
+    assert prev is not None and prev.meta["refs"] == refs_of(origin)
+    target = tmp_path / "r"
+    src.restore(RecordingRestore(prev, target))
+    assert refs_of(target) == refs_of(origin)
+    _fsck(target)

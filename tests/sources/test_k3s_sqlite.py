@@ -173,6 +173,7 @@ def test_in_place_replaces_db_and_moves_stale_wal_aside(tmp_path: Path) -> None:
     assert not Path(str(db) + "-wal").exists()
     stats = db_stats(db)
     assert stats["integrity"] == "ok" and stats["kine_rows"] == 300
+    assert any(line.startswith("snapshot taken on K3s") for line in result.lines)
     aside = result.details["moved_aside"]
     assert any(p.endswith(".drkit-replaced-" + p.rsplit("-", 1)[-1]) for p in aside)
     assert any("-wal.drkit-replaced" in p for p in aside)
