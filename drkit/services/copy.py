@@ -11,9 +11,10 @@ encrypted under the destination's key, packed, indexed, and only then the manife
 What is kept: the snapshot's time, source name and type, run id, host, tags, paths,
 source metadata, run metadata and the entries' metadata (modes, owners, mtimes,
 symlink targets). What is new: the snapshot id (ids are per repository) and
-``meta.copied_from = {repository, snapshot, time}``, which is how a later copy knows
-the snapshot is already there ("copying twice adds nothing": no new snapshot and no
-new data). ``stats`` keep the source-side figures; ``bytes_added``, ``bytes_stored``,
+``meta.copied_from = {repository, snapshot, time, origins}`` (``origins``: where
+that snapshot itself was copied from, for copies of copies), which is how a later
+copy knows the snapshot is already there, under whatever name ("copying twice adds
+nothing": no new snapshot and no new data; neither does copying a copy back). ``stats`` keep the source-side figures; ``bytes_added``, ``bytes_stored``,
 ``blobs_new`` and ``packs`` describe what the copy added to the destination.
 
 File contents already copied before are not read again: the previous copy of the
@@ -179,6 +180,20 @@ def copied_from(snap: Snapshot) -> tuple[str, str] | None:
     return None
 
 
+def identities(snap: Snapshot, repository_id: str) -> set[tuple[str, str]]:
+    """Every (repository id, snapshot id) that names the same snapshot: itself, the
+    snapshot it was copied from, and that one's origins (copies of copies)."""
+    out = {(repository_id, snap.id)}
+    origin = snap.meta.get(COPIED_FROM) if isinstance(snap.meta, dict) else None
+    direct = copied_from(snap)
+    if direct is not None and isinstance(origin, dict):
+        out.add(direct)
+        for item in origin.get("origins") or []:
+            if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+                out.add((item[0], item[1]))
+    return out
+
+
 def select_snapshots(snaps: list[Snapshot], refs: list[str], sources: list[str]) -> list[Snapshot]:
     """The snapshots to copy: *refs* (ids, id prefixes, ``latest``) or all, then only
     those of *sources* when given. Oldest first. Raises SnapshotNotFound / UsageError."""
@@ -253,18 +268,24 @@ def copy_snapshots(
             log.error("source: damaged manifest %s (%s): that snapshot cannot be copied", name, detail)
         selected = select_snapshots(snaps, list(refs or []), list(sources or []))
         existing = dst.list_snapshots(on_error=lambda name, detail: log.warning("destination: skipping damaged manifest %s: %s", name, detail))
-        present: dict[str, Snapshot] = {}
+        # The same snapshot under any name: copied from here, the original of a
+        # snapshot here, or both copies of one original (a copy of a copy).
+        in_dst: dict[tuple[str, str], Snapshot] = {}
         for d in existing:
-            origin = copied_from(d)
-            if origin and origin[0] == src_id:
-                present[origin[1]] = d
-        dst_ids = {d.id for d in existing}
+            for ident in identities(d, dst_id):
+                in_dst.setdefault(ident, d)
+        present: dict[str, Snapshot] = {}
+        for snap in snaps:
+            hit = next((in_dst[i] for i in sorted(identities(snap, src_id)) if i in in_dst), None)
+            if hit is not None:
+                present[snap.id] = hit
         for snap in selected:
             item: CopyItem
             if snap.id in present:
-                item = CopyItem(snap, "skipped", copy_id=present[snap.id].id, reason="already in the destination")
-            elif (origin := copied_from(snap)) and origin[0] == dst_id and origin[1] in dst_ids:
-                item = CopyItem(snap, "skipped", copy_id=origin[1], reason="it is a copy of a destination snapshot")
+                hit = present[snap.id]
+                direct = copied_from(hit) == (src_id, snap.id)
+                item = CopyItem(snap, "skipped", copy_id=hit.id,
+                                reason="already in the destination" if direct else "the destination holds the same snapshot (copied via another repository)")
             else:
                 item = _copy_one(src, dst, snap, src_id, snaps, present, workers, index_every_packs, scratch_root, progress)
                 if item.status == "copied":
@@ -380,6 +401,7 @@ def _copy_one(
             "repository": src_id,
             "snapshot": snap.id,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "origins": sorted([list(i) for i in identities(snap, src_id) if i != (src_id, snap.id)]),
         }
         copy = Snapshot(
             id=secrets.token_hex(32),

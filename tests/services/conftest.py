@@ -143,3 +143,16 @@ def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
                 pack.write_bytes(bytes(data))
                 return pack
     raise AssertionError(f"no file ending in {path_suffix!r} with data in the repository")
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OpenSSH sshd on a free loopback port (one per session)."""
+    from tests.conftest import require_binary
+    from tests.servers.sshd import start_sshd
+
+    require_binary("sshd")
+    require_binary("ssh-keygen")
+    server = start_sshd(tmp_path_factory.mktemp("sshd-services"))
+    yield server
+    server.stop()

@@ -277,3 +277,46 @@ def test_damaged_source_manifest_copies_the_rest_and_fails(tmp_path: Path, drkit
     assert r.code == 6
     assert f"damaged object snapshots/{first}" in r.err and "were not copied" in r.err
     assert len(_snapshots(drkit, b, PASS_B)) == 1  # the readable one was copied
+
+
+def test_copy_s3_to_sftp_chain(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]],
+                               moto_server: Any, sshd_server: Any) -> None:
+    """local -> S3 -> SFTP: a copy of a copy restores the same bytes, and copying the
+    copy back to the S3 repository adds nothing."""
+    root, files = tree
+    sources = [{"name": "data", "type": "files", "paths": [str(root)]}]
+    a = write_config(tmp_path / "a.yaml", str(tmp_path / "repo-a"), sources)
+    s3 = write_config(tmp_path / "s3.yaml", f"s3://{moto_server.new_bucket()}/r", sources)
+    doc = yaml.safe_load(s3.read_text())
+    doc["repository"]["s3"] = moto_server.options()
+    s3.write_text(yaml.safe_dump(doc))
+    sftp = write_config(tmp_path / "sftp.yaml", sshd_server.url(f"~/copy-{tmp_path.name}"), sources)
+    doc = yaml.safe_load(sftp.read_text())
+    doc["repository"]["sftp"] = {"key_file": str(sshd_server.key_file), "known_hosts_file": str(sshd_server.known_hosts_file),
+                                 "allow_agent": False}
+    sftp.write_text(yaml.safe_dump(doc))
+    pw_c = "third passphrase"
+    assert drkit("-c", str(a), "init", env=ENV_A).code == 0
+    assert drkit("-c", str(s3), "init", env={"DRKIT_PASSWORD": PASS_B}).code == 0
+    r = drkit("-c", str(sftp), "init", env={"DRKIT_PASSWORD": pw_c})
+    assert r.code == 0, r.err
+    assert drkit("-c", str(a), "backup", env=ENV_A).code == 0
+    assert drkit("-c", str(a), "copy", "--to", str(s3), env={**ENV_A, "DRKIT_TO_PASSWORD": PASS_B}).code == 0
+    r = drkit("-c", str(s3), "copy", "--to", str(sftp), "--json", env={"DRKIT_PASSWORD": PASS_B, "DRKIT_TO_PASSWORD": pw_c})
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["copied"] == 1
+    target = tmp_path / "from-sftp"
+    r = drkit("-c", str(sftp), "restore", "latest", "-s", "data", "--target", str(target), env={"DRKIT_PASSWORD": pw_c})
+    assert r.code == 0, r.err
+    assert restored_files(target, root) == files
+    # back from SFTP to S3: the snapshot there is the one it was copied from
+    r = drkit("-c", str(sftp), "copy", "--to", str(s3), "--json", env={"DRKIT_PASSWORD": pw_c, "DRKIT_TO_PASSWORD": PASS_B})
+    assert r.code == 0, r.err
+    back = json.loads(r.out)
+    assert (back["copied"], back["skipped"]) == (0, 1)
+    assert "the destination holds the same snapshot" in back["snapshots"][0]["reason"]
+    # and from the original straight to SFTP: the copy of the copy counts as the same snapshot
+    r = drkit("-c", str(a), "copy", "--to", str(sftp), "--json", env={**ENV_A, "DRKIT_TO_PASSWORD": pw_c})
+    assert r.code == 0, r.err
+    direct = json.loads(r.out)
+    assert (direct["copied"], direct["skipped"]) == (0, 1)
