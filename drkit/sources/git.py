@@ -278,7 +278,12 @@ class GitSource(Source):
             raise DrkitError(f"repository {self.options.url} has no refs matching {', '.join(self.options.refs)}",
                              hint="check url and refs; an empty backup of the GitOps repo is never what you want")
         ctx.progress("git fsck")
-        fsck(mirror, self.options.timeout)
+        try:
+            fsck(mirror, self.options.timeout)
+        except IntegrityError as exc:
+            raise IntegrityError(name=f"mirror cache {mirror}", detail=str(exc.fields.get("detail", "")),
+                                 hint=f"nothing was stored; delete {self.cache_dir()} so that the next run "
+                                 "clones afresh, and check the disk") from None
         fmt = git(mirror, "rev-parse", "--show-object-format").text.strip() or "sha1"
         extensions = f"[extensions]\n\tobjectformat = {fmt}\n" if fmt != "sha1" else ""
         version = 1 if extensions else 0

@@ -222,3 +222,20 @@ def test_packs_are_merged_geometrically_when_they_pile_up(tmp_path: Path) -> Non
     src.restore(RecordingRestore(prev, target))
     assert refs_of(target) == refs_of(origin)
     _fsck(target)
+
+
+def test_damaged_mirror_cache_is_refused_with_a_hint(tmp_path: Path) -> None:
+    origin = make_gitops_repo(tmp_path / "origin.git")
+    src = _source(tmp_path, str(origin))
+    _backup(tmp_path, src, set(), n=1)
+    pack = next((tmp_path / "cache/mirror.git/objects/pack").glob("*.pack"))
+    pack.chmod(0o644)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    rec = RecordingBackup("gitops", tmp_path / "s2")
+    (tmp_path / "s2").mkdir()
+    with pytest.raises(IntegrityError, match="mirror cache") as info:
+        src.backup(rec)
+    assert info.value.hint and str(tmp_path / "cache") in info.value.hint
+    assert not any(e.path.endswith(".pack") for e in rec.entries)
