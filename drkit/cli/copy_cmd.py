@@ -67,9 +67,8 @@ def destination_passphrase(state: CliState, dest: Destination) -> Secret:
 
 def open_destination(state: CliState, dest: Destination) -> Repository:
     """Open the destination (RepositoryNotFound before asking for a passphrase; WrongKey)."""
-    from drkit.storage.observe import wrap_storage
-
     from drkit.redact import register
+    from drkit.storage.observe import wrap_storage
 
     storage = wrap_storage(open_storage(dest.repository.url, dest.repository.storage_options()))
     Repository.read_config(storage)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository
-from drkit import metrics
 from drkit.config import Environment, load_config
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.repo import Repository
@@ -21,8 +21,8 @@ from drkit.services.drill import (
     SourceDrill,
     human_table,
     make_scratch,
-    parse_drill_config,
     metric_outcomes,
+    parse_drill_config,
     run_drill,
     write_result_file,
 )

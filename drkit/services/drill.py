@@ -633,7 +633,7 @@ def human_table(report: DrillReport, sizes: Callable[[float], str]) -> list[str]
             "ok" if r.ok else f"FAILED ({r.failed_step})",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 2)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-2], widths)) + f"  {row[-1]:<16}  {row[-2]}" for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-2], widths, strict=True)) + f"  {row[-1]:<16}  {row[-2]}" for row in rows]
     for r in report.failed:
         lines.append(f"{r.source}: {r.failed_step}: {r.error}")
         if r.check:
