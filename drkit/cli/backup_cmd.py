@@ -26,6 +26,8 @@ def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
             )
             for w in o.warnings:
                 state.say(f"  warning: {w}")
+            for n in o.notes:
+                state.say(f"  note: {n}")
         if o.error:
             state.say(f"{o.source}: FAILED: {o.error.message}")
 
@@ -43,6 +45,10 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
     Only new data is stored: unchanged files are not even read again, and chunks
     already in the repository are not uploaded twice. A run interrupted at any
     point leaves earlier snapshots intact, and the next run reuses what it uploaded.
+
+    Longhorn sources in 'mode: native' make Longhorn's own backups to its backup
+    target: those are NOT encrypted by drkit (only their URL is recorded here).
+    The default 'mode: drkit' stores volume data encrypted in this repository.
 
     \b
     Examples:

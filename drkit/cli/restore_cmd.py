@@ -13,6 +13,18 @@ from drkit.errors import UsageError
 from drkit.services.restore import SnapshotReader
 
 
+def parse_options(items: tuple[str, ...]) -> dict[str, object]:
+    """KEY=VALUE pairs; 'true'/'false' become booleans, digits integers."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option {item!r}: use KEY=VALUE")
+        low = value.lower()
+        out[key] = True if low in ("true", "yes", "on") else False if low in ("false", "no", "off") else int(value) if value.isdigit() else value
+    return out
+
+
 @cli.command("restore")
 @click.argument("snapshot", metavar="SNAPSHOT|latest")
 @click.option("-s", "--source", required=True, metavar="NAME", help="The source whose snapshot this is.")
@@ -23,6 +35,8 @@ from drkit.services.restore import SnapshotReader
 @click.option("--in-place", is_flag=True, help="Put the data back on this node (sources that support it: K3s datastore, node files, Kubernetes objects).")
 @click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn: restore only these PVCs (namespace/name or name).")
 @click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
+@click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="A source-specific restore option, e.g. -o pause_sync=false (argocd); see docs/sources/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @identity_option
 @pass_state
@@ -39,6 +53,7 @@ def restore_cmd(
     push_to: str | None,
     as_json: bool,
     identity_path: Path | None,
+    extra: tuple[str, ...],
 ) -> None:
     """Restore a snapshot of one source.
 
@@ -55,6 +70,7 @@ def restore_cmd(
       drkit restore latest -s k3s-db --target /root/restore   (then run the runbook)
     """
     src = state.config.source(source)
+    options = parse_options(extra)
     if target is None and not (in_place or push_to):
         raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
     repo = open_repository(state, identity_path)
@@ -73,7 +89,7 @@ def restore_cmd(
             include=list(include),
             force=force,
             dry_run=dry_run,
-            options={"in_place": in_place, "volumes": list(volumes), "push_to": push_to},
+            options={**options, "in_place": in_place, "volumes": list(volumes), "push_to": push_to},
             on_bytes=progress.advance if progress else None,
             on_line=None if as_json else state.say,
         )

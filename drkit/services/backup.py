@@ -146,6 +146,7 @@ class SnapshotWriter:
         self.run_meta = run_meta
         self.stats = SourceStats()
         self.warnings: list[str] = []
+        self.notes: list[str] = []
         self.paths: list[str] = []
         self._parent_snap = parent
         self._parent: dict[str, Entry] | None = None
@@ -175,6 +176,12 @@ class SnapshotWriter:
     def progress(self, text: str) -> None:
         if self._on_text:
             self._on_text(text)
+
+    def note(self, text: str) -> None:
+        """A notice that is not a failure; kept in the snapshot's meta."""
+        self.meta.setdefault("notes", []).append(text)
+        self.notes.append(text)
+        log.info("%s: %s", self.source_name, text)
 
     def warn(self, text: str) -> None:
         """Record a problem that skips one item but not the snapshot."""
@@ -291,6 +298,7 @@ class SourceOutcome:
     snapshot: Snapshot | None = None
     error: DrkitError | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -312,6 +320,8 @@ class SourceOutcome:
             out["error"] = self.error.message
         if self.warnings:
             out["warnings"] = self.warnings
+        if self.notes:
+            out["notes"] = self.notes
         out["seconds"] = round(self.seconds, 3)
         return out
 
@@ -473,6 +483,7 @@ def _backup_one(
         )
         outcome.snapshot = snap
         outcome.warnings = writer.warnings
+        outcome.notes = writer.notes
     except DrkitError as exc:
         outcome.error = exc
         log.error("source %s failed: %s", src.name, exc.message)

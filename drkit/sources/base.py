@@ -79,6 +79,11 @@ class BackupContext(Protocol):
         """Record a problem that skips one item (the run ends as a partial failure)."""
         ...
 
+    def note(self, text: str) -> None:
+        """Tell the operator something that is not a failure (shown after the run,
+        stored in ``snapshot.meta['notes']``)."""
+        ...
+
 
 class RestoreContext(Protocol):
     """What a source may do while it is restored (implemented by services.restore)."""
