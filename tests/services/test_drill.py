@@ -296,3 +296,26 @@ def test_damaged_manifest_fails_the_drill(tmp_path: Path, drkit: Runner) -> None
     assert report["ok"] is False
     assert report["damaged"] == [f"snapshots/{manifest.name}: authentication failed"]
     assert f"unreadable repository objects: snapshots/{manifest.name}" in r.err
+
+
+def test_sandbox_falls_back_to_files_sources_and_still_checks(tmp_path: Path, drkit: Runner,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a source type is missing, the artefact is stored as files and the sandbox's
+    own checks run on it (SQLite online copy, git fsck + refs, etcd restored and started)."""
+    import drkit.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "available_types", lambda: ["files"])
+    etcd_expected = shutil.which("etcd") is not None or bool(os.environ.get("CI"))
+    r = drkit("drill", "--sandbox", "--json", "--scratch", str(tmp_path))
+    assert r.code == 0, (r.out[-3000:], r.err[-3000:])
+    report = json.loads(r.out)
+    assert report["ok"] is True
+    by = {x["source"]: x for x in report["sources"]}
+    assert {x["type"] for x in report["sources"]} == {"files"}
+    assert "k3s-node" not in by
+    assert "under load" in by["k3s-db"]["check"]["summary"] and "re-hashed" in by["k3s-db"]["check"]["summary"]
+    assert "git fsck clean" in by["git"]["check"]["summary"]
+    if etcd_expected:
+        assert "a throwaway etcd started on the restored snapshot holds all 50 keys" in by["etcd"]["check"]["summary"]
+    notes = "\n".join(report["notes"])
+    assert "k3s-db: k3s-sqlite not usable" in notes and "git: git source not available" in notes
