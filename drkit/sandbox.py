@@ -655,9 +655,19 @@ def build_sandbox(root: Path, *, say: Say = lambda _: None) -> Sandbox:
     file ``root/passphrase`` (random, mode 0600), the drill result file
     ``root/drill-result.json`` and a metrics textfile ``root/drkit.prom``.
     Raises DrkitError when a sample cannot be made (a program failed); the caller
-    must call :meth:`Sandbox.close` in any case."""
-    types = available_types()
+    must call :meth:`Sandbox.close` when it gets one (on failure here, everything
+    started is stopped before the error propagates)."""
     box = Sandbox(root=root, config_path=root / "drkit.yaml", repo_dir=root / "repo")
+    try:
+        _build(box, root, say)
+    except BaseException:
+        box.close()  # no etcd left running when a later sample fails
+        raise
+    return box
+
+
+def _build(box: Sandbox, root: Path, say: Say) -> None:
+    types = available_types()
     say("creating sample sources")
     box.samples.append(_files_sample(root))
     box.samples.extend(_sqlite_samples(root, box, types))
@@ -680,4 +690,3 @@ def build_sandbox(root: Path, *, say: Say = lambda _: None) -> Sandbox:
     }
     box.config_path.write_text("# written by 'drkit drill --sandbox'\n" + yaml.safe_dump(doc, sort_keys=False))
     os.chmod(box.config_path, 0o600)
-    return box
