@@ -46,6 +46,8 @@ line and number, and a secret that short protects nothing anyway."""
 
 SECRET_ENV_VARS = (
     "DRKIT_PASSWORD",
+    "DRKIT_NEW_PASSWORD",
+    "DRKIT_TO_PASSWORD",
     "DRKIT_IDENTITY",
     "DRKIT_IDENTITY_PASSWORD",
     "AWS_SECRET_ACCESS_KEY",

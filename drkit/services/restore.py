@@ -226,10 +226,12 @@ class SnapshotReader:
         for e, dest in reversed(dirs):
             _apply_meta(dest, e)
         if result.failed:
-            raise IntegrityError(
+            err = IntegrityError(
                 name=", ".join(result.failed[:5]) + (" ..." if len(result.failed) > 5 else ""),
                 detail=f"{len(result.failed)} file(s) not restored because their data is damaged or missing",
             )
+            err.result = result  # type: ignore[attr-defined]  # what was restored, and why the rest failed
+            raise err
         return result
 
     def _restore_files(self, files: list[_FilePlan], result: RestoreResult) -> None:
