@@ -17,6 +17,7 @@ corrupt it) and renames the new file into place atomically.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -51,14 +52,15 @@ class K3sSqliteOptions(SourceOptions):
 
 
 def db_stats(path: Path) -> dict[str, Any]:
-    """Integrity and size facts of a database file (opened read-only).
+    """Integrity and size facts of a database file nobody writes (a copy; opened read-only).
 
     Returns ``integrity`` ("ok" or the first problems), ``page_count``, ``page_size``
     and, if a ``kine`` table exists, ``kine_rows`` and ``kine_max_id``.
     Raises :class:`IntegrityError` when the file is not a SQLite database at all.
     """
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # immutable: a copy nobody writes; no -wal/-shm files are created next to it
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     except sqlite3.Error as exc:
         raise IntegrityError(name=str(path), detail=f"cannot open: {exc}") from None
     try:
@@ -200,10 +202,16 @@ class K3sSqliteSource(Source):
             if stats["integrity"] != "ok":
                 raise IntegrityError(name=ARTEFACT, detail=f"restored copy fails integrity_check: {stats['integrity']}")
 
-        aside = self._move_aside(dest)
+        # 1. the restored file, complete, fsynced and integrity-checked, next to the live one;
+        #    any failure up to here leaves the live database untouched
+        staging = dest.with_name(dest.name + ".drkit-new")
         with ctx.open_entry(entry) as stream:
-            written = k3s.atomic_write_from(dest, stream, mode=entry.mode or 0o600, uid=entry.uid, gid=entry.gid,
+            written = k3s.atomic_write_from(staging, stream, mode=entry.mode or 0o600, uid=entry.uid, gid=entry.gid,
                                             verify=verify)
+        # 2. the old database and its WAL/SHM aside, 3. the new one into place
+        aside = self._move_aside(dest)
+        os.replace(staging, dest)
+        k3s.fsync_dir(dest.parent)
         result.files = 1
         result.bytes_written = written
         result.lines.append(f"restored {dest} ({written} bytes)")

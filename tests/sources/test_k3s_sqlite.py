@@ -184,3 +184,20 @@ def test_running_detection_reads_proc(tmp_path: Path) -> None:
     assert find_k3s_server(fake_proc(tmp_path / "a", k3s_running=True)) == RunningProcess(
         4242, "/usr/local/bin/k3s server")
     assert find_k3s_server(fake_proc(tmp_path / "b", k3s_running=False)) is None
+
+
+def test_in_place_with_a_damaged_snapshot_leaves_the_live_db_alone(tmp_path: Path) -> None:
+    src, ctx, db = _backup_layout(tmp_path)
+    procdir = fake_proc(tmp_path, k3s_running=False)
+    src.running_check = lambda: find_k3s_server(procdir)  # type: ignore[method-assign]
+    data = bytearray(ctx.content["state.db"])
+    for page in range(1, len(data) // 4096):  # every b-tree page but the first
+        for off in range(page * 4096 + 8, page * 4096 + 64):
+            data[off] ^= 0x3C
+    ctx.content["state.db"] = bytes(data)
+    before = sorted(p.name for p in db.parent.iterdir())
+    live = db.read_bytes()
+    with pytest.raises(IntegrityError):
+        src.restore(RecordingRestore(ctx, None, options={"in_place": True}))
+    assert db.read_bytes() == live
+    assert sorted(p.name for p in db.parent.iterdir()) == before
