@@ -138,6 +138,9 @@ def test_cli_detect_write_init_backup_restore(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     out = _ok("config", "detect", "--root", str(layout.root), "--no-kube")
     assert "type: k3s-sqlite" in out.output
+    doc = json.loads(_ok("config", "detect", "--root", str(layout.root), "--no-kube", "--json").output)
+    assert doc["datastore"] == "sqlite" and doc["datastore_path"] == str(layout.db)
+    assert doc["components"]["argocd"]["installed"] is True and "type: k3s-node" in doc["config"]
     _ok("config", "detect", "--write", "--path", str(config), "--root", str(layout.root), "--no-kube",
         "--repository", str(repo))
     assert (config.stat().st_mode & 0o777) == 0o600
