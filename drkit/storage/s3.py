@@ -97,7 +97,7 @@ class S3Options(BaseModel):
     concurrency: int = Field(4, ge=1, le=64)
     """Parts of one multipart upload sent at the same time."""
     max_attempts: int = Field(5, ge=1, le=20)
-    """botocore's own attempts per request (adaptive mode)."""
+    """botocore's own attempts per request, the first included (adaptive mode)."""
     connect_timeout: float = Field(10, gt=0)
     read_timeout: float = Field(60, gt=0)
     verify_tls: bool | str = True
@@ -166,7 +166,8 @@ class S3Storage:
         except ProfileNotFound:
             raise ConfigError(f"AWS profile {o.profile!r} not found", key="repository.s3.profile") from None
         config_kwargs: dict[str, Any] = {
-            "retries": {"mode": "adaptive", "max_attempts": o.max_attempts},
+            # total_max_attempts counts the first try ("max_attempts" would count retries only).
+            "retries": {"mode": "adaptive", "total_max_attempts": o.max_attempts},
             "connect_timeout": o.connect_timeout,
             "read_timeout": o.read_timeout,
             "s3": {"addressing_style": o.addressing_style},
