@@ -143,7 +143,8 @@ class HttpFault:
 
     Actions: ``slowdown`` (503 SlowDown, S3's throttling reply), ``error500``, ``reset``
     (RST before any reply), ``truncate`` (forward, then send half the body and RST),
-    ``corrupt`` (forward, flip one byte of the body, keep the length).
+    ``corrupt`` (forward, flip one byte of the response body, keep the length),
+    ``corrupt_request`` (flip one byte of the request body, then forward).
     """
 
     action: str
@@ -174,6 +175,8 @@ class HttpFaultProxy:
         self.target = (target_host, target_port)
         self.rules: list[HttpFault] = []
         self.requests: list[tuple[str, str]] = []
+        self.uploads: list[tuple[str, dict[str, str], bytes]] = []
+        """(path, headers, body) of every request with a body, as received."""
         self._lock = threading.Lock()
         proxy = self
 
@@ -187,6 +190,11 @@ class HttpFaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 rule = proxy._take(self.command, self.path)
+                if body:
+                    with proxy._lock:
+                        proxy.uploads.append((self.path, dict(self.headers.items()), body))
+                if rule is not None and rule.action == "corrupt_request" and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
                 if rule is not None and rule.action == "reset":
                     self.close_connection = True
                     _hard_close(self.connection)
