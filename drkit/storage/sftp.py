@@ -271,6 +271,11 @@ class SftpStorage:
             raise StorageError(f"cannot resolve SFTP host {self.hostname!r}: {exc.strerror}", hint="check repository.url") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             client.close()
+            if "No authentication methods available" in str(exc):
+                raise StorageError(
+                    f"no SSH key to log in to {self.where}",
+                    hint="set repository.sftp.key_file, or load the key into ssh-agent",
+                ) from None
             raise TransientStorageError(
                 f"cannot connect to {self.where}: {exc or type(exc).__name__}",
                 hint="check that the host is up and sshd listens on that port",

@@ -237,3 +237,40 @@ def test_no_delete_server_still_takes_backups(tmp_path: Path) -> None:
         storage.close()
     finally:
         server.stop()
+
+
+def test_login_through_ssh_agent(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key_file and no ~/.ssh keys: the key comes from a real ssh-agent."""
+    import shutil
+
+    agent = require_binary("ssh-agent")
+    require_binary("ssh-add")
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen([agent, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            import time
+
+            time.sleep(0.05)
+        home = tmp_path / "home"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))  # no ~/.ssh/id_* to fall back on
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        key = tmp_path / "agent_key"
+        shutil.copy(sshd.key_file, key)
+        key.chmod(0o600)
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, env={**os.environ}, timeout=10, capture_output=True)
+        key.unlink()  # only the agent holds it now
+        storage = SftpStorage(sshd.url(f"~/agent-{tmp_path.name}"), {"known_hosts_file": str(sshd.known_hosts_file)})
+        storage.put("index/i", b"via agent")
+        assert storage.get("index/i") == b"via agent"
+        storage.close()
+        no_agent = SftpStorage(sshd.url("~/x"), {"known_hosts_file": str(sshd.known_hosts_file), "allow_agent": False})
+        with pytest.raises(StorageError, match="no SSH key to log in") as exc:
+            no_agent.stat("config")
+        assert not isinstance(exc.value, TransientStorageError)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
