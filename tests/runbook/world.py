@@ -21,14 +21,22 @@ READ_ONLY = {
 
 
 def mutating(calls: list[dict]) -> list[list[str]]:
+    """The calls that change something (queries and probes left out), as [tool, *argv]."""
     out = []
     for c in calls:
         argv = c["argv"]
-        verbs = [a for a in argv if not a.startswith("-") and a not in ("argocd", "kube-system", "longhorn-system")]
+        words, skip = [], False
+        for a in argv:
+            if skip:
+                skip = False
+            elif a in ("-n", "--namespace"):
+                skip = True
+            elif not a.startswith("-"):
+                words.append(a)
         first = argv[0] if argv else None
         if (c["tool"], None) in READ_ONLY or (c["tool"], first) in READ_ONLY:
             continue
-        if c["tool"] == "kubectl" and verbs and verbs[0] == "get":
+        if c["tool"] == "kubectl" and words and words[0] == "get":
             continue
         out.append([c["tool"], *argv])
     return out
