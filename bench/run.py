@@ -145,12 +145,16 @@ def summarize(out: dict[str, Any], tool_names: list[str]) -> dict[str, Any]:
                 "cpu_best": min(r["cpu"] for r in runs),
                 "maxrss_mib_max": max(r["maxrss_mib"] for r in runs),
             }
-        b1 = raw[name]["backup1"][-1]
-        b2 = raw[name]["backup2"][-1]
-        s["repo_bytes_after_backup1"] = b1["repo_bytes"]
-        s["backup2_bytes_added_raw"] = b2.get("bytes_added_raw")
-        s["backup2_bytes_added_stored"] = b2.get("bytes_added_stored")
-        s["backup2_repo_growth"] = b2["repo_growth"]
+        # Byte counts vary a little per round (each new repository has a new random
+        # chunker seed / polynomial): report the mean over rounds.
+        def mean(phase: str, key: str) -> int | None:
+            vals = [r.get(key) for r in raw[name][phase]]
+            return None if any(v is None for v in vals) else int(statistics.mean(vals))
+
+        s["repo_bytes_after_backup1"] = mean("backup1", "repo_bytes")
+        s["backup2_bytes_added_raw"] = mean("backup2", "bytes_added_raw")
+        s["backup2_bytes_added_stored"] = mean("backup2", "bytes_added_stored")
+        s["backup2_repo_growth"] = mean("backup2", "repo_growth")
         summary[name] = s
     ratios: dict[str, Any] = {}
     if "drkit" in summary:
@@ -214,12 +218,13 @@ def print_table(summary: dict[str, Any], tool_names: list[str], out: dict[str, A
     print(f"{'':22s}" + "".join(f"{n:>16s}" for n in tool_names))
     for key, label in (
         ("repo_bytes_after_backup1", "repo after backup 1"),
-        ("backup2_bytes_added_raw", "backup 2 added (raw)"),
-        ("backup2_bytes_added_stored", "backup 2 added (stored)"),
-        ("backup2_repo_growth", "backup 2 repo growth"),
+        ("backup2_bytes_added_raw", "backup 2 added (raw)*"),
+        ("backup2_bytes_added_stored", "backup 2 added (stored)*"),
+        ("backup2_repo_growth", "backup 2 repo growth*"),
     ):
         vals = [summary[n].get(key) for n in tool_names]
         print(f"{label:22s}" + "".join(f"{dataset.human(v) if v is not None else 'n/a':>16s}" for v in vals))
+    print(f"{'':22s}(* mean over rounds)")
     peak_row = "".join(f"{summary[n]['backup1']['maxrss_mib_max']:>12.0f} MiB" for n in tool_names)
     print(f"{'peak RSS (backup 1)':22s}" + peak_row)
     print()
@@ -239,21 +244,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1G", help="data set size (e.g. 256M, 1G; default 1G)")
     ap.add_argument("--seed", type=int, default=1, help="data set seed (default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the best wall time per phase is reported (default 3)")
-    ap.add_argument("--tools", default="drkit,restic,borg", help="comma-separated subset of drkit,restic,borg")
+    ap.add_argument("--tools", default="drkit,restic,borg", help="comma-separated subset of drkit,drkit-z3,restic,borg (drkit-z3: drkit at zstd level 3)")
     ap.add_argument("--rss-size", default="256M", help="smaller size for the peak-RSS scaling check (default 256M)")
     ap.add_argument("--no-rss-scaling", action="store_true", help="skip the peak-RSS scaling check")
     ap.add_argument("--remote", action="store_true", help="also run the remote benchmark (S3 via moto, SFTP via loopback sshd)")
     ap.add_argument("--remote-only", action="store_true", help="run only the remote benchmark")
+    ap.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-print the tables of an earlier results.json")
     ap.add_argument("--data-dir", type=Path, default=HERE / "data")
     ap.add_argument("--out-dir", type=Path, default=HERE / "out")
     args = ap.parse_args(argv)
 
+    if args.report:
+        old = json.loads(args.report.read_text())
+        if old.get("raw"):
+            tool_names = list(old["raw"])
+            old["summary"] = summarize(old, tool_names)
+            print_table(old["summary"], tool_names, old)
+        if old.get("remote"):
+            import remote
+
+            remote.print_table(old["remote"])
+        return 0
     size = dataset.parse_size(args.size)
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     for n in names:
         if n not in TOOLS:
             ap.error(f"unknown tool {n!r} (choose from {', '.join(TOOLS)})")
-        if n != "drkit" and shutil.which(n) is None:
+        if not n.startswith("drkit") and shutil.which(n) is None:
             ap.error(f"{n} is not installed: run scripts/install-system-deps.sh (Debian packages restic, borgbackup)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = args.out_dir / "work"

@@ -125,12 +125,14 @@ def _base_env() -> dict[str, str]:
 
 
 class Drkit(Tool):
+    compression = "auto"
+
     def setup(self) -> None:
         cfg = self.work / "drkit.yaml"
         cfg.write_text(
             "repository:\n"
             f"  url: {self.repo}\n"
-            "  compression: auto\n"
+            f"  compression: {self.compression}\n"
             "sources:\n"
             "  - name: data\n"
             "    type: files\n"
@@ -212,4 +214,10 @@ class Borg(Tool):
         return run_measured(["borg", "extract", f"::{listing[-1]}"], env=self.env, cwd=target)
 
 
-TOOLS: dict[str, type[Tool]] = {"drkit": Drkit, "restic": Restic, "borg": Borg}
+class DrkitZstd3(Drkit):
+    """drkit at zstd level 3 (what restic's and borg's settings here use), for reference."""
+
+    compression = "3"
+
+
+TOOLS: dict[str, type[Tool]] = {"drkit": Drkit, "drkit-z3": DrkitZstd3, "restic": Restic, "borg": Borg}

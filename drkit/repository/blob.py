@@ -68,13 +68,22 @@ class BlobCodec:
         return b"\x01" + packed
 
     def encode(self, blob_type: int, chunk_id: bytes, data: bytes | memoryview) -> bytes:
-        """Compress and seal; then verify the sealed bytes decode back to *chunk_id*.
+        """Compress and seal; then verify the sealed bytes decode back to *data*.
 
-        The verification (decrypt, decompress, keyed hash: the full read path) catches
-        a broken compressor or cipher before anything is uploaded (restic shipped two
+        *chunk_id* must be the keyed hash of *data* (the saver computes it just before).
+        The verification runs the full read path (decrypt with the blob's associated
+        data, decompress) and checks the result equals *data* byte for byte: the same
+        guarantee as hashing it again against *chunk_id*, one pass cheaper. It catches a
+        broken compressor or cipher before anything is uploaded (restic shipped two
         compression bugs; this is their fix). Raises BlobError if it fails."""
         sealed = self.cipher.seal(self.compress(data), blob_aad(blob_type, chunk_id))
-        self.decode_view(blob_type, chunk_id, sealed)
+        if not isinstance(data, bytes):
+            self.decode_view(blob_type, chunk_id, sealed)
+            return sealed
+        flag, plain, out = self._open(blob_type, chunk_id, sealed)
+        same = plain.startswith(data, 1) and len(plain) == len(data) + 1 if flag == RAW else out == data
+        if not same:
+            raise BlobError(f"blob {chunk_id.hex()[:16]}: sealed blob does not decode to its data")
         return sealed
 
     def decode(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes:
@@ -85,6 +94,13 @@ class BlobCodec:
     def decode_view(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
         """:meth:`decode` without the final copy of a raw blob: returns bytes or a
         read-only view of the decrypted plaintext. Same checks; raises BlobError."""
+        _flag, _plain, data = self._open(blob_type, chunk_id, sealed)
+        if self.hasher(data) != chunk_id:
+            raise BlobError(f"blob {chunk_id.hex()[:16]}: content does not match its id")
+        return data
+
+    def _open(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> tuple[int, bytes, bytes | memoryview]:
+        """Decrypt and decompress (no id check): (flag, plaintext, data)."""
         try:
             plain = self.cipher.open(sealed, blob_aad(blob_type, chunk_id))
         except DecryptError as exc:
@@ -95,16 +111,11 @@ class BlobCodec:
             raise BlobError(f"blob {chunk_id.hex()[:16]}: empty plaintext")
         flag = plain[0]
         body = memoryview(plain)[1:]
-        data: bytes | memoryview
         if flag == RAW:
-            data = body
-        elif flag == ZSTD:
+            return flag, plain, body
+        if flag == ZSTD:
             try:
-                data = self._decompressor().decompress(body)
+                return flag, plain, self._decompressor().decompress(body)
             except zstandard.ZstdError as exc:
                 raise BlobError(f"blob {chunk_id.hex()[:16]}: decompression failed: {exc}") from None
-        else:
-            raise BlobError(f"blob {chunk_id.hex()[:16]}: unknown compression flag {flag}")
-        if self.hasher(data) != chunk_id:
-            raise BlobError(f"blob {chunk_id.hex()[:16]}: content does not match its id")
-        return data
+        raise BlobError(f"blob {chunk_id.hex()[:16]}: unknown compression flag {flag}")
