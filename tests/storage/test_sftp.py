@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -251,8 +252,6 @@ def test_login_through_ssh_agent(sshd: SshServer, tmp_path: Path, monkeypatch: p
         for _ in range(100):
             if sock.exists():
                 break
-            import time
-
             time.sleep(0.05)
         home = tmp_path / "home"
         home.mkdir()
