@@ -15,14 +15,13 @@ add``) come from ``DRKIT_NEW_PASSWORD`` / ``DRKIT_NEW_PASSWORD_FILE`` or a promp
 from __future__ import annotations
 
 import getpass
-import os
 import shlex
-import stat
 import sys
 from pathlib import Path
 
 from drkit.config import Environment, RepositoryConfig
 from drkit.errors import PassphraseError
+from drkit.redact import check_private_file
 
 
 class Secret:
@@ -31,7 +30,10 @@ class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
+        from drkit.redact import register
+
         self._value = value
+        register(value)  # from now on it is masked in every log line and error
 
     def reveal(self) -> str:
         return self._value
@@ -52,9 +54,7 @@ def _read_file(path: Path, what: str) -> str:
         raise PassphraseError(f"{what}: {path} does not exist", hint=f"create it (chmod 600 {path})") from None
     except OSError as exc:
         raise PassphraseError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    warning = warn_if_world_readable(path)
-    if warning:
-        print(warning, file=sys.stderr)
+    check_private_file(path, what)
     line = text.splitlines()[0] if text else ""
     if not line:
         raise PassphraseError(f"{what}: {path} is empty")
@@ -123,13 +123,3 @@ def resolve_passphrase(
         raise PassphraseError("empty passphrase")
     return Secret(value)
 
-
-def warn_if_world_readable(path: Path) -> str | None:
-    """Return a warning line if *path* is readable by group or others."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"warning: {path} is readable by other users (chmod 600 {path})"
-    return None

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from drkit.cli.app import CliState
-from drkit.passwords import Secret, resolve_passphrase, warn_if_world_readable
+from drkit.passwords import Secret, resolve_passphrase
+from drkit.redact import check_private_file
 from drkit.repository.repo import Repository
 from drkit.services.backup import ProgressSink
 from drkit.storage import open_storage
@@ -57,9 +58,7 @@ def load_identity_for(state: CliState, path: Path | None) -> "Identity | None":
         path = Path(state.env.get("DRKIT_IDENTITY_FILE") or "")
     if path is None:
         return None
-    warning = warn_if_world_readable(path)
-    if warning:
-        click.echo(warning, err=True)
+    check_private_file(path, "identity file")
     return load_identity(
         path,
         lambda: resolve_passphrase(

@@ -15,6 +15,7 @@ gone. Stale locks are ignored and removed by ``drkit unlock``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -22,9 +23,11 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from drkit.errors import ObjectNotFound, RepositoryLocked
+from drkit.errors import DrkitError, ObjectNotFound, RepositoryLocked
 from drkit.repository import layout
 from drkit.storage.base import Storage
+
+log = logging.getLogger("drkit.locks")
 
 REFRESH_INTERVAL = timedelta(minutes=5)
 STALE_AFTER = timedelta(minutes=30)
@@ -150,12 +153,17 @@ class Lock:
                 pass
 
     def release(self) -> None:
-        """Remove the lock (idempotent)."""
+        """Remove the lock (idempotent). If the storage refuses the delete (an account
+        without delete rights), warn and leave it: it becomes stale once this process
+        has ended (same host) or after STALE_AFTER, and the finished work stands."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self.storage.delete(layout.lock_name(self.id))
+        try:
+            self.storage.delete(layout.lock_name(self.id))
+        except DrkitError as exc:
+            log.warning("could not remove lock %s (%s); it will be treated as stale once this run has ended", self.id[:8], exc)
 
     def __enter__(self) -> "Lock":
         return self

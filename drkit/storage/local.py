@@ -53,7 +53,7 @@ class LocalStorage:
         path = self._path(name)
         tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._makedirs(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
@@ -73,6 +73,17 @@ class LocalStorage:
             except OSError:
                 pass
             raise _os_error(exc, f"writing {name}") from exc
+
+    def _makedirs(self, folder: Path) -> None:
+        """Create *folder* and missing parents, each 0700 (mkdir(parents=True) would
+        give the parents the umask's mode)."""
+        if folder.is_dir():
+            return
+        self._makedirs(folder.parent)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)

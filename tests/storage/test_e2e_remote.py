@@ -174,11 +174,6 @@ def test_bad_storage_option_is_config_error(rws: RemoteWorkspace, moto_server: M
     assert r.code == 2 and "repository.s3.endpoint" in r.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drkit.repository.locks.Lock.release deletes the lock and fails the whole backup when the "
-    "account may not delete; it should warn and leave the lock to go stale (reported to the lead)",
-)
 def test_sftp_backup_with_a_server_that_refuses_deletes(rws: RemoteWorkspace, tmp_path: Path) -> None:
     """Backup must never need to delete (issue 3): a no-delete SFTP account still backs up."""
     from tests.conftest import require_binary
