@@ -1,8 +1,9 @@
 """drkit benchmark: drkit vs restic vs borg on the same generated data, same run.
 
-    make bench                                   # 1 GiB, 3 rounds, + RSS scaling check
-    make bench BENCH_ARGS="--size 256M --rounds 1 --no-rss-scaling"   # quick
-    python bench/run.py --remote                 # also S3 (moto) and SFTP (loopback sshd)
+    make bench                                   # 1 GiB, 3 rounds, RSS scaling check, remotes
+    make bench BENCH_ARGS="--size 256M --rounds 1 --no-rss-scaling --no-remote"   # quick
+    python bench/run.py --remote-only            # only S3 (moto) and SFTP (loopback sshd)
+    python bench/run.py --report bench/out/results.json   # re-print an earlier run
 
 Per round, for each tool in turn: init, first backup; then about 1% of the bytes are
 overwritten in a few files; each tool's second backup; each tool's full restore of
@@ -201,19 +202,23 @@ def print_table(summary: dict[str, Any], tool_names: list[str], out: dict[str, A
     print(f"data: {dataset.human(out['size'])}, {out['files']} files ({out['random_share']:.0%} incompressible); "
           f"second backup after {dataset.human(out['mutation']['bytes'])} overwritten in {len(out['mutation']['files'])} files; "
           f"best of {out['rounds']} round(s)")
-    head = f"{'phase':10s}" + "".join(f"{n + ' wall/cpu':>22s}" for n in tool_names)
+    head = f"{'phase':12s}" + "".join(f"{n + ' wall/cpu':>24s}" for n in tool_names)
     others = [n for n in tool_names if n != "drkit"]
-    head += "".join(f"{'drkit/' + n:>14s}" for n in others)
+    head += "".join(f"{'drkit/' + n:>16s}" for n in others)
     print(head)
     for phase in PHASES:
-        row = f"{phase:10s}"
+        row = f"{phase:12s}"
         for n in tool_names:
             p = summary[n].get(phase)
-            row += f"{p['wall_best']:>12.2f}s/{p['cpu_best']:>6.2f}s  " if p else f"{'-':>22s}"
+            row += f"{p['wall_best']:>14.2f}s/{p['cpu_best']:>6.2f}s  " if p else f"{'-':>24s}"
         for n in others:
             r = summary["ratios_drkit_to"].get(n, {}).get(phase)
-            row += f"{r['wall']:>13.2f}x" if r else f"{'-':>14s}"
+            row += f"{r['wall']:>15.2f}x" if r else f"{'-':>16s}"
         print(row)
+    for phase in PHASES:  # the same ratios in CPU time (user+sys), less sensitive to load
+        cells = [summary["ratios_drkit_to"].get(n, {}).get(phase) for n in others]
+        label = f"{phase} cpu"
+        print(f"{label:12s}" + " " * (24 * len(tool_names)) + "".join(f"{c['cpu']:>15.2f}x" if c else f"{'-':>16s}" for c in cells))
     print()
     print(f"{'':22s}" + "".join(f"{n:>16s}" for n in tool_names))
     for key, label in (
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tools", default="drkit,restic,borg", help="comma-separated subset of drkit,drkit-z3,restic,borg (drkit-z3: drkit at zstd level 3)")
     ap.add_argument("--rss-size", default="256M", help="smaller size for the peak-RSS scaling check (default 256M)")
     ap.add_argument("--no-rss-scaling", action="store_true", help="skip the peak-RSS scaling check")
-    ap.add_argument("--remote", action="store_true", help="also run the remote benchmark (S3 via moto, SFTP via loopback sshd)")
+    ap.add_argument("--no-remote", action="store_true", help="skip the remote benchmark (S3 via moto's server, SFTP via a loopback sshd)")
     ap.add_argument("--remote-only", action="store_true", help="run only the remote benchmark")
     ap.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-print the tables of an earlier results.json")
     ap.add_argument("--data-dir", type=Path, default=HERE / "data")
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         out["summary"] = summarize(out, names)
         results_path.write_text(json.dumps(out, indent=1))
         print_table(out["summary"], names, out)
-    if args.remote or args.remote_only:
+    if not args.no_remote or args.remote_only:
         import remote
 
         out["remote"] = remote.run(data, work / "remote", log=log)
