@@ -204,7 +204,8 @@ def show_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
     cat, _ = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
     state.say(f"{rb.name}  ({rb.path})")
-    state.say(f"\n{rb.description.strip()}\n\nWhen to use:\n  {rb.when_to_use.strip()}")
+    when = "\n".join("  " + line.strip() for line in rb.when_to_use.strip().splitlines())
+    state.say(f"\n{rb.description.strip()}\n\nWhen to use:\n{when}")
     if rb.needs:
         state.say("\nNeeds:")
         for n in rb.needs:
