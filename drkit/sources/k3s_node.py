@@ -11,14 +11,18 @@ This source saves, with modes, owners and symlinks:
 Logical paths are ``data/<path relative to the data dir>`` and
 ``config/<path relative to the config dir>``, so ``--target DIR`` yields
 ``DIR/data/server/token`` and ``DIR/config/config.yaml``; ``--in-place`` maps them
-back onto the configured directories (refused while K3s runs). Whether
+back onto the configured directories (refused while K3s runs); files it replaces with
+different content are first copied to ``<data_dir>/../k3s-node.drkit-replaced-<time>/``. Whether
 ``secrets-encryption`` is set is recorded: a restore must match it.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
+import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,6 +171,18 @@ class K3sNodeSource(Source):
                     result.lines.append(f"would write {self._real_path(e.path)}")
             return result
         k3s.refuse_if_running(self.running_check, "replace the K3s token and node files")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside_root = self.options.data_dir.parent / f"k3s-node.drkit-replaced-{stamp}"
+        kept: list[str] = []
+
+        def keep_old(logical: str, dest: Path) -> None:
+            """Copy a file about to be replaced (with different content) aside."""
+            copy = aside_root / logical
+            copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            aside_root.chmod(0o700)
+            shutil.copy2(dest, copy, follow_symlinks=False)
+            kept.append(logical)
+
         dirs: list[tuple[Path, Entry]] = []
         for e in entries:
             dest = self._real_path(e.path)
@@ -178,13 +194,21 @@ class K3sNodeSource(Source):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.drkit-tmp")
                 tmp.unlink(missing_ok=True)
+                if os.path.lexists(dest) and not (dest.is_symlink() and os.readlink(dest) == e.target):
+                    keep_old(e.path, dest)
                 os.symlink(e.target, tmp)
                 _chown(tmp, e, follow=False)
                 os.replace(tmp, dest)
                 result.symlinks += 1
             elif e.type == FILE:
+
+                def keep_if_different(tmp: Path, dest: Path = dest, logical: str = e.path) -> None:
+                    if os.path.lexists(dest) and not (dest.is_file() and filecmp.cmp(tmp, dest, shallow=False)):
+                        keep_old(logical, dest)
+
                 with ctx.open_entry(e) as stream:
-                    result.bytes_written += k3s.atomic_write_from(dest, stream, mode=e.mode, uid=e.uid, gid=e.gid)
+                    result.bytes_written += k3s.atomic_write_from(dest, stream, mode=e.mode, uid=e.uid, gid=e.gid,
+                                                                  verify=keep_if_different)
                 result.files += 1
         for dest, e in reversed(dirs):  # modes after contents: a 0500 dir must not block writes
             os.chmod(dest, e.mode)
@@ -193,6 +217,10 @@ class K3sNodeSource(Source):
             f"restored {result.files} files, {result.symlinks} symlinks into {self.options.data_dir} "
             f"and {self.options.config_dir}"
         )
+        if kept:
+            result.lines.append(f"kept the {len(kept)} replaced file(s) that differed under {aside_root}")
+            result.details["replaced_kept_in"] = str(aside_root)
+            result.details["replaced"] = kept
         self._secrets_line(ctx, result)
         return result
 

@@ -98,6 +98,14 @@ def test_in_place_refused_while_k3s_runs_and_restores_when_stopped(tmp_path: Pat
     assert os.readlink(layout.data_dir / "server/tls/ca.crt") == "server-ca.crt"
     assert result.files == sum(1 for e in ctx.entries if e.type == "file")
     assert not list(layout.data_dir.rglob("*.drkit-tmp"))
+    # the token it replaced was different: kept aside; unchanged files were not copied
+    kept = Path(result.details["replaced_kept_in"])
+    assert kept.parent == layout.data_dir.parent and (kept.stat().st_mode & 0o777) == 0o700
+    assert (kept / "data/server/token").read_text() == "K10changed::server:other\n"
+    assert result.details["replaced"] == ["data/server/token"]
+    # a second in-place restore changes nothing and keeps nothing
+    again = src.restore(RecordingRestore(ctx, None, options={"in_place": True}))
+    assert "replaced" not in again.details
 
 
 def test_in_place_dry_run_changes_nothing(tmp_path: Path) -> None:
