@@ -97,6 +97,39 @@ def _is_k3s_server(args: list[str]) -> bool:
     return len(words) > 1 and words[1] == "server"
 
 
+def processes_holding(paths: Iterable[Path], proc_root: Path = DEFAULT_PROC_ROOT) -> list[RunningProcess]:
+    """Processes (other than this one) with one of *paths* open, found via
+    ``/proc/<pid>/fd``. Read-only; unreadable processes are skipped."""
+    wanted = {os.path.realpath(p) for p in paths}
+    found: list[RunningProcess] = []
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return found
+    me = str(os.getpid())
+    for name in names:
+        if not name.isdigit() or name == me:
+            continue
+        fd_dir = proc_root / name / "fd"
+        try:
+            links = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in links:
+            try:
+                target = os.readlink(fd_dir / fd)
+            except OSError:
+                continue
+            if target in wanted:
+                try:
+                    cmd = (proc_root / name / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                except OSError:
+                    cmd = "?"
+                found.append(RunningProcess(int(name), cmd.strip()[:200]))
+                break
+    return found
+
+
 RunningCheck = Callable[[], "RunningProcess | None"]
 """How a source asks whether K3s runs; injectable for tests."""
 

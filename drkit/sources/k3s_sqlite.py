@@ -9,7 +9,7 @@ commits and never finishes under a steady writer). The copy must pass
 the ``kine`` table's row count and highest id (kine's revision) are recorded.
 
 Restore writes ``state.db`` under ``--target`` (never touching the node). With
-``--in-place`` it refuses while K3s runs, checks the restored copy's integrity,
+``--in-place`` it refuses while K3s runs (or any process has the file open), checks the restored copy's integrity,
 moves the current database and its ``-wal``/``-shm`` aside
 (``state.db.drkit-replaced-<time>``: a stale WAL applied to the restored file would
 corrupt it) and renames the new file into place atomically.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from drkit.errors import DrkitError, IntegrityError, UsageError
+from drkit.errors import DrkitError, IntegrityError, Refused, UsageError
 from drkit.sources import k3s_common as k3s
 from drkit.sources.base import (
     BackupContext,
@@ -196,6 +196,12 @@ class K3sSqliteSource(Source):
             result.lines.append(f"would replace {dest} ({entry.size} bytes) and move its -wal/-shm aside")
             return result
         k3s.refuse_if_running(self.running_check, f"replace {dest}")
+        holders = k3s.processes_holding([dest, Path(f"{dest}-wal")])
+        if holders:
+            raise Refused(
+                f"{dest} is open in pid {holders[0].pid} ({holders[0].cmdline}); refusing to replace it",
+                hint="stop whatever has the database open (K3s, a sqlite3 shell), then run the restore again",
+            )
 
         def verify(tmp: Path) -> None:
             stats = db_stats(tmp)

@@ -201,3 +201,26 @@ def test_in_place_with_a_damaged_snapshot_leaves_the_live_db_alone(tmp_path: Pat
         src.restore(RecordingRestore(ctx, None, options={"in_place": True}))
     assert db.read_bytes() == live
     assert sorted(p.name for p in db.parent.iterdir()) == before
+
+
+def test_in_place_refused_while_another_process_has_the_db_open(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src, ctx, db = _backup_layout(tmp_path)
+    procdir = fake_proc(tmp_path, k3s_running=False)
+    src.running_check = lambda: find_k3s_server(procdir)  # type: ignore[method-assign]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+         "c.execute('select count(*) from kine').fetchone(); print('open', flush=True); time.sleep(60)", str(db)],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        live = db.read_bytes()
+        with pytest.raises(Refused, match=f"open in pid {holder.pid}"):
+            src.restore(RecordingRestore(ctx, None, options={"in_place": True}))
+        assert db.read_bytes() == live
+    finally:
+        holder.kill()
+        holder.wait()
+    src.restore(RecordingRestore(ctx, None, options={"in_place": True}))
