@@ -239,3 +239,33 @@ def test_damaged_mirror_cache_is_refused_with_a_hint(tmp_path: Path) -> None:
         src.backup(rec)
     assert info.value.hint and str(tmp_path / "cache") in info.value.hint
     assert not any(e.path.endswith(".pack") for e in rec.entries)
+
+
+def test_token_auth_against_a_real_git_http_backend(tmp_path: Path) -> None:
+    from tests.servers.git_http import start_git_http
+
+    token = "glpat-R3alT0kenForHttp"
+    root = tmp_path / "srv"
+    root.mkdir()
+    origin = make_gitops_repo(root / "gitops.git")
+    subprocess.run(["git", "init", "--bare", "-q", str(root / "mirror.git")], check=True, env=ENV)
+    run_git(root / "mirror.git", "config", "http.receivepack", "true")
+    server = start_git_http(root, user="oauth2", token=token)
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text(token)
+        src = _source(tmp_path, f"{server.url}/gitops.git", token_file=str(token_file), token_user="oauth2")
+        ctx = _backup(tmp_path, src, set(), n=1)
+        assert ctx.meta["refs"] == refs_of(origin)
+        assert server.requests and all(ok for _, ok in server.requests)
+        res = src.restore(RecordingRestore(ctx, None, options={"push_to": f"{server.url}/mirror.git"}))
+        assert refs_of(root / "mirror.git") == refs_of(origin)
+        assert token not in repr(res) and token not in repr(ctx.meta)
+        # a wrong token: refused by the server, one clear error without the token in it
+        token_file.write_text("wrong-token")
+        with pytest.raises(DrkitError) as info:
+            _backup(tmp_path, _source(tmp_path / "b", f"{server.url}/gitops.git", token_file=str(token_file),
+                                      token_user="oauth2"), set(), n=2)
+        assert "wrong-token" not in str(info.value) and "command failed" in str(info.value)
+    finally:
+        server.stop()
