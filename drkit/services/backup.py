@@ -73,6 +73,7 @@ def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | 
     the front of the buffer. Chunks are copied out, so memory held by chunks in flight
     is their own size, not whole read buffers."""
     max_size = chunker.max_size
+    avg_size = chunker.avg_size
     if buf is None or len(buf) < 2 * max_size:
         buf = bytearray(max(_BLOCK_SIZE, 2 * max_size))
     block = len(buf)
@@ -96,12 +97,20 @@ def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | 
             return
         pos = 0
         for chunk in chunker.cut_buf(view[:filled]):
-            if not eof and chunk.offset + max_size > filled:
+            # Final when cut_stream (which always sees max_size bytes ahead) would cut
+            # the same: max_size bytes were available, or the gear hash found a cut
+            # inside the data with at least avg_size available (the scan up to that
+            # cut does not depend on what follows it). Otherwise read more first.
+            ahead = filled - chunk.offset
+            if not (eof or ahead >= max_size or (ahead >= avg_size and chunk.length < ahead)):
                 break
             yield bytes(chunk.data)
             pos = chunk.offset + chunk.length
         if pos:
-            # No overlap: unless at EOF, pos >= block - max_size >= max_size > filled - pos.
+            # The tail (an unfinished chunk, under max_size) moves to the front. The
+            # regions never overlap (bytearray slice assignment is a memcpy): if not at
+            # EOF the buffer was full, and the first chunk with fewer than max_size bytes
+            # ahead starts at pos >= len(buf) - max_size >= max_size > the tail's length.
             buf[: filled - pos] = view[pos:filled]
             filled -= pos
 

@@ -67,6 +67,25 @@ def test_cut_blocks_matches_cut_stream(size: int) -> None:
         assert b"".join(got) == data
 
 
+def test_cut_blocks_matches_cut_stream_randomized() -> None:
+    """Many chunker settings, buffer sizes and data shapes (random, zero runs, one
+    repeated byte: forced max-size cuts), all against cut_stream."""
+    rng = random.Random(5)
+    for _ in range(200):
+        mn = rng.choice([64, 256, 1024, 2048])
+        avg = rng.choice([a for a in (256, 1024, 4096, 8192) if a >= mn])
+        mx = rng.choice([m for m in (1024, 4096, 16384, 65536) if m >= avg])
+        chunker = pyfastcdc.FastCDC(avg_size=avg, min_size=mn, max_size=mx, seed=rng.randrange(1, 2**40))
+        parts = []
+        for _ in range(rng.randint(0, 6)):
+            kind, n = rng.random(), rng.randint(0, 5 * mx)
+            parts.append(rng.randbytes(n) if kind < 0.6 else bytes(n) if kind < 0.8 else bytes([rng.randrange(256)]) * n)
+        data = b"".join(parts)
+        expected = [bytes(c.data) for c in chunker.cut_stream(io.BytesIO(data))]
+        buf = bytearray(rng.choice([2 * mx, 2 * mx + 1, 3 * mx, 5 * mx + 7]))
+        assert list(_cut_blocks(chunker, io.BytesIO(data), buf)) == expected
+
+
 def test_cut_blocks_rejects_too_small_buffer_by_making_its_own() -> None:
     chunker = pyfastcdc.FastCDC(avg_size=4096, min_size=1024, max_size=16384, seed=1)
     data = os.urandom(100_000)
