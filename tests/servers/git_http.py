@@ -81,8 +81,8 @@ def start_git_http(root: Path, *, user: str, token: str) -> GitHttpServer:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = _serve  # noqa: N815
-        do_POST = _serve  # noqa: N815
+        do_GET = _serve
+        do_POST = _serve
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
