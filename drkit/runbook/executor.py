@@ -58,9 +58,9 @@ PREAMBLE = (
 INSTALL_SCRIPT = (
     "set -e; "
     'd=$(dirname -- "$DRKIT_DEST"); mkdir -p -- "$d"; '
-    't="$DRKIT_DEST.drkit-new"; '
-    'cp -- "$DRKIT_SRC" "$t"; chmod "$DRKIT_MODE" "$t"; sync -- "$t" 2>/dev/null || true; '
-    'mv -f -- "$t" "$DRKIT_DEST"; sync -- "$d" 2>/dev/null || true; '
+    't="$DRKIT_DEST.drkit-new"; trap \'rm -f -- "$t"\' EXIT; '
+    'cp -T -- "$DRKIT_SRC" "$t"; chmod "$DRKIT_MODE" "$t"; sync -- "$t" 2>/dev/null || true; '
+    'mv -fT -- "$t" "$DRKIT_DEST"; sync -- "$d" 2>/dev/null || true; '
     'if [ -n "$DRKIT_RM_SRC" ]; then rm -f -- "$DRKIT_SRC"; fi'
 )
 

@@ -473,3 +473,28 @@ def test_an_interrupted_run_resumes_at_the_interrupted_step(tmp_path):
     done = again.resume()
     assert done.status == "ok" and statuses(done)["wait"] == "ok" and statuses(done)["s4"] == "changed"
     assert (base / "applies.log").read_text() == "apply s1\napply s2\napply s4\n"
+
+
+def test_an_unreachable_target_is_a_clear_error(tmp_path, drkit, sshd_server):
+    from tests.servers.sshd import free_port
+
+    rb = write(tmp_path, RESUMABLE)
+    r = drkit("runbook", "run", rb, "--state-dir", tmp_path / "state", "--var", f"base={tmp_path}",
+              "--target", f"root@127.0.0.1:{free_port()}", "--known-hosts", sshd_server.known_hosts_file)
+    assert r.code == 8, r.text
+    assert "cannot reach 127.0.0.1:" in r.err and "is the node up" in r.err
+
+
+def test_a_failed_upload_leaves_no_partial_file(tmp_path):
+    from drkit.errors import UsageError
+    from drkit.runbook.executor import LocalExecutor
+
+    dest = tmp_path / "ro" / "f.txt"
+    dest.parent.mkdir()
+    (dest.parent / "f.txt.drkit-new").mkdir()  # cp cannot create the temp file
+    with pytest.raises(UsageError, match=f"cannot write {dest} locally"):
+        LocalExecutor().put_file(b"data", str(dest), mode=0o600)
+    assert not dest.exists()
+    ok = tmp_path / "ok" / "g.txt"
+    LocalExecutor().put_file(b"data", str(ok), mode=0o600)
+    assert ok.read_bytes() == b"data" and [p.name for p in ok.parent.iterdir()] == ["g.txt"]
