@@ -140,6 +140,8 @@ class K3sNodeSource(Source):
         if not ctx.options.get("in_place"):
             result = super().restore(ctx)
             assert ctx.target is not None
+            if ctx.dry_run:
+                return result
             result.lines.append(f"token and data-dir files under {ctx.target / DATA_PREFIX}, "
                                 f"config files under {ctx.target / CONFIG_PREFIX}")
             self._secrets_line(ctx, result)

@@ -173,6 +173,8 @@ class K3sSqliteSource(Source):
             return self._restore_in_place(ctx)
         result = super().restore(ctx)
         assert ctx.target is not None
+        if ctx.dry_run:
+            return result
         result.lines.append(f"wrote {ctx.target / ARTEFACT}")
         result.lines.append(k3s.describe_run(getattr(ctx.snapshot, "run_meta", {}) or {}))
         result.lines.append(
