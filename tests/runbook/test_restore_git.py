@@ -1,5 +1,5 @@
 """``restore-git`` end to end, everything real: a GitOps repository (branches, an
-annotated tag, notes) backed up with ``drkit backup``, restored by the runbook with
+annotated tag, notes) backed up by the ``git`` source with ``drkit backup``, restored by the runbook with
 ``drkit restore``, checked with ``git fsck``, mirror-pushed to a new bare remote whose
 refs must then equal the original's."""
 
@@ -43,7 +43,7 @@ def test_restore_git_runbook(tmp_path, drkit):
     config = tmp_path / "drkit.yaml"
     config.write_text(yaml.safe_dump({
         "repository": {"url": str(tmp_path / "repo"), "password_file": str(tmp_path / "pw")},
-        "sources": [{"name": "gitops", "type": "files", "paths": [str(origin)]}],
+        "sources": [{"name": "gitops", "type": "git", "url": f"file://{origin}", "cache_dir": str(tmp_path / "cache")}],
     }))
     config.chmod(0o600)
     assert drkit("-c", config, "init").code == 0
@@ -53,13 +53,12 @@ def test_restore_git_runbook(tmp_path, drkit):
     git("init", "-q", "--bare", str(new_remote), cwd=tmp_path)
     restore_dir = tmp_path / "restored"
     args = ["-c", config, "runbook", "run", "restore-git", "--state-dir", tmp_path / "state",
-            "--var", f"restore_dir={restore_dir}", "--var", f"repo_path={restore_dir}{origin}",
-            "--var", f"push_url={new_remote}"]
+            "--var", f"restore_dir={restore_dir}", "--var", f"push_url={new_remote}"]
     r = drkit(*args)
     assert r.code == 0, r.text
     assert {s.name: s.status for s in Journal.latest(tmp_path / "state").steps} == {
         "restored": "changed", "fsck": "ok", "pushed": "changed"}
-    assert refs(restore_dir / origin.relative_to("/")) == refs(origin)
+    assert refs(restore_dir) == refs(origin)
     assert refs(new_remote) == refs(origin)
     assert "refs/notes/commits" in refs(new_remote) and "refs/tags/v1" in refs(new_remote)
 
