@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import posixpath
 import secrets
@@ -53,6 +54,10 @@ from drkit.storage.base import ObjectInfo, validate_name
 
 TEMP_PREFIX = ".tmp-"
 T = TypeVar("T")
+
+# paramiko logs a dropped socket at ERROR from its transport thread; without a handler
+# Python prints that on stderr. drkit reports (and retries) the drop itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SftpOptions(BaseModel):
