@@ -2,7 +2,9 @@
 temp root: the k3s binary, images tarball and install script are uploaded (never
 downloaded: curl must not be called), the etcd snapshot comes from a real ``drkit
 restore`` and K3s is reset from it (``k3s server --cluster-reset``, a stand-in) before
-its first normal start."""
+its first normal start. The etcd snapshot is taken by the real k3s-etcd source from a
+real etcd started for the test, and what reaches the node is checked with
+``etcdctl snapshot status``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,17 +20,18 @@ import yaml
 
 from drkit.runbook.journal import Journal
 from tests.fixtures.k3s_layout import TOKEN as K3S_TOKEN
+from tests.conftest import require_binary
 from tests.runbook.world import STANDINS, mutating, read_log
+from tests.servers.etcd import EtcdServer, etcd_server  # noqa: F401,F811  (fixture: a real etcd)
 
 
-def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch):
+def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch, etcd_server: EtcdServer):  # noqa: F811
     tmp, root, config = node["tmp"], node["root"], node["config"]
-    snap_dir = node["orig"] / "etcd-snapshots"
-    snap_dir.mkdir()
-    snapshot = os.urandom(300_000)
-    (snap_dir / "snapshot.db").write_bytes(snapshot)
+    for i in range(50):
+        etcd_server.etcdctl("put", f"/registry/configmaps/default/cm{i}", f"value-{i}")
     cfg = yaml.safe_load(config.read_text())
-    cfg["sources"].append({"name": "etcd-snap", "type": "files", "paths": [str(snap_dir)]})
+    cfg["sources"].append({"name": "etcd-db", "type": "k3s-etcd", "endpoints": [etcd_server.client_url],
+                           "config_dir": str(tmp / "noconf")})
     config.write_text(yaml.safe_dump(cfg))
     assert drkit("-c", config, "init").code == 0
     assert drkit("-c", config, "backup").code == 0
@@ -45,8 +49,7 @@ def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch):
               "--var", f"root={root}", "--var", f"path={path}", "--var", "node_name=node1",
               "--var", f"staging={staging}", "--var", "wait_delay=0.05", "--var", "install_mode=airgap",
               "--var", f"airgap_dir={airgap}", "--var", "arch=arm64", "--var", "datastore=etcd",
-              "--var", "datastore_source=etcd-snap", "--var", "restore_volumes=false",
-              "--var", f"etcd_snapshot_file={staging}/datastore{snap_dir}/snapshot.db")
+              "--var", "datastore_source=etcd-db", "--var", "restore_volumes=false")
     assert r.code == 0, r.text
     st = {s.name: s.status for s in Journal.latest(tmp / "journal").steps}
     assert {k: st[k] for k in ("k3s-install-online", "k3s-airgap-files", "k3s-install-airgap", "k3s-config-etcd",
@@ -69,7 +72,11 @@ def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch):
     assert installer["env"]["INSTALL_K3S_SKIP_DOWNLOAD"] == "true"
     assert installer["env"]["K3S_TOKEN_sha256"] == hashlib.sha256(K3S_TOKEN.encode()).hexdigest()
     world = json.loads(node["state"].read_text())
-    assert world["cluster_reset_from_sha256"] == hashlib.sha256(snapshot).hexdigest()
+    on_node = root / "var/lib/rancher/k3s/server/db/snapshots/drkit-restore.db"
+    assert world["cluster_reset_from_sha256"] == hashlib.sha256(on_node.read_bytes()).hexdigest()
+    status = subprocess.run([require_binary("etcdctl"), "snapshot", "status", str(on_node), "-w", "json"],
+                            check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=60)
+    assert json.loads(status.stdout)["totalKey"] >= 50
     k3s_bin = root / "usr/local/bin/k3s"
     assert k3s_bin.read_bytes() == binary and stat.S_IMODE(k3s_bin.stat().st_mode) == 0o755
     assert (root / "var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst").read_bytes() == images
