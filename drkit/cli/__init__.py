@@ -28,10 +28,6 @@ COMMAND_MODULES = [
 ]
 
 for _module in COMMAND_MODULES:
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != _module:
-            raise
+    importlib.import_module(_module)
 
 __all__ = ["cli", "main"]
