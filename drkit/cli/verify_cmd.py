@@ -8,7 +8,7 @@ import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import identity_option, open_repository
+from drkit.cli.common import identity_option, open_repository, progress_for
 from drkit.errors import DamageFound, UsageError
 from drkit.services.rebuild_index import rebuild_index
 from drkit.services.verify import parse_subset, verify_repository
@@ -42,7 +42,14 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
     with metrics.track(state, "verify") as m:
         m.labels["level"] = "full" if read_data else ("subset" if subset is not None else "structure")
         repo = open_repository(state, identity_path)
-        report = verify_repository(repo, read_data=read_data or subset is not None, subset=subset)
+        with progress_for(state, not as_json and (read_data or subset is not None)) as progress:
+            if progress:
+                progress.start_source("verify", None)
+            report = verify_repository(
+                repo, read_data=read_data or subset is not None, subset=subset, on_pack=progress.advance if progress else None
+            )
+            if progress:
+                progress.end_source()
         m.values.update(verify_ok=float(report.ok), verify_damaged_objects=float(len(report.problems)))
         m.ok = report.ok
     if as_json:

@@ -126,11 +126,11 @@ def verify_repository(
                 return _read_pack(repo, pack_id, entries.get(pack_id, []), sorted(by_pack.get(pack_id, ())))
 
             with ThreadPoolExecutor(workers) as pool:
-                for found in pool.map(check, candidates):
+                for pack_id, found in zip(candidates, pool.map(check, candidates)):
                     report.problems.extend(found)
                     report.packs_read += 1
                     if on_pack:
-                        on_pack(1)
+                        on_pack(repo.index.pack_sizes.get(pack_id, 0))
     return report
 
 
