@@ -106,6 +106,10 @@ class BlobTicket:
         self.raw_length = len(data) if data is not None else 0
         self.future: Future | None = None
 
+    def done(self) -> bool:
+        """True once the worker has finished with this blob (id() will not wait)."""
+        return self.future is None or self.future.done()
+
     def id(self) -> bytes:
         """The chunk id (waits for the worker; re-raises its error)."""
         if self.future is not None:
@@ -242,7 +246,8 @@ class BlobSaver:
         self._sealing.append(ticket)
         self._inflight_bytes += ticket.raw_length
         if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
-            self._drain(self._max_inflight // 2, self._max_inflight_bytes // 2)
+            # Wait only for the oldest blobs, so the workers never run dry meanwhile.
+            self._drain(self._max_inflight, self._max_inflight_bytes)
 
     def _work(self, ticket: BlobTicket) -> None:
         """In a worker: hash (unless known), dedupe, seal and verify."""

@@ -19,6 +19,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -29,7 +30,7 @@ from drkit import __version__
 from drkit.errors import DrkitError, PartialFailure
 from drkit.repository.blob import BLOB_TREE
 from drkit.repository.repo import Repository
-from drkit.repository.saver import BlobSaver
+from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, decode_lines, encode_entries
 from drkit.sources.base import Source
@@ -161,6 +162,7 @@ class SnapshotWriter:
         self._parent: dict[str, Entry] | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
+        self._deferred: deque[tuple[Entry, list[BlobTicket] | None]] = deque()
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=scratch_dir)
         self._count = 0
         self._names = _Names()
@@ -222,12 +224,16 @@ class SnapshotWriter:
                 self._on_bytes(entry.size)
             return self._record(entry)
         with open(real_path, "rb", buffering=0) as f:
-            entry.chunks, entry.size = self._store(f)
+            tickets, entry.size = self._queue(f)
         if old is None:
             self.stats.files_new += 1
         else:
             self.stats.files_changed += 1
-        return self._record(entry)
+        # Recorded (with its chunk ids) once the workers have hashed every chunk; the
+        # next file is read meanwhile. Entries keep their order.
+        self._deferred.append((entry, tickets))
+        self._flush_deferred(wait=False)
+        return entry
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
         entry = Entry(path=path, type=FILE, mode=mode, uid=os.getuid(), gid=os.getgid(), mtime_ns=mtime_ns or time.time_ns())
@@ -259,12 +265,18 @@ class SnapshotWriter:
         )
 
     def _store(self, stream: IO[bytes]) -> tuple[list[str], int]:
-        """Chunk *stream*, queue every chunk with the saver; return (chunk ids, size).
+        """Chunk *stream*, queue every chunk with the saver; return (chunk ids, size)."""
+        tickets, size = self._queue(stream)
+        return [t.id().hex() for t in tickets], size
 
-        Reads large blocks and cuts them in place (no per-chunk copy; the chunk
-        boundaries are the same as ``FastCDC.cut_stream``'s). Hashing, dedup and
-        sealing happen in the saver's workers while this thread reads on."""
-        tickets = []
+    def _queue(self, stream: IO[bytes]) -> tuple[list[BlobTicket], int]:
+        """Chunk *stream* and queue every chunk with the saver, without waiting for
+        the workers; return (tickets, size).
+
+        Reads large blocks into a reused buffer and cuts them there (chunk boundaries
+        are the same as ``FastCDC.cut_stream``'s). Hashing, dedup and sealing happen in
+        the saver's workers while this thread reads on."""
+        tickets: list[BlobTicket] = []
         size = 0
         on_bytes = self._on_bytes
         if self._readbuf is None:
@@ -274,19 +286,36 @@ class SnapshotWriter:
             size += len(data)
             if on_bytes:
                 on_bytes(len(data))
-        chunks = [t.id().hex() for t in tickets]
         self.stats.bytes_read += size
         self.stats.size += size
-        return chunks, size
+        return tickets, size
 
     def _record(self, entry: Entry) -> Entry:
+        if self._deferred:  # keep the order: behind files still being hashed
+            self._deferred.append((entry, None))
+            return entry
+        self._write_entry(entry)
+        return entry
+
+    def _write_entry(self, entry: Entry) -> None:
         for line in encode_entries([entry]):
             self._entries.write(line)
         self._count += 1
-        return entry
+
+    def _flush_deferred(self, *, wait: bool) -> None:
+        """Record deferred entries, in order, whose chunk ids are known (all if *wait*)."""
+        while self._deferred:
+            entry, tickets = self._deferred[0]
+            if tickets:
+                if not wait and not all(t.done() for t in tickets):
+                    return
+                entry.chunks = [t.id().hex() for t in tickets]
+            self._deferred.popleft()
+            self._write_entry(entry)
 
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""
+        self._flush_deferred(wait=True)
         self._entries.seek(0)
         ids = []
         for chunk in self._chunker.cut_stream(self._entries):
