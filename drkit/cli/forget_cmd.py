@@ -34,6 +34,13 @@ def _say_prune(state: CliState, r: PruneReport) -> None:
         f"prune: {r.packs_deleted} pack(s) deleted, {r.packs_repacked} repacked, {r.orphans_deleted} orphan(s) removed; "
         f"{verb} {human_size(r.bytes_freed)}"
     )
+    if r.kept_locked or r.retention_extended:
+        # Object Lock: what is still retained stays (a later prune removes it); live data
+        # has its retention extended (see drkit/services/prune.py).
+        state.say(
+            f"prune: {r.kept_locked} object(s) kept because still under retention; "
+            f"retention {'would be ' if r.dry_run else ''}extended on {r.retention_extended} referenced object(s)"
+        )
 
 
 @cli.command("forget")

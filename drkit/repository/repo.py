@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pyfastcdc
 
@@ -87,6 +88,8 @@ class Repository:
         self.codec = BlobCodec(self.content_cipher, self.hasher, compression_level)
         self.index = Index()
         self.index_loaded = False
+        self.superseded_index_files: set[str] = set()
+        """Index files still stored but replaced by a loaded one (see :meth:`load_index`)."""
 
     # -- creation and opening -------------------------------------------------
 
@@ -107,7 +110,7 @@ class Repository:
         compression_level: int = 3,
         pack_size: int = DEFAULT_PACK_SIZE,
         recipient: bytes | None = None,
-    ) -> "Repository":
+    ) -> Repository:
         """Create a repository; raises RepositoryExists. The config object is written
         last, so an interrupted init leaves no repository (and can be re-run).
 
@@ -157,7 +160,7 @@ class Repository:
         *,
         compression_level: int = 3,
         identity: Identity | None = None,
-    ) -> "Repository":
+    ) -> Repository:
         """Open with a passphrase, or (recipient mode) with the identity alone.
         Raises RepositoryNotFound or WrongKey."""
         _check_fastcdc_compiled()
@@ -251,15 +254,24 @@ class Repository:
     # -- index -----------------------------------------------------------------
 
     def load_index(self, on_error: Callable[[str, str], None] | None = None) -> None:
-        """Load every index file. A damaged one raises IntegrityError, or is passed to
-        ``on_error(name, detail)`` and skipped when a handler is given."""
+        """Load every index file, except those another loaded index file supersedes.
+
+        A superseded file still present (prune could not delete it, e.g. under S3 Object
+        Lock retention) may list packs deleted since: it is skipped and its id kept in
+        :attr:`superseded_index_files`, so those packs are never taken for indexed data.
+        A damaged file raises IntegrityError, or is passed to ``on_error(name, detail)``
+        and skipped when a handler is given (its ``supersedes`` list is then unknown, so
+        the files it replaced are loaded: a superset, as before that prune)."""
         self.index = Index()
+        self.superseded_index_files = set()
+        loaded: dict[str, list[tuple[str, int, list[PackEntry]]]] = {}
+        superseded: set[str] = set()
         for info in self.storage.list(layout.INDEX):
             index_id = layout.id_of(info.name)
             if index_id is None:
                 continue
             try:
-                packs, _ = self.read_index_file(index_id)
+                packs, supersedes = self.read_index_file(index_id)
             except IntegrityError as exc:
                 if on_error is None:
                     raise
@@ -267,6 +279,12 @@ class Repository:
                 continue
             except ObjectNotFound:
                 continue  # removed by a concurrent prune after listing
+            loaded[index_id] = packs
+            superseded.update(supersedes)
+        for index_id, packs in loaded.items():
+            if index_id in superseded:
+                self.superseded_index_files.add(index_id)
+                continue
             for pack_id, size, entries in packs:
                 self.index.add_pack(pack_id, size, entries)
             self.index.files.add(index_id)

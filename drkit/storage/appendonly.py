@@ -14,11 +14,12 @@ who controls the host it must be backed by the storage itself: S3 Object Lock
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from datetime import datetime
 
 from drkit.errors import ObjectNotFound, Refused
-from drkit.storage.base import ObjectInfo, Storage
+from drkit.storage.base import ObjectInfo, Retention, Storage, retention_of
 
 _MUTABLE_PREFIX = "locks/"
 _HINT = "this host is configured append-only (repository.append_only); run forget/prune from the admin host"
@@ -55,6 +56,22 @@ class AppendOnlyStorage:
         if not name.startswith(_MUTABLE_PREFIX):
             raise Refused(f"append-only: refusing to delete {name}", hint=_HINT)
         self.inner.delete(name)
+
+    @property
+    def retention(self) -> Retention | None:
+        inner = retention_of(self.inner)
+        return inner.retention if inner else None
+
+    def retained_until(self, name: str) -> datetime | None:
+        inner = retention_of(self.inner)
+        assert inner is not None, "retained_until needs a backend with retention (see retention_of)"
+        return inner.retained_until(name)
+
+    def extend_retention(self, name: str, until: datetime) -> None:
+        # Extending protection destroys nothing: allowed on an append-only host.
+        inner = retention_of(self.inner)
+        assert inner is not None, "extend_retention needs a backend with retention (see retention_of)"
+        inner.extend_retention(name, until)
 
     def close(self) -> None:
         self.inner.close()

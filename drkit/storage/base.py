@@ -8,8 +8,10 @@ layout module is the only code that formats names.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 from drkit.errors import UsageError
 
@@ -61,3 +63,42 @@ class Storage(Protocol):
     def delete(self, name: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Write-once retention the store enforces (S3 Object Lock): every object but
+    lock files is kept at least ``days`` after it is written or extended."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    days: int
+
+
+@runtime_checkable
+class RetentionAware(Protocol):
+    """Optional capability of a backend (and of the wrappers around it) whose store
+    refuses to delete objects until a date.
+
+    ``retention`` is None when the capability is off (e.g. a wrapper around a local
+    directory, or an S3 repository without ``object_lock``): use :func:`retention_of`.
+    """
+
+    @property
+    def retention(self) -> Retention | None: ...
+
+    def retained_until(self, name: str) -> datetime | None:
+        """The date until which *name* cannot be deleted (timezone-aware), or None if it
+        carries no retention. Raises ObjectNotFound / StorageError."""
+        ...
+
+    def extend_retention(self, name: str, until: datetime) -> None:
+        """Set *name*'s retention to *until* in the configured mode. Callers pass only
+        dates later than the current one (stores refuse to shorten). Idempotent."""
+        ...
+
+
+def retention_of(storage: object) -> RetentionAware | None:
+    """*storage* as a :class:`RetentionAware` when its retention is on, else None."""
+    if isinstance(storage, RetentionAware) and storage.retention is not None:
+        return storage
+    return None

@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from drkit.errors import DrkitError, ObjectNotFound
-from drkit.storage.base import ObjectInfo, Storage
+from drkit.storage.base import ObjectInfo, Retention, Storage, retention_of
 from drkit.storage.retry import RetryingStorage, RetryPolicy
 
 log = logging.getLogger("drkit.storage")
@@ -107,6 +108,24 @@ class ObservedStorage:
         self.stats.add(deletes=1)
         log.debug("delete %s", name)
 
+    @property
+    def retention(self) -> Retention | None:
+        inner = retention_of(self.inner)
+        return inner.retention if inner else None
+
+    def retained_until(self, name: str) -> datetime | None:
+        inner = retention_of(self.inner)
+        assert inner is not None, "retained_until needs a backend with retention (see retention_of)"
+        until, _ = self._timed("head", name, lambda: inner.retained_until(name))
+        self.stats.add(stats=1)
+        return until
+
+    def extend_retention(self, name: str, until: datetime) -> None:
+        inner = retention_of(self.inner)
+        assert inner is not None, "extend_retention needs a backend with retention (see retention_of)"
+        self._timed("extend-retention", name, lambda: inner.extend_retention(name, until))
+        log.debug("extended retention of %s to %s", name, until.isoformat())
+
     def close(self) -> None:
         self.inner.close()
 
@@ -120,8 +139,10 @@ def wrap_storage(storage: Storage, policy: RetryPolicy | None = None) -> Observe
 
 
 def unwrap(storage: Storage) -> Storage:
-    """The backend under any wrappers (for backend-specific maintenance such as
-    ``remove_stale_temporaries``)."""
-    while isinstance(storage, (ObservedStorage, RetryingStorage)):
+    """The backend under any wrappers (observing, retrying, append-only), for
+    backend-specific maintenance such as ``remove_stale_temporaries``."""
+    from drkit.storage.appendonly import AppendOnlyStorage
+
+    while isinstance(storage, (ObservedStorage, RetryingStorage, AppendOnlyStorage)):
         storage = storage.inner
     return storage

@@ -18,10 +18,11 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from drkit.errors import StorageError, TransientStorageError
-from drkit.storage.base import ObjectInfo, Storage
+from drkit.storage.base import ObjectInfo, Retention, Storage, retention_of
 
 log = logging.getLogger("drkit.storage.retry")
 
@@ -108,6 +109,21 @@ class RetryingStorage:
 
     def delete(self, name: str) -> None:
         self._call(f"delete {name}", lambda: self.inner.delete(name))
+
+    @property
+    def retention(self) -> Retention | None:
+        inner = retention_of(self.inner)
+        return inner.retention if inner else None
+
+    def retained_until(self, name: str) -> datetime | None:
+        inner = retention_of(self.inner)
+        assert inner is not None, "retained_until needs a backend with retention (see retention_of)"
+        return self._call(f"head {name}", lambda: inner.retained_until(name))
+
+    def extend_retention(self, name: str, until: datetime) -> None:
+        inner = retention_of(self.inner)
+        assert inner is not None, "extend_retention needs a backend with retention (see retention_of)"
+        self._call(f"extend retention of {name}", lambda: inner.extend_retention(name, until))
 
     def close(self) -> None:
         self.inner.close()

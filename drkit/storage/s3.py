@@ -15,6 +15,17 @@
   locks stay in STANDARD, where they are read often.
 - ``put``/``get``/``stat``/``list`` need no delete permission, so a backup can run with
   credentials that cannot destroy history.
+- With ``object_lock`` (S3 Object Lock), every object except lock files (``locks/``, which
+  the backup host must be able to remove when its run ends) is written with
+  ``ObjectLockMode`` and ``ObjectLockRetainUntilDate = now + days``, on a single PUT and on
+  CreateMultipartUpload alike; after a multipart upload the retention is read back and set
+  with PutObjectRetention if the store did not apply it. Before the first write the bucket's
+  Object Lock configuration is checked (a bucket without it is a clear error). The backend
+  is :class:`~drkit.storage.base.RetentionAware`: ``retained_until`` reads HeadObject's
+  lock fields, ``extend_retention`` calls PutObjectRetention. ``delete`` on such a bucket
+  (always versioned) adds a delete marker: the object disappears from the repository and a
+  version still under retention stays in the bucket until it expires (a lifecycle rule
+  removes noncurrent versions; see docs/storage.md).
 - Errors: a missing bucket or rejected credentials are one-line :class:`StorageError` s
   with a hint, a missing key is :class:`ObjectNotFound`, throttling/5xx/connection errors
   are transient. botocore's own retries run in ``adaptive`` mode under ours.
@@ -23,14 +34,23 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from drkit.errors import (
     ConfigError,
@@ -38,10 +58,14 @@ from drkit.errors import (
     StorageError,
     TransientStorageError,
 )
-from drkit.storage.base import ObjectInfo, validate_name
+from drkit.storage.base import ObjectInfo, Retention, validate_name
+
+log = logging.getLogger("drkit.storage.s3")
 
 MiB = 1024 * 1024
 MD5_META = "drkit-md5"
+UNLOCKED_PREFIX = "locks/"
+"""Objects under this prefix get no retention: a lock must be deletable by the host that took it."""
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -70,6 +94,27 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId",
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403"}
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class ObjectLockOptions(BaseModel):
+    """``repository.s3.object_lock``: retention set on every object drkit writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    """GOVERNANCE: users with s3:BypassGovernanceRetention can still delete early.
+    COMPLIANCE: nobody (not even the account root) can delete before the date."""
+    days: int = Field(ge=1, le=36500)
+    """Retention of each object from when it is written (prune extends it for live data)."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
 
 class S3Options(BaseModel):
@@ -102,6 +147,9 @@ class S3Options(BaseModel):
     read_timeout: float = Field(60, gt=0)
     verify_tls: bool | str = True
     """False, or a CA bundle path for a private CA."""
+    object_lock: ObjectLockOptions | None = None
+    """S3 Object Lock retention for every object but lock files (the bucket must have
+    Object Lock enabled)."""
 
 
 def parse_options(raw: dict[str, Any] | None) -> S3Options:
@@ -152,6 +200,9 @@ class S3Storage:
         self._bucket_checked = False
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._object_lock_checked = False
+        self.clock: Callable[[], datetime.datetime] = utc_now
+        """Source of "now" for retention dates (tests move it)."""
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -210,6 +261,16 @@ class S3Storage:
                 args["SSEKMSKeyId"] = o.sse_kms_key_id
         return args
 
+    def _lock_args(self, name: str) -> dict[str, Any]:
+        """ObjectLockMode/RetainUntilDate for *name* (none for lock files or without object_lock)."""
+        lock = self.options.object_lock
+        if lock is None or name.startswith(UNLOCKED_PREFIX):
+            return {}
+        return {
+            "ObjectLockMode": lock.mode,
+            "ObjectLockRetainUntilDate": self.clock() + datetime.timedelta(days=lock.days),
+        }
+
     def _checksum_args(self, data: bytes | memoryview) -> dict[str, Any]:
         if self.options.checksum == "md5":
             return {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
@@ -219,7 +280,12 @@ class S3Storage:
 
     def _error(self, exc: Exception, op: str, name: str) -> StorageError:
         """Map a botocore exception to a drkit error (never containing secrets)."""
-        from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         where = f"{op} {name} on {self.endpoint}"
@@ -249,6 +315,8 @@ class S3Storage:
                 return TransientStorageError(f"{where}: {code or status} {err.get('Message', '')}".rstrip())
             if code == "InvalidBucketName":
                 return StorageError(f"invalid bucket name {self.bucket!r}", hint="fix repository.url")
+            if code in ("InvalidRequest", "ObjectLockConfigurationNotFoundError") and "lock" in str(err.get("Message", "")).lower():
+                return self._no_object_lock_error()
             return StorageError(f"{where}: {code or status}: {err.get('Message', '')}".rstrip(": "))
         if isinstance(exc, NoCredentialsError):
             return StorageError(
@@ -281,6 +349,77 @@ class S3Storage:
             raise self._error(exc, op, name) from None
         self._bucket_checked = True
 
+    def _no_object_lock_error(self) -> StorageError:
+        return StorageError(
+            f"bucket {self.bucket!r} on {self.endpoint} does not have S3 Object Lock enabled, "
+            "but repository.s3.object_lock is set",
+            hint=f"create the bucket with Object Lock ('aws s3api create-bucket --bucket {self.bucket} "
+            "--object-lock-enabled-for-bucket'), or enable versioning and then Object Lock on it "
+            "('aws s3api put-object-lock-configuration'); or remove repository.s3.object_lock",
+        )
+
+    def check_object_lock(self) -> None:
+        """Raise a clear :class:`StorageError` if ``object_lock`` is set and the bucket has no
+        Object Lock (GetObjectLockConfiguration). Checked once per instance, before the
+        first write. Credentials without s3:GetBucketObjectLockConfiguration skip the check
+        (the first locked PUT then fails with the same error)."""
+        if self.options.object_lock is None or self._object_lock_checked:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ObjectLockConfigurationNotFoundError":
+                raise self._no_object_lock_error() from None
+            if code in _DENIED_CODES:
+                log.debug("cannot read the Object Lock configuration of %s (%s); not checked", self.bucket, code)
+                self._object_lock_checked = True
+                return
+            raise self._error(exc, "check object lock of", "bucket") from None
+        except Exception as exc:
+            raise self._error(exc, "check object lock of", "bucket") from None
+        if (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") != "Enabled":
+            raise self._no_object_lock_error()
+        self._object_lock_checked = True
+
+    # -- retention (RetentionAware) -------------------------------------------------------
+
+    @property
+    def retention(self) -> Retention | None:
+        lock = self.options.object_lock
+        return Retention(lock.mode, lock.days) if lock else None
+
+    def retained_until(self, name: str) -> datetime.datetime | None:
+        """HeadObject's ObjectLockRetainUntilDate (timezone-aware), or None (no retention).
+        moto and some S3-compatible stores lack GetObjectRetention; HeadObject has it."""
+        key = self._key(name)
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self._error(exc, "head", name) from exc
+        until = resp.get("ObjectLockRetainUntilDate")
+        if until is None:
+            return None
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=datetime.timezone.utc)
+        return until.astimezone(datetime.timezone.utc)
+
+    def extend_retention(self, name: str, until: datetime.datetime) -> None:
+        """PutObjectRetention(mode, *until*) on the current version of *name*. Needs
+        s3:PutObjectRetention; never call it with a date earlier than the current one."""
+        lock = self.options.object_lock
+        if lock is None:
+            raise StorageError(f"cannot extend the retention of {name}: repository.s3.object_lock is not set")
+        key = self._key(name)
+        try:
+            self._client.put_object_retention(
+                Bucket=self.bucket, Key=key, Retention={"Mode": lock.mode, "RetainUntilDate": until}
+            )
+        except Exception as exc:
+            raise self._error(exc, "extend retention of", name) from exc
+
     # -- Storage --------------------------------------------------------------------------
 
     def put(self, name: str, data: bytes | memoryview) -> None:
@@ -289,6 +428,7 @@ class S3Storage:
         md5 = hashlib.md5(view).hexdigest()
         threshold = self.options.multipart_threshold_mib * MiB
         try:
+            self.check_object_lock()
             if len(view) <= threshold:
                 self._client.put_object(
                     Bucket=self.bucket,
@@ -296,6 +436,7 @@ class S3Storage:
                     Body=bytes(view),
                     Metadata={MD5_META: md5},
                     **self._put_args(name),
+                    **self._lock_args(name),
                     **self._checksum_args(view),
                 )
             else:
@@ -315,6 +456,8 @@ class S3Storage:
         o = self.options
         part = o.multipart_chunk_mib * MiB
         create_args = dict(self._put_args(name))
+        lock_args = self._lock_args(name)
+        create_args.update(lock_args)
         if o.checksum != "md5":
             create_args["ChecksumAlgorithm"] = o.checksum.upper()
         upload = self._client.create_multipart_upload(
@@ -353,6 +496,14 @@ class S3Storage:
             except Exception:
                 pass
             raise
+        if lock_args:
+            # Some stores (moto, older S3-compatible servers) ignore the lock headers of
+            # CreateMultipartUpload: read the retention back and set it if missing.
+            want = lock_args["ObjectLockRetainUntilDate"]
+            got = self.retained_until(name)
+            if got is None or got < want - datetime.timedelta(seconds=1):
+                log.debug("store did not apply the retention of multipart upload %s; setting it", name)
+                self.extend_retention(name, want)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(name)
@@ -425,6 +576,8 @@ class S3Storage:
         return iter(items)
 
     def delete(self, name: str) -> None:
+        """Idempotent. On an Object Lock bucket (versioned) this adds a delete marker: the
+        object leaves the repository; a version under retention stays until it expires."""
         key = self._key(name)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
@@ -441,8 +594,6 @@ class S3Storage:
         kept. Returns how many were aborted. Needs s3:ListBucketMultipartUploads and
         s3:AbortMultipartUpload (not DeleteObject).
         """
-        import datetime
-
         cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=min_age_seconds)
         prefix = f"{self.prefix}/" if self.prefix else ""
         aborted = 0
