@@ -189,14 +189,15 @@ def run(data: Path, work: Path, log: Callable[[str], None] = print) -> dict[str,
 
 def print_table(results: dict[str, Any]) -> None:
     print()
-    print(f"{'remote':26s}{'stored':>11s}{'drkit':>10s}{'raw':>10s}{'drkit MiB/s':>13s}{'raw MiB/s':>11s}{'ratio':>8s}  target >= {TARGET}")
+    print(f"{'remote':26s}{'stored':>11s}{'drkit':>10s}{'raw':>10s}{'drkit MiB/s':>13s}{'raw MiB/s':>11s}{'ratio':>8s}{'drkit RSS':>11s}  target >= {TARGET}")
     for r in results.values():
         if "error" in r:
             print(f"{r['remote']:26s}  not run: {r['error']}")
             continue
         print(
             f"{r['remote']:26s}{r['stored_bytes'] / 2**20:>8.1f}MiB{r['drkit_seconds']:>9.2f}s{r['raw_seconds']:>9.2f}s"
-            f"{r['drkit_mib_s']:>13.1f}{r['raw_mib_s']:>11.1f}{r['throughput_ratio']:>7.2f}x  [{'PASS' if r['meets_target'] else 'MISS'}]"
+            f"{r['drkit_mib_s']:>13.1f}{r['raw_mib_s']:>11.1f}{r['throughput_ratio']:>7.2f}x{r['drkit_peak_rss_mib']:>7.0f} MiB"
+            f"  [{'PASS' if r['meets_target'] else 'MISS'}]"
         )
 
 
