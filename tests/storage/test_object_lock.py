@@ -364,3 +364,19 @@ def test_superseded_index_file_left_behind_does_not_resurrect_deleted_packs(lws:
     assert prune(repo).packs_deleted == 0
     assert {layout.id_of(i.name) for i in storage.list(layout.INDEX)} == repo.index.files
     assert {layout.id_of(i.name) for i in storage.list(layout.DATA)} == stored_packs
+
+
+def test_prune_removes_stale_temporaries_through_the_wrappers(lws: LockWorkspace) -> None:
+    """prune reaches the backend's remove_stale_temporaries through unwrap()."""
+    from drkit.storage.local import TEMP_PREFIX
+
+    lws.write_config()
+    lws.ok("init")
+    lws.ok("backup")
+    leftover = lws.repo / "data" / f"{TEMP_PREFIX}crashed.1234"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half a pack")
+    report = lws.ok("prune", "--json").json()
+    assert report["temporaries_removed"] == 1 and not leftover.exists()
+    assert report["kept_locked"] == 0 and report["retention_extended"] == 0  # no retention on a local disk
+    lws.restore_matches("restored")
