@@ -29,7 +29,7 @@ from drkit.repository.blob import BLOB_DATA
 from drkit.repository.pack import PackBuilder, PackEntry
 
 Buffer = bytes | bytearray | memoryview
-_RSS_SOFT_LIMIT = 144 * 1024 * 1024
+_RSS_SOFT_LIMIT = 176 * 1024 * 1024
 """Above this resident size, free heap pages are returned to the OS after each pack."""
 
 

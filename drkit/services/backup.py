@@ -318,8 +318,8 @@ class SnapshotWriter:
         self._flush_deferred(wait=True)
         self._entries.seek(0)
         ids = []
-        for chunk in self._chunker.cut_stream(self._entries):
-            chunk_id, _ = self.saver.save(bytes(chunk.data), BLOB_TREE)
+        for data in _cut_blocks(self._chunker, self._entries, self._readbuf):  # same cuts as cut_stream
+            chunk_id, _ = self.saver.save(data, BLOB_TREE)
             ids.append(chunk_id.hex())
         self._entries.close()
         return ids
