@@ -231,7 +231,8 @@ def prune(
         removable = [i for i in superseded_files if deletable(layout.index_name(i))]
         if not dry_run and (drop or repack or orphans):
             guard.prefetch([layout.index_name(i) for i in old_index_files])
-            _rewrite(repo, keep, drop, repack, orphans, by_pack, used, old_index_files, superseded_files, deletable, workers)
+            _rewrite(repo, keep, drop, repack, orphans, by_pack, used, old_index_files, superseded_files, deletable, workers,
+                     retention_on=guard.storage is not None)
         elif not dry_run:
             for index_id in removable:
                 repo.storage.delete(layout.index_name(index_id))
@@ -264,8 +265,14 @@ def _rewrite(
     superseded_files: list[str],
     deletable: Callable[[str], bool],
     workers: int,
+    *,
+    retention_on: bool,
 ) -> None:
-    """Steps 2-4: repack, write the new index, then delete (only what *deletable* allows)."""
+    """Steps 2-4: repack, write the new index, then delete (only what *deletable* allows).
+
+    With retention on, the repack's interim index file (written moments ago, so
+    certainly retained) is left superseded rather than asked about; a later prune
+    deletes it once its retention has passed."""
     # New index view: only kept packs; repacked blobs are stored again below.
     kept_index = Index()
     for pack_id in keep:
@@ -293,7 +300,9 @@ def _rewrite(
     new_id = repo.write_index(everything, supersedes=replaced)
     repo.index.files = {new_id}
     for index_id in replaced:
-        if index_id != new_id and deletable(layout.index_name(index_id)):
+        if index_id == new_id or (retention_on and index_id in interim):
+            continue
+        if deletable(layout.index_name(index_id)):
             repo.storage.delete(layout.index_name(index_id))
     for pack_id in drop + repack + orphans:
         repo.storage.delete(layout.pack_name(pack_id))

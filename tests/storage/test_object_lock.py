@@ -63,9 +63,22 @@ def lock_fields(moto: MotoServer, bucket: str, key: str) -> tuple[str | None, da
     return head.get("ObjectLockMode"), until.astimezone(timezone.utc) if until else None
 
 
-def assert_all_retained(moto: MotoServer, bucket: str, mode: str, around: datetime, slack: timedelta = timedelta(minutes=5)) -> int:
-    """Every key under node1/ except locks carries *mode* until about *around*; returns the count."""
-    names = [k for k in keys(moto, bucket) if not k.startswith("node1/locks/")]
+def superseded_index_keys(moto: MotoServer, bucket: str) -> set[str]:
+    """Index files still stored but superseded (what drkit no longer loads)."""
+    storage = S3Storage(f"s3://{bucket}/node1", moto.options())
+    try:
+        repo = Repository.open(storage, PASSWORD)
+        repo.load_index()
+        return {f"node1/{layout.index_name(i)}" for i in repo.superseded_index_files}
+    finally:
+        storage.close()
+
+
+def assert_all_retained(
+    moto: MotoServer, bucket: str, mode: str, around: datetime, slack: timedelta = timedelta(minutes=5), skip: frozenset[str] | set[str] = frozenset()
+) -> int:
+    """Every key under node1/ except locks (and *skip*) carries *mode* until about *around*; returns the count."""
+    names = [k for k in keys(moto, bucket) if not k.startswith("node1/locks/") and k not in skip]
     assert names
     for key in names:
         got_mode, until = lock_fields(moto, bucket, key)
@@ -302,9 +315,12 @@ def test_forget_prune_keeps_locked_objects_then_a_later_prune_deletes_them(
     assert report["packs_deleted"] + report["packs_repacked"] >= 1
     packs_after = keys(moto_server, bucket, "node1/data/")
     assert len(set(packs_before) - set(packs_after)) >= 1
-    assert len(keys(moto_server, bucket, "node1/index/")) == 1  # superseded ones gone too
-    live = assert_all_retained(moto_server, bucket, "GOVERNANCE", later + timedelta(days=DAYS))
-    assert report["retention_extended"] >= live - 1  # the new index was written with a fresh date
+    # The superseded index files are gone too (the repack's own interim file, written
+    # just now and so retained, stays superseded until a later prune).
+    assert not set(index_before) & set(keys(moto_server, bucket, "node1/index/"))
+    superseded = superseded_index_keys(moto_server, bucket)
+    live = assert_all_retained(moto_server, bucket, "GOVERNANCE", later + timedelta(days=DAYS), skip=superseded)
+    assert report["retention_extended"] == live  # by that clock even the new index was due
     lws.ok("verify", "--read-data")
     lws.restore_matches("restored-2")
     # Idempotent: nothing more to do, nothing due.
@@ -380,3 +396,42 @@ def test_prune_removes_stale_temporaries_through_the_wrappers(lws: LockWorkspace
     assert report["temporaries_removed"] == 1 and not leftover.exists()
     assert report["kept_locked"] == 0 and report["retention_extended"] == 0  # no retention on a local disk
     lws.restore_matches("restored")
+
+
+def test_objects_written_with_an_expired_retention_are_pruned_and_live_ones_extended(
+    lws: LockWorkspace, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first snapshot is written with a clock 10 days back, so its retention has already
+    passed; the second with the real clock. Forgetting the first and pruning repacks /
+    deletes its data and its index file, keeps the second's (locked, superseded) index
+    file, and extends config and key slots (still referenced, retention passed)."""
+    bucket = locked_bucket(moto_server)
+    lws.configure(f"s3://{bucket}/node1", lock_options(moto_server))
+    past = datetime.now(timezone.utc) - timedelta(days=10)
+    monkeypatch.setattr("drkit.storage.s3.utc_now", lambda: past)
+    lws.ok("init")
+    lws.ok("backup")
+    monkeypatch.undo()
+    monkeypatch.setenv("DRKIT_PASSWORD", PASSWORD)
+    monkeypatch.setattr("drkit.storage.observe.RetryPolicy", lambda: FAST_RETRY)
+    assert_all_retained(moto_server, bucket, "GOVERNANCE", past + timedelta(days=DAYS))
+    first_index = set(keys(moto_server, bucket, "node1/index/"))
+    make_data(lws.data, seed=2)
+    start = datetime.now(timezone.utc)
+    lws.ok("backup")
+    second_index = set(keys(moto_server, bucket, "node1/index/")) - first_index
+
+    report = lws.ok("forget", "--keep-last", "1", "--prune", "--json").json()["prune"]
+    assert report["packs_deleted"] + report["packs_repacked"] >= 1
+    assert report["kept_locked"] == len(second_index)  # the second backup's index file
+    assert report["retention_extended"] >= 2  # config and the key slot
+    index_now = set(keys(moto_server, bucket, "node1/index/"))
+    assert not index_now & first_index and second_index < index_now
+    # Everything left is protected until about now + days (extended or freshly written).
+    assert_all_retained(moto_server, bucket, "GOVERNANCE", start + timedelta(days=DAYS))
+    lws.ok("verify", "--read-data")
+    lws.restore_matches("restored-1")
+    make_data(lws.data, seed=4)
+    lws.ok("backup")  # the superseded-but-present index file does not disturb a backup
+    lws.ok("verify", "--read-data")
+    lws.restore_matches("restored-2")
