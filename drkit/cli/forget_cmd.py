@@ -13,6 +13,7 @@ from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
 from drkit.services.prune import PruneReport, prune
+from drkit.storage.base import retention_of
 
 
 def _protected(state: CliState) -> bool:
@@ -132,7 +133,9 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
                 if not dry_run:
                     repo.delete_snapshot(snap.id)
     report = None
-    if do_prune and removed:
+    # With Object Lock, prune also extends the retention of live data: run it even when
+    # nothing was forgotten, so a scheduled 'forget --prune' keeps the protection going.
+    if do_prune and (removed or retention_of(repo.storage) is not None):
         report = prune(repo, dry_run=dry_run)
     return removed, report
 

@@ -329,8 +329,9 @@ def test_forget_prune_keeps_locked_objects_then_a_later_prune_deletes_them(
 
 
 def test_prune_extends_objects_written_without_retention(lws: LockWorkspace, moto_server: MotoServer) -> None:
-    """A repository that got object_lock later: prune brings every referenced object under
-    protection (PutObjectRetention), none are deleted."""
+    """A repository that got object_lock later: prune (here from 'forget --prune' with
+    nothing to forget) brings every referenced object under protection
+    (PutObjectRetention), none are deleted."""
     bucket = locked_bucket(moto_server)
     url = f"s3://{bucket}/node1"
     lws.configure(url, moto_server.options(multipart_threshold_mib=5, multipart_chunk_mib=5))
@@ -342,9 +343,11 @@ def test_prune_extends_objects_written_without_retention(lws: LockWorkspace, mot
     report = lws.ok("prune", "--dry-run", "--json").json()
     assert report["retention_extended"] >= 5
     assert all(lock_fields(moto_server, bucket, k) == (None, None) for k in keys(moto_server, bucket))  # dry run
-    report = lws.ok("prune", "--json").json()
+    # A scheduled 'forget --prune' that forgets nothing still prunes (and so extends).
+    done = lws.ok("forget", "--keep-within", "30d", "--prune", "--json").json()
+    assert done["removed"] == [] and done["prune"] is not None
     count = assert_all_retained(moto_server, bucket, "COMPLIANCE", start + timedelta(days=DAYS))
-    assert report["retention_extended"] == count
+    assert done["prune"]["retention_extended"] == count
     lws.restore_matches("restored")
 
 
