@@ -205,7 +205,7 @@ def test_every_put_carries_the_retention_and_locks_none(moto_server: MotoServer)
         assert cap is not None and cap.retention == Retention("COMPLIANCE", DAYS)
         until = cap.retained_until("config")
         assert until is not None and abs(until - expected) < timedelta(minutes=1)
-    assert unwrap(AppendOnlyStorage(storage)) is raw
+    assert unwrap(AppendOnlyStorage(storage)) is raw  # type: ignore[arg-type]  # read-only url property
     later = expected + timedelta(days=5)
     AppendOnlyStorage(storage).extend_retention("config", later)  # extending destroys nothing
     assert abs(lock_fields(moto_server, bucket, "node1/config")[1] - later) < timedelta(seconds=1)  # type: ignore[operator]
