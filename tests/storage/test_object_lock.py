@@ -141,6 +141,22 @@ def moto_signs_slashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_control.IAMRequestBase, "_create_aws_request", create)
 
 
+def shipped_policy_user(moto: MotoServer, bucket: str, policy_file: str) -> dict[str, str]:
+    """An IAM user holding config/iam/POLICY_FILE for bucket/node1; its repository.s3 credentials."""
+    text = (ROOT / "config/iam" / policy_file).read_text().replace("BUCKET", bucket).replace("PREFIX", "node1")
+    policy = json.loads(text)
+    for statement in policy["Statement"]:
+        statement.pop("Condition", None)  # moto does not evaluate s3:prefix conditions
+        if statement["Sid"] == "DrkitListRepository":
+            statement["Action"].append("s3:HeadBucket")  # moto's name for it; AWS authorizes HeadBucket by s3:ListBucket
+    iam = moto.client("iam")
+    user = f"drkit-{secrets.token_hex(4)}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="drkit", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
@@ -243,18 +259,7 @@ def test_backup_with_the_delete_less_backup_host_policy(lws: LockWorkspace, moto
     """config/iam/backup-host-policy.json (delete only under locks/) is enough for a backup
     with Object Lock; that host cannot delete a pack; every object carries the retention."""
     bucket = locked_bucket(moto_server)
-    text = (ROOT / "config/iam/backup-host-policy.json").read_text().replace("BUCKET", bucket).replace("PREFIX", "node1")
-    policy = json.loads(text)
-    for statement in policy["Statement"]:
-        statement.pop("Condition", None)  # moto does not evaluate s3:prefix conditions
-        if statement["Sid"] == "DrkitListRepository":
-            statement["Action"].append("s3:HeadBucket")  # moto's name for it; AWS authorizes HeadBucket by s3:ListBucket
-    iam = moto_server.client("iam")
-    user = f"backup-host-{secrets.token_hex(3)}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="drkit", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    host = lock_options(moto_server, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
+    host = lock_options(moto_server, **shipped_policy_user(moto_server, bucket, "backup-host-policy.json"))
     url = f"s3://{bucket}/node1"
     lws.configure(url, host)
     started = datetime.now(timezone.utc)
@@ -438,3 +443,25 @@ def test_objects_written_with_an_expired_retention_are_pruned_and_live_ones_exte
     lws.ok("backup")  # the superseded-but-present index file does not disturb a backup
     lws.ok("verify", "--read-data")
     lws.restore_matches("restored-2")
+
+
+def test_forget_and_prune_with_the_admin_host_policy(lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None) -> None:
+    """config/iam/admin-host-policy.json is enough for forget + prune with Object Lock
+    (delete, HeadObject, PutObjectRetention); no bypass of governance retention."""
+    bucket = locked_bucket(moto_server)
+    url = f"s3://{bucket}/node1"
+    lws.configure(url, lock_options(moto_server))
+    lws.ok("init")
+    lws.ok("backup")
+    make_data(lws.data, seed=5)
+    lws.ok("backup")
+    packs = keys(moto_server, bucket, "node1/data/")
+    lws.configure(url, lock_options(moto_server, **shipped_policy_user(moto_server, bucket, "admin-host-policy.json")))
+    with iam_enforced(moto_server):
+        r = lws.ok("forget", "--keep-last", "1", "--prune", "--json")
+        assert r.json()["prune"]["kept_locked"] >= 1 and len(r.json()["removed"]) == 1
+        # The policy has no s3:ListBucketMultipartUploads: prune says so and succeeds.
+        assert "could not remove stale temporaries" in r.err and "Traceback" not in r.err
+        lws.restore_matches("restored")
+    assert keys(moto_server, bucket, "node1/data/") == packs
+    assert not [k for k in keys(moto_server, bucket) if k.startswith("node1/locks/")]
