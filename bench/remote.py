@@ -73,6 +73,7 @@ def _raw(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(m.stdout)
     out["process_wall"] = round(m.wall, 3)
     out["cpu"] = round(m.cpu, 3)
+    out["peak_rss_mib"] = round(m.maxrss_kib / 1024, 1)
     return out
 
 
@@ -90,6 +91,8 @@ def _result(name: str, drkit_m: Any, sizes: list[int], raw: dict[str, Any], info
         "raw_seconds": raw["seconds"],
         "raw_mib_s": round(stored / raw["seconds"] / 2**20, 1),
         "raw_method": raw["method"],
+        "raw_cpu": raw["cpu"],
+        "raw_peak_rss_mib": raw["peak_rss_mib"],
         "throughput_ratio": round(ratio, 3),
         "meets_target": ratio >= TARGET,
         **info,

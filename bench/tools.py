@@ -1,8 +1,8 @@
 """The programs under comparison, each behind the same four steps.
 
 Every step runs as a child process, timed with a monotonic clock and measured with
-``os.wait4`` (the rusage of that one child: CPU time and peak RSS), so one tool's
-figures never mix with another's.
+``os.wait4`` (the rusage of that one child: CPU time) and its ``VmHWM`` polled every
+2 ms (peak RSS), so one tool's figures never mix with another's.
 
 Settings, chosen to be comparable (see bench/README.md):
 
@@ -54,7 +54,9 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = Non
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
         deadline = start + timeout
+        hwm = 0
         while True:
+            hwm = max(hwm, _vm_hwm_kib(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -72,7 +74,22 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = Non
     if proc.returncode != 0:
         tail = " | ".join(stderr.strip().splitlines()[-3:])
         raise StepFailed(f"{' '.join(argv[:3])} ... exited {proc.returncode}: {tail}")
-    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, stdout)
+    # ru_maxrss of a child starts from its parent's RSS at fork (Linux keeps the
+    # high-water mark across execve), so a big parent (moto's server holds the bucket in
+    # memory) would inflate it: use the child's own VmHWM, polled every 2 ms.
+    return Measured(wall, usage.ru_utime + usage.ru_stime, hwm or usage.ru_maxrss, stdout)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident set of *pid*'s current program (VmHWM), 0 if unavailable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def dir_bytes(path: Path) -> int:
