@@ -17,8 +17,10 @@ A crash at any step leaves a repository in which every snapshot restores.
 retention on, i.e. S3 Object Lock): an object whose retention date is still ahead is
 never deleted. A pack to drop or repack is kept as it is (still indexed, so nothing is
 uploaded twice) and a later prune drops it once its retention has passed; a superseded
-index file stays (``Repository.load_index`` skips superseded files). Prune still
-succeeds and reports how many objects it kept because they were locked.
+index file stays (``Repository.load_index`` skips superseded files), as does the interim
+index file a repack writes. Prune still succeeds and reports how many objects it kept
+because they were locked. A partly used pack under retention is not repacked: it is
+kept (and extended) whole while it holds a live blob.
 Then (kopia's approach) every object still referenced -- config, key slots, snapshot
 manifests, index files in use and every pack holding a used blob -- whose retention
 ends within ``days / 2`` gets its retention extended to ``now + days``. So as long as

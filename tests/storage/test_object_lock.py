@@ -465,3 +465,28 @@ def test_forget_and_prune_with_the_admin_host_policy(lws: LockWorkspace, moto_se
         lws.restore_matches("restored")
     assert keys(moto_server, bucket, "node1/data/") == packs
     assert not [k for k in keys(moto_server, bucket) if k.startswith("node1/locks/")]
+
+
+def test_retention_calls_are_retried_through_the_wrappers(moto_server: MotoServer) -> None:
+    """HeadObject and PutObjectRetention go through the retry wrapper: 503 SlowDown and a
+    reset connection are retried, the answer is the store's."""
+    from tests.servers.faults import HttpFaultProxy
+
+    bucket = locked_bucket(moto_server)
+    proxy = HttpFaultProxy(moto_server.host, moto_server.port)
+    storage = wrap_storage(S3Storage(f"s3://{bucket}/node1", lock_options(moto_server, endpoint_url=proxy.endpoint_url, max_attempts=1)), FAST_RETRY)
+    try:
+        storage.put("config", b"cfg")
+        cap = retention_of(storage)
+        assert cap is not None
+        head = proxy.add("slowdown", method="HEAD", path=r"/node1/config", times=2)
+        until = cap.retained_until("config")
+        assert head.hits == 2 and until == lock_fields(moto_server, bucket, "node1/config")[1]
+        later = datetime.now(timezone.utc) + timedelta(days=DAYS + 3)
+        put = proxy.add("reset", method="PUT", path=r"retention", times=1)
+        cap.extend_retention("config", later)
+        assert put.hits == 1
+        assert abs(lock_fields(moto_server, bucket, "node1/config")[1] - later) < timedelta(seconds=1)  # type: ignore[operator]
+    finally:
+        storage.close()
+        proxy.close()
