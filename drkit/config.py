@@ -50,8 +50,8 @@ class RepositoryConfig(_Strict):
     compression: int | Literal["auto", "off", "max"] = "auto"
     """zstd level 1-19, 'auto' (fast: level 1), 'max' (19) or 'off'.
 
-    'auto' is level 1: on a mixed data set it compresses about 25% faster than
-    level 3 for about 2.5% more stored bytes (bench/README.md)."""
+    'auto' is level 1: on the benchmark's mixed data set it spends 7-13% less CPU
+    per backup than level 3 for 1.4% more stored bytes (bench/README.md)."""
     pack_size_mib: int = Field(16, ge=1, le=128)
     index_every_packs: int = Field(32, ge=1)
     """Write an intermediate index after this many packs (crash recovery granularity)."""
