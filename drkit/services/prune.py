@@ -43,6 +43,7 @@ from drkit.errors import DamageFound, DrkitError, ObjectNotFound, Refused
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
 from drkit.repository.index import Index
+from drkit.repository.pack import PackEntry
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.tree import decode_lines
@@ -167,6 +168,46 @@ class RetentionGuard:
         return len(due)
 
 
+def _all_pack_entries(repo: Repository) -> dict[str, list[PackEntry]]:
+    """Every blob of every indexed pack, duplicates included (the in-memory index keeps
+    one location per blob), from the index files that are not superseded."""
+    out: dict[str, list[PackEntry]] = {}
+    for index_id in sorted(repo.index.files):
+        packs, _ = repo.read_index_file(index_id)
+        for pack_id, _size, entries in packs:
+            if pack_id in repo.index.pack_sizes:
+                out[pack_id] = entries
+    for pack_id in repo.index.pack_sizes:
+        out.setdefault(pack_id, [])
+    return out
+
+
+def _homes(repo: Repository, by_pack: dict[str, list[PackEntry]], used: set[bytes]) -> dict[bytes, str]:
+    """For every used blob, the one pack whose copy stays.
+
+    Packs whose every used blob has a copy in another surviving pack are redundant;
+    they are retired smallest first, so the copies that stay sit in the packs that
+    are needed anyway. The index's current location is preferred among survivors."""
+    holders: dict[bytes, list[str]] = {}
+    live_bytes: dict[str, int] = {}
+    for pack_id, entries in by_pack.items():
+        live_bytes[pack_id] = 0
+        for e in entries:
+            if e.id in used:
+                holders.setdefault(e.id, []).append(pack_id)
+                live_bytes[pack_id] += e.length
+    alive = set(by_pack)
+    for pack_id in sorted(by_pack, key=lambda p: (live_bytes[p], p)):
+        ids = [e.id for e in by_pack[pack_id] if e.id in used]
+        if ids and all(any(h != pack_id and h in alive for h in holders[i]) for i in ids):
+            alive.discard(pack_id)
+    homes: dict[bytes, str] = {}
+    for chunk_id, packs in holders.items():
+        loc = repo.index.get(chunk_id)
+        homes[chunk_id] = loc.pack if loc is not None and loc.pack in alive else next(p for p in packs if p in alive)
+    return homes
+
+
 def prune(
     repo: Repository,
     *,
@@ -195,19 +236,27 @@ def prune(
         old_index_files = sorted(repo.index.files)
         superseded_files = sorted(repo.superseded_index_files)
         used = used_blobs(repo)
-        by_pack = repo.index.entries_by_pack()
+        by_pack = _all_pack_entries(repo)
         report.packs_before = len(by_pack)
         keep: list[str] = []
         drop: list[str] = []
         repack: list[str] = []
+
+        home = _homes(repo, by_pack, used)
+
+        def live(e: PackEntry, pack_id: str) -> bool:
+            # Used, and this pack is the copy that stays: a second copy of a blob (two
+            # runs stored it) is dead weight like an unused blob.
+            return home.get(e.id) == pack_id
+
         for pack_id, entries in by_pack.items():
             total = sum(e.length for e in entries) or 1
-            unused = sum(e.length for e in entries if e.id not in used)
-            report.blobs_used += sum(1 for e in entries if e.id in used)
-            report.blobs_unused += sum(1 for e in entries if e.id not in used)
+            unused = sum(e.length for e in entries if not live(e, pack_id))
+            report.blobs_used += sum(1 for e in entries if live(e, pack_id))
+            report.blobs_unused += sum(1 for e in entries if not live(e, pack_id))
             if unused == 0:
                 keep.append(pack_id)
-            elif all(e.id not in used for e in entries):
+            elif not any(live(e, pack_id) for e in entries):
                 drop.append(pack_id)
             elif unused / total >= repack_threshold:
                 repack.append(pack_id)

@@ -108,3 +108,31 @@ def test_forget_without_policy_is_refused(ws: Workspace) -> None:
     r = ws.run("forget")
     assert r.code == 2 and "refusing" in r.err
     assert len(ws.ok("snapshots", "--json").json()) == 1
+
+
+def test_prune_drops_a_pack_whose_blobs_all_live_in_other_packs(ws: Workspace) -> None:
+    """Two runs can store the same blob (e.g. racing backups); prune removes the copy."""
+    from drkit.repository.blob import BLOB_DATA
+    from drkit.repository.pack import PackBuilder
+    from drkit.repository.repo import Repository
+    from drkit.storage import LocalStorage
+
+    ws.ok("init")
+    ws.ok("backup")
+    repo = Repository.open(LocalStorage(ws.repo), "correct horse battery staple")
+    repo.load_index()
+    data = (ws.data / "a/text.txt").read_bytes()
+    chunk_id = repo.hasher(data)
+    assert chunk_id in repo.index
+    builder = PackBuilder()
+    builder.add(BLOB_DATA, chunk_id, repo.codec.encode(BLOB_DATA, chunk_id, data), len(data))
+    pack_id, raw = builder.finish(repo.cipher)
+    repo.storage.put(f"data/{pack_id[:2]}/{pack_id}", raw)
+    repo.write_index([(pack_id, len(raw), builder.entries)])
+    report = ws.ok("prune", "--json").json()
+    assert report["packs_deleted"] == 1
+    assert not (ws.repo / "data" / pack_id[:2] / pack_id).exists()
+    ws.ok("verify", "--read-data")
+    target = ws.root / "r"
+    ws.ok("restore", "latest", "-s", "data", "--target", str(target))
+    assert (target / str(ws.data).lstrip("/") / "a/text.txt").read_bytes() == data

@@ -460,8 +460,8 @@ def test_forget_and_prune_with_the_admin_host_policy(lws: LockWorkspace, moto_se
     with iam_enforced(moto_server):
         r = lws.ok("forget", "--keep-last", "1", "--prune", "--json")
         assert r.json()["prune"]["kept_locked"] >= 1 and len(r.json()["removed"]) == 1
-        # The policy has no s3:ListBucketMultipartUploads: prune says so and succeeds.
-        assert "could not remove stale temporaries" in r.err and "Traceback" not in r.err
+        # The policy allows listing multipart uploads: stale ones are cleaned up quietly.
+        assert "could not remove stale temporaries" not in r.err and "Traceback" not in r.err
         lws.restore_matches("restored")
     assert keys(moto_server, bucket, "node1/data/") == packs
     assert not [k for k in keys(moto_server, bucket) if k.startswith("node1/locks/")]
