@@ -64,6 +64,7 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             tags=list(tags),
             workers=cfg.repository.workers,
             index_every_packs=cfg.repository.index_every_packs,
+            env=state.env.vars,
         )
         if host or cfg.raw.hostname:
             options.host = host or cfg.raw.hostname or options.host

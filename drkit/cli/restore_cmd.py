@@ -90,6 +90,7 @@ def restore_cmd(
             force=force,
             dry_run=dry_run,
             options={**options, "in_place": in_place, "volumes": list(volumes), "push_to": push_to},
+            env=state.env.vars,
             on_bytes=progress.advance if progress else None,
             on_line=None if as_json else state.say,
         )

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import pyfastcdc
 
@@ -145,6 +145,7 @@ class SnapshotWriter:
         parent: Snapshot | None,
         scratch_dir: Path,
         run_meta: dict[str, Any],
+        env: Mapping[str, str] | None = None,
         on_bytes: Callable[[int], None] | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> None:
@@ -154,6 +155,7 @@ class SnapshotWriter:
         self.scratch_dir = scratch_dir
         self.meta: dict[str, Any] = {}
         self.run_meta = run_meta
+        self.env: Mapping[str, str] = env if env is not None else {}
         self.stats = SourceStats()
         self.warnings: list[str] = []
         self.notes: list[str] = []
@@ -386,6 +388,9 @@ class BackupOptions:
     workers: int = 0
     index_every_packs: int = 32
     scratch_root: Path | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    """The environment sources may consult (e.g. git's token_env). The CLI passes the
+    environment it captured; library callers get this process's."""
 
 
 def _latest_of(snaps: list[Snapshot], source: str, host: str) -> Snapshot | None:
@@ -481,6 +486,7 @@ def _backup_one(
             parent=parent,
             scratch_dir=scratch,
             run_meta=run_meta,
+            env=options.env,
             on_bytes=progress.advance if progress else None,
             on_text=progress.text if progress else None,
         )

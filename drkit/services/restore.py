@@ -24,7 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError
 from drkit.repository import layout
@@ -142,6 +142,7 @@ class SnapshotReader:
         force: bool = False,
         dry_run: bool = False,
         options: dict[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
         workers: int = 4,
         on_bytes: Callable[[int], None] | None = None,
         on_line: Callable[[str], None] | None = None,
@@ -153,6 +154,7 @@ class SnapshotReader:
         self.force = force
         self.dry_run = dry_run
         self.options = dict(options or {})
+        self.env: Mapping[str, str] = env if env is not None else dict(os.environ)
         self.lines: list[str] = []
         self._workers = workers
         self._on_bytes = on_bytes

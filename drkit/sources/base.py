@@ -20,7 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,6 +52,8 @@ class BackupContext(Protocol):
     """Metadata shared by every source of one ``drkit backup`` run (``snapshot.run_meta``)."""
     paths: list[str]
     """What the snapshot covers, for listings (e.g. the backed-up directories)."""
+    env: Mapping[str, str]
+    """The environment captured by the CLI (sources never read os.environ)."""
 
     def add_dir(self, path: str, st: os.stat_result | None = None, *, mode: int = 0o755) -> Entry: ...
 
@@ -94,6 +96,8 @@ class RestoreContext(Protocol):
     include: list[str]
     force: bool
     dry_run: bool
+    env: Mapping[str, str]
+    """The environment captured by the CLI (sources never read os.environ)."""
     options: dict[str, Any]
     """Restore options from the CLI: ``in_place`` (bool), ``volumes`` (list of PVC
     names), ``push_to`` (URL) and anything a source documents."""

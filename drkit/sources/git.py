@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -183,7 +183,7 @@ class GitSource(Source):
 
     # --- credentials -------------------------------------------------------------------
 
-    def auth(self, environ: dict[str, str] | None = None) -> GitAuth:
+    def auth(self, environ: Mapping[str, str] | None = None) -> GitAuth:
         """Build the credential environment. *environ* is where ``token_env`` is looked
         up (default: this process's environment, read once per run).
 
@@ -269,7 +269,7 @@ class GitSource(Source):
     def backup(self, ctx: BackupContext) -> None:
         """Fetch, fsck, store the mirror's files; raises DrkitError when the remote is
         unreachable, has no refs, or fsck fails (nothing is stored then)."""
-        auth = self.auth()
+        auth = self.auth(ctx.env)
         started = time.monotonic()
         ctx.progress(f"fetching {self.options.url}")
         mirror = self.update_mirror(auth)
@@ -358,7 +358,7 @@ class GitSource(Source):
             refs = self._verify(dest, ctx.snapshot)
             result.details["refs"] = {name: oid for name, oid in refs.refs}
             if push_to:
-                auth = self.auth()
+                auth = self.auth(ctx.env)
                 git(dest, "push", "--mirror", "--quiet", push_to, auth=auth, timeout=self.options.timeout,
                     hint="check the remote URL and that the credentials may push to it")
                 result.lines.append(f"mirror-pushed {refs.describe()} to {push_to}")
