@@ -90,19 +90,12 @@ def plan(seed: int, size: int) -> list[FileSpec]:
     return specs
 
 
-def _keystream(seed: int, no: int, tag: str) -> "object":
+def _keystream(seed: int, no: int, tag: str) -> object:
     key = hashlib.sha256(f"drkit-bench/{seed}/{no}/{tag}".encode()).digest()
     return Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
 
 
-_WORDS = (
-    "apiVersion kind metadata name namespace labels annotations spec status replicas selector "
-    "template containers image ports volumeMounts resources limits requests cpu memory "
-    "level=info level=warn level=error level=debug msg component controller reconcile "
-    "volume snapshot backup restore engine replica node longhorn argocd traefik cert-manager "
-    "sealed-secrets kube-system default prometheus grafana loki request duration status=200 "
-    "status=404 status=500 method=GET method=POST path=/api/v1/namespaces user-agent latency"
-).split()
+_WORDS = ["apiVersion", "kind", "metadata", "name", "namespace", "labels", "annotations", "spec", "status", "replicas", "selector", "template", "containers", "image", "ports", "volumeMounts", "resources", "limits", "requests", "cpu", "memory", "level=info", "level=warn", "level=error", "level=debug", "msg", "component", "controller", "reconcile", "volume", "snapshot", "backup", "restore", "engine", "replica", "node", "longhorn", "argocd", "traefik", "cert-manager", "sealed-secrets", "kube-system", "default", "prometheus", "grafana", "loki", "request", "duration", "status=200", "status=404", "status=500", "method=GET", "method=POST", "path=/api/v1/namespaces", "user-agent", "latency"]
 
 
 def _line_pool(seed: int) -> list[bytes]:

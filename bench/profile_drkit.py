@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drkit.repository.repo import Repository  # noqa: E402
-from drkit.services.backup import BackupOptions, run_backup  # noqa: E402
-from drkit.services.restore import SnapshotReader  # noqa: E402
-from drkit.sources.files import FilesSource  # noqa: E402
-from drkit.storage.local import LocalStorage  # noqa: E402
+from drkit.repository.repo import Repository
+from drkit.services.backup import BackupOptions, run_backup
+from drkit.services.restore import SnapshotReader
+from drkit.sources.files import FilesSource
+from drkit.storage.local import LocalStorage
 
 
 def main() -> None:

@@ -28,15 +28,16 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from tools import PASSPHRASE, StepFailed, _base_env, run_measured  # noqa: E402
+from tools import PASSPHRASE, StepFailed, _base_env, run_measured
 
 TARGET = 0.8
 

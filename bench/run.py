@@ -36,8 +36,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import dataset  # noqa: E402
-from tools import TOOLS, Measured, StepFailed, Tool, dir_bytes  # noqa: E402
+import dataset
+from tools import TOOLS, Measured, StepFailed, Tool, dir_bytes
 
 PHASES = ("init", "backup1", "backup2", "restore")
 TARGETS = {
@@ -148,7 +148,7 @@ def summarize(out: dict[str, Any], tool_names: list[str]) -> dict[str, Any]:
             }
         # Byte counts vary a little per round (each new repository has a new random
         # chunker seed / polynomial): report the mean over rounds.
-        def mean(phase: str, key: str) -> int | None:
+        def mean(phase: str, key: str, name: str = name) -> int | None:
             vals = [r.get(key) for r in raw[name][phase]]
             return None if any(v is None for v in vals) else int(statistics.mean(vals))
 

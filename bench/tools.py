@@ -163,8 +163,8 @@ class Drkit(Tool):
         return [sys.executable, "-m", "drkit", "-c", str(self.work / "drkit.yaml"), *args]
 
     def version(self) -> str:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "drkit"], capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "drkit"], capture_output=True, text=True, check=False).stdout.strip()
         return f"drkit {rev}{'+dirty' if dirty else ''}"
 
     def init(self) -> Measured:
@@ -188,7 +188,7 @@ class Restic(Tool):
         }
 
     def version(self) -> str:
-        return subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.split(" compiled")[0].strip()
+        return subprocess.run(["restic", "version"], capture_output=True, text=True, check=False).stdout.split(" compiled")[0].strip()
 
     def init(self) -> Measured:
         return run_measured(["restic", "init", "--quiet"], env=self.env)
@@ -214,7 +214,7 @@ class Borg(Tool):
         }
 
     def version(self) -> str:
-        return subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["borg", "--version"], capture_output=True, text=True, check=False).stdout.strip()
 
     def init(self) -> Measured:
         return run_measured(["borg", "init", "--encryption", "repokey-blake2"], env=self.env)

@@ -40,7 +40,7 @@ class _Allocator:
     the amount of data. Caps the arenas at two and gives free pages back after each
     stored pack. A no-op on other C libraries."""
 
-    _libc: "ctypes.CDLL | None" = None
+    _libc: ctypes.CDLL | None = None
     _ready = False
 
     @classmethod
@@ -95,7 +95,7 @@ class BlobTicket:
     thread moves ``sealed`` into a pack and drops it, so a ticket kept until the end
     of a large file holds 32 bytes, not the data."""
 
-    __slots__ = ("blob_type", "data", "chunk_id", "sealed", "new", "raw_length", "future")
+    __slots__ = ("blob_type", "chunk_id", "data", "future", "new", "raw_length", "sealed")
 
     def __init__(self, blob_type: int, data: Buffer | None, chunk_id: bytes = b"") -> None:
         self.blob_type = blob_type

@@ -10,7 +10,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import dataset  # noqa: E402
+import dataset
 
 
 def test_same_seed_same_bytes_and_mix(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from drkit.errors import IntegrityError
 from drkit.repository import layout
-from drkit.repository.blob import BLOB_DATA, BlobError
+from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.services.backup import BackupOptions, _cut_blocks, run_backup
