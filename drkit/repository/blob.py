@@ -59,8 +59,11 @@ class BlobCodec:
             return b"\x00" + data
         comp = self._compressor()
         if len(data) > 4 * _SAMPLE:
-            sample = data[:_SAMPLE]
-            if len(comp.compress(sample)) >= len(sample) * 0.98:
+            # Skip compressing what will not shrink, judged by 64 KiB at each end (a
+            # chunk that runs from random data into zeros, as in a volume image, still
+            # gets compressed).
+            head, tail = data[:_SAMPLE], data[-_SAMPLE:]
+            if len(comp.compress(head)) >= _SAMPLE * 0.98 and len(comp.compress(tail)) >= _SAMPLE * 0.98:
                 return b"\x00" + data
         packed = comp.compress(data)
         if len(packed) >= len(data):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from dataclasses import dataclass
 
 import blake3
@@ -117,7 +118,7 @@ class Cipher:
         if len(sealed) < OVERHEAD or sealed[0] != SCHEME_AESGCM:
             raise DecryptError("unknown encryption scheme or truncated object")
         try:
-            return self._aead.decrypt(bytes(sealed[1 : 1 + NONCE_SIZE]), bytes(sealed[1 + NONCE_SIZE :]), associated)
+            return self._aead.decrypt(sealed[1 : 1 + NONCE_SIZE], sealed[1 + NONCE_SIZE :], associated)
         except InvalidTag:
             raise DecryptError("authentication failed") from None
 
@@ -185,8 +186,16 @@ class RecipientCipher:
         self.identity = identity
         self._session: tuple[bytes, AESGCM] | None = None
         self._opened: dict[bytes, AESGCM] = {}
+        self._lock = threading.Lock()
 
     def _current(self) -> tuple[bytes, AESGCM]:
+        session = self._session
+        if session is not None:
+            return session
+        with self._lock:  # sealing threads must agree on one session key
+            return self._new_session()
+
+    def _new_session(self) -> tuple[bytes, AESGCM]:
         if self._session is None:
             from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
             from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -214,7 +223,7 @@ class RecipientCipher:
         aead = self._aead_for(epk)
         body = sealed[33:]
         try:
-            return aead.decrypt(bytes(body[:NONCE_SIZE]), bytes(body[NONCE_SIZE:]), associated)
+            return aead.decrypt(body[:NONCE_SIZE], body[NONCE_SIZE:], associated)
         except InvalidTag:
             raise DecryptError("authentication failed") from None
 

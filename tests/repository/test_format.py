@@ -134,3 +134,36 @@ def test_compiled_fastcdc_is_loaded() -> None:
     import pyfastcdc
 
     assert pyfastcdc.FastCDC.__module__.startswith("pyfastcdc.cy"), "the pure-Python fallback would be far too slow"
+
+
+def test_chunk_running_from_random_data_into_zeros_is_compressed(codec: BlobCodec) -> None:
+    """A volume image's chunk can start in data and end in zeros: judged by its head
+    alone it would be stored raw, wasting the zeros."""
+    data = os.urandom(512 * 1024) + bytes(1024 * 1024)
+    packed = codec.compress(data)
+    assert packed[0] == 1 and len(packed) < 600 * 1024
+    noise = os.urandom(2 * 1024 * 1024)
+    assert codec.compress(noise)[0] == 0
+
+
+def test_recipient_mode_sealing_threads_share_one_session() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from drkit.repository.crypto import RecipientCipher
+
+    identity = X25519PrivateKey.generate()
+    public = identity.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    for _ in range(20):
+        writer = RecipientCipher(public)
+        with ThreadPoolExecutor(8) as pool:
+            sealed = list(pool.map(lambda i: writer.seal(b"x%d" % i, b"ad"), range(8)))
+        assert len({s[1:33] for s in sealed}) == 1
+        for i, s in enumerate(sealed):
+            assert writer.open(s, b"ad") == b"x%d" % i  # the writer verifies its own session
+    writer.end_session()
+    with pytest.raises(Exception):
+        writer.open(sealed[0], b"ad")
+    assert RecipientCipher(public, identity).open(sealed[0], b"ad") == b"x0"
