@@ -425,19 +425,25 @@ class S3Storage:
     def put(self, name: str, data: bytes | memoryview) -> None:
         key = self._key(name)
         view = memoryview(data).cast("B")
-        md5 = hashlib.md5(view).hexdigest()
+        digest = hashlib.md5(view).digest()  # once: metadata (for downloads) and Content-MD5
+        md5 = digest.hex()
         threshold = self.options.multipart_threshold_mib * MiB
         try:
             self.check_object_lock()
             if len(view) <= threshold:
+                checksum = (
+                    {"ContentMD5": base64.b64encode(digest).decode()}
+                    if self.options.checksum == "md5"
+                    else self._checksum_args(view)
+                )
                 self._client.put_object(
                     Bucket=self.bucket,
                     Key=key,
-                    Body=bytes(view),
+                    Body=data if isinstance(data, bytes) else bytes(view),  # no copy of a pack
                     Metadata={MD5_META: md5},
                     **self._put_args(name),
                     **self._lock_args(name),
-                    **self._checksum_args(view),
+                    **checksum,
                 )
             else:
                 self._put_multipart(name, key, view, md5)
