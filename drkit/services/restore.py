@@ -406,8 +406,10 @@ def _apply_meta(path: Path, e: Entry, *, symlink: bool = False) -> None:
             log.warning("cannot set owner of %s: %s", path, exc.strerror)
     if not symlink:
         os.chmod(path, e.mode)
+    if symlink and os.utime not in os.supports_follow_symlinks:
+        return  # this platform cannot set a symlink's own mtime
     try:
         os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not symlink)
-    except (NotImplementedError, OSError):
-        pass
+    except OSError as exc:
+        log.warning("cannot set mtime of %s: %s", path, exc.strerror)
 
