@@ -9,7 +9,7 @@ import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, open_repository, progress_for
+from drkit.cli.common import human_size, identity_option, open_repository, progress_for
 from drkit.config import Environment, RepositoryConfig, load_config
 from drkit.errors import DrkitError, PassphraseError
 from drkit.passwords import Secret, resolve_passphrase
@@ -104,8 +104,11 @@ def _summary(state: CliState, report: CopyReport, as_json: bool) -> None:
 @click.option("--to", "to", required=True, metavar="CONFIG_OR_URL", help="Destination: a drkit config file (its repository section) or a repository URL.")
 @click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Copy only snapshots of this source (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print {from, to, copied, skipped, failed, snapshots: [...]}.")
+@identity_option
 @pass_state
-def copy_cmd(state: CliState, snapshots: tuple[str, ...], to: str, sources: tuple[str, ...], as_json: bool) -> None:
+def copy_cmd(
+    state: CliState, snapshots: tuple[str, ...], to: str, sources: tuple[str, ...], as_json: bool, identity_path: Path | None
+) -> None:
     """Copy snapshots to another repository (default: every one it lacks).
 
     The destination keeps its own keys: data is read from this repository
@@ -124,7 +127,7 @@ def copy_cmd(state: CliState, snapshots: tuple[str, ...], to: str, sources: tupl
       DRKIT_TO_PASSWORD_FILE=/root/usb.pass drkit copy --to /mnt/usb/drkit
     """
     dest = parse_destination(to)
-    src = open_repository(state)
+    src = open_repository(state, identity_path)
     dst = open_destination(state, dest)
     cfg = state.config.repository
     on_item = None if as_json else (lambda item: state.say(_line(item)))

@@ -10,7 +10,7 @@ import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, open_repository
+from drkit.cli.common import human_size, identity_option, open_repository
 from drkit.config import Environment, load_config
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.repo import Repository
@@ -56,9 +56,10 @@ def _show(state: CliState, report: DrillReport, as_json: bool) -> None:
 @click.option("--result-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the JSON report here (default: drill.result_file).")
 @click.option("--sandbox", is_flag=True, help="No config needed: make sample sources, back them up into a temp repository, drill them.")
+@identity_option
 @pass_state
 def drill_cmd(state: CliState, snapshot_ref: str, sources: tuple[str, ...], as_json: bool, scratch: Path | None,
-              keep: bool, result_file: Path | None, sandbox: bool) -> None:
+              keep: bool, result_file: Path | None, sandbox: bool, identity_path: Path | None) -> None:
     """Prove that the backups restore: restore each source into a scratch place, check it, report RTO/RPO.
 
     Per source: the RPO (age of the snapshot now), the RTO (time the restore took),
@@ -85,7 +86,7 @@ def drill_cmd(state: CliState, snapshot_ref: str, sources: tuple[str, ...], as_j
         return
     cfg = state.config
     drill_cfg = parse_drill_config(cfg.raw.drill)
-    repo = open_repository(state)
+    repo = open_repository(state, identity_path)
     options = DrillOptions(
         snapshot_ref=snapshot_ref,
         sources=list(sources),

@@ -97,3 +97,21 @@ def test_wrong_identity_and_protected_identity(recipient_ws, monkeypatch) -> Non
     monkeypatch.setenv("DRKIT_IDENTITY_PASSWORD", "bad-pass")
     r = ws.run("snapshots", "--identity", str(protected))
     assert r.code == EXIT_WRONG_KEY
+
+
+def test_copy_and_drill_take_the_identity(recipient_ws, monkeypatch) -> None:
+    ws, identity, _ = recipient_ws
+    ws.ok("backup")
+    assert ws.run("drill").code == 5  # the host cannot drill what it cannot read
+    monkeypatch.delenv("DRKIT_PASSWORD")
+    r = ws.ok("drill", "--json", "--identity", str(identity))
+    assert "data" in r.out
+    monkeypatch.setenv("DRKIT_TO_PASSWORD", "offsite passphrase")
+    dest = ws.root / "offsite"
+    from drkit.repository.repo import Repository
+    from drkit.storage import LocalStorage
+
+    Repository.init(LocalStorage(dest), "offsite passphrase")
+    ws.ok("copy", "--to", str(dest), "--identity", str(identity))
+    copy = Repository.open(LocalStorage(dest), "offsite passphrase")
+    assert len(copy.list_snapshots()) == 1
