@@ -324,24 +324,34 @@ class Repository:
         except PackFormatError as exc:
             raise IntegrityError(name=layout.pack_name(pack_id), detail=str(exc)) from None
 
-    def adopt_orphan_packs(self, on_error: Callable[[str, str], None] | None = None) -> int:
-        """Index packs that exist but no index file lists (left by an interrupted run),
-        so their data is reused instead of uploaded again. Damaged ones are skipped
-        (and reported to *on_error*). Never deletes. Returns the number adopted."""
-        adopted = []
+    def scan_packs(
+        self, *, skip: Callable[[str], bool] = lambda pack_id: False, on_error: Callable[[str, str], None] | None = None
+    ) -> Iterator[tuple[str, int, list[PackEntry]]]:
+        """Read stored packs (checked against their names) and parse their trailers;
+        yield (pack id, size, entries). Damaged or vanished packs go to *on_error*
+        (name, detail) and are skipped; so are packs for which *skip(pack_id)* holds."""
         for info in self.storage.list(layout.DATA):
             pack_id = layout.id_of(info.name)
-            if pack_id is None or pack_id in self.index.pack_sizes:
+            if pack_id is None or skip(pack_id):
                 continue
             try:
                 data = self.read_pack(pack_id)
                 entries = self.pack_entries(pack_id, data)
-            except (IntegrityError, ObjectNotFound) as exc:
+            except IntegrityError as exc:
                 if on_error:
-                    on_error(info.name, str(exc))
+                    on_error(info.name, str(exc.fields.get("detail", exc)))
                 continue
-            self.index.add_pack(pack_id, len(data), entries)
-            adopted.append((pack_id, len(data), entries))
+            except ObjectNotFound:
+                continue  # removed after listing
+            yield pack_id, len(data), entries
+
+    def adopt_orphan_packs(self, on_error: Callable[[str, str], None] | None = None) -> int:
+        """Index packs that exist but no index file lists (left by an interrupted run),
+        so their data is reused instead of uploaded again. Damaged ones are skipped
+        (and reported to *on_error*). Never deletes. Returns the number adopted."""
+        adopted = list(self.scan_packs(skip=lambda pack_id: pack_id in self.index.pack_sizes, on_error=on_error))
+        for pack_id, size, entries in adopted:
+            self.index.add_pack(pack_id, size, entries)
         if adopted:
             self.write_index(adopted)
         return len(adopted)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from drkit.errors import IntegrityError
 from drkit.repository import layout
 from drkit.repository.repo import Repository
 
@@ -31,19 +30,10 @@ def rebuild_index(repo: Repository, *, on_pack: Callable[[int], None] | None = N
     with repo.lock(exclusive=True, command="rebuild-index"):
         old = [i for i in (layout.id_of(o.name) for o in repo.storage.list(layout.INDEX)) if i]
         packs = []
-        for info in repo.storage.list(layout.DATA):
-            pack_id = layout.id_of(info.name)
-            if pack_id is None:
-                continue
-            try:
-                data = repo.read_pack(pack_id)
-                entries = repo.pack_entries(pack_id, data)
-            except IntegrityError as exc:
-                report.damaged.append(f"{info.name}: {exc.fields.get('detail', exc)}")
-                continue
-            packs.append((pack_id, len(data), entries))
+        for pack in repo.scan_packs(on_error=lambda name, detail: report.damaged.append(f"{name}: {detail}")):
+            packs.append(pack)
             report.packs += 1
-            report.blobs += len(entries)
+            report.blobs += len(pack[2])
             if on_pack:
                 on_pack(1)
         report.new_index = repo.write_index(packs, supersedes=old) if packs else None
