@@ -66,7 +66,7 @@ class FilesSource(Source):
 
     def backup(self, ctx: BackupContext) -> None:
         opts = self.options
-        self._dirs: set[str] = set()  # per run: directories already recorded
+        seen: set[str] = set()  # directories already recorded in this run
         ctx.paths.extend(opts.paths)
         for root in opts.paths:
             try:
@@ -77,34 +77,30 @@ class FilesSource(Source):
             except PermissionError:
                 ctx.warn(f"{root}: permission denied")
                 continue
-            self._add_parents(ctx, root)
-            self._walk(ctx, root, st, st.st_dev)
+            self._add_parents(ctx, root, seen)
+            self._walk(ctx, root, st, st.st_dev, seen)
 
-    def _add_parents(self, ctx: BackupContext, root: str) -> None:
+    def _add_parents(self, ctx: BackupContext, root: str, seen: set[str]) -> None:
         parents = list(PurePosixPath(root).parents)[:-1]  # without "/"
         for parent in reversed(parents):
             p = str(parent)
-            if p in self._seen_dirs:
+            if p in seen:
                 continue
-            self._seen_dirs.add(p)
+            seen.add(p)
             try:
                 ctx.add_dir(p, os.lstat(p))
             except OSError:
                 ctx.add_dir(p)
 
-    @property
-    def _seen_dirs(self) -> set[str]:
-        return self._dirs
-
-    def _walk(self, ctx: BackupContext, path: str, st: os.stat_result, root_dev: int) -> None:
+    def _walk(self, ctx: BackupContext, path: str, st: os.stat_result, root_dev: int, seen: set[str]) -> None:
         opts = self.options
         if matches(path, opts.exclude):
             return
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            if path in self._seen_dirs:
+            if path in seen:
                 return
-            self._seen_dirs.add(path)
+            seen.add(path)
             ctx.add_dir(path, st)
             if opts.one_file_system and st.st_dev != root_dev:
                 return
@@ -120,7 +116,7 @@ class FilesSource(Source):
                 except OSError as exc:
                     ctx.warn(f"{child}: {exc.strerror}")
                     continue
-                self._walk(ctx, child, child_st, root_dev)
+                self._walk(ctx, child, child_st, root_dev, seen)
         elif stat.S_ISREG(mode):
             if opts.include and not matches(path, opts.include):
                 return
