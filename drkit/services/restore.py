@@ -204,8 +204,11 @@ class SnapshotReader:
         target.mkdir(parents=True, exist_ok=True)
         dirs: list[tuple[Entry, Path]] = []
         files: list[_FilePlan] = []
+        safe_parents: set[Path] = set()  # parents already checked: no lstat walk per entry
         for e, dest in plans:
-            _check_no_symlink_parents(target, dest)
+            if dest.parent not in safe_parents:
+                _check_no_symlink_parents(target, dest)
+                safe_parents.add(dest.parent)
             if e.type == DIR:
                 if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
                     dest.unlink()

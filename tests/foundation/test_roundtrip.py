@@ -140,3 +140,33 @@ def test_restore_needs_a_target(ws: Workspace) -> None:
     ws.ok("backup")
     r = ws.run("restore", "latest", "-s", "data")
     assert r.code == EXIT_USAGE and "--target" in r.err
+
+
+def test_restore_refuses_to_write_through_a_restored_symlink(ws: Workspace) -> None:
+    """A snapshot whose symlink 'evil' points outside, followed by 'evil/owned', must
+    not write outside the target (the symlink is restored, the file refused)."""
+    from drkit.config import Environment, load_config
+    from drkit.repository.repo import Repository
+    from drkit.services.backup import BackupOptions, run_backup
+    from drkit.sources.base import Source
+    from drkit.storage import LocalStorage
+
+    outside = ws.root / "outside"
+    outside.mkdir()
+
+    class Evil(Source):
+        type_name = "files"
+
+        def backup(self, ctx) -> None:  # type: ignore[no-untyped-def]
+            ctx.add_dir("d")
+            ctx.add_bytes("d/ok.txt", b"fine")
+            ctx.add_symlink("d/evil", str(outside))
+            ctx.add_bytes("d/evil/owned", b"owned")
+
+    ws.ok("init")
+    repo = Repository.open(LocalStorage(ws.repo), "correct horse battery staple")
+    cfg = load_config(ws.config, Environment())
+    run_backup(repo, [Evil("data", cfg.sources[0].options)], BackupOptions())
+    r = ws.run("restore", "latest", "-s", "data", "--target", str(ws.root / "t"))
+    assert r.code == EXIT_REFUSED and "symlink" in r.err
+    assert list(outside.iterdir()) == []
