@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from drkit.repository.repo import Repository
+    from drkit.repository.snapshot import Snapshot
 
 FILE = "file"
 DIR = "dir"
@@ -87,3 +91,9 @@ def decode_lines(chunks: Iterable[bytes]) -> Iterator[Entry]:
                 yield Entry.from_json(line.decode("ascii"))
     if pending.strip():
         yield Entry.from_json(pending.decode("ascii"))
+
+
+def iter_tree(repo: "Repository", snap: "Snapshot") -> Iterator[Entry]:
+    """Entries of a snapshot, in stored order (tree blobs are verified on read;
+    raises IntegrityError for a damaged or missing one)."""
+    return decode_lines(repo.read_blob(bytes.fromhex(t)) for t in snap.tree)

@@ -32,7 +32,7 @@ from drkit.repository.blob import BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, decode_lines, encode_entries
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, iter_tree  # noqa: F401 - iter_tree re-exported
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -114,11 +114,6 @@ def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | 
             # ahead starts at pos >= len(buf) - max_size >= max_size > the tail's length.
             buf[: filled - pos] = view[pos:filled]
             filled -= pos
-
-
-def iter_tree(repo: Repository, snap: Snapshot) -> Iterator[Entry]:
-    """Entries of a snapshot, in stored order (tree blobs are verified on read)."""
-    return decode_lines(repo.read_blob(bytes.fromhex(t)) for t in snap.tree)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from drkit.repository.index import Index
 from drkit.repository.pack import PackEntry
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
-from drkit.repository.tree import decode_lines
+from drkit.repository.tree import iter_tree
 from drkit.storage.base import RetentionAware, retention_of
 from drkit.storage.observe import unwrap
 
@@ -82,10 +82,9 @@ def used_blobs(repo: Repository) -> set[bytes]:
     snaps = repo.list_snapshots(on_error=lambda name, detail: problems.append(f"{name}: {detail}"))
     used: set[bytes] = set()
     for snap in snaps:
-        tree = [bytes.fromhex(t) for t in snap.tree]
-        used.update(tree)
+        used.update(bytes.fromhex(t) for t in snap.tree)
         try:
-            for entry in decode_lines(repo.read_blob(t) for t in tree):
+            for entry in iter_tree(repo, snap):
                 used.update(bytes.fromhex(c) for c in entry.chunks)
         except DrkitError as exc:
             problems.append(f"snapshot {snap.short_id}: {exc}")

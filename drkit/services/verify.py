@@ -25,7 +25,7 @@ from drkit.repository import layout
 from drkit.repository.blob import BLOB_TREE, BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import decode_lines
+from drkit.repository.tree import iter_tree
 
 
 @dataclass
@@ -144,7 +144,7 @@ def _walk_snapshot(repo: Repository, snap: Snapshot, users: dict[bytes, set[str]
         report.problems.append(Problem(f"blob {missing[0].hex()}", "tree blob is not in the index", [label]))
         return
     try:
-        for entry in decode_lines(repo.read_blob(t) for t in tree_ids):
+        for entry in iter_tree(repo, snap):
             for hex_id in entry.chunks:
                 cid = bytes.fromhex(hex_id)
                 users[cid].add(label)
