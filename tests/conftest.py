@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
-- Every test runs with drkit's environment variables cleared (borg's habit) and a weak
-  KDF so repositories open fast.
+- Every test runs with drkit's environment variables cleared (borg's habit), a weak
+  KDF so repositories open fast, and an empty registry of secrets to redact.
 - :func:`require_binary` skips a test when a program is missing locally, but fails it
   under CI (CI=true), where `.ci/run` must have installed it.
 """
@@ -34,7 +34,11 @@ def _clean_drkit_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("DRKIT_"):
             monkeypatch.delenv(key, raising=False)
     try:
+        from drkit.redact import REGISTRY
         from drkit.repository import keys
     except ImportError:
         return
     monkeypatch.setattr(keys, "DEFAULT_KDF", keys.TEST_KDF)
+    # Secrets registered for redaction are process-wide: one test's passphrase
+    # ("wrong", say) must not mask another test's messages.
+    REGISTRY.clear()
