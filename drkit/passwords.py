@@ -18,6 +18,7 @@ import getpass
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from drkit.config import Environment, RepositoryConfig
 from drkit.errors import PassphraseError
@@ -82,38 +83,35 @@ def resolve_passphrase(
 ) -> Secret:
     """Return the passphrase from exactly one configured place, or a prompt.
 
+    The places are ``{prefix}``, ``{prefix}_FILE``, ``{prefix}_COMMAND`` in *env*, and
+    *repo*'s ``password_file`` / ``password_command`` when a repository config is given.
+
     Raises PassphraseError when two places are set, a file/command fails, or nothing
     is set and there is no terminal to ask on."""
-    candidates: list[tuple[str, str]] = []
-    if env.get(prefix):
-        candidates.append((prefix, "env"))
-    if env.get(f"{prefix}_FILE"):
-        candidates.append((f"{prefix}_FILE", "file"))
-    if env.get(f"{prefix}_COMMAND"):
-        candidates.append((f"{prefix}_COMMAND", "command"))
-    if repo is not None and prefix == "DRKIT_PASSWORD":
+    # (where, how to read it) for every place that is set
+    candidates: list[tuple[str, Callable[[], str]]] = []
+    for name, read in (
+        (prefix, lambda v: v),
+        (f"{prefix}_FILE", lambda v: _read_file(Path(v), f"{prefix}_FILE")),
+        (f"{prefix}_COMMAND", lambda v: _run_command(v, f"{prefix}_COMMAND")),
+    ):
+        value = env.get(name)
+        if value:
+            candidates.append((name, lambda read=read, value=value: read(value)))
+    if repo is not None:
         if repo.password_file:
-            candidates.append(("repository.password_file", "cfgfile"))
+            path = Path(repo.password_file)
+            candidates.append(("repository.password_file", lambda: _read_file(path, "repository.password_file")))
         if repo.password_command:
-            candidates.append(("repository.password_command", "cfgcommand"))
+            command = repo.password_command
+            candidates.append(("repository.password_command", lambda: _run_command(command, "repository.password_command")))
     if len(candidates) > 1:
         raise PassphraseError(
             "the passphrase is set in more than one place: " + " and ".join(c[0] for c in candidates),
             hint="keep exactly one of them",
         )
     if candidates:
-        what, kind = candidates[0]
-        if kind == "env":
-            value = env.get(prefix) or ""
-        elif kind == "file":
-            value = _read_file(Path(env.get(f"{prefix}_FILE") or ""), what)
-        elif kind == "command":
-            value = _run_command(env.get(f"{prefix}_COMMAND") or "", what)
-        elif kind == "cfgfile":
-            value = _read_file(Path(repo.password_file), what)  # type: ignore[union-attr,arg-type]
-        else:
-            value = _run_command(repo.password_command or "", what)  # type: ignore[union-attr]
-        return Secret(value)
+        return Secret(candidates[0][1]())
     if not interactive or not sys.stdin.isatty():
         raise PassphraseError(f"no passphrase given (set {prefix}, {prefix}_FILE or {prefix}_COMMAND)")
     value = getpass.getpass(prompt)

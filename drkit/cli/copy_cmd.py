@@ -11,7 +11,7 @@ from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, identity_option, open_repository, progress_for
 from drkit.config import Environment, RepositoryConfig, load_config
-from drkit.errors import DrkitError, PassphraseError
+from drkit.errors import DrkitError
 from drkit.passwords import Secret, resolve_passphrase
 from drkit.repository.repo import Repository
 from drkit.services.copy import CopyItem, CopyReport, copy_snapshots
@@ -47,33 +47,18 @@ def destination_passphrase(state: CliState, dest: Destination) -> Secret:
     """The destination's passphrase: DRKIT_TO_PASSWORD(_FILE|_COMMAND), or the
     destination config's password_file / password_command; exactly one of them.
     Raises PassphraseError."""
-    env_set = [n for n in (TO_PREFIX, f"{TO_PREFIX}_FILE", f"{TO_PREFIX}_COMMAND") if state.env.get(n)]
-    cfg_set = [
-        f"repository.{k} of {dest.config_path}"
-        for k in ("password_file", "password_command")
-        if getattr(dest.repository, k)
-    ]
-    if env_set and cfg_set:
-        raise PassphraseError(
-            "the destination passphrase is set in more than one place: " + " and ".join(env_set + cfg_set),
-            hint="keep exactly one of them",
-        )
-    if cfg_set:
-        return resolve_passphrase(Environment(), dest.repository, interactive=False)
     return resolve_passphrase(
-        state.env, None, interactive=state.interactive, prefix=TO_PREFIX, prompt="destination repository passphrase: "
+        state.env, dest.repository, interactive=state.interactive, prefix=TO_PREFIX, prompt="destination repository passphrase: "
     )
 
 
 def open_destination(state: CliState, dest: Destination) -> Repository:
     """Open the destination (RepositoryNotFound before asking for a passphrase; WrongKey)."""
-    from drkit.redact import register
     from drkit.storage.observe import wrap_storage
 
     storage = wrap_storage(open_storage(dest.repository.url, dest.repository.storage_options()))
     Repository.read_config(storage)
-    secret = destination_passphrase(state, dest)
-    register(secret.reveal())  # DRKIT_TO_PASSWORD is not among the variables the CLI registers
+    secret = destination_passphrase(state, dest)  # a Secret registers itself for redaction
     return Repository.open(storage, secret.reveal(), compression_level=dest.repository.zstd_level())
 
 
