@@ -200,13 +200,13 @@ class SnapshotWriter:
     def add_dir(self, path: str, st: os.stat_result | None = None, *, mode: int = 0o755) -> Entry:
         entry = self._from_stat(path, DIR, st) if st else Entry(path=path, type=DIR, mode=mode, mtime_ns=time.time_ns())
         self.stats.dirs += 1
-        return self._record(entry)
+        return self.record(entry)
 
     def add_symlink(self, path: str, target: str, st: os.stat_result | None = None) -> Entry:
         entry = self._from_stat(path, SYMLINK, st) if st else Entry(path=path, type=SYMLINK, mode=0o777)
         entry.target = target
         self.stats.symlinks += 1
-        return self._record(entry)
+        return self.record(entry)
 
     def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
         if st is None:
@@ -219,7 +219,7 @@ class SnapshotWriter:
             self.stats.size += entry.size
             if self._on_bytes:
                 self._on_bytes(entry.size)
-            return self._record(entry)
+            return self.record(entry)
         with open(real_path, "rb", buffering=0) as f:
             tickets, entry.size = self._queue(f)
         if old is None:
@@ -234,9 +234,9 @@ class SnapshotWriter:
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
         entry = Entry(path=path, type=FILE, mode=mode, uid=os.getuid(), gid=os.getgid(), mtime_ns=mtime_ns or time.time_ns())
-        entry.chunks, entry.size = self._store(stream)
+        entry.chunks, entry.size = self.store(stream)
         self.stats.files_new += 1
-        return self._record(entry)
+        return self.record(entry)
 
     def add_bytes(self, path: str, data: bytes, *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
         import io
@@ -261,8 +261,9 @@ class SnapshotWriter:
             dev=st.st_dev if kind == FILE else 0,
         )
 
-    def _store(self, stream: IO[bytes]) -> tuple[list[str], int]:
-        """Chunk *stream*, queue every chunk with the saver; return (chunk ids, size)."""
+    def store(self, stream: IO[bytes]) -> tuple[list[str], int]:
+        """Chunk *stream* and store every chunk; return (chunk ids, size). For writers
+        that build entries themselves (copy); sources use the add_* methods."""
         tickets, size = self._queue(stream)
         return [t.id().hex() for t in tickets], size
 
@@ -287,7 +288,8 @@ class SnapshotWriter:
         self.stats.size += size
         return tickets, size
 
-    def _record(self, entry: Entry) -> Entry:
+    def record(self, entry: Entry) -> Entry:
+        """Append *entry* to the tree as it is (in order, behind files still being hashed)."""
         if self._deferred:  # keep the order: behind files still being hashed
             self._deferred.append((entry, None))
             return entry

@@ -65,7 +65,7 @@ class _SourceRef:
 class _CopyWriter(SnapshotWriter):
     """A SnapshotWriter that records entries with their original metadata.
 
-    Uses the writer's chunk-and-save path (``_store``) and entry log (``_record``),
+    Uses the writer's chunk-and-save path (``store``) and entry log (``record``),
     so copied data goes through exactly the code a backup uses."""
 
     def copy_dir_or_link(self, entry: Entry) -> None:
@@ -73,19 +73,19 @@ class _CopyWriter(SnapshotWriter):
             self.stats.dirs += 1
         else:
             self.stats.symlinks += 1
-        self._record(_clean(entry))
+        self.record(_clean(entry))
 
     def copy_file(self, entry: Entry, stream: IO[bytes]) -> Entry:
         """Store *stream* as the content of *entry*; IntegrityError if its size differs."""
         new = _clean(entry)
-        new.chunks, size = self._store(stream)
+        new.chunks, size = self.store(stream)
         if size != entry.size:
             raise IntegrityError(
                 name=entry.path,
                 detail=f"content read from the source has {size} bytes, the snapshot says {entry.size}",
             )
         self.stats.files_new += 1
-        return self._record(new)
+        return self.record(new)
 
     def reuse_file(self, entry: Entry, chunks: list[str]) -> Entry:
         new = _clean(entry)
@@ -94,7 +94,7 @@ class _CopyWriter(SnapshotWriter):
         self.stats.size += entry.size
         if self._on_bytes:
             self._on_bytes(entry.size)
-        return self._record(new)
+        return self.record(new)
 
 
 def _clean(entry: Entry) -> Entry:
