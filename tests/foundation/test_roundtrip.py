@@ -41,16 +41,22 @@ def test_dedup_within_and_across_runs(ws: Workspace) -> None:
     assert second["bytes_read"] == 0, "unchanged files must not be read again"
     assert second["stats"]["files_unmodified"] == first["stats"]["files_new"]
     assert second["bytes_stored"] < 4096, "an unchanged tree adds (almost) nothing"
-    # change 64 KiB in the middle of a 3 MiB file: only the chunks around it are new
-    with open(ws.data / "a/b/random.bin", "r+b") as f:
-        f.seek(1024 * 1024)
+    # Change 64 KiB in the middle of a 32 MiB file: only the chunks around it are new.
+    # Chunks are at most 8 MiB and the seed is random per repository, so the bound is
+    # two maximal chunks (16 MiB), still half of what storing the file again costs.
+    big = ws.data / "a/b/big.bin"
+    big.write_bytes(os.urandom(32 * 1024 * 1024))
+    ws.ok("backup")
+    with open(big, "r+b") as f:
+        f.seek(16 * 1024 * 1024)
         f.write(os.urandom(64 * 1024))
     third = ws.ok("backup", "--json").json()["snapshots"][0]
     assert third["stats"]["files_changed"] == 1
-    assert third["bytes_added"] < 2.5 * 1024 * 1024
+    assert third["bytes_read"] == 32 * 1024 * 1024
+    assert third["bytes_added"] <= 16 * 1024 * 1024 + 64 * 1024
     target = ws.root / "r3"
     ws.ok("restore", third["id"][:10], "--source", "data", "--target", str(target))
-    assert (restored_root(target, ws.data) / "a/b/random.bin").read_bytes() == (ws.data / "a/b/random.bin").read_bytes()
+    assert (restored_root(target, ws.data) / "a/b/big.bin").read_bytes() == big.read_bytes()
 
 
 def test_every_snapshot_keeps_its_own_content(ws: Workspace) -> None:
