@@ -202,8 +202,10 @@ def test_second_backup_stores_only_changed_regions(tmp_path: Path, fake_kube: tu
         f.write(os.urandom(3 * MIB))
     second = d.backup("vols")
     assert SIZE <= second["bytes_read"] < SIZE + 64 * 1024
-    assert 3 * MIB <= second["bytes_added"] < 3 * MIB + 4 * MIB, second["bytes_added"]
-    assert second["bytes_stored"] < 3 * MIB + 4 * MIB
+    # the change plus the chunks cut through at its two ends (the chunker's seed is
+    # random per repository; one chunk is at most 8 MiB), far below storing 40 MiB again
+    assert 3 * MIB <= second["bytes_added"] < 3 * MIB + 8 * MIB, second["bytes_added"]
+    assert second["bytes_stored"] < 3 * MIB + 8 * MIB
     # both snapshots restore to their own content
     out = tmp_path / "second"
     d.restore("vols", "--target", str(out))
