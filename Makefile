@@ -5,12 +5,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv system-deps clean
+.PHONY: demo test test-latest constraints bench venv system-deps clean
 
-$(STAMP): pyproject.toml
+# Every install is held to constraints.txt (known-good versions of everything the tests, lint
+# and bench use), so a new upstream release never turns CI red by surprise. `make test-latest`
+# tries the newest releases in a separate venv; `make constraints` then records them on purpose.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,13 +27,31 @@ demo: $(STAMP)
 	$(BIN)/drkit demo --dir demo
 	$(BIN)/drkit drill --sandbox
 
-## Install what the tests need (Debian packages + Python test extras) and run them.
+## Install what the tests need (Debian packages + Python test extras) and run them
+## (two workers: the suite is bound by waiting on real servers as much as by CPU).
+PYTEST_ARGS ?= -q
+PYTEST_WORKERS ?= 2
 test: system-deps $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+## The same tests against the newest release of every dependency (no constraints), in .venv-latest.
+## Green? `make constraints` records those versions in constraints.txt: an upgrade is a commit.
+LATEST := .venv-latest
+test-latest: system-deps
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[test]'
+	$(LATEST)/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+constraints:
+	test -x $(LATEST)/bin/python || { echo "run 'make test-latest' first"; exit 2; }
+	{ echo "# Known-good versions (make constraints, $$(date -u +%F)): see the Makefile."; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' | sort -f; } > constraints.txt
 
 ## Benchmarks against restic and borg (about 1 GiB of generated data; not part of the tests).
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) demo bench/out .pytest_cache
+	rm -rf $(VENV) $(LATEST) demo bench/out .pytest_cache

@@ -349,6 +349,23 @@ class S3Storage:
             raise self._error(exc, op, name) from None
         self._bucket_checked = True
 
+    def _raise_if_missing(self, key: str, name: str) -> None:
+        """After a 403 on GET/HEAD: raise :class:`ObjectNotFound` if *key* does not exist.
+
+        AWS answers a GET or HEAD of a missing key with 403, not 404, unless the caller may
+        ``s3:ListBucket`` the bucket for that request; a ListBucket grant conditioned on
+        ``s3:prefix`` (as in config/iam/) does not count, because a GET or HEAD carries no
+        prefix. A listing of exactly that key is allowed by such a grant and tells the two
+        apart. Returns (the caller raises access denied) when the key exists or the listing is
+        itself refused.
+        """
+        try:
+            resp = self._client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        except Exception:
+            return
+        if not any(obj.get("Key") == key for obj in resp.get("Contents", [])):
+            raise ObjectNotFound(name=name)
+
     def _no_object_lock_error(self) -> StorageError:
         return StorageError(
             f"bucket {self.bucket!r} on {self.endpoint} does not have S3 Object Lock enabled, "
@@ -535,6 +552,8 @@ class S3Storage:
                 return b""
             if code in ("NoSuchKey", "404"):
                 self._check_bucket("get", name)
+            elif code in _DENIED_CODES:
+                self._raise_if_missing(key, name)
             raise self._error(exc, "get", name) from exc
         except Exception as exc:
             raise self._error(exc, "get", name) from exc
@@ -559,6 +578,8 @@ class S3Storage:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
                 self._check_bucket("stat", name)
+            elif code in _DENIED_CODES:
+                self._raise_if_missing(key, name)
             raise self._error(exc, "stat", name) from exc
         except Exception as exc:
             raise self._error(exc, "stat", name) from exc

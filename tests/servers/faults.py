@@ -144,7 +144,10 @@ class HttpFault:
     Actions: ``slowdown`` (503 SlowDown, S3's throttling reply), ``error500``, ``reset``
     (RST before any reply), ``truncate`` (forward, then send half the body and RST),
     ``corrupt`` (forward, flip one byte of the response body, keep the length),
-    ``corrupt_request`` (flip one byte of the request body, then forward).
+    ``corrupt_request`` (flip one byte of the request body, then forward),
+    ``deny_missing`` (forward; a 404 for a GET or HEAD of an object becomes 403 AccessDenied, as
+    AWS answers a caller whose s3:ListBucket grant does not cover the request, e.g. one
+    conditioned on s3:prefix).
     """
 
     action: str
@@ -164,6 +167,10 @@ _SLOWDOWN = (
 _INTERNAL = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>fault</RequestId></Error>"
 )
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "content-length"}
 
@@ -220,6 +227,16 @@ class HttpFaultProxy:
                     conn.close()
                 if rule is not None and rule.action == "corrupt" and data:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                object_path = len([p for p in self.path.split("?")[0].split("/") if p]) >= 2
+                if (rule is not None and rule.action == "deny_missing" and resp.status == 404
+                        and self.command in ("GET", "HEAD") and object_path):
+                    self.send_response(403, "Forbidden")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_DENIED)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(_DENIED)
+                    return
                 self.send_response(resp.status, resp.reason)
                 for k, v in out_headers:
                     self.send_header(k, v)
