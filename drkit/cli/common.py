@@ -13,7 +13,7 @@ from drkit.cli.app import CliState
 from drkit.passwords import Secret, resolve_passphrase
 from drkit.redact import check_private_file
 from drkit.repository.repo import Repository
-from drkit.services.backup import ProgressSink
+from drkit.progress import ProgressSink
 from drkit.storage import open_storage
 from drkit.storage.base import Storage
 

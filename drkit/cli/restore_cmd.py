@@ -1,8 +1,8 @@
-"""``drkit restore``: fetch, decrypt, verify and put back one snapshot."""
+"""``drkit restore``: parse the command line, call :func:`drkit.services.restore.run_restore`,
+present the outcome."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -10,7 +10,7 @@ import click
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, human_size, open_repository, progress_for
 from drkit.errors import UsageError
-from drkit.services.restore import SnapshotReader
+from drkit.services.restore import RestoreOptions, RestoreOutcome, run_restore
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, object]:
@@ -70,55 +70,42 @@ def restore_cmd(
       drkit restore latest -s k3s-db --target /root/restore   (then run the runbook)
     """
     src = state.config.source(source)
-    options = parse_options(extra)
+    options = RestoreOptions(
+        target=target, include=include, force=force, dry_run=dry_run, in_place=in_place,
+        volumes=volumes, push_to=push_to, extra=parse_options(extra),
+    )
     if target is None and not (in_place or push_to):
         raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
     repo = open_repository(state, identity_path)
-    snap = repo.find_snapshot(snapshot, source=source)
-    if snap.source_type != src.type_name:
-        raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, but source {source!r} is {src.type_name}")
-    repo.load_index()
-    started = time.monotonic()
     with progress_for(state, not as_json) as progress:
-        if progress:
-            progress.start_source(f"restore {source}", snap.stats.get("size"))
-        reader = SnapshotReader(
-            repo,
-            snap,
-            target=target,
-            include=list(include),
-            force=force,
-            dry_run=dry_run,
-            options={**options, "in_place": in_place, "volumes": list(volumes), "push_to": push_to},
-            env=state.env.vars,
-            on_bytes=progress.advance if progress else None,
-            on_line=None if as_json else state.say,
-        )
-        result = src.restore(reader)
-        if progress:
-            progress.end_source()
-    seconds = time.monotonic() - started
+        outcome = run_restore(repo, src, snapshot, options, env=state.env.vars, progress=progress,
+                              on_line=None if as_json else state.say)
+    _present(state, outcome, as_json)
+
+
+def _present(state: CliState, outcome: RestoreOutcome, as_json: bool) -> None:
+    snap, result, opts = outcome.snapshot, outcome.result, outcome.options
     if as_json:
         state.emit_json(
             {
                 "snapshot": snap.id,
-                "source": source,
-                "target": str(target) if target else None,
-                "dry_run": dry_run,
+                "source": outcome.source,
+                "target": str(opts.target) if opts.target else None,
+                "dry_run": opts.dry_run,
                 "files": result.files,
                 "dirs": result.dirs,
                 "symlinks": result.symlinks,
                 "bytes": result.bytes_written,
-                "seconds": round(seconds, 3),
-                "lines": reader.lines + result.lines,
+                "seconds": round(outcome.seconds, 3),
+                "lines": outcome.lines + result.lines,
                 "details": result.details,
             }
         )
         return
     for line in result.lines:
         state.say(line)
-    verb = "would restore" if dry_run else "restored"
+    verb = "would restore" if opts.dry_run else "restored"
     state.say(
-        f"{verb} snapshot {snap.short_id} of {source} ({snap.time}): {result.files} files, {result.dirs} dirs, "
-        f"{result.symlinks} symlinks, {human_size(result.bytes_written)} in {seconds:.1f}s"
+        f"{verb} snapshot {snap.short_id} of {outcome.source} ({snap.time}): {result.files} files, {result.dirs} dirs, "
+        f"{result.symlinks} symlinks, {human_size(result.bytes_written)} in {outcome.seconds:.1f}s"
     )

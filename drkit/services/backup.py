@@ -32,7 +32,8 @@ from drkit.repository.blob import BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, iter_tree  # noqa: F401 - iter_tree re-exported
+from drkit.progress import ProgressSink
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, iter_tree
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -400,7 +401,7 @@ def run_backup(
     sources: list[Source],
     options: BackupOptions,
     *,
-    progress: "ProgressSink | None" = None,
+    progress: ProgressSink | None = None,
 ) -> BackupRun:
     """Back up *sources* as one run. Raises RepositoryLocked before doing anything if
     an exclusive lock is held; raises PartialFailure (after storing what succeeded)
@@ -444,18 +445,6 @@ def run_backup(
         err.run = run  # type: ignore[attr-defined]
         raise err
     return run
-
-
-class ProgressSink:
-    """Receives progress; the CLI renders it (rich) or ignores it."""
-
-    def start_source(self, name: str, total: int | None) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def text(self, text: str) -> None: ...
-
-    def end_source(self) -> None: ...
 
 
 def _backup_one(

@@ -42,8 +42,9 @@ from drkit.errors import DrkitError, IntegrityError, PartialFailure, SnapshotNot
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
-from drkit.services.backup import ProgressSink, SnapshotWriter, iter_tree
+from drkit.progress import ProgressSink
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
+from drkit.services.backup import SnapshotWriter
 from drkit.services.restore import BlobStream
 
 log = logging.getLogger("drkit.copy")

@@ -52,9 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drkit.errors import ConfigError, DamageFound, DrkitError, IntegrityError, PartialFailure, SnapshotNotFound, UsageError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, SYMLINK
-from drkit.services.backup import iter_tree
-from drkit.services.restore import BlobStream, SnapshotReader, safe_destination
+from drkit.repository.tree import DIR, FILE, SYMLINK, iter_tree
+from drkit.services.restore import BlobStream, RestoreOptions, SnapshotReader, safe_destination
 from drkit.sources.base import CheckResult, Source
 
 log = logging.getLogger("drkit.drill")
@@ -535,7 +534,7 @@ def _drill_one(repo: Repository, t: DrillTarget, configured: Source | None, scra
         return r
     target = scratch / t.source
     r.restored_to = str(target)
-    reader = SnapshotReader(repo, snap, target=target, options={})
+    reader = SnapshotReader(repo, snap, options=RestoreOptions(target=target))
     started = time.monotonic()
     try:
         if source is not None:

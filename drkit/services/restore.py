@@ -1,16 +1,26 @@
 """Restore: read a snapshot back and put it in place.
 
+:func:`run_restore` is the service the CLI calls: it takes a shared repository lock
+before it reads anything, finds the snapshot, and hands a :class:`SnapshotReader` to
+the source, which puts the data back (files under a target directory, a datastore
+in place, a Git push ...). It returns a :class:`RestoreOutcome`; the CLI only
+presents it.
+
 The files-style restore (:meth:`SnapshotReader.write_entries`) works pack by pack,
 like restic's restorer: it plans which blob goes to which file offsets, then fetches
 each needed pack once (whole, or only the needed ranges), decrypts and verifies each
 blob against its keyed id, and writes it to every place that needs it. Files are
-written to a temporary name next to their destination and renamed into place only
-when every one of their chunks arrived intact: a damaged object never leaves wrong
-bytes behind under the real name; the file is reported, and the restore fails.
+written to a temporary and renamed into place only when every one of their chunks
+arrived intact: a damaged object never leaves wrong bytes behind under the real
+name; the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it
+within a second: queued work is dropped, temporaries are removed, and only complete
+files remain under real names.
 
-Safety rules: every entry's destination must stay inside the target directory (no
-``..``, no absolute paths, no existing symlink on the way); a non-empty target is
-refused unless ``force``.
+Safety rules (see :mod:`drkit.services.restorefs`, which enforces them): nothing a
+snapshot says makes the restore write outside its target; every directory is reached
+through directory fds without following links; a non-empty target is refused unless
+``force``. Owners and set-uid/set-gid/sticky bits are restored only as root (as tar
+does). The restored tree is synced once at the end.
 """
 
 from __future__ import annotations
@@ -19,49 +29,113 @@ import fnmatch
 import io
 import logging
 import os
-import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError
+from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError, UsageError
+from drkit.progress import ProgressSink
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
-from drkit.services.backup import iter_tree
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
+from drkit.services.restorefs import Parts, TargetTree, split_path
 from drkit.sources.base import RestoreResult
+
+if TYPE_CHECKING:
+    from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.restore")
 
-TMP_SUFFIX = ".drkit-restore"
 _MERGE_GAP = 1024 * 1024
 _ZERO_MIN = 64 * 1024
 
 
-def safe_destination(target: Path, logical: str) -> Path:
-    """Map a logical path to a destination under *target*; Refused if it escapes."""
-    rel = logical.lstrip("/")
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if not parts:
-        return target
-    if any(p == ".." for p in parts) or "\x00" in rel:
-        raise Refused(f"refusing to restore {logical!r}: the path would escape the target directory")
-    return target.joinpath(*parts)
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What to restore and how; the same object is ``ctx.options`` for the source.
+
+    ``extra`` holds source-specific ``-o KEY=VALUE`` options (documented per source
+    under docs/sources/)."""
+
+    target: Path | None = None
+    include: tuple[str, ...] = ()
+    force: bool = False
+    dry_run: bool = False
+    in_place: bool = False
+    volumes: tuple[str, ...] = ()
+    push_to: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | None, **fields: Any) -> "RestoreOptions":
+        """Build from a mapping (tests, library callers): the known keys become fields,
+        the rest goes to ``extra``."""
+        data = dict(options or {})
+        known = {k: data.pop(k) for k in ("in_place", "volumes", "push_to") if k in data}
+        if "volumes" in known:
+            known["volumes"] = tuple(known["volumes"] or ())
+        return cls(**fields, **known, extra=data)
 
 
-def _check_no_symlink_parents(target: Path, dest: Path) -> None:
-    cur = target
-    for part in dest.relative_to(target).parts[:-1]:
-        cur = cur / part
+@dataclass
+class RestoreOutcome:
+    """What :func:`run_restore` did: the snapshot, the source's result, the lines the
+    restore said on the way, and how long it took."""
+
+    snapshot: Snapshot
+    source: str
+    options: RestoreOptions
+    result: RestoreResult
+    lines: list[str]
+    seconds: float
+
+
+def run_restore(
+    repo: Repository,
+    source: "Source",
+    snapshot_ref: str,
+    options: RestoreOptions,
+    *,
+    env: Mapping[str, str] | None = None,
+    progress: ProgressSink | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> RestoreOutcome:
+    """Restore snapshot *snapshot_ref* (an id prefix or ``latest``) of *source*.
+
+    Takes a shared lock first (a concurrent prune cannot delete what is being read).
+    Raises SnapshotNotFound, UsageError (wrong source type, nowhere to restore),
+    RepositoryLocked, Refused (unsafe target or entry), IntegrityError (damaged data:
+    raised after everything else was restored)."""
+    if options.target is None and not (options.in_place or options.push_to):
+        raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
+    started = time.monotonic()
+    with repo.lock(exclusive=False, command="restore"):
+        snap = repo.find_snapshot(snapshot_ref, source=source.name)
+        if snap.source_type != source.type_name:
+            raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, "
+                             f"but source {source.name!r} is {source.type_name}")
+        repo.load_index()
+        if progress:
+            progress.start_source(f"restore {source.name}", snap.stats.get("size"))
+        reader = SnapshotReader(repo, snap, options=options, env=env,
+                                on_bytes=progress.advance if progress else None, on_line=on_line)
         try:
-            if stat.S_ISLNK(os.lstat(cur).st_mode):
-                raise Refused(f"refusing to restore {dest}: {cur} is a symlink (it could lead outside the target)")
-        except FileNotFoundError:
-            return
+            result = source.restore(reader)
+        finally:
+            if progress:
+                progress.end_source()
+    return RestoreOutcome(snap, source.name, options, result, reader.lines, time.monotonic() - started)
+
+
+def safe_destination(target: Path, logical: str) -> Path:
+    """Map a logical path to a destination under *target*; Refused if it escapes
+    (``..``, NUL, a name over 255 bytes, a name like a restore temporary)."""
+    return target.joinpath(*split_path(logical))
 
 
 def include_matches(path: str, patterns: list[str]) -> bool:
@@ -80,9 +154,11 @@ def include_matches(path: str, patterns: list[str]) -> bool:
 @dataclass
 class _FilePlan:
     entry: Entry
-    dest: Path
-    tmp: Path
+    parent: Parts
+    name: str
+    tmp: str = ""
     failed: str | None = None
+    refused: str | None = None
     remaining: int = 0
     done: bool = False
 
@@ -137,23 +213,23 @@ class SnapshotReader:
         repo: Repository,
         snapshot: Snapshot,
         *,
-        target: Path | None,
-        include: list[str] | None = None,
-        force: bool = False,
-        dry_run: bool = False,
-        options: dict[str, Any] | None = None,
+        options: RestoreOptions | None = None,
+        target: Path | None = None,
         env: Mapping[str, str] | None = None,
         workers: int = 4,
         on_bytes: Callable[[int], None] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
+        """*target* is a shorthand for ``RestoreOptions(target=...)`` (library callers)."""
+        if options is None:
+            options = RestoreOptions(target=target)
         self.repo = repo
         self.snapshot = snapshot
-        self.target = target
-        self.include = list(include or [])
-        self.force = force
-        self.dry_run = dry_run
-        self.options = dict(options or {})
+        self.options = options
+        self.target = options.target
+        self.include = list(options.include)
+        self.force = options.force
+        self.dry_run = options.dry_run
         self.env: Mapping[str, str] = env if env is not None else dict(os.environ)
         self.lines: list[str] = []
         self._workers = workers
@@ -183,53 +259,60 @@ class SnapshotReader:
                 hint="restore into an empty directory, or pass --force to overwrite files in it",
             )
 
-    def write_entries(self, target: Path, *, include: list[str] | None = None) -> RestoreResult:
-        """Restore the snapshot's entries under *target*. Raises Refused before writing
-        anything if a path would escape or the target is not empty (without force);
-        raises IntegrityError after restoring everything else if some files were
-        damaged (those are not left behind)."""
+    def write_entries(self, target: Path, *, include: list[str] | None = None,
+                      entries: Iterator[Entry] | None = None) -> RestoreResult:
+        """Restore the snapshot's entries (or *entries*, a selection of them) under
+        *target*. Raises Refused before writing anything if a path would escape or the
+        target is not empty (without force), and when an entry would lead outside the
+        target or replace a directory; raises IntegrityError after restoring everything
+        else if some files were damaged (those are not left behind). KeyboardInterrupt
+        stops it promptly, leaving only complete files."""
         patterns = self.include if include is None else include
         self.check_target(target)
-        entries = [e for e in self.entries() if include_matches(e.path, patterns)]
-        plans = [(e, safe_destination(target, e.path)) for e in entries]  # validate all first
+        source = self.entries() if entries is None else entries
+        chosen = [e for e in source if include_matches(e.path, patterns)]
+        plans = [(e, split_path(e.path)) for e in chosen]  # validate all first
         result = RestoreResult()
         if self.dry_run:
-            for e, dest in plans:
+            for e, parts in plans:
                 result.files += e.type == FILE
                 result.dirs += e.type == DIR
                 result.symlinks += e.type == SYMLINK
                 result.bytes_written += e.size if e.type == FILE else 0
-                result.lines.append(f"would restore {e.type} {dest}")
+                result.lines.append(f"would restore {e.type} {target.joinpath(*parts)}")
             return result
         target.mkdir(parents=True, exist_ok=True)
-        dirs: list[tuple[Entry, Path]] = []
-        files: list[_FilePlan] = []
-        safe_parents: set[Path] = set()  # parents already checked: no lstat walk per entry
-        for e, dest in plans:
-            if dest.parent not in safe_parents:
-                _check_no_symlink_parents(target, dest)
-                safe_parents.add(dest.parent)
-            if e.type == DIR:
-                if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-                    dest.unlink()
-                dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-                dirs.append((e, dest))
-                result.dirs += 1
-            elif e.type == SYMLINK:
-                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                if dest.is_symlink() or dest.exists():
-                    if dest.is_dir() and not dest.is_symlink():
-                        raise Refused(f"refusing to replace directory {dest} by a symlink")
-                    dest.unlink()
-                os.symlink(e.target, dest)
-                _apply_meta(dest, e, symlink=True)
-                result.symlinks += 1
-            elif e.type == FILE:
-                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                files.append(_FilePlan(e, dest, dest.with_name(dest.name + TMP_SUFFIX)))
-        self._restore_files(files, result)
-        for e, dest in reversed(dirs):
-            _apply_meta(dest, e)
+        tree = TargetTree(target)
+        try:
+            dirs: list[tuple[Entry, Parts]] = []
+            made: set[Parts] = set()
+            files: list[_FilePlan] = []
+            for e, parts in plans:
+                if e.type == DIR:
+                    tree.make_dir(parts, replace=self.force)
+                    dirs.append((e, parts))
+                    made.add(parts)
+                    result.dirs += 1
+                elif not parts:
+                    raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
+                elif parts in made:
+                    raise Refused(f"refusing to replace directory {'/'.join(parts)} by a {e.type}")
+                elif e.type == SYMLINK:
+                    tree.symlink(parts, e)
+                    result.symlinks += 1
+                elif e.type == FILE:
+                    tree.pin(parts[:-1])  # create the parents now, in entry order
+                    tree.unpin(parts[:-1])
+                    files.append(_FilePlan(e, parts[:-1], parts[-1]))
+            self._restore_files(tree, files, result)
+            for e, parts in reversed(dirs):
+                tree.set_dir_meta(parts, e)
+            tree.sync()
+        finally:
+            tree.close()
+        refused = [p for p in files if p.refused]
+        if refused:
+            raise Refused(refused[0].refused or "", hint=f"{len(refused)} entr(y/ies) refused; the rest was restored")
         if result.failed:
             err = IntegrityError(
                 name=", ".join(result.failed[:5]) + (" ..." if len(result.failed) > 5 else ""),
@@ -239,10 +322,12 @@ class SnapshotReader:
             raise err
         return result
 
-    def _restore_files(self, files: list[_FilePlan], result: RestoreResult) -> None:
+    def _restore_files(self, tree: TargetTree, files: list[_FilePlan], result: RestoreResult) -> None:
         """Fetch each needed pack once (worker threads), verify every blob, pwrite it
         into temporary files; a file is put in place (meta, rename) by the thread that
-        writes its last chunk, so metadata work overlaps with data work."""
+        writes its last chunk, so metadata work overlaps with data work. On
+        KeyboardInterrupt: drop queued packs, let running ones stop at their next blob,
+        remove the temporaries, re-raise."""
         uses: dict[str, dict[bytes, _BlobUse]] = {}
         for no, plan in enumerate(files):
             offset = 0
@@ -259,19 +344,34 @@ class SnapshotReader:
                 offset += loc.raw_length
                 plan.remaining += 1
         lock = threading.Lock()
+        stop = threading.Event()
         fds: dict[int, int] = {}
 
         def fd_for(no: int) -> int:
             """The open temporary of file *no* (created at its full size); call under lock."""
             fd = fds.get(no)
             if fd is None:
-                fd = _create_tmp(files[no])
+                plan = files[no]
+                fd, plan.tmp = tree.create_temp(plan.parent, plan.entry.size)
                 fds[no] = fd
             return fd
 
+        def finish(no: int, fd: int) -> None:
+            plan = files[no]
+            try:
+                tree.apply_meta_fd(fd, plan.entry, plan.entry.path)
+            finally:
+                os.close(fd)
+            try:
+                tree.commit(plan.parent, plan.tmp, plan.name)
+            except Refused as exc:
+                plan.refused = exc.message
+                return
+            plan.done = True
+
         def write(no: int, offset: int, data: bytes | memoryview) -> None:
             plan = files[no]
-            if plan.failed:
+            if plan.failed or stop.is_set():
                 return
             with lock:
                 fd = fd_for(no)
@@ -285,9 +385,9 @@ class SnapshotReader:
                 plan.remaining -= 1
                 last = plan.remaining == 0 and not plan.failed
                 if last:
-                    os.close(fds.pop(no))
+                    fds.pop(no)
             if last:
-                _finish_file(plan)
+                finish(no, fd)
             if self._on_bytes:
                 self._on_bytes(len(data))
 
@@ -297,6 +397,8 @@ class SnapshotReader:
                     files[no].failed = files[no].failed or why
 
         def do_pack(pack_id: str, blobs: dict[bytes, _BlobUse]) -> None:
+            if stop.is_set():
+                return
             ordered = sorted(blobs.values(), key=lambda u: u.offset)
             name = layout.pack_name(pack_id)
             # Each blob is authenticated (AES-GCM) and checked against its keyed id
@@ -308,6 +410,8 @@ class SnapshotReader:
                     fail(u.targets, f"{name}: {exc.message}")
                 return
             for u, sealed in pieces:
+                if stop.is_set():
+                    return
                 if sealed is None:
                     fail(u.targets, f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)")
                     continue
@@ -319,51 +423,43 @@ class SnapshotReader:
                 for no, off in u.targets:
                     write(no, off, plain)
 
+        pool = ThreadPoolExecutor(self._workers, thread_name_prefix="drkit-restore")
         try:
-            with ThreadPoolExecutor(self._workers, thread_name_prefix="drkit-restore") as pool:
-                for fut in [pool.submit(do_pack, p, b) for p, b in uses.items()]:
+            futures: list[Future[None]] = [pool.submit(do_pack, p, b) for p, b in uses.items()]
+            pending = set(futures)
+            while pending:  # a timed wait: Ctrl-C is seen at once, not after the queue drains
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                for fut in done:
                     fut.result()
-        finally:
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
             for fd in fds.values():
                 os.close(fd)
             fds.clear()
+            raise  # tree.close() (the caller's finally) removes the temporaries
+        pool.shutdown(wait=True)
+        for fd in fds.values():  # temporaries of files that failed part-way
+            os.close(fd)
+        fds.clear()
 
-        for plan in files:
-            if not plan.done and not plan.failed and not plan.remaining:
-                os.close(_create_tmp(plan))  # a file without chunks (empty)
-                _finish_file(plan)
+        for no, plan in enumerate(files):
+            if not plan.done and not plan.failed and not plan.refused and not plan.remaining:
+                fd, plan.tmp = tree.create_temp(plan.parent, 0)  # a file without chunks (empty)
+                finish(no, fd)
             if plan.done:
                 result.files += 1
                 result.bytes_written += plan.entry.size
                 continue
-            try:
-                plan.tmp.unlink()
-            except FileNotFoundError:
-                pass
+            if plan.tmp:
+                tree.discard(plan.parent, plan.tmp)
+            if plan.refused:
+                result.lines.append(f"REFUSED {plan.entry.path}: {plan.refused}")
+                continue
             why = plan.failed or "not all chunks were written"
             result.failed.append(plan.entry.path)
             result.lines.append(f"FAILED {plan.entry.path}: {why}")
             log.error("not restored: %s: %s", plan.entry.path, why)
-
-
-def _create_tmp(plan: _FilePlan) -> int:
-    """Create (or truncate) the temporary of *plan* at the file's size; returns the fd."""
-    fd = os.open(plan.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.ftruncate(fd, plan.entry.size)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _finish_file(plan: _FilePlan) -> None:
-    """Metadata, then rename over the destination (atomic). Raises Refused for a directory."""
-    if plan.dest.is_dir() and not plan.dest.is_symlink():
-        raise Refused(f"refusing to replace directory {plan.dest} by a file")
-    _apply_meta(plan.tmp, plan.entry)
-    os.replace(plan.tmp, plan.dest)
-    plan.done = True
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
@@ -398,21 +494,3 @@ def _split(group: list[_BlobUse], data: memoryview) -> Iterator[tuple[_BlobUse, 
     for u in group:
         piece = data[u.offset - start : u.offset - start + u.length]
         yield u, piece if len(piece) == u.length else None
-
-
-def _apply_meta(path: Path, e: Entry, *, symlink: bool = False) -> None:
-    """Owner (when root), mode and mtime; best effort for owner."""
-    if os.geteuid() == 0:
-        try:
-            os.chown(path, e.uid, e.gid, follow_symlinks=not symlink)
-        except OSError as exc:
-            log.warning("cannot set owner of %s: %s", path, exc.strerror)
-    if not symlink:
-        os.chmod(path, e.mode)
-    if symlink and os.utime not in os.supports_follow_symlinks:
-        return  # this platform cannot set a symlink's own mtime
-    try:
-        os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not symlink)
-    except OSError as exc:
-        log.warning("cannot set mtime of %s: %s", path, exc.strerror)
-

@@ -112,7 +112,7 @@ def restore_objects(
     ``--target`` it raises UsageError. A failure to apply one object does not stop the
     others; any failure ends in :class:`PartialFailure` after the report.
     """
-    if not ctx.options.get("in_place"):
+    if not ctx.options.in_place:
         if ctx.target is None:
             raise UsageError(
                 f"source {source_name!r} restores manifests into a directory: give --target DIR",

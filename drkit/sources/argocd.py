@@ -147,7 +147,7 @@ class ArgoCDSource(Source):
         """Write manifests under ``--target``; with ``in_place`` apply them in order
         (ConfigMaps, Secrets, AppProjects, Applications, ApplicationSets), pausing
         automated sync unless ``pause_sync`` is false."""
-        pause = bool(ctx.options.get("pause_sync", True))
+        pause = bool(ctx.options.extra.get("pause_sync", True))
         return restore_objects(
             ctx,
             lambda: connect_options(self.options),

@@ -28,6 +28,7 @@ from drkit.repository.tree import Entry
 
 if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
+    from drkit.services.restore import RestoreOptions
 
 
 class SourceOptions(BaseModel):
@@ -98,9 +99,9 @@ class RestoreContext(Protocol):
     dry_run: bool
     env: Mapping[str, str]
     """The environment captured by the CLI (sources never read os.environ)."""
-    options: dict[str, Any]
-    """Restore options from the CLI: ``in_place`` (bool), ``volumes`` (list of PVC
-    names), ``push_to`` (URL) and anything a source documents."""
+    options: "RestoreOptions"
+    """Restore options from the CLI: ``in_place``, ``volumes`` (PVC names),
+    ``push_to`` (URL), and ``extra`` (``-o KEY=VALUE``, what a source documents)."""
 
     def entries(self) -> Iterator[Entry]: ...
 

@@ -335,12 +335,12 @@ class GitSource(Source):
         """Write a bare repository into ``ctx.target`` or mirror-push to ``push_to``.
 
         Raises IntegrityError when fsck fails or the refs differ from the snapshot's."""
-        push_to = ctx.options.get("push_to")
+        push_to = ctx.options.push_to
         if push_to:
             check_url(push_to, key="--push-to")
         if ctx.target is None and not push_to:
             raise UsageError(f"source {self.name!r} restores into a directory (--target DIR) or a remote (--push-to URL)")
-        if ctx.options.get("in_place"):
+        if ctx.options.in_place:
             raise UsageError("a git source has no in-place restore", hint="use --target DIR or --push-to URL")
         tmp: str | None = None
         dest = ctx.target

@@ -420,7 +420,7 @@ class K3sEtcdSource(Source):
         dir), verify its trailer, report the cluster-reset command; option ``data_dir``
         also builds a plain etcd data dir."""
         entry = self._entry(ctx)
-        if ctx.options.get("in_place"):
+        if ctx.options.in_place:
             dest_dir = self.options.data_dir / "server" / "db" / "snapshots"
             snap = getattr(ctx.snapshot, "short_id", "snapshot")
             path = dest_dir / f"drkit-restore-{snap}.db"
@@ -446,16 +446,16 @@ class K3sEtcdSource(Source):
         result.lines.append("then start K3s normally (systemctl start k3s)")
         run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
         result.lines.append(k3s.describe_run(run_meta))
-        if ctx.options.get("in_place"):
+        if ctx.options.in_place:
             result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir,
                                                                             self.options.k3s_binary))
-        data_dir = ctx.options.get("data_dir")
+        data_dir = ctx.options.extra.get("data_dir")
         if not data_dir and self.options.restore_data_dir and ctx.target is not None:
             data_dir = ctx.target / "etcd-data"
         if data_dir:
             restore_data_dir(path, Path(data_dir),
-                             name=ctx.options.get("member_name") or self.options.member_name,
-                             peer_url=ctx.options.get("peer_url") or self.options.peer_url)
+                             name=ctx.options.extra.get("member_name") or self.options.member_name,
+                             peer_url=ctx.options.extra.get("peer_url") or self.options.peer_url)
             result.details["etcd_data_dir"] = str(data_dir)
             result.lines.append(f"plain etcd data dir written to {data_dir}")
         return result

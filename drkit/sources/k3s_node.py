@@ -137,7 +137,7 @@ class K3sNodeSource(Source):
     def restore(self, ctx: RestoreContext) -> RestoreResult:
         """``--target DIR``: files under DIR/data and DIR/config. ``--in-place``: back onto
         the configured directories (refused while K3s runs; each file replaced atomically)."""
-        if not ctx.options.get("in_place"):
+        if not ctx.options.in_place:
             result = super().restore(ctx)
             assert ctx.target is not None
             if ctx.dry_run:

@@ -169,7 +169,7 @@ class K3sSqliteSource(Source):
     def restore(self, ctx: RestoreContext) -> RestoreResult:
         """``--target DIR``: write DIR/state.db. ``--in-place``: replace the live database
         (refused while K3s runs; atomic; old files kept aside)."""
-        if ctx.options.get("in_place"):
+        if ctx.options.in_place:
             return self._restore_in_place(ctx)
         result = super().restore(ctx)
         assert ctx.target is not None

@@ -580,7 +580,7 @@ class LonghornSource(Source):
     # ------------------------------------------------------------------ restore
     def _records(self, ctx: RestoreContext) -> list[tuple[dict[str, Any], Any]]:
         """(record, image entry or None) for each volume in the snapshot, filtered by
-        ``ctx.options['volumes']``; UsageError for a requested volume not present."""
+        ``ctx.options.volumes``; UsageError for a requested volume not present."""
         entries = {e.path: e for e in ctx.entries() if e.type == FILE}
         records = []
         for path, entry in sorted(entries.items()):
@@ -593,7 +593,7 @@ class LonghornSource(Source):
                 f.close()
             image = entries.get(record["image"]) if record.get("image") else None
             records.append((record, image))
-        wanted = list(ctx.options.get("volumes") or [])
+        wanted = list(ctx.options.volumes or [])
         if wanted:
             def match(r: dict[str, Any]) -> bool:
                 return r["pvc_name"] in wanted or f"{r['namespace']}/{r['pvc_name']}" in wanted
@@ -610,11 +610,11 @@ class LonghornSource(Source):
         """See the module doc. Refuses (Refused) a bound PVC without ``force``; with
         ``dry_run`` only prints the objects it would create."""
         records = self._records(ctx)
-        if not ctx.options.get("in_place"):
+        if not ctx.options.in_place:
             if ctx.target is None:
                 raise UsageError(f"source {self.name!r}: give --target DIR, or --in-place to recreate the volumes")
             include: list[str] | None = None  # everything (or --include)
-            if ctx.options.get("volumes"):
+            if ctx.options.volumes:
                 include = [p for r, _ in records for p in ([_record_path(r["namespace"], r["pvc_name"], "yaml")]
                                                            + ([r["image"]] if r.get("image") else []))]
             return ctx.write_entries(ctx.target, include=include)

@@ -126,7 +126,7 @@ def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
     Only that blob's bytes change: tree blobs and other blobs still decrypt, so the
     damage is found exactly where that file's data is read."""
     from drkit.repository.repo import Repository
-    from drkit.services.backup import iter_tree
+    from drkit.repository.tree import iter_tree
     from drkit.storage.local import LocalStorage
 
     repo = Repository.open(LocalStorage(repo_root), passphrase)

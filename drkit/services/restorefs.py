@@ -1,0 +1,313 @@
+"""The restore target as a tree reached only through directory file descriptors.
+
+Promise: nothing a snapshot says makes a restore create, write, chmod, chown or
+touch anything outside the target directory, and no file appears under its real
+name before its content is complete.
+
+How (the ``openat`` discipline of tar and rsync):
+
+- every directory is opened relative to its parent's fd with ``O_NOFOLLOW |
+  O_DIRECTORY``, so a symlink (or a file) where a directory is expected is refused,
+  also one planted by the snapshot itself (an entry ``d`` as a symlink, then ``d/x``);
+- file content goes to a temporary created with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+  under a name nobody can predict (a random per-restore prefix and a counter;
+  entries whose names could collide with it are refused up front), and is renamed
+  over the real name (``renameat``), which never follows a link;
+- mode, owner and times are set on the open file (``fchmod``/``fchown``/``futimens``),
+  a symlink's own times and owner with ``AT_SYMLINK_NOFOLLOW``;
+- a file or symlink never replaces a directory (``rename`` refuses with EISDIR).
+
+Owners and the set-user-ID, set-group-ID and sticky bits are restored only when
+restoring as root, as GNU tar does (``--same-owner`` and ``--preserve-permissions``
+are its defaults for root only): a restore run by an ordinary user never creates a
+set-uid file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from drkit.errors import Refused
+from drkit.repository.tree import Entry
+
+log = logging.getLogger("drkit.restore")
+
+TMP_PREFIX = ".drkit-tmp-"
+"""Every temporary a restore creates starts with this; entries that do are refused."""
+NAME_MAX = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+Parts = tuple[str, ...]
+
+
+def split_path(logical: str) -> Parts:
+    """The components of a logical path below the target; Refused for ``..``, a NUL,
+    a component longer than 255 bytes, or one that looks like a restore temporary."""
+    rel = logical.lstrip("/")
+    parts = tuple(p for p in rel.split("/") if p not in ("", "."))
+    if "\x00" in logical or any(p == ".." for p in parts):
+        raise Refused(f"refusing to restore {logical!r}: the path would escape the target directory")
+    for p in parts:
+        if len(os.fsencode(p)) > NAME_MAX:
+            raise Refused(f"refusing to restore {logical!r}: a name is longer than {NAME_MAX} bytes")
+        if p.startswith(TMP_PREFIX):
+            raise Refused(f"refusing to restore {logical!r}: {p!r} collides with drkit's restore temporaries")
+    return parts
+
+
+def _shown(parts: Parts) -> str:
+    return "/".join(parts) or "."
+
+
+class TargetTree:
+    """Directory fds under one target (a bounded cache), and the write primitives.
+
+    Thread-safe. ``as_root`` decides whether owners and special mode bits are applied.
+    Call :meth:`close` when done (it also removes temporaries left by a failure)."""
+
+    def __init__(self, target: Path, *, as_root: bool | None = None, max_open: int = 256) -> None:
+        self.target = target
+        self.as_root = os.geteuid() == 0 if as_root is None else as_root
+        self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds: OrderedDict[Parts, int] = OrderedDict()
+        self._pins: dict[Parts, int] = {}
+        self._max_open = max_open
+        self._lock = threading.Lock()
+        self._prefix = TMP_PREFIX + secrets.token_hex(6) + "-"
+        self._counter = 0
+        self._temps: set[tuple[Parts, str]] = set()
+
+    # -- directories -------------------------------------------------------------
+
+    def _open_locked(self, parts: Parts, create: bool) -> int:
+        if not parts:
+            return self._root
+        fd = self._fds.get(parts)
+        if fd is not None:
+            self._fds.move_to_end(parts)
+            return fd
+        parent = self._open_locked(parts[:-1], create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            fd = self._open_dir_at(parent, parts)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Refused(f"refusing to restore below {_shown(parts)}: it is a symlink or a file, "
+                              "not a directory (it could lead outside the target)") from None
+            raise
+        self._fds[parts] = fd
+        self._evict_locked()
+        return fd
+
+    def _open_dir_at(self, parent: int, parts: Parts) -> int:
+        try:
+            return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Refused(f"refusing to restore below {_shown(parts)}: it is a symlink or a file, "
+                              "not a directory (it could lead outside the target)") from None
+            raise
+
+    def _evict_locked(self) -> None:
+        while len(self._fds) > self._max_open:
+            for key in self._fds:
+                if not self._pins.get(key):
+                    os.close(self._fds.pop(key))
+                    break
+            else:
+                return  # everything pinned: stay above the bound rather than fail
+
+    def pin(self, parts: Parts) -> int:
+        """The fd of directory *parts* (created 0700 if missing), kept open until
+        :meth:`unpin`. Raises Refused when a component is not a directory."""
+        with self._lock:
+            fd = self._open_locked(parts, True)
+            if parts:
+                self._pins[parts] = self._pins.get(parts, 0) + 1
+            return fd
+
+    def unpin(self, parts: Parts) -> None:
+        if not parts:
+            return
+        with self._lock:
+            n = self._pins.get(parts, 0) - 1
+            if n > 0:
+                self._pins[parts] = n
+            else:
+                self._pins.pop(parts, None)
+
+    def make_dir(self, parts: Parts, *, replace: bool) -> None:
+        """Create directory *parts* (and its parents), 0700 until :meth:`set_dir_meta`.
+        An existing non-directory in its place is removed when *replace*, else Refused."""
+        if not parts:
+            return
+        with self._lock:
+            parent = self._open_locked(parts[:-1], True)
+            name = parts[-1]
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    if not replace:
+                        raise Refused(f"refusing to replace {_shown(parts)} by a directory") from None
+                    os.unlink(name, dir_fd=parent)
+                    os.mkdir(name, 0o700, dir_fd=parent)
+            self._open_locked(parts, False)
+
+    def set_dir_meta(self, parts: Parts, e: Entry) -> None:
+        """Owner (root only), mode and mtime of directory *parts*; never of the target itself."""
+        if not parts:
+            return  # a "/" entry must not change the target's mode or owner
+        with self._lock:
+            fd = self._open_locked(parts, False)
+            self._pins[parts] = self._pins.get(parts, 0) + 1
+        try:
+            self.apply_meta_fd(fd, e, _shown(parts))
+        finally:
+            self.unpin(parts)
+
+    # -- files and symlinks --------------------------------------------------------
+
+    def _temp_name(self) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"{self._prefix}{self._counter}"
+
+    def create_temp(self, parent: Parts, size: int) -> tuple[int, str]:
+        """A new temporary (0600, exclusive, not through a link) in directory *parent*
+        (pinned by the caller), sized *size*; returns (fd, name)."""
+        pfd = self.pin(parent)
+        try:
+            name = self._temp_name()
+            fd = os.open(name, _TMP_FLAGS, 0o600, dir_fd=pfd)
+            with self._lock:
+                self._temps.add((parent, name))
+            try:
+                if size:
+                    os.ftruncate(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+            return fd, name
+        finally:
+            self.unpin(parent)
+
+    def apply_meta_fd(self, fd: int, e: Entry, shown: str) -> None:
+        """Owner (root only; best effort), mode (special bits only as root), mtime, on an open fd."""
+        if self.as_root:
+            try:
+                os.fchown(fd, e.uid, e.gid)
+            except OSError as exc:
+                log.warning("cannot set owner of %s: %s", shown, exc.strerror)
+        os.fchmod(fd, e.mode & (0o7777 if self.as_root else 0o777))
+        try:
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        except OSError as exc:
+            log.warning("cannot set mtime of %s: %s", shown, exc.strerror)
+
+    def commit(self, parent: Parts, tmp: str, name: str) -> None:
+        """Rename temporary *tmp* over *name* in *parent* (atomic, never through a link).
+        Raises Refused when *name* is a directory."""
+        pfd = self.pin(parent)
+        try:
+            try:
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise Refused(f"refusing to replace directory {_shown(parent + (name,))} by a file or symlink") from None
+                raise
+            with self._lock:
+                self._temps.discard((parent, tmp))
+        finally:
+            self.unpin(parent)
+
+    def discard(self, parent: Parts, tmp: str) -> None:
+        """Remove a temporary (missing is fine)."""
+        try:
+            pfd = self.pin(parent)
+        except (OSError, Refused):
+            return
+        try:
+            os.unlink(tmp, dir_fd=pfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            self.unpin(parent)
+            with self._lock:
+                self._temps.discard((parent, tmp))
+
+    def symlink(self, parts: Parts, e: Entry) -> None:
+        """Create symlink *parts* -> ``e.target`` atomically (a temporary renamed over
+        the name), with its own owner (root) and mtime. Refused over a directory."""
+        parent, name = parts[:-1], parts[-1]
+        pfd = self.pin(parent)
+        try:
+            tmp = self._temp_name()
+            os.symlink(e.target, tmp, dir_fd=pfd)
+            with self._lock:
+                self._temps.add((parent, tmp))
+            if self.as_root:
+                try:
+                    os.chown(tmp, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+                except OSError as exc:
+                    log.warning("cannot set owner of %s: %s", _shown(parts), exc.strerror)
+            try:
+                os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+            except (OSError, NotImplementedError) as exc:
+                log.warning("cannot set mtime of %s: %s", _shown(parts), getattr(exc, "strerror", exc))
+            self.commit(parent, tmp, name)
+        finally:
+            self.unpin(parent)
+
+    # -- the end ---------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """One sync of the filesystem holding the target (``syncfs``; ``sync`` where it
+        is missing): durability for the whole restore without an fsync per file."""
+        syncfs = getattr(_libc(), "syncfs", None)
+        if syncfs is None or syncfs(self._root) != 0:
+            os.sync()
+
+    def close(self) -> None:
+        """Remove temporaries still present and close every fd. Idempotent."""
+        for parent, tmp in list(self._temps):
+            self.discard(parent, tmp)
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._pins.clear()
+            if self._root >= 0:
+                os.close(self._root)
+                self._root = -1
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            return None
+    return _LIBC
