@@ -1,0 +1,33 @@
+"""Write snapshots the way an attacker holding the backup host's key could: any
+entries, any content, stored through the real repository code (so a restore reads
+them exactly as it would read a hostile writer's)."""
+
+from __future__ import annotations
+
+import secrets
+from drkit.repository.blob import BLOB_DATA, BLOB_TREE
+from drkit.repository.repo import Repository
+from drkit.repository.saver import BlobSaver
+from drkit.repository.snapshot import Snapshot, now_iso
+from drkit.repository.tree import FILE, Entry, encode_entries
+
+
+def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, bytes] | None = None, *,
+                   source: str = "data", source_type: str = "files", meta: dict[str, object] | None = None) -> Snapshot:
+    """Store *entries* (file content from *contents*, keyed by entry path; one chunk
+    per file) as a new snapshot of *source*; returns it."""
+    contents = contents or {}
+    repo.load_index()
+    with BlobSaver(repo) as saver:
+        for e in entries:
+            if e.type == FILE and e.path in contents:
+                data = contents[e.path]
+                e.size = len(data)
+                e.chunks = [saver.save(data, BLOB_DATA)[0].hex()] if data else []
+        tree_bytes = b"".join(encode_entries(entries))
+        tree = [saver.save(tree_bytes, BLOB_TREE)[0].hex()]
+    snap = Snapshot(id=secrets.token_hex(32), time=now_iso(), source=source, source_type=source_type,
+                    run=secrets.token_hex(16), host="attacker", tree=tree, meta=dict(meta or {}))
+    repo.save_snapshot(snap)
+    repo.load_index()
+    return snap
