@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from drkit.errors import EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, DrkitError
+from drkit.errors import EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, DrkitError, Refused
 from drkit.sources.base import SourceOptions
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ SECRET = Resource("Secret", "secrets", singular_snake="secret")
 CONFIGMAP = Resource("ConfigMap", "configmaps", singular_snake="config_map")
 PV = Resource("PersistentVolume", "persistentvolumes", namespaced=False, singular_snake="persistent_volume")
 PVC = Resource("PersistentVolumeClaim", "persistentvolumeclaims", singular_snake="persistent_volume_claim")
+POD = Resource("Pod", "pods", singular_snake="pod")
 
 ARGO_APPLICATION = Resource("Application", "applications", "argoproj.io", "v1alpha1")
 ARGO_APPPROJECT = Resource("AppProject", "appprojects", "argoproj.io", "v1alpha1")
@@ -142,7 +143,7 @@ LH_NODE = Resource("Node", "nodes", "longhorn.io", "v1beta2")
 
 RESOURCES_BY_KIND = {
     (r.api_version, r.kind): r
-    for r in (NAMESPACE, SECRET, CONFIGMAP, PV, PVC, ARGO_APPLICATION, ARGO_APPPROJECT, ARGO_APPLICATIONSET,
+    for r in (NAMESPACE, SECRET, CONFIGMAP, PV, PVC, POD, ARGO_APPLICATION, ARGO_APPPROJECT, ARGO_APPLICATIONSET,
               CM_ISSUER, CM_CLUSTER_ISSUER, LH_VOLUME, LH_SNAPSHOT, LH_BACKUP, LH_BACKUP_VOLUME,
               LH_VOLUME_ATTACHMENT, LH_NODE)
 }
@@ -419,6 +420,16 @@ class Kube:
             return self.call(what, self._core("patch", res, True), name, namespace, patch, _content_type=MERGE_PATCH)
         return self.call(what, self._core("patch", res, False), name, patch, _content_type=MERGE_PATCH)
 
+    def merge_patch_status(self, res: Resource, name: str, namespace: str | None,
+                           patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the ``status`` subresource of a namespaced custom resource (what a
+        controller writes; ``spec`` in *patch* is ignored by the server)."""
+        if not (res.group and res.namespaced):
+            raise KubeInvalid(f"drkit patches the status of namespaced custom resources only, not {res.kind}")
+        return self.call(f"patch the status of {res.describe(name, namespace)}",
+                         self.custom.patch_namespaced_custom_object_status, res.group, res.version, namespace,
+                         res.plural, name, patch, _content_type=MERGE_PATCH)
+
     def delete(self, res: Resource, name: str, namespace: str | None = None, *, missing_ok: bool = False) -> None:
         """Delete one object. With *missing_ok*, a missing object is not an error."""
         what = f"delete {res.describe(name, namespace)}"
@@ -509,6 +520,78 @@ class Kube:
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
         self.replace(res, body)
         return "replaced"
+
+
+# --- claims in use -----------------------------------------------------------------
+TERMINAL_POD_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class ClaimUser:
+    """A pod that mounts a PersistentVolumeClaim, and what owns it."""
+
+    namespace: str
+    pod: str
+    phase: str
+    owners: tuple[str, ...]
+    """``Kind name`` of each owner (a ReplicaSet's Deployment is named when the pod's
+    ``pod-template-hash`` label shows it)."""
+
+    def describe(self) -> str:
+        owned = f" ({', '.join(self.owners)})" if self.owners else " (no owner)"
+        return f"pod {self.namespace}/{self.pod}{owned}"
+
+
+def _owners(pod: dict[str, Any]) -> tuple[str, ...]:
+    meta = pod.get("metadata") or {}
+    hash_label = (meta.get("labels") or {}).get("pod-template-hash", "")
+    out = []
+    for ref in meta.get("ownerReferences") or []:
+        kind, name = str(ref.get("kind", "?")), str(ref.get("name", "?"))
+        if kind == "ReplicaSet" and hash_label and name.endswith(f"-{hash_label}"):
+            out.append(f"Deployment {name[: -len(hash_label) - 1]} (ReplicaSet {name})")
+        else:
+            out.append(f"{kind} {name}")
+    return tuple(out)
+
+
+def pods_using_claim(kube: Kube, namespace: str, claim: str) -> list[ClaimUser]:
+    """The pods of *namespace* that mount PVC *claim*, sorted by name.
+
+    A pod counts while it is not in a terminal phase (Succeeded, Failed): running,
+    pending (it mounts the claim as soon as it is scheduled) or unknown. These are the
+    pods that keep a deleted claim ``Terminating`` (``kubernetes.io/pvc-protection``)
+    and that would attach a volume while it is being rewritten. Read-only; needs
+    ``list`` on pods in *namespace*.
+    """
+    users = []
+    for pod in kube.list(POD, namespace):
+        phase = str((pod.get("status") or {}).get("phase") or "Pending")
+        if phase in TERMINAL_POD_PHASES:
+            continue
+        for vol in (pod.get("spec") or {}).get("volumes") or []:
+            if ((vol or {}).get("persistentVolumeClaim") or {}).get("claimName") == claim:
+                users.append(ClaimUser(namespace, pod["metadata"]["name"], phase, _owners(pod)))
+                break
+    return users
+
+
+def refuse_if_claim_in_use(kube: Kube, namespace: str, claim: str, *, action: str) -> None:
+    """Raise :class:`~drkit.errors.Refused` naming every pod (and its owners) that
+    mounts PVC *namespace*/*claim*; return when none does. *action* says what was
+    not done (``"replacing it"``). Call it before any change to the claim, its PV or
+    its volume: a claim deleted under a running pod stays Terminating and goes (with
+    its PV, under reclaim policy Delete) the moment the pod stops."""
+    users = pods_using_claim(kube, namespace, claim)
+    if not users:
+        return
+    owners = sorted({o.split(" (")[0] for u in users for o in u.owners})
+    scale = f" (e.g. kubectl -n {namespace} scale {owners[0].replace(' ', '/').lower()} --replicas=0)" \
+        if owners and not owners[0].startswith(("ReplicaSet", "Job", "Node")) else ""
+    raise Refused(
+        f"PVC {namespace}/{claim} is mounted by {', '.join(u.describe() for u in users)}: not {action}",
+        hint=f"scale the owners down{scale}, wait until the pods are gone, then run again",
+    )
 
 
 # --- manifests ---------------------------------------------------------------------

@@ -66,6 +66,7 @@ from drkit.kube import (
     KubeInvalid,
     KubeOptions,
     connect_options,
+    refuse_if_claim_in_use,
     strip_object,
 )
 from drkit.repository.tree import FILE
@@ -723,6 +724,11 @@ class LonghornSource(Source):
                 self._say(ctx, result, f"would create {obj['kind']}:\n" + yaml.safe_dump(obj, sort_keys=False).rstrip())
             return
         if existing is not None:
+            refuse_if_claim_in_use(kube, ns, pvc_name, action="replacing it")
+            old_pv = (existing.get("spec") or {}).get("volumeName")
+            if old_pv and kube.get_or_none(PV, old_pv) is not None:
+                kube.merge_patch(PV, old_pv, None, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
+                self._say(ctx, result, f"set reclaim policy Retain on PersistentVolume {old_pv} (kept)")
             kube.delete(PVC, pvc_name, ns, missing_ok=True)
             self._wait(f"PVC {ref} to be deleted", lambda: True if kube.get_or_none(PVC, pvc_name, ns) is None else None,
                        opts.attach_timeout, hint="a pod still uses it (kubernetes.io/pvc-protection): scale it down")

@@ -264,6 +264,17 @@ def _quantity_bytes(q: Any) -> int:
     return int(text)
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One request the fake answered."""
+
+    method: str
+    path: str
+    code: int
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+
+
 @dataclass
 class FakeKube:
     """The fake's state and its knobs. Create with :func:`start_fake_kube`."""
@@ -301,6 +312,10 @@ class FakeKube:
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     deleted: list[tuple[str, str, str]] = field(default_factory=list)
+    """(kind, namespace, name) of every object that left the store, by a client's
+    DELETE or by a controller the fake imitates (reclaim policy, Longhorn)."""
+    audit: list[AuditEntry] = field(default_factory=list)
+    """Every HTTP request with the fake's answer (see :meth:`rejected`)."""
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -374,6 +389,19 @@ class FakeKube:
             obj["status"] = merge_patch(obj.get("status") or {}, status)
             self._bump(obj)
             return copy.deepcopy(obj)
+
+    def rejected(self) -> list[AuditEntry]:
+        """Requests a real API server would have refused or pruned: every answer of 400
+        or more except a 404 to a read (drkit probes with GET), and every request whose
+        unknown fields were dropped with a warning."""
+        with self.lock:
+            return [a for a in self.audit
+                    if (a.code >= 400 and not (a.code == 404 and a.method == "GET")) or a.warnings]
+
+    def mutations(self) -> list[AuditEntry]:
+        """The requests that asked for a change (POST, PUT, PATCH, DELETE)."""
+        with self.lock:
+            return [a for a in self.audit if a.method in ("POST", "PUT", "PATCH", "DELETE")]
 
     def volume_path(self, name: str) -> Path:
         """The backing file of Longhorn volume *name* (its data)."""
@@ -495,6 +523,7 @@ class FakeKube:
                 now = time.monotonic()
                 due = [p for p in self._pending if p[0] <= now]
                 if not due:
+                    self._collect()
                     return
                 self._pending = [p for p in self._pending if p[0] > now]
                 for _, action in due:
@@ -593,6 +622,10 @@ class FakeKube:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
+        protection = {"PersistentVolumeClaim": "kubernetes.io/pvc-protection",
+                      "PersistentVolume": "kubernetes.io/pv-protection"}.get(rtype.kind)
+        if protection and protection not in (meta.get("finalizers") or []):  # the StorageObjectInUseProtection plugin
+            meta["finalizers"] = [*(meta.get("finalizers") or []), protection]
         self._longhorn_admit(rtype, body)
         self._bump(body)
         self.objects[key] = body
@@ -632,22 +665,117 @@ class FakeKube:
         self.objects[(rtype.group, rtype.plural, ns or "", name)] = body
         if rtype.kind == "VolumeAttachment":
             self._reconcile_attachment(name)
+        elif rtype.kind == "PersistentVolume":
+            self.sync_kubernetes_status(name)
+        elif rtype.kind == "Pod":
+            self._collect()
         return body
 
     def delete(self, rtype: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
+        """DELETE: an object with finalizers gets ``deletionTimestamp`` and stays
+        (Terminating) until they are gone; the protection finalizers are removed by
+        :meth:`_collect` as the real controllers do."""
         obj = self._must_get(rtype, ns, name)
-        del self.objects[(rtype.group, rtype.plural, ns or "", name)]
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = _now()
+                meta["deletionGracePeriodSeconds"] = 0
+                self._bump(obj)
+            self._collect()
+            current = self.objects.get((rtype.group, rtype.plural, ns or "", name))
+            return copy.deepcopy(current if current is not None else obj)
+        return self._remove(rtype, ns, name)
+
+    def _delete_if_present(self, kind: str, ns: str | None, name: str) -> None:
+        """A deletion a controller sends (Longhorn, the PV controller): a missing
+        object is fine."""
+        rtype = self._type_of_kind(kind)
+        if (rtype.group, rtype.plural, ns or "", name) in self.objects:
+            self.delete(rtype, ns, name)
+
+    def _remove(self, rtype: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
+        """The object leaves the store (its finalizers are gone); what follows from it."""
+        obj = self.objects.pop((rtype.group, rtype.plural, ns or "", name))
         self.deleted.append((rtype.kind, ns or "", name))
         if rtype.kind == "Volume":
+            # Longhorn's volume controller, on deletion, deletes the PV named in
+            # status.kubernetesStatus.pvName and, while lastPVCRefAt is empty, the PVC
+            # (longhorn-manager controller/volume_controller.go)
+            ks = (obj.get("status") or {}).get("kubernetesStatus") or {}
+            if ks.get("pvName"):
+                self._delete_if_present("PersistentVolume", None, ks["pvName"])
+            if ks.get("pvcName") and not ks.get("lastPVCRefAt"):
+                self._delete_if_present("PersistentVolumeClaim", ks.get("namespace"), ks["pvcName"])
             self._delete_volume_parts(name)
         elif rtype.kind == "Snapshot":
             (self.state_dir / "snapshots" / f"{name}.img").unlink(missing_ok=True)
         elif rtype.kind == "PersistentVolumeClaim":
-            for pv in self._all("PersistentVolume"):
+            for pv in list(self._all("PersistentVolume")):
                 ref = pv["spec"].get("claimRef") or {}
                 if (ref.get("namespace"), ref.get("name")) == (ns, name) and ref.get("uid") == obj["metadata"]["uid"]:
-                    pv["status"] = {"phase": "Released"}
+                    self._release(pv)
+        elif rtype.kind == "Pod":
+            self._collect()
         return obj
+
+    def _release(self, pv: dict[str, Any]) -> None:
+        """The PV controller: a PV whose claim is gone is Released; with reclaim policy
+        Delete the CSI driver deletes the volume (Longhorn: the Volume), then the PV."""
+        pv["status"] = {"phase": "Released"}
+        self._bump(pv)
+        pv_name = pv["metadata"]["name"]
+        csi = pv["spec"].get("csi") or {}
+        volume = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, csi.get("volumeHandle", "")))
+        if volume is not None and csi.get("driver") == "driver.longhorn.io":
+            ks = volume["status"].get("kubernetesStatus") or {}
+            if ks.get("pvName") == pv_name:
+                ks.update({"pvStatus": "Released", "lastPVCRefAt": ks.get("lastPVCRefAt") or _now()})
+                self._bump(volume)
+        if pv["spec"].get("persistentVolumeReclaimPolicy") == "Delete":
+            if volume is not None and csi.get("driver") == "driver.longhorn.io":
+                self._delete_if_present("Volume", LONGHORN_NS, csi["volumeHandle"])
+            self._delete_if_present("PersistentVolume", None, pv_name)
+        self._collect()
+
+    def claim_users(self, ns: str, claim: str) -> list[str]:
+        """Names of the pods of *ns* that are not terminal and mount PVC *claim*."""
+        users = []
+        for (g, p, pns, pname), pod in self.objects.items():
+            if (g, p, pns) != ("", "pods", ns) or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if any(((v or {}).get("persistentVolumeClaim") or {}).get("claimName") == claim
+                   for v in pod["spec"].get("volumes") or []):
+                users.append(pname)
+        return users
+
+    def _collect(self) -> None:
+        """The protection controllers: drop ``kubernetes.io/pvc-protection`` from a
+        deleted claim no pod mounts, ``kubernetes.io/pv-protection`` from a deleted PV
+        that is not Bound; remove objects left without finalizers."""
+        with self.lock:
+            for _ in range(50):
+                changed = False
+                for key, obj in list(self.objects.items()):
+                    meta = obj["metadata"]
+                    if key not in self.objects or not meta.get("deletionTimestamp"):
+                        continue
+                    fins = list(meta.get("finalizers") or [])
+                    if "kubernetes.io/pvc-protection" in fins and not self.claim_users(key[2], key[3]):
+                        fins.remove("kubernetes.io/pvc-protection")
+                    if "kubernetes.io/pv-protection" in fins and (obj.get("status") or {}).get("phase") != "Bound":
+                        fins.remove("kubernetes.io/pv-protection")
+                    if fins != list(meta.get("finalizers") or []):
+                        meta["finalizers"] = fins
+                        self._bump(obj)
+                        changed = True
+                    if not fins:
+                        meta.pop("finalizers", None)
+                        self._remove(self.types[key[:2]], key[2] or None, key[3])
+                        changed = True
+                        break
+                if not changed:
+                    return
 
     # ---- core behaviour: PV/PVC binding (what the PV controller does)
     def _bind_claims(self) -> None:
@@ -672,12 +800,45 @@ class FakeKube:
                 "uid": pvc["metadata"]["uid"],
                 "resourceVersion": pvc["metadata"]["resourceVersion"],
             }
+            was_bound = (pv.get("status") or {}).get("phase") == "Bound"
             pv["status"] = {"phase": "Bound"}
             pvc["status"] = {
                 "phase": "Bound",
                 "accessModes": pv["spec"]["accessModes"],
                 "capacity": pv["spec"]["capacity"],
             }
+            if not was_bound:
+                self.sync_kubernetes_status(pv["metadata"]["name"])
+
+    def sync_kubernetes_status(self, pv_name: str) -> None:
+        """Longhorn's kubernetes-pv controller for one PV (it runs on PV events and on a
+        30 s resync): the Volume behind a Longhorn PV records the PV, its phase and the
+        bound claim in ``status.kubernetesStatus``."""
+        with self.lock:
+            pv = self.objects.get(("", "persistentvolumes", "", pv_name))
+            csi = (pv or {}).get("spec", {}).get("csi") or {}
+            if pv is None or csi.get("driver") != "driver.longhorn.io":
+                return
+            volume = self.objects.get(("longhorn.io", "volumes", LONGHORN_NS, csi.get("volumeHandle", "")))
+            if volume is None:
+                return
+            phase = (pv.get("status") or {}).get("phase", "")
+            ks = dict(volume["status"].get("kubernetesStatus") or {})
+            if ks.get("pvName") != pv_name:
+                ks = {}
+            ks.update({"pvName": pv_name, "pvStatus": phase})
+            ref = pv["spec"].get("claimRef") or {}
+            if phase == "Bound" and ref:
+                ks.update({"pvcName": ref.get("name", ""), "namespace": ref.get("namespace", ""), "lastPVCRefAt": ""})
+            if ks != volume["status"].get("kubernetesStatus"):
+                volume["status"]["kubernetesStatus"] = ks
+                self._bump(volume)
+
+    def resync_pv_controller(self) -> None:
+        """Run :meth:`sync_kubernetes_status` for every PV (Longhorn's periodic resync)."""
+        with self.lock:
+            for pv in list(self._all("PersistentVolume")):
+                self.sync_kubernetes_status(pv["metadata"]["name"])
 
     def _after_create(self, rtype: ResourceType, body: dict[str, Any]) -> None:
         if rtype.kind in ("PersistentVolume", "PersistentVolumeClaim"):
@@ -784,6 +945,21 @@ class FakeKube:
 
                 self.after(self.restore_delay, finish_restore)
             body["status"] = status
+            for _ in range(int(spec.get("numberOfReplicas") or 1)):
+                rname = f"{name}-r-{uuid.uuid4().hex[:8]}"
+                self.create(
+                    self.types[("longhorn.io", "replicas")],
+                    LONGHORN_NS,
+                    {
+                        "apiVersion": "longhorn.io/v1beta2",
+                        "kind": "Replica",
+                        "metadata": {"name": rname, "namespace": LONGHORN_NS, "labels": {"longhornvolume": name}},
+                        "spec": {"volumeName": name, "nodeID": self.node_id, "active": True, "healthyAt": "",
+                                 "failedAt": "", "dataEngine": spec.get("dataEngine", "v1"),
+                                 "volumeSize": str(size), "dataDirectoryName": rname},
+                    },
+                    "Strict",
+                )
             self.create(
                 self.types[("longhorn.io", "volumeattachments")],
                 LONGHORN_NS,
@@ -885,8 +1061,8 @@ class FakeKube:
             return
         busy = vol["status"].get("cloneStatus", {}).get("state") not in (None, "", "completed") or vol["status"].get(
             "restoreRequired")
-        if self.stall_attach or busy:
-            return
+        if self.stall_attach or busy or vol["status"].get("robustness") == "faulted":
+            return  # Longhorn never attaches a faulted volume: the tickets stay unsatisfied
 
         def attach() -> None:
             va2 = self.objects.get(("longhorn.io", "volumeattachments", LONGHORN_NS, volume))
@@ -901,6 +1077,10 @@ class FakeKube:
                                      "message": "" if ok else f"node {ticket.get('nodeID')} not found",
                                      "lastTransitionTime": _now()}]
             if any(s.get("satisfied") for s in va2["status"]["attachmentTicketStatuses"].values()):
+                for rep_obj in self._replicas_of(volume):
+                    if not rep_obj["spec"].get("healthyAt"):
+                        rep_obj["spec"]["healthyAt"] = rep_obj["spec"]["lastHealthyAt"] = _now()
+                        self._bump(rep_obj)
                 vol2["status"].update({"state": "attached", "robustness": "healthy", "currentNodeID": self.node_id})
                 vol2["spec"]["nodeID"] = self.node_id
                 dev = self.device_path(volume)
@@ -928,10 +1108,37 @@ class FakeKube:
             vol["spec"]["nodeID"] = ""
             self._bump(vol)
 
+    def _replicas_of(self, volume: str) -> list[dict[str, Any]]:
+        return [o for o in self._all("Replica") if o["spec"].get("volumeName") == volume]
+
+    def lose_replicas(self, volume: str) -> None:
+        """What a node rebuilt on a new disk finds after its datastore was restored: the
+        Volume CR and its Replica CRs are back, their data is not. Every replica is
+        failed (``spec.failedAt``), the volume ``faulted`` and detached, the backing
+        file zeros; Longhorn never attaches it (tickets stay unsatisfied)."""
+        with self.lock:
+            vol = self.objects[("longhorn.io", "volumes", LONGHORN_NS, volume)]
+            now = _now()
+            for rep_obj in self._replicas_of(volume):
+                rep_obj["spec"].update({"failedAt": now, "lastFailedAt": now})
+                rep_obj["status"] = {"currentState": "error"}
+                self._bump(rep_obj)
+            self._remove_device(volume)
+            vol["status"].update({"state": "detached", "robustness": "faulted", "currentNodeID": ""})
+            vol["spec"]["nodeID"] = ""
+            self._bump(vol)
+            backing = self.volume_path(volume)
+            size = backing.stat().st_size
+            backing.unlink()
+            with open(backing, "wb") as f:
+                f.truncate(size)
+
     def _delete_volume_parts(self, volume: str) -> None:
         self._remove_device(volume)
         self.volume_path(volume).unlink(missing_ok=True)
         self.objects.pop(("longhorn.io", "volumeattachments", LONGHORN_NS, volume), None)
+        for rep_obj in self._replicas_of(volume):
+            self.objects.pop(("longhorn.io", "replicas", LONGHORN_NS, rep_obj["metadata"]["name"]), None)
         for key, snap in list(self.objects.items()):
             if key[:2] == ("longhorn.io", "snapshots") and snap["spec"].get("volume") == volume:
                 del self.objects[key]
@@ -1017,6 +1224,8 @@ class FakeKube:
                                name=name or "", kind=rtype.plural)
             if sub is not None and sub != "status":
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")
+            if sub == "status" and not rtype.status_subresource:
+                raise ApiError(404, "NotFound", f"{rtype.plural} has no status subresource")
             mode = query.get("fieldValidation", self.unknown_fields)
             if mode not in ("Strict", "Warn", "Ignore"):
                 raise ApiError(400, "BadRequest", f"fieldValidation must be Strict, Warn or Ignore, not {mode!r}")
@@ -1036,6 +1245,8 @@ class FakeKube:
                 return 201, copy.deepcopy(self.create(rtype, ns, body, mode))
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a collection")
+            if method == "PUT" and sub == "status":
+                raise ApiError(405, "MethodNotAllowed", "the fake serves PATCH on status subresources only")
             if method == "PUT":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "the request body must be a JSON object")
@@ -1049,6 +1260,8 @@ class FakeKube:
                 if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                     raise ApiError(415, "UnsupportedMediaType", f"the fake does not implement {ctype} patches")
                 current = self._must_get(rtype, ns, name)
+                if sub == "status":
+                    return 200, copy.deepcopy(self._patch_status(rtype, ns, name, body, mode))
                 patched = merge_patch(current, body)
                 if (body.get("metadata") or {}).get("resourceVersion") is None:
                     patched["metadata"].pop("resourceVersion", None)
@@ -1056,6 +1269,21 @@ class FakeKube:
             if method == "DELETE":
                 return 200, copy.deepcopy(self.delete(rtype, ns, name))
             raise ApiError(405, "MethodNotAllowed", f"method {method} is not allowed")
+
+    def _patch_status(self, rtype: ResourceType, ns: str | None, name: str, body: Any, mode: str) -> dict[str, Any]:
+        """A merge patch on the status subresource: only ``status`` changes."""
+        current = self._must_get(rtype, ns, name)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the patch must be a JSON object")
+        candidate = copy.deepcopy(current)
+        candidate["status"] = merge_patch(current.get("status") or {}, body.get("status") or {})
+        check = copy.deepcopy(candidate)
+        for k in ("uid", "resourceVersion", "creationTimestamp", "generation"):
+            check["metadata"].pop(k, None)
+        self.validate(rtype, check, mode)
+        current["status"] = candidate["status"]
+        self._bump(current)
+        return current
 
     def _list(self, rtype: ResourceType, ns: str | None, query: dict[str, str]) -> dict[str, Any]:
         match = parse_label_selector(query.get("labelSelector", ""))
@@ -1174,6 +1402,10 @@ class _Handler(BaseHTTPRequestHandler):
                 new_warnings = self.fake.warnings[warn_before:]
             except ApiError as exc:
                 code, payload, new_warnings = exc.code, exc.status(), []
+            with self.fake.lock:
+                self.fake.audit.append(AuditEntry(self.command, self.path, code,
+                                                  str(payload.get("message", "")) if code >= 400 else "",
+                                                  tuple(new_warnings)))
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

@@ -311,3 +311,111 @@ def test_rbac_denial_is_a_one_line_error_with_a_hint(kube: Kube, fake_kube: tupl
         'cannot list secrets in namespace default (HTTP 403, Forbidden): secrets is forbidden: User '
         '"system:serviceaccount:drkit:drkit" cannot get resource "secrets" in API group "" in the namespace "default"')
     assert "RBAC" in (exc.value.hint or "")
+
+
+def _mounting_pod(fake: FakeKube, name: str, claim: str) -> None:
+    fake.seed({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "apps"},
+               "spec": {"containers": [{"name": "c"}],
+                        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}},
+              status={"phase": "Running"})
+
+
+def test_reclaim_policy_decides_what_goes_with_a_deleted_claim(kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    from drkit.kube import PVC
+
+    _, fake = fake_kube
+    doomed = fake.provision("apps", "doomed", 4 * MIB)
+    kept = fake.provision("apps", "kept", 4 * MIB)
+    pv = kube.get(PV, doomed)
+    assert pv["metadata"]["finalizers"] == ["kubernetes.io/pv-protection"]
+    assert kube.get(PVC, "doomed", "apps")["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
+    assert kube.get(LH_VOLUME, doomed, LONGHORN_NS)["status"]["kubernetesStatus"] == {
+        "pvName": doomed, "pvStatus": "Bound", "pvcName": "doomed", "namespace": "apps", "lastPVCRefAt": ""}
+    # Delete: the claim takes its PV and the Longhorn volume (with its data) along
+    kube.delete(PVC, "doomed", "apps")
+    assert fake.deleted == [("PersistentVolumeClaim", "apps", "doomed"), ("Volume", LONGHORN_NS, doomed),
+                            ("PersistentVolume", "", doomed)]
+    assert not fake.volume_path(doomed).exists()
+    # Retain: the PV is Released and stays, so does the volume
+    kube.merge_patch(PV, kept, None, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
+    kube.delete(PVC, "kept", "apps")
+    assert fake.deleted[3:] == [("PersistentVolumeClaim", "apps", "kept")]
+    assert kube.get(PV, kept)["status"]["phase"] == "Released"
+    ks = kube.get(LH_VOLUME, kept, LONGHORN_NS)["status"]["kubernetesStatus"]
+    assert ks["pvStatus"] == "Released" and ks["lastPVCRefAt"]
+    assert fake.rejected() == []
+
+
+def test_a_claim_mounted_by_a_pod_stays_terminating_until_the_pod_goes(
+        kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    from drkit.kube import POD, PVC
+
+    _, fake = fake_kube
+    volume = fake.provision("apps", "data", 4 * MIB)
+    _mounting_pod(fake, "db-0", "data")
+    kube.delete(PVC, "data", "apps")
+    pvc = kube.get(PVC, "data", "apps")
+    assert pvc["metadata"]["deletionTimestamp"] and pvc["status"]["phase"] == "Bound"  # Terminating
+    assert fake.deleted == [] and kube.get(LH_VOLUME, volume, LONGHORN_NS)
+    with pytest.raises(KubeConflict):  # the name stays taken while it terminates
+        kube.create(PVC, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                          "metadata": {"name": "data", "namespace": "apps"},
+                          "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}})
+    kube.delete(POD, "db-0", "apps")  # the workload goes: so do the claim, the PV and the volume (Delete)
+    assert fake.deleted == [("Pod", "apps", "db-0"), ("PersistentVolumeClaim", "apps", "data"),
+                            ("Volume", LONGHORN_NS, volume), ("PersistentVolume", "", volume)]
+
+
+def test_deleting_a_longhorn_volume_deletes_the_pv_and_claim_its_status_names(
+        kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    from drkit.kube import PVC
+
+    _, fake = fake_kube
+    linked = fake.provision("apps", "linked", 4 * MIB)
+    unlinked = fake.provision("apps", "unlinked", 4 * MIB)
+    kube.delete(LH_VOLUME, linked, LONGHORN_NS)  # what longhorn-manager's volume controller does
+    assert ("PersistentVolumeClaim", "apps", "linked") in fake.deleted
+    assert ("PersistentVolume", "", linked) in fake.deleted
+    # with the link cleared through the status subresource, PV and claim stay
+    kube.merge_patch_status(LH_VOLUME, unlinked, LONGHORN_NS, {"status": {"kubernetesStatus": {
+        "pvName": "", "pvStatus": "", "lastPVCRefAt": "2026-01-01T00:00:00Z"}}})
+    assert kube.get(LH_VOLUME, unlinked, LONGHORN_NS)["spec"]["size"] == str(4 * MIB)  # spec untouched
+    n = len(fake.deleted)
+    kube.delete(LH_VOLUME, unlinked, LONGHORN_NS)
+    assert fake.deleted[n:] == [("Volume", LONGHORN_NS, unlinked)]
+    assert kube.get(PVC, "unlinked", "apps")["status"]["phase"] == "Bound" and kube.get(PV, unlinked)
+    # ... until Longhorn's PV controller resyncs: then it links them again
+    fake.seed(VOLUME | {"metadata": {"name": unlinked, "namespace": LONGHORN_NS}})
+    fake.resync_pv_controller()
+    assert kube.get(LH_VOLUME, unlinked, LONGHORN_NS)["status"]["kubernetesStatus"]["pvName"] == unlinked
+
+
+def test_a_volume_whose_replicas_are_gone_is_faulted_and_never_attaches(
+        kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    _, fake = fake_kube
+    volume = fake.provision("apps", "data", 4 * MIB, attach=False)
+    fake.volume_path(volume).write_bytes(b"\x01" * 4 * MIB)
+    (replica,) = fake.list("Replica", LONGHORN_NS)
+    assert replica["spec"]["volumeName"] == volume and replica["spec"]["failedAt"] == ""
+    fake.lose_replicas(volume)
+    (replica,) = fake.list("Replica", LONGHORN_NS)
+    assert replica["spec"]["failedAt"]
+    vol = kube.get(LH_VOLUME, volume, LONGHORN_NS)
+    assert (vol["status"]["robustness"], vol["status"]["state"]) == ("faulted", "detached")
+    assert fake.volume_path(volume).read_bytes() == bytes(4 * MIB)  # the data is gone
+    kube.merge_patch(LH_VOLUME_ATTACHMENT, volume, LONGHORN_NS, {"spec": {"attachmentTickets": {"t": {
+        "id": "t", "type": "longhorn-api", "nodeID": fake.node_id, "parameters": {"disableFrontend": "false"}}}}})
+    va = kube.get(LH_VOLUME_ATTACHMENT, volume, LONGHORN_NS)
+    assert va["status"]["attachmentTicketStatuses"]["t"]["satisfied"] is False
+    assert kube.get(LH_VOLUME, volume, LONGHORN_NS)["status"]["state"] == "detached"
+    assert not fake.device_path(volume).exists()
+
+
+def test_the_audit_names_requests_a_real_server_would_reject(kube: Kube, fake_kube: tuple[Path, FakeKube]) -> None:
+    _, fake = fake_kube
+    assert kube.get_or_none(PV, "nope") is None  # a probe: not a rejection
+    assert fake.rejected() == []
+    with pytest.raises(KubeInvalid):
+        kube.create(LH_VOLUME, vol(frontend=""))
+    (entry,) = fake.rejected()
+    assert (entry.method, entry.code) == ("POST", 422) and "frontend" in entry.message

@@ -73,11 +73,13 @@ def fsck_ok(image: Path) -> None:
 
 
 def wipe_cluster_copy(kubeconfig: Path, namespace: str, pvc: str, volume: str) -> None:
-    """What a rebuilt cluster looks like for one app: no PVC, PV or Longhorn volume."""
+    """What a rebuilt cluster looks like for one app: no PVC, PV or Longhorn volume
+    (the provisioned PV has reclaim policy Delete: deleting the claim takes the PV and
+    the Longhorn volume with it)."""
     with connect(kubeconfig) as kube:
         kube.delete(PVC, pvc, namespace)
-        kube.delete(PV, volume)
-        kube.delete(LH_VOLUME, volume, LONGHORN_NS)
+        assert kube.get_or_none(PV, volume) is None
+        assert kube.get_or_none(LH_VOLUME, volume, LONGHORN_NS) is None
 
 
 @pytest.fixture
@@ -175,6 +177,7 @@ def test_force_replaces_a_bound_pvc_and_dry_run_creates_nothing(tmp_path: Path, 
     assert fake.volume_names() == [volume] and {(k, n) for k, _, n in fake.deleted} == before
 
     # the workload is scaled down; --force replaces the PVC with one bound to a new volume
+    before_run = list(fake.deleted)
     d.restore("vols", "--in-place", "--force")
     pvc = fake.get("PersistentVolumeClaim", "apps", "data-db-0")
     assert pvc is not None and pvc["status"]["phase"] == "Bound"
@@ -182,6 +185,9 @@ def test_force_replaces_a_bound_pvc_and_dry_run_creates_nothing(tmp_path: Path, 
     assert new_volume != volume and new_volume.startswith(volume[:50])  # the old volume is left alone
     assert sorted(fake.volume_names()) == sorted([volume, new_volume])
     assert fake.volume_path(new_volume).read_bytes() == original
+    old_pv = fake.get("PersistentVolume", None, volume)  # kept, Retain, Released
+    assert old_pv is not None and old_pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    assert [d for d in fake.deleted if d not in before_run] == [("PersistentVolumeClaim", "apps", "data-db-0")]
 
 
 def test_second_backup_stores_only_changed_regions(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:
@@ -423,3 +429,30 @@ def test_native_restore_before_the_backup_target_synced_is_explained(
     assert err.exit_code == 9 and "Longhorn refused to restore apps/data-db-0" in err.message
     assert "synced" in (err.hint or "")
     assert fake.get("PersistentVolumeClaim", "apps", "data-db-0") is None
+
+
+def test_force_on_a_mounted_claim_refuses_before_any_change(tmp_path: Path, app_volume: tuple) -> None:
+    kubeconfig, fake, volume, _ = app_volume
+    d = Drkit.setup(tmp_path, [source_spec(kubeconfig, fake)])
+    d.backup("vols")
+    fake.seed({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "db-0", "namespace": "apps", "ownerReferences": [
+                   {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u-db", "controller": True}]},
+               "spec": {"containers": [{"name": "postgres"}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]}},
+              status={"phase": "Running"})
+    uids = {k: fake.get(k, ns, n)["metadata"]["uid"] for k, ns, n in
+            (("PersistentVolumeClaim", "apps", "data-db-0"), ("PersistentVolume", None, volume),
+             ("Volume", LONGHORN_NS, volume))}
+    deleted, n = list(fake.deleted), len(fake.audit)
+    err = d.fails("restore", "latest", "-s", "vols", "--in-place", "--force")
+    assert err.exit_code == 9
+    assert err.message == "PVC apps/data-db-0 is mounted by pod apps/db-0 (StatefulSet db): not replacing it"
+    assert "kubectl -n apps scale statefulset/db --replicas=0" in (err.hint or "")
+    assert fake.deleted == deleted
+    assert [a for a in fake.audit[n:] if a.method != "GET"] == []  # not one change was sent
+    assert {k: fake.get(k, ns, n)["metadata"]["uid"] for k, ns, n in
+            (("PersistentVolumeClaim", "apps", "data-db-0"), ("PersistentVolume", None, volume),
+             ("Volume", LONGHORN_NS, volume))} == uids
+    assert fake.get("PersistentVolume", None, volume)["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    assert fake.rejected() == []

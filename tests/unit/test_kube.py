@@ -45,3 +45,48 @@ def test_manifest_helpers_round_trip_and_refuse_garbage() -> None:
         load_manifest(b"- just a list")
     with pytest.raises(KubeInvalid, match="not valid YAML"):
         load_manifest(b"kind: [", name="x.yaml")
+
+
+def _pod(name: str, claim: str, *, phase: str = "Running", owner: tuple[str, str] | None = None,
+         labels: dict[str, str] | None = None) -> dict:
+    meta: dict = {"name": name, "namespace": "apps", "labels": labels or {}}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": "u-1",
+                                    "controller": True}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "c"}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+            "_phase": phase}
+
+
+def test_pods_using_a_claim_are_named_with_their_owners(tmp_path: Path) -> None:
+    from drkit.errors import Refused
+    from drkit.kube import pods_using_claim, refuse_if_claim_in_use
+
+    running = start_fake_kube(tmp_path / "fake")
+    try:
+        fake = running.fake
+        fake.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})
+        for pod in (_pod("db-0", "data", owner=("StatefulSet", "db")),
+                    _pod("web-5d8f7-x2x", "data", phase="Pending", owner=("ReplicaSet", "web-5d8f7"),
+                         labels={"pod-template-hash": "5d8f7"}),
+                    _pod("done", "data", phase="Succeeded", owner=("Job", "migrate")),  # terminal: mounts nothing
+                    _pod("other", "logs")):
+            phase = pod.pop("_phase")
+            fake.seed(pod, status={"phase": phase})
+        with connect(running.kubeconfig) as kube:
+            users = pods_using_claim(kube, "apps", "data")
+            assert [(u.pod, u.phase, u.owners) for u in users] == [
+                ("db-0", "Running", ("StatefulSet db",)),
+                ("web-5d8f7-x2x", "Pending", ("Deployment web (ReplicaSet web-5d8f7)",))]
+            assert pods_using_claim(kube, "apps", "unused") == []
+            refuse_if_claim_in_use(kube, "apps", "unused", action="replacing it")  # no pod: no error
+            with pytest.raises(Refused) as err:
+                refuse_if_claim_in_use(kube, "apps", "data", action="replacing it")
+            assert err.value.exit_code == 9
+            assert err.value.message == ("PVC apps/data is mounted by pod apps/db-0 (StatefulSet db), pod "
+                                         "apps/web-5d8f7-x2x (Deployment web (ReplicaSet web-5d8f7)): not replacing it")
+            assert "kubectl -n apps scale deployment/web --replicas=0" in (err.value.hint or "")
+        assert [a for a in fake.mutations() if a.path.startswith("/api")] == []  # the check only reads
+    finally:
+        running.stop()
