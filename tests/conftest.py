@@ -2,30 +2,23 @@
 
 - Every test runs with drkit's environment variables cleared (borg's habit), a weak
   KDF so repositories open fast, and an empty registry of secrets to redact.
-- :func:`require_binary` skips a test when a program is missing locally, but fails it
-  under CI (CI=true), where `.ci/run` must have installed it.
+- :func:`require_binary` (from :mod:`tests.programs`) skips a test when a program is
+  missing locally, but fails it under CI (CI=true), where `.ci/run` must have installed it.
+- The real servers (moto S3, sshd, etcd) and the fake Kubernetes API are fixtures defined
+  once, in :mod:`tests.servers` and :mod:`tests.fakes.kube_api`, and offered here to
+  every test.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
-_DRKIT_VARS = [k for k in os.environ if k.startswith("DRKIT_")]
-
-
-def require_binary(*names: str) -> str:
-    """Return the path of the first program found; skip (locally) or fail (CI) otherwise."""
-    for name in names:
-        path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-        if path:
-            return path
-    message = f"required program not installed: {' or '.join(names)}"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI must install it: see scripts/install-system-deps.sh)")
-    pytest.skip(message)
+from tests.fakes.kube_api import fake_kube  # noqa: F401 - fixture
+from tests.programs import require_binary  # noqa: F401 - tests import it from here
+from tests.servers import moto_server, sshd, sshd_server  # noqa: F401 - fixtures
+from tests.servers.etcd import etcd_server, etcd_tls_server  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ import pytest
 
 from drkit.cli import cli
 from drkit.cli.app import run_cli
-from tests.servers import sshd_server  # noqa: F401  (fixture)
 from tests.runbook.world import make_node
 from tests.servers.sshd import SshServer
 

@@ -22,10 +22,10 @@ from drkit.runbook.journal import Journal
 from tests.fixtures.k3s_layout import TOKEN as K3S_TOKEN
 from tests.conftest import require_binary
 from tests.runbook.world import STANDINS, mutating, read_log
-from tests.servers.etcd import EtcdServer, etcd_server  # noqa: F401,F811  (fixture: a real etcd)
+from tests.servers.etcd import EtcdServer
 
 
-def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch, etcd_server: EtcdServer):  # noqa: F811
+def test_rebuild_node_airgapped_with_etcd(node, drkit, monkeypatch, etcd_server: EtcdServer):
     tmp, root, config = node["tmp"], node["root"], node["config"]
     for i in range(50):
         etcd_server.etcdctl("put", f"/registry/configmaps/default/cm{i}", f"value-{i}")

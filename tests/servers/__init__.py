@@ -2,10 +2,11 @@
 
 - :mod:`tests.servers.sshd`: OpenSSH ``sshd`` (``start_sshd(tmpdir) -> SshServer``).
 - :mod:`tests.servers.s3`: moto's ``ThreadedMotoServer`` over real HTTP (``start_moto()``).
+- :mod:`tests.servers.etcd`: a real etcd, plain or TLS.
 - :mod:`tests.servers.faults`: a TCP proxy that injects faults between a client and a server.
 
-The pytest fixtures below skip locally and fail under CI=true when a program is missing.
-Use them by importing them into a test module (``from tests.servers import sshd_server``).
+The pytest fixtures below (and etcd's) are the only ones of their kind; ``tests/conftest.py``
+offers them to every test. They skip locally and fail under CI=true when a program is missing.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.programs import require_binary, require_module
+from tests.servers.s3 import MotoServer, start_moto
 from tests.servers.sshd import SshServer, start_sshd
 
-__all__ = ["SshServer", "sshd_server", "start_sshd"]
+__all__ = ["MotoServer", "SshServer", "moto_server", "sshd", "sshd_server", "start_moto", "start_sshd"]
 
 
 @pytest.fixture
@@ -26,6 +28,29 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]
     require_binary("sshd")
     require_binary("ssh-keygen")
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """One sshd shared by the session (tests that only need somewhere to connect)."""
+    require_binary("sshd")
+    require_binary("ssh-keygen")
+    server = start_sshd(tmp_path_factory.mktemp("sshd-session"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's S3 server over real HTTP on a free loopback port (one per session)."""
+    require_module("moto.server", "pip install -e '.[test]'")
+    server = start_moto()  # raises (fails the tests) if it cannot serve
     try:
         yield server
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.programs import require_binary
 
 
 def free_port() -> int:

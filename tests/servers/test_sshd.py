@@ -5,7 +5,6 @@ from __future__ import annotations
 import paramiko
 import pytest
 
-from tests.servers import sshd_server  # noqa: F401  (fixture)
 from tests.servers.sshd import SshServer
 
 

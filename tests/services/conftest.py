@@ -102,23 +102,6 @@ def flip_byte_in_a_pack(repo_root: Path, *, largest: bool = True) -> Path:
     return pack
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[Any]:
-    """moto's S3 server over real HTTP on a free loopback port (one per session)."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        from tests.conftest import require_binary
-
-        require_binary("moto_server")  # skips locally, fails under CI
-        raise
-    from tests.servers.s3 import start_moto
-
-    server = start_moto()
-    yield server
-    server.stop()
-
-
 def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
     """Flip one byte inside the first data blob of the file whose path ends with
     *path_suffix* (latest snapshot that has it); return the damaged pack file.
@@ -143,16 +126,3 @@ def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
                 pack.write_bytes(bytes(data))
                 return pack
     raise AssertionError(f"no file ending in {path_suffix!r} with data in the repository")
-
-
-@pytest.fixture(scope="session")
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real OpenSSH sshd on a free loopback port (one per session)."""
-    from tests.conftest import require_binary
-    from tests.servers.sshd import start_sshd
-
-    require_binary("sshd")
-    require_binary("ssh-keygen")
-    server = start_sshd(tmp_path_factory.mktemp("sshd-services"))
-    yield server
-    server.stop()

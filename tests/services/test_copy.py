@@ -280,7 +280,7 @@ def test_damaged_source_manifest_copies_the_rest_and_fails(tmp_path: Path, drkit
 
 
 def test_copy_s3_to_sftp_chain(tmp_path: Path, drkit: Runner, tree: tuple[Path, dict[str, bytes]],
-                               moto_server: Any, sshd_server: Any) -> None:
+                               moto_server: Any, sshd: Any) -> None:
     """local -> S3 -> SFTP: a copy of a copy restores the same bytes, and copying the
     copy back to the S3 repository adds nothing."""
     root, files = tree
@@ -290,9 +290,9 @@ def test_copy_s3_to_sftp_chain(tmp_path: Path, drkit: Runner, tree: tuple[Path, 
     doc = yaml.safe_load(s3.read_text())
     doc["repository"]["s3"] = moto_server.options()
     s3.write_text(yaml.safe_dump(doc))
-    sftp = write_config(tmp_path / "sftp.yaml", sshd_server.url(f"~/copy-{tmp_path.name}"), sources)
+    sftp = write_config(tmp_path / "sftp.yaml", sshd.url(f"~/copy-{tmp_path.name}"), sources)
     doc = yaml.safe_load(sftp.read_text())
-    doc["repository"]["sftp"] = {"key_file": str(sshd_server.key_file), "known_hosts_file": str(sshd_server.known_hosts_file),
+    doc["repository"]["sftp"] = {"key_file": str(sshd.key_file), "known_hosts_file": str(sshd.known_hosts_file),
                                  "allow_agent": False}
     sftp.write_text(yaml.safe_dump(doc))
     pw_c = "third passphrase"

@@ -16,7 +16,7 @@ from drkit.cli import cli
 from drkit.config import parse_config
 from drkit.detect import detect, render_config
 from drkit.errors import ConfigError, DrkitError, Refused
-from tests.fakes.kube_api import FakeKube, fake_kube  # noqa: F401
+from tests.fakes.kube_api import FakeKube
 from tests.fixtures.k3s_layout import fake_proc, make_k3s_layout
 
 

@@ -10,7 +10,7 @@ from drkit.errors import Refused
 from drkit.repository.snapshot import Snapshot
 from drkit.sources.k3s_etcd import K3sEtcdSource
 from tests.fixtures.k3s_layout import make_k3s_layout
-from tests.servers.etcd import EtcdServer, etcd_server, start_etcd  # noqa: F401
+from tests.servers.etcd import EtcdServer, start_etcd
 from tests.sources.cli_helper import DrkitCli
 
 

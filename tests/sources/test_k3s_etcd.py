@@ -17,7 +17,7 @@ from drkit.sources.k3s_common import find_k3s_server
 from drkit.sources.k3s_etcd import K3sEtcdSource, check_trailer
 from tests.fixtures.k3s_layout import fake_proc
 from tests.fixtures.recording import RecordingBackup, RecordingRestore
-from tests.servers.etcd import EtcdServer, etcd_server, etcd_tls_server, start_etcd  # noqa: F401
+from tests.servers.etcd import EtcdServer, start_etcd
 
 N_KEYS = 3000
 

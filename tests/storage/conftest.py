@@ -3,7 +3,6 @@ bucket / folder per test, and ``backend``: the same contract over every backend.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,33 +15,10 @@ from drkit.storage.base import Storage
 from drkit.storage.local import LocalStorage
 from drkit.storage.retry import RetryPolicy
 from tests.conftest import require_binary
-from tests.servers.s3 import MotoServer, start_moto
-from tests.servers.sshd import SshServer, start_sshd
+from tests.servers.s3 import MotoServer
+from tests.servers.sshd import SshServer
 
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_elapsed=30)
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        message = f"moto[server] is not installed ({exc}); pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = start_moto()  # raises (fails the tests) if it cannot serve
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    require_binary("sshd")
-    require_binary("ssh-keygen")
-    server = start_sshd(tmp_path_factory.mktemp("sshd-session"))
-    yield server
-    server.stop()
 
 
 def sftp_options(server: SshServer, **extra: Any) -> dict[str, Any]:
