@@ -101,7 +101,7 @@ _WORDS = ["apiVersion", "kind", "metadata", "name", "namespace", "labels", "anno
 def _line_pool(seed: int) -> list[bytes]:
     rng = random.Random(f"lines-{seed}")
     pool = []
-    for i in range(40000):
+    for _ in range(40000):
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14)))
         fields = f"id={rng.getrandbits(48):012x} n={rng.randint(0, 99999)}"
         ts = f"2026-11-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"

@@ -14,6 +14,7 @@ add``) come from ``DRKIT_NEW_PASSWORD`` / ``DRKIT_NEW_PASSWORD_FILE`` or a promp
 
 from __future__ import annotations
 
+import functools
 import getpass
 import shlex
 import sys
@@ -90,14 +91,15 @@ def resolve_passphrase(
     is set and there is no terminal to ask on."""
     # (where, how to read it) for every place that is set
     candidates: list[tuple[str, Callable[[], str]]] = []
-    for name, read in (
-        (prefix, lambda v: v),
+    readers: list[tuple[str, Callable[[str], str]]] = [
+        (prefix, str),
         (f"{prefix}_FILE", lambda v: _read_file(Path(v), f"{prefix}_FILE")),
         (f"{prefix}_COMMAND", lambda v: _run_command(v, f"{prefix}_COMMAND")),
-    ):
+    ]
+    for name, read in readers:
         value = env.get(name)
         if value:
-            candidates.append((name, lambda read=read, value=value: read(value)))
+            candidates.append((name, functools.partial(read, value)))
     if repo is not None:
         if repo.password_file:
             path = Path(repo.password_file)

@@ -202,7 +202,7 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
             message = f"{record.msg!s} {record.args!r}"
         record.msg = redact(message)
         record.args = None
-        record._drkit_redacted = True  # type: ignore[attr-defined]
+        record._drkit_redacted = True
     if record.exc_info and not record.exc_text:
         record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     if record.exc_text:

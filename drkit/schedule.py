@@ -404,12 +404,12 @@ def _clocked(clock: Clock) -> Iterator[None]:
     """
     with _clock_lock:
         saved_module, saved_clock = _schedule.datetime, _ClockedDatetime.clock
-        _schedule.datetime = _shim  # type: ignore[attr-defined]
+        _schedule.datetime = _shim
         _ClockedDatetime.clock = clock
         try:
             yield
         finally:
-            _schedule.datetime = saved_module  # type: ignore[attr-defined]
+            _schedule.datetime = saved_module
             _ClockedDatetime.clock = saved_clock
 
 

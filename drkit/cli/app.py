@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -139,7 +139,7 @@ def _print_error(exc: DrkitError) -> None:
         click.echo(f"hint: {redact(exc.hint)}", err=True)
 
 
-def run_cli(entry: Callable[..., Any], args: list[str] | None = None) -> int:
+def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
     """Run the click app; map errors to exit codes. Returns the exit code."""
     debug = "--debug" in (args if args is not None else sys.argv[1:])
     try:

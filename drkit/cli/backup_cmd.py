@@ -72,10 +72,10 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             with progress_for(state, not as_json) as progress:
                 run = run_backup(repo, selected, options, progress=progress)
         except DrkitError as exc:
-            run = getattr(exc, "run", None)
-            if run is not None:
-                metrics.record_backup(m, run, repo)
-                _report(state, run, as_json)
+            failed_run = getattr(exc, "run", None)
+            if failed_run is not None:
+                metrics.record_backup(m, failed_run, repo)
+                _report(state, failed_run, as_json)
             raise
         metrics.record_backup(m, run, repo)
         _report(state, run, as_json)

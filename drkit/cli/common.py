@@ -18,6 +18,8 @@ from drkit.storage import open_storage
 from drkit.storage.base import Storage
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from drkit.repository.identity import Identity
 
 
@@ -104,7 +106,7 @@ class RichProgress(ProgressSink):
             console=Console(file=sys.stderr),
             transient=False,
         )
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> "RichProgress":
         self._progress.start()

@@ -22,10 +22,14 @@ import base64
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:  # imported where used: only recipient-mode repositories need it
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 FORMAT_VERSION = 1
 SCHEME_AESGCM = 0x01
@@ -85,10 +89,13 @@ class MasterKey:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> "MasterKey":
+        seed = data["chunker_seed"]
+        if not isinstance(seed, (int, str)):
+            raise ValueError(f"chunker_seed must be an integer, not {type(seed).__name__}")
         return cls(
             data_key=_unb64(str(data["data_key"])),
             id_key=_unb64(str(data["id_key"])),
-            chunker_seed=int(data["chunker_seed"]),  # type: ignore[arg-type]
+            chunker_seed=int(seed),
             recipient=_unb64(str(data["recipient"])) if data.get("recipient") else None,
         )
 
@@ -181,7 +188,7 @@ class RecipientCipher:
     """Seals to a recipient; opens only with the identity (or this session's own key,
     for the verification of what it is about to upload). Thread-safe."""
 
-    def __init__(self, recipient: bytes, identity: "X25519PrivateKey | None" = None) -> None:  # noqa: F821
+    def __init__(self, recipient: bytes, identity: X25519PrivateKey | None = None) -> None:
         self.recipient = recipient
         self.identity = identity
         self._session: tuple[bytes, AESGCM] | None = None

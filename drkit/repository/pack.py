@@ -75,7 +75,8 @@ class PackBuilder:
 def trailer_length(tail4: bytes) -> int:
     if len(tail4) != 4:
         raise PackFormatError("pack is truncated")
-    return _TAIL.unpack(tail4)[0]
+    length: int = _TAIL.unpack(tail4)[0]
+    return length
 
 
 def parse_trailer(sealed: bytes, cipher: Cipher) -> list[PackEntry]:

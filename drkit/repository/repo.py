@@ -148,6 +148,8 @@ class Repository:
             config = json.loads(raw)
         except ValueError:
             raise IntegrityError(name=layout.CONFIG, detail="not valid JSON") from None
+        if not isinstance(config, dict):
+            raise IntegrityError(name=layout.CONFIG, detail="not a JSON object")
         if config.get("version") != FORMAT_VERSION:
             raise UsageError(f"repository format version {config.get('version')} is not supported by this drkit")
         return config
@@ -228,7 +230,7 @@ class Repository:
 
     def remove_key(self, ref: str) -> str:
         """Remove the slot whose id starts with *ref*; refuses the slot in use."""
-        matches = [k["id"] for k in self.list_keys() if k["id"].startswith(ref)]
+        matches: list[str] = [k["id"] for k in self.list_keys() if k["id"].startswith(ref)]
         if len(matches) != 1:
             raise UsageError(f"{'no' if not matches else 'more than one'} key slot matches {ref!r}", hint="'drkit key list' shows the ids")
         if matches[0] == self.key_id:

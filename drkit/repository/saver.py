@@ -22,13 +22,16 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA
 from drkit.repository.pack import PackBuilder, PackEntry
 
-Buffer = bytes | bytearray | memoryview
+if TYPE_CHECKING:  # repo.py imports this module
+    from drkit.repository.repo import Repository
+
+Buffer = bytes | memoryview
 _RSS_SOFT_LIMIT = 176 * 1024 * 1024
 """Above this resident size, free heap pages are returned to the OS after each pack."""
 
@@ -104,7 +107,7 @@ class BlobTicket:
         self.sealed: bytes | None = None
         self.new = False
         self.raw_length = len(data) if data is not None else 0
-        self.future: Future | None = None
+        self.future: Future[None] | None = None
 
     def done(self) -> bool:
         """True once the worker has finished with this blob (id() will not wait)."""
@@ -132,7 +135,7 @@ class BlobSaver:
 
     def __init__(
         self,
-        repo: "Repository",  # noqa: F821 - avoid import cycle
+        repo: Repository,
         *,
         workers: int = 0,
         index_every_packs: int = 32,
@@ -157,7 +160,7 @@ class BlobSaver:
         self._inflight_bytes = 0
         self._max_uploads = uploads
         self._sealing: deque[BlobTicket] = deque()
-        self._uploading: deque[tuple[Future, list[PackEntry]]] = deque()
+        self._uploading: deque[tuple[Future[tuple[str, int]], list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
         self._builder = PackBuilder()

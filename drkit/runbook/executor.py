@@ -29,13 +29,14 @@ import os
 import re
 import secrets as _random
 import shlex
+import shutil
 import socket
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 from drkit import proc
 from drkit.errors import UsageError
@@ -403,7 +404,7 @@ class SshExecutor:
                 f.set_pipelined(True)
                 if isinstance(data, Path):
                     with open(data, "rb") as src:
-                        _copy(src, f)
+                        shutil.copyfileobj(src, f, 1 << 20)
                 else:
                     f.write(data)
         except (OSError, IOError) as exc:
@@ -420,11 +421,3 @@ class SshExecutor:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
-    while True:
-        chunk = src.read(1 << 20)
-        if not chunk:
-            return
-        dst.write(chunk)

@@ -311,7 +311,7 @@ def eval_when(expr: str, variables: Mapping[str, str], where: str) -> bool:
             return "false" if truth(node.operand) else "true"
         if isinstance(node, ast.Compare):
             left = value(node.left)
-            for op, comp in zip(node.ops, node.comparators):
+            for op, comp in zip(node.ops, node.comparators, strict=True):
                 right = value(comp)
                 if isinstance(op, ast.Eq):
                     ok = left == right

@@ -161,7 +161,7 @@ class SnapshotWriter:
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
         self._deferred: deque[tuple[Entry, list[BlobTicket] | None]] = deque()
-        self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=scratch_dir)
+        self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
         self._count = 0
         self._names = _Names()
         self._on_bytes = on_bytes

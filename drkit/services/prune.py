@@ -121,7 +121,7 @@ class RetentionGuard:
         if self.storage is None or not todo:
             return
         with ThreadPoolExecutor(RETENTION_WORKERS, thread_name_prefix="drkit-retention") as pool:
-            for name, until in zip(todo, pool.map(self._fetch, todo)):
+            for name, until in zip(todo, pool.map(self._fetch, todo), strict=True):
                 self._until[name] = until
 
     def _fetch(self, name: str) -> datetime | None:
@@ -289,12 +289,13 @@ def prune(
 
         # Protect what stays referenced (kopia's approach).
         if guard.storage is not None:
-            live = [layout.CONFIG]
-            live += [o.name for o in repo.storage.list(layout.KEYS) if layout.id_of(o.name)]
-            live += [layout.snapshot_name(i) for i in repo.snapshot_ids()]
-            live += [layout.index_name(i) for i in sorted(repo.index.files)]
-            live += [layout.pack_name(p) for p, entries in repo.index.entries_by_pack().items() if any(e.id in used for e in entries)]
-            report.retention_extended = guard.extend(live, dry_run=dry_run)
+            referenced = [layout.CONFIG]
+            referenced += [o.name for o in repo.storage.list(layout.KEYS) if layout.id_of(o.name)]
+            referenced += [layout.snapshot_name(i) for i in repo.snapshot_ids()]
+            referenced += [layout.index_name(i) for i in sorted(repo.index.files)]
+            referenced += [layout.pack_name(p) for p, entries in repo.index.entries_by_pack().items()
+                           if any(e.id in used for e in entries)]
+            report.retention_extended = guard.extend(referenced, dry_run=dry_run)
         report.kept_locked = len(guard.locked)
         if guard.locked:
             log.info("prune kept %d object(s) still under retention; a later prune removes them", len(guard.locked))
@@ -309,7 +310,7 @@ def _rewrite(
     drop: list[str],
     repack: list[str],
     orphans: list[str],
-    by_pack: dict[str, list],
+    by_pack: dict[str, list[PackEntry]],
     used: set[bytes],
     old_index_files: list[str],
     superseded_files: list[str],

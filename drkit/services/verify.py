@@ -23,6 +23,7 @@ from typing import Callable
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFound
 from drkit.repository import layout
 from drkit.repository.blob import BLOB_TREE, BlobError
+from drkit.repository.pack import PackEntry
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import iter_tree
@@ -126,7 +127,7 @@ def verify_repository(
                 return _read_pack(repo, pack_id, entries.get(pack_id, []), sorted(by_pack.get(pack_id, ())))
 
             with ThreadPoolExecutor(workers) as pool:
-                for pack_id, found in zip(candidates, pool.map(check, candidates)):
+                for pack_id, found in zip(candidates, pool.map(check, candidates), strict=True):
                     report.problems.extend(found)
                     report.packs_read += 1
                     if on_pack:
@@ -156,7 +157,7 @@ def _walk_snapshot(repo: Repository, snap: Snapshot, users: dict[bytes, set[str]
         report.problems.append(Problem(layout.snapshot_name(snap.id), f"tree unreadable: {exc}", [label]))
 
 
-def _read_pack(repo: Repository, pack_id: str, indexed: list, affected: list[str]) -> list[Problem]:
+def _read_pack(repo: Repository, pack_id: str, indexed: list[PackEntry], affected: list[str]) -> list[Problem]:
     name = layout.pack_name(pack_id)
     try:
         data = repo.read_pack(pack_id)

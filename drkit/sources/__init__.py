@@ -7,6 +7,7 @@ Kubernetes client.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from pydantic import ValidationError

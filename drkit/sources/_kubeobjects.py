@@ -127,7 +127,7 @@ def restore_objects(
     objs.sort(key=lambda po: (order.get(po[1].get("kind", ""), len(order)), po[0]))
     result = RestoreResult()
     if ctx.dry_run:
-        for path, obj in objs:
+        for _path, obj in objs:
             if transform is not None:
                 obj, _ = transform(obj)
             ctx.say(f"would apply {object_ref(obj)}")

@@ -155,7 +155,7 @@ class Source(ABC):
         """One line for listings (``drkit sources``, plans)."""
         return f"{self.name} ({self.type_name})"
 
-    def check_run(self, run: list["Source"]) -> None:
+    def check_run(self, run: list["Source"]) -> None:  # noqa: B027 - an optional hook
         """Refuse (raise :class:`~drkit.errors.Refused`) if *run* lacks what this source
         needs alongside it (e.g. a datastore without the K3s token). Default: nothing."""
 

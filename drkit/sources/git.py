@@ -160,7 +160,7 @@ def git(repo: Path | None, *args: str, auth: GitAuth | None = None, timeout: flo
 def list_refs(repo: Path) -> RefList:
     out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").text
     pairs = sorted(tuple(line.split(" ", 1)) for line in out.splitlines() if line.strip())
-    return RefList(tuple((name, oid) for name, oid in pairs))  # type: ignore[misc]
+    return RefList(tuple((name, oid) for name, oid in pairs))
 
 
 def fsck(repo: Path, timeout: float = 1800.0) -> None:

@@ -305,7 +305,7 @@ class K3sEtcdSource(Source):
     Options = K3sEtcdOptions
     options: K3sEtcdOptions
 
-    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)  # type: ignore[assignment]
+    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)
 
     def describe(self) -> str:
         how = "k3s etcd-snapshot save" if self.options.method == "k3s" else ", ".join(self.options.endpoints)

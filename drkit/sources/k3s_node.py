@@ -66,7 +66,7 @@ class K3sNodeSource(Source):
     Options = K3sNodeOptions
     options: K3sNodeOptions
 
-    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)  # type: ignore[assignment]
+    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)
     """How an in-place restore asks whether K3s runs (replace in tests)."""
 
     def describe(self) -> str:

@@ -129,7 +129,7 @@ class K3sSqliteSource(Source):
     Options = K3sSqliteOptions
     options: K3sSqliteOptions
 
-    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)  # type: ignore[assignment]
+    running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)
     """How restore asks whether K3s runs (replace in tests)."""
 
     def describe(self) -> str:

@@ -50,7 +50,10 @@ class Storage(Protocol):
     - ``list`` yields every complete object under a prefix, in no particular order.
     """
 
-    url: str
+    @property
+    def url(self) -> str:
+        """Where the objects live, for messages (never carries a secret)."""
+        ...
 
     def put(self, name: str, data: bytes | memoryview) -> None: ...
 

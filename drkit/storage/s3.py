@@ -416,7 +416,7 @@ class S3Storage:
             resp = self._client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             raise self._error(exc, "head", name) from exc
-        until = resp.get("ObjectLockRetainUntilDate")
+        until: datetime.datetime | None = resp.get("ObjectLockRetainUntilDate")
         if until is None:
             return None
         if until.tzinfo is None:
@@ -545,7 +545,7 @@ class S3Storage:
 
         try:
             resp = self._client.get_object(**args)
-            body = resp["Body"].read()
+            body: bytes = resp["Body"].read()
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "InvalidRange":  # offset at or past the end: the object exists

@@ -234,7 +234,8 @@ class SftpStorage:
                 self.hostname,
                 port=self.port,
                 username=self.user,
-                key_filename=[k for k in key_files if os.path.isfile(k)] or None,
+                # paramiko takes a list of key files; types-paramiko declares str only.
+                key_filename=[k for k in key_files if os.path.isfile(k)] or None,  # type: ignore[arg-type]
                 allow_agent=self.options.allow_agent,
                 look_for_keys=not self.options.key_file,
                 timeout=self.options.connect_timeout,
@@ -286,7 +287,7 @@ class SftpStorage:
                 hint="check that the host is up and sshd listens on that port",
             ) from None
         transport = client.get_transport()
-        if self.options.keepalive:
+        if self.options.keepalive and transport is not None:
             transport.set_keepalive(self.options.keepalive)
         return client
 

@@ -73,7 +73,7 @@ def test_sigkill_at_several_points_never_loses_data(ws: Workspace) -> None:
     for what, cond in kill_points:
         base = {"data": _count(ws.repo, "data"), "index": _count(ws.repo, "index")}
         proc = _start_backup(ws)
-        if _kill_when(proc, lambda: cond(base)):
+        if _kill_when(proc, lambda cond=cond, base=base: cond(base)):
             killed += 1
         # After every kill the repository is sound and the old snapshot restores exactly.
         ws.ok("verify", "--read-data")

@@ -158,7 +158,7 @@ def test_jobs_run_in_order_one_at_a_time(fake_clock: FakeClock, caplog: pytest.L
         ("prune", at(3, 12, 0)),
         ("prune", at(3, 18, 0)),
     ]
-    for (_, _, end), (_, start, _) in zip(launcher.runs, launcher.runs[1:]):
+    for (_, _, end), (_, start, _) in zip(launcher.runs, launcher.runs[1:], strict=False):
         assert end <= start  # never two at once
     finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ") and
                 (" finished: ok" in r.getMessage() or " failed after " in r.getMessage())]

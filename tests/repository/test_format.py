@@ -152,18 +152,18 @@ def test_recipient_mode_sealing_threads_share_one_session() -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from drkit.repository.crypto import RecipientCipher
+    from drkit.repository.crypto import IdentityMissing, RecipientCipher
 
     identity = X25519PrivateKey.generate()
     public = identity.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     for _ in range(20):
         writer = RecipientCipher(public)
         with ThreadPoolExecutor(8) as pool:
-            sealed = list(pool.map(lambda i: writer.seal(b"x%d" % i, b"ad"), range(8)))
+            sealed = list(pool.map(lambda i, w=writer: w.seal(b"x%d" % i, b"ad"), range(8)))
         assert len({s[1:33] for s in sealed}) == 1
         for i, s in enumerate(sealed):
             assert writer.open(s, b"ad") == b"x%d" % i  # the writer verifies its own session
     writer.end_session()
-    with pytest.raises(Exception):
+    with pytest.raises(IdentityMissing):
         writer.open(sealed[0], b"ad")
     assert RecipientCipher(public, identity).open(sealed[0], b"ad") == b"x0"
