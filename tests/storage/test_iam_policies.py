@@ -54,8 +54,8 @@ def host_options(moto: MotoServer, proxy: HttpFaultProxy, bucket: str, policy: s
     return lock_options(moto, endpoint_url=proxy.endpoint_url, **shipped_policy_user(moto, bucket, policy))
 
 
-def snapshot_count(lws: LockWorkspace) -> int:
-    return len(lws.ok("snapshots", "--json").json())
+def snapshot_count(w: LockWorkspace) -> int:
+    return len(w.ok("snapshots", "--json").json())
 
 
 def test_a_missing_object_answered_403_is_missing_not_denied(moto_server: MotoServer, aws_like: HttpFaultProxy) -> None:
@@ -86,7 +86,7 @@ def test_a_missing_object_answered_403_is_missing_not_denied(moto_server: MotoSe
 
 
 def test_backup_host_policy_covers_every_backup_host_command(
-    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy
+    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy  # noqa: F811 - fixtures
 ) -> None:
     bucket = locked_bucket(moto_server)
     url = f"s3://{bucket}/node1"
@@ -109,7 +109,7 @@ def test_backup_host_policy_covers_every_backup_host_command(
 
 
 def test_admin_host_policy_covers_every_admin_command(
-    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy
+    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy  # noqa: F811 - fixtures
 ) -> None:
     bucket = locked_bucket(moto_server)
     url = f"s3://{bucket}/node1"
@@ -130,7 +130,7 @@ def test_admin_host_policy_covers_every_admin_command(
 
 
 def test_init_refuses_an_existing_repository_under_the_403_rule(
-    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy
+    lws: LockWorkspace, moto_server: MotoServer, moto_signs_slashes: None, aws_like: HttpFaultProxy  # noqa: F811 - fixtures
 ) -> None:
     """The 403-means-missing reading never hides a real config: a second init still refuses."""
     bucket = locked_bucket(moto_server)
