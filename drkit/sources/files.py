@@ -21,10 +21,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from pydantic import Field, field_validator
 
+from drkit.repository.tree import Entry
 from drkit.sources.base import BackupContext, Source, SourceOptions
 
 
@@ -78,7 +81,8 @@ class FilesSource(Source):
                 ctx.warn(f"{root}: permission denied")
                 continue
             self._add_parents(ctx, root, seen)
-            self._walk(ctx, root, st, st.st_dev, seen)
+            TreeWalker(ctx, exclude=opts.exclude, include=opts.include, one_file_system=opts.one_file_system,
+                       seen=seen).walk(root, root, st)
 
     def _add_parents(self, ctx: BackupContext, root: str, seen: set[str]) -> None:
         parents = list(PurePosixPath(root).parents)[:-1]  # without "/"
@@ -92,45 +96,81 @@ class FilesSource(Source):
             except OSError:
                 ctx.add_dir(p)
 
-    def _walk(self, ctx: BackupContext, path: str, st: os.stat_result, root_dev: int, seen: set[str]) -> None:
-        opts = self.options
-        if matches(path, opts.exclude):
+
+
+@dataclass
+class TreeWalker:
+    """Add a directory tree of the host to a backup, under a logical path of choice.
+
+    ``walk(real, logical, st)`` records *real* (a directory, regular file or symlink
+    whose ``lstat`` is *st*) as *logical*, and everything below it as
+    ``logical/<relative path>``, directories before their contents, names sorted.
+    ``exclude``/``include`` patterns (see :func:`matches`) are tried on the logical
+    path. Other file types are skipped and unreadable items warned about
+    (``ctx.warn``: the run ends as a partial failure); the walk itself never raises
+    for them. ``after_file(real, logical, st, entry)`` runs after each regular file
+    was read. ``counts`` tallies what was recorded (files, dirs, symlinks, bytes).
+    """
+
+    ctx: BackupContext
+    exclude: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    seen: set[str] = field(default_factory=set)
+    """Logical directories already recorded in this run (recorded once)."""
+    after_file: Callable[[str, str, os.stat_result, Entry], None] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0})
+
+    def walk(self, real: str, logical: str, st: os.stat_result) -> None:
+        self._walk(real, logical, st, st.st_dev)
+
+    def _walk(self, real: str, logical: str, st: os.stat_result, root_dev: int) -> None:
+        ctx = self.ctx
+        if matches(logical, self.exclude):
             return
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            if path in seen:
+            if logical in self.seen:
                 return
-            seen.add(path)
-            ctx.add_dir(path, st)
-            if opts.one_file_system and st.st_dev != root_dev:
+            self.seen.add(logical)
+            ctx.add_dir(logical, st)
+            self.counts["dirs"] += 1
+            if self.one_file_system and st.st_dev != root_dev:
                 return
             try:
-                names = sorted(os.listdir(path))
+                names = sorted(os.listdir(real))
             except OSError as exc:
-                ctx.warn(f"{path}: {exc.strerror}")
+                ctx.warn(f"{real}: {exc.strerror}")
                 return
             for name in names:
-                child = path.rstrip("/") + "/" + name
+                child = real.rstrip("/") + "/" + name
                 try:
                     child_st = os.lstat(child)
                 except OSError as exc:
                     ctx.warn(f"{child}: {exc.strerror}")
                     continue
-                self._walk(ctx, child, child_st, root_dev, seen)
+                self._walk(child, logical.rstrip("/") + "/" + name, child_st, root_dev)
         elif stat.S_ISREG(mode):
-            if opts.include and not matches(path, opts.include):
+            if self.include and not matches(logical, self.include):
                 return
-            ctx.progress(path)
+            ctx.progress(real)
             try:
-                ctx.add_file(path, path, st)
+                entry = ctx.add_file(logical, real, st)
             except OSError as exc:
-                ctx.warn(f"{path}: {exc.strerror or exc}")
+                ctx.warn(f"{real}: {exc.strerror or exc}")
+                return
+            self.counts["files"] += 1
+            self.counts["bytes"] += entry.size
+            if self.after_file is not None:
+                self.after_file(real, logical, st, entry)
         elif stat.S_ISLNK(mode):
-            if opts.include and not matches(path, opts.include):
+            if self.include and not matches(logical, self.include):
                 return
             try:
-                ctx.add_symlink(path, os.readlink(path), st)
+                ctx.add_symlink(logical, os.readlink(real), st)
             except OSError as exc:
-                ctx.warn(f"{path}: {exc.strerror}")
+                ctx.warn(f"{real}: {exc.strerror}")
+                return
+            self.counts["symlinks"] += 1
         else:
-            ctx.warn(f"{path}: skipped (not a regular file, directory or symlink)")
+            ctx.warn(f"{real}: skipped (not a regular file, directory or symlink)")
