@@ -127,6 +127,8 @@ CONFIGMAP = Resource("ConfigMap", "configmaps", singular_snake="config_map")
 PV = Resource("PersistentVolume", "persistentvolumes", namespaced=False, singular_snake="persistent_volume")
 PVC = Resource("PersistentVolumeClaim", "persistentvolumeclaims", singular_snake="persistent_volume_claim")
 POD = Resource("Pod", "pods", singular_snake="pod")
+STORAGE_CLASS = Resource("StorageClass", "storageclasses", "storage.k8s.io", "v1", namespaced=False)
+"""Served through the generic (custom objects) calls: the path is the same for built-in groups."""
 
 ARGO_APPLICATION = Resource("Application", "applications", "argoproj.io", "v1alpha1")
 ARGO_APPPROJECT = Resource("AppProject", "appprojects", "argoproj.io", "v1alpha1")

@@ -33,7 +33,8 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
 @click.option("--force", is_flag=True, help="Allow a non-empty target (files are replaced atomically).")
 @click.option("--in-place", is_flag=True, help="Put the data back on this node (sources that support it: K3s datastore, node files, Kubernetes objects).")
-@click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn: restore only these PVCs (namespace/name or name).")
+@click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn, local-path: restore only these PVCs (namespace/name or name).")
+@click.option("--namespace", "namespace", metavar="NEW", help="local-path: restore as new claims (new PVs and directories) in this namespace.")
 @click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
 @click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="A source-specific restore option, e.g. -o pause_sync=false (argocd); see docs/sources/.")
@@ -50,6 +51,7 @@ def restore_cmd(
     force: bool,
     in_place: bool,
     volumes: tuple[str, ...],
+    namespace: str | None,
     push_to: str | None,
     as_json: bool,
     identity_path: Path | None,
@@ -72,10 +74,11 @@ def restore_cmd(
     src = state.config.source(source)
     options = RestoreOptions(
         target=target, include=include, force=force, dry_run=dry_run, in_place=in_place,
-        volumes=volumes, push_to=push_to, extra=parse_options(extra),
+        volumes=volumes, namespace=namespace, push_to=push_to, extra=parse_options(extra),
     )
-    if target is None and not (in_place or push_to):
-        raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
+    if target is None and not (in_place or push_to or namespace):
+        raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the source "
+                         "supports it)")
     repo = open_repository(state, identity_path)
     with progress_for(state, not as_json) as progress:
         outcome = run_restore(repo, src, snapshot, options, env=state.env.vars, progress=progress,

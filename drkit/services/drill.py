@@ -9,6 +9,9 @@ result *semantically*:
   the repository's keyed hash and compared with the snapshot's chunk ids (so a
   misplaced or truncated write fails, not only a damaged blob); sizes, modes,
   directories and symlink targets are compared too;
+- sources that restore a files-style tree in groups (``local-path``: one directory
+  per claim; :meth:`~drkit.sources.base.Source.drill_groups`): the same re-hash,
+  reported per group, then the source's own check;
 - other sources: their own :meth:`~drkit.sources.base.Source.check_restored`
   (SQLite ``integrity_check`` and row counts, etcd started on the restored data,
   ``git fsck`` and refs, volume image hash and read-only fsck ...).
@@ -289,25 +292,41 @@ def resolve_targets(snaps: list[Snapshot], ref: str, configured: list[str], only
 # --- checks ------------------------------------------------------------------------
 
 
-def check_files_content(repo: Repository, snap: Snapshot, restored: Path) -> CheckResult:
+def check_files_content(repo: Repository, snap: Snapshot, restored: Path,
+                        groups: Mapping[str, str] | None = None) -> CheckResult:
     """Compare what is under *restored* with the snapshot, entry by entry.
 
     Regular files are read back, re-chunked with the repository's chunker and hashed
     with its keyed hash; the ids must equal the snapshot's (when chunking differs, the
     bytes are compared with the repository's content instead). Sizes, permission
     bits, directories and symlink targets are compared too. Never raises for a
-    mismatch: problems are listed in the result."""
+    mismatch: problems are listed in the result.
+
+    *groups* (``{logical path prefix: name}``) adds ``details["groups"]``: per name,
+    the files and bytes checked and the number of problems of the entries at or below
+    that prefix (a source's claims, say)."""
     problems: list[str] = []
     counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
     chunker = repo.chunker()
+    per_group = {name: {"files": 0, "bytes": 0, "problems": 0} for name in (groups or {}).values()}
+    group: dict[str, int] | None = None
 
     def problem(text: str) -> None:
+        if group is not None:
+            group["problems"] += 1
         if len(problems) < _MAX_PROBLEMS:
             problems.append(text)
         elif len(problems) == _MAX_PROBLEMS:
             problems.append("... (more problems not listed)")
 
+    def group_of(path: str) -> dict[str, int] | None:
+        for prefix, name in (groups or {}).items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return per_group[name]
+        return None
+
     for entry in iter_tree(repo, snap):
+        group = group_of(entry.path)
         dest = safe_destination(restored, entry.path)
         try:
             st = os.lstat(dest)
@@ -335,8 +354,13 @@ def check_files_content(repo: Repository, snap: Snapshot, restored: Path) -> Che
             with open(dest, "rb", buffering=0) as f:
                 ids = [repo.hasher(bytes(c.data)).hex() for c in chunker.cut_stream(f)]
             counts["bytes"] += st.st_size
+            if group is not None:
+                group["files"] += 1
+                group["bytes"] += st.st_size
             if ids != entry.chunks and not _same_bytes(repo, entry.chunks, dest):
                 problem(f"{entry.path}: content differs from the snapshot")
+    if groups is not None:
+        counts["groups"] = per_group  # type: ignore[assignment]
     summary = (
         f"{counts['files']} file(s) ({counts['bytes']} bytes) re-hashed, {counts['dirs']} dir(s), "
         f"{counts['symlinks']} symlink(s) match the snapshot"
@@ -560,8 +584,12 @@ def _drill_one(repo: Repository, t: DrillTarget, configured: Source | None, scra
         return r
     check_started = time.monotonic()
     try:
+        groups = source.drill_groups(snap) if source is not None else None
         if _files_style(snap, source):
             check = check_files_content(repo, snap, target)
+        elif groups is not None:  # a files-style layout with a check of its own: re-hash per group, then that check
+            assert source is not None
+            check = _combine(check_files_content(repo, snap, target, groups), source.check_restored(target, snap))
         else:
             assert source is not None
             check = source.check_restored(target, snap)

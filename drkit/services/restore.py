@@ -68,6 +68,8 @@ class RestoreOptions:
     dry_run: bool = False
     in_place: bool = False
     volumes: tuple[str, ...] = ()
+    namespace: str | None = None
+    """local-path: restore as new claims in this namespace."""
     push_to: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -76,7 +78,7 @@ class RestoreOptions:
         """Build from a mapping (tests, library callers): the known keys become fields,
         the rest goes to ``extra``."""
         data = dict(options or {})
-        known = {k: data.pop(k) for k in ("in_place", "volumes", "push_to") if k in data}
+        known = {k: data.pop(k) for k in ("in_place", "volumes", "namespace", "push_to") if k in data}
         if "volumes" in known:
             known["volumes"] = tuple(known["volumes"] or ())
         return cls(**fields, **known, extra=data)
@@ -111,8 +113,9 @@ def run_restore(
     Raises SnapshotNotFound, UsageError (wrong source type, nowhere to restore),
     RepositoryLocked, Refused (unsafe target or entry), IntegrityError (damaged data:
     raised after everything else was restored)."""
-    if options.target is None and not (options.in_place or options.push_to):
-        raise UsageError("say where to restore: --target DIR (or --in-place / --push-to where the source supports it)")
+    if options.target is None and not (options.in_place or options.push_to or options.namespace):
+        raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the "
+                         "source supports it)")
     started = time.monotonic()
     with repo.lock(exclusive=False, command="restore"):
         snap = repo.find_snapshot(snapshot_ref, source=source.name)

@@ -24,6 +24,7 @@ SOURCE_TYPES: dict[str, str] = {
     "k8s-secrets": "drkit.sources.k8s_secrets:K8sSecretsSource",
     "argocd": "drkit.sources.argocd:ArgoCDSource",
     "longhorn": "drkit.sources.longhorn:LonghornSource",
+    "local-path": "drkit.sources.local_path:LocalPathSource",
     "git": "drkit.sources.git:GitSource",
 }
 

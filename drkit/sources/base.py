@@ -101,7 +101,8 @@ class RestoreContext(Protocol):
     """The environment captured by the CLI (sources never read os.environ)."""
     options: "RestoreOptions"
     """Restore options from the CLI: ``in_place``, ``volumes`` (PVC names),
-    ``push_to`` (URL), and ``extra`` (``-o KEY=VALUE``, what a source documents)."""
+    ``namespace`` (new claims there), ``push_to`` (URL), and ``extra`` (``-o KEY=VALUE``,
+    what a source documents)."""
 
     def entries(self) -> Iterator[Entry]: ...
 
@@ -170,6 +171,13 @@ class Source(ABC):
 
             raise UsageError(f"source {self.name!r} restores into a directory: give --target DIR")
         return ctx.write_entries(ctx.target, include=ctx.include)
+
+    def drill_groups(self, snapshot: "Snapshot") -> dict[str, str] | None:
+        """For a source whose ``--target`` restore lays the snapshot's entries out as
+        they are: ``{logical path prefix: name}`` (e.g. one per volume). A drill then
+        re-hashes every restored file against the snapshot, reports per group, and runs
+        :meth:`check_restored` as well. Default None: :meth:`check_restored` alone."""
+        return None
 
     def check_restored(self, restored: Path, snapshot: "Snapshot") -> CheckResult:
         """Semantic check of data restored under *restored* (drills).

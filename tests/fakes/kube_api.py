@@ -8,6 +8,7 @@ threaded HTTP server on ``127.0.0.1:<free port>``. It serves the paths drkit use
   pods (list in one namespace or across all, ``labelSelector``/``fieldSelector``, get,
   create, replace, merge patch, delete) and ``pods/exec`` over a websocket (channel
   protocol v4; the command runs on the test host unless ``exec_handler`` is set);
+- ``storage.k8s.io/v1``: storageclasses;
 - ``argoproj.io/v1alpha1``: applications, appprojects, applicationsets;
 - ``cert-manager.io/v1``: issuers, clusterissuers;
 - ``longhorn.io/v1beta2``: every kind of Longhorn v1.12.1 (validated against the real
@@ -105,6 +106,7 @@ from tests.fakes import schemas
 
 MIB = 1024 * 1024
 LONGHORN_NS = "longhorn-system"
+LOCAL_PATH_PROVISIONER = "rancher.io/local-path"
 TOKEN = "fake-token-for-tests"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -170,6 +172,8 @@ def _builtin_types() -> list[ResourceType]:
         ("pods", "Pod", True, schemas.POD, True),
     ]
     types = [ResourceType("", "v1", p, k, ns, s, False, st) for p, k, ns, s, st in core]
+    types.append(ResourceType("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, schemas.STORAGE_CLASS,
+                              False, False))
     types += [
         ResourceType("argoproj.io", "v1alpha1", "applications", "Application", True, schemas.APPLICATION, True, False),
         ResourceType("argoproj.io", "v1alpha1", "appprojects", "AppProject", True, schemas.APPPROJECT, True, False),
@@ -487,6 +491,96 @@ class FakeKube:
             self.tick()
             return volume
 
+    def install_local_path(self, storage_root: Path, *, default_class: bool = True) -> None:
+        """What K3s deploys for its local-path provisioner: the ``local-path``
+        StorageClass (``rancher.io/local-path``, Delete, WaitForFirstConsumer) and the
+        ``local-path-config`` ConfigMap of ``kube-system`` whose ``config.json`` puts
+        volumes under *storage_root* on every node."""
+        annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default_class else {}
+        self.seed({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                   "metadata": {"name": "local-path", "annotations": annotations},
+                   "provisioner": LOCAL_PATH_PROVISIONER, "reclaimPolicy": "Delete",
+                   "volumeBindingMode": "WaitForFirstConsumer"})
+        config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage_root)]}]}
+        self.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "local-path-config", "namespace": "kube-system"},
+                   "data": {"config.json": json.dumps(config, indent=2), "setup": "#!/bin/sh\nmkdir -m 0777 -p \"$VOL_DIR\"\n",
+                            "teardown": "#!/bin/sh\nrm -rf \"$VOL_DIR\"\n"}})
+
+    def provision_local_path(
+        self,
+        namespace: str,
+        claim: str,
+        storage_root: Path,
+        *,
+        size: str = "1Gi",
+        volume_type: str = "hostPath",
+        storage_class: str = "local-path",
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Do what the local-path provisioner does for a claim once a pod is scheduled:
+        a bound PVC, a PV ``pvc-<uid>`` (``Delete``, node affinity to this node) whose
+        ``hostPath`` (type DirectoryOrCreate) or ``local`` path is
+        ``<storage_root>/pvc-<uid>_<namespace>_<claim>``, and that directory (0777).
+        Returns the PV."""
+        with self.lock:
+            if self.get("Namespace", None, namespace) is None:
+                self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            pvc = self.seed({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace, "labels": labels or {},
+                             "annotations": {"volume.kubernetes.io/selected-node": self.node_id,
+                                             "volume.kubernetes.io/storage-provisioner": LOCAL_PATH_PROVISIONER}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
+                         "storageClassName": storage_class, "volumeMode": "Filesystem"},
+            })
+            name = f"pvc-{pvc['metadata']['uid']}"
+            path = storage_root / f"{name}_{namespace}_{claim}"
+            path.mkdir(parents=True)
+            path.chmod(0o777)
+            source = {"hostPath": {"path": str(path), "type": "DirectoryOrCreate"}} if volume_type == "hostPath" \
+                else {"local": {"path": str(path)}}
+            pv = self.seed({
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": LOCAL_PATH_PROVISIONER,
+                                                           "local.path.provisioner/selected-node": self.node_id},
+                             "finalizers": ["kubernetes.io/pv-protection"]},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": storage_class,
+                    "volumeMode": "Filesystem",
+                    **source,
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.node_id]}]}]}},
+                    "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
+                                 "name": claim, "uid": pvc["metadata"]["uid"]},
+                },
+            })
+            self.objects[("", "persistentvolumeclaims", namespace, claim)]["spec"]["volumeName"] = name
+            self._bind_claims()
+            return self.get("PersistentVolume", None, pv["metadata"]["name"]) or pv
+
+    def add_pod(self, namespace: str, name: str, claims: list[str], *, owner: tuple[str, str] | None = None,
+                phase: str = "Running") -> dict[str, Any]:
+        """A pod (of *owner*: ``(kind, name)``) that mounts *claims*, in *phase*."""
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if owner is not None:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
+                                        "uid": str(uuid.uuid4()), "controller": True}]
+        return self.seed({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "app", "image": "busybox",
+                                     "volumeMounts": [{"name": f"v{i}", "mountPath": f"/data{i}"}
+                                                      for i in range(len(claims))]}],
+                     "volumes": [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}}
+                                 for i, c in enumerate(claims)],
+                     "nodeName": self.node_id},
+        }, status={"phase": phase})
+
     def volume_names(self) -> list[str]:
         return [o["metadata"]["name"] for o in self.list("Volume", LONGHORN_NS)]
 
@@ -582,6 +676,9 @@ class FakeKube:
             sources = [s for s in ("csi", "hostPath", "local", "nfs") if s in spec]
             if len(sources) != 1:
                 raise _invalid(rtype.kind, name, "spec: Required value: must specify a volume type")
+            if "local" in spec and not spec.get("nodeAffinity"):
+                raise _invalid(rtype.kind, name, "spec.nodeAffinity: Required value: Local volume requires node "
+                               "affinity")
         if rtype.kind == "PersistentVolumeClaim":
             spec = body.get("spec") or {}
             if not spec.get("accessModes"):

@@ -3,8 +3,8 @@
 - Longhorn: the real CRDs of Longhorn v1.12.1 (``longhorn-crds.yaml`` next to this file,
   a verbatim copy of the shared ``schemas/longhorn-crds.yaml``: all 25 kinds with their
   ``openAPIV3Schema``), converted to JSON Schema for ``jsonschema``.
-- core v1 (Namespace, Secret, ConfigMap, PersistentVolume, PersistentVolumeClaim) and
-  Argo CD (Application, AppProject, ApplicationSet) and cert-manager (Issuer,
+- core v1 (Namespace, Secret, ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod),
+  storage.k8s.io/v1 StorageClass and Argo CD (Application, AppProject, ApplicationSet) and cert-manager (Issuer,
   ClusterIssuer): hand-written *subsets* of the real schemas. They list every field
   drkit or the tests write, with the real names, types and required fields; parts drkit
   never writes are open (``x-kubernetes-preserve-unknown-fields``).
@@ -76,6 +76,22 @@ CONFIGMAP = top({"data": STR_MAP, "binaryData": STR_MAP, "immutable": BOOL})
 NAMESPACE = top({"spec": obj({"finalizers": STR_LIST}), "status": OPEN})
 
 _SECRET_REF = obj({"name": STR, "namespace": STR})
+_NODE_SELECTOR_REQUIREMENT = obj(
+    {"key": STR, "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]},
+     "values": STR_LIST},
+    ["key", "operator"],
+)
+_VOLUME_NODE_AFFINITY = obj(
+    {
+        "required": obj(
+            {"nodeSelectorTerms": {"type": "array", "items": obj({
+                "matchExpressions": {"type": "array", "items": _NODE_SELECTOR_REQUIREMENT},
+                "matchFields": {"type": "array", "items": _NODE_SELECTOR_REQUIREMENT},
+            })}},
+            ["nodeSelectorTerms"],
+        ),
+    }
+)
 PERSISTENT_VOLUME = top(
     {
         "spec": obj(
@@ -86,7 +102,7 @@ PERSISTENT_VOLUME = top(
                 "storageClassName": STR,
                 "volumeMode": {"type": "string", "enum": ["Filesystem", "Block"]},
                 "mountOptions": STR_LIST,
-                "nodeAffinity": OPEN,
+                "nodeAffinity": _VOLUME_NODE_AFFINITY,
                 "volumeAttributesClassName": STR,
                 "claimRef": obj(
                     {
@@ -114,7 +130,9 @@ PERSISTENT_VOLUME = top(
                     },
                     ["driver", "volumeHandle"],
                 ),
-                "hostPath": obj({"path": STR, "type": STR}, ["path"]),
+                "hostPath": obj({"path": STR, "type": {"type": "string", "enum": [
+                    "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                    "BlockDevice"]}}, ["path"]),
                 "local": obj({"path": STR, "fsType": STR}, ["path"]),
                 "nfs": obj({"server": STR, "path": STR, "readOnly": BOOL}, ["server", "path"]),
             }
@@ -156,6 +174,20 @@ POD = top(
         ),
         "status": OPEN,
     }
+)
+
+# storage.k8s.io/v1 StorageClass: no spec, its fields sit at the top level
+STORAGE_CLASS = top(
+    {
+        "provisioner": STR,
+        "parameters": STR_MAP,
+        "reclaimPolicy": {"type": "string", "enum": ["Retain", "Delete", "Recycle"]},
+        "volumeBindingMode": {"type": "string", "enum": ["Immediate", "WaitForFirstConsumer"]},
+        "allowVolumeExpansion": BOOL,
+        "mountOptions": STR_LIST,
+        "allowedTopologies": {"type": "array", "items": OPEN},
+    },
+    ["provisioner"],
 )
 
 # --- Argo CD (argoproj.io/v1alpha1), a subset of the real CRDs -----------------------
