@@ -10,7 +10,8 @@ Read-only. What the node's filesystem shows:
 
 What only the Kubernetes API shows (asked only when a kubeconfig is reachable; K3s
 writes one at ``/etc/rancher/k3s/k3s.yaml``): sealed-secrets keys, Argo CD
-(``argocd-cm``) and its repositories, cert-manager, Longhorn. When the API cannot be
+(``argocd-cm``) and its repositories, cert-manager, Longhorn, the claims of
+local-path volumes (bound, hostPath or local PVs). When the API cannot be
 asked, those sources are written commented out, with the reason.
 """
 
@@ -63,6 +64,8 @@ class Detection:
     kube_error: str | None
     components: dict[str, Component] = field(default_factory=dict)
     git_repos: list[str] = field(default_factory=list)
+    local_path_claims: list[str] = field(default_factory=list)
+    """``namespace/claim -> directory`` of every bound local-path claim."""
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class Detection:
             "components": {n: {"installed": c.installed, "namespace": c.namespace, "evidence": c.evidence}
                            for n, c in self.components.items()},
             "git_repos": self.git_repos,
+            "local_path_claims": self.local_path_claims,
             "notes": self.notes,
         }
 
@@ -206,10 +210,19 @@ def _from_kube(det: Detection, kubeconfig: Path) -> None:
             lh = "longhorn-system" in namespaces
             _set(det, "longhorn", lh, "longhorn-system" if lh else None,
                  "namespace longhorn-system" if lh else "no longhorn-system namespace")
+            det.local_path_claims = _local_path_claims(api)
     except DrkitError as exc:
         det.kube_error = exc.message
     except Exception as exc:  # noqa: BLE001 - detection must never crash on a broken cluster
         det.kube_error = f"{type(exc).__name__}: {exc}"
+
+
+def _local_path_claims(api: Any) -> list[str]:
+    """``namespace/claim -> directory`` of the claims a default ``local-path`` source takes."""
+    from drkit.sources.local_path import LocalPathOptions, LocalPathSource
+
+    selected, _ = LocalPathSource("local-path", LocalPathOptions()).select(api)
+    return [f"{c.ref} -> {c.path}" for c in selected]
 
 
 def _set(det: Detection, name: str, found: bool, namespace: str | None, evidence: str) -> None:
@@ -288,6 +301,7 @@ def render_config(det: Detection, *, repository_url: str = "/var/backups/drkit",
     out += _component_block(det, "longhorn", ["  - name: longhorn", "    type: longhorn",
                                               "    number_of_replicas: 1   # single node", *kube_lines], why,
                             "Longhorn volumes (crash-consistent snapshot, encrypted and deduplicated by drkit)")
+    out += _local_path_block(det, kube_lines, why)
     repos = det.git_repos or ([] if det.components["argocd"].installed is False else ["<URL of your GitOps repo>"])
     for i, url in enumerate(repos):
         out += ["  # the GitOps repository (all refs); add credentials, then uncomment:",
@@ -296,6 +310,19 @@ def render_config(det: Detection, *, repository_url: str = "/var/backups/drkit",
     if not any(line.startswith("  - name:") for line in out):
         out[out.index("sources:")] = "sources: []   # nothing detected: replace [] by the sources below"
     return "\n".join(out) + "\n"
+
+
+def _local_path_block(det: Detection, kube_lines: list[str], why: str) -> list[str]:
+    """The ``local-path`` source: written when the API shows bound local-path claims."""
+    lines = ["  - name: local-path", "    type: local-path", *kube_lines]
+    if det.kube_error:
+        return [f"  # {why}: uncomment if pods use local-path volumes (K3s's default storage class)",
+                *[("  # " + ln[2:]) for ln in lines]]
+    if not det.local_path_claims:
+        return ["  # local-path: no bound local-path claims (add a 'type: local-path' source once there are)"]
+    head = [f"  # local-path volumes (K3s's default storage class), {len(det.local_path_claims)} claim(s); each "
+            "directory is copied file by file:", "  # see docs/sources/local-path.md (consistency, per-claim hooks)"]
+    return head + [f"  #   {c}" for c in det.local_path_claims] + lines
 
 
 def _component_block(det: Detection, name: str, lines: list[str], why: str, title: str) -> list[str]:

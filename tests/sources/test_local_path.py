@@ -366,3 +366,29 @@ def test_restore_of_a_claim_not_in_the_snapshot_names_what_is(tmp_path: Path, ap
     err = d.fails("restore", "latest", "-s", "lp", "--target", str(tmp_path / "o"), "--volume", "apps/nope")
     assert err.exit_code == EXIT_USAGE
     assert err.message == "claim(s) not in this snapshot: apps/nope" and err.hint == "in this snapshot: apps/data"
+
+
+def test_config_detect_lists_the_local_path_claims_and_writes_a_source(tmp_path: Path, cluster: tuple) -> None:
+    import yaml
+
+    from drkit.config import parse_config
+    from drkit.detect import detect, render_config
+    from tests.fixtures.k3s_layout import make_k3s_layout
+
+    kubeconfig, fake, storage = cluster
+    layout = make_k3s_layout(tmp_path / "node")
+    det = detect(root=layout.root, kubeconfig=kubeconfig)
+    assert det.local_path_claims == []
+    assert "# local-path: no bound local-path claims" in render_config(det)
+    data = fake.provision_local_path("apps", "data", storage)
+    loki = fake.provision_local_path("monitoring", "loki-0", storage, volume_type="local")
+    fake.provision("apps", "db", 4 * 1024 * 1024, attach=False)  # Longhorn: not listed
+    det = detect(root=layout.root, kubeconfig=kubeconfig)
+    assert det.local_path_claims == [f"apps/data -> {pv_path(data)}", f"monitoring/loki-0 -> {pv_path(loki)}"]
+    assert det.summary()["local_path_claims"] == det.local_path_claims
+    text = render_config(det)
+    assert f"#   monitoring/loki-0 -> {pv_path(loki)}" in text
+    sources = {s["name"]: s for s in yaml.safe_load(text)["sources"]}
+    assert sources["local-path"] == {"name": "local-path", "type": "local-path", "kubeconfig": str(kubeconfig)}
+    cfg = parse_config(yaml.safe_load(text))
+    assert "local-path" in {s.type_name for s in cfg.sources}
