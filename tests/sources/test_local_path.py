@@ -193,9 +193,9 @@ def test_in_place_is_refused_while_a_pod_mounts_the_claim(tmp_path: Path, app: t
     fake.add_pod("apps", "migrate-x1", ["data"], phase="Succeeded")  # finished: does not count
     err = d.fails("restore", "latest", "-s", "lp", "--in-place")
     assert err.exit_code == EXIT_REFUSED
-    assert err.message == ("claim apps/data is mounted by pod(s) apps/db-0 (StatefulSet db): not restoring under a "
-                           "running workload")
-    assert "scale those workloads to 0" in (err.hint or "")
+    assert err.message == ("PVC apps/data is mounted by pod apps/db-0 (StatefulSet db): not restoring its directory "
+                           "under a running workload")
+    assert "kubectl -n apps scale statefulset/db --replicas=0" in (err.hint or "")
     assert list(pv_path(pv).iterdir()) == []  # nothing written
     assert fake.get("PersistentVolumeClaim", "apps", "data") is not None and not fake.deleted
 
@@ -300,7 +300,7 @@ def test_gitops_rebuild_precreates_claim_and_pv_bound_at_the_recorded_directory(
     d.backup("lp")
     with connect(kubeconfig) as kube:
         kube.delete(PVC, "data", "apps")
-        kube.delete(PV, pv["metadata"]["name"])
+        kube.delete(PV, pv["metadata"]["name"], missing_ok=True)  # gone with the claim (reclaim policy Delete)
     shutil.rmtree(storage)
     d.restore("lp", "--in-place")
     pvc = fake.get("PersistentVolumeClaim", "apps", "data")
