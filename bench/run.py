@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-rss-scaling", action="store_true", help="skip the peak-RSS scaling check")
     ap.add_argument("--no-remote", action="store_true", help="skip the remote benchmark (S3 via moto's server, SFTP via a loopback sshd)")
     ap.add_argument("--remote-only", action="store_true", help="run only the remote benchmark")
+    ap.add_argument("--suite", default="large,small", help="comma-separated: large (the 1 GiB mixed set), small (many small files); default both")
+    ap.add_argument("--small-files", type=int, default=200_000, help="files in the many-small-files set (default 200000)")
+    ap.add_argument("--small-rss-counts", default="100000,400000", help="file counts for drkit's peak-RSS flatness check on small files ('' to skip)")
     ap.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-print the tables of an earlier results.json")
     ap.add_argument("--data-dir", type=Path, default=HERE / "data")
     ap.add_argument("--out-dir", type=Path, default=HERE / "out")
@@ -265,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             tool_names = list(old["raw"])
             old["summary"] = summarize(old, tool_names)
             print_table(old["summary"], tool_names, old)
+        if old.get("small"):
+            import small_suite
+
+            sm = old["small"]
+            small_suite.print_table(sm["summary"], list(sm["raw"]), {"count": sm["count"], "size": sm["size"], "directories": sm["directories"]}, sm["rounds"])
         if old.get("remote"):
             import remote
 
@@ -303,7 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         "rss_scaling": {"small_size": dataset.parse_size(args.rss_size)},
     }
     results_path = args.out_dir / "results.json"
-    if not args.remote_only:
+    suites = {s.strip() for s in args.suite.split(",") if s.strip()}
+    if not suites <= {"large", "small"}:
+        ap.error(f"unknown suite in {args.suite!r} (choose from large, small)")
+    if "small" in suites and not args.remote_only:
+        import small_suite
+
+        counts = [int(c) for c in args.small_rss_counts.split(",") if c.strip()]
+        out["small"] = small_suite.run(names, args.small_files, args.seed, args.rounds, args.data_dir, work, log, counts)
+        results_path.write_text(json.dumps(out, indent=1))
+    if "large" in suites and not args.remote_only:
         tools = [TOOLS[n](n, work / n, data) for n in names]
         for t in tools:
             t.reset()

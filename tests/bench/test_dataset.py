@@ -57,3 +57,27 @@ def test_mutate_then_restore_files(tmp_path: Path) -> None:
     # generate() repairs a mutated set instead of regenerating everything
     again = dataset.generate(root, 3, 40 * 1024 * 1024, log=lambda _m: None)
     assert again["mutated"] == [] and dataset.tree_digest(root) == pristine
+
+
+def test_small_files_set_is_deterministic_a_prefix_and_mutates_within_the_second(tmp_path: Path) -> None:
+    import os
+
+    import smallfiles
+
+    a = smallfiles.generate(tmp_path / "a", 3, 600, log=lambda _m: None)
+    b = smallfiles.generate(tmp_path / "b", 3, 600, log=lambda _m: None)
+    pristine = smallfiles.tree_digest(tmp_path / "a")
+    assert pristine == smallfiles.tree_digest(tmp_path / "b") and len(pristine) == 600
+    assert a["directories"] > 5 and all(200 <= (tmp_path / "a" / p).stat().st_size <= 8192 for p in pristine)
+    assert smallfiles.layout(3, 200) == smallfiles.layout(3, 600)[:200]
+    before = {p: (tmp_path / "a" / p).stat().st_mtime_ns for p in pristine}
+    changed = smallfiles.mutate(tmp_path / "a", a)
+    after = smallfiles.tree_digest(tmp_path / "a")
+    moved = [p for p in pristine if after[p] != pristine[p]]
+    assert changed["files"] == len(moved) == 6
+    for p in moved:
+        now = os.stat(tmp_path / "a" / p).st_mtime_ns
+        assert now != before[p] and now // 10**9 == before[p] // 10**9  # same second, new nanoseconds
+    smallfiles.restore_files(tmp_path / "a", a)
+    assert smallfiles.tree_digest(tmp_path / "a") == pristine
+    assert b["count"] == 600
