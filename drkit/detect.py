@@ -221,7 +221,7 @@ def _local_path_claims(api: Any) -> list[str]:
     """``namespace/claim -> directory`` of the claims a default ``local-path`` source takes."""
     from drkit.sources.local_path import LocalPathOptions, LocalPathSource
 
-    selected, _ = LocalPathSource("local-path", LocalPathOptions()).select(api)
+    selected, _ = LocalPathSource("local-path", LocalPathOptions.model_validate({})).select(api)
     return [f"{c.ref} -> {c.path}" for c in selected]
 
 

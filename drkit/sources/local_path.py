@@ -250,7 +250,8 @@ class LocalPathSource(Source):
         classes, note = self.storage_classes(kube)
         skipped = [note] if note else []
         pvcs: list[dict[str, Any]] = []
-        for ns in list(opts.namespaces) or [None]:
+        namespaces: list[str | None] = list(opts.namespaces) or [None]
+        for ns in namespaces:
             pvcs += kube.list(PVC, ns, label_selector=opts.label_selector)
         wanted = set(opts.claims)
 

@@ -265,17 +265,17 @@ def plan_in_place(kube: Kube, record: dict[str, Any]) -> Placement:
                                             build_pvc(record, namespace=ns, volume_name=pv_name)],
                          f"claim {ref} and PV {pv_name} created")
     refuse_if_claim_in_use(kube, ns, claim, action="restoring its directory under a running workload")
-    pv_name = (pvc.get("spec") or {}).get("volumeName")
-    pv = kube.get_or_none(PV, pv_name) if pv_name else None
+    bound_pv: str | None = (pvc.get("spec") or {}).get("volumeName")
+    pv = kube.get_or_none(PV, bound_pv) if bound_pv else None
     if pv is not None:
         where = volume_path(pv)
         if where is None:
-            raise Refused(f"claim {ref} is bound to PV {pv_name}, which is neither a hostPath nor a local volume",
+            raise Refused(f"claim {ref} is bound to PV {bound_pv}, which is neither a hostPath nor a local volume",
                           hint="restore with --target DIR, or --namespace NEW for a new local-path claim")
-        current = check_dir_path(where[0], f"PV {pv_name}")
-        return Placement(record, current, [], f"at the path of PV {pv_name}"
+        current = check_dir_path(where[0], f"PV {bound_pv}")
+        return Placement(record, current, [], f"at the path of PV {bound_pv}"
                          + (f" (recorded: {recorded})" if current != recorded else ""))
-    name = pv_name or _free_pv_name(kube, record["pv"])
+    name = bound_pv or _free_pv_name(kube, record["pv"])
     return Placement(record, recorded, [build_pv(record, name=name, path=recorded, namespace=ns, claim=claim)],
                      f"PV {name} created for the existing claim {ref}")
 
