@@ -155,6 +155,16 @@ class DamageFound(DrkitError):
     )
 
 
+class UnsafeToPrune(DrkitError):
+    """prune refused: {detail}"""
+
+    exit_code = EXIT_DAMAGE
+    default_hint = (
+        "nothing was deleted; run 'drkit verify' to see what is wrong, 'drkit rebuild-index' to index "
+        "the packs from their own trailers, then prune again"
+    )
+
+
 class PartialFailure(DrkitError):
     """{message}"""
 

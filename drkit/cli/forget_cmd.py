@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -12,7 +13,7 @@ from drkit.cli.common import human_size, identity_option, open_repository
 from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
-from drkit.services.prune import PruneReport, prune
+from drkit.services.prune import PrunePlan, PruneReport, prune
 from drkit.storage.base import retention_of
 
 
@@ -30,11 +31,21 @@ def _refuse_on_append_only(state: CliState, dry_run: bool) -> None:
 
 
 def _say_prune(state: CliState, r: PruneReport) -> None:
-    verb = "would free" if r.dry_run else "freed"
-    state.say(
-        f"prune: {r.packs_deleted} pack(s) deleted, {r.packs_repacked} repacked, {r.orphans_deleted} orphan(s) removed; "
-        f"{verb} {human_size(r.bytes_freed)}"
-    )
+    if r.dry_run:
+        state.say(
+            f"prune (dry run): would delete {r.packs_deleted} pack(s), repack {r.packs_repacked}, remove {r.orphans_deleted} "
+            f"orphan(s); would free {human_size(r.bytes_freed)}"
+        )
+    else:
+        state.say(
+            f"prune: {r.packs_deleted} pack(s) deleted, {r.packs_repacked} repacked, {r.orphans_deleted} orphan(s) removed; "
+            f"freed {human_size(r.bytes_freed)}"
+        )
+    if r.orphans_kept_young or r.orphans_kept_listed:
+        state.say(
+            f"prune: kept {r.orphans_kept_young + r.orphans_kept_listed} unindexed pack(s) "
+            "(written within the last day, or still listed by an old index file; a later prune decides)"
+        )
     if r.kept_locked or r.retention_extended:
         # Object Lock: what is still retained stays (a later prune removes it); live data
         # has its retention extended (see drkit/services/prune.py).
@@ -115,6 +126,18 @@ def forget_cmd(
             _say_prune(state, report)
 
 
+def _plan_printer(state: CliState, dry_run: bool, as_json: bool) -> Callable[[PrunePlan], None] | None:
+    """With --dry-run (and not --json), print the plan prune made."""
+    if not dry_run or as_json:
+        return None
+
+    def show(plan: PrunePlan) -> None:
+        for line in plan.lines():
+            state.say(line)
+
+    return show
+
+
 def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], sources: tuple[str, ...],
             policy: Policy, do_prune: bool, dry_run: bool, as_json: bool) -> tuple[list[dict[str, object]], PruneReport | None]:
     removed: list[dict[str, object]] = []
@@ -136,13 +159,13 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
     # With Object Lock, prune also extends the retention of live data: run it even when
     # nothing was forgotten, so a scheduled 'forget --prune' keeps the protection going.
     if do_prune and (removed or retention_of(repo.storage) is not None):
-        report = prune(repo, dry_run=dry_run)
+        report = prune(repo, dry_run=dry_run, on_plan=_plan_printer(state, dry_run, as_json))
     return removed, report
 
 
 @cli.command("prune")
 @click.option("--repack-threshold", type=click.FloatRange(0.01, 1.0), default=0.5, show_default=True, help="Repack a pack when at least this share of it is unused.")
-@click.option("--dry-run", is_flag=True, help="Show what would be deleted; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (what would be deleted, repacked, kept); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @identity_option
 @pass_state
@@ -150,12 +173,16 @@ def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: 
     """Delete data no snapshot references; repack mostly-empty packs.
 
     Takes an exclusive lock: backups wait (they fail with exit 4) until it ends.
-    Safe to interrupt: every snapshot stays restorable at every step.
+    Safe to interrupt: every snapshot stays restorable at every step. Refuses (exit 6,
+    nothing deleted) when a blob a snapshot uses is in no index: run 'drkit
+    rebuild-index' first. Packs no index lists are kept for a day (a backup on another
+    host may be writing them).
     """
     _refuse_on_append_only(state, dry_run)
     with metrics.track(state, "prune", enabled=not dry_run) as m:
         repo = open_repository(state, identity_path)
-        report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers)
+        report = prune(repo, repack_threshold=repack_threshold, dry_run=dry_run, workers=state.config.repository.workers,
+                       on_plan=_plan_printer(state, dry_run, as_json))
         if not dry_run:
             metrics.record_repository_state(m, repo)
     if as_json:

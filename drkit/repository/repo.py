@@ -327,11 +327,16 @@ class Repository:
             raise IntegrityError(name=layout.pack_name(pack_id), detail=str(exc)) from None
 
     def scan_packs(
-        self, *, skip: Callable[[str], bool] = lambda pack_id: False, on_error: Callable[[str, str], None] | None = None
+        self,
+        *,
+        skip: Callable[[str], bool] = lambda pack_id: False,
+        on_error: Callable[[str, str], None] | None = None,
+        check_blobs: bool = False,
     ) -> Iterator[tuple[str, int, list[PackEntry]]]:
         """Read stored packs (checked against their names) and parse their trailers;
-        yield (pack id, size, entries). Damaged or vanished packs go to *on_error*
-        (name, detail) and are skipped; so are packs for which *skip(pack_id)* holds."""
+        yield (pack id, size, entries). With *check_blobs*, every blob the trailer lists
+        must also decrypt, decompress and match its id. Damaged or vanished packs go to
+        *on_error* (name, detail) and are skipped; so are packs for which *skip(pack_id)* holds."""
         for info in self.storage.list(layout.DATA):
             pack_id = layout.id_of(info.name)
             if pack_id is None or skip(pack_id):
@@ -339,6 +344,8 @@ class Repository:
             try:
                 data = self.read_pack(pack_id)
                 entries = self.pack_entries(pack_id, data)
+                if check_blobs:
+                    self.check_pack_blobs(pack_id, data, entries)
             except IntegrityError as exc:
                 if on_error:
                     on_error(info.name, str(exc.fields.get("detail", exc)))
@@ -347,11 +354,29 @@ class Repository:
                 continue  # removed after listing
             yield pack_id, len(data), entries
 
+    def check_pack_blobs(self, pack_id: str, data: bytes, entries: list[PackEntry]) -> None:
+        """Decrypt, decompress and id-check every blob *entries* locate in *data*;
+        raises IntegrityError naming the pack at the first bad one."""
+        view = memoryview(data)
+        for e in entries:
+            try:
+                self.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+            except BlobError as exc:
+                raise IntegrityError(name=layout.pack_name(pack_id), detail=f"blob {e.id.hex()[:16]}: {exc}") from None
+
     def adopt_orphan_packs(self, on_error: Callable[[str, str], None] | None = None) -> int:
         """Index packs that exist but no index file lists (left by an interrupted run),
-        so their data is reused instead of uploaded again. Damaged ones are skipped
-        (and reported to *on_error*). Never deletes. Returns the number adopted."""
-        adopted = list(self.scan_packs(skip=lambda pack_id: pack_id in self.index.pack_sizes, on_error=on_error))
+        so their data is reused instead of uploaded again. A pack is adopted only after
+        every blob it lists decrypts, decompresses and matches its id: a real trailer
+        copied onto other bytes is not data. Where content cannot be opened (a
+        recipient-mode backup host), nothing is adopted and the data is uploaded again.
+        Damaged ones are skipped (and reported to *on_error*). Never deletes. Returns the
+        number adopted."""
+        if not self.can_read_content:
+            return 0
+        adopted = list(
+            self.scan_packs(skip=lambda pack_id: pack_id in self.index.pack_sizes, on_error=on_error, check_blobs=True)
+        )
         for pack_id, size, entries in adopted:
             self.index.add_pack(pack_id, size, entries)
         if adopted:

@@ -1,17 +1,41 @@
 """Prune: delete data no snapshot references, and repack mostly-empty packs.
 
-Under an exclusive lock:
+Prune is a pure plan, then its execution (restic's ``PlanPrune`` / ``Execute``):
 
-1. find every blob the remaining snapshots use (their trees and file chunks);
-   refuse if any manifest or tree cannot be read (we would not know what it needs);
-2. packs with no used blob are dropped; packs whose unused share is at least
-   ``repack_threshold`` have their used blobs re-stored into new packs;
-3. write the new packs, then one index covering every kept and new pack, superseding
-   every older index file (including superseded ones still stored);
-4. only then delete the old index files, then the dropped and repacked packs, and
-   packs no index ever listed (left by interrupted backups).
+- :func:`gather` reads what the repository holds (under the caller's exclusive lock):
+  the blobs the snapshots use, every indexed pack with its entries, every stored pack
+  with its size and the store's write time, and the packs that still-stored superseded
+  index files list;
+- :func:`plan_prune` is a pure function of those facts (and of the clock, the object
+  names that may not be deleted, and the copies found unreadable): which packs to keep,
+  drop and repack, which unindexed packs ("orphans") to delete and which are too young
+  to, and which copies must be read before anything is deleted. It is printable
+  (:meth:`PrunePlan.lines`, ``prune --dry-run``) and tested from tables;
+- :func:`make_plan` asks the store what :func:`plan_prune` needs to know (retention,
+  whether the copies that stay are readable) and plans again with the answers;
+- :func:`execute` carries out a safe plan; :func:`prune` does it all under the lock.
 
-A crash at any step leaves a repository in which every snapshot restores.
+What a hostile writer or storage operator cannot make prune do (issue #15):
+
+1. **delete data a snapshot uses**: every blob the remaining snapshots use (their trees
+   and file chunks) must be in an indexed, stored pack, or prune refuses before deleting
+   anything (:class:`~drkit.errors.UnsafeToPrune`; ``rebuild-index`` then re-reads the
+   packs themselves). An index file whose ``supersedes`` list hides the real index
+   files therefore makes prune refuse, not delete.
+2. **delete the last good copy**: a pack is dropped or repacked while another pack
+   holds a copy of one of its used blobs only after that other copy has been read and
+   checked (decrypted, decompressed, id verified); an unreadable copy does not count,
+   and the plan is made again without it.
+3. **delete a pack a concurrent writer has just uploaded**: a stored pack no index lists
+   is deleted only when the store says it was written more than :data:`ORPHAN_GRACE`
+   ago (unknown age: kept), and never while a still-stored superseded index file lists it.
+4. **forget what it could not read**: a manifest or tree that cannot be read stops
+   prune (:class:`~drkit.errors.DamageFound`).
+
+Execution order, so that a crash at any step leaves every snapshot restorable:
+write the repacked blobs into new packs, then one index covering every kept and new
+pack, superseding every older index file; only then delete the old index files, then
+the dropped and repacked packs and the old orphans.
 
 **Immutable storage** (a :class:`~drkit.storage.base.RetentionAware` backend with its
 retention on, i.e. S3 Object Lock): an object whose retention date is still ahead is
@@ -39,7 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from drkit.errors import DamageFound, DrkitError, ObjectNotFound, Refused
+from drkit.errors import DamageFound, DrkitError, IntegrityError, ObjectNotFound, Refused, UnsafeToPrune
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
 from drkit.repository.index import Index
@@ -62,6 +86,10 @@ class PruneReport:
     packs_deleted: int = 0
     packs_repacked: int = 0
     orphans_deleted: int = 0
+    orphans_kept_young: int = 0
+    """Unindexed packs kept: written within the grace period (a backup may be running)."""
+    orphans_kept_listed: int = 0
+    """Unindexed packs kept: a still-stored superseded index file lists them."""
     bytes_freed: int = 0
     blobs_used: int = 0
     blobs_unused: int = 0
@@ -167,44 +195,317 @@ class RetentionGuard:
         return len(due)
 
 
-def _all_pack_entries(repo: Repository) -> dict[str, list[PackEntry]]:
-    """Every blob of every indexed pack, duplicates included (the in-memory index keeps
-    one location per blob), from the index files that are not superseded."""
-    out: dict[str, list[PackEntry]] = {}
-    for index_id in sorted(repo.index.files):
-        packs, _ = repo.read_index_file(index_id)
-        for pack_id, _size, entries in packs:
-            if pack_id in repo.index.pack_sizes:
-                out[pack_id] = entries
-    for pack_id in repo.index.pack_sizes:
-        out.setdefault(pack_id, [])
-    return out
+ORPHAN_GRACE = timedelta(hours=24)
+"""A stored pack no index lists is deleted only once the store has held it this long:
+a backup on another host may have uploaded it and not yet written its index."""
+
+CopyRef = tuple[str, bytes]
+"""(pack id, blob id): one stored copy of a blob."""
 
 
-def _homes(repo: Repository, by_pack: dict[str, list[PackEntry]], used: set[bytes]) -> dict[bytes, str]:
-    """For every used blob, the one pack whose copy stays.
+@dataclass(frozen=True)
+class StoredPack:
+    size: int
+    mtime: datetime | None = None
+    """When the store wrote it (its own clock); None when the backend cannot tell."""
+
+
+@dataclass
+class PruneFacts:
+    """What :func:`gather` read; everything :func:`plan_prune` decides from."""
+
+    used: set[bytes]
+    indexed: dict[str, list[PackEntry]]
+    """Pack id -> every blob the effective index files list in it (duplicates included)."""
+    indexed_sizes: dict[str, int]
+    stored: dict[str, StoredPack]
+    index_files: list[str] = field(default_factory=list)
+    superseded_files: list[str] = field(default_factory=list)
+    listed_by_superseded: set[str] = field(default_factory=set)
+    """Packs a still-stored superseded index file lists."""
+    current: dict[bytes, str] = field(default_factory=dict)
+    """The loaded index's location of each blob (preferred among good copies)."""
+
+
+@dataclass
+class PrunePlan:
+    """What prune will do; printable (:meth:`lines`) and free of side effects."""
+
+    keep: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    repack: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    """Unindexed stored packs older than the grace period: deleted."""
+    young_orphans: list[str] = field(default_factory=list)
+    """Unindexed stored packs within the grace period (or of unknown age): kept."""
+    held_orphans: list[str] = field(default_factory=list)
+    """Unindexed stored packs a superseded index file still lists: kept."""
+    locked: list[str] = field(default_factory=list)
+    """Object names prune would delete but may not yet (retention, or a caller's veto)."""
+    unindexed: list[bytes] = field(default_factory=list)
+    """Used blobs no index file lists: the plan is unsafe (prune refuses)."""
+    missing: list[bytes] = field(default_factory=list)
+    """Used blobs indexed only in packs that are gone or copies that are unreadable:
+    the plan is unsafe too."""
+    vetoed: frozenset[str] = frozenset()
+    """Every object name the plan was told may not be deleted."""
+    home: dict[bytes, str] = field(default_factory=dict)
+    """For every used blob, the pack whose copy stays."""
+    check_copies: list[CopyRef] = field(default_factory=list)
+    """Copies to read and check before deleting a pack holding another copy."""
+    remove_superseded: list[str] = field(default_factory=list)
+    """Superseded index files that can go even when no pack is deleted."""
+    blobs_used: int = 0
+    blobs_unused: int = 0
+    bytes_freed: int = 0
+
+    @property
+    def safe(self) -> bool:
+        return not self.unindexed and not self.missing
+
+    def refusal(self) -> str:
+        """Why the plan is unsafe, in one line ('' when it is safe)."""
+        if self.unindexed:
+            return (f"{len(self.unindexed)} blob(s) that snapshots use are in no index "
+                    f"(first: {self.unindexed[0].hex()[:16]}); refusing to delete anything")
+        if self.missing:
+            return (f"{len(self.missing)} blob(s) that snapshots use are indexed only in missing packs or unreadable copies "
+                    f"(first: {self.missing[0].hex()[:16]}); refusing to delete anything")
+        return ""
+
+    @property
+    def changes_packs(self) -> bool:
+        return bool(self.drop or self.repack or self.orphans)
+
+    def lines(self) -> list[str]:
+        """The plan as human lines (what ``prune --dry-run`` prints)."""
+        out: list[str] = []
+        for what, packs in (("drop", self.drop), ("repack", self.repack), ("delete orphan", self.orphans)):
+            out += [f"{what:<14} {layout.pack_name(p)}" for p in sorted(packs)]
+        out += [f"{'keep (young)':<14} {layout.pack_name(p)}: not indexed yet, within the grace period" for p in sorted(self.young_orphans)]
+        out += [f"{'keep (listed)':<14} {layout.pack_name(p)}: listed by a superseded index file" for p in sorted(self.held_orphans)]
+        out += [f"{'keep (locked)':<14} {name}: under retention" for name in sorted(self.locked)]
+        out += [f"{'check copy':<14} blob {blob.hex()[:16]} in {layout.pack_name(pack)}" for pack, blob in self.check_copies]
+        out += [f"{'unindexed':<14} blob {blob.hex()}: used by a snapshot, in no index file" for blob in self.unindexed]
+        out += [f"{'missing':<14} blob {blob.hex()}: used by a snapshot, only in missing packs or unreadable copies" for blob in self.missing]
+        out.append(
+            f"plan: keep {len(self.keep)} pack(s), drop {len(self.drop)}, repack {len(self.repack)}, "
+            f"delete {len(self.orphans)} orphan(s) (keep {len(self.young_orphans) + len(self.held_orphans)}); "
+            f"{self.blobs_used} blob(s) used, {self.blobs_unused} unused"
+        )
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "keep": sorted(self.keep),
+            "drop": sorted(self.drop),
+            "repack": sorted(self.repack),
+            "orphans": sorted(self.orphans),
+            "young_orphans": sorted(self.young_orphans),
+            "held_orphans": sorted(self.held_orphans),
+            "locked": sorted(self.locked),
+            "unindexed": [b.hex() for b in self.unindexed],
+            "missing": [b.hex() for b in self.missing],
+            "check_copies": [[p, b.hex()] for p, b in self.check_copies],
+        }
+
+
+def _homes(
+    by_pack: dict[str, list[PackEntry]], used: set[bytes], current: dict[bytes, str], unreadable: set[CopyRef]
+) -> dict[bytes, str]:
+    """For every used blob held by a good copy, the one pack whose copy stays.
 
     Packs whose every used blob has a copy in another surviving pack are redundant;
     they are retired smallest first, so the copies that stay sit in the packs that
-    are needed anyway. The index's current location is preferred among survivors."""
+    are needed anyway. The index's current location is preferred among survivors.
+    Copies known to be unreadable are not copies."""
     holders: dict[bytes, list[str]] = {}
     live_bytes: dict[str, int] = {}
     for pack_id, entries in by_pack.items():
         live_bytes[pack_id] = 0
         for e in entries:
-            if e.id in used:
+            if e.id in used and (pack_id, e.id) not in unreadable:
                 holders.setdefault(e.id, []).append(pack_id)
                 live_bytes[pack_id] += e.length
     alive = set(by_pack)
     for pack_id in sorted(by_pack, key=lambda p: (live_bytes[p], p)):
-        ids = [e.id for e in by_pack[pack_id] if e.id in used]
+        ids = [e.id for e in by_pack[pack_id] if e.id in holders and pack_id in holders[e.id]]
         if ids and all(any(h != pack_id and h in alive for h in holders[i]) for i in ids):
             alive.discard(pack_id)
     homes: dict[bytes, str] = {}
     for chunk_id, packs in holders.items():
-        loc = repo.index.get(chunk_id)
-        homes[chunk_id] = loc.pack if loc is not None and loc.pack in alive else next(p for p in packs if p in alive)
+        where = current.get(chunk_id)
+        homes[chunk_id] = where if where in alive and where in packs else next(p for p in packs if p in alive)
     return homes
+
+
+def plan_prune(
+    facts: PruneFacts,
+    *,
+    now: datetime,
+    repack_threshold: float = 0.5,
+    orphan_grace: timedelta = ORPHAN_GRACE,
+    locked: set[str] | frozenset[str] = frozenset(),
+    unreadable: set[CopyRef] | frozenset[CopyRef] = frozenset(),
+) -> PrunePlan:
+    """Decide what prune does. Pure: the same facts give the same plan.
+
+    *locked* are object names that may not be deleted (retention, a caller's veto);
+    *unreadable* are copies of blobs that failed to read (they do not count as copies)."""
+    plan = PrunePlan(vetoed=frozenset(locked))
+    # Only packs that are both indexed and stored hold anything.
+    by_pack = {p: entries for p, entries in facts.indexed.items() if p in facts.stored}
+    plan.home = _homes(by_pack, facts.used, facts.current, set(unreadable))
+    listed = {e.id for entries in facts.indexed.values() for e in entries}
+    plan.unindexed = sorted(b for b in facts.used if b not in listed)
+    plan.missing = sorted(b for b in facts.used if b in listed and b not in plan.home)
+
+    def live(e: PackEntry, pack_id: str) -> bool:
+        # Used, and this pack is the copy that stays: a second copy of a blob (two
+        # runs stored it) is dead weight like an unused blob.
+        return plan.home.get(e.id) == pack_id
+
+    for pack_id, entries in facts.indexed.items():
+        if pack_id not in facts.stored:
+            continue  # indexed but gone: nothing to delete (verify reports it)
+        total = sum(e.length for e in entries) or 1
+        n_live = sum(1 for e in entries if live(e, pack_id))
+        unused = sum(e.length for e in entries if not live(e, pack_id))
+        plan.blobs_used += n_live
+        plan.blobs_unused += len(entries) - n_live
+        if unused == 0:
+            plan.keep.append(pack_id)
+        elif n_live == 0:
+            plan.drop.append(pack_id)
+        elif unused / total >= repack_threshold:
+            plan.repack.append(pack_id)
+        else:
+            plan.keep.append(pack_id)
+    # Retention (or a veto): what cannot be deleted yet stays as it is, still indexed.
+    held = {p for p in plan.drop + plan.repack if layout.pack_name(p) in locked}
+    plan.keep += sorted(held)
+    plan.drop = [p for p in plan.drop if p not in held]
+    plan.repack = [p for p in plan.repack if p not in held]
+    plan.locked = sorted(layout.pack_name(p) for p in held)
+
+    for pack_id, info in sorted(facts.stored.items()):
+        if pack_id in facts.indexed:
+            continue
+        if pack_id in facts.listed_by_superseded:
+            plan.held_orphans.append(pack_id)
+        elif info.mtime is None or now - info.mtime < orphan_grace:
+            plan.young_orphans.append(pack_id)
+        elif layout.pack_name(pack_id) in locked:
+            plan.locked.append(layout.pack_name(pack_id))
+        else:
+            plan.orphans.append(pack_id)
+
+    # A pack going away may hold the other copy of a used blob: read that copy first.
+    kept = set(plan.keep)
+    checks: set[CopyRef] = set()
+    for pack_id in plan.drop + plan.repack:
+        for e in facts.indexed[pack_id]:
+            home = plan.home.get(e.id)
+            if home is not None and home != pack_id and home in kept:
+                checks.add((home, e.id))
+    plan.check_copies = sorted(checks - set(unreadable))
+    plan.bytes_freed = sum(facts.stored[p].size for p in plan.drop + plan.repack + plan.orphans)
+    plan.remove_superseded = [i for i in facts.superseded_files if layout.index_name(i) not in locked]
+    plan.locked += sorted(layout.index_name(i) for i in facts.superseded_files if layout.index_name(i) in locked)
+    return plan
+
+
+def gather(repo: Repository) -> PruneFacts:
+    """Read what :func:`plan_prune` needs. The caller holds an exclusive lock.
+    Raises DamageFound if a snapshot's manifest or tree cannot be read."""
+    repo.load_index()
+    used = used_blobs(repo)
+    indexed: dict[str, list[PackEntry]] = {}
+    for index_id in sorted(repo.index.files):
+        packs, _ = repo.read_index_file(index_id)
+        for pack_id, _size, entries in packs:
+            indexed.setdefault(pack_id, []).extend(entries)
+    for pack_id in repo.index.pack_sizes:
+        indexed.setdefault(pack_id, [])
+    listed: set[str] = set()
+    for index_id in sorted(repo.superseded_index_files):
+        try:
+            packs, _ = repo.read_index_file(index_id)
+        except (IntegrityError, ObjectNotFound):
+            continue
+        listed.update(pack_id for pack_id, _size, _entries in packs)
+    stored = {
+        pack_id: StoredPack(o.size, o.mtime)
+        for o in repo.storage.list(layout.DATA)
+        if (pack_id := layout.id_of(o.name)) is not None
+    }
+    current = {chunk_id: loc.pack for chunk_id, loc in repo.index.items()}
+    return PruneFacts(
+        used=used,
+        indexed={p: _dedup(entries) for p, entries in indexed.items()},
+        indexed_sizes=dict(repo.index.pack_sizes),
+        stored=stored,
+        index_files=sorted(repo.index.files),
+        superseded_files=sorted(repo.superseded_index_files),
+        listed_by_superseded=listed - set(indexed),
+        current=current,
+    )
+
+
+def _dedup(entries: list[PackEntry]) -> list[PackEntry]:
+    return list(dict.fromkeys(entries))
+
+
+def unreadable_copies(repo: Repository, refs: list[CopyRef], facts: PruneFacts) -> set[CopyRef]:
+    """Read and check each copy (decrypt, decompress, verify its id); return the bad ones."""
+    bad: set[CopyRef] = set()
+    for pack_id, blob in refs:
+        entry = next((e for e in facts.indexed.get(pack_id, []) if e.id == blob), None)
+        if entry is None:
+            bad.add((pack_id, blob))
+            continue
+        try:
+            sealed = repo.storage.get(layout.pack_name(pack_id), entry.offset, entry.length)
+            repo.codec.decode(entry.blob_type, blob, sealed)
+        except (BlobError, IntegrityError, ObjectNotFound) as exc:
+            log.warning("copy of blob %s in %s is unreadable (%s): it does not count as a copy", blob.hex()[:16], pack_id[:16], exc)
+            bad.add((pack_id, blob))
+    return bad
+
+
+MAX_PLANS = 4
+"""Plans made at most, each without the copies the previous one found unreadable."""
+
+
+def make_plan(
+    repo: Repository,
+    facts: PruneFacts,
+    guard: RetentionGuard,
+    *,
+    repack_threshold: float = 0.5,
+    may_delete: Callable[[str], bool] = lambda name: True,
+    orphan_grace: timedelta = ORPHAN_GRACE,
+) -> PrunePlan:
+    """Plan, ask the store about the retention of what the plan would delete, plan again
+    with that, then read the copies the plan relies on (and plan again without the bad
+    ones). Reads, never writes."""
+    def plan(locked: frozenset[str] = frozenset(), unreadable: frozenset[CopyRef] = frozenset()) -> PrunePlan:
+        return plan_prune(facts, now=guard.now, repack_threshold=repack_threshold, orphan_grace=orphan_grace,
+                          locked=locked, unreadable=unreadable)
+
+    draft = plan()
+    candidates = [layout.pack_name(p) for p in draft.drop + draft.repack + draft.orphans]
+    candidates += [layout.index_name(i) for i in facts.index_files + facts.superseded_files]
+    guard.prefetch(candidates)
+    locked = frozenset(n for n in candidates if not may_delete(n) or guard.retained(n))
+    unreadable: set[CopyRef] = set()
+    for _ in range(MAX_PLANS):
+        result = plan(locked, frozenset(unreadable))
+        bad = unreadable_copies(repo, result.check_copies, facts)
+        if not bad:
+            return result
+        unreadable |= bad
+    raise UnsafeToPrune(detail=f"copies of used blobs kept turning out unreadable ({len(unreadable)} so far); refusing to delete anything")
 
 
 def prune(
@@ -215,6 +516,8 @@ def prune(
     may_delete: Callable[[str], bool] = lambda name: True,
     workers: int = 0,
     now: Callable[[], datetime] | None = None,
+    orphan_grace: timedelta = ORPHAN_GRACE,
+    on_plan: Callable[[PrunePlan], None] | None = None,
 ) -> PruneReport:
     """Remove unreferenced data; idempotent (a second run finds nothing to do).
 
@@ -222,120 +525,97 @@ def prune(
     indexed if it is a pack). Objects under retention of a
     :class:`~drkit.storage.base.RetentionAware` storage are vetoed automatically, and the
     retention of referenced objects is extended (see the module docstring). *now* is
-    the clock retention dates are compared with (default: :func:`utc_now`). Raises DamageFound if a snapshot cannot
-    be read, RepositoryLocked if another process holds a lock, StorageError."""
-    report = PruneReport(dry_run=dry_run)
+    the clock retention dates and pack ages are compared with (default: :func:`utc_now`).
+    *on_plan* sees the plan before anything is deleted (``--dry-run`` prints it).
+    Raises DamageFound if a snapshot cannot be read, UnsafeToPrune if a used blob is in
+    no indexed pack (nothing is deleted then), RepositoryLocked, StorageError."""
     with repo.lock(exclusive=True, command="prune"):
         guard = RetentionGuard(retention_of(repo.storage), (now or utc_now)())
+        facts = gather(repo)
+        plan = make_plan(repo, facts, guard, repack_threshold=repack_threshold, may_delete=may_delete, orphan_grace=orphan_grace)
+        if on_plan is not None:
+            on_plan(plan)
+        if not plan.safe:
+            raise UnsafeToPrune(detail=plan.refusal())
+        return execute(repo, plan, facts, guard, dry_run=dry_run, workers=workers)
 
-        def deletable(name: str) -> bool:
-            return may_delete(name) and not guard.retained(name)
 
-        repo.load_index()
-        old_index_files = sorted(repo.index.files)
-        superseded_files = sorted(repo.superseded_index_files)
-        used = used_blobs(repo)
-        by_pack = _all_pack_entries(repo)
-        report.packs_before = len(by_pack)
-        keep: list[str] = []
-        drop: list[str] = []
-        repack: list[str] = []
+def execute(
+    repo: Repository, plan: PrunePlan, facts: PruneFacts, guard: RetentionGuard, *, dry_run: bool = False, workers: int = 0
+) -> PruneReport:
+    """Carry out a safe *plan* (see :attr:`PrunePlan.safe`); with *dry_run*, only report.
+    The caller holds the exclusive lock the plan was made under."""
+    if not plan.safe:
+        raise UnsafeToPrune(detail=plan.refusal())
+    report = PruneReport(dry_run=dry_run)
+    report.packs_before = len([p for p in facts.indexed if p in facts.stored])
+    report.packs_deleted = len(plan.drop)
+    report.packs_repacked = len(plan.repack)
+    report.orphans_deleted = len(plan.orphans)
+    report.orphans_kept_young = len(plan.young_orphans)
+    report.orphans_kept_listed = len(plan.held_orphans)
+    report.bytes_freed = plan.bytes_freed
+    report.blobs_used = plan.blobs_used
+    report.blobs_unused = plan.blobs_unused
+    skipped: set[str] = set()
 
-        home = _homes(repo, by_pack, used)
+    def deletable(name: str) -> bool:
+        if name in plan.vetoed:
+            skipped.add(name)
+            return False
+        return True
 
-        def live(e: PackEntry, pack_id: str) -> bool:
-            # Used, and this pack is the copy that stays: a second copy of a blob (two
-            # runs stored it) is dead weight like an unused blob.
-            return home.get(e.id) == pack_id
+    if not dry_run and plan.changes_packs:
+        _rewrite(repo, plan, facts, deletable, workers, retention_on=guard.storage is not None)
+    elif dry_run and plan.changes_packs:
+        skipped.update(layout.index_name(i) for i in facts.index_files if layout.index_name(i) in plan.vetoed)
+    elif not dry_run:
+        for index_id in plan.remove_superseded:
+            repo.storage.delete(layout.index_name(index_id))
 
-        for pack_id, entries in by_pack.items():
-            total = sum(e.length for e in entries) or 1
-            unused = sum(e.length for e in entries if not live(e, pack_id))
-            report.blobs_used += sum(1 for e in entries if live(e, pack_id))
-            report.blobs_unused += sum(1 for e in entries if not live(e, pack_id))
-            if unused == 0:
-                keep.append(pack_id)
-            elif not any(live(e, pack_id) for e in entries):
-                drop.append(pack_id)
-            elif unused / total >= repack_threshold:
-                repack.append(pack_id)
-            else:
-                keep.append(pack_id)
-        stored = {layout.id_of(o.name): o.size for o in repo.storage.list(layout.DATA)}
-        orphans = [p for p in stored if p and p not in by_pack]
-        # Retention: what cannot be deleted yet stays as it is.
-        guard.prefetch([layout.pack_name(p) for p in drop + repack + orphans])
-        locked_packs = {p for p in drop + repack if not deletable(layout.pack_name(p))}
-        keep += sorted(locked_packs)
-        drop = [p for p in drop if p not in locked_packs]
-        repack = [p for p in repack if p not in locked_packs]
-        orphans = [p for p in orphans if deletable(layout.pack_name(p))]
-        report.packs_deleted = len(drop)
-        report.packs_repacked = len(repack)
-        report.orphans_deleted = len(orphans)
-        report.bytes_freed = sum(stored.get(p, 0) for p in drop + repack + orphans)
-
-        # Superseded index files still stored (kept by an earlier prune under retention)
-        # can go as soon as their retention has passed: a loaded file supersedes them.
-        guard.prefetch([layout.index_name(i) for i in superseded_files])
-        removable = [i for i in superseded_files if deletable(layout.index_name(i))]
-        if not dry_run and (drop or repack or orphans):
-            guard.prefetch([layout.index_name(i) for i in old_index_files])
-            _rewrite(repo, keep, drop, repack, orphans, by_pack, used, old_index_files, superseded_files, deletable, workers,
-                     retention_on=guard.storage is not None)
-        elif not dry_run:
-            for index_id in removable:
-                repo.storage.delete(layout.index_name(index_id))
-
-        # Protect what stays referenced (kopia's approach).
-        if guard.storage is not None:
-            referenced = [layout.CONFIG]
-            referenced += [o.name for o in repo.storage.list(layout.KEYS) if layout.id_of(o.name)]
-            referenced += [layout.snapshot_name(i) for i in repo.snapshot_ids()]
-            referenced += [layout.index_name(i) for i in sorted(repo.index.files)]
-            referenced += [layout.pack_name(p) for p, entries in repo.index.entries_by_pack().items()
-                           if any(e.id in used for e in entries)]
-            report.retention_extended = guard.extend(referenced, dry_run=dry_run)
-        report.kept_locked = len(guard.locked)
-        if guard.locked:
-            log.info("prune kept %d object(s) still under retention; a later prune removes them", len(guard.locked))
-        if not dry_run:
-            report.temporaries_removed = _remove_stale_temporaries(repo)
+    # Protect what stays referenced (kopia's approach).
+    if guard.storage is not None:
+        names = [layout.CONFIG]
+        names += [o.name for o in repo.storage.list(layout.KEYS) if layout.id_of(o.name)]
+        names += [layout.snapshot_name(i) for i in repo.snapshot_ids()]
+        names += [layout.index_name(i) for i in sorted(repo.index.files)]
+        names += [layout.pack_name(p) for p, entries in repo.index.entries_by_pack().items() if any(e.id in facts.used for e in entries)]
+        report.retention_extended = guard.extend(names, dry_run=dry_run)
+    report.kept_locked = len(set(plan.locked) | skipped)
+    if report.kept_locked:
+        log.info("prune kept %d object(s) still under retention; a later prune removes them", report.kept_locked)
+    if not dry_run:
+        report.temporaries_removed = _remove_stale_temporaries(repo)
     return report
 
 
 def _rewrite(
     repo: Repository,
-    keep: list[str],
-    drop: list[str],
-    repack: list[str],
-    orphans: list[str],
-    by_pack: dict[str, list[PackEntry]],
-    used: set[bytes],
-    old_index_files: list[str],
-    superseded_files: list[str],
+    plan: PrunePlan,
+    facts: PruneFacts,
     deletable: Callable[[str], bool],
     workers: int,
     *,
     retention_on: bool,
 ) -> None:
-    """Steps 2-4: repack, write the new index, then delete (only what *deletable* allows).
+    """Repack, write the new index, then delete (only what *deletable* allows).
 
     With retention on, the repack's interim index file (written moments ago, so
     certainly retained) is left superseded rather than asked about; a later prune
     deletes it once its retention has passed."""
+    old_index_files = facts.index_files
     # New index view: only kept packs; repacked blobs are stored again below.
     kept_index = Index()
-    for pack_id in keep:
-        kept_index.add_pack(pack_id, repo.index.pack_sizes[pack_id], by_pack[pack_id])
+    for pack_id in plan.keep:
+        kept_index.add_pack(pack_id, facts.indexed_sizes.get(pack_id, facts.stored[pack_id].size), facts.indexed[pack_id])
     repo.index = kept_index
-    if repack:
+    if plan.repack:
         with BlobSaver(repo, workers=workers, index_every_packs=10**9) as saver:
-            for pack_id in repack:
+            for pack_id in plan.repack:
                 data = repo.read_pack(pack_id)
                 view = memoryview(data)
-                for e in by_pack[pack_id]:
-                    if e.id not in used or saver.known(e.id):
+                for e in facts.indexed[pack_id]:
+                    if e.id not in facts.used or saver.known(e.id):
                         continue
                     try:
                         plain = repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
@@ -347,7 +627,7 @@ def _rewrite(
     # that superseded them cannot bring them back) and the repack's interim files.
     everything = [(p, repo.index.pack_sizes[p], entries) for p, entries in repo.index.entries_by_pack().items()]
     interim = sorted(set(repo.index.files) - set(old_index_files))
-    replaced = sorted(set(old_index_files) | set(superseded_files) | set(interim))
+    replaced = sorted(set(old_index_files) | set(facts.superseded_files) | set(interim))
     new_id = repo.write_index(everything, supersedes=replaced)
     repo.index.files = {new_id}
     for index_id in replaced:
@@ -355,7 +635,7 @@ def _rewrite(
             continue
         if deletable(layout.index_name(index_id)):
             repo.storage.delete(layout.index_name(index_id))
-    for pack_id in drop + repack + orphans:
+    for pack_id in plan.drop + plan.repack + plan.orphans:
         repo.storage.delete(layout.pack_name(pack_id))
 
 

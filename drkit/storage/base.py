@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -31,10 +31,13 @@ def validate_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its name and size in bytes."""
+    """One stored object: its name and size in bytes, and (where the backend knows it)
+    when the store last wrote it (``mtime``, timezone-aware, the store's clock; not
+    compared, so listings from different moments stay equal)."""
 
     name: str
     size: int
+    mtime: datetime | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -116,10 +117,11 @@ class LocalStorage:
                 if fn.startswith("."):
                     continue
                 try:
-                    size = os.stat(os.path.join(dirpath, fn)).st_size
+                    st = os.stat(os.path.join(dirpath, fn))
                 except FileNotFoundError:
                     continue
-                yield ObjectInfo(f"{rel}/{fn}".replace(os.sep, "/"), size)
+                mtime = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+                yield ObjectInfo(f"{rel}/{fn}".replace(os.sep, "/"), st.st_size, mtime)
 
     def delete(self, name: str) -> None:
         try:

@@ -597,7 +597,7 @@ class S3Storage:
                         validate_name(name)
                     except Exception:
                         continue
-                    items.append(ObjectInfo(name, int(obj["Size"])))
+                    items.append(ObjectInfo(name, int(obj["Size"]), obj.get("LastModified")))
         except Exception as exc:
             raise self._error(exc, "list", prefix) from exc
         return iter(items)

@@ -37,6 +37,7 @@ import socket
 import stat as stat_mod
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -572,7 +573,8 @@ class SftpStorage:
                     if stat_mod.S_ISDIR(entry.st_mode or 0):
                         stack.append(child)
                     elif stat_mod.S_ISREG(entry.st_mode or 0):
-                        out.append(ObjectInfo(child, int(entry.st_size or 0)))
+                        mtime = datetime.fromtimestamp(entry.st_mtime, timezone.utc) if entry.st_mtime is not None else None
+                        out.append(ObjectInfo(child, int(entry.st_size or 0), mtime))
             return out
 
         return iter(self._run("list", prefix, do))

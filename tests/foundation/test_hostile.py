@@ -1,0 +1,188 @@
+"""A hostile writer or storage operator must not turn the admin's own prune, forget or
+verify against the data (issue #15). Each test builds the hostile repository, runs the
+admin's command, and checks that every real snapshot still restores exactly and that a
+refusal is one clear line with its exit code."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+from drkit.errors import EXIT_DAMAGE
+from drkit.repository import layout
+from drkit.repository.blob import BLOB_DATA, BLOB_TREE
+from drkit.repository.pack import MAGIC, PackBuilder
+from drkit.repository.repo import Repository
+from drkit.storage import LocalStorage
+from tests.foundation.conftest import Result, Workspace, tree_state
+
+PASSWORD = "correct horse battery staple"
+DAY = 24 * 3600
+
+
+def open_repo(ws: Workspace) -> Repository:
+    repo = Repository.open(LocalStorage(ws.repo), PASSWORD)
+    repo.load_index()
+    return repo
+
+
+def pack_files(ws: Workspace) -> dict[str, Path]:
+    return {p.name: p for p in (ws.repo / "data").rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make *path* look written *seconds* ago (the store's clock is its mtime)."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def one_error_line(r: Result) -> str:
+    errors = [line for line in r.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, r.err
+    return errors[0]
+
+
+def backup_twice(ws: Workspace) -> list[dict[str, object]]:
+    """Two snapshots with different data; returns their JSON (id, short_id...). Packs
+    of 1 MiB, so that some packs hold only file data."""
+    ws.write_config(pack_size_mib=1)
+    ws.ok("init")
+    first = ws.ok("backup", "--json").json()["snapshots"][0]
+    (ws.data / "second.bin").write_bytes(os.urandom(300 * 1024))
+    second = ws.ok("backup", "--json").json()["snapshots"][0]
+    return [first, second]
+
+
+def assert_restores_exactly(ws: Workspace, snapshot_id: str, want: dict[str, tuple]) -> None:
+    target = ws.root / f"restore-{snapshot_id[:8]}-{len(list(ws.root.iterdir()))}"
+    ws.ok("restore", snapshot_id, "-s", "data", "--target", str(target))
+    got = tree_state(target / str(ws.data).lstrip("/"))
+    files = {k: v[1] for k, v in want.items() if v[0] == "file" and not k.endswith(".tmp")}  # *.tmp is excluded
+    assert {k: v[1] for k, v in got.items() if v[0] == "file"} == files
+
+
+# -- 1. an orphan pack is adopted only after its blobs decrypt and check ------------------
+
+
+def test_orphan_pack_with_a_copied_trailer_is_not_adopted_and_prune_keeps_the_real_pack(ws: Workspace) -> None:
+    """A storage operator with no key copies a real trailer onto random bytes under a
+    valid SHA-256 name. Backup must not adopt it; prune must not delete the real pack."""
+    ws.ok("init")
+    snap = ws.ok("backup", "--json").json()["snapshots"][0]
+    want = tree_state(ws.data)
+    real = max(pack_files(ws).values(), key=lambda p: p.stat().st_size)
+    data = real.read_bytes()
+    (tlen,) = struct.unpack("<I", data[-4:])
+    trailer = data[-4 - tlen :]
+    body = len(data) - len(MAGIC) - len(trailer)
+    while True:  # a name after the real one: the old prune retired the smaller id first
+        fake = MAGIC + os.urandom(body) + trailer
+        fake_id = hashlib.sha256(fake).hexdigest()
+        if fake_id > real.name:
+            break
+    fake_path = ws.repo / "data" / fake_id[:2] / fake_id
+    fake_path.parent.mkdir(exist_ok=True)
+    fake_path.write_bytes(fake)
+    age(fake_path, 2 * DAY)
+
+    ws.ok("backup")
+    assert fake_id not in open_repo(ws).index.pack_sizes, "a pack whose blobs do not decrypt was adopted"
+    assert fake_id in ws.ok("verify", "--json").json()["orphan_packs"]
+    ws.ok("prune")
+    assert real.exists()
+    assert not fake_path.exists()
+    ws.ok("verify", "--read-data")
+    assert_restores_exactly(ws, str(snap["id"]), want)
+
+
+def test_prune_never_drops_the_real_copy_for_an_unreadable_duplicate(ws: Workspace) -> None:
+    """A hostile writer (it holds the index key) indexes a garbage pack claiming the
+    same blobs as a real one. Prune reads the copy that would stay before deleting the
+    other: the garbage goes, the real pack stays."""
+    ws.write_config(pack_size_mib=1)
+    ws.ok("init")
+    snap = ws.ok("backup", "--json").json()["snapshots"][0]
+    want = tree_state(ws.data)
+    repo = open_repo(ws)
+    by_pack = repo.index.entries_by_pack()
+    real_id = next(p for p, entries in sorted(by_pack.items()) if all(e.blob_type == BLOB_DATA for e in entries))
+    entries = by_pack[real_id]
+    real_bytes = repo.read_pack(real_id)
+    while True:
+        garbage = MAGIC + os.urandom(len(real_bytes) - len(MAGIC))
+        fake_id = hashlib.sha256(garbage).hexdigest()
+        if fake_id > real_id:
+            break
+    repo.storage.put(layout.pack_name(fake_id), garbage)
+    repo.write_index([(fake_id, len(garbage), entries)])
+
+    ws.ok("prune")
+    assert real_id in pack_files(ws)
+    assert fake_id not in pack_files(ws)
+    ws.ok("verify", "--read-data")
+    assert_restores_exactly(ws, str(snap["id"]), want)
+
+
+# -- 2. prune proves every referenced blob is indexed before deleting anything ------------
+
+
+def test_an_index_superseding_all_others_cannot_make_prune_delete_data(ws: Workspace) -> None:
+    """A write-only host adds one index that lists only the tree blobs and supersedes
+    every other index file. The admin's prune refuses (exit 6, one line) and deletes
+    nothing; rebuild-index recovers, and every snapshot restores."""
+    snaps = backup_twice(ws)
+    want_second = tree_state(ws.data)
+    repo = open_repo(ws)
+    trees_only: list = []
+    for pack_id, entries in repo.index.entries_by_pack().items():
+        trees = [e for e in entries if e.blob_type == BLOB_TREE]
+        if trees:
+            trees_only.append((pack_id, repo.index.pack_sizes[pack_id], trees))
+    repo.write_index(trees_only, supersedes=sorted(repo.index.files))
+    before = set(pack_files(ws))
+    assert len(trees_only) < len(before), "the attack needs packs that hold only file data"
+    index_before = set(os.listdir(ws.repo / "index"))
+
+    r = ws.run("prune")
+    assert r.code == EXIT_DAMAGE, r.err
+    line = one_error_line(r)
+    assert "in no index" in line and "refus" in line
+    assert "rebuild-index" in r.err
+    assert set(pack_files(ws)) == before
+    assert set(os.listdir(ws.repo / "index")) == index_before
+    r = ws.run("prune", "--dry-run")
+    assert r.code == EXIT_DAMAGE and set(pack_files(ws)) == before
+    assert "unindexed" in r.out and "deleted" not in r.out
+
+    ws.ok("rebuild-index")
+    ws.ok("prune")
+    ws.ok("verify", "--read-data")
+    (ws.data / "second.bin").unlink()
+    assert_restores_exactly(ws, str(snaps[0]["id"]), tree_state(ws.data))
+    assert_restores_exactly(ws, str(snaps[1]["id"]), want_second)
+
+
+def test_a_pack_not_yet_indexed_survives_prune_until_its_grace_period_ends(ws: Workspace) -> None:
+    """A slow backup on another host has uploaded a pack and not yet its index: prune
+    keeps it (restic's rule: unindexed packs get a grace period), and removes it once
+    it is older than the grace period."""
+    ws.ok("init")
+    ws.ok("backup")
+    repo = open_repo(ws)
+    payload = os.urandom(4096)
+    chunk_id = repo.hasher(payload)
+    builder = PackBuilder()
+    builder.add(BLOB_DATA, chunk_id, repo.codec.encode(BLOB_DATA, chunk_id, payload), len(payload))
+    pack_id, raw = builder.finish(repo.cipher)
+    repo.storage.put(layout.pack_name(pack_id), raw)
+
+    report = ws.ok("prune", "--json").json()
+    assert report["orphans_deleted"] == 0 and report["orphans_kept_young"] == 1
+    assert pack_id in pack_files(ws)
+    age(pack_files(ws)[pack_id], 2 * DAY)
+    report = ws.ok("prune", "--json").json()
+    assert report["orphans_deleted"] == 1 and report["orphans_kept_young"] == 0
+    assert pack_id not in pack_files(ws)
