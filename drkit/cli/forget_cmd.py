@@ -149,6 +149,12 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
             snaps = [s for s in repo.list_snapshots() if not sources or s.source in sources]
             decisions = [(d.snapshot, d.keep, d.reasons) for d in apply_policy(snaps, policy)]
         for snap, keep, reasons in decisions:
+            if "future-dated" in reasons:
+                click.echo(
+                    f"warning: future-dated snapshot {snap.short_id} ({snap.time[:19]}, source {snap.source}, host {snap.host}) "
+                    "is kept and never counts for retention; check that host's clock, or who wrote it",
+                    err=True,
+                )
             if not as_json:
                 state.say(f"{'keep  ' if keep else 'remove'} {snap.short_id} {snap.time[:19]} {snap.source:<16} {','.join(reasons)}")
             if not keep:

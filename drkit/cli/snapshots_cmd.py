@@ -8,6 +8,7 @@ import click
 
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, human_size, open_repository
+from drkit.services.forget import future_snapshots, future_warning
 
 
 @cli.command("snapshots")
@@ -41,3 +42,5 @@ def snapshots_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ..
             state.say(f"{len(snaps)} snapshot(s)")
     for line in damaged:
         click.echo(f"warning: damaged manifest {line}", err=True)
+    for s in future_snapshots(snaps):
+        click.echo(future_warning(s), err=True)

@@ -61,6 +61,8 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             state.say(f"{len(report.orphan_packs)} unreferenced pack(s) (from interrupted backups; 'drkit prune' removes them)")
         for p in report.problems:
             click.echo(f"damaged: {p.line()}", err=True)
+        for snap_id in report.future_snapshots:
+            click.echo(f"warning: snapshot {snap_id[:8]} is dated in the future: retention never counts it ('drkit snapshots' shows it)", err=True)
         if not report.content_checked:
             state.say("content not checked: this host holds only the recipient (use --identity FILE on the admin host)")
         if report.ok:

@@ -21,7 +21,9 @@ def now_iso() -> str:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """ISO 8601 -> an aware datetime (a time without a zone is taken as UTC)."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 @dataclass

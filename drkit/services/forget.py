@@ -5,12 +5,21 @@ Snapshots are grouped by source (and host). Within a group, newest first:
 - ``keep_last N``: the N newest;
 - ``keep_hourly/daily/weekly/monthly/yearly N``: the newest snapshot of each of the
   N most recent hours/days/ISO weeks/months/years that have a snapshot;
-- ``keep_within D``: everything within D (e.g. ``7d``, ``2w3d``, ``12h``) of the
-  group's newest snapshot;
+- ``keep_within D``: everything within D (e.g. ``7d``, ``2w3d``, ``12h``) of *now*,
+  the clock of the host running forget (not the newest claimed snapshot time: one
+  snapshot dated 2099 must not push every real one out of the window);
 - ``keep_tags``: every snapshot carrying one of these tags.
 
-A snapshot is kept if any rule keeps it. The newest snapshot of a group is always
-kept by any non-empty policy, so a policy never empties a group.
+A snapshot is kept if any rule keeps it. The newest snapshot of a group that is not
+dated in the future is always kept by any non-empty policy, so a policy never empties
+a group (with a clock-anchored ``keep_within``, a group whose backups stopped long ago
+keeps its newest snapshot).
+
+**Future-dated snapshots** (time later than now + :data:`FUTURE_TOLERANCE`) are never
+an anchor: no rule counts them (they take no ``keep_last`` slot and no daily bucket),
+and they are kept and flagged ("future-dated") for a human to judge; ``drkit
+snapshots`` and ``drkit verify`` flag them too. A backup host whose clock runs ahead
+makes them; so does a hostile writer trying to game retention.
 """
 
 from __future__ import annotations
@@ -18,10 +27,33 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from drkit.repository.snapshot import Snapshot
+
+FUTURE_TOLERANCE = timedelta(minutes=10)
+"""Clock skew allowed between a backup host and the host judging its snapshots."""
+
+
+def is_future(snap: Snapshot, now: datetime, tolerance: timedelta = FUTURE_TOLERANCE) -> bool:
+    """True if *snap* claims a time later than *now* + *tolerance*."""
+    return snap.datetime > now + tolerance
+
+
+def future_snapshots(snapshots: list[Snapshot], now: datetime | None = None) -> list[Snapshot]:
+    """The snapshots dated in the future (see :func:`is_future`), oldest first."""
+    now = now or datetime.now(timezone.utc)
+    return [s for s in snapshots if is_future(s, now)]
+
+
+def future_warning(snap: Snapshot) -> str:
+    """The one line ``snapshots`` and ``verify`` print for a future-dated snapshot."""
+    return (
+        f"warning: snapshot {snap.short_id} is dated in the future ({snap.time[:19]}, source {snap.source}, host {snap.host}): "
+        "retention never counts it; check that host's clock, or who wrote it"
+    )
+
 
 _DURATION = re.compile(r"(\d+)([yMwdhm])")
 _UNITS = {"y": 365 * 24 * 60, "M": 30 * 24 * 60, "w": 7 * 24 * 60, "d": 24 * 60, "h": 60, "m": 1}
@@ -70,14 +102,19 @@ class Decision:
     reasons: list[str]
 
 
-def apply_policy(snapshots: list[Snapshot], policy: Policy) -> list[Decision]:
-    """Decide for every snapshot; grouped by (source, host). Pure function."""
+def apply_policy(snapshots: list[Snapshot], policy: Policy, now: datetime | None = None) -> list[Decision]:
+    """Decide for every snapshot; grouped by (source, host). Pure given *now* (default:
+    the current time), which anchors ``keep_within`` and tells future-dated snapshots."""
+    now = now or datetime.now(timezone.utc)
     groups: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
-    for s in snapshots:
-        groups[(s.source, s.host)].append(s)
     out: list[Decision] = []
+    for s in snapshots:
+        if is_future(s, now):
+            out.append(Decision(s, True, ["future-dated"]))
+        else:
+            groups[(s.source, s.host)].append(s)
     for group in groups.values():
-        group.sort(key=lambda s: (s.time, s.id), reverse=True)
+        group.sort(key=lambda s: (s.datetime, s.id), reverse=True)
         reasons: dict[str, list[str]] = {s.id: [] for s in group}
         for s in group[: policy.last]:
             reasons[s.id].append("last")
@@ -94,16 +131,17 @@ def apply_policy(snapshots: list[Snapshot], policy: Policy) -> list[Decision]:
                     break
                 seen.add(bucket)
                 reasons[s.id].append(name)
-        if policy.within is not None and group:
-            newest = group[0].datetime
+        if policy.within is not None:
             for s in group:
-                if newest - s.datetime <= policy.within:
+                if now - s.datetime <= policy.within:
                     reasons[s.id].append("within")
         if policy.tags:
             for s in group:
                 if set(s.tags) & set(policy.tags):
                     reasons[s.id].append("tag")
+        if group and not policy.empty() and not any(reasons.values()):
+            reasons[group[0].id].append("newest")
         for s in group:
             out.append(Decision(s, bool(reasons[s.id]), reasons[s.id]))
-    out.sort(key=lambda d: (d.snapshot.source, d.snapshot.time))
+    out.sort(key=lambda d: (d.snapshot.source, d.snapshot.datetime))
     return out

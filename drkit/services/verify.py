@@ -27,6 +27,7 @@ from drkit.repository.pack import PackEntry
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import iter_tree
+from drkit.services.forget import future_snapshots
 
 
 @dataclass
@@ -48,6 +49,8 @@ class VerifyReport:
     blobs: int = 0
     orphan_packs: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    future_snapshots: list[str] = field(default_factory=list)
+    """Ids of snapshots dated in the future (flagged; retention never counts them)."""
     content_checked: bool = True
     """False on a recipient-mode backup host: manifests, trees and blob contents
     cannot be opened there (pack hashes and trailers still are)."""
@@ -66,6 +69,7 @@ class VerifyReport:
             "orphan_packs": self.orphan_packs,
             "problems": [{"object": p.object, "detail": p.detail, "snapshots": p.snapshots} for p in self.problems],
             "content_checked": self.content_checked,
+            "future_snapshots": self.future_snapshots,
         }
 
 
@@ -93,6 +97,7 @@ def verify_repository(
             snaps = []
             report.snapshots = len(repo.snapshot_ids())
         report.snapshots = report.snapshots or len(snaps)
+        report.future_snapshots = [s.id for s in future_snapshots(snaps)]
         users: dict[bytes, set[str]] = defaultdict(set)
         for snap in snaps:
             _walk_snapshot(repo, snap, users, report)

@@ -48,9 +48,25 @@ def test_keep_yearly_and_hourly() -> None:
     assert kept(snaps, Policy(hourly=3)) == ["data-001-1", "data-001-2", "data-001-3"]
 
 
-def test_keep_within_is_relative_to_newest() -> None:
-    snaps = history(10, per_day=1)
-    assert kept(snaps, Policy(within=parse_duration("2d"))) == ["data-007-0", "data-008-0", "data-009-0"]
+def test_keep_within_counts_from_the_clock_not_from_the_newest_snapshot() -> None:
+    snaps = history(10, per_day=1)  # 2026-01-01 .. 2026-01-10
+    now = datetime(2026, 1, 10, 12, tzinfo=timezone.utc)
+    within = Policy(within=parse_duration("2d"))
+    assert sorted(d.snapshot.id for d in apply_policy(snaps, within, now) if d.keep) == ["data-008-0", "data-009-0"]
+    # Backups stopped long ago: the window is empty, and the newest snapshot is still kept.
+    later = now + timedelta(days=100)
+    decisions = apply_policy(snaps, within, later)
+    assert [(d.snapshot.id, d.reasons) for d in decisions if d.keep] == [("data-009-0", ["newest"])]
+
+
+def test_future_dated_snapshots_are_kept_flagged_and_take_no_slot() -> None:
+    snaps = history(3, per_day=1)
+    now = datetime(2026, 1, 3, 12, tzinfo=timezone.utc)
+    future = Snapshot(id="future", time="2099-01-01T00:00:00", source="data", source_type="files", run="r", host="h", tree=[])
+    decisions = {d.snapshot.id: d for d in apply_policy(snaps + [future], Policy(last=1, within=parse_duration("1d")), now)}
+    assert decisions["future"].keep and decisions["future"].reasons == ["future-dated"]
+    assert decisions["data-002-0"].keep and decisions["data-002-0"].reasons == ["last", "within"]
+    assert not decisions["data-001-0"].keep
 
 
 def test_rules_combine_and_groups_are_per_source() -> None:

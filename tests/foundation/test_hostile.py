@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import struct
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.pack import MAGIC, PackBuilder
 from drkit.repository.repo import Repository
+from drkit.repository.snapshot import Snapshot
 from drkit.storage import LocalStorage
 from tests.foundation.conftest import Result, Workspace, tree_state
 
@@ -186,3 +188,34 @@ def test_a_pack_not_yet_indexed_survives_prune_until_its_grace_period_ends(ws: W
     report = ws.ok("prune", "--json").json()
     assert report["orphans_deleted"] == 1 and report["orphans_kept_young"] == 0
     assert pack_id not in pack_files(ws)
+
+
+# -- 3. time-based retention is anchored to the clock; future-dated snapshots flagged -----
+
+
+def test_a_snapshot_dated_2099_cannot_make_forget_remove_real_snapshots(ws: Workspace) -> None:
+    """A hostile writer adds an empty snapshot dated 2099. 'forget --keep-within 30d
+    --prune' (what docs/recipient-mode.md recommends) and 'forget --keep-last 1' keep
+    the real ones; snapshots, verify and forget flag the future-dated one."""
+    snaps = backup_twice(ws)
+    want = tree_state(ws.data)
+    host = ws.ok("snapshots", "--json").json()[0]["host"]
+    fake = Snapshot(id=secrets.token_hex(32), time="2099-01-01T00:00:00Z", source="data", source_type="files",
+                    run=secrets.token_hex(16), host=host, tree=[])
+    open_repo(ws).save_snapshot(fake)
+
+    r = ws.ok("forget", "--keep-within", "30d", "--prune")
+    assert f"future-dated snapshot {fake.short_id}" in r.err
+    ids = {s["id"] for s in ws.ok("snapshots", "--json").json()}
+    assert ids == {snaps[0]["id"], snaps[1]["id"], fake.id}
+    r = ws.ok("forget", "--keep-last", "1")
+    ids = {s["id"] for s in ws.ok("snapshots", "--json").json()}
+    assert ids == {snaps[1]["id"], fake.id}, "the newest real snapshot is kept; the future one takes no slot"
+
+    r = ws.ok("snapshots")
+    assert f"warning: snapshot {fake.short_id} is dated in the future (2099-01-01" in r.err
+    r = ws.ok("verify", "--json")
+    assert r.json()["future_snapshots"] == [fake.id]
+    r = ws.ok("verify")
+    assert f"snapshot {fake.short_id} is dated in the future" in r.err
+    assert_restores_exactly(ws, str(snaps[1]["id"]), want)
