@@ -117,6 +117,16 @@ class RepositoryLocked(DrkitError):
     )
 
 
+class LockLost(DrkitError):
+    """the repository lock can no longer be trusted ({detail}); stopped before writing more"""
+
+    exit_code = EXIT_LOCKED
+    default_hint = (
+        "another host may have taken the lock for stale meanwhile; check the storage connection, "
+        "then run again (what was written so far is safe and is reused)"
+    )
+
+
 class WrongKey(DrkitError):
     """{message}"""
 

@@ -22,10 +22,19 @@ from tests.servers.etcd import etcd_server, etcd_tls_server  # noqa: F401 - fixt
 
 
 @pytest.fixture(autouse=True)
-def _clean_drkit_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_drkit_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     for key in list(os.environ):
         if key.startswith("DRKIT_"):
             monkeypatch.delenv(key, raising=False)
+    # Each test its own state directory (host id, what was seen of repositories),
+    # never /var/lib/drkit or ~/.local/state.
+    monkeypatch.setenv("DRKIT_STATE_DIR", str(tmp_path_factory.mktemp("drkit-state")))
+    try:
+        from drkit.repository import locks
+    except ImportError:
+        pass
+    else:
+        locks.configure(None)
     try:
         from drkit.redact import REGISTRY
         from drkit.repository import keys

@@ -36,6 +36,8 @@ class CliState:
     debug: bool = False
     quiet: bool = False
     log_format: str = "text"
+    retry_lock: float = 0.0
+    """Seconds to keep retrying a repository lock held by another run (--retry-lock)."""
     _config: Config | None = field(default=None, repr=False)
 
     @property
@@ -101,9 +103,15 @@ def _configure_logging(debug: bool, fmt: str) -> None:
     show_default=True,
     help="json: one JSON object per log line (for Loki).",
 )
+@click.option(
+    "--retry-lock",
+    metavar="DURATION",
+    default="0",
+    help="If the repository is locked by another run, keep trying for DURATION (e.g. 30s, 10m, 2h) before exit 4.",
+)
 @click.version_option(__version__, prog_name="drkit")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, log_format: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, log_format: str, retry_lock: str) -> None:
     """drkit: disaster recovery for a single-node K3s GitOps platform.
 
     Backs up what cannot be rebuilt from Git (K3s datastore and token, Longhorn
@@ -128,7 +136,13 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, 
     from drkit.redact import register_env
 
     register_env(env.vars)
-    ctx.obj = CliState(config_path=config_path, env=env, debug=debug, quiet=quiet, log_format=log_format)
+    from drkit.schedule import parse_duration
+
+    try:
+        retry_seconds = parse_duration(retry_lock)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retry-lock") from None
+    ctx.obj = CliState(config_path=config_path, env=env, debug=debug, quiet=quiet, log_format=log_format, retry_lock=retry_seconds)
 
 
 def _print_error(exc: DrkitError) -> None:

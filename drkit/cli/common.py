@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -27,6 +28,7 @@ def storage_for(state: CliState) -> Storage:
     """The configured storage, with retries and logging around it."""
     from drkit.storage.observe import wrap_storage
 
+    configure_host(state)
     repo_cfg = state.config.repository
     storage: Storage = wrap_storage(open_storage(repo_cfg.url, repo_cfg.storage_options()))
     if repo_cfg.append_only:
@@ -34,6 +36,24 @@ def storage_for(state: CliState) -> Storage:
 
         storage = AppendOnlyStorage(storage)
     return storage
+
+
+def configure_host(state: CliState) -> None:
+    """Give this process's locks the machine's host id from the state directory (made on
+    first use); warn, and use a per-process id, when it cannot be read or written."""
+    import logging
+
+    from drkit import localstate
+    from drkit.repository import locks
+
+    directory = localstate.state_dir(state.env.vars)
+    try:
+        locks.configure(localstate.host_id(directory), directory)
+    except OSError as exc:
+        logging.getLogger("drkit").warning(
+            "state directory %s unusable (%s): locks name this process only; set DRKIT_STATE_DIR", directory, exc
+        )
+        locks.configure(None)
 
 
 def passphrase(state: CliState, *, confirm: bool = False) -> Secret:
@@ -77,8 +97,11 @@ def open_repository(state: CliState, identity_path: Path | None = None) -> Repos
     level = state.config.repository.zstd_level()
     identity = load_identity_for(state, identity_path)
     if identity is not None:
-        return Repository.open(storage, None, identity=identity, compression_level=level)
-    return Repository.open(storage, passphrase(state).reveal(), compression_level=level)
+        repo = Repository.open(storage, None, identity=identity, compression_level=level)
+    else:
+        repo = Repository.open(storage, passphrase(state).reveal(), compression_level=level)
+    repo.lock_retry = timedelta(seconds=state.retry_lock)
+    return repo
 
 
 def human_size(n: float) -> str:

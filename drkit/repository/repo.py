@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyfastcdc
@@ -42,7 +42,7 @@ from drkit.repository.crypto import (
 )
 from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
 from drkit.repository.index import Index, decode_index_file, encode_index_file
-from drkit.repository.locks import Lock
+from drkit.repository.locks import COMMAND_LOCKS, Lock
 from drkit.repository.pack import PackEntry, PackFormatError, read_trailer
 from drkit.repository.snapshot import Snapshot
 from drkit.storage.base import Storage
@@ -90,6 +90,9 @@ class Repository:
         self.index_loaded = False
         self.superseded_index_files: set[str] = set()
         """Index files still stored but replaced by a loaded one (see :meth:`load_index`)."""
+        self.lock_retry = timedelta(0)
+        """How long :meth:`lock` retries a conflicting lock (``--retry-lock``)."""
+        self._held_locks: list[Lock] = []
 
     # -- creation and opening -------------------------------------------------
 
@@ -304,6 +307,7 @@ class Repository:
 
     def write_index(self, packs: list[tuple[str, int, list[PackEntry]]], supersedes: list[str] | tuple[str, ...] = ()) -> str:
         """Store an index file for *packs* (atomic); returns its id."""
+        self.check_locks()
         sealed = self.cipher.seal(encode_index_file(packs, supersedes), aad(KIND_INDEX))
         index_id = hashlib.sha256(sealed).hexdigest()
         self.storage.put(layout.index_name(index_id), sealed)
@@ -397,6 +401,7 @@ class Repository:
     # -- snapshots -------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> None:
+        self.check_locks()
         sealed = self.content_cipher.seal(snap.encode(), aad(KIND_SNAPSHOT, snap.id.encode()))
         self.storage.put(layout.snapshot_name(snap.id), sealed)
 
@@ -432,6 +437,7 @@ class Repository:
         return out
 
     def delete_snapshot(self, snapshot_id: str) -> None:
+        self.check_locks()
         self.storage.delete(layout.snapshot_name(snapshot_id))
 
     def find_snapshot(self, ref: str, source: str | None = None) -> Snapshot:
@@ -452,5 +458,19 @@ class Repository:
     # -- locks -----------------------------------------------------------------
 
     def lock(self, *, exclusive: bool, command: str = "") -> Lock:
-        """Acquire a lock (shared or exclusive); raises RepositoryLocked."""
-        return Lock(self.storage, exclusive, command).acquire()
+        """Acquire a lock (shared or exclusive), retrying conflicts for :attr:`lock_retry`;
+        raises RepositoryLocked. While it is held, writes check it (:meth:`check_locks`)."""
+        lock = Lock(self.storage, exclusive, command, retry=self.lock_retry).acquire()
+        self._held_locks = [lk for lk in self._held_locks if not lk.released] + [lock]
+        return lock
+
+    def lock_for(self, command: str) -> Lock:
+        """The lock :data:`~drkit.repository.locks.COMMAND_LOCKS` declares for *command*."""
+        return self.lock(exclusive=COMMAND_LOCKS[command], command=command)
+
+    def check_locks(self) -> None:
+        """Raise LockLost if a lock this repository holds failed to refresh: nothing more
+        may be written or deleted then."""
+        for lock in self._held_locks:
+            if not lock.released:
+                lock.check()

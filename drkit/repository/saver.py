@@ -295,6 +295,7 @@ class BlobSaver:
     def _store_pack(self, builder: PackBuilder) -> tuple[str, int]:
         """In an upload thread: finish the pack (name, trailer check) and store it."""
         pack_id, data = builder.finish(self.repo.cipher)
+        self.repo.check_locks()
         self.repo.storage.put(layout.pack_name(pack_id), data)
         return pack_id, len(data)
 

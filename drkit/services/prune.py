@@ -634,8 +634,10 @@ def _rewrite(
         if index_id == new_id or (retention_on and index_id in interim):
             continue
         if deletable(layout.index_name(index_id)):
+            repo.check_locks()
             repo.storage.delete(layout.index_name(index_id))
     for pack_id in plan.drop + plan.repack + plan.orphans:
+        repo.check_locks()
         repo.storage.delete(layout.pack_name(pack_id))
 
 

@@ -99,12 +99,15 @@ def test_prune_during_backup_is_refused_and_backup_during_prune_too(ws: Workspac
 def test_unlock_removes_stale_locks_only(ws: Workspace) -> None:
     import json
 
+    from drkit.localstate import host_id
+
     ws.ok("init")
     storage = LocalStorage(ws.repo)
     live = Lock(storage, exclusive=False, command="backup").acquire()
     dead = Lock(storage, exclusive=True, command="prune")
     doc = json.loads(dead._doc())
     doc["pid"] = 2**22 + 12345  # no such process on this host
+    doc["host_id"] = host_id(Path(os.environ["DRKIT_STATE_DIR"]))  # this machine's id (made by 'init')
     storage.put(f"locks/{dead.id}", json.dumps(doc).encode())
     assert ws.run("backup").code == 0, "a dead process's exclusive lock does not block"
     r = ws.ok("unlock")

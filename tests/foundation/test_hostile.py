@@ -219,3 +219,110 @@ def test_a_snapshot_dated_2099_cannot_make_forget_remove_real_snapshots(ws: Work
     r = ws.ok("verify")
     assert f"snapshot {fake.short_id} is dated in the future" in r.err
     assert_restores_exactly(ws, str(snaps[1]["id"]), want)
+
+
+# -- 5. locks: a host id, staleness by the lock's own refresh, refresh failure stops ------
+
+
+def foreign_lock(ws: Workspace, **fields: object) -> str:
+    """Store an exclusive lock as another process would; returns its id."""
+    import json
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    lock_id = secrets.token_hex(32)
+    behind = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    doc = {"host": socket.gethostname(), "host_id": secrets.token_hex(16), "pid": 2**22 + 4321, "user": "root",
+           "exclusive": True, "time": behind, "refreshed": behind, "refresh_seconds": 300, "stale_seconds": 1800,
+           "command": "prune"}
+    doc.update(fields)
+    (ws.repo / "locks").mkdir(exist_ok=True)
+    (ws.repo / "locks" / lock_id).write_text(json.dumps(doc))
+    return lock_id
+
+
+def test_a_live_lock_of_a_host_whose_clock_is_behind_or_that_shares_our_hostname_is_respected(ws: Workspace) -> None:
+    """Another machine (same hostname, as containers have; its clock two hours behind, so
+    its fresh lock looks old; its pid means nothing here) holds the lock exclusively:
+    backup waits (exit 4, one line) instead of calling it stale."""
+    from drkit.errors import EXIT_LOCKED
+
+    ws.ok("init")
+    ws.ok("backup")
+    lock_id = foreign_lock(ws)
+    r = ws.run("backup")
+    assert r.code == EXIT_LOCKED, r.err
+    assert "locked exclusively" in one_error_line(r)
+    assert ws.ok("unlock").out.count("kept live lock") == 1
+    assert (ws.repo / "locks" / lock_id).exists()
+
+
+def test_a_lock_is_stale_once_seen_unchanged_beyond_its_own_stale_time(ws: Workspace, monkeypatch) -> None:
+    """Staleness by this host's own observation: the same lock, unchanged for longer than
+    the stale time it declares plus the margin, is stale (whatever its timestamps say)."""
+    from drkit.repository import locks
+
+    ws.ok("init")
+    lock_id = foreign_lock(ws, stale_seconds=60)
+    clock = [1000.0]
+    monkeypatch.setattr(locks.time, "time", lambda: clock[0])
+    assert ws.run("backup").code == 4  # first seen now
+    clock[0] += 60 + locks.STALE_MARGIN.total_seconds() - 5
+    assert ws.run("backup").code == 4  # not yet
+    clock[0] += 10
+    ws.ok("backup")
+    assert "removed lock" in ws.ok("unlock").out
+    assert not (ws.repo / "locks" / lock_id).exists()
+
+
+def test_retry_lock_waits_for_the_holder_and_gives_up_after_its_duration(ws: Workspace) -> None:
+    import threading
+
+    from drkit.repository.locks import Lock
+
+    ws.ok("init")
+    held = Lock(LocalStorage(ws.repo), exclusive=True, command="prune").acquire()
+    r = ws.run("--retry-lock", "1s", "backup")
+    assert r.code == 4 and "retried for 1s" in one_error_line(r)
+    threading.Timer(0.5, held.release).start()
+    ws.ok("--retry-lock", "30s", "backup")
+    r = ws.run("--retry-lock", "soon", "backup")
+    assert r.code == 2 and "--retry-lock" in r.err
+
+
+def test_a_failed_lock_refresh_stops_the_run_before_its_next_write(ws: Workspace) -> None:
+    """Once the lock cannot be refreshed, another host may take it for stale: the holder
+    writes nothing more (LockLost, exit 4), and what it wrote before stays valid."""
+    from datetime import timedelta
+
+    from drkit.errors import EXIT_LOCKED, LockLost
+    from drkit.repository.locks import Lock
+
+    class LocksFail(LocalStorage):
+        fail = False
+
+        def put(self, name: str, data: bytes | memoryview) -> None:
+            if self.fail and name.startswith("locks/"):
+                raise OSError("connection reset")
+            super().put(name, data)
+
+    ws.ok("init")
+    ws.ok("backup")
+    storage = LocksFail(ws.repo)
+    repo = Repository.open(storage, PASSWORD)
+    repo.load_index()
+    lock = Lock(storage, exclusive=False, command="backup", refresh_interval=timedelta(milliseconds=50)).acquire()
+    repo._held_locks.append(lock)
+    storage.fail = True
+    deadline = time.monotonic() + 5
+    while lock.lost is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    snaps_before = sorted(os.listdir(ws.repo / "snapshots"))
+    fake = Snapshot(id=secrets.token_hex(32), time="2026-01-01T00:00:00Z", source="data", source_type="files", run="0" * 32, host="h", tree=[])
+    try:
+        repo.save_snapshot(fake)
+        raise AssertionError("a snapshot was written under a lock that could not be refreshed")
+    except LockLost as exc:
+        assert exc.exit_code == EXIT_LOCKED and "connection reset" in exc.message
+    assert sorted(os.listdir(ws.repo / "snapshots")) == snaps_before
+    lock.release()
