@@ -30,6 +30,8 @@ def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
                 state.say(f"  note: {n}")
         if o.error:
             state.say(f"{o.source}: FAILED: {o.error.message}")
+            if o.error.hint:
+                state.say(f"  hint: {o.error.hint}")
 
 
 @cli.command("backup")

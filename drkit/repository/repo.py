@@ -17,12 +17,14 @@ from typing import Any
 import pyfastcdc
 
 from drkit.errors import (
+    DrkitError,
     IdentityRequired,
     IntegrityError,
     ObjectNotFound,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
+    StorageError,
     UsageError,
     WrongKey,
 )
@@ -50,6 +52,23 @@ from drkit.storage.base import Storage
 FORMAT_VERSION = 1
 DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024, "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+
+
+def _put_and_read_back(storage: Storage, name: str, data: bytes) -> None:
+    """Store *data* and read it back; raises StorageError unless the same bytes return."""
+    storage.put(name, data)
+    try:
+        back = storage.get(name)
+    except (IntegrityError, ObjectNotFound) as exc:
+        back, why = None, exc.message
+    else:
+        why = f"{len(back)} bytes came back for {len(data)} written" if len(back) != len(data) else "different bytes came back"
+    if back != data:
+        raise StorageError(
+            f"init: {storage.url} does not give back what was written to {name} ({why})",
+            hint="the store, or a proxy in front of it, alters or loses objects: fix it before trusting it with backups "
+            "(nothing usable was left behind)",
+        )
 
 
 def _check_fastcdc_compiled() -> None:
@@ -115,7 +134,9 @@ class Repository:
         recipient: bytes | None = None,
     ) -> Repository:
         """Create a repository; raises RepositoryExists. The config object is written
-        last, so an interrupted init leaves no repository (and can be re-run).
+        last, so an interrupted init leaves no repository (and can be re-run). Every
+        object is read back and compared with what was written: a store that alters or
+        loses bodies fails init (StorageError) and what was written is removed.
 
         With *recipient* (recipient mode) the passphrase slot opens only what a
         backup host needs to write; content is sealed to the recipient, and a second
@@ -134,11 +155,23 @@ class Repository:
             "key_mode": "recipient" if recipient else "passphrase",
         }
         key_id, slot = keyslots.make_slot(master, passphrase, label="initial")
-        storage.put(layout.key_name(key_id), slot)
+        objects = [(layout.key_name(key_id), slot)]
         if recipient is not None:
             slot_id, slot = make_recipient_slot(master)
-            storage.put(layout.key_name(slot_id), slot)
-        storage.put(layout.CONFIG, json.dumps(config, indent=1).encode())
+            objects.append((layout.key_name(slot_id), slot))
+        objects.append((layout.CONFIG, json.dumps(config, indent=1).encode()))
+        written: list[str] = []
+        try:
+            for name, data in objects:
+                written.append(name)
+                _put_and_read_back(storage, name, data)
+        except StorageError:
+            for name in reversed(written):  # leave no half repository (and no stray slot)
+                try:
+                    storage.delete(name)
+                except DrkitError:
+                    pass
+            raise
         return cls(storage, config, master, key_id, compression_level=compression_level)
 
     @classmethod

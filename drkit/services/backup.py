@@ -441,7 +441,8 @@ def run_backup(
         if all(o.error for o in outcomes):
             err = outcomes[0].error  # type: ignore[assignment]
         else:
-            err = PartialFailure(f"backup incomplete: {names}")
+            hints = "; ".join(f"{o.source}: {o.error.hint}" for o in bad if o.error and o.error.hint)
+            err = PartialFailure(f"backup incomplete: {names}", hint=hints or None)
         err.run = run  # type: ignore[attr-defined]
         raise err
     return run

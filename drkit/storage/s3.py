@@ -9,8 +9,14 @@
 - Every upload carries a checksum the server verifies (``Content-MD5`` by default, which
   every S3-compatible store understands, or a flexible checksum: crc32, crc32c, sha1,
   sha256), and the object's MD5 in metadata (``x-amz-meta-drkit-md5``); a full ``get``
-  compares length and that MD5, a range ``get`` compares length. A mismatch is a
-  :class:`~drkit.errors.TransientStorageError` (retried).
+  compares length and that MD5, a range ``get`` compares length. An MD5 mismatch is
+  read once more: the same wrong bytes again is damage on the store
+  (:class:`~drkit.errors.IntegrityError`, exit 6, never retried: verify names the
+  object and its snapshots); different bytes were altered in transit
+  (:class:`~drkit.errors.TransientStorageError`, retried). A short read is transient.
+- ``501 NotImplemented`` is a capability answer (a permanent error naming the call),
+  not an outage. A multipart upload that fails and cannot be aborted is reported
+  (a warning naming the upload; ``drkit prune`` aborts stale uploads).
 - Only objects under ``data/`` (packs) get ``storage_class``; index, snapshots, keys and
   locks stay in STANDARD, where they are read often.
 - ``put``/``get``/``stat``/``list`` need no delete permission, so a backup can run with
@@ -54,6 +60,7 @@ from pydantic import (
 
 from drkit.errors import (
     ConfigError,
+    IntegrityError,
     ObjectNotFound,
     StorageError,
     TransientStorageError,
@@ -200,6 +207,8 @@ class S3Storage:
         self._bucket_checked = False
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self.unaborted_uploads: list[tuple[str, str]] = []
+        """(name, upload id) of failed multipart uploads whose abort failed too."""
         self._object_lock_checked = False
         self.clock: Callable[[], datetime.datetime] = utc_now
         """Source of "now" for retention dates (tests move it)."""
@@ -310,6 +319,15 @@ class S3Storage:
                     f"credentials rejected: access denied ({code}) to {op} {name} in bucket {self.bucket!r}",
                     hint=f"grant these credentials s3 permission for {op} on arn:aws:s3:::{self.bucket}/{self.prefix}* "
                     "(backup needs get/put/list only; forget/prune/unlock also need delete)",
+                )
+            if code == "NotImplemented" or status == 501:
+                # A capability answer, not an outage: the store does not offer this call.
+                if op in ("check object lock of", "extend retention of"):
+                    return self._no_object_lock_error()
+                return StorageError(
+                    f"{self.endpoint} does not implement {op} {name} ({code or status})",
+                    hint="this S3-compatible store lacks a feature drkit needs for this; check its documentation "
+                    "(or the options in repository.s3, e.g. checksum: md5, object_lock)",
                 )
             if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
                 return TransientStorageError(f"{where}: {code or status} {err.get('Message', '')}".rstrip())
@@ -516,8 +534,16 @@ class S3Storage:
         except BaseException:
             try:  # no object becomes visible; this frees the parts (needs AbortMultipartUpload)
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:
-                pass
+            except Exception as abort_exc:
+                self.unaborted_uploads.append((name, upload_id))
+                log.warning(
+                    "upload of %s failed and aborting it failed too (%s): its parts stay stored, invisible and billed "
+                    "(upload id %s); 'drkit prune' aborts uploads older than an hour (needs s3:ListBucketMultipartUploads "
+                    "and s3:AbortMultipartUpload)",
+                    name,
+                    self._error(abort_exc, "abort upload of", name).message,
+                    upload_id,
+                )
             raise
         if lock_args:
             # Some stores (moto, older S3-compatible servers) ignore the lock headers of
@@ -565,8 +591,27 @@ class S3Storage:
         if not ranged:
             want = (resp.get("Metadata") or {}).get(MD5_META)
             if want and hashlib.md5(body).hexdigest() != want:
-                raise TransientStorageError(f"checksum mismatch reading {name} from {self.endpoint}")
+                return self._reread(name, args, want, hashlib.md5(body).hexdigest())
         return body
+
+    def _reread(self, name: str, args: dict[str, Any], want: str, first: str) -> bytes:
+        """An MD5 mismatch: read once more. The same wrong bytes again means the stored
+        object is damaged (IntegrityError: data, not an outage, never retried); other
+        bytes mean the first read was altered in transit (good bytes are returned, or a
+        transient error when they are wrong again)."""
+        try:
+            body = self._client.get_object(**args)["Body"].read()
+        except Exception as exc:
+            raise self._error(exc, "get", name) from exc
+        got = hashlib.md5(body).hexdigest()
+        if got == want:
+            return body
+        if got == first:
+            raise IntegrityError(
+                name=name,
+                detail=f"stored bytes on {self.endpoint} do not match the MD5 recorded when they were written (read twice)",
+            )
+        raise TransientStorageError(f"checksum mismatch reading {name} from {self.endpoint}")
 
     def stat(self, name: str) -> ObjectInfo:
         key = self._key(name)

@@ -326,3 +326,30 @@ def test_a_failed_lock_refresh_stops_the_run_before_its_next_write(ws: Workspace
         assert exc.exit_code == EXIT_LOCKED and "connection reset" in exc.message
     assert sorted(os.listdir(ws.repo / "snapshots")) == snaps_before
     lock.release()
+
+
+# -- 7. every failing source's hint is in a multi-source backup's summary -----------------
+
+
+def test_each_failing_source_keeps_its_hint_in_the_summary(ws: Workspace) -> None:
+    import yaml
+
+    from drkit.errors import EXIT_PARTIAL
+
+    doc = yaml.safe_load(ws.config.read_text())
+    doc["sources"] += [
+        {"name": "gitops", "type": "git", "url": str(ws.root / "no-such-repo")},
+        {"name": "gitops-https", "type": "git", "url": "https://127.0.0.1:9/org/repo.git", "token_env": "DRKIT_TEST_UNSET_TOKEN"},
+    ]
+    ws.config.write_text(yaml.safe_dump(doc))
+    ws.ok("init")
+    r = ws.run("backup")
+    assert r.code == EXIT_PARTIAL, r.err
+    out = r.out.splitlines()
+    local = out.index(next(line for line in out if line.startswith("gitops: FAILED")))
+    https = out.index(next(line for line in out if line.startswith("gitops-https: FAILED")))
+    assert "check url and credentials" in out[local + 1] and out[local + 1].startswith("  hint: ")
+    assert "export it in the environment" in out[https + 1] and out[https + 1].startswith("  hint: ")
+    hint = [line for line in r.err.splitlines() if line.startswith("hint: ")]
+    assert len(hint) == 1 and "gitops: check url" in hint[0] and "gitops-https: export" in hint[0]
+    assert len(ws.ok("snapshots", "--json").json()) == 1  # the good source was saved

@@ -141,7 +141,8 @@ class TcpFaultProxy:
 class HttpFault:
     """One rule: requests matching *method* and *path* regex get *action*, *times* times.
 
-    Actions: ``slowdown`` (503 SlowDown, S3's throttling reply), ``error500``, ``reset``
+    Actions: ``slowdown`` (503 SlowDown, S3's throttling reply), ``error500``,
+    ``notimplemented`` (501 NotImplemented, a store without the feature), ``reset``
     (RST before any reply), ``truncate`` (forward, then send half the body and RST),
     ``corrupt`` (forward, flip one byte of the response body, keep the length),
     ``corrupt_request`` (flip one byte of the request body, then forward),
@@ -171,6 +172,10 @@ _INTERNAL = (
 _DENIED = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
     b"<Message>Access Denied</Message><RequestId>fault</RequestId></Error>"
+)
+_NOT_IMPLEMENTED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
+    b"<Message>A header you provided implies functionality that is not implemented.</Message></Error>"
 )
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "content-length"}
 
@@ -206,9 +211,13 @@ class HttpFaultProxy:
                     self.close_connection = True
                     _hard_close(self.connection)
                     return
-                if rule is not None and rule.action in ("slowdown", "error500"):
-                    payload = _SLOWDOWN if rule.action == "slowdown" else _INTERNAL
-                    self.send_response(503 if rule.action == "slowdown" else 500)
+                if rule is not None and rule.action in ("slowdown", "error500", "notimplemented"):
+                    payload, status = {
+                        "slowdown": (_SLOWDOWN, 503),
+                        "error500": (_INTERNAL, 500),
+                        "notimplemented": (_NOT_IMPLEMENTED, 501),
+                    }[rule.action]
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

@@ -11,6 +11,7 @@ import pytest
 
 from drkit.errors import (
     ConfigError,
+    IntegrityError,
     ObjectNotFound,
     StorageError,
     TransientStorageError,
@@ -208,9 +209,10 @@ def test_md5_recorded_and_verified_on_download(moto_server: MotoServer) -> None:
     # Silent corruption at rest: same length, different bytes, the old checksum.
     bad = bytes([payload[0] ^ 1]) + payload[1:]
     client.put_object(Bucket=bucket, Key="repo/data/00/p", Body=bad, Metadata={MD5_META: head["Metadata"][MD5_META]})
-    with pytest.raises(TransientStorageError, match="checksum mismatch reading data/00/p"):
+    # Damage on the store, not an outage: named, never retried (issue #15).
+    with pytest.raises(IntegrityError, match="data/00/p: stored bytes .* do not match the MD5"):
         storage.get("data/00/p")
-    with pytest.raises(StorageError, match="checksum mismatch.*gave up"):
+    with pytest.raises(IntegrityError, match="read twice"):
         wrap_storage(storage, FAST_RETRY).get("data/00/p")
 
 
