@@ -50,6 +50,13 @@ class CliState:
         return self._config
 
     @property
+    def state_dir(self) -> Path:
+        """This machine's drkit state directory (host id, what was seen of repositories)."""
+        from drkit.localstate import state_dir
+
+        return state_dir(self.env.vars)
+
+    @property
     def interactive(self) -> bool:
         return sys.stderr.isatty() and not self.quiet
 

@@ -8,7 +8,9 @@ from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository, progress_for
 from drkit.errors import DrkitError
+from drkit.repository.repo import Repository
 from drkit.services.backup import BackupOptions, BackupRun, run_backup
+from drkit.services.seen import check_and_remember
 
 
 def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
@@ -32,6 +34,12 @@ def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
             state.say(f"{o.source}: FAILED: {o.error.message}")
             if o.error.hint:
                 state.say(f"  hint: {o.error.hint}")
+
+
+def _remember(state: CliState, repo: Repository, run: BackupRun) -> None:
+    """Warn if storage lost what this host saw before; remember this run's snapshots."""
+    for line in check_and_remember(repo, state.state_dir, written=run.snapshots):
+        click.echo(f"warning: {line}", err=True)
 
 
 @cli.command("backup")
@@ -78,6 +86,8 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             if failed_run is not None:
                 metrics.record_backup(m, failed_run, repo)
                 _report(state, failed_run, as_json)
+                _remember(state, repo, failed_run)
             raise
         metrics.record_backup(m, run, repo)
         _report(state, run, as_json)
+        _remember(state, repo, run)

@@ -14,6 +14,7 @@ from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
 from drkit.services.prune import PrunePlan, PruneReport, prune
+from drkit.services.seen import check_and_remember
 from drkit.storage.base import retention_of
 
 
@@ -118,6 +119,8 @@ def forget_cmd(
         removed, report = _forget(state, repo, snapshot_ids, sources, policy, do_prune, dry_run, as_json)
         if not dry_run:
             metrics.record_repository_state(m, repo)
+            for line in check_and_remember(repo, state.state_dir, forgotten=[str(r["id"]) for r in removed]):
+                click.echo(f"warning: {line}", err=True)
     if as_json:
         state.emit_json({"removed": removed, "dry_run": dry_run, "prune": report.to_json() if report else None})
     else:
@@ -191,6 +194,8 @@ def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: 
                        on_plan=_plan_printer(state, dry_run, as_json))
         if not dry_run:
             metrics.record_repository_state(m, repo)
+            for line in check_and_remember(repo, state.state_dir):
+                click.echo(f"warning: {line}", err=True)
     if as_json:
         state.emit_json(report.to_json())
     else:

@@ -9,6 +9,7 @@ import click
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, human_size, open_repository
 from drkit.services.forget import future_snapshots, future_warning
+from drkit.services.seen import check_and_remember
 
 
 @cli.command("snapshots")
@@ -44,3 +45,5 @@ def snapshots_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ..
         click.echo(f"warning: damaged manifest {line}", err=True)
     for s in future_snapshots(snaps):
         click.echo(future_warning(s), err=True)
+    for line in check_and_remember(repo, state.state_dir, record=False):
+        click.echo(f"warning: {line} ('drkit verify' checks and then accepts the new state)", err=True)

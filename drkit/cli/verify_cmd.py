@@ -46,7 +46,8 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             if progress:
                 progress.start_source("verify", None)
             report = verify_repository(
-                repo, read_data=read_data or subset is not None, subset=subset, on_pack=progress.advance if progress else None
+                repo, read_data=read_data or subset is not None, subset=subset, on_pack=progress.advance if progress else None,
+                state_dir=state.state_dir,
             )
             if progress:
                 progress.end_source()
@@ -61,6 +62,8 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
             state.say(f"{len(report.orphan_packs)} unreferenced pack(s) (from interrupted backups; 'drkit prune' removes them)")
         for p in report.problems:
             click.echo(f"damaged: {p.line()}", err=True)
+        for line in report.rollback:
+            click.echo(f"rolled back: {line}", err=True)
         for snap_id in report.future_snapshots:
             click.echo(f"warning: snapshot {snap_id[:8]} is dated in the future: retention never counts it ('drkit snapshots' shows it)", err=True)
         if not report.content_checked:
@@ -68,7 +71,7 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
         if report.ok:
             state.say("no problems found")
     if not report.ok:
-        raise DamageFound(count=len(report.problems))
+        raise DamageFound(count=len(report.problems) + len(report.rollback))
 
 
 @cli.command("rebuild-index")

@@ -109,6 +109,8 @@ class Repository:
         self.index_loaded = False
         self.superseded_index_files: set[str] = set()
         """Index files still stored but replaced by a loaded one (see :meth:`load_index`)."""
+        self.replaced_index_files: set[str] = set()
+        """Every index file id a loaded file's ``supersedes`` list names (stored or not)."""
         self.lock_retry = timedelta(0)
         """How long :meth:`lock` retries a conflicting lock (``--retry-lock``)."""
         self._held_locks: list[Lock] = []
@@ -302,6 +304,7 @@ class Repository:
         the files it replaced are loaded: a superset, as before that prune)."""
         self.index = Index()
         self.superseded_index_files = set()
+        self.replaced_index_files = set()
         loaded: dict[str, list[tuple[str, int, list[PackEntry]]]] = {}
         superseded: set[str] = set()
         for info in self.storage.list(layout.INDEX):
@@ -319,6 +322,7 @@ class Repository:
                 continue  # removed by a concurrent prune after listing
             loaded[index_id] = packs
             superseded.update(supersedes)
+        self.replaced_index_files = set(superseded)
         for index_id, packs in loaded.items():
             if index_id in superseded:
                 self.superseded_index_files.add(index_id)

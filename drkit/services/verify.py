@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,6 +29,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import iter_tree
 from drkit.services.forget import future_snapshots
+from drkit.services.seen import check_and_remember
 
 
 @dataclass
@@ -49,6 +51,8 @@ class VerifyReport:
     blobs: int = 0
     orphan_packs: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    rollback: list[str] = field(default_factory=list)
+    """Signs that storage lost or rolled back what this host saw before (see services/seen.py)."""
     future_snapshots: list[str] = field(default_factory=list)
     """Ids of snapshots dated in the future (flagged; retention never counts them)."""
     content_checked: bool = True
@@ -57,7 +61,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.rollback
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -70,6 +74,7 @@ class VerifyReport:
             "problems": [{"object": p.object, "detail": p.detail, "snapshots": p.snapshots} for p in self.problems],
             "content_checked": self.content_checked,
             "future_snapshots": self.future_snapshots,
+            "rollback": self.rollback,
         }
 
 
@@ -85,8 +90,11 @@ def verify_repository(
     workers: int = 4,
     on_pack: Callable[[int], None] | None = None,
     seed: int | None = None,
+    state_dir: Path | None = None,
 ) -> VerifyReport:
-    """Check the repository; returns a report (it does not raise for damage)."""
+    """Check the repository; returns a report (it does not raise for damage). With
+    *state_dir*, also compare it with what this host saw before (rollback, deletion)
+    and remember what it sees now."""
     report = VerifyReport()
     with repo.lock(exclusive=False, command="verify"):
         repo.load_index(on_error=lambda name, detail: report.problems.append(Problem(name, detail)))
@@ -98,6 +106,7 @@ def verify_repository(
             report.snapshots = len(repo.snapshot_ids())
         report.snapshots = report.snapshots or len(snaps)
         report.future_snapshots = [s.id for s in future_snapshots(snaps)]
+        report.rollback = check_and_remember(repo, state_dir, snapshots=snaps)
         users: dict[bytes, set[str]] = defaultdict(set)
         for snap in snaps:
             _walk_snapshot(repo, snap, users, report)

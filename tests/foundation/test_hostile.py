@@ -353,3 +353,34 @@ def test_each_failing_source_keeps_its_hint_in_the_summary(ws: Workspace) -> Non
     hint = [line for line in r.err.splitlines() if line.startswith("hint: ")]
     assert len(hint) == 1 and "gitops: check url" in hint[0] and "gitops-https: export" in hint[0]
     assert len(ws.ok("snapshots", "--json").json()) == 1  # the good source was saved
+
+
+# -- 6. the client remembers what it last saw, and notices rollback and deletion ----------
+
+
+def test_deleting_the_newest_snapshot_and_its_index_on_storage_is_noticed(ws: Workspace) -> None:
+    """The storage operator deletes the newest snapshot and the index file it added:
+    every object left is authentic, so only the client's memory can tell. snapshots
+    warns, verify fails (exit 6) naming both, then accepts the new state."""
+    ws.ok("init")
+    first = ws.ok("backup", "--json").json()["snapshots"][0]
+    index_before = set(os.listdir(ws.repo / "index"))
+    (ws.data / "new.bin").write_bytes(os.urandom(100_000))
+    second = ws.ok("backup", "--json").json()["snapshots"][0]
+    (ws.data / "new.bin").unlink()
+    want = tree_state(ws.data)
+    ws.ok("verify")
+    added = set(os.listdir(ws.repo / "index")) - index_before
+    assert len(added) == 1
+    (ws.repo / "snapshots" / str(second["id"])).unlink()
+    (ws.repo / "index" / added.pop()).unlink()
+
+    r = ws.ok("snapshots")
+    assert f"snapshot {second['short_id']}, the newest of source data this host saw" in r.err and "is gone" in r.err
+    r = ws.run("verify")
+    assert r.code == EXIT_DAMAGE, r.err
+    assert "problem(s) found" in one_error_line(r)
+    rolled = [line for line in r.err.splitlines() if line.startswith("rolled back: ")]
+    assert len(rolled) == 2 and second["short_id"] in rolled[0] and "index file(s) this host saw" in rolled[1]
+    ws.ok("verify")  # seen and reported once; the new state is now what this host knows
+    assert_restores_exactly(ws, str(first["id"]), want)
