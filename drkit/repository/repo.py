@@ -58,11 +58,11 @@ def _put_and_read_back(storage: Storage, name: str, data: bytes) -> None:
     """Store *data* and read it back; raises StorageError unless the same bytes return."""
     storage.put(name, data)
     try:
-        back = storage.get(name)
+        back: bytes | None = storage.get(name)
     except (IntegrityError, ObjectNotFound) as exc:
         back, why = None, exc.message
     else:
-        why = f"{len(back)} bytes came back for {len(data)} written" if len(back) != len(data) else "different bytes came back"
+        why = f"{len(back or b'')} bytes came back for {len(data)} written" if len(back or b"") != len(data) else "different bytes came back"
     if back != data:
         raise StorageError(
             f"init: {storage.url} does not give back what was written to {name} ({why})",

@@ -434,11 +434,11 @@ def gather(repo: Repository) -> PruneFacts:
         except (IntegrityError, ObjectNotFound):
             continue
         listed.update(pack_id for pack_id, _size, _entries in packs)
-    stored = {
-        pack_id: StoredPack(o.size, o.mtime)
-        for o in repo.storage.list(layout.DATA)
-        if (pack_id := layout.id_of(o.name)) is not None
-    }
+    stored: dict[str, StoredPack] = {}
+    for o in repo.storage.list(layout.DATA):
+        stored_id = layout.id_of(o.name)
+        if stored_id is not None:
+            stored[stored_id] = StoredPack(o.size, o.mtime)
     current = {chunk_id: loc.pack for chunk_id, loc in repo.index.items()}
     return PruneFacts(
         used=used,

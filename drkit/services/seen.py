@@ -76,8 +76,8 @@ def check_and_remember(
     for snap in candidates:
         if snap.id in skip or snap.id not in ids:
             continue
-        seen = memory.newest.get(snap.source)
-        if seen is None or parse_time(seen["time"]) < snap.datetime:
+        newest = memory.newest.get(snap.source)
+        if newest is None or parse_time(newest["time"]) < snap.datetime:
             memory.newest[snap.source] = {"id": snap.id, "time": snap.time}
     if repo.index_loaded:
         memory.index_files = sorted(repo.index.files)

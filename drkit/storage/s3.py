@@ -600,7 +600,7 @@ class S3Storage:
         bytes mean the first read was altered in transit (good bytes are returned, or a
         transient error when they are wrong again)."""
         try:
-            body = self._client.get_object(**args)["Body"].read()
+            body: bytes = self._client.get_object(**args)["Body"].read()
         except Exception as exc:
             raise self._error(exc, "get", name) from exc
         got = hashlib.md5(body).hexdigest()
