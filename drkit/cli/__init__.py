@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "drkit.cli.copy_cmd",
     "drkit.cli.drill_cmd",
     "drkit.cli.config_cmd",
+    "drkit.cli.upgrade_cmd",
 ]
 
 for _module in COMMAND_MODULES:

@@ -43,6 +43,15 @@ KIND_TRAILER = b"trailer"
 KIND_INDEX = b"index"
 KIND_SNAPSHOT = b"snapshot"
 KIND_KEY = b"key"
+KIND_CONFIG = b"config"
+
+
+def canonical_json(doc: object) -> bytes:
+    """The one byte form of a JSON document that is authenticated (format v2): keys
+    sorted, no spaces, UTF-8."""
+    import json
+
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 class DecryptError(Exception):
@@ -68,6 +77,9 @@ class MasterKey:
     id_key: bytes
     chunker_seed: int
     recipient: bytes | None = None
+    min_version: int = 1
+    """The lowest format version a config opened with this key may claim (format v2:
+    2, so that a config rolled back to version 1 is refused)."""
 
     @classmethod
     def generate(cls) -> "MasterKey":
@@ -85,6 +97,8 @@ class MasterKey:
         }
         if self.recipient is not None:
             doc["recipient"] = _b64(self.recipient)
+        if self.min_version > 1:
+            doc["min_version"] = self.min_version
         return doc
 
     @classmethod
@@ -97,6 +111,7 @@ class MasterKey:
             id_key=_unb64(str(data["id_key"])),
             chunker_seed=int(seed),
             recipient=_unb64(str(data["recipient"])) if data.get("recipient") else None,
+            min_version=int(str(data.get("min_version", 1))),
         )
 
     def __repr__(self) -> str:

@@ -124,7 +124,7 @@ def read_recipient(text_or_file: str) -> bytes:
 def make_recipient_slot(master: MasterKey) -> tuple[str, bytes]:
     assert master.recipient is not None
     sealed = RecipientCipher(master.recipient).seal(json.dumps(master.to_json()).encode(), _RECIPIENT_SLOT_AAD)
-    doc = {"version": 1, "kdf": "x25519", "recipient": encode_recipient(master.recipient), "data": _b64(sealed),
+    doc = {"version": 2 if master.min_version >= 2 else 1, "kdf": "x25519", "recipient": encode_recipient(master.recipient), "data": _b64(sealed),
            "created": datetime.now(timezone.utc).isoformat(), "label": "identity"}
     return secrets.token_hex(32), json.dumps(doc, indent=1).encode()
 

@@ -8,7 +8,10 @@ re-encrypting any data. A slot is a JSON document::
      "salt": b64, "data": b64(sealed master key), "created": iso, "host": ..., "user": ..., "label": ...}
 
 The wrapping key is ``scrypt(passphrase, salt, n, r, p, 32 bytes)``; ``data`` is the
-master key JSON sealed with AES-256-GCM under it (associated data: kind ``key``).
+master key JSON sealed with AES-256-GCM under it (associated data: kind ``key``; in a
+version-2 slot, with the canonical JSON of every other field of the slot as the name,
+so a changed cost, salt, label or date makes the slot fail to open). The KDF cost is
+bounded (:func:`check_kdf`) before anything is derived.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from drkit.repository.crypto import KIND_KEY, Cipher, DecryptError, MasterKey, _b64, _unb64, aad
+from drkit.repository.crypto import KIND_KEY, Cipher, DecryptError, MasterKey, _b64, _unb64, aad, canonical_json
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,27 @@ class KdfParams:
 DEFAULT_KDF = KdfParams(n=2**16, r=8, p=2)
 # Tests only (see tests/conftest.py): fast, never for real repositories.
 TEST_KDF = KdfParams(n=2**10, r=8, p=1)
+
+
+SLOT_VERSION = 2
+"""Key slots written now: their fields are authenticated (see the module docstring)."""
+
+
+def check_kdf(params: KdfParams) -> None:
+    """Raise ValueError unless *params* are a sane scrypt cost (n a power of two in
+    2^10..2^20, r 1..32, p 1..16): a slot read from storage must not make drkit spend
+    gigabytes or hours."""
+    if not (2**10 <= params.n <= 2**20 and params.n & (params.n - 1) == 0):
+        raise ValueError(f"scrypt n={params.n} is out of bounds")
+    if not (1 <= params.r <= 32 and 1 <= params.p <= 16):
+        raise ValueError(f"scrypt r={params.r}, p={params.p} are out of bounds")
+
+
+def slot_aad(doc: dict[str, Any]) -> bytes:
+    """The associated data of a slot's ``data``: v1 empty name; v2 every other field."""
+    if int(doc.get("version", 1)) < 2:
+        return aad(KIND_KEY)
+    return aad(KIND_KEY, canonical_json({k: v for k, v in doc.items() if k != "data"}))
 
 
 def _derive(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
@@ -53,25 +77,27 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def make_slot(master: MasterKey, passphrase: str, *, label: str = "", params: KdfParams | None = None) -> tuple[str, bytes]:
-    """Wrap *master* under *passphrase*; return (slot id, slot bytes)."""
+def make_slot(
+    master: MasterKey, passphrase: str, *, label: str = "", params: KdfParams | None = None, version: int = SLOT_VERSION
+) -> tuple[str, bytes]:
+    """Wrap *master* under *passphrase*; return (slot id, slot bytes). *version* 1
+    writes the old, unauthenticated slot (only for tests of version-1 repositories)."""
     params = params or DEFAULT_KDF
     salt = os.urandom(32)
     wrapping = Cipher(_derive(passphrase, salt, params))
-    sealed = wrapping.seal(json.dumps(master.to_json()).encode(), aad(KIND_KEY))
-    doc = {
-        "version": 1,
+    doc: dict[str, Any] = {
+        "version": version,
         "kdf": "scrypt",
         "n": params.n,
         "r": params.r,
         "p": params.p,
         "salt": _b64(salt),
-        "data": _b64(sealed),
         "created": datetime.now(timezone.utc).isoformat(),
         "host": socket.gethostname(),
         "user": _user(),
         "label": label,
     }
+    doc["data"] = _b64(wrapping.seal(json.dumps(master.to_json()).encode(), slot_aad(doc)))
     return secrets.token_hex(32), json.dumps(doc, indent=1).encode()
 
 
@@ -83,13 +109,15 @@ def parse_slot(raw: bytes) -> dict[str, Any]:
 
 
 def open_slot(doc: dict[str, Any], passphrase: str) -> MasterKey | None:
-    """Return the master key if *passphrase* opens this slot, else None."""
+    """Return the master key if *passphrase* opens this slot, else None. Raises
+    ValueError when the slot's KDF cost is out of bounds (see :func:`check_kdf`)."""
     if doc.get("kdf") != "scrypt":
         return None
     params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
+    check_kdf(params)
     wrapping = Cipher(_derive(passphrase, _unb64(doc["salt"]), params))
     try:
-        plain = wrapping.open(_unb64(doc["data"]), aad(KIND_KEY))
+        plain = wrapping.open(_unb64(doc["data"]), slot_aad(doc))
     except DecryptError:
         return None
     return MasterKey.from_json(json.loads(plain))

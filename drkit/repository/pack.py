@@ -2,7 +2,7 @@
 
 Layout of a pack (all integers little-endian)::
 
-    magic        8 bytes  b"DRKPACK\\x01"
+    magic        8 bytes  b"DRKPACK\\x01" (v1) or b"DRKPACK\\x02" (v2)
     blob 0 .. n  sealed blobs (see blob.py), back to back
     trailer      sealed (associated data kind "trailer"), plaintext:
                  count u32, then per blob: type u8, id 32 bytes, offset u32,
@@ -11,6 +11,10 @@ Layout of a pack (all integers little-endian)::
 
 A pack is named by the SHA-256 of all its bytes, so bitrot is found without keys,
 and the index can be rebuilt from packs alone by reading their trailers.
+
+A v2 pack binds its trailer to itself: the trailer's associated data names the SHA-256
+of every byte before it, so a real trailer copied onto other bytes does not open
+(format v2; v1 packs are read as before).
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from dataclasses import dataclass
 
 from drkit.repository.crypto import KIND_TRAILER, Cipher, DecryptError, aad
 
-MAGIC = b"DRKPACK\x01"
+MAGIC_V1 = b"DRKPACK\x01"
+MAGIC_V2 = b"DRKPACK\x02"
+MAGIC = MAGIC_V1
+"""The magic of version-1 packs (all packs have 8-byte magics)."""
+_MAGICS = {MAGIC_V1: 1, MAGIC_V2: 2}
 _ENTRY = struct.Struct("<B32sIII")
 _COUNT = struct.Struct("<I")
 _TAIL = struct.Struct("<I")
@@ -40,13 +48,21 @@ class PackEntry:
     raw_length: int
 
 
-class PackBuilder:
-    """Accumulates sealed blobs; :meth:`finish` returns the pack bytes and its id."""
+def _trailer_aad(version: int, head: bytes | memoryview) -> bytes:
+    """v1: kind ``trailer``; v2: also the SHA-256 of the pack bytes before the trailer."""
+    return aad(KIND_TRAILER) if version < 2 else aad(KIND_TRAILER, hashlib.sha256(head).digest())
 
-    def __init__(self) -> None:
-        self._parts: list[bytes] = [MAGIC]
+
+class PackBuilder:
+    """Accumulates sealed blobs; :meth:`finish` returns the pack bytes and its id.
+    *version* 2 (format v2) writes packs whose trailer is bound to them."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
+        magic = MAGIC_V2 if version >= 2 else MAGIC_V1
+        self._parts: list[bytes] = [magic]
         self.entries: list[PackEntry] = []
-        self.size = len(MAGIC)
+        self.size = len(magic)
 
     def add(self, blob_type: int, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
         self.entries.append(PackEntry(blob_type, chunk_id, self.size, len(sealed), raw_length))
@@ -60,7 +76,10 @@ class PackBuilder:
         plain = _COUNT.pack(len(self.entries)) + b"".join(
             _ENTRY.pack(e.blob_type, e.id, e.offset, e.length, e.raw_length) for e in self.entries
         )
-        trailer = cipher.seal(plain, aad(KIND_TRAILER))
+        head = hashlib.sha256()
+        for part in self._parts:
+            head.update(part)
+        trailer = cipher.seal(plain, aad(KIND_TRAILER) if self.version < 2 else aad(KIND_TRAILER, head.digest()))
         self._parts.append(trailer)
         self._parts.append(_TAIL.pack(len(trailer)))
         data = b"".join(self._parts)
@@ -79,9 +98,10 @@ def trailer_length(tail4: bytes) -> int:
     return length
 
 
-def parse_trailer(sealed: bytes, cipher: Cipher) -> list[PackEntry]:
+def parse_trailer(sealed: bytes, cipher: Cipher, associated: bytes | None = None) -> list[PackEntry]:
+    """Open and parse a sealed trailer (*associated*: its AAD, default the v1 one)."""
     try:
-        plain = cipher.open(sealed, aad(KIND_TRAILER))
+        plain = cipher.open(sealed, associated if associated is not None else aad(KIND_TRAILER))
     except DecryptError as exc:
         raise PackFormatError(f"pack trailer: {exc}") from None
     (count,) = _COUNT.unpack_from(plain, 0)
@@ -91,15 +111,22 @@ def parse_trailer(sealed: bytes, cipher: Cipher) -> list[PackEntry]:
 
 
 def read_trailer(data: bytes | memoryview, cipher: Cipher) -> list[PackEntry]:
-    """Parse the trailer of a complete pack held in memory; raises PackFormatError."""
+    """Parse the trailer of a complete pack held in memory (v1 or v2, by its magic);
+    raises PackFormatError."""
     view = memoryview(data)
-    if len(view) < len(MAGIC) + 4 or bytes(view[: len(MAGIC)]) != MAGIC:
+    version = _MAGICS.get(bytes(view[: len(MAGIC)])) if len(view) >= len(MAGIC) + 4 else None
+    if version is None:
         raise PackFormatError("not a drkit pack (bad magic or truncated)")
     length = trailer_length(bytes(view[-4:]))
     start = len(view) - 4 - length
     if start < len(MAGIC):
         raise PackFormatError("pack trailer length is out of range")
-    entries = parse_trailer(bytes(view[start:-4]), cipher)
+    try:
+        entries = parse_trailer(bytes(view[start:-4]), cipher, _trailer_aad(version, view[:start]))
+    except PackFormatError as exc:
+        if version >= 2:
+            raise PackFormatError(f"{exc} (a v2 trailer opens only on the bytes it was written with)") from None
+        raise
     for e in entries:
         if e.offset < len(MAGIC) or e.offset + e.length > start:
             raise PackFormatError("pack trailer points outside the pack")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -32,6 +33,7 @@ from drkit.repository import keys as keyslots
 from drkit.repository import layout
 from drkit.repository.blob import BlobCodec, BlobError
 from drkit.repository.crypto import (
+    KIND_CONFIG,
     KIND_INDEX,
     KIND_SNAPSHOT,
     ChunkHasher,
@@ -40,16 +42,23 @@ from drkit.repository.crypto import (
     IdentityMissing,
     MasterKey,
     RecipientCipher,
+    _b64,
+    _unb64,
     aad,
+    canonical_json,
 )
 from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
 from drkit.repository.index import Index, decode_index_file, encode_index_file
 from drkit.repository.locks import COMMAND_LOCKS, Lock
-from drkit.repository.pack import PackEntry, PackFormatError, read_trailer
+from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
 from drkit.repository.snapshot import Snapshot
 from drkit.storage.base import Storage
 
-FORMAT_VERSION = 1
+log = logging.getLogger("drkit.repository")
+
+FORMAT_VERSION = 2
+"""What ``init`` writes (see docs/format.md); :data:`READABLE_VERSIONS` are read."""
+READABLE_VERSIONS = (1, 2)
 DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024, "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 
@@ -68,6 +77,59 @@ def _put_and_read_back(storage: Storage, name: str, data: bytes) -> None:
             f"init: {storage.url} does not give back what was written to {name} ({why})",
             hint="the store, or a proxy in front of it, alters or loses objects: fix it before trusting it with backups "
             "(nothing usable was left behind)",
+        )
+
+
+_BOUNDS = {"min_size": (64 * 1024, 4 * 1024 * 1024), "avg_size": (64 * 1024, 4 * 1024 * 1024), "max_size": (1024 * 1024, 64 * 1024 * 1024)}
+_PACK_BOUNDS = (1024 * 1024, 128 * 1024 * 1024)
+
+
+def check_parameters(config: dict[str, Any]) -> None:
+    """Refuse chunker and pack parameters out of bounds (any version): an altered config
+    must not make backups cut tiny chunks into one-blob packs. Raises IntegrityError."""
+    chunker = config.get("chunker")
+    if not isinstance(chunker, dict) or chunker.get("algorithm") != "fastcdc2020":
+        raise IntegrityError(name=layout.CONFIG, detail="unknown chunker")
+    for key, (low, high) in _BOUNDS.items():
+        value = chunker.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise IntegrityError(name=layout.CONFIG, detail=f"chunker {key}={value!r} is out of bounds ({low}..{high})")
+    if not chunker["min_size"] <= chunker["avg_size"] <= chunker["max_size"]:
+        raise IntegrityError(name=layout.CONFIG, detail="chunker sizes are not ordered min <= avg <= max")
+    pack_size = config.get("pack_size", DEFAULT_PACK_SIZE)
+    if not isinstance(pack_size, int) or isinstance(pack_size, bool) or not _PACK_BOUNDS[0] <= pack_size <= _PACK_BOUNDS[1]:
+        raise IntegrityError(name=layout.CONFIG, detail=f"pack_size={pack_size!r} is out of bounds ({_PACK_BOUNDS[0]}..{_PACK_BOUNDS[1]})")
+
+
+def authenticated_config(config: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
+    """*config* with its ``auth`` field (format v2): every other field, sealed."""
+    plain = {k: v for k, v in config.items() if k != "auth"}
+    return {**plain, "auth": _b64(cipher.seal(canonical_json(plain), aad(KIND_CONFIG)))}
+
+
+def verify_config(config: dict[str, Any], master: MasterKey) -> None:
+    """Check a config against the master key that opened the repository (format v2):
+    its ``auth`` must open and match every other field, and its version may not be
+    lower than the key's ``min_version`` (a downgrade). Raises IntegrityError."""
+    version = int(config.get("version", 1))
+    if version < master.min_version:
+        raise IntegrityError(
+            name=layout.CONFIG,
+            detail=f"it claims format version {version}, but this key belongs to a version-{master.min_version} repository "
+            "(a downgrade: the config was replaced)",
+            hint="restore the repository's real config (a copy of the storage, or 'drkit upgrade-format' from a trusted host)",
+        )
+    if version < 2:
+        return
+    try:
+        plain = Cipher(master.data_key).open(_unb64(str(config["auth"])), aad(KIND_CONFIG))
+    except (KeyError, ValueError, DecryptError):
+        plain = None
+    if plain is None or plain != canonical_json({k: v for k, v in config.items() if k != "auth"}):
+        raise IntegrityError(
+            name=layout.CONFIG,
+            detail="its parameters are not the ones authenticated by the repository key (the config was altered)",
+            hint="restore the repository's real config; nothing was read or written with the altered one",
         )
 
 
@@ -146,9 +208,8 @@ class Repository:
         if cls.exists(storage):
             raise RepositoryExists(url=storage.url)
         master = MasterKey.generate()
-        if recipient is not None:
-            master = MasterKey(master.data_key, master.id_key, master.chunker_seed, recipient)
-        config = {
+        master = MasterKey(master.data_key, master.id_key, master.chunker_seed, recipient, min_version=FORMAT_VERSION)
+        config: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "id": secrets.token_hex(32),
             "created": datetime.now(timezone.utc).isoformat(),
@@ -156,6 +217,8 @@ class Repository:
             "pack_size": pack_size,
             "key_mode": "recipient" if recipient else "passphrase",
         }
+        check_parameters(config)
+        config = authenticated_config(config, Cipher(master.data_key))
         key_id, slot = keyslots.make_slot(master, passphrase, label="initial")
         objects = [(layout.key_name(key_id), slot)]
         if recipient is not None:
@@ -188,8 +251,9 @@ class Repository:
             raise IntegrityError(name=layout.CONFIG, detail="not valid JSON") from None
         if not isinstance(config, dict):
             raise IntegrityError(name=layout.CONFIG, detail="not a JSON object")
-        if config.get("version") != FORMAT_VERSION:
+        if config.get("version") not in READABLE_VERSIONS:
             raise UsageError(f"repository format version {config.get('version')} is not supported by this drkit")
+        check_parameters(config)
         return config
 
     @classmethod
@@ -209,10 +273,15 @@ class Repository:
             if identity is not None and doc.get("kdf") == "x25519":
                 master = open_recipient_slot(doc, identity)
             elif passphrase is not None:
-                master = keyslots.open_slot(doc, passphrase)
+                try:
+                    master = keyslots.open_slot(doc, passphrase)
+                except ValueError as exc:
+                    log.warning("skipping key slot %s: %s", key_id[:8], exc)
+                    continue
             else:
                 continue
             if master is not None:
+                verify_config(config, master)
                 return cls(storage, config, master, key_id, compression_level=compression_level, identity=identity)
         if identity is not None and passphrase is None:
             raise WrongKey(message="this identity does not open the repository (not its recipient)")
@@ -262,7 +331,7 @@ class Repository:
 
     def add_key(self, passphrase: str, label: str = "") -> str:
         """Add a slot for *passphrase*; returns its id. Data is not re-encrypted."""
-        key_id, slot = keyslots.make_slot(self.master, passphrase, label=label)
+        key_id, slot = keyslots.make_slot(self._current_master(), passphrase, label=label)
         self.storage.put(layout.key_name(key_id), slot)
         return key_id
 
@@ -279,6 +348,42 @@ class Repository:
         self.storage.delete(layout.key_name(matches[0]))
         return matches[0]
 
+    def _current_master(self) -> MasterKey:
+        """The master key as slots of this repository's version carry it."""
+        m = self.master
+        return MasterKey(m.data_key, m.id_key, m.chunker_seed, m.recipient, min_version=max(m.min_version, self.version))
+
+    def upgrade_format(self, passphrase: str | None) -> list[str]:
+        """Make a version-1 repository version 2 (docs/format.md, "Version 2"): the
+        authenticated config first (version-1 slots still open it), then a version-2
+        slot for *passphrase* (the one that opened it) and a new identity slot in
+        recipient mode, then the slots they replace are removed. Packs stay as they
+        are. Returns the ids of passphrase slots left at version 1 (their passphrases
+        are not known here). Idempotent. The caller holds an exclusive lock."""
+        if self.version < 2:
+            config = authenticated_config({**self.config, "version": FORMAT_VERSION}, self.cipher)
+            self.check_locks()
+            _put_and_read_back(self.storage, layout.CONFIG, json.dumps(config, indent=1).encode())
+            self.config = config
+        master = self._current_master()
+        replaced: list[str] = []
+        for key_id, doc in self._slots(self.storage):
+            if doc.get("kdf") == "x25519" and master.recipient is not None and int(doc.get("version", 1)) < 2:
+                new_id, slot = make_recipient_slot(master)
+            elif key_id == self.key_id and passphrase is not None and int(doc.get("version", 1)) < 2:
+                new_id, slot = keyslots.make_slot(master, passphrase, label=str(doc.get("label", "")))
+            else:
+                continue
+            self.check_locks()
+            _put_and_read_back(self.storage, layout.key_name(new_id), slot)
+            replaced.append(key_id)
+            if key_id == self.key_id:
+                self.key_id = new_id
+        for key_id in replaced:
+            self.storage.delete(layout.key_name(key_id))
+        self.master = master
+        return [k for k, doc in self._slots(self.storage) if doc.get("kdf") == "scrypt" and int(doc.get("version", 1)) < 2]
+
     # -- chunking --------------------------------------------------------------
 
     def chunker(self) -> pyfastcdc.FastCDC:
@@ -286,6 +391,16 @@ class Repository:
         return pyfastcdc.FastCDC(
             avg_size=c["avg_size"], min_size=c["min_size"], max_size=c["max_size"], seed=self.master.chunker_seed
         )
+
+    @property
+    def version(self) -> int:
+        """The repository's format version (1 or 2)."""
+        return int(self.config.get("version", 1))
+
+    @property
+    def pack_version(self) -> int:
+        """The pack format new packs are written in (2: trailers bound to their pack)."""
+        return 2 if self.version >= 2 else 1
 
     @property
     def pack_size(self) -> int:
@@ -373,10 +488,12 @@ class Repository:
         skip: Callable[[str], bool] = lambda pack_id: False,
         on_error: Callable[[str, str], None] | None = None,
         check_blobs: bool = False,
+        bound_only: bool = False,
     ) -> Iterator[tuple[str, int, list[PackEntry]]]:
         """Read stored packs (checked against their names) and parse their trailers;
         yield (pack id, size, entries). With *check_blobs*, every blob the trailer lists
-        must also decrypt, decompress and match its id. Damaged or vanished packs go to
+        must also decrypt, decompress and match its id; with *bound_only*, only v2 packs
+        (trailer bound to the pack) are yielded. Damaged or vanished packs go to
         *on_error* (name, detail) and are skipped; so are packs for which *skip(pack_id)* holds."""
         for info in self.storage.list(layout.DATA):
             pack_id = layout.id_of(info.name)
@@ -384,6 +501,8 @@ class Repository:
                 continue
             try:
                 data = self.read_pack(pack_id)
+                if bound_only and not data.startswith(MAGIC_V2):
+                    continue
                 entries = self.pack_entries(pack_id, data)
                 if check_blobs:
                     self.check_pack_blobs(pack_id, data, entries)
@@ -410,13 +529,19 @@ class Repository:
         so their data is reused instead of uploaded again. A pack is adopted only after
         every blob it lists decrypts, decompresses and matches its id: a real trailer
         copied onto other bytes is not data. Where content cannot be opened (a
-        recipient-mode backup host), nothing is adopted and the data is uploaded again.
-        Damaged ones are skipped (and reported to *on_error*). Never deletes. Returns the
-        number adopted."""
-        if not self.can_read_content:
+        recipient-mode backup host), only v2 packs are adopted, whose trailer is bound to
+        their bytes (format v2); other data is uploaded again. Damaged ones are skipped
+        (and reported to *on_error*). Never deletes. Returns the number adopted."""
+        readable = self.can_read_content
+        if not readable and self.pack_version < 2:
             return 0
         adopted = list(
-            self.scan_packs(skip=lambda pack_id: pack_id in self.index.pack_sizes, on_error=on_error, check_blobs=True)
+            self.scan_packs(
+                skip=lambda pack_id: pack_id in self.index.pack_sizes,
+                on_error=on_error,
+                check_blobs=readable,
+                bound_only=not readable,
+            )
         )
         for pack_id, size, entries in adopted:
             self.index.add_pack(pack_id, size, entries)

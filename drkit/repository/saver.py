@@ -163,7 +163,7 @@ class BlobSaver:
         self._uploading: deque[tuple[Future[tuple[str, int]], list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(self.repo.pack_version)
         self._unindexed: list[tuple[str, int, list[PackEntry]]] = []
         self._index_every = index_every_packs
         self._on_upload = on_upload
@@ -287,7 +287,7 @@ class BlobSaver:
                 self._flush_pack()
 
     def _flush_pack(self) -> None:
-        builder, self._builder = self._builder, PackBuilder()
+        builder, self._builder = self._builder, PackBuilder(self.repo.pack_version)
         self._reap_uploads(self._max_uploads - 1)
         fut = self._upload_pool.submit(self._store_pack, builder)
         self._uploading.append((fut, builder.entries))

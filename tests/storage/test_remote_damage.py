@@ -34,6 +34,7 @@ def test_a_pack_altered_on_the_server_is_damage_named_by_verify_not_an_outage(
     try:
         bucket = moto_server.new_bucket()
         rws.configure(f"s3://{bucket}/node1", **s3_config(moto_server, proxy.endpoint_url))
+        (rws.data / "big.bin").unlink()  # one small pack is enough
         rws.ok("init")
         snap = rws.ok("backup", "--json").json()["snapshots"][0]
         client = moto_server.client()
@@ -114,6 +115,7 @@ def test_init_reads_back_what_it_wrote(rws: RemoteWorkspace, moto_server: MotoSe
         assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0, "nothing left behind"
         proxy.heal()
         rws.ok("init")
+        (rws.data / "big.bin").unlink()
         rws.ok("backup")
     finally:
         proxy.close()
