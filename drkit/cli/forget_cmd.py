@@ -144,7 +144,7 @@ def _plan_printer(state: CliState, dry_run: bool, as_json: bool) -> Callable[[Pr
 def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], sources: tuple[str, ...],
             policy: Policy, do_prune: bool, dry_run: bool, as_json: bool) -> tuple[list[dict[str, object]], PruneReport | None]:
     removed: list[dict[str, object]] = []
-    with repo.lock(exclusive=True, command="forget"):
+    with repo.lock_for("forget"):
         if snapshot_ids:
             targets = [repo.find_snapshot(ref) for ref in snapshot_ids]
             decisions = [(s, False, ["explicit"]) for s in targets]

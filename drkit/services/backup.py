@@ -411,7 +411,7 @@ def run_backup(
     run_id = secrets.token_hex(16)
     run_meta: dict[str, Any] = {"host": options.host, "drkit_version": __version__}
     outcomes: list[SourceOutcome] = []
-    with repo.lock(exclusive=False, command="backup"):
+    with repo.lock_for("backup"):
         repo.load_index()
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:

@@ -529,7 +529,7 @@ def prune(
     *on_plan* sees the plan before anything is deleted (``--dry-run`` prints it).
     Raises DamageFound if a snapshot cannot be read, UnsafeToPrune if a used blob is in
     no indexed pack (nothing is deleted then), RepositoryLocked, StorageError."""
-    with repo.lock(exclusive=True, command="prune"):
+    with repo.lock_for("prune"):
         guard = RetentionGuard(retention_of(repo.storage), (now or utc_now)())
         facts = gather(repo)
         plan = make_plan(repo, facts, guard, repack_threshold=repack_threshold, may_delete=may_delete, orphan_grace=orphan_grace)

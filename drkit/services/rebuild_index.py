@@ -27,7 +27,7 @@ def rebuild_index(repo: Repository, *, on_pack: Callable[[int], None] | None = N
 
     Damaged packs are left out and reported. Takes an exclusive lock."""
     report = RebuildReport()
-    with repo.lock(exclusive=True, command="rebuild-index"):
+    with repo.lock_for("rebuild-index"):
         old = [i for i in (layout.id_of(o.name) for o in repo.storage.list(layout.INDEX)) if i]
         packs = []
         for pack in repo.scan_packs(on_error=lambda name, detail: report.damaged.append(f"{name}: {detail}")):

@@ -96,7 +96,7 @@ def verify_repository(
     *state_dir*, also compare it with what this host saw before (rollback, deletion)
     and remember what it sees now."""
     report = VerifyReport()
-    with repo.lock(exclusive=False, command="verify"):
+    with repo.lock_for("verify"):
         repo.load_index(on_error=lambda name, detail: report.problems.append(Problem(name, detail)))
         report.content_checked = repo.can_read_content
         if repo.can_read_content:

@@ -384,3 +384,14 @@ def test_deleting_the_newest_snapshot_and_its_index_on_storage_is_noticed(ws: Wo
     assert len(rolled) == 2 and second["short_id"] in rolled[0] and "index file(s) this host saw" in rolled[1]
     ws.ok("verify")  # seen and reported once; the new state is now what this host knows
     assert_restores_exactly(ws, str(first["id"]), want)
+
+
+def test_each_command_declares_its_lock_in_one_table() -> None:
+    """borg's with_repository(exclusive=...), as data: readers and writers of new data
+    share the repository; whatever deletes or rewrites existing objects holds it alone."""
+    from drkit.repository.locks import COMMAND_LOCKS
+
+    shared = sorted(c for c, exclusive in COMMAND_LOCKS.items() if not exclusive)
+    assert shared == ["backup", "copy", "drill", "restore", "verify"]
+    assert sorted(c for c, exclusive in COMMAND_LOCKS.items() if exclusive) == [
+        "forget", "prune", "rebuild-index", "repair", "upgrade-format"]
