@@ -322,7 +322,9 @@ class S3Storage:
                 )
             if code == "NotImplemented" or status == 501:
                 # A capability answer, not an outage: the store does not offer this call.
-                if op in ("check object lock of", "extend retention of"):
+                if op in ("check object lock of", "extend retention of", "head") or (
+                    self.options.object_lock is not None and op == "put"
+                ):
                     return self._no_object_lock_error()
                 return StorageError(
                     f"{self.endpoint} does not implement {op} {name} ({code or status})",

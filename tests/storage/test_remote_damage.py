@@ -129,3 +129,22 @@ def test_damage_read_from_s3_is_an_integrity_error(moto_server: MotoServer, s3_p
     with pytest.raises(IntegrityError, match="data/00/p"):
         storage.get("data/00/p")
     assert rule.hits == 2
+
+
+def test_501_on_a_write_with_object_lock_says_the_store_lacks_object_lock(moto_server: MotoServer, s3_proxy: HttpFaultProxy) -> None:  # noqa: F811
+    """An S3-compatible store without Object Lock answers the retention headers with 501:
+    that is the answer to 'does it have Object Lock', said as such, once."""
+    from drkit.storage.s3 import S3Storage
+
+    bucket = f"drkit-lock-{os.urandom(4).hex()}"
+    moto_server.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    storage = wrap_storage(
+        S3Storage(f"s3://{bucket}/repo", moto_server.options(endpoint_url=s3_proxy.endpoint_url, max_attempts=1,
+                                                           object_lock={"mode": "GOVERNANCE", "days": 7})),
+        FAST_RETRY,
+    )
+    rule = s3_proxy.add("notimplemented", method="PUT", path=r"/repo/index/", times=100)
+    with pytest.raises(StorageError) as caught:
+        storage.put("index/" + "0" * 64, b"x")
+    assert rule.hits == 1
+    assert "does not have S3 Object Lock enabled" in caught.value.message
