@@ -77,6 +77,25 @@ Longhorn behaviour imitated (DESIGN.md section 3):
   ``stall_backups``, ``stall_attach`` (never finishes, for timeouts), ``break_devices``
   (an attached volume's device cannot be read).
 
+Core behaviour imitated (the PV, PVC-protection and PV-protection controllers):
+
+- claims and PVs get ``kubernetes.io/pvc-protection``/``pv-protection`` on creation; a
+  DELETE marks them Terminating (``deletionTimestamp``) until no pod that is not
+  Succeeded/Failed mounts the claim, and until the PV is no longer Bound; other
+  finalizers are treated as done at once (their controllers are not modelled);
+- a claim that goes releases its PV; with reclaim policy ``Delete`` the Longhorn
+  volume behind it and then the PV are deleted (``Retain``: the PV stays Released);
+- Longhorn's kubernetes-pv controller keeps ``status.kubernetesStatus`` of a Volume
+  (pvName, pvStatus, pvcName, namespace, lastPVCRefAt) on PV events
+  (:meth:`FakeKube.resync_pv_controller` is its periodic resync), and deleting a
+  Volume deletes the PV it names and, while ``lastPVCRefAt`` is empty, the claim
+  (longhorn-manager ``controller/volume_controller.go``);
+- each Volume has Replica CRs; :meth:`FakeKube.lose_replicas` makes a volume what a
+  datastore restore onto a new disk leaves: replicas failed, ``faulted``, zeros, never
+  attached;
+- ``FakeKube.audit`` records every request and its answer; :meth:`FakeKube.rejected`
+  lists what a real server would have refused or pruned.
+
 State changes are applied lazily: before every request (and every handle accessor)
 the fake runs the transitions whose time has come, so nothing races the tests.
 """
@@ -108,6 +127,7 @@ MIB = 1024 * 1024
 LONGHORN_NS = "longhorn-system"
 LOCAL_PATH_PROVISIONER = "rancher.io/local-path"
 TOKEN = "fake-token-for-tests"
+PROTECTION_FINALIZERS = ("kubernetes.io/pvc-protection", "kubernetes.io/pv-protection")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -774,6 +794,8 @@ class FakeKube:
         :meth:`_collect` as the real controllers do."""
         obj = self._must_get(rtype, ns, name)
         meta = obj["metadata"]
+        if meta.get("finalizers"):  # other controllers' finalizers: done at once (no such controller here)
+            meta["finalizers"] = [f for f in meta["finalizers"] if f in PROTECTION_FINALIZERS]
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
                 meta["deletionTimestamp"] = _now()
