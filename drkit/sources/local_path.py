@@ -107,7 +107,9 @@ class LocalPathOptions(KubeOptions):
     taken whatever its class, and must be bound to a hostPath or local PV.
 
     ``host_root``: where the node's filesystem is mounted on the host drkit runs on
-    (``/`` on the node; e.g. ``/host`` in a pod). ``exclude``: fnmatch patterns on the
+    (``/`` on the node; e.g. ``/host`` in a pod). ``node_name``: this node's Kubernetes
+    name (default: the host name); a restore writes only directories of claims whose PV
+    is on this node. ``exclude``: fnmatch patterns on the
     logical path ``<namespace>/<claim>/...`` (with a ``/``) or the file name.
     ``hooks``: ``{namespace/claim: {pre: [...], post: [...]}}`` (see :class:`ClaimHooks`).
     ``bind_timeout``/``poll_interval``: seconds a restore waits for created claims to bind.
@@ -118,6 +120,7 @@ class LocalPathOptions(KubeOptions):
     label_selector: str | None = Field(None, min_length=1)
     storage_classes: list[str] = Field(default_factory=list)
     host_root: Path = Path("/")
+    node_name: str | None = Field(None, min_length=1)
     exclude: list[str] = Field(default_factory=list)
     hooks: dict[str, ClaimHooks] = Field(default_factory=dict)
     bind_timeout: float = Field(60.0, gt=0)

@@ -44,6 +44,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from drkit.sources.local_path import (
     LocalPathError,
     check_dir_path,
     on_host,
+    pv_node,
     volume_path,
 )
 
@@ -82,6 +84,8 @@ class Placement:
     objects: list[dict[str, Any]] = field(default_factory=list)
     """PV and/or PVC to create, in order, once the directory is in place."""
     how: str = ""
+    node: str | None = None
+    """The node the directory belongs on (the PV's node affinity); None: any."""
 
     @property
     def ref(self) -> str:
@@ -179,9 +183,16 @@ def _dir_state(path: Path) -> str:
         return "missing"
 
 
-def _preflight(placements: list[Placement], host_root: Path, force: bool) -> None:
-    """Refuse before writing anything: a symlink or file where a directory goes, a
-    directory with data in it (without force)."""
+def _preflight(placements: list[Placement], host_root: Path, force: bool, this_node: str) -> None:
+    """Refuse before writing anything: a claim of another node (its directory would
+    land on this host, where no pod of it will look), a symlink or file where a
+    directory goes, a directory with data in it (without force)."""
+    for p in placements:
+        if p.node and p.node != this_node:
+            raise Refused(f"claim {p.ref} lives on node {p.node}, this host is {this_node}: its directory would be "
+                          "written here",
+                          hint=f"run the restore on {p.node} (a runbook: run it on the node), or set the source's "
+                               "'node_name' (-o node=NAME) when this host is that node under another name")
     for p in placements:
         dest = on_host(host_root, p.path)
         state = _dir_state(dest)
@@ -260,10 +271,10 @@ def plan_in_place(kube: Kube, record: dict[str, Any]) -> Placement:
     recorded = check_dir_path(record["path"], f"the recorded directory of claim {ref}")
     pvc = kube.get_or_none(PVC, claim, ns)
     if pvc is None:
-        pv_name = _free_pv_name(kube, record["pv"])
-        return Placement(record, recorded, [build_pv(record, name=pv_name, path=recorded, namespace=ns, claim=claim),
-                                            build_pvc(record, namespace=ns, volume_name=pv_name)],
-                         f"claim {ref} and PV {pv_name} created")
+        new_pv = _free_pv_name(kube, record["pv"])
+        return Placement(record, recorded, [build_pv(record, name=new_pv, path=recorded, namespace=ns, claim=claim),
+                                            build_pvc(record, namespace=ns, volume_name=new_pv)],
+                         f"claim {ref} and PV {new_pv} created", record.get("node"))
     refuse_if_claim_in_use(kube, ns, claim, action="restoring its directory under a running workload")
     bound_pv: str | None = (pvc.get("spec") or {}).get("volumeName")
     pv = kube.get_or_none(PV, bound_pv) if bound_pv else None
@@ -274,10 +285,10 @@ def plan_in_place(kube: Kube, record: dict[str, Any]) -> Placement:
                           hint="restore with --target DIR, or --namespace NEW for a new local-path claim")
         current = check_dir_path(where[0], f"PV {bound_pv}")
         return Placement(record, current, [], f"at the path of PV {bound_pv}"
-                         + (f" (recorded: {recorded})" if current != recorded else ""))
+                         + (f" (recorded: {recorded})" if current != recorded else ""), pv_node(pv))
     name = bound_pv or _free_pv_name(kube, record["pv"])
     return Placement(record, recorded, [build_pv(record, name=name, path=recorded, namespace=ns, claim=claim)],
-                     f"PV {name} created for the existing claim {ref}")
+                     f"PV {name} created for the existing claim {ref}", record.get("node"))
 
 
 def restore_in_place(source: LocalPathSource, ctx: RestoreContext, records: list[dict[str, Any]]) -> RestoreResult:
@@ -294,7 +305,8 @@ def restore_in_place(source: LocalPathSource, ctx: RestoreContext, records: list
                           "pods mount the claims",
                           hint="stop K3s first (systemctl stop k3s), or restore without -o offline=true")
         placements = [Placement(r, check_dir_path(r["path"], f"the recorded directory of claim "
-                                                               f"{r['namespace']}/{r['claim']}"), [], "at the recorded path (offline)")
+                                                               f"{r['namespace']}/{r['claim']}"), [], "at the recorded path (offline)",
+                                r.get("node"))
                       for r in records]
         return _apply(source, ctx, None, placements, host_root)
     with connect_options(source.options) as kube:
@@ -331,7 +343,7 @@ def restore_to_namespace(source: LocalPathSource, ctx: RestoreContext, records: 
             path = f"{base}/{pv_name}_{namespace}_{r['claim']}"
             placements.append(Placement(r, path, [build_pv(r, name=pv_name, path=path, namespace=namespace, claim=r["claim"]),
                                                   build_pvc(r, namespace=namespace, volume_name=pv_name)],
-                                        f"new claim {ref} and PV {pv_name}"))
+                                        f"new claim {ref} and PV {pv_name}", r.get("node")))
         return _apply(source, ctx, kube, placements, host_root)
 
 
@@ -352,7 +364,8 @@ def _saved(ctx: RestoreContext, records: list[dict[str, Any]]) -> list[dict[str,
 def _apply(source: LocalPathSource, ctx: RestoreContext, kube: Kube | None, placements: list[Placement],
            host_root: Path) -> RestoreResult:
     result = RestoreResult()
-    _preflight(placements, host_root, ctx.force)
+    this_node = str(ctx.options.extra.get("node") or source.options.node_name or socket.gethostname())
+    _preflight(placements, host_root, ctx.force, this_node)
     if ctx.dry_run:
         for p in placements:
             ctx.say(f"would restore claim {p.ref} into {on_host(host_root, p.path)} ({p.how})")

@@ -37,7 +37,7 @@ FILES = {
 
 def spec(kubeconfig: Path, **extra: Any) -> dict[str, Any]:
     return {"name": "lp", "type": "local-path", "kubeconfig": str(kubeconfig), "poll_interval": 0.02,
-            "bind_timeout": 5, **extra}
+            "bind_timeout": 5, "node_name": "node-1", **extra}  # the fake's node is this host
 
 
 def fill(directory: Path, files: dict[str, bytes]) -> None:
@@ -273,6 +273,10 @@ def test_rebuilt_node_objects_back_directories_missing_ends_with_same_uids_and_b
     shutil.rmtree(storage)  # the new disk
     objects_before = {(k, o["metadata"]["resourceVersion"]) for k in ("PersistentVolume", "PersistentVolumeClaim")
                       for o in fake.list(k)}
+    err = d.fails("restore", "latest", "-s", "lp", "--in-place", "-o", "node=node-2")  # run on the wrong host
+    assert err.exit_code == EXIT_REFUSED
+    assert err.message == "claim apps/data lives on node node-1, this host is node-2: its directory would be written here"
+    assert not storage.exists()
     res = d.restore("lp", "--in-place")
     assert tree(pv_path(data)) == want["apps/data"] and tree(pv_path(loki)) == want["monitoring/loki-0"]
     assert {ref: fake.get("PersistentVolumeClaim", *ref.split("/"))["metadata"]["uid"] for ref in want} == uids
