@@ -25,7 +25,7 @@ written.
 ``-o offline=true`` skips the API: every directory goes back at its recorded path,
 no object is read or created. It is for the datastore model, before K3s starts (the
 restored datastore brings the claims and PVs back, pointing at those paths): it is
-refused while a K3s server runs on this host, unless ``--force``.
+refused while a K3s server runs on this host.
 
 ``--namespace NEW``: for each claim a new directory under the provisioner's storage
 path for the node (``local-path-config``; else next to the recorded directory;
@@ -300,7 +300,7 @@ def restore_in_place(source: LocalPathSource, ctx: RestoreContext, records: list
         from drkit.sources.k3s_common import find_k3s_server
 
         running = find_k3s_server()
-        if running is not None and not ctx.force:
+        if running is not None:  # not even with --force: that one is about directories with data
             raise Refused(f"a K3s server runs on this host (pid {running.pid}): an offline restore cannot see which "
                           "pods mount the claims",
                           hint="stop K3s first (systemctl stop k3s), or restore without -o offline=true")

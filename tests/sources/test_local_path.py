@@ -286,13 +286,21 @@ def test_rebuilt_node_objects_back_directories_missing_ends_with_same_uids_and_b
     assert sorted(c["claim"] for c in res["details"]["claims"]) == ["apps/data", "monitoring/loki-0"]
 
 
-def test_rebuilt_node_offline_before_k3s_starts_puts_directories_at_recorded_paths(tmp_path: Path, app: tuple) -> None:
+def test_rebuilt_node_offline_before_k3s_starts_puts_directories_at_recorded_paths(
+        tmp_path: Path, app: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """Datastore model, before K3s starts: no API; the directories go back where the
-    snapshot recorded them."""
+    snapshot recorded them. Not while K3s runs (pods could mount them), even with --force."""
+    from drkit.sources import k3s_common
+
     kubeconfig, fake, storage, pv, d = app
     d.backup("lp")
     shutil.rmtree(storage)
     kubeconfig.write_text(kubeconfig.read_text().replace("127.0.0.1", "127.0.0.2"))  # nothing answers there
+    with monkeypatch.context() as m:
+        m.setattr(k3s_common, "find_k3s_server", lambda *a: k3s_common.RunningProcess(4242, "k3s server"))
+        err = d.fails("restore", "latest", "-s", "lp", "--in-place", "-o", "offline=true", "--force")
+    assert err.exit_code == EXIT_REFUSED and err.message.startswith("a K3s server runs on this host (pid 4242)")
+    assert not storage.exists()
     d.restore("lp", "--in-place", "-o", "offline=true")
     assert tree(pv_path(pv)) == FILES
 
