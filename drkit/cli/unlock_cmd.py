@@ -16,8 +16,11 @@ from drkit.repository.repo import Repository
 def unlock_cmd(state: CliState, remove_all: bool) -> None:
     """Remove stale locks left by crashed or killed runs.
 
-    A lock is stale when its process is gone (same host) or it was not refreshed
-    for 30 minutes. Live locks are listed and kept unless --remove-all.
+    A lock is stale when it was taken on this machine (its host id, not the
+    hostname) by a process that is gone, or when this host has seen it unchanged for
+    longer than its own stale time (30 minutes by default) plus 5 minutes; another
+    host's clock is never trusted. Run it again later if a dead lock is not yet stale.
+    Live locks are listed and kept unless --remove-all.
     """
     storage = storage_for(state)
     Repository.read_config(storage)

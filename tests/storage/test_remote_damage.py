@@ -59,6 +59,8 @@ def test_a_pack_altered_on_the_server_is_damage_named_by_verify_not_an_outage(
 
         r = rws.run("restore", "latest", "-s", "data", "--target", str(rws.root / "r"))
         assert r.code == EXIT_DAMAGE, r.err
+        line = one_error_line(r.err)
+        assert "damaged" in line and ("a/b/random.bin" in line or victim.removeprefix("node1/") in line), line
     finally:
         proxy.close()
 
