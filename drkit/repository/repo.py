@@ -61,6 +61,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024, "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+FUTURE_SKEW = timedelta(minutes=10)
+"""A snapshot dated more than this ahead of the clock is future-dated (see services/forget.py)."""
 
 
 def _put_and_read_back(storage: Storage, name: str, data: bytes) -> None:
@@ -603,13 +605,17 @@ class Repository:
         self.storage.delete(layout.snapshot_name(snapshot_id))
 
     def find_snapshot(self, ref: str, source: str | None = None) -> Snapshot:
-        """Resolve ``latest`` or an id prefix (optionally within one source)."""
+        """Resolve ``latest`` or an id prefix (optionally within one source). ``latest``
+        is the newest snapshot not dated in the future (more than :data:`FUTURE_SKEW`
+        ahead of this host's clock): a snapshot claiming 2099 is never "latest"."""
         snaps = [s for s in self.list_snapshots(on_error=lambda *_: None) if source is None or s.source == source]
         scope = f" for source {source!r}" if source else ""
         if ref == "latest":
-            if not snaps:
+            horizon = datetime.now(timezone.utc) + FUTURE_SKEW
+            real = [s for s in snaps if s.datetime <= horizon]
+            if not real:
                 raise SnapshotNotFound(ref=ref, scope=scope)
-            return snaps[-1]
+            return real[-1]
         matches = [s for s in snaps if s.id.startswith(ref)]
         if len(matches) > 1:
             raise UsageError(f"snapshot id {ref!r} is ambiguous{scope}", hint="give more characters of the id")

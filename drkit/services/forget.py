@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from drkit.repository.repo import FUTURE_SKEW
 from drkit.repository.snapshot import Snapshot
 
-FUTURE_TOLERANCE = timedelta(minutes=10)
+FUTURE_TOLERANCE = FUTURE_SKEW
 """Clock skew allowed between a backup host and the host judging its snapshots."""
 
 

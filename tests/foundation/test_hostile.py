@@ -219,6 +219,7 @@ def test_a_snapshot_dated_2099_cannot_make_forget_remove_real_snapshots(ws: Work
     r = ws.ok("verify")
     assert f"snapshot {fake.short_id} is dated in the future" in r.err
     assert_restores_exactly(ws, str(snaps[1]["id"]), want)
+    assert_restores_exactly(ws, "latest", want)  # never the future-dated one
 
 
 # -- 5. locks: a host id, staleness by the lock's own refresh, refresh failure stops ------
