@@ -36,6 +36,7 @@ from drkit.repository.crypto import (
     _b64,
     _unb64,
     aad,
+    canonical_json,
     decode_recipient,
     encode_recipient,
 )
@@ -121,11 +122,20 @@ def read_recipient(text_or_file: str) -> bytes:
         raise UsageError(f"invalid recipient: {exc}", hint="use the string 'drkit key generate-identity' printed") from None
 
 
+def _slot_aad(doc: dict[str, object]) -> bytes:
+    """v1: a constant; v2: also every field of the slot but ``data`` (so none can be altered)."""
+    if int(str(doc.get("version", 1))) < 2:
+        return _RECIPIENT_SLOT_AAD
+    return _RECIPIENT_SLOT_AAD + b"\x00" + canonical_json({k: v for k, v in doc.items() if k != "data"})
+
+
 def make_recipient_slot(master: MasterKey) -> tuple[str, bytes]:
+    """The identity slot: *master* sealed to its recipient (format v2: its fields authenticated)."""
     assert master.recipient is not None
-    sealed = RecipientCipher(master.recipient).seal(json.dumps(master.to_json()).encode(), _RECIPIENT_SLOT_AAD)
-    doc = {"version": 2 if master.min_version >= 2 else 1, "kdf": "x25519", "recipient": encode_recipient(master.recipient), "data": _b64(sealed),
-           "created": datetime.now(timezone.utc).isoformat(), "label": "identity"}
+    doc: dict[str, object] = {"version": 2 if master.min_version >= 2 else 1, "kdf": "x25519",
+                              "recipient": encode_recipient(master.recipient),
+                              "created": datetime.now(timezone.utc).isoformat(), "label": "identity"}
+    doc["data"] = _b64(RecipientCipher(master.recipient).seal(json.dumps(master.to_json()).encode(), _slot_aad(doc)))
     return secrets.token_hex(32), json.dumps(doc, indent=1).encode()
 
 
@@ -133,7 +143,7 @@ def open_recipient_slot(doc: dict[str, object], identity: Identity) -> MasterKey
     try:
         if decode_recipient(str(doc["recipient"])) != identity.public:
             return None
-        plain = RecipientCipher(identity.public, identity.private).open(_unb64(str(doc["data"])), _RECIPIENT_SLOT_AAD)
+        plain = RecipientCipher(identity.public, identity.private).open(_unb64(str(doc["data"])), _slot_aad(doc))
     except (DecryptError, ValueError, KeyError):
         return None
     return MasterKey.from_json(json.loads(plain))

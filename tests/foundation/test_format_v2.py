@@ -152,3 +152,19 @@ def test_a_recipient_host_adopts_bound_orphan_packs(ws: Workspace) -> None:
     assert len(repo.index) == 0 and not repo.can_read_content
     assert repo.adopt_orphan_packs() == len(packs(ws))
     assert hashlib.sha256(packs(ws)[0].read_bytes()).hexdigest() == packs(ws)[0].name
+
+
+def test_an_altered_identity_slot_does_not_open(ws: Workspace) -> None:
+    identity = ws.root / "id.json"
+    recipient = ws.ok("key", "generate-identity", "--output", str(identity)).out.strip()
+    ws.ok("init", "--recipient", recipient)
+    ws.ok("backup")
+    slot = next(p for p in (ws.repo / "keys").iterdir() if json.loads(p.read_text())["kdf"] == "x25519")
+    original = slot.read_text()
+    assert json.loads(original)["version"] == 2
+    ws.ok("snapshots", "--identity", str(identity))
+    slot.write_text(json.dumps({**json.loads(original), "label": "operator was here"}))
+    r = ws.run("snapshots", "--identity", str(identity))
+    assert r.code == EXIT_WRONG_KEY and "does not open" in one_error_line(r)
+    slot.write_text(original)
+    ws.ok("snapshots", "--identity", str(identity))
