@@ -902,6 +902,10 @@ class FakeKube:
             if (g, p) != ("", "persistentvolumeclaims"):
                 continue
             vol = pvc["spec"].get("volumeName")
+            if not vol:  # the PV controller binds an unbound claim to a PV pre-bound to it (claimRef by name)
+                vol = self._prebound_pv(ns, name, pvc)
+                if vol:
+                    pvc["spec"]["volumeName"] = vol
             pv = self.objects.get(("", "persistentvolumes", "", vol)) if vol else None
             if pv is None:
                 pvc["status"] = {"phase": "Pending"}
@@ -928,6 +932,17 @@ class FakeKube:
             }
             if not was_bound:
                 self.sync_kubernetes_status(pv["metadata"]["name"])
+
+    def _prebound_pv(self, ns: str, name: str, pvc: dict[str, Any]) -> str | None:
+        """An Available PV whose ``claimRef`` names this claim (no uid, or its uid) and
+        whose class is the claim's: what the PV controller binds first."""
+        for pv in self._all("PersistentVolume"):
+            ref = pv["spec"].get("claimRef") or {}
+            if ((ref.get("namespace"), ref.get("name")) == (ns, name) and ref.get("uid") in (None, pvc["metadata"]["uid"])
+                    and (pv.get("status") or {}).get("phase") == "Available"
+                    and pv["spec"].get("storageClassName", "") == (pvc["spec"].get("storageClassName") or "")):
+                return str(pv["metadata"]["name"])
+        return None
 
     def sync_kubernetes_status(self, pv_name: str) -> None:
         """Longhorn's kubernetes-pv controller for one PV (it runs on PV events and on a

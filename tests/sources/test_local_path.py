@@ -323,6 +323,31 @@ def test_gitops_rebuild_precreates_claim_and_pv_bound_at_the_recorded_directory(
     assert tree(pv_path(pv)) == FILES
 
 
+def test_in_place_for_a_pending_claim_creates_a_pv_pre_bound_to_it(tmp_path: Path, app: tuple) -> None:
+    """The claim is back (Argo CD synced it, WaitForFirstConsumer: pending, no PV), its PV
+    and directory are not: a Retain PV pre-bound to the claim, at the recorded path."""
+    kubeconfig, fake, storage, pv, d = app
+    d.backup("lp")
+    with connect(kubeconfig) as kube:
+        kube.delete(PVC, "data", "apps")
+        kube.delete(PV, pv["metadata"]["name"], missing_ok=True)
+        kube.create(PVC, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                          "metadata": {"name": "data", "namespace": "apps"},
+                          "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                                   "storageClassName": "local-path"}})
+    shutil.rmtree(storage)
+    uid = fake.get("PersistentVolumeClaim", "apps", "data")["metadata"]["uid"]
+    res = d.restore("lp", "--in-place")
+    pvc = fake.get("PersistentVolumeClaim", "apps", "data")
+    assert pvc["metadata"]["uid"] == uid and pvc["status"]["phase"] == "Bound"
+    new_pv = fake.get("PersistentVolume", None, pvc["spec"]["volumeName"])
+    assert new_pv["metadata"]["name"] == pv["metadata"]["name"]  # the recorded name, free again
+    assert new_pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    assert new_pv["spec"]["claimRef"]["uid"] == uid
+    assert tree(pv_path(new_pv)) == FILES and pv_path(new_pv) == pv_path(pv)
+    assert f"claim apps/data is Bound to PersistentVolume {pv['metadata']['name']}" in res["lines"]
+
+
 def test_hooks_run_locally_around_each_claim_and_a_failing_pre_hook_skips_it(tmp_path: Path, cluster: tuple) -> None:
     kubeconfig, fake, storage = cluster
     a = fake.provision_local_path("apps", "a", storage)
