@@ -314,6 +314,12 @@ def test_gitops_rebuild_precreates_claim_and_pv_bound_at_the_recorded_directory(
         kube.delete(PVC, "data", "apps")
         kube.delete(PV, pv["metadata"]["name"], missing_ok=True)  # gone with the claim (reclaim policy Delete)
     shutil.rmtree(storage)
+    lines = d.restore("lp", "--in-place", "--dry-run")["lines"]
+    assert lines[0] == (f"would restore claim apps/data into {pv_path(pv)} (claim apps/data and PV "
+                        f"{pv['metadata']['name']} created)")
+    assert lines[1].startswith("would create PersistentVolume:\n") and "persistentVolumeReclaimPolicy: Retain" in lines[1]
+    assert lines[2].startswith("would create PersistentVolumeClaim:\n")
+    assert not storage.exists() and fake.get("PersistentVolumeClaim", "apps", "data") is None
     d.restore("lp", "--in-place")
     pvc = fake.get("PersistentVolumeClaim", "apps", "data")
     new_pv = fake.get("PersistentVolume", None, pv["metadata"]["name"])
