@@ -110,8 +110,10 @@ class RestoreContext(Protocol):
         """A verified, sequential reader of one file entry's content."""
         ...
 
-    def write_entries(self, target: Path, *, include: list[str] | None = None) -> "RestoreResult":
-        """Restore entries under *target* (the files-style restore)."""
+    def write_entries(self, target: Path, *, include: list[str] | None = None,
+                      entries: Iterator[Entry] | None = None) -> "RestoreResult":
+        """Restore entries (all, or the selection *entries*) under *target* (the
+        files-style restore: never outside *target*, atomic per file)."""
         ...
 
     def say(self, line: str) -> None:

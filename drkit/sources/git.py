@@ -23,7 +23,11 @@ password or token are refused.
 
 Restore writes a bare repository into ``--target DIR``, or mirror-pushes it to
 ``--push-to URL``; both run ``git fsck``, compare every ref with the snapshot's list
-and report the refs restored.
+and report the refs restored. A restore writes only ``HEAD``, ``packed-refs``,
+``refs/`` and ``objects/`` from the snapshot, plus drkit's own minimal ``config``:
+hooks, a config or alternates in a snapshot (a hostile backup host could put them
+there) are skipped with a warning, and every git drkit runs has hooks disabled
+(``core.hooksPath=/dev/null``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pydantic import Field, field_validator
 
 from drkit import proc
 from drkit.errors import ConfigError, DrkitError, IntegrityError, UsageError
+from drkit.repository.tree import DIR, FILE, Entry
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -63,6 +68,40 @@ CLEAN_CONFIG = "[core]\n\trepositoryformatversion = {version}\n\tfilemode = true
 _SKIP_TOP = {"hooks", "logs", "info", "FETCH_HEAD", "ORIG_HEAD", "description", "config", "gc.log", "shallow",
              "index", "packed-refs.lock"}
 _SKIP_OBJECTS = {"info", "commit-graph", "commit-graphs"}
+
+
+def _restorable(entry: Entry) -> bool:
+    """What a git restore writes: HEAD, packed-refs, refs/** and objects/** (not
+    objects/info/**: alternates would point git at objects outside the repository).
+    Directories and regular files only. Hooks, config and anything else a snapshot
+    holds are never written (backup never stores them)."""
+    if entry.type not in (DIR, FILE):
+        return False
+    parts = entry.path.strip("/").split("/")
+    if parts[0] in ("HEAD", "packed-refs"):
+        return len(parts) == 1 and entry.type == FILE
+    if parts[0] == "refs":
+        return True
+    if parts[0] == "objects":
+        return len(parts) == 1 or parts[1] != "info"
+    return False
+
+
+def _write_clean_config(repo: Path, object_format: str) -> None:
+    """drkit's own minimal bare-repository config, atomically, never through a link."""
+    if object_format not in ("sha1", "sha256"):
+        raise IntegrityError(name=str(repo), detail=f"unknown object format {object_format!r} in the snapshot")
+    extensions = f"[extensions]\n\tobjectformat = {object_format}\n" if object_format != "sha1" else ""
+    text = CLEAN_CONFIG.format(version=1 if extensions else 0, extensions=extensions).encode()
+    tmp = f".drkit-config-{os.urandom(6).hex()}"
+    dfd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        os.rename(tmp, "config", src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def check_url(url: str, key: str = "url") -> str:
@@ -153,7 +192,8 @@ def git(repo: Path | None, *args: str, auth: GitAuth | None = None, timeout: flo
            "LC_ALL": "C"}
     if auth:
         env.update(auth.env)
-    cmd = ["git"] + (["-C", str(repo)] if repo is not None else []) + list(args)
+    # Hooks never run: a repository drkit touches may have come from a snapshot.
+    cmd = ["git", "-c", "core.hooksPath=/dev/null"] + (["-C", str(repo)] if repo is not None else []) + list(args)
     return proc.run(cmd, env=env, timeout=timeout, redact=auth.secrets if auth else (), hint=hint)
 
 
@@ -261,8 +301,11 @@ class GitSource(Source):
 
     @staticmethod
     def _has_fetch(mirror: Path) -> bool:
-        res = proc.run(["git", "-C", str(mirror), "config", "--get-all", "remote.origin.fetch"], check=False)
-        return res.returncode == 0
+        try:
+            git(mirror, "config", "--get-all", "remote.origin.fetch")
+        except proc.CommandFailed:
+            return False
+        return True
 
     # --- backup ------------------------------------------------------------------------
 
@@ -348,13 +391,22 @@ class GitSource(Source):
             tmp = tempfile.mkdtemp(prefix="drkit-git-restore-")
             dest = Path(tmp) / "repo.git"
         try:
-            result = ctx.write_entries(dest)
+            kept, skipped = [], []
+            for entry in ctx.entries():
+                (kept if _restorable(entry) else skipped).append(entry)
+            result = ctx.write_entries(dest, include=[], entries=iter(kept))
+            if skipped:
+                names = ", ".join(e.path for e in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+                result.lines.append(f"warning: skipped {len(skipped)} entries a git restore never writes "
+                                    f"(only HEAD, packed-refs, refs/ and objects/; config is drkit's own): {names}")
+                result.details["skipped"] = [e.path for e in skipped]
             if ctx.dry_run:
                 if push_to:
                     result.lines.append(f"would mirror-push to {push_to}")
                 return result
             for sub in ("refs/heads", "refs/tags", "objects/info"):
                 (dest / sub).mkdir(parents=True, exist_ok=True)
+            _write_clean_config(dest, str((getattr(ctx.snapshot, "meta", None) or {}).get("object_format") or "sha1"))
             refs = self._verify(dest, ctx.snapshot)
             result.details["refs"] = {name: oid for name, oid in refs.refs}
             if push_to:

@@ -25,7 +25,10 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from drkit.repository.tree import Entry
 
 import yaml
 
@@ -352,3 +355,20 @@ def mismatch_warnings(run_meta: dict[str, Any], facts: NodeFacts) -> list[str]:
             f"{'true' if run_meta['secrets_encryption'] else 'false'}' in config.yaml before starting K3s"
         )
     return warnings
+
+
+def private_file(path: Path) -> int:
+    """Create (or truncate) *path* with mode 0600 from its first byte, never through a
+    link; return the open fd (write only). For scratch copies of datastores and secrets."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def private_entries(entries: Iterable["Entry"]) -> Iterator["Entry"]:
+    """*entries* with every file's mode narrowed to 0600 (datastore copies hold every
+    Secret of the cluster, whatever mode a snapshot recorded)."""
+    import dataclasses
+
+    for e in entries:
+        yield dataclasses.replace(e, mode=0o600) if e.type == "file" else e

@@ -53,6 +53,7 @@ from drkit.errors import (
     IntegrityError,
     Refused,
     StorageError,
+    UsageError,
 )
 from drkit.sources import k3s_common as k3s
 from drkit.sources.base import (
@@ -216,7 +217,7 @@ class EtcdClient:
     def snapshot_to(self, dest: Path) -> int:
         """Stream a snapshot into *dest*; return its size. The trailer is not checked here."""
         total = 0
-        with self._post(SNAPSHOT_PATH, {}, self.timeout) as resp, open(dest, "wb") as out:
+        with self._post(SNAPSHOT_PATH, {}, self.timeout) as resp, os.fdopen(k3s.private_file(dest), "wb") as out:
             for line in resp:
                 if not line.strip():
                     continue
@@ -354,6 +355,7 @@ class K3sEtcdSource(Source):
             if endpoint is None:
                 raise StorageError(message="; ".join(errors), hint=next((h for h in hints if h), None)
                                    or "is K3s running with embedded etcd? check endpoints and certificates")
+        os.chmod(dest, 0o600)  # whatever wrote it (etcdctl, k3s), the copy holds every Secret
         sha = check_trailer(dest)
         meta: dict[str, Any] = {"datastore": "etcd", "method": self.options.method, "size": dest.stat().st_size,
                                 "sha256": sha, "snapshot_seconds": round(time.monotonic() - started, 3)}
@@ -431,8 +433,9 @@ class K3sEtcdSource(Source):
                 written = k3s.atomic_write_from(path, stream, mode=0o600, verify=check_trailer)
             result = RestoreResult(files=1, bytes_written=written)
         else:
-            result = super().restore(ctx)
-            assert ctx.target is not None
+            if ctx.target is None:
+                raise UsageError(f"source {self.name!r} restores into a directory: give --target DIR (or --in-place)")
+            result = ctx.write_entries(ctx.target, include=ctx.include, entries=k3s.private_entries(ctx.entries()))
             path = ctx.target / ARTEFACT
             if ctx.dry_run:
                 return result

@@ -109,6 +109,7 @@ def online_copy(src: Path, dest: Path, *, busy_timeout: float = 30.0) -> None:
                 hint="another process holds an exclusive lock; run again, or raise busy_timeout",
             )
 
+    os.close(k3s.private_file(dest))  # 0600 before the first page is copied
     try:
         target = sqlite3.connect(dest)
         try:
@@ -171,8 +172,9 @@ class K3sSqliteSource(Source):
         (refused while K3s runs; atomic; old files kept aside)."""
         if ctx.options.in_place:
             return self._restore_in_place(ctx)
-        result = super().restore(ctx)
-        assert ctx.target is not None
+        if ctx.target is None:
+            raise UsageError(f"source {self.name!r} restores into a directory: give --target DIR (or --in-place)")
+        result = ctx.write_entries(ctx.target, include=ctx.include, entries=k3s.private_entries(ctx.entries()))
         if ctx.dry_run:
             return result
         result.lines.append(f"wrote {ctx.target / ARTEFACT}")
@@ -214,7 +216,7 @@ class K3sSqliteSource(Source):
         #    any failure up to here leaves the live database untouched
         staging = dest.with_name(dest.name + ".drkit-new")
         with ctx.open_entry(entry) as stream:
-            written = k3s.atomic_write_from(staging, stream, mode=entry.mode or 0o600, uid=entry.uid, gid=entry.gid,
+            written = k3s.atomic_write_from(staging, stream, mode=0o600, uid=entry.uid, gid=entry.gid,
                                             verify=verify)
         # 2. the old database and its WAL/SHM aside, 3. the new one into place
         aside = self._move_aside(dest)
