@@ -23,10 +23,35 @@ ZSTD = 1
 BLOB_DATA = 0
 BLOB_TREE = 1
 _SAMPLE = 64 * 1024
+MAX_BLOB_SIZE = 64 * 1024 * 1024
+"""No chunk is ever larger, whatever a repository's config says (its chunker maximum
+is the bound actually used, see :class:`BlobCodec`)."""
 
 
 class BlobError(Exception):
     """A blob failed to decrypt, decompress or match its id."""
+
+
+def bounded_decompress(frame: bytes | memoryview, limit: int, dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
+    """Decompress one zstd *frame* whose output may not exceed *limit* bytes, without
+    ever allocating more: the size a frame header declares is checked before
+    decompressing, and a frame without one is decompressed into at most *limit* bytes.
+    Raises ValueError naming the bound."""
+    dctx = dctx or zstandard.ZstdDecompressor()
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"decompression failed: {exc}") from None
+    if declared > limit:
+        raise ValueError(f"decompressed size {declared} is larger than the bound of {limit} bytes")
+    try:
+        if declared >= 0:
+            return dctx.decompress(frame)
+        return dctx.decompress(frame, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        if declared < 0:
+            raise ValueError(f"decompressed size is larger than the bound of {limit} bytes, or the frame is damaged ({exc})") from None
+        raise ValueError(f"decompression failed: {exc}") from None
 
 
 def blob_aad(blob_type: int, chunk_id: bytes) -> bytes:
@@ -36,10 +61,14 @@ def blob_aad(blob_type: int, chunk_id: bytes) -> bytes:
 class BlobCodec:
     """Thread-safe encode/decode of blobs (zstd contexts are per thread)."""
 
-    def __init__(self, cipher: Cipher | RecipientCipher, hasher: ChunkHasher, level: int) -> None:
+    def __init__(self, cipher: Cipher | RecipientCipher, hasher: ChunkHasher, level: int,
+                 max_size: int = 8 * 1024 * 1024) -> None:
+        """*max_size*: the largest plaintext a blob may have (the chunker maximum; at
+        most :data:`MAX_BLOB_SIZE`); nothing decodes beyond it."""
         self.cipher = cipher
         self.hasher = hasher
         self.level = level
+        self.max_size = min(max_size, MAX_BLOB_SIZE)
         self._local = threading.local()
 
     def _compressor(self) -> zstandard.ZstdCompressor:
@@ -89,21 +118,30 @@ class BlobCodec:
             raise BlobError(f"blob {chunk_id.hex()[:16]}: sealed blob does not decode to its data")
         return sealed
 
-    def decode(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes:
-        """Open, decompress and check the keyed hash; raises BlobError."""
-        data = self.decode_view(blob_type, chunk_id, sealed)
+    def decode(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview, raw_length: int | None = None) -> bytes:
+        """Open, decompress (to at most *raw_length*, the size the index records, or the
+        chunker maximum) and check the keyed hash; raises BlobError."""
+        data = self.decode_view(blob_type, chunk_id, sealed, raw_length)
         return data if isinstance(data, bytes) else bytes(data)
 
-    def decode_view(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
+    def decode_view(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview,
+                    raw_length: int | None = None) -> bytes | memoryview:
         """:meth:`decode` without the final copy of a raw blob: returns bytes or a
         read-only view of the decrypted plaintext. Same checks; raises BlobError."""
-        _flag, _plain, data = self._open(blob_type, chunk_id, sealed)
+        _flag, _plain, data = self._open(blob_type, chunk_id, sealed, raw_length)
         if self.hasher(data) != chunk_id:
             raise BlobError(f"blob {chunk_id.hex()[:16]}: content does not match its id")
         return data
 
-    def _open(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview) -> tuple[int, bytes, bytes | memoryview]:
-        """Decrypt and decompress (no id check): (flag, plaintext, data)."""
+    def _open(self, blob_type: int, chunk_id: bytes, sealed: bytes | memoryview,
+              raw_length: int | None = None) -> tuple[int, bytes, bytes | memoryview]:
+        """Decrypt and decompress, bounded (no id check): (flag, plaintext, data)."""
+        limit = self.max_size
+        if raw_length is not None:
+            if raw_length > limit:
+                raise BlobError(f"blob {chunk_id.hex()[:16]}: recorded size {raw_length} is larger than the "
+                                f"chunker maximum of {limit} bytes")
+            limit = raw_length
         try:
             plain = self.cipher.open(sealed, blob_aad(blob_type, chunk_id))
         except DecryptError as exc:
@@ -118,7 +156,9 @@ class BlobCodec:
             return flag, plain, body
         if flag == ZSTD:
             try:
-                return flag, plain, self._decompressor().decompress(body)
-            except zstandard.ZstdError as exc:
-                raise BlobError(f"blob {chunk_id.hex()[:16]}: decompression failed: {exc}") from None
+                out = bounded_decompress(body, limit, self._decompressor())
+            except ValueError as exc:
+                bound = f"its recorded {raw_length} bytes" if raw_length is not None else f"the chunker maximum of {limit} bytes"
+                raise BlobError(f"blob {chunk_id.hex()[:16]}: {str(exc).replace(f'the bound of {limit} bytes', bound)}") from None
+            return flag, plain, out
         raise BlobError(f"blob {chunk_id.hex()[:16]}: unknown compression flag {flag}")

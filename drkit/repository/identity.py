@@ -103,7 +103,11 @@ def load_identity(path: Path, passphrase: Callable[[], str]) -> Identity:
         raw = _unb64(doc["private"])
     else:
         p = doc["protected"]
-        key = keyslots._derive(passphrase(), _unb64(p["salt"]), keyslots.KdfParams(int(p["n"]), int(p["r"]), int(p["p"])))
+        try:
+            params = keyslots.slot_params(p)
+        except ValueError as exc:
+            raise UsageError(f"identity file {path}: {exc}") from None
+        key = keyslots._derive(passphrase(), _unb64(p["salt"]), params)
         try:
             raw = Cipher(key).open(_unb64(p["data"]), _IDENTITY_AAD)
         except DecryptError:

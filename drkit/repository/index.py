@@ -22,7 +22,15 @@ from typing import Iterable, Iterator
 
 import zstandard
 
+from drkit.repository.blob import bounded_decompress
 from drkit.repository.pack import PackEntry
+
+
+def index_size_bound(sealed_size: int) -> int:
+    """The largest JSON an index file of *sealed_size* compressed bytes may expand to:
+    64 times its size (real ones shrink about twofold: chunk ids are random), at least
+    64 MiB, at most 1 GiB."""
+    return min(1 << 30, max(64 << 20, 64 * sealed_size))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +108,7 @@ def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes:
 def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
     """Return (packs, supersedes); raises ValueError for a malformed document."""
     try:
-        doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
+        doc = json.loads(bounded_decompress(data, index_size_bound(len(data))))
         packs = [
             (
                 p["id"],

@@ -36,10 +36,35 @@ class KdfParams:
     p: int
 
 
+    @property
+    def cost(self) -> int:
+        """Work, in units of one scrypt block mix (time grows with it)."""
+        return self.n * self.r * self.p
+
+    @property
+    def memory(self) -> int:
+        """Bytes of memory scrypt needs (128 * r * n)."""
+        return 128 * self.r * self.n
+
+
 # 64 MiB of memory and ~0.3 s per try on a small machine.
 DEFAULT_KDF = KdfParams(n=2**16, r=8, p=2)
 # Tests only (see tests/conftest.py): fast, never for real repositories.
 TEST_KDF = KdfParams(n=2**10, r=8, p=1)
+# What a key slot (or an identity file) may ask for, read from storage: 16 times the
+# default's memory (1 GiB) and work (about 5 s). A slot beyond is never tried.
+MAX_KDF_MEMORY = 16 * DEFAULT_KDF.memory
+MAX_KDF_COST = 16 * DEFAULT_KDF.cost
+
+
+def slot_params(doc: dict[str, Any]) -> KdfParams:
+    """The bounded KDF parameters of a scrypt slot; ValueError if malformed or beyond the bounds."""
+    try:
+        params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("malformed scrypt parameters") from None
+    check_kdf(params)
+    return params
 
 
 SLOT_VERSION = 2
@@ -54,6 +79,9 @@ def check_kdf(params: KdfParams) -> None:
         raise ValueError(f"scrypt n={params.n} is out of bounds")
     if not (1 <= params.r <= 32 and 1 <= params.p <= 16):
         raise ValueError(f"scrypt r={params.r}, p={params.p} are out of bounds")
+    if params.memory > MAX_KDF_MEMORY or params.cost > MAX_KDF_COST:
+        raise ValueError(f"scrypt n={params.n} r={params.r} p={params.p} exceed drkit's bound "
+                         f"({MAX_KDF_MEMORY >> 20} MiB of memory, {MAX_KDF_COST // DEFAULT_KDF.cost}x the default work)")
 
 
 def slot_aad(doc: dict[str, Any]) -> bytes:
@@ -64,6 +92,7 @@ def slot_aad(doc: dict[str, Any]) -> bytes:
 
 
 def _derive(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
+    check_kdf(params)
     kdf = Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p)
     return kdf.derive(passphrase.encode("utf-8"))
 
@@ -110,11 +139,10 @@ def parse_slot(raw: bytes) -> dict[str, Any]:
 
 def open_slot(doc: dict[str, Any], passphrase: str) -> MasterKey | None:
     """Return the master key if *passphrase* opens this slot, else None. Raises
-    ValueError when the slot's KDF cost is out of bounds (see :func:`check_kdf`)."""
+    ValueError (before any work) if its KDF parameters exceed the bounds."""
     if doc.get("kdf") != "scrypt":
         return None
-    params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
-    check_kdf(params)
+    params = slot_params(doc)  # ValueError beyond the bounds: never derived
     wrapping = Cipher(_derive(passphrase, _unb64(doc["salt"]), params))
     try:
         plain = wrapping.open(_unb64(doc["data"]), slot_aad(doc))

@@ -135,6 +135,14 @@ def verify_config(config: dict[str, Any], master: MasterKey) -> None:
         )
 
 
+def _chunker_max(config: dict[str, Any]) -> int:
+    """The chunker maximum the config names (the bound of every blob's plaintext)."""
+    try:
+        return int(config["chunker"]["max_size"])
+    except (KeyError, TypeError, ValueError):
+        return 8 * 1024 * 1024
+
+
 def _check_fastcdc_compiled() -> None:
     if pyfastcdc.FastCDC.__module__.startswith("pyfastcdc.py"):
         raise UsageError(
@@ -168,7 +176,8 @@ class Repository:
             RecipientCipher(master.recipient, identity.private if identity else None) if master.recipient else self.cipher
         )
         self.hasher = ChunkHasher(master.id_key)
-        self.codec = BlobCodec(self.content_cipher, self.hasher, compression_level)
+        self.codec = BlobCodec(self.content_cipher, self.hasher, compression_level,
+                               max_size=_chunker_max(config))
         self.index = Index()
         self.index_loaded = False
         self.superseded_index_files: set[str] = set()
@@ -271,7 +280,7 @@ class Repository:
         Raises RepositoryNotFound or WrongKey."""
         _check_fastcdc_compiled()
         config = cls.read_config(storage)
-        for key_id, doc in cls._slots(storage):
+        for key_id, doc in cls._slots_cheapest_first(storage):
             if identity is not None and doc.get("kdf") == "x25519":
                 master = open_recipient_slot(doc, identity)
             elif passphrase is not None:
@@ -303,6 +312,21 @@ class Repository:
         process wrote can be read back without the identity."""
         if isinstance(self.content_cipher, RecipientCipher):
             self.content_cipher.end_session()
+
+    @classmethod
+    def _slots_cheapest_first(cls, storage: Storage) -> list[tuple[str, dict[str, Any]]]:
+        """Slots to try, cheapest KDF first (x25519 ones cost nothing); slots whose
+        KDF parameters exceed the bounds are left out with a warning."""
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        for key_id, doc in cls._slots(storage):
+            if doc.get("kdf") != "scrypt":
+                out.append((0, key_id, doc))
+                continue
+            try:
+                out.append((keyslots.slot_params(doc).cost, key_id, doc))
+            except ValueError as exc:
+                log.warning("ignoring key slot %s: %s", key_id[:12], exc)
+        return [(key_id, doc) for _, key_id, doc in sorted(out, key=lambda t: (t[0], t[1]))]
 
     @staticmethod
     def _slots(storage: Storage) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -558,7 +582,7 @@ class Repository:
             raise IntegrityError(name=f"blob {chunk_id.hex()}", detail="not in the index")
         sealed = self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length)
         try:
-            return self.codec.decode(loc.blob_type, chunk_id, sealed)
+            return self.codec.decode(loc.blob_type, chunk_id, sealed, loc.raw_length)
         except BlobError as exc:
             raise IntegrityError(name=layout.pack_name(loc.pack), detail=str(exc)) from None
 

@@ -15,6 +15,11 @@ from typing import Any
 
 import zstandard
 
+from drkit.repository.blob import bounded_decompress
+
+MAX_MANIFEST_SIZE = 64 * 1024 * 1024
+"""A manifest's JSON is never larger (the biggest real ones are a few MiB)."""
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -57,8 +62,10 @@ class Snapshot:
 
     @classmethod
     def decode(cls, data: bytes) -> "Snapshot":
+        """Parse a manifest's plaintext (at most :data:`MAX_MANIFEST_SIZE` once
+        decompressed); raises ValueError."""
         try:
-            doc = json.loads(zstandard.ZstdDecompressor().decompress(data))
+            doc = json.loads(bounded_decompress(data, MAX_MANIFEST_SIZE))
             doc.pop("version", None)
             known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
             return cls(**known)

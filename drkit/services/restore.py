@@ -172,6 +172,7 @@ class _BlobUse:
     offset: int
     length: int
     blob_type: int
+    raw_length: int
     targets: list[tuple[int, int]] = field(default_factory=list)  # (file no, offset in file)
 
 
@@ -342,7 +343,7 @@ class SnapshotReader:
                     break
                 use = uses.setdefault(loc.pack, {}).get(cid)
                 if use is None:
-                    use = uses[loc.pack][cid] = _BlobUse(cid, loc.offset, loc.length, loc.blob_type)
+                    use = uses[loc.pack][cid] = _BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
                 use.targets.append((no, offset))
                 offset += loc.raw_length
                 plan.remaining += 1
@@ -419,7 +420,7 @@ class SnapshotReader:
                     fail(u.targets, f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)")
                     continue
                 try:
-                    plain = self.repo.codec.decode_view(u.blob_type, u.chunk_id, sealed)
+                    plain = self.repo.codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
                 except BlobError as exc:
                     fail(u.targets, f"{name}: {exc}")
                     continue
