@@ -89,32 +89,39 @@ class TargetTree:
     # -- directories -------------------------------------------------------------
 
     def _open_locked(self, parts: Parts, create: bool) -> int:
+        """The fd of directory *parts*, opened from the deepest cached ancestor down
+        (iteratively: any depth), each step without following links; call under lock."""
         if not parts:
             return self._root
         fd = self._fds.get(parts)
         if fd is not None:
             self._fds.move_to_end(parts)
             return fd
-        parent = self._open_locked(parts[:-1], create)
-        name = parts[-1]
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
+        depth = len(parts) - 1
+        while depth > 0 and parts[:depth] not in self._fds:
+            depth -= 1
+        parent = self._fds[parts[:depth]] if depth else self._root
+        for i in range(depth, len(parts)):
+            here = parts[: i + 1]
             try:
-                os.mkdir(name, 0o700, dir_fd=parent)
-            except FileExistsError:
-                pass
-            fd = self._open_dir_at(parent, parts)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Refused(f"refusing to restore below {_shown(parts)}: it is a symlink or a file, "
-                              "not a directory (it could lead outside the target)") from None
-            raise
-        self._fds[parts] = fd
-        self._evict_locked()
-        return fd
+                fd = os.open(here[-1], _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(here[-1], 0o700, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                fd = self._open_dir_at(parent, here)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Refused(f"refusing to restore below {_shown(here)}: it is a symlink or a file, "
+                                  "not a directory (it could lead outside the target)") from None
+                raise
+            self._fds[here] = fd
+            parent = fd
+        self._evict_locked(keep=parts)
+        return parent
 
     def _open_dir_at(self, parent: int, parts: Parts) -> int:
         try:
@@ -125,10 +132,11 @@ class TargetTree:
                               "not a directory (it could lead outside the target)") from None
             raise
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self, keep: Parts) -> None:
+        """Close least recently used, unpinned fds above the bound (never *keep*)."""
         while len(self._fds) > self._max_open:
             for key in self._fds:
-                if not self._pins.get(key):
+                if key != keep and not self._pins.get(key):
                     os.close(self._fds.pop(key))
                     break
             else:

@@ -12,7 +12,8 @@ Config keys::
 A pattern with a ``/`` matches the whole path (``/srv/data/cache`` also excludes
 everything below it), otherwise the file name. Regular files, directories and
 symlinks are saved with modes, owners and mtimes; other file types (sockets, devices,
-FIFOs) are skipped with a note. Unchanged files (same size, mtime, ctime, inode) are
+FIFOs) are skipped with a note. The walk is iterative; a directory more than
+``MAX_DEPTH`` (512) components deep is skipped with a warning. Unchanged files (same size, mtime, ctime, inode) are
 not read again: their chunks are taken from the previous snapshot of this source.
 """
 
@@ -29,6 +30,10 @@ from pydantic import Field, field_validator
 
 from drkit.repository.tree import Entry
 from drkit.sources.base import BackupContext, Source, SourceOptions
+
+MAX_DEPTH = 512
+"""Path components a saved directory may have; a deeper subtree is skipped with a
+warning (the run goes on; it ends as a partial failure, exit 7)."""
 
 
 class FilesOptions(SourceOptions):
@@ -124,53 +129,61 @@ class TreeWalker:
     def walk(self, real: str, logical: str, st: os.stat_result) -> None:
         self._walk(real, logical, st, st.st_dev)
 
-    def _walk(self, real: str, logical: str, st: os.stat_result, root_dev: int) -> None:
+    def _walk(self, real_root: str, logical_root: str, root_st: os.stat_result, root_dev: int) -> None:
+        """Depth-first, sorted, iterative (no recursion limit): a directory whose logical
+        path has more than :data:`MAX_DEPTH` components is skipped with a warning."""
         ctx = self.ctx
-        if matches(logical, self.exclude):
-            return
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            if logical in self.seen:
-                return
-            self.seen.add(logical)
-            ctx.add_dir(logical, st)
-            self.counts["dirs"] += 1
-            if self.one_file_system and st.st_dev != root_dev:
-                return
-            try:
-                names = sorted(os.listdir(real))
-            except OSError as exc:
-                ctx.warn(f"{real}: {exc.strerror}")
-                return
-            for name in names:
-                child = real.rstrip("/") + "/" + name
-                try:
-                    child_st = os.lstat(child)
-                except OSError as exc:
-                    ctx.warn(f"{child}: {exc.strerror}")
+        stack: list[tuple[str, str, os.stat_result]] = [(real_root, logical_root, root_st)]
+        while stack:
+            real, logical, st = stack.pop()
+            if matches(logical, self.exclude):
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                if logical in self.seen:
                     continue
-                self._walk(child, logical.rstrip("/") + "/" + name, child_st, root_dev)
-        elif stat.S_ISREG(mode):
-            if self.include and not matches(logical, self.include):
-                return
-            ctx.progress(real)
-            try:
-                entry = ctx.add_file(logical, real, st)
-            except OSError as exc:
-                ctx.warn(f"{real}: {exc.strerror or exc}")
-                return
-            self.counts["files"] += 1
-            self.counts["bytes"] += entry.size
-            if self.after_file is not None:
-                self.after_file(real, logical, st, entry)
-        elif stat.S_ISLNK(mode):
-            if self.include and not matches(logical, self.include):
-                return
-            try:
-                ctx.add_symlink(logical, os.readlink(real), st)
-            except OSError as exc:
-                ctx.warn(f"{real}: {exc.strerror}")
-                return
-            self.counts["symlinks"] += 1
-        else:
-            ctx.warn(f"{real}: skipped (not a regular file, directory or symlink)")
+                if logical.count("/") > MAX_DEPTH:
+                    ctx.warn(f"{real}: skipped, deeper than {MAX_DEPTH} levels")
+                    continue
+                self.seen.add(logical)
+                ctx.add_dir(logical, st)
+                self.counts["dirs"] += 1
+                if self.one_file_system and st.st_dev != root_dev:
+                    continue
+                try:
+                    names = sorted(os.listdir(real))
+                except OSError as exc:
+                    ctx.warn(f"{real}: {exc.strerror}")
+                    continue
+                children: list[tuple[str, str, os.stat_result]] = []
+                for name in names:
+                    child = real.rstrip("/") + "/" + name
+                    try:
+                        children.append((child, logical.rstrip("/") + "/" + name, os.lstat(child)))
+                    except OSError as exc:
+                        ctx.warn(f"{child}: {exc.strerror}")
+                stack.extend(reversed(children))  # popped in sorted order
+            elif stat.S_ISREG(mode):
+                if self.include and not matches(logical, self.include):
+                    continue
+                ctx.progress(real)
+                try:
+                    entry = ctx.add_file(logical, real, st)
+                except OSError as exc:
+                    ctx.warn(f"{real}: {exc.strerror or exc}")
+                    continue
+                self.counts["files"] += 1
+                self.counts["bytes"] += entry.size
+                if self.after_file is not None:
+                    self.after_file(real, logical, st, entry)
+            elif stat.S_ISLNK(mode):
+                if self.include and not matches(logical, self.include):
+                    continue
+                try:
+                    ctx.add_symlink(logical, os.readlink(real), st)
+                except OSError as exc:
+                    ctx.warn(f"{real}: {exc.strerror}")
+                    continue
+                self.counts["symlinks"] += 1
+            else:
+                ctx.warn(f"{real}: skipped (not a regular file, directory or symlink)")
