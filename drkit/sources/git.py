@@ -391,7 +391,8 @@ class GitSource(Source):
             tmp = tempfile.mkdtemp(prefix="drkit-git-restore-")
             dest = Path(tmp) / "repo.git"
         try:
-            kept, skipped = [], []
+            kept: list[Entry] = []
+            skipped: list[Entry] = []
             for entry in ctx.entries():
                 (kept if _restorable(entry) else skipped).append(entry)
             result = ctx.write_entries(dest, include=[], entries=iter(kept))

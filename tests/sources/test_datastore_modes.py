@@ -15,6 +15,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.tree import FILE, Entry
 from drkit.services.restore import RestoreOptions, SnapshotReader
 from drkit.sources import build_source
+from drkit.sources.base import Source
 from drkit.sources.k3s_common import find_k3s_server
 from drkit.sources.k3s_etcd import K3sEtcdSource
 from drkit.sources.k3s_sqlite import K3sSqliteSource
@@ -22,7 +23,7 @@ from drkit.storage import LocalStorage
 from tests.fixtures.k3s_layout import create_kine_db, fake_proc
 from tests.fixtures.recording import RecordingBackup, RecordingRestore
 from tests.hostile.snapshots import write_snapshot
-from tests.servers.etcd import EtcdServer, etcd_server  # noqa: F401
+from tests.servers.etcd import EtcdServer
 
 
 def _mode(path: Path) -> int:
@@ -47,12 +48,12 @@ class _ModeRecorder(RecordingBackup):
         return super().add_file(path, real_path, st)
 
 
-def _restore_old_snapshot(tmp_path: Path, src: object, source_type: str, name: str, data: bytes) -> Path:
+def _restore_old_snapshot(tmp_path: Path, src: Source, source_type: str, name: str, data: bytes) -> Path:
     repo = Repository.init(LocalStorage(tmp_path / "repo"), "pw")
-    snap = write_snapshot(repo, [Entry(name, FILE, mode=0o644)], {name: data}, source=str(getattr(src, "name")),
+    snap = write_snapshot(repo, [Entry(name, FILE, mode=0o644)], {name: data}, source=src.name,
                           source_type=source_type)
     target = tmp_path / "restored"
-    src.restore(SnapshotReader(repo, snap, options=RestoreOptions(target=target)))  # type: ignore[attr-defined]
+    src.restore(SnapshotReader(repo, snap, options=RestoreOptions(target=target)))
     return target / name
 
 
