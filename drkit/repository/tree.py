@@ -1,13 +1,15 @@
 """Snapshot trees: the list of entries (files, directories, symlinks) of a snapshot.
 
 A tree is serialised as JSON lines, one :class:`Entry` per line, in the order the
-source produced them (directories before their contents). The serialised stream is
+source produced them (directories before their contents). Names that are not UTF-8
+are stored as base64 beside a display form (see :meth:`Entry.to_json`). The serialised stream is
 chunked like file data and stored as blobs of type ``tree``, so unchanged metadata
 deduplicates across snapshots. The snapshot manifest lists the tree blob ids in order.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -15,6 +17,23 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 if TYPE_CHECKING:
     from drkit.repository.repo import Repository
     from drkit.repository.snapshot import Snapshot
+
+_NAME_KEYS = ("path", "target")
+
+
+def _raw_name(name: object) -> bytes | None:
+    """The bytes of *name* if it is not valid UTF-8 (surrogate-escaped), else None."""
+    if not isinstance(name, str):
+        return None
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        try:
+            return name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte (hostile input)
+            return name.encode("utf-8", "replace")
+
 
 FILE = "file"
 DIR = "dir"
@@ -49,12 +68,27 @@ class Entry:
     dev: int = 0
 
     def to_json(self) -> str:
+        """One JSON line, ASCII. A path or target that is not valid UTF-8 (held in
+        memory with surrogate escapes, as ``os.fsdecode`` makes it) is stored as
+        ``path_b64``/``target_b64`` (base64 of the raw bytes), with ``path``/``target``
+        holding a display form (each bad byte as U+FFFD): valid JSON for any parser."""
         data = {k: v for k, v in asdict(self).items() if v not in ("", 0, []) or k in ("path", "type")}
+        for key in _NAME_KEYS:
+            raw = _raw_name(data.get(key, ""))
+            if raw is not None:
+                data[key] = raw.decode("utf-8", "replace")
+                data[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
         return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Entry":
+        """Inverse of :meth:`to_json`; ``*_b64`` names win over their display form.
+        Version-1 trees (lone surrogates U+DC80..U+DCFF standing for bytes) read as is."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in _NAME_KEYS:
+            encoded = data.get(f"{key}_b64")
+            if isinstance(encoded, str):
+                known[key] = base64.b64decode(encoded).decode("utf-8", "surrogateescape")
         return cls(**known)
 
     @classmethod

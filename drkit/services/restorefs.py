@@ -57,7 +57,11 @@ def split_path(logical: str) -> Parts:
     if "\x00" in logical or any(p == ".." for p in parts):
         raise Refused(f"refusing to restore {logical!r}: the path would escape the target directory")
     for p in parts:
-        if len(os.fsencode(p)) > NAME_MAX:
+        try:
+            encoded = os.fsencode(p)
+        except UnicodeEncodeError:
+            raise Refused(f"refusing to restore {logical!r}: a name is not a valid byte string") from None
+        if len(encoded) > NAME_MAX:
             raise Refused(f"refusing to restore {logical!r}: a name is longer than {NAME_MAX} bytes")
         if p.startswith(TMP_PREFIX):
             raise Refused(f"refusing to restore {logical!r}: {p!r} collides with drkit's restore temporaries")
