@@ -117,7 +117,7 @@ def run_restore(
         raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the "
                          "source supports it)")
     started = time.monotonic()
-    with repo.lock(exclusive=False, command="restore"):
+    with repo.lock_for("restore"):
         snap = repo.find_snapshot(snapshot_ref, source=source.name)
         if snap.source_type != source.type_name:
             raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, "
