@@ -71,7 +71,12 @@ class DocReader:
         for slot_file in sorted((self.root / "keys").iterdir()):
             slot = json.loads(slot_file.read_bytes())
             if slot.get("kdf") == "x25519" and recipient_key(slot["recipient"]) == self.public:
-                plain = self.open(base64.b64decode(slot["data"]), aad(b"key", b"recipient-slot"))
+                associated = aad(b"key", b"recipient-slot")
+                if slot.get("version", 1) >= 2:  # v2: every other field of the slot, canonical JSON
+                    rest = {k: v for k, v in slot.items() if k != "data"}
+                    associated += b"\x00" + json.dumps(rest, sort_keys=True, separators=(",", ":"),
+                                                       ensure_ascii=False).encode("utf-8")
+                plain = self.open(base64.b64decode(slot["data"]), associated)
                 return json.loads(plain)
         raise AssertionError("no x25519 slot for this identity")
 
