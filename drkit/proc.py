@@ -12,6 +12,13 @@ streaming), so that all of them
 
 Secrets belong in ``env=`` or ``input=``, never in ``cmd``; ``redact=`` is the
 second line of defence for values that a program echoes back on stderr.
+
+Children get a scrubbed environment: only :data:`BASE_ENV` (path, home, locale,
+time zone, temp dir, CA bundles, proxies, the SSH agent socket) from drkit's own,
+plus what the caller passes in ``env=`` for that child. The passphrase
+(``DRKIT_PASSWORD``...), cloud keys and tokens in drkit's environment never reach a
+child. ``inherit_env=True`` passes everything: only for the operator's own commands
+(runbook steps, which may run ``drkit`` themselves).
 """
 
 from __future__ import annotations
@@ -123,13 +130,25 @@ def which(program: str, *, hint: str | None = None) -> str:
     return found
 
 
-def _merged_env(env: Mapping[str, str] | None, replace_env: bool) -> dict[str, str] | None:
-    if env is None:
-        return None
+BASE_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSH_AUTH_SOCK",
+})
+"""Variables of drkit's environment every child may see (and ``LC_*``)."""
+
+
+def child_env(env: Mapping[str, str] | None = None, *, replace_env: bool = False,
+              inherit_env: bool = False) -> dict[str, str]:
+    """The environment of a child: :data:`BASE_ENV` and ``LC_*`` from this process
+    (everything with *inherit_env*), then *env* on top (*env* alone with *replace_env*)."""
     if replace_env:
-        return dict(env)
-    merged = dict(os.environ)
-    merged.update(env)
+        return dict(env or {})
+    if inherit_env:
+        merged = dict(os.environ)
+    else:
+        merged = {k: v for k, v in os.environ.items() if k in BASE_ENV or k.startswith("LC_")}
+    merged.update(env or {})
     return merged
 
 
@@ -139,6 +158,7 @@ def run(
     timeout: float | None = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
     replace_env: bool = False,
+    inherit_env: bool = False,
     input: bytes | str | None = None,
     cwd: str | os.PathLike[str] | None = None,
     redact: Sequence[str | bytes | None] = (),
@@ -148,7 +168,9 @@ def run(
 ) -> Result:
     """Run *cmd* to completion and return its :class:`Result`.
 
-    - *env* is added to the current environment (``replace_env=True``: used alone).
+    - *env* is added to a scrubbed copy of the current environment (see
+      :func:`child_env`; ``replace_env=True``: used alone; ``inherit_env=True``: on
+      top of the whole environment).
     - *input* is written to stdin (str is UTF-8 encoded); stdin is otherwise /dev/null,
       so a program that prompts fails instead of hanging.
     - *stdout*: a binary file object or fd to write stdout to instead of capturing it
@@ -171,7 +193,7 @@ def run(
             stdout=stdout if stdout is not None else subprocess.PIPE,
             stderr=subprocess.PIPE,
             timeout=timeout,
-            env=_merged_env(env, replace_env),
+            env=child_env(env, replace_env=replace_env, inherit_env=inherit_env),
             cwd=cwd,
             check=False,
         )
@@ -272,6 +294,7 @@ def popen(
     timeout: float | None = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
     replace_env: bool = False,
+    inherit_env: bool = False,
     cwd: str | os.PathLike[str] | None = None,
     redact: Sequence[str | bytes | None] = (),
     hint: str | None = None,
@@ -293,7 +316,7 @@ def popen(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=errfile,
-            env=_merged_env(env, replace_env),
+            env=child_env(env, replace_env=replace_env, inherit_env=inherit_env),
             cwd=cwd,
         )
     except FileNotFoundError as exc:

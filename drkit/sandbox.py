@@ -468,7 +468,7 @@ class _Etcd:
                  "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                  "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                  "--initial-cluster", f"{name}={peer_url}", "--log-level", "error", "--logger", "zap"],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=proc.child_env(),
             )
             logf.close()
             etcd = cls(p, client_url, data_dir, log)

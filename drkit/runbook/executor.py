@@ -198,7 +198,7 @@ class LocalExecutor:
         try:
             res = proc.run(
                 argv, input=env_block(env) + (stdin or b""), stdout=w_fd, check=False,
-                timeout=timeout + KILL_GRACE + 10,
+                timeout=timeout + KILL_GRACE + 10, inherit_env=True,  # the operator's own steps (they run drkit)
             )
             rc, err = res.returncode, res.err_text
         except proc.CommandTimeout:

@@ -268,7 +268,7 @@ def throwaway_etcd(data_dir: Path, *, name: str = "default", timeout: float = 30
     process = subprocess.Popen(
         [binary, "--name", name, "--data-dir", str(data_dir), "--listen-client-urls", client,
          "--advertise-client-urls", client, "--listen-peer-urls", peer],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=proc.child_env(),
     )
     try:
         etcd = EtcdClient(client, timeout=60)

@@ -66,3 +66,25 @@ def test_popen_streams_large_output_and_reports_failure() -> None:
                         redact=["tok"]) as stream:
             stream.stdout.read()
     assert "boom ***" in str(info.value)
+
+
+def test_children_get_a_scrubbed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """#14 case 5: a child never inherits the passphrase, cloud keys or tokens; only the
+    basics (PATH, HOME, locale ...) and what the caller passes for it."""
+    for key, value in {"DRKIT_PASSWORD": "pw", "AWS_SECRET_ACCESS_KEY": "aws", "GITHUB_TOKEN": "gh",
+                       "DRKIT_IDENTITY_PASSWORD": "idpw", "LC_ALL": "C.UTF-8"}.items():
+        monkeypatch.setenv(key, value)
+    script = "import json, os; print(json.dumps(dict(os.environ)))"
+    import json
+
+    seen = json.loads(proc.run([sys.executable, "-c", script], env={"X_FOR_CHILD": "1"}).text)
+    assert not {"DRKIT_PASSWORD", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "DRKIT_IDENTITY_PASSWORD"} & set(seen)
+    assert seen["X_FOR_CHILD"] == "1" and seen["PATH"] and seen["LC_ALL"] == "C.UTF-8"
+    seen = json.loads(proc.run([sys.executable, "-c", script]).text)
+    assert "DRKIT_PASSWORD" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
+    with proc.popen([sys.executable, "-c", script]) as stream:
+        streamed = json.loads(stream.stdout.read())
+    assert "DRKIT_PASSWORD" not in streamed and "GITHUB_TOKEN" not in streamed
+    # the runbook executor runs the operator's own commands: it asks for everything
+    seen = json.loads(proc.run([sys.executable, "-c", script], inherit_env=True).text)
+    assert seen["DRKIT_PASSWORD"] == "pw"
