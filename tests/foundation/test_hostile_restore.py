@@ -203,3 +203,21 @@ def test_ctrl_c_during_a_cli_restore_is_one_line_and_exit_130(ws: Workspace, mon
     assert r.err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in r.err
     assert not [p for p in (ws.root / "t").iterdir() if p.name.startswith(TMP_PREFIX)]
     assert not list((ws.repo / "locks").iterdir()), "the shared lock is released"
+
+
+def test_a_drill_of_the_hostile_snapshot_writes_nothing_outside_its_scratch(ws: Workspace, victim: Path) -> None:
+    """Drills run unattended and use the same restore path."""
+    repo = _repo(ws)
+    write_snapshot(repo, [
+        Entry("d", DIR, mode=0o755),
+        Entry("d/f.drkit-restore", SYMLINK, mode=0o777, target=str(victim)),
+        Entry("d/f", FILE, mode=0o4777),
+    ], {"d/f": b"attacker bytes\n"})
+    scratch = ws.root / "scratch"
+    scratch.mkdir()
+    r = ws.run("drill", "-s", "data", "--scratch", str(scratch), "--keep")
+    assert "scratch directory" not in r.err, r.err
+    restored = [p for p in scratch.rglob("f") if p.parent.name == "d"]
+    assert restored and restored[0].read_bytes() == b"attacker bytes\n", "the drill restored the snapshot"
+    assert victim.read_bytes() == b"victim bytes\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
