@@ -63,7 +63,10 @@ def restore_cmd(
     whose data is damaged is not left behind, and the restore fails naming it.
     Files come back under DIR with their full original path (restic's convention):
     /srv/data/x is restored as DIR/srv/data/x. Without --force the target must be
-    empty; paths that would escape it are refused.
+    empty. Nothing is written outside DIR, whatever the snapshot says (paths that
+    would escape, or lead through a symlink, are refused: exit 9). Owners and
+    set-uid/set-gid/sticky bits are restored only when run as root, as tar does.
+    Ctrl-C stops within a second, leaving only complete files.
 
     \b
     Examples:
