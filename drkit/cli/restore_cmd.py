@@ -34,7 +34,8 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--force", is_flag=True, help="Allow a non-empty target (files are replaced atomically).")
 @click.option("--in-place", is_flag=True, help="Put the data back on this node (sources that support it: K3s datastore, node files, Kubernetes objects).")
 @click.option("--volume", "volumes", multiple=True, metavar="PVC", help="Longhorn, local-path: restore only these PVCs (namespace/name or name).")
-@click.option("--namespace", "namespace", metavar="NEW", help="local-path: restore as new claims (new PVs and directories) in this namespace.")
+@click.option("--namespace", "namespace", metavar="NEW", help="local-path, Longhorn: restore as new claims (new PVs and volumes) in this namespace.")
+@click.option("--claim", "claim", metavar="NEW", help="Longhorn: restore the one selected volume (--volume) as a claim of this name.")
 @click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
 @click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="A source-specific restore option, e.g. -o pause_sync=false (argocd); see docs/sources/.")
@@ -52,6 +53,7 @@ def restore_cmd(
     in_place: bool,
     volumes: tuple[str, ...],
     namespace: str | None,
+    claim: str | None,
     push_to: str | None,
     as_json: bool,
     identity_path: Path | None,
@@ -77,9 +79,9 @@ def restore_cmd(
     src = state.config.source(source)
     options = RestoreOptions(
         target=target, include=include, force=force, dry_run=dry_run, in_place=in_place,
-        volumes=volumes, namespace=namespace, push_to=push_to, extra=parse_options(extra),
+        volumes=volumes, namespace=namespace, claim=claim, push_to=push_to, extra=parse_options(extra),
     )
-    if target is None and not (in_place or push_to or namespace):
+    if target is None and not (in_place or push_to or namespace or claim):
         raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the source "
                          "supports it)")
     repo = open_repository(state, identity_path)

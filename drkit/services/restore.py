@@ -69,7 +69,9 @@ class RestoreOptions:
     in_place: bool = False
     volumes: tuple[str, ...] = ()
     namespace: str | None = None
-    """local-path: restore as new claims in this namespace."""
+    """local-path, longhorn: restore as new claims in this namespace."""
+    claim: str | None = None
+    """longhorn: restore the one selected volume as a claim of this name."""
     push_to: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -78,7 +80,7 @@ class RestoreOptions:
         """Build from a mapping (tests, library callers): the known keys become fields,
         the rest goes to ``extra``."""
         data = dict(options or {})
-        known = {k: data.pop(k) for k in ("in_place", "volumes", "namespace", "push_to") if k in data}
+        known = {k: data.pop(k) for k in ("in_place", "volumes", "namespace", "claim", "push_to") if k in data}
         if "volumes" in known:
             known["volumes"] = tuple(known["volumes"] or ())
         return cls(**fields, **known, extra=data)

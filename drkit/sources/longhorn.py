@@ -12,64 +12,54 @@ Backup, per selected PVC (PVC -> PV with ``csi.driver: driver.longhorn.io`` ->
    VolumeAttachment ticket (Longhorn v1.5+), read its block device
    ``DEVICE_DIR/CLONE`` into drkit's encrypted, deduplicating repository as
    ``volumes/<namespace>/<pvc>.img``, then detach and delete the clone in a
-   ``finally`` block (also when the read fails);
+   ``finally`` block (also when the read fails). An encrypted Longhorn volume is read
+   as its block device shows it: LUKS ciphertext (the CSI driver opens it at mount);
    ``mode: native``: a Longhorn ``Backup`` CR (label ``backup-volume``,
    ``spec.snapshotName``), wait for ``status.state: Completed`` and record
    ``status.url``. **Longhorn's own backups are not encrypted** by drkit. drkit never
    deletes a Backup CR (that deletes the remote backup);
 3. ``volumes/<namespace>/<pvc>.yaml`` records the PVC, PV and Volume (stripped), size,
-   filesystem, access modes, storage class, the mode and the backup URL;
-4. retention: Snapshot CRs drkit created (label ``drkit.io/created-by: drkit``) beyond
-   the newest ``keep_snapshots`` of each volume are deleted.
+   filesystem, access modes, storage class, ``encrypted`` and the PV's CSI secret
+   references, the mode and the backup URL;
+4. retention: the Snapshot CRs this source created (labels ``drkit.io/created-by:
+   drkit`` and ``drkit.io/source``, annotation ``drkit.io/source-name``) beyond the
+   newest ``keep_snapshots`` of each volume are deleted; snapshots of other sources and
+   the user's own are never touched.
 
-Restore (``drkit restore ... --in-place [--volume NS/PVC]... [--force] [--dry-run]``):
-a new Longhorn ``Volume`` (``numberOfReplicas`` from the options, ``frontend:
-blockdev``, the original size; ``spec.fromBackup`` in native mode, else the drkit image
-written to its block device), then a static PV (``driver.longhorn.io``,
-``volumeHandle``, reclaim policy ``Retain``, ``claimRef`` to the PVC without uid) and
-the PVC under its original namespace and name bound to it (``spec.volumeName``): do it
-before Argo CD syncs the app, or it provisions an empty PVC. An existing bound PVC is
-refused unless ``--force``. Without ``--in-place``, ``--target DIR`` receives the
-images and records as files.
+Restore: with ``--target DIR`` the images and records as files; with ``--in-place``
+see :mod:`drkit.sources.longhorn_restore` (plan first, never delete what may hold
+data; ``--force``, ``--dry-run``, ``--namespace``, ``--claim``). The Longhorn API
+client is :mod:`drkit.longhorn_api`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import re
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 
 from drkit import proc
-from drkit.errors import EXIT_STORAGE, DrkitError, Refused, UsageError
+from drkit.errors import DrkitError, Refused, UsageError
 from drkit.kube import (
-    LH_BACKUP,
-    LH_NODE,
-    LH_SNAPSHOT,
     LH_VOLUME,
-    LH_VOLUME_ATTACHMENT,
     PV,
     PVC,
     Kube,
     KubeAPIError,
-    KubeConflict,
-    KubeInvalid,
     KubeOptions,
     connect_options,
-    refuse_if_claim_in_use,
     strip_object,
 )
+from drkit.longhorn_api import CSI_DRIVER, LonghornAPI, LonghornError, LonghornTimeout
 from drkit.repository.tree import FILE
+from drkit.sources import longhorn_restore as lr
 from drkit.sources._kubeobjects import record_cluster, warn_version_mismatch
 from drkit.sources.base import (
     BackupContext,
@@ -85,25 +75,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CSI_DRIVER = "driver.longhorn.io"
+__all__ = ["CSI_DRIVER", "LonghornError", "LonghornOptions", "LonghornSource", "LonghornTimeout"]
+
 CREATED_BY = "drkit.io/created-by"
 VOLUME_LABEL = "drkit.io/volume"
 SOURCE_LABEL = "drkit.io/source"
+SOURCE_NAME = "drkit.io/source-name"
+"""Annotation: the exact source name (a label value may have lost characters)."""
 CREATED_AT = "drkit.io/created-at-ns"
 """Annotation: creation time in ns (creationTimestamp has 1 s resolution: retention
 must order two snapshots of the same second)."""
-_COPY = 4 * 1024 * 1024
-T = TypeVar("T")
-
-
-class LonghornError(DrkitError):
-    """{message}"""
-
-    exit_code = EXIT_STORAGE
-
-
-class LonghornTimeout(LonghornError):
-    """{message}"""
+_label_value = lr.label_value
 
 
 class Hook(SourceOptions):
@@ -199,11 +181,6 @@ class SelectedVolume:
         return f"{self.namespace}/{self.pvc_name}"
 
 
-def _label_value(text: str) -> str:
-    value = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63]
-    return value.strip("-_.") or "x"
-
-
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -223,31 +200,10 @@ class LonghornSource(Source):
         enc = "encrypted in drkit" if self.options.mode == "drkit" else "Longhorn native, NOT encrypted by drkit"
         return f"{self.name} (longhorn, {enc})"
 
-    # ------------------------------------------------------------------ helpers
-    def _wait(self, what: str, probe: Callable[[], T | None], timeout: float, *, hint: str | None = None) -> T:
-        """Poll *probe* until it returns a value; LonghornTimeout after *timeout*."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value is not None:
-                return value
-            if time.monotonic() >= deadline:
-                raise LonghornTimeout(f"timed out after {timeout:g}s waiting for {what}", hint=hint)
-            time.sleep(min(self.options.poll_interval, max(0.01, deadline - time.monotonic())))
-
-    def _node_id(self, kube: Kube) -> str:
-        if self.options.node_id:
-            return self.options.node_id
-        nodes = [n["metadata"]["name"] for n in kube.list(LH_NODE, self.options.longhorn_namespace)]
-        if len(nodes) != 1:
-            raise UsageError(
-                f"cannot choose a Longhorn node to attach volumes to: found {len(nodes)} ({', '.join(nodes) or 'none'})",
-                hint="set the source's 'node_id' to the name of this node (kubectl -n longhorn-system get nodes.longhorn.io)",
-            )
-        return nodes[0]
-
-    def _lh_get(self, kube: Kube, res: Any, name: str) -> dict[str, Any] | None:
-        return kube.get_or_none(res, name, self.options.longhorn_namespace)
+    def _api(self, kube: Kube) -> LonghornAPI:
+        opts = self.options
+        return LonghornAPI(kube, opts.longhorn_namespace, device_dir=opts.device_dir,
+                           poll_interval=opts.poll_interval, attach_timeout=opts.attach_timeout)
 
     # ------------------------------------------------------------------ selection
     def select(self, kube: Kube) -> tuple[list[SelectedVolume], list[str]]:
@@ -255,6 +211,7 @@ class LonghornSource(Source):
         Raises UsageError when a PVC named in ``pvcs`` is missing, unbound or not
         Longhorn."""
         opts = self.options
+        api = self._api(kube)
         pvcs: list[dict[str, Any]] = []
         scopes: list[str | None] = list(opts.namespaces) or [None]
         for ns in scopes:
@@ -288,7 +245,7 @@ class LonghornSource(Source):
                 skipped.append(problem)
                 continue
             assert pv is not None
-            volume = self._lh_get(kube, LH_VOLUME, csi["volumeHandle"])
+            volume = api.volume(csi["volumeHandle"])
             if volume is None:
                 raise LonghornError(f"PVC {ref}: Longhorn volume {csi['volumeHandle']} (from PV {pv_name}) not found",
                                     hint="is 'longhorn_namespace' right?")
@@ -302,6 +259,7 @@ class LonghornSource(Source):
         KubeAPIError subclasses on failures; temporary clones never outlive a run."""
         opts = self.options
         with connect_options(opts) as kube:
+            api = self._api(kube)
             record_cluster(ctx, kube)
             selected, skipped = self.select(kube)
             if not selected:
@@ -309,23 +267,23 @@ class LonghornSource(Source):
                     f"source {self.name!r} selected no Longhorn volumes" + (f" ({'; '.join(skipped)})" if skipped else ""),
                     hint="check kubeconfig/context, 'namespaces', 'pvcs' and 'label_selector'",
                 )
-            node = self._node_id(kube) if opts.mode == "drkit" else None
-            snapshots = self._take_snapshots(ctx, kube, selected)
+            node = api.node_id(opts.node_id) if opts.mode == "drkit" else None
+            snapshots = self._take_snapshots(ctx, kube, api, selected)
             records = []
             for sel in selected:
                 snap = snapshots[sel.volume_name]
                 record = self._record(sel, snap)
                 if opts.mode == "drkit":
                     assert node is not None
-                    size = self._copy_volume(ctx, kube, sel, snap, node)
+                    size = self._copy_volume(ctx, api, sel, snap, node)
                     record["image"] = _record_path(sel.namespace, sel.pvc_name, "img")
                     record["image_size"] = size
                 else:
-                    record["backup"] = self._native_backup(ctx, kube, sel, snap)
+                    record["backup"] = self._native_backup(ctx, api, sel, snap)
                 ctx.add_bytes(_record_path(sel.namespace, sel.pvc_name, "yaml"),
                               yaml.safe_dump(record, sort_keys=False).encode(), mode=0o600)
                 records.append(record)
-                self._apply_retention(kube, sel.volume_name)
+                self._apply_retention(api, sel.volume_name)
         ctx.meta.update(
             {
                 "mode": opts.mode,
@@ -337,6 +295,7 @@ class LonghornSource(Source):
                         "volume": r["volume"]["name"],
                         "size": r["volume"]["size"],
                         "snapshot": r["snapshot"],
+                        **({"encrypted": True} if r["encrypted"] else {}),
                         **({"backup_url": r["backup"]["url"], "backup": r["backup"]["name"]} if "backup" in r else {}),
                     }
                     for r in records
@@ -360,12 +319,15 @@ class LonghornSource(Source):
             "access_modes": pvc_spec.get("accessModes") or pv_spec.get("accessModes") or [],
             "storage_class": pvc_spec.get("storageClassName") or pv_spec.get("storageClassName") or "",
             "volume_mode": pvc_spec.get("volumeMode", "Filesystem"),
+            "encrypted": bool(vspec.get("encrypted")),
+            "secret_refs": lr.secret_refs(sel.pv),
             "volume": {
                 "name": sel.volume_name,
                 "size": str(vspec.get("size") or "0"),
                 "accessMode": vspec.get("accessMode", "rwo"),
                 "dataEngine": vspec.get("dataEngine", "v1"),
                 "numberOfReplicas": vspec.get("numberOfReplicas"),
+                "encrypted": bool(vspec.get("encrypted")),
             },
             "pvc": strip_object(sel.pvc),
             "pv": strip_object(sel.pv),
@@ -388,7 +350,8 @@ class LonghornSource(Source):
                                          + (f": {tail}" if tail else ""), cmd=proc.format_cmd(hook.command),
                                          returncode=result.returncode, stderr_tail=tail, hint=hint)
 
-    def _take_snapshots(self, ctx: BackupContext, kube: Kube, selected: list[SelectedVolume]) -> dict[str, str]:
+    def _take_snapshots(self, ctx: BackupContext, kube: Kube, api: LonghornAPI,
+                        selected: list[SelectedVolume]) -> dict[str, str]:
         """pre hooks, one Snapshot CR per volume, post hooks (always), then wait ready."""
         opts = self.options
         names: dict[str, str] = {}
@@ -397,21 +360,11 @@ class LonghornSource(Source):
             self._run_hooks(kube, opts.pre_hooks, "pre hook")
             for sel in selected:
                 name = f"drkit-{_stamp()}-{secrets.token_hex(3)}"
-                kube.create(
-                    LH_SNAPSHOT,
-                    {
-                        "apiVersion": LH_SNAPSHOT.api_version,
-                        "kind": "Snapshot",
-                        "metadata": {
-                            "name": name,
-                            "namespace": opts.longhorn_namespace,
-                            "labels": {CREATED_BY: "drkit", VOLUME_LABEL: _label_value(sel.volume_name),
-                                       SOURCE_LABEL: _label_value(self.name)},
-                            "annotations": {CREATED_AT: str(time.time_ns())},
-                        },
-                        "spec": {"volume": sel.volume_name, "createSnapshot": True,
-                                 "labels": {CREATED_BY: "drkit"}},
-                    },
+                api.create_snapshot(
+                    sel.volume_name, name,
+                    labels={CREATED_BY: "drkit", VOLUME_LABEL: _label_value(sel.volume_name),
+                            SOURCE_LABEL: _label_value(self.name)},
+                    annotations={CREATED_AT: str(time.time_ns()), SOURCE_NAME: self.name},
                 )
                 names[sel.volume_name] = name
         except BaseException:
@@ -424,62 +377,20 @@ class LonghornSource(Source):
         for sel in selected:
             name = names[sel.volume_name]
 
-            def ready(name: str = name, sel: SelectedVolume = sel) -> bool | None:
-                snap = self._lh_get(kube, LH_SNAPSHOT, name)
-                status = (snap or {}).get("status") or {}
-                if snap is None:
-                    raise LonghornError(f"Longhorn snapshot {name} disappeared while waiting for it")
-                if status.get("error"):
-                    raise LonghornError(f"Longhorn snapshot {name} of volume {sel.volume_name} failed: {status['error']}")
-                return True if status.get("readyToUse") else None
+            def ready(name: str = name, volume: str = sel.volume_name) -> bool | None:
+                return api.snapshot_ready(name, volume)
 
-            self._wait(f"Longhorn snapshot {name} of {sel.ref} to be readyToUse", ready, opts.snapshot_timeout,
-                       hint="check the volume's health in Longhorn; raise 'snapshot_timeout' for large volumes")
+            api.wait(f"Longhorn snapshot {name} of {sel.ref} to be readyToUse", ready, opts.snapshot_timeout,
+                     hint="check the volume's health in Longhorn; raise 'snapshot_timeout' for large volumes")
         return names
 
-    def _attach(self, kube: Kube, volume: str, node: str) -> str:
-        """Add a VolumeAttachment ticket for *volume* on *node*; wait for the device."""
-        opts = self.options
-        ticket = f"drkit-{secrets.token_hex(6)}"
-        self._wait(f"the VolumeAttachment of {volume}", lambda: self._lh_get(kube, LH_VOLUME_ATTACHMENT, volume),
-                   opts.attach_timeout)
-        kube.merge_patch(LH_VOLUME_ATTACHMENT, volume, opts.longhorn_namespace, {
-            "spec": {"attachmentTickets": {ticket: {
-                "id": ticket, "type": "longhorn-api", "nodeID": node, "parameters": {"disableFrontend": "false"},
-            }}},
-        })
-        device = opts.device_dir / volume
-
-        def attached() -> bool | None:
-            va = self._lh_get(kube, LH_VOLUME_ATTACHMENT, volume) or {}
-            st = ((va.get("status") or {}).get("attachmentTicketStatuses") or {}).get(ticket) or {}
-            vol = self._lh_get(kube, LH_VOLUME, volume) or {}
-            ok = st.get("satisfied") and (vol.get("status") or {}).get("state") == "attached" and device.exists()
-            return True if ok else None
-
-        self._wait(f"Longhorn volume {volume} to attach on node {node} ({device})", attached, opts.attach_timeout,
-                   hint="check the volume in the Longhorn UI; is 'device_dir' right and is this the node in 'node_id'?")
-        return ticket
-
-    def _detach(self, kube: Kube, volume: str, ticket: str, *, wait: bool = True) -> None:
-        kube.merge_patch(LH_VOLUME_ATTACHMENT, volume, self.options.longhorn_namespace,
-                         {"spec": {"attachmentTickets": {ticket: None}}})
-        if wait:
-            device = self.options.device_dir / volume
-
-            def detached() -> bool | None:
-                vol = self._lh_get(kube, LH_VOLUME, volume) or {}
-                return True if (vol.get("status") or {}).get("state") != "attached" and not device.exists() else None
-
-            self._wait(f"Longhorn volume {volume} to detach", detached, self.options.attach_timeout)
-
-    def _copy_volume(self, ctx: BackupContext, kube: Kube, sel: SelectedVolume, snap: str, node: str) -> int:
+    def _copy_volume(self, ctx: BackupContext, api: LonghornAPI, sel: SelectedVolume, snap: str, node: str) -> int:
         """Clone *snap*, attach the clone, stream its device into *ctx*; the clone is
         detached and deleted whatever happens. Returns the image size."""
         opts = self.options
         clone = f"drkit-clone-{secrets.token_hex(5)}"
         vspec = sel.volume.get("spec") or {}
-        kube.create(LH_VOLUME, {
+        api.create_volume({
             "apiVersion": LH_VOLUME.api_version,
             "kind": "Volume",
             "metadata": {"name": clone, "namespace": opts.longhorn_namespace,
@@ -491,21 +402,22 @@ class LonghornSource(Source):
                 "accessMode": "rwo",
                 "dataEngine": vspec.get("dataEngine", "v1"),
                 "dataSource": f"snap://{sel.volume_name}/{snap}",
+                **({"encrypted": True} if vspec.get("encrypted") else {}),
             },
         })
         ticket: str | None = None
         try:
             def cloned() -> bool | None:
-                vol = self._lh_get(kube, LH_VOLUME, clone) or {}
+                vol = api.volume(clone) or {}
                 state = ((vol.get("status") or {}).get("cloneStatus") or {}).get("state", "")
                 if state == "failed":
                     raise LonghornError(f"Longhorn could not clone snapshot {snap} of {sel.volume_name} into {clone}")
                 return True if state == "completed" else None
 
             ctx.progress(f"{self.name}: cloning {sel.ref}")
-            self._wait(f"clone {clone} of {sel.ref}", cloned, opts.clone_timeout)
-            ticket = self._attach(kube, clone, node)
-            device = opts.device_dir / clone
+            api.wait(f"clone {clone} of {sel.ref}", cloned, opts.clone_timeout)
+            ticket = api.attach(clone, node)
+            device = api.device(clone)
             ctx.progress(f"{self.name}: reading {sel.ref}")
             try:
                 with open(device, "rb", buffering=0) as f:
@@ -515,58 +427,46 @@ class LonghornSource(Source):
                                     hint="drkit must run as root on the node that holds the volume") from None
             return entry.size
         finally:
-            self._remove_clone(kube, clone, ticket)
+            self._remove_clone(api, clone, ticket)
 
-    def _remove_clone(self, kube: Kube, clone: str, ticket: str | None) -> None:
+    def _remove_clone(self, api: LonghornAPI, clone: str, ticket: str | None) -> None:
         """Detach and delete a temporary clone. Errors are logged, then the deletion is
         still attempted (a clone left behind is named in the error)."""
         try:
             if ticket is not None:
-                self._detach(kube, clone, ticket)
+                api.detach(clone, ticket)
         except (KubeAPIError, LonghornError) as exc:
             log.warning("detaching clone %s failed: %s", clone, exc)
         try:
-            kube.delete(LH_VOLUME, clone, self.options.longhorn_namespace, missing_ok=True)
+            api.kube.delete(LH_VOLUME, clone, self.options.longhorn_namespace, missing_ok=True)
         except KubeAPIError as exc:
             raise LonghornError(f"could not delete temporary Longhorn volume {clone}: {exc.message}",
                                 hint=f"delete it by hand: kubectl -n {self.options.longhorn_namespace} delete "
                                      f"volumes.longhorn.io {clone}") from None
 
-    def _native_backup(self, ctx: BackupContext, kube: Kube, sel: SelectedVolume, snap: str) -> dict[str, Any]:
+    def _native_backup(self, ctx: BackupContext, api: LonghornAPI, sel: SelectedVolume, snap: str) -> dict[str, Any]:
         """Create a Backup CR and wait for Completed. Never deletes it."""
         opts = self.options
         name = f"backup-{secrets.token_hex(8)}"
-        kube.create(LH_BACKUP, {
-            "apiVersion": LH_BACKUP.api_version,
-            "kind": "Backup",
-            "metadata": {"name": name, "namespace": opts.longhorn_namespace,
-                         "labels": {"backup-volume": sel.volume_name, CREATED_BY: "drkit"}},
-            "spec": {"snapshotName": snap, "labels": {SOURCE_LABEL: _label_value(self.name)}},
-        })
+        api.create_backup(sel.volume_name, snap, name, labels={CREATED_BY: "drkit"},
+                          backup_labels={SOURCE_LABEL: _label_value(self.name)})
         ctx.progress(f"{self.name}: Longhorn backup {name} of {sel.ref}")
-
-        def completed() -> dict[str, Any] | None:
-            backup = self._lh_get(kube, LH_BACKUP, name)
-            status = (backup or {}).get("status") or {}
-            if backup is None:
-                raise LonghornError(f"Longhorn Backup {name} of {sel.ref} disappeared while in progress")
-            if status.get("state") == "Error":
-                raise LonghornError(f"Longhorn backup {name} of {sel.ref} failed: {status.get('error') or 'no reason given'}",
-                                    hint="check the backup target (Longhorn UI, Settings > Backup Target)")
-            return status if status.get("state") == "Completed" and status.get("url") else None
-
-        status = self._wait(
-            f"Longhorn backup {name} of {sel.ref} to complete", completed, opts.backup_timeout,
+        status = api.wait(
+            f"Longhorn backup {name} of {sel.ref} to complete", lambda: api.backup_completed(name, sel.ref),
+            opts.backup_timeout,
             hint=f"the Backup CR {name} was left in place (drkit never deletes Backups); raise 'backup_timeout'",
         )
         return {"name": name, "url": status["url"], "created": status.get("backupCreatedAt", ""),
                 "encrypted_by_drkit": False}
 
-    def _apply_retention(self, kube: Kube, volume: str) -> list[str]:
-        """Delete drkit's Snapshot CRs of *volume* beyond the newest ``keep_snapshots``."""
-        snaps = kube.list(LH_SNAPSHOT, self.options.longhorn_namespace,
-                          label_selector=f"{CREATED_BY}=drkit,{VOLUME_LABEL}={_label_value(volume)}")
-        snaps = [s for s in snaps if (s.get("spec") or {}).get("volume") == volume]
+    def _apply_retention(self, api: LonghornAPI, volume: str) -> list[str]:
+        """Delete the Snapshot CRs of *volume* that this source created, beyond the
+        newest ``keep_snapshots``. Snapshots of other sources (another label or
+        ``drkit.io/source-name``) and the user's own are never touched."""
+        snaps = api.list_snapshots(f"{CREATED_BY}=drkit,{VOLUME_LABEL}={_label_value(volume)},"
+                                   f"{SOURCE_LABEL}={_label_value(self.name)}")
+        snaps = [s for s in snaps if (s.get("spec") or {}).get("volume") == volume
+                 and (s["metadata"].get("annotations") or {}).get(SOURCE_NAME, self.name) == self.name]
 
         def age_key(s: dict[str, Any]) -> tuple[str, int, str]:
             ns = (s["metadata"].get("annotations") or {}).get(CREATED_AT, "0")
@@ -575,7 +475,7 @@ class LonghornSource(Source):
         snaps.sort(key=age_key)
         doomed = snaps[: max(0, len(snaps) - self.options.keep_snapshots)]
         for s in doomed:
-            kube.delete(LH_SNAPSHOT, s["metadata"]["name"], self.options.longhorn_namespace, missing_ok=True)
+            api.delete_snapshot(s["metadata"]["name"])
         return [s["metadata"]["name"] for s in doomed]
 
     # ------------------------------------------------------------------ restore
@@ -608,10 +508,16 @@ class LonghornSource(Source):
         return records
 
     def restore(self, ctx: RestoreContext) -> RestoreResult:
-        """See the module doc. Refuses (Refused) a bound PVC without ``force``; with
-        ``dry_run`` only prints the objects it would create."""
+        """``--target DIR``: the images and records as files. ``--in-place`` (implied by
+        ``--namespace``/``--claim``): see
+        :mod:`drkit.sources.longhorn_restore` (every volume planned with reads only,
+        then ``--dry-run`` prints the plan, else it is carried out). Raises Refused
+        (mounted claims, claims whose volume holds data without ``--force``, missing
+        Secrets), UsageError (bad ``--namespace``/``--claim``)."""
         records = self._records(ctx)
-        if not ctx.options.in_place:
+        namespace = ctx.options.namespace or None
+        claim = ctx.options.claim or None
+        if not (ctx.options.in_place or namespace or claim):
             if ctx.target is None:
                 raise UsageError(f"source {self.name!r}: give --target DIR, or --in-place to recreate the volumes")
             include: list[str] | None = None  # everything (or --include)
@@ -622,193 +528,32 @@ class LonghornSource(Source):
         result = RestoreResult()
         if not records:
             raise UsageError(f"snapshot of source {self.name!r} holds no volumes")
-        with connect_options(self.options) as kube:
+        opts = self.options
+        settings = lr.RestoreSettings(opts.longhorn_namespace, opts.number_of_replicas, opts.attach_timeout,
+                                      opts.backup_timeout)
+        targets = lr.targets([r for r, _ in records], namespace, claim)
+        with connect_options(opts) as kube:
             warn_version_mismatch(ctx, kube)
-            node = self._node_id(kube) if any(r["mode"] == "drkit" for r, _ in records) else ""
-            for record, image in records:
-                self._restore_one(ctx, kube, record, image, node, result)
+            api = self._api(kube)
+            plans = [lr.plan_volume(api, kube, settings, record, image, target, force=ctx.force)
+                     for (record, image), target in zip(records, targets, strict=True)]
+            if ctx.dry_run:
+                for plan in plans:
+                    ctx.say(f"{plan.target.ref}: {plan.how}")
+                    for change in plan.changes:
+                        ctx.say(f"would {change.describe()}")
+                return result
+            node = api.node_id(opts.node_id) if any(p.record["mode"] == "drkit" for p in plans) else ""
+            for plan in plans:
+                result.bytes_written += lr.execute(plan, api, kube, settings, node, ctx.open_entry, ctx.say)
+                result.files += 1
+                result.details.setdefault("volumes", []).append(
+                    {"pvc": plan.target.ref, "volume": plan.volume_name, "mode": plan.record["mode"], "how": plan.how,
+                     **({"from": f"{plan.record['namespace']}/{plan.record['pvc_name']}"}
+                        if lr.mapped(plan.record, plan.target) else {}),
+                     **({"kept_pv": plan.old_pv} if plan.old_pv else {}),
+                     **({"kept_volume": plan.old_volume} if plan.old_volume else {})})
         return result
-
-    def _free_name(self, kube: Kube, wanted: str) -> str:
-        name = wanted
-        while self._lh_get(kube, LH_VOLUME, name) is not None or kube.get_or_none(PV, name) is not None:
-            name = f"{wanted[:50]}-r{secrets.token_hex(3)}"
-        return name
-
-    def build_objects(self, record: dict[str, Any], volume_name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The Volume, PV and PVC a restore creates for one record. Pure."""
-        opts = self.options
-        ns, pvc_name = record["namespace"], record["pvc_name"]
-        vol = record["volume"]
-        spec: dict[str, Any] = {
-            "size": str(vol["size"]),
-            "numberOfReplicas": opts.number_of_replicas,
-            "frontend": "blockdev",
-            "accessMode": vol.get("accessMode", "rwo"),
-            "dataEngine": vol.get("dataEngine", "v1"),
-        }
-        if record["mode"] == "native":
-            spec["fromBackup"] = record["backup"]["url"]
-        volume = {
-            "apiVersion": LH_VOLUME.api_version,
-            "kind": "Volume",
-            "metadata": {"name": volume_name, "namespace": opts.longhorn_namespace,
-                         "labels": {"drkit.io/restored-from": _label_value(vol["name"])}},
-            "spec": spec,
-        }
-        old_pv_spec = copy.deepcopy((record.get("pv") or {}).get("spec") or {})
-        old_csi = old_pv_spec.get("csi") or {}
-        access = record.get("access_modes") or ["ReadWriteOnce"]
-        storage = (old_pv_spec.get("capacity") or {}).get("storage") or str(vol["size"])
-        pv_spec: dict[str, Any] = {
-            "capacity": {"storage": storage},
-            "accessModes": access,
-            "persistentVolumeReclaimPolicy": "Retain",
-            "volumeMode": record.get("volume_mode") or "Filesystem",
-            "csi": {
-                "driver": CSI_DRIVER,
-                "volumeHandle": volume_name,
-                "fsType": record.get("fs_type") or old_csi.get("fsType") or "ext4",
-                "volumeAttributes": dict(old_csi.get("volumeAttributes") or {}),
-            },
-            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": pvc_name},
-        }
-        pv_spec["csi"]["volumeAttributes"]["numberOfReplicas"] = str(opts.number_of_replicas)
-        if record.get("storage_class"):
-            pv_spec["storageClassName"] = record["storage_class"]
-        pv = {"apiVersion": "v1", "kind": "PersistentVolume",
-              "metadata": {"name": volume_name, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
-              "spec": pv_spec}
-        old_pvc = record.get("pvc") or {}
-        pvc_meta = {k: v for k, v in (old_pvc.get("metadata") or {}).items() if k in ("labels", "annotations")}
-        annotations = {k: v for k, v in (pvc_meta.get("annotations") or {}).items()
-                       if not k.startswith(("volume.beta.kubernetes.io/", "volume.kubernetes.io/", "pv.kubernetes.io/"))}
-        pvc_meta = {"name": pvc_name, "namespace": ns,
-                    **({"labels": pvc_meta["labels"]} if pvc_meta.get("labels") else {}),
-                    **({"annotations": annotations} if annotations else {})}
-        pvc_spec: dict[str, Any] = {
-            "accessModes": access,
-            "resources": {"requests": {"storage": storage}},
-            "volumeName": volume_name,
-            "volumeMode": record.get("volume_mode") or "Filesystem",
-            "storageClassName": record.get("storage_class") or "",
-        }
-        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": pvc_meta, "spec": pvc_spec}
-        return volume, pv, pvc
-
-    def _say(self, ctx: RestoreContext, result: RestoreResult, line: str) -> None:
-        """Report one action (ctx.say prints it as it happens; not repeated in result.lines)."""
-        ctx.say(line)
-
-    def _restore_one(self, ctx: RestoreContext, kube: Kube, record: dict[str, Any], image: Any, node: str,
-                     result: RestoreResult) -> None:
-        opts = self.options
-        ns, pvc_name = record["namespace"], record["pvc_name"]
-        ref = f"{ns}/{pvc_name}"
-        if record["mode"] == "drkit" and image is None:
-            raise LonghornError(f"the snapshot has no image for {ref}", hint="the backup was incomplete; use another snapshot")
-        existing = kube.get_or_none(PVC, pvc_name, ns)
-        if existing is not None:
-            phase = (existing.get("status") or {}).get("phase")
-            bound_to = (existing.get("spec") or {}).get("volumeName", "")
-            if phase == "Bound" and not ctx.force:
-                raise Refused(f"PVC {ref} exists and is bound to {bound_to}: not overwriting it",
-                              hint="scale the workload down and pass --force to replace the PVC (its old PV and "
-                                   "volume are left as they are), or restore with --target DIR")
-        volume_name = self._free_name(kube, record["volume"]["name"])
-        volume, pv, pvc = self.build_objects(record, volume_name)
-        if ctx.dry_run:
-            if existing is not None:
-                self._say(ctx, result, f"would delete existing PVC {ref}")
-            for obj in (volume, pv, pvc):
-                self._say(ctx, result, f"would create {obj['kind']}:\n" + yaml.safe_dump(obj, sort_keys=False).rstrip())
-            return
-        if existing is not None:
-            refuse_if_claim_in_use(kube, ns, pvc_name, action="replacing it")
-            old_pv = (existing.get("spec") or {}).get("volumeName")
-            if old_pv and kube.get_or_none(PV, old_pv) is not None:
-                kube.merge_patch(PV, old_pv, None, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
-                self._say(ctx, result, f"set reclaim policy Retain on PersistentVolume {old_pv} (kept)")
-            kube.delete(PVC, pvc_name, ns, missing_ok=True)
-            self._wait(f"PVC {ref} to be deleted", lambda: True if kube.get_or_none(PVC, pvc_name, ns) is None else None,
-                       opts.attach_timeout, hint="a pod still uses it (kubernetes.io/pvc-protection): scale it down")
-            self._say(ctx, result, f"deleted existing PVC {ref} (--force)")
-        try:
-            kube.create(LH_VOLUME, volume)
-        except KubeInvalid as exc:
-            if record["mode"] != "native":
-                raise
-            raise KubeInvalid(
-                f"Longhorn refused to restore {ref} from {record['backup']['url']}: {exc.message}",
-                status=exc.status,
-                hint="on a rebuilt cluster, configure the same backup target and wait until Longhorn has synced "
-                     "it (kubectl -n longhorn-system get backupvolumes,backups), then run the restore again",
-            ) from None
-        try:
-            self._wait(f"restored Longhorn volume {volume_name} to be ready", lambda: self._volume_ready(kube, volume_name),
-                       opts.backup_timeout if record["mode"] == "native" else opts.attach_timeout)
-            if record["mode"] == "drkit":
-                written = self._write_image(ctx, kube, volume_name, image, node)
-                result.bytes_written += written
-                self._say(ctx, result, f"created Volume {volume_name} ({volume['spec']['size']} bytes, "
-                                       f"{opts.number_of_replicas} replica(s)) and wrote {written} bytes of {ref}")
-            else:
-                self._say(ctx, result, f"created Volume {volume_name} from Longhorn backup {record['backup']['url']} "
-                                       f"({opts.number_of_replicas} replica(s))")
-        except BaseException:
-            kube.delete(LH_VOLUME, volume_name, opts.longhorn_namespace, missing_ok=True)  # a half-restored volume
-            raise
-        kube.create(PV, pv)
-        self._say(ctx, result, f"created PersistentVolume {volume_name} (Retain) for Longhorn volume {volume_name}")
-        kube.ensure_namespace(ns)
-        try:
-            kube.create(PVC, pvc)
-        except KubeConflict:
-            raise Refused(f"PVC {ref} was created by someone else meanwhile (Argo CD?)",
-                          hint=f"pause the app's sync; PV {volume_name} is ready to bind to {ref}") from None
-        self._say(ctx, result, f"created PersistentVolumeClaim {ref} bound to PersistentVolume {volume_name}")
-        result.files += 1
-        result.details.setdefault("volumes", []).append({"pvc": ref, "volume": volume_name, "mode": record["mode"]})
-
-    def _volume_ready(self, kube: Kube, name: str) -> bool | None:
-        vol = self._lh_get(kube, LH_VOLUME, name) or {}
-        status = vol.get("status") or {}
-        if status.get("restoreRequired"):
-            return None
-        return True if status.get("state") in ("detached", "attached") else None
-
-    def _write_image(self, ctx: RestoreContext, kube: Kube, volume: str, image: Any, node: str) -> int:
-        """Attach *volume*, write the image to its block device (skipping all-zero
-        blocks: a new Longhorn volume reads as zeros), fsync, detach."""
-        ticket = self._attach(kube, volume, node)
-        written = 0
-        try:
-            device = self.options.device_dir / volume
-            try:
-                fd = os.open(device, os.O_WRONLY)
-            except OSError as exc:
-                raise LonghornError(f"cannot open the block device {device} for writing: {exc.strerror or exc}",
-                                    hint="drkit must run as root on the node that holds the volume") from None
-            src: IO[bytes] = ctx.open_entry(image)
-            try:
-                offset = 0
-                while True:
-                    block = src.read(_COPY)
-                    if not block:
-                        break
-                    if block.count(0) != len(block):
-                        os.pwrite(fd, block, offset)
-                    offset += len(block)
-                os.fsync(fd)
-                written = offset
-            finally:
-                os.close(fd)
-                src.close()
-            if written != image.size:
-                raise LonghornError(f"wrote {written} bytes to {device}, expected {image.size}")
-        finally:
-            self._detach(kube, volume, ticket)
-        return written
 
     # ------------------------------------------------------------------ drills
     def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:
@@ -835,6 +580,16 @@ class LonghornSource(Source):
                 problems.append(f"{ref}: image missing or not {record.get('image_size')} bytes")
                 continue
             fs = record.get("fs_type") or ""
+            if lr.record_encrypted(record):
+                with open(image, "rb") as f:
+                    magic = f.read(6)
+                if magic == b"LUKS\xba\xbe":
+                    details[ref] = "encrypted (LUKS header present): size checked, filesystem not readable here"
+                elif magic.count(0) == len(magic):
+                    details[ref] = "encrypted, never formatted (all zeros at the start): size checked"
+                else:
+                    problems.append(f"{ref}: no LUKS header, although the volume is encrypted")
+                continue
             if record.get("volume_mode") == "Block":
                 details[ref] = "raw block volume: size checked only"
                 continue

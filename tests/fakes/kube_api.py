@@ -444,10 +444,14 @@ class FakeKube:
         fs_type: str = "ext4",
         labels: dict[str, str] | None = None,
         attach: bool = True,
+        encrypted_with: dict[str, str] | None = None,
     ) -> str:
         """Do what Longhorn's CSI provisioner does for a new PVC: Volume ``pvc-<uid>``,
         PV (``driver.longhorn.io``) and a bound PVC; attached to the node (a workload
-        uses it) when *attach*. Returns the volume name."""
+        uses it) when *attach*. With *encrypted_with* (``{name, namespace}`` of the
+        passphrase Secret, as an encrypted StorageClass gives it) the Volume is
+        ``encrypted`` and the PV carries node-stage and node-publish secret references.
+        Returns the volume name."""
         with self.lock:
             if self.get("Namespace", None, namespace) is None:
                 self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -470,9 +474,12 @@ class FakeKube:
                     "apiVersion": "longhorn.io/v1beta2",
                     "kind": "Volume",
                     "metadata": {"name": volume, "namespace": LONGHORN_NS},
-                    "spec": {"size": str(size), "frontend": "blockdev", "numberOfReplicas": 1, "accessMode": "rwo"},
+                    "spec": {"size": str(size), "frontend": "blockdev", "numberOfReplicas": 1, "accessMode": "rwo",
+                             **({"encrypted": True} if encrypted_with else {})},
                 }
             )
+            secret_refs = {"nodeStageSecretRef": dict(encrypted_with), "nodePublishSecretRef": dict(encrypted_with)} \
+                if encrypted_with else {}
             self.seed(
                 {
                     "apiVersion": "v1",
@@ -491,7 +498,9 @@ class FakeKube:
                             "driver": "driver.longhorn.io",
                             "volumeHandle": volume,
                             "fsType": fs_type,
-                            "volumeAttributes": {"numberOfReplicas": "1", "staleReplicaTimeout": "30"},
+                            "volumeAttributes": {"numberOfReplicas": "1", "staleReplicaTimeout": "30",
+                                                 **({"encrypted": "true"} if encrypted_with else {})},
+                            **secret_refs,
                         },
                         "claimRef": {
                             "apiVersion": "v1",

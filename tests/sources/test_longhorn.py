@@ -135,7 +135,7 @@ def test_in_place_restore_creates_volume_pv_and_bound_pvc(tmp_path: Path, app_vo
     assert fake.volume_names() == []
 
     result = d.restore("vols", "--in-place")
-    assert result["details"]["volumes"] == [{"pvc": "apps/data-db-0", "volume": volume, "mode": "drkit"}]
+    assert result["details"]["volumes"] == [{"pvc": "apps/data-db-0", "volume": volume, "mode": "drkit", "how": "new"}]
     vol = fake.get("Volume", LONGHORN_NS, volume)
     assert vol is not None
     assert vol["spec"]["numberOfReplicas"] == 1 and vol["spec"]["frontend"] == "blockdev"
@@ -169,8 +169,8 @@ def test_force_replaces_a_bound_pvc_and_dry_run_creates_nothing(tmp_path: Path, 
     d.backup("vols")
     before = {(k, n) for k, _, n in fake.deleted}
     lines = d.restore("vols", "--in-place", "--force", "--dry-run")["lines"]
-    assert "would delete existing PVC apps/data-db-0" in lines
-    kinds = [re.match(r"would create (\w+):", line).group(1) for line in lines if line.startswith("would create")]
+    assert any(line.startswith("would delete PersistentVolumeClaim apps/data-db-0 (uid ") for line in lines)
+    kinds = [re.match(r"would create (\w+) ", line).group(1) for line in lines if line.startswith("would create")]
     assert kinds == ["Volume", "PersistentVolume", "PersistentVolumeClaim"]
     volume_yaml = next(line for line in lines if line.startswith("would create Volume"))
     assert "numberOfReplicas: 1" in volume_yaml and "frontend: blockdev" in volume_yaml
