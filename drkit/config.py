@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from drkit.errors import ConfigError
+from drkit.errors import ConfigError, UsageError
 from drkit.sources import build_source
 from drkit.sources.base import Source
 
@@ -103,17 +103,27 @@ class Config:
     raw: RawConfig
 
     def source(self, name: str) -> Source:
+        """The configured source *name*; UsageError naming the known ones otherwise."""
         for src in self.sources:
             if src.name == name:
                 return src
-        raise ConfigError(
-            f"no source named {name!r}",
-            key="sources",
-            hint="configured: " + (", ".join(s.name for s in self.sources) or "none"),
-        )
+        raise UsageError(f"no source named {name!r}", hint=self.known_sources_hint())
+
+    def known_sources_hint(self, also: list[str] | tuple[str, ...] = ()) -> str:
+        names = list(dict.fromkeys([s.name for s in self.sources] + list(also)))
+        return "known sources: " + (", ".join(names) or "none (add some under 'sources:' in the config)")
 
     def select_sources(self, names: list[str] | tuple[str, ...]) -> list[Source]:
-        return [self.source(n) for n in names] if names else list(self.sources)
+        """The sources named (each once, in the order given), or all configured ones.
+
+        Raises UsageError when a name is unknown or when nothing would be selected:
+        a run that backs up nothing must not look like a successful backup."""
+        if not names and not self.sources:
+            raise UsageError(
+                "no sources configured: a backup would save nothing",
+                hint="add sources under 'sources:' in the config (see 'drkit config detect')",
+            )
+        return [self.source(n) for n in dict.fromkeys(names)] if names else list(self.sources)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -181,6 +181,13 @@ class PartialFailure(DrkitError):
     exit_code = EXIT_PARTIAL
 
 
+class NothingRead(DrkitError):
+    """source {source!r} read nothing: {detail}"""
+
+    exit_code = EXIT_PARTIAL
+    default_hint = "check the source's paths (a typo? a disk not mounted?); no snapshot was stored for it"
+
+
 class StorageError(DrkitError):
     """storage error: {message}"""
 

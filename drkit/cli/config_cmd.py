@@ -11,7 +11,7 @@ import click
 
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.config import DEFAULT_CONFIG_PATH, parse_config
-from drkit.errors import ConfigError, DrkitError, Refused
+from drkit.errors import ConfigError, DrkitError, Refused, UsageError
 
 
 @cli.group("config")
@@ -69,13 +69,18 @@ def detect_cmd(state: CliState, write: bool, path: Path | None, force: bool, rep
         path = state.config_path or (Path(env_path) if env_path else DEFAULT_CONFIG_PATH)
     password_file = path.parent / "passphrase"
     text = render_config(found, repository_url=repository_url, password_file=password_file)
-    parse_config(__import__("yaml").safe_load(text))  # what we write must load
+    detected = parse_config(__import__("yaml").safe_load(text))  # what we write must load
     if as_json:
         state.emit_json({**found.summary(), "config": text})
         return
     if not write:
         click.echo(text, nl=False)
         return
+    if not detected.sources:
+        raise UsageError(
+            "detected no source to back up on this node: not writing a config with 'sources: []'",
+            hint="run 'drkit config detect' without --write, uncomment or add sources, and save it yourself",
+        )
     if path.exists() and not force:
         raise Refused(f"{path} already exists", hint="review it with 'drkit config check', or pass --force to replace it")
     _atomic_write(path, text)
@@ -97,6 +102,9 @@ def check_cmd(state: CliState) -> None:
     """Validate the config file: every key, every source, and that a datastore
     source has the K3s token (k3s-node) source beside it. Exit 2 when wrong."""
     cfg = state.config
+    if not cfg.sources:
+        raise ConfigError("no sources configured: 'drkit backup' would save nothing", key="sources",
+                          hint="add sources under 'sources:' (see 'drkit config detect')")
     problems: list[str] = []
     for src in cfg.sources:
         try:

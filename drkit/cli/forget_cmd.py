@@ -10,6 +10,7 @@ import click
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, identity_option, open_repository
+from drkit.cli.selection import checked_source_names
 from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.forget import Policy, apply_policy, parse_duration
@@ -149,7 +150,9 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
             targets = [repo.find_snapshot(ref) for ref in snapshot_ids]
             decisions = [(s, False, ["explicit"]) for s in targets]
         else:
-            snaps = [s for s in repo.list_snapshots() if not sources or s.source in sources]
+            snaps = repo.list_snapshots()
+            sources = checked_source_names(state, sources, snaps)
+            snaps = [s for s in snaps if not sources or s.source in sources]
             decisions = [(d.snapshot, d.keep, d.reasons) for d in apply_policy(snaps, policy)]
         for snap, keep, reasons in decisions:
             if "future-dated" in reasons:

@@ -27,7 +27,7 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 
 @cli.command("restore")
 @click.argument("snapshot", metavar="SNAPSHOT|latest")
-@click.option("-s", "--source", required=True, metavar="NAME", help="The source whose snapshot this is.")
+@click.option("-s", "--source", metavar="NAME", help="The source whose snapshot this is (needed with 'latest' when several are configured).")
 @click.option("--target", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Restore under this directory (original paths below it).")
 @click.option("-i", "--include", "include", multiple=True, metavar="PATTERN", help="Restore only matching paths (fnmatch on the full path; a directory includes its contents).")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
@@ -45,7 +45,7 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 def restore_cmd(
     state: CliState,
     snapshot: str,
-    source: str,
+    source: str | None,
     target: Path | None,
     include: tuple[str, ...],
     dry_run: bool,
@@ -70,13 +70,23 @@ def restore_cmd(
     set-uid/set-gid/sticky bits are restored only when run as root, as tar does.
     Ctrl-C stops within a second, leaving only complete files.
 
+    An id alone names its source (-s is then optional); 'latest' needs -s unless
+    only one source is configured, and never picks an empty snapshot.
+
     \b
     Examples:
       drkit restore latest -s data --target /tmp/restore
+      drkit restore 2b9418cf --target /tmp/r
       drkit restore 2b9418cf -s data --target /tmp/r --include '/srv/data/db/*'
       drkit restore latest -s k3s-db --target /root/restore   (then run the runbook)
     """
-    src = state.config.source(source)
+    if source is not None:
+        state.config.source(source)  # an unknown name is a usage error before anything else
+    elif snapshot == "latest":
+        if len(state.config.sources) != 1:
+            raise UsageError("'latest' needs --source NAME when several sources are configured",
+                             hint=state.config.known_sources_hint())
+        source = state.config.sources[0].name
     options = RestoreOptions(
         target=target, include=include, force=force, dry_run=dry_run, in_place=in_place,
         volumes=volumes, namespace=namespace, claim=claim, push_to=push_to, extra=parse_options(extra),
@@ -85,6 +95,10 @@ def restore_cmd(
         raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the source "
                          "supports it)")
     repo = open_repository(state, identity_path)
+    if source is None:  # an id alone names its source
+        snap = repo.find_snapshot(snapshot)
+        source, snapshot = snap.source, snap.id
+    src = state.config.source(source)
     with progress_for(state, not as_json) as progress:
         outcome = run_restore(repo, src, snapshot, options, env=state.env.vars, progress=progress,
                               on_line=None if as_json else state.say)

@@ -51,7 +51,7 @@ from drkit.repository.identity import Identity, make_recipient_slot, open_recipi
 from drkit.repository.index import Index, decode_index_file, encode_index_file
 from drkit.repository.locks import COMMAND_LOCKS, Lock
 from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
-from drkit.repository.snapshot import Snapshot
+from drkit.repository.snapshot import Snapshot, latest_usable
 from drkit.storage.base import Storage
 
 log = logging.getLogger("drkit.repository")
@@ -629,17 +629,22 @@ class Repository:
         self.storage.delete(layout.snapshot_name(snapshot_id))
 
     def find_snapshot(self, ref: str, source: str | None = None) -> Snapshot:
-        """Resolve ``latest`` or an id prefix (optionally within one source). ``latest``
-        is the newest snapshot not dated in the future (more than :data:`FUTURE_SKEW`
-        ahead of this host's clock): a snapshot claiming 2099 is never "latest"."""
+        """Resolve ``latest`` or an id prefix (optionally within one source).
+
+        ``latest`` is the newest snapshot that is neither dated in the future (more than
+        :data:`FUTURE_SKEW` ahead of this host's clock: a snapshot claiming 2099 is never
+        "latest") nor empty (one that read nothing); each empty one passed over is
+        named in a warning."""
         snaps = [s for s in self.list_snapshots(on_error=lambda *_: None) if source is None or s.source == source]
         scope = f" for source {source!r}" if source else ""
         if ref == "latest":
             horizon = datetime.now(timezone.utc) + FUTURE_SKEW
-            real = [s for s in snaps if s.datetime <= horizon]
-            if not real:
-                raise SnapshotNotFound(ref=ref, scope=scope)
-            return real[-1]
+            snap, skipped = latest_usable([s for s in snaps if s.datetime <= horizon])
+            for s in skipped:
+                log.warning("skipping empty snapshot %s of %s (%s): it holds nothing", s.short_id, s.source, s.time)
+            if snap is None:
+                raise SnapshotNotFound(ref=ref, scope=scope, hint="only empty snapshots" if skipped else None)
+            return snap
         matches = [s for s in snaps if s.id.startswith(ref)]
         if len(matches) > 1:
             raise UsageError(f"snapshot id {ref!r} is ambiguous{scope}", hint="give more characters of the id")

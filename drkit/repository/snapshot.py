@@ -56,6 +56,18 @@ class Snapshot:
     def datetime(self) -> datetime:
         return parse_time(self.time)
 
+    @property
+    def status(self) -> str:
+        """'empty' (no entries: nothing was read), 'partial' (items were skipped),
+        'repaired' (rewritten by 'drkit repair' without lost files) or 'complete'."""
+        if self.stats.get("entries", 1) == 0:
+            return "empty"
+        if self.meta.get("repaired"):
+            return "repaired"
+        if self.stats.get("errors", 0) > 0:
+            return "partial"
+        return "complete"
+
     def encode(self) -> bytes:
         doc = {"version": 1, **asdict(self)}
         return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
@@ -85,4 +97,16 @@ class Snapshot:
             "tags": self.tags,
             "paths": self.paths,
             "stats": self.stats,
+            "status": self.status,
         }
+
+
+def latest_usable(snaps: list[Snapshot]) -> tuple[Snapshot | None, list[Snapshot]]:
+    """The newest snapshot of *snaps* (oldest first) that is not empty, and the empty
+    ones newer than it that were passed over (callers say so: never silently)."""
+    skipped: list[Snapshot] = []
+    for snap in reversed(snaps):
+        if snap.status != "empty":
+            return snap, skipped
+        skipped.append(snap)
+    return None, skipped

@@ -27,7 +27,7 @@ from typing import IO, Any, Callable, Iterator, Mapping
 import pyfastcdc
 
 from drkit import __version__
-from drkit.errors import DrkitError, PartialFailure
+from drkit.errors import DrkitError, NothingRead, PartialFailure
 from drkit.repository.blob import BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
@@ -480,6 +480,8 @@ def _backup_one(
         try:
             src.backup(writer)
             tree = writer.finish_tree()
+            if writer.entry_count == 0:  # an empty "latest" would hide the real ones
+                raise NothingRead(source=src.name, detail="it recorded no entries")
         except BaseException:
             saver.abort()
             raise

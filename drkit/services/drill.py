@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drkit.errors import ConfigError, DamageFound, DrkitError, IntegrityError, PartialFailure, SnapshotNotFound, UsageError
 from drkit.repository.repo import Repository
-from drkit.repository.snapshot import Snapshot
+from drkit.repository.snapshot import Snapshot, latest_usable
 from drkit.repository.tree import DIR, FILE, SYMLINK, iter_tree
 from drkit.services.restore import BlobStream, RestoreOptions, SnapshotReader, safe_destination
 from drkit.sources.base import CheckResult, Source
@@ -260,8 +260,13 @@ def resolve_targets(snaps: list[Snapshot], ref: str, configured: list[str], only
         out = []
         for name in names:
             mine = [s for s in snaps if s.source == name]
-            if mine:
-                out.append(DrillTarget(name, mine[-1].source_type, mine[-1]))
+            usable, skipped = latest_usable(mine)
+            for s in skipped:
+                log.warning("skipping empty snapshot %s of %s (%s): it holds nothing", s.short_id, s.source, s.time)
+            if usable is not None:
+                out.append(DrillTarget(name, usable.source_type, usable))
+            elif mine:
+                out.append(DrillTarget(name, mine[-1].source_type, None, "only empty snapshots of this source in the repository"))
             else:
                 out.append(DrillTarget(name, "?", None, "no snapshot of this source in the repository"))
         return out

@@ -125,6 +125,8 @@ def run_restore(
             raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, "
                              f"but source {source.name!r} is {source.type_name}")
         repo.load_index()
+        if options.include:
+            require_include_matches(repo, snap, options.include)
         if progress:
             progress.start_source(f"restore {source.name}", snap.stats.get("size"))
         reader = SnapshotReader(repo, snap, options=options, env=env,
@@ -135,6 +137,18 @@ def run_restore(
             if progress:
                 progress.end_source()
     return RestoreOutcome(snap, source.name, options, result, reader.lines, time.monotonic() - started)
+
+
+def require_include_matches(repo: Repository, snap: Snapshot, patterns: tuple[str, ...] | list[str]) -> None:
+    """UsageError naming the first include pattern that matches no path of *snap*:
+    a pattern that selects nothing would restore nothing and exit 0."""
+    paths = [e.path for e in iter_tree(repo, snap)]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p, pat.rstrip("/") + "/*") for p in paths):
+            raise UsageError(
+                f"--include {pat!r} matches nothing in snapshot {snap.short_id}",
+                hint="patterns match the full original path, e.g. '*/a.conf' or '/srv/data/dir'; 'drkit ls' lists it",
+            )
 
 
 def safe_destination(target: Path, logical: str) -> Path:

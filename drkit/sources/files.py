@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 
 from pydantic import Field, field_validator
 
+from drkit.errors import NothingRead
 from drkit.repository.tree import Entry
 from drkit.sources.base import BackupContext, Source, SourceOptions
 
@@ -73,21 +74,30 @@ class FilesSource(Source):
         return f"{self.name} (files: {', '.join(self.options.paths)})"
 
     def backup(self, ctx: BackupContext) -> None:
+        """Walk every configured path. Raises NothingRead (the source fails, nothing is
+        stored for it) when a configured path is missing or unreadable -- a typo or an
+        unmounted disk must not become an empty "latest" snapshot -- or when include
+        patterns are set and no file matched them."""
         opts = self.options
         seen: set[str] = set()  # directories already recorded in this run
         ctx.paths.extend(opts.paths)
+        roots: list[tuple[str, os.stat_result]] = []
         for root in opts.paths:
             try:
-                st = os.lstat(root)
+                roots.append((root, os.lstat(root)))
             except FileNotFoundError:
-                ctx.warn(f"{root}: does not exist")
-                continue
+                raise NothingRead(source=self.name, detail=f"{root} does not exist") from None
             except PermissionError:
-                ctx.warn(f"{root}: permission denied")
-                continue
+                raise NothingRead(source=self.name, detail=f"{root}: permission denied") from None
+        taken = 0
+        for root, st in roots:
             self._add_parents(ctx, root, seen)
-            TreeWalker(ctx, exclude=opts.exclude, include=opts.include, one_file_system=opts.one_file_system,
-                       seen=seen).walk(root, root, st)
+            walker = TreeWalker(ctx, exclude=opts.exclude, include=opts.include, one_file_system=opts.one_file_system,
+                                seen=seen)
+            walker.walk(root, root, st)
+            taken += walker.counts["files"] + walker.counts["symlinks"]
+        if opts.include and not taken:
+            raise NothingRead(source=self.name, detail=f"no file under {', '.join(opts.paths)} matches include {opts.include}")
 
     def _add_parents(self, ctx: BackupContext, root: str, seen: set[str]) -> None:
         parents = list(PurePosixPath(root).parents)[:-1]  # without "/"
