@@ -152,7 +152,7 @@ class IntegrityError(DrkitError):
     """damaged object {name}: {detail}"""
 
     exit_code = EXIT_DAMAGE
-    default_hint = "run 'drkit verify --read-data' to see every damaged object and the snapshots it affects"
+    default_hint = "run 'drkit verify --read-data' to see every damaged object and the snapshots it affects, then 'drkit repair'"
 
 
 class DamageFound(DrkitError):
@@ -160,8 +160,8 @@ class DamageFound(DrkitError):
 
     exit_code = EXIT_DAMAGE
     default_hint = (
-        "'drkit rebuild-index' recovers a lost index; damaged packs need a fresh backup "
-        "of the affected sources (then 'drkit forget' the broken snapshots and 'drkit prune')"
+        "run 'drkit repair': it salvages what is intact, removes the damaged packs (keeping a local copy) "
+        "and rewrites the affected snapshots without the lost files; then 'drkit backup'"
     )
 
 

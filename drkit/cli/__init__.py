@@ -26,6 +26,13 @@ COMMAND_MODULES = [
     "drkit.cli.drill_cmd",
     "drkit.cli.config_cmd",
     "drkit.cli.upgrade_cmd",
+    "drkit.cli.repair_cmd",
+    "drkit.cli.ls_cmd",
+    "drkit.cli.diff_cmd",
+    "drkit.cli.find_cmd",
+    "drkit.cli.dump_cmd",
+    "drkit.cli.stats_cmd",
+    "drkit.cli.tag_cmd",
 ]
 
 for _module in COMMAND_MODULES:

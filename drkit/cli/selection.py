@@ -11,6 +11,7 @@ import logging
 
 from drkit.cli.app import CliState
 from drkit.errors import UsageError
+from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 
 log = logging.getLogger("drkit.cli")
@@ -24,3 +25,19 @@ def checked_source_names(state: CliState, names: tuple[str, ...] | list[str], sn
         if name not in configured and name not in stored:
             raise UsageError(f"no source named {name!r}", hint=state.config.known_sources_hint(stored))
     return tuple(dict.fromkeys(names))
+
+
+def resolve_snapshot(state: CliState, repo: Repository, ref: str, source: str | None) -> Snapshot:
+    """``latest`` (per -s, or of the only source there is) or an id prefix.
+    Raises SnapshotNotFound / UsageError."""
+    if source is not None:
+        snaps = repo.list_snapshots(on_error=lambda *_: None)
+        checked_source_names(state, [source], snaps)
+    elif ref == "latest":
+        stored = {s.source for s in repo.list_snapshots(on_error=lambda *_: None)}
+        names = stored or {s.name for s in state.config.sources}
+        if len(names) > 1:
+            raise UsageError("'latest' needs --source NAME: the repository holds several sources",
+                             hint=state.config.known_sources_hint(sorted(stored)))
+        source = next(iter(names), None)
+    return repo.find_snapshot(ref, source=source)

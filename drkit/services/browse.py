@@ -1,0 +1,253 @@
+"""Looking into snapshots without restoring them: ls, diff, find, dump, stats.
+
+The commands a restic user reaches for, as pure functions over a repository and its
+snapshot trees; the CLI modules (``ls_cmd``, ``diff_cmd``, ...) only render them.
+Everything here is read-only, and every blob read is verified (keyed hash) as in a
+restore: ``dump`` never writes bytes that are not the stored ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import tarfile
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable, Iterator
+
+from drkit.errors import UsageError
+from drkit.repository.repo import Repository
+from drkit.repository.snapshot import Snapshot
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    """The fields ls/find print for one entry."""
+    out: dict[str, Any] = {"path": e.path, "type": e.type, "mode": f"{e.mode:04o}", "size": e.size if e.type == FILE else 0,
+                           "mtime_ns": e.mtime_ns, "uid": e.uid, "gid": e.gid}
+    if e.user:
+        out["user"] = e.user
+    if e.group:
+        out["group"] = e.group
+    if e.type == SYMLINK:
+        out["target"] = e.target
+    return out
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def list_entries(repo: Repository, snap: Snapshot, path: str | None = None) -> Iterator[Entry]:
+    """Entries of *snap* in stored order, only *path* and what is below it when given."""
+    for e in iter_tree(repo, snap):
+        if path is None or _under(e.path, path):
+            yield e
+
+
+# -- diff ---------------------------------------------------------------------------
+
+ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED = "+", "-", "M", "U", "T"
+
+
+@dataclass
+class Change:
+    path: str
+    modifier: str
+    """'+' added, '-' removed, 'M' content changed, 'U' metadata only, 'T' type changed."""
+    size_before: int = 0
+    size_after: int = 0
+
+
+@dataclass
+class DiffStats:
+    added: int = 0
+    removed: int = 0
+    modified: int = 0
+    metadata: int = 0
+    type_changed: int = 0
+    bytes_added: int = 0
+    bytes_removed: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def diff_entries(before: Iterable[Entry], after: Iterable[Entry]) -> tuple[list[Change], DiffStats]:
+    """What changed from *before* to *after*, sorted by path."""
+    old = {e.path: e for e in before}
+    new = {e.path: e for e in after}
+    changes: list[Change] = []
+    st = DiffStats()
+    for path in sorted(old.keys() | new.keys()):
+        a, b = old.get(path), new.get(path)
+        if a is None and b is not None:
+            changes.append(Change(path, ADDED, 0, b.size))
+            st.added += 1
+            st.bytes_added += b.size
+        elif b is None and a is not None:
+            changes.append(Change(path, REMOVED, a.size, 0))
+            st.removed += 1
+            st.bytes_removed += a.size
+        elif a is not None and b is not None:
+            if a.type != b.type:
+                changes.append(Change(path, TYPE_CHANGED, a.size, b.size))
+                st.type_changed += 1
+            elif a.chunks != b.chunks or a.target != b.target or (a.type == FILE and a.size != b.size):
+                changes.append(Change(path, MODIFIED, a.size, b.size))
+                st.modified += 1
+            elif (a.mode, a.uid, a.gid, a.mtime_ns) != (b.mode, b.uid, b.gid, b.mtime_ns) and a.type != DIR:
+                changes.append(Change(path, METADATA, a.size, b.size))
+                st.metadata += 1
+    return changes, st
+
+
+# -- find ---------------------------------------------------------------------------
+
+
+def glob_matches(entry_path: str, pattern: str) -> bool:
+    """restic's rule: the glob matches the base name, or (a pattern with '/') the full path."""
+    name = entry_path.rstrip("/").rsplit("/", 1)[-1]
+    if fnmatch.fnmatchcase(name, pattern):
+        return True
+    return "/" in pattern and fnmatch.fnmatchcase(entry_path, pattern)
+
+
+@dataclass
+class Found:
+    snapshot: Snapshot
+    matches: list[Entry] = field(default_factory=list)
+
+
+def find(repo: Repository, snaps: list[Snapshot], patterns: list[str]) -> Iterator[Found]:
+    """Per snapshot (in the order given), the entries matching any of *patterns*;
+    snapshots without a match are left out."""
+    for snap in snaps:
+        hits = [e for e in iter_tree(repo, snap) if any(glob_matches(e.path, p) for p in patterns)]
+        if hits:
+            yield Found(snap, hits)
+
+
+# -- dump ---------------------------------------------------------------------------
+
+
+def write_file(repo: Repository, entry: Entry, out: IO[bytes]) -> int:
+    """Write one file's content (every blob verified) to *out*; returns bytes written."""
+    n = 0
+    for c in entry.chunks:
+        data = repo.read_blob(bytes.fromhex(c))
+        out.write(data)
+        n += len(data)
+    return n
+
+
+class _BlobReader(io.RawIOBase):
+    """A file's content as a stream, one verified blob at a time (for tarfile)."""
+
+    def __init__(self, repo: Repository, chunks: list[str]) -> None:
+        self._repo = repo
+        self._ids = [bytes.fromhex(c) for c in chunks]
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            if not self._ids:
+                return 0
+            self._buf = memoryview(self._repo.read_blob(self._ids.pop(0)))
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def dump(repo: Repository, snap: Snapshot, path: str, out: IO[bytes]) -> str:
+    """Write *path* of *snap* to *out*: a file's bytes, or a directory (and everything
+    below it) as a POSIX tar stream with names relative to the directory's parent.
+    Returns 'file' or 'tar'. Raises UsageError when *path* is not in the snapshot."""
+    norm = path.rstrip("/") or "/"
+    entries = list(list_entries(repo, snap, norm))
+    top = next((e for e in entries if e.path == norm), None)
+    if top is None and not (norm == "/" and entries):
+        raise UsageError(f"{path!r} is not in snapshot {snap.short_id}", hint=f"'drkit ls {snap.short_id}' lists its paths")
+    if top is not None and top.type == FILE:
+        write_file(repo, top, out)
+        return "file"
+    if top is not None and top.type == SYMLINK:
+        raise UsageError(f"{path!r} is a symlink (to {top.target!r}) in snapshot {snap.short_id}; dump its target")
+    base = norm.rsplit("/", 1)[0] if norm != "/" else ""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e.path[len(base):].lstrip("/") or ".")
+            info.mode = e.mode
+            info.uid, info.gid = e.uid, e.gid
+            info.uname, info.gname = e.user, e.group
+            info.mtime = e.mtime_ns / 1e9
+            if e.type == DIR:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif e.type == SYMLINK:
+                info.type = tarfile.SYMTYPE
+                info.linkname = e.target
+                tar.addfile(info)
+            else:
+                info.size = e.size
+                tar.addfile(info, io.BufferedReader(_BlobReader(repo, e.chunks), buffer_size=1024 * 1024))
+    return "tar"
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+@dataclass
+class SizeStats:
+    snapshots: int = 0
+    files: int = 0
+    raw: int = 0
+    """What a restore of every snapshot would write (sum of file sizes)."""
+    deduplicated: int = 0
+    """Plaintext size of the distinct blobs these snapshots use."""
+    stored: int = 0
+    """Bytes those distinct blobs take in the repository (compressed, encrypted)."""
+    blobs: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def stats(repo: Repository, snaps: list[Snapshot]) -> tuple[dict[str, SizeStats], SizeStats]:
+    """Sizes per source and in total (distinct blobs counted once per group).
+    Needs the index loaded. Tree blobs count towards deduplicated and stored."""
+    per: dict[str, SizeStats] = {}
+    blobs: dict[str, set[bytes]] = {}
+    for snap in snaps:
+        s = per.setdefault(snap.source, SizeStats())
+        ids = blobs.setdefault(snap.source, set())
+        s.snapshots += 1
+        ids.update(bytes.fromhex(t) for t in snap.tree)
+        for e in iter_tree(repo, snap):
+            if e.type == FILE:
+                s.files += 1
+                s.raw += e.size
+                ids.update(bytes.fromhex(c) for c in e.chunks)
+    total = SizeStats()
+    every: set[bytes] = set()
+    for name, s in per.items():
+        _sizes(repo, blobs[name], s)
+        total.snapshots += s.snapshots
+        total.files += s.files
+        total.raw += s.raw
+        every |= blobs[name]
+    _sizes(repo, every, total)
+    return per, total
+
+
+def _sizes(repo: Repository, ids: set[bytes], into: SizeStats) -> None:
+    into.blobs = len(ids)
+    for cid in ids:
+        loc = repo.index.get(cid)
+        if loc is not None:
+            into.deduplicated += loc.raw_length
+            into.stored += loc.length
