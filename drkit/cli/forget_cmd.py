@@ -60,6 +60,8 @@ def _say_prune(state: CliState, r: PruneReport) -> None:
 @cli.command("forget")
 @click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT...]")
 @click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Only these sources.")
+@click.option("--tag", "filter_tags", multiple=True, metavar="TAG", help="Only snapshots with this tag (repeatable: any of them).")
+@click.option("--host", "filter_hosts", multiple=True, metavar="HOST", help="Only snapshots taken on this host (repeatable).")
 @click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest snapshots.")
 @click.option("--keep-hourly", type=int, default=0, metavar="N", help="Keep the newest of each of the last N hours.")
 @click.option("--keep-daily", type=int, default=0, metavar="N", help="... of the last N days.")
@@ -77,6 +79,8 @@ def forget_cmd(
     state: CliState,
     snapshot_ids: tuple[str, ...],
     sources: tuple[str, ...],
+    filter_tags: tuple[str, ...],
+    filter_hosts: tuple[str, ...],
     keep_last: int,
     keep_hourly: int,
     keep_daily: int,
@@ -100,6 +104,8 @@ def forget_cmd(
       drkit forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
       drkit forget --keep-within 30d --dry-run
       drkit forget 2b9418cf
+      drkit forget --host old-node --keep-last 1
+      drkit forget --tag nightly --keep-daily 7
     """
     try:
         policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
@@ -117,7 +123,8 @@ def forget_cmd(
         raise UsageError("no policy and no snapshot given: refusing to forget everything", hint="e.g. --keep-daily 7 --keep-weekly 4")
     with metrics.track(state, "forget", enabled=not dry_run) as m:
         repo = open_repository(state, identity_path)
-        removed, report = _forget(state, repo, snapshot_ids, sources, policy, do_prune, dry_run, as_json)
+        removed, report = _forget(state, repo, snapshot_ids, sources, policy, do_prune, dry_run, as_json,
+                                  tags=filter_tags, hosts=filter_hosts)
         if not dry_run:
             metrics.record_repository_state(m, repo)
             for line in check_and_remember(repo, state.state_dir, forgotten=[str(r["id"]) for r in removed]):
@@ -143,7 +150,8 @@ def _plan_printer(state: CliState, dry_run: bool, as_json: bool) -> Callable[[Pr
 
 
 def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], sources: tuple[str, ...],
-            policy: Policy, do_prune: bool, dry_run: bool, as_json: bool) -> tuple[list[dict[str, object]], PruneReport | None]:
+            policy: Policy, do_prune: bool, dry_run: bool, as_json: bool, *, tags: tuple[str, ...] = (),
+            hosts: tuple[str, ...] = ()) -> tuple[list[dict[str, object]], PruneReport | None]:
     removed: list[dict[str, object]] = []
     with repo.lock_for("forget"):
         if snapshot_ids:
@@ -152,7 +160,8 @@ def _forget(state: CliState, repo: Repository, snapshot_ids: tuple[str, ...], so
         else:
             snaps = repo.list_snapshots()
             sources = checked_source_names(state, sources, snaps)
-            snaps = [s for s in snaps if not sources or s.source in sources]
+            snaps = [s for s in snaps if (not sources or s.source in sources) and (not tags or set(tags) & set(s.tags))
+                     and (not hosts or s.host in hosts)]
             decisions = [(d.snapshot, d.keep, d.reasons) for d in apply_policy(snaps, policy)]
         for snap, keep, reasons in decisions:
             if "future-dated" in reasons:
