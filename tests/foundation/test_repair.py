@@ -10,7 +10,7 @@ from pathlib import Path
 
 from drkit.errors import EXIT_DAMAGE
 from tests.foundation.conftest import Workspace, tree_state
-from tests.foundation.test_damage import biggest_pack, flip, packs
+from tests.foundation.test_damage import biggest_pack, flip
 
 
 def _damage_a_data_blob(ws: Workspace) -> Path:
