@@ -64,9 +64,17 @@ def _read_file(path: Path, what: str) -> str:
 
 
 def _run_command(command: str, what: str) -> str:
+    from drkit.errors import DrkitError
     from drkit.proc import run
 
-    result = run(shlex.split(command), timeout=60, hint=f"check {what}")
+    try:
+        result = run(shlex.split(command), timeout=60, hint=f"check {what}")
+    except PassphraseError:
+        raise
+    except DrkitError as exc:  # a failing command is a passphrase problem, not a bug (exit 2, not 1)
+        raise PassphraseError(f"{what} failed: {exc.message}", hint=f"run the command by hand to see why; check {what}") from None
+    except ValueError as exc:  # shlex: unbalanced quotes
+        raise PassphraseError(f"{what}: cannot parse the command: {exc}") from None
     line = result.text.splitlines()[0] if result.text else ""
     if not line:
         raise PassphraseError(f"{what}: the command printed nothing")
@@ -115,7 +123,11 @@ def resolve_passphrase(
     if candidates:
         return Secret(candidates[0][1]())
     if not interactive or not sys.stdin.isatty():
-        raise PassphraseError(f"no passphrase given (set {prefix}, {prefix}_FILE or {prefix}_COMMAND)")
+        places = f"{prefix}, {prefix}_FILE or {prefix}_COMMAND"
+        if repo is not None:
+            places = f"{prefix}, {prefix}_FILE, {prefix}_COMMAND, repository.password_file or repository.password_command"
+        raise PassphraseError(f"no passphrase given (set {prefix}, {prefix}_FILE or {prefix}_COMMAND)",
+                              hint=f"set exactly one of {places}")
     value = getpass.getpass(prompt)
     if confirm and getpass.getpass("again: ") != value:
         raise PassphraseError("the two passphrases differ")

@@ -7,8 +7,13 @@ Each command group lives in its own module under ``drkit.cli`` and registers its
 from __future__ import annotations
 
 import importlib
+import sys
 
-from drkit.cli.app import cli, main
+try:  # Ctrl-C while the modules load (the first half second) is an interrupt, not a traceback
+    from drkit.cli.app import cli, main
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 COMMAND_MODULES = [
     "drkit.cli.init_cmd",
@@ -35,7 +40,11 @@ COMMAND_MODULES = [
     "drkit.cli.tag_cmd",
 ]
 
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module)
+try:
+    for _module in COMMAND_MODULES:
+        importlib.import_module(_module)
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 __all__ = ["cli", "main"]

@@ -152,35 +152,109 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, 
     ctx.obj = CliState(config_path=config_path, env=env, debug=debug, quiet=quiet, log_format=log_format, retry_lock=retry_seconds)
 
 
-def _print_error(exc: DrkitError) -> None:
+_GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+_GLOBAL_WITH_VALUE = ("-c", "--config", "--log-format")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Let global options stand anywhere on the line (restic's habit).
+
+    ``-c/--config FILE``, ``-q``, ``--debug`` and ``--log-format F`` given after the
+    command move in front of it; ``--json`` given before the command moves behind it
+    (each command that prints data takes it). Nothing after ``--`` moves."""
+    head: list[str] = []
+    rest: list[str] = []
+    trailing_json = False
+    i = 0
+    seen_command = False
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in _GLOBAL_FLAGS:
+            head.append(arg)
+        elif arg in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            head.extend(args[i : i + 2])
+            i += 1
+        elif any(arg.startswith(f"{o}=") for o in _GLOBAL_WITH_VALUE if o.startswith("--")):
+            head.append(arg)
+        elif arg == "--json" and not seen_command:
+            trailing_json = True
+        else:
+            if not arg.startswith("-"):
+                seen_command = True
+            rest.append(arg)
+        i += 1
+    if trailing_json:
+        cut = rest.index("--") if "--" in rest else len(rest)
+        rest.insert(cut, "--json")
+    return head + rest
+
+
+def _json_errors(args: list[str]) -> bool:
+    """True when errors must be JSON: --json, or --log-format json."""
+    if "--" in args:
+        args = args[: args.index("--")]
+    if "--json" in args or "--log-format=json" in args:
+        return True
+    return any(a == "--log-format" and i + 1 < len(args) and args[i + 1] == "json" for i, a in enumerate(args))
+
+
+def _print_error(exc: DrkitError, as_json: bool = False) -> None:
     from drkit.redact import redact
 
+    if as_json:
+        _print_json_error(redact(exc.message), redact(exc.hint) if exc.hint else None, exc.exit_code, type(exc).__name__)
+        return
     click.echo(f"error: {redact(exc.message)}", err=True)
     if exc.hint:
         click.echo(f"hint: {redact(exc.hint)}", err=True)
 
 
+def _print_json_error(message: str, hint: str | None, code: int, kind: str) -> None:
+    """One JSON object on stderr: {"level": "error", "error", "hint", "exit_code", "type"}."""
+    doc: dict[str, Any] = {"level": "error", "error": message, "exit_code": code, "type": kind}
+    if hint:
+        doc["hint"] = hint
+    click.echo(json.dumps(doc), err=True)
+
+
 def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
-    """Run the click app; map errors to exit codes. Returns the exit code."""
-    debug = "--debug" in (args if args is not None else sys.argv[1:])
+    """Run the click app; map errors to exit codes. Returns the exit code.
+
+    Global options may stand anywhere (see :func:`hoist_global_options`); under
+    ``--json`` or ``--log-format json`` every error is one JSON object on stderr."""
+    args = hoist_global_options(list(args if args is not None else sys.argv[1:]))
+    debug = "--debug" in args
+    as_json = _json_errors(args)
     try:
         entry.main(args=args, prog_name="drkit", standalone_mode=False)
         return 0
     except DrkitError as exc:
         if debug:
             log.exception("error")
-        _print_error(exc)
+        _print_error(exc, as_json)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
+        if as_json:
+            _print_json_error("interrupted", None, EXIT_INTERRUPTED, "Interrupted")
+        else:
+            click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
-        exc.show()
+        if as_json:
+            _print_json_error(exc.format_message(), "drkit COMMAND --help shows the options", EXIT_USAGE, "UsageError")
+        else:
+            exc.show()
         return EXIT_USAGE
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        if as_json:
+            _print_json_error("interrupted", None, EXIT_INTERRUPTED, "Interrupted")
+        else:
+            click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
@@ -189,6 +263,10 @@ def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
 
         if debug:  # the traceback, with secrets masked
             click.echo(format_exception(exc), err=True, nl=False)
+            return EXIT_INTERNAL
+        if as_json:
+            _print_json_error(f"internal error: {type(exc).__name__}: {redact(exc)}",
+                              "run again with --debug for a traceback, and please report it", EXIT_INTERNAL, "InternalError")
             return EXIT_INTERNAL
         click.echo(f"error: internal error: {type(exc).__name__}: {redact(exc)}", err=True)
         click.echo("hint: run again with --debug for a traceback, and please report it", err=True)
@@ -203,6 +281,12 @@ def main() -> None:
     """Console-script entry point. SIGTERM (systemd stop, the scheduler) acts like Ctrl-C."""
     import signal
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    sys.exit(run_cli(cli))
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # see drkit/__init__.py
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        code = run_cli(cli)
+    except KeyboardInterrupt:  # between the handlers: still no traceback
+        sys.stderr.write("interrupted\n")
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 

@@ -58,7 +58,8 @@ def detect_cmd(state: CliState, write: bool, path: Path | None, force: bool, rep
     Longhorn are installed. Never changes the node unless --write is given.
 
     \b
-    From nothing to a first backup:
+    Examples:
+      drkit config detect                 print what it would write
       drkit config detect --write && drkit init && drkit backup
     """
     from drkit.detect import detect, render_config
@@ -100,7 +101,13 @@ def detect_cmd(state: CliState, write: bool, path: Path | None, force: bool, rep
 @pass_state
 def check_cmd(state: CliState) -> None:
     """Validate the config file: every key, every source, and that a datastore
-    source has the K3s token (k3s-node) source beside it. Exit 2 when wrong."""
+    source has the K3s token (k3s-node) source beside it. Exit 2 when wrong.
+
+    \b
+    Examples:
+      drkit config check
+      drkit -c /etc/drkit/drkit.yaml config check
+    """
     cfg = state.config
     if not cfg.sources:
         raise ConfigError("no sources configured: 'drkit backup' would save nothing", key="sources",

@@ -68,6 +68,11 @@ def demo_cmd(state: CliState, directory: Path, fresh: bool) -> None:
 
     Everything lives under DIR (default ./demo): data/, drkit.yaml, passphrase,
     repo/ and restore/. Run it again to see deduplication at work.
+
+    \b
+    Examples:
+      drkit demo
+      drkit demo --dir /tmp/drkit-demo --fresh
     """
     directory = directory.resolve()
     if fresh and directory.exists():

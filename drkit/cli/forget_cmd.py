@@ -198,6 +198,12 @@ def prune_cmd(state: CliState, repack_threshold: float, dry_run: bool, as_json: 
     nothing deleted) when a blob a snapshot uses is in no index: run 'drkit
     rebuild-index' first. Packs no index lists are kept for a day (a backup on another
     host may be writing them).
+
+    \b
+    Examples:
+      drkit prune --dry-run
+      drkit prune
+      drkit prune --repack-threshold 0.2 --json
     """
     _refuse_on_append_only(state, dry_run)
     with metrics.track(state, "prune", enabled=not dry_run) as m:

@@ -26,6 +26,11 @@ def init_cmd(state: CliState, recipient: str | None, as_json: bool) -> None:
     manifests and file lists are sealed to the recipient, and only the matching
     identity (kept off the node) can restore, verify contents or prune.
     See docs/recipient-mode.md for the threat model.
+
+    \b
+    Examples:
+      drkit init
+      drkit init --recipient /root/drkit-identity.pub --json   (recipient mode)
     """
     storage = storage_for(state)
     if Repository.exists(storage):

@@ -25,7 +25,13 @@ def key_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_state
 def key_list(state: CliState, as_json: bool) -> None:
-    """List key slots (the one that opened the repository is marked *)."""
+    """List key slots (the one that opened the repository is marked *).
+
+    \b
+    Examples:
+      drkit key list
+      drkit key list --json
+    """
     repo = open_repository(state)
     keys = repo.list_keys()
     if as_json:
@@ -42,7 +48,13 @@ def key_list(state: CliState, as_json: bool) -> None:
 @click.option("--label", default="", help="A note to recognise the slot by (e.g. 'offsite admin').")
 @pass_state
 def key_add(state: CliState, label: str) -> None:
-    """Add a passphrase (from DRKIT_NEW_PASSWORD / _FILE / _COMMAND, or asked twice)."""
+    """Add a passphrase (from DRKIT_NEW_PASSWORD / _FILE / _COMMAND, or asked twice).
+
+    \b
+    Examples:
+      DRKIT_NEW_PASSWORD_FILE=/root/new-pass drkit key add --label backup-2
+      drkit key add   (asks twice on a terminal)
+    """
     repo = open_repository(state)
     new = resolve_passphrase(state.env, None, interactive=state.interactive, confirm=True,
                              prefix="DRKIT_NEW_PASSWORD", prompt="new passphrase: ")
@@ -54,7 +66,12 @@ def key_add(state: CliState, label: str) -> None:
 @click.argument("key_id")
 @pass_state
 def key_remove(state: CliState, key_id: str) -> None:
-    """Remove a key slot by id (prefix). The slot in use cannot be removed."""
+    """Remove a key slot by id (prefix). The slot in use cannot be removed.
+
+    \b
+    Examples:
+      drkit key remove 3f2a91c0
+    """
     repo = open_repository(state)
     removed = repo.remove_key(key_id)
     state.say(f"removed key slot {removed[:8]}")
@@ -69,6 +86,11 @@ def key_generate_identity(state: CliState, output: Path, protect: bool) -> None:
 
     Keep FILE on the admin host (or offline), never on the node being backed up.
     Give the printed recipient to 'drkit init --recipient' on the backup host.
+
+    \b
+    Examples:
+      drkit key generate-identity --output /root/drkit-identity.json
+      drkit key generate-identity --output id.json --protect
     """
     from drkit.repository.identity import generate_identity, write_identity
 

@@ -175,7 +175,13 @@ def _first_sentence(text: str, limit: int = 110) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def list_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, as_json: bool) -> None:
-    """List the runbooks found (and where)."""
+    """List the runbooks found (and where).
+
+    \b
+    Examples:
+      drkit runbook list
+      drkit runbook list --json
+    """
     cat, _ = _catalog(state, runbooks_dirs)
     rows = []
     for name, path in cat.files().items():
@@ -200,7 +206,12 @@ def list_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
 @click.argument("name")
 @pass_state
 def show_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, name: str) -> None:
-    """Show a runbook's header, variables, secrets and steps."""
+    """Show a runbook's header, variables, secrets and steps.
+
+    \b
+    Examples:
+      drkit runbook show rebuild-node
+    """
     cat, _ = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
     state.say(f"{rb.name}  ({rb.path})")
@@ -239,6 +250,10 @@ def plan_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
     """Print the resolved steps; touches nothing (no probes, no connections).
 
     Fails on an unknown variable, secret, action or step name.
+
+    \b
+    Examples:
+      drkit runbook plan rebuild-node --var k3s_version=v1.31.4+k3s1
     """
     cat, rc = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
@@ -283,7 +298,12 @@ def plan_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
 def run_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, var_pairs: tuple[str, ...],
             from_step: str | None, only: tuple[str, ...], identity: Path | None, known_hosts: Path | None,
             target: str | None, dry_run: bool, name: str) -> None:
-    """Run a runbook: probe each step, apply what does not hold, record a journal."""
+    """Run a runbook: probe each step, apply what does not hold, record a journal.
+
+    \b
+    Examples:
+      drkit runbook run rebuild-node --target root@node1
+    """
     cat, rc = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
     overrides = _parse_vars(var_pairs)
@@ -326,6 +346,11 @@ def resume_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path
     """Continue a failed run (default: the latest) at its failed step, not before.
 
     Uses the run's runbook file, variables and target; secrets are read again.
+
+    \b
+    Examples:
+      drkit runbook resume
+      drkit runbook resume RUN_ID
     """
     _, rc = _catalog(state, runbooks_dirs)
     j = _load_journal(_state_dir(state_dir, rc), run_id)
@@ -358,7 +383,13 @@ def resume_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path
 @pass_state
 def status_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, as_json: bool,
                run_id: str | None) -> None:
-    """Show a run's steps (default: the latest run) and the recent runs."""
+    """Show a run's steps (default: the latest run) and the recent runs.
+
+    \b
+    Examples:
+      drkit runbook status
+      drkit runbook status --json
+    """
     _, rc = _catalog(state, runbooks_dirs)
     sd = _state_dir(state_dir, rc)
     j = _load_journal(sd, run_id)
@@ -387,7 +418,13 @@ def status_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path
 @pass_state
 def lint_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, files: tuple[Path, ...]) -> None:
     """Validate runbooks (default: every one found) against the schema, and plan them
-    with their defaults: unknown variables, secrets, filters or actions are errors."""
+    with their defaults: unknown variables, secrets, filters or actions are errors.
+
+    \b
+    Examples:
+      drkit runbook lint
+      drkit runbook lint runbooks/my-rebuild.yaml
+    """
     cat, rc = _catalog(state, runbooks_dirs)
     paths = list(files) or list(cat.files().values())
     if not paths:

@@ -59,7 +59,12 @@ def schedule_group() -> None:
 @schedule_group.command("show")
 @pass_state
 def show_cmd(state: CliState) -> None:
-    """Print the jobs, when they run, and the command each runs."""
+    """Print the jobs, when they run, and the command each runs.
+
+    \b
+    Examples:
+      drkit schedule show
+    """
     jobs, notes, _ = _jobs(state)
     for job in jobs:
         state.say(f"{job.name:<12} {job.describe():<26} drkit {' '.join(job.args)}")
@@ -77,6 +82,11 @@ def run_cmd(state: CliState, run_now: tuple[str, ...]) -> None:
     Each job runs as a child 'drkit' process with this config; one log line when a
     job starts and one when it ends. On SIGTERM the running job gets SIGTERM and
     schedule.stop_timeout to stop; a second signal kills it.
+
+    \b
+    Examples:
+      drkit schedule run            the timetable, in the foreground
+      drkit schedule run --now backup
     """
     jobs, notes, sched = _jobs(state)
     config_path = _config_path(state)
@@ -130,6 +140,11 @@ def install_cmd(state: CliState, kind: str | None, print_only: bool, directory: 
     """Write systemd units or a cron file that run the one-shot commands on the timetable.
 
     Nothing is enabled or reloaded: the command prints the systemctl lines to run.
+
+    \b
+    Examples:
+      drkit schedule install --print
+      drkit schedule install --systemd
     """
     if kind is None:
         raise UsageError("say which: --systemd or --cron")

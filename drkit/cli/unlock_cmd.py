@@ -21,6 +21,11 @@ def unlock_cmd(state: CliState, remove_all: bool) -> None:
     longer than its own stale time (30 minutes by default) plus 5 minutes; another
     host's clock is never trusted. Run it again later if a dead lock is not yet stale.
     Live locks are listed and kept unless --remove-all.
+
+    \b
+    Examples:
+      drkit unlock                stale locks only
+      drkit unlock --remove-all   every lock (only when nothing runs)
     """
     storage = storage_for(state)
     Repository.read_config(storage)

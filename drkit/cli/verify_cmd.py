@@ -32,6 +32,12 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
       --read-data          the same for all packs
 
     Each problem names the damaged object and the snapshots it affects.
+
+    \b
+    Examples:
+      drkit verify
+      drkit verify --read-data-subset 10%
+      drkit verify --read-data --json
     """
     subset = None
     if read_data_subset:
@@ -81,6 +87,11 @@ def rebuild_index_cmd(state: CliState) -> None:
 
     Use it when verify reports a damaged or missing index file. Damaged packs are
     left out and listed. Takes an exclusive lock (no backup may run meanwhile).
+
+    \b
+    Examples:
+      drkit rebuild-index
+      drkit rebuild-index && drkit verify
     """
     repo = open_repository(state)
     report = rebuild_index(repo)

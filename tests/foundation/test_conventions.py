@@ -1,0 +1,122 @@
+"""Issue #17, 'wrong today' 6: the conventions a restic user expects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from drkit.cli import COMMAND_MODULES, cli
+from drkit.cli.app import hoist_global_options
+from drkit.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from tests.foundation.conftest import Workspace
+from tests.foundation.test_errors import one_error_line
+
+
+def test_global_options_are_accepted_anywhere_on_the_line(ws: Workspace) -> None:
+    ws.ok("init")
+    ws.ok("backup")
+    cfg = str(ws.config)
+    # run without the workspace's leading -c: -c after the command
+    from drkit.cli.app import run_cli
+
+    ws.capsys.readouterr()
+    code = run_cli(cli, ["snapshots", "-c", cfg, "--json", "-q"])
+    out = ws.capsys.readouterr().out
+    assert code == 0 and json.loads(out)[0]["source"] == "data"
+    code = run_cli(cli, ["--json", "-c", cfg, "snapshots"])
+    out = ws.capsys.readouterr().out
+    assert code == 0 and json.loads(out)[0]["source"] == "data"
+    code = run_cli(cli, ["ls", "latest", f"--config={cfg}", "--debug", "-s", "data"])
+    assert code == 0 and f"{ws.data}/a/text.txt" in ws.capsys.readouterr().out
+
+
+def test_hoisting_leaves_values_and_what_follows_double_dash_alone() -> None:
+    assert hoist_global_options(["backup", "-s", "data", "-q", "-c", "f.yaml"]) == ["-q", "-c", "f.yaml", "backup", "-s", "data"]
+    assert hoist_global_options(["--json", "key", "list"]) == ["key", "list", "--json"]
+    assert hoist_global_options(["find", "--", "-q"]) == ["find", "--", "-q"]
+    assert hoist_global_options(["restore", "x", "--log-format=json"]) == ["--log-format=json", "restore", "x"]
+
+
+def test_every_error_is_json_under_json_and_log_format_json(ws: Workspace) -> None:
+    for args in (["snapshots", "--json"], ["--log-format", "json", "snapshots"]):
+        r = ws.run(*args)  # no repository yet
+        assert r.code == 3
+        doc = json.loads(r.err.strip().splitlines()[-1])
+        assert doc["exit_code"] == 3 and "no drkit repository" in doc["error"] and "drkit init" in doc["hint"]
+    r = ws.run("snapshots", "--json", "--no-such-option")
+    assert r.code == EXIT_USAGE
+    assert "no-such-option" in json.loads(r.err.strip().splitlines()[-1])["error"]
+
+
+def test_failing_password_command_is_a_passphrase_error_not_internal(ws: Workspace, monkeypatch) -> None:
+    ws.ok("init")
+    monkeypatch.delenv("DRKIT_PASSWORD")
+    monkeypatch.setenv("DRKIT_PASSWORD_COMMAND", "false")
+    r = ws.run("snapshots")
+    assert r.code == EXIT_USAGE
+    assert "DRKIT_PASSWORD_COMMAND failed" in one_error_line(r.err)
+    monkeypatch.setenv("DRKIT_PASSWORD_COMMAND", "/nonexistent/pw-helper")
+    r = ws.run("snapshots")
+    assert r.code == EXIT_USAGE and "internal error" not in r.err
+
+
+def test_missing_passphrase_hints_name_the_right_variables(ws: Workspace, tmp_path, monkeypatch) -> None:
+    import yaml
+
+    ws.ok("init")
+    r = ws.run("key", "add")
+    assert r.code == EXIT_USAGE
+    assert "DRKIT_NEW_PASSWORD" in one_error_line(r.err)
+    hint = r.err.split("hint:", 1)[1]
+    assert "DRKIT_NEW_PASSWORD_FILE" in hint and "DRKIT_PASSWORD," not in hint
+    dest = tmp_path / "dest.yaml"
+    dest.write_text(yaml.safe_dump({"repository": {"url": str(tmp_path / "repo2")}, "sources": []}))
+    os.chmod(dest, 0o600)
+    from drkit.cli.app import run_cli
+
+    assert run_cli(cli, ["-c", str(dest), "init"]) == 0
+    r = ws.run("copy", "--to", str(dest))
+    assert r.code == EXIT_USAGE, r.err
+    assert "DRKIT_TO_PASSWORD" in one_error_line(r.err)
+    hint = r.err.split("hint:", 1)[1]
+    assert "DRKIT_TO_PASSWORD_FILE" in hint and "DRKIT_PASSWORD," not in hint
+
+
+def test_every_command_help_has_examples() -> None:
+    import click
+
+    missing = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        if "Examples:" not in (cmd.help or "") and "Example:" not in (cmd.help or ""):
+            missing.append(path)
+
+    assert COMMAND_MODULES
+    walk(cli, "drkit")
+    assert missing == []
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.45])
+def test_ctrl_c_in_the_first_half_second_prints_no_traceback(ws: Workspace, delay: float) -> None:
+    ws.ok("init")
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "drkit", "-c", str(ws.config), "snapshots"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    if proc.returncode == 0:  # finished before the signal: nothing to check
+        return
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode in (EXIT_INTERRUPTED, -signal.SIGINT), err.decode()
+    assert err.decode().strip().splitlines()[-1] == "interrupted"
