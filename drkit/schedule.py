@@ -746,14 +746,28 @@ def _exec_words(job: Job, drkit_exe: str, config_path: Path, flock: str, lock_fi
     return [flock, "--wait", str(int(job.timeout)), str(lock_file), drkit_exe, "-c", str(config_path), "-q", *job.args]
 
 
+DEFAULT_ENV_FILE = Path("/etc/drkit/drkit.env")
+
+
+def _env_file_comment(passphrase_in_config: bool) -> str:
+    """What the units say about their EnvironmentFile: the passphrase lives in ONE place."""
+    if passphrase_in_config:
+        return ("# optional (chmod 600): AWS_SHARED_CREDENTIALS_FILE=... -- NOT DRKIT_PASSWORD*: the config's "
+                "repository.password_file/password_command already gives the passphrase (two places fail every run)")
+    return "# the passphrase (chmod 600): DRKIT_PASSWORD_FILE=/etc/drkit/passphrase; optional: AWS_SHARED_CREDENTIALS_FILE=..."
+
+
 def systemd_units(jobs: Sequence[Job], *, drkit_exe: str, config_path: Path, jitter: float,
                   stop_timeout: float, lock_file: Path = Path("/run/lock/drkit.lock"),
-                  flock: str = "/usr/bin/flock") -> dict[str, str]:
+                  flock: str = "/usr/bin/flock", env_file: Path = DEFAULT_ENV_FILE,
+                  passphrase_in_config: bool = False) -> dict[str, str]:
     """File name -> text of a oneshot service and a timer per job.
 
     Timers are ``Persistent`` (a run missed while the node was off happens at boot)
     and spread by ``RandomizedDelaySec`` (the jitter). Jobs share an ``flock`` so two
-    timers firing together run one after the other.
+    timers firing together run one after the other. The services read *env_file*
+    (optional); its comment names the passphrase variable only when the config does
+    not already say where the passphrase is (*passphrase_in_config*).
     """
     files: dict[str, str] = {}
     for job in jobs:
@@ -768,8 +782,8 @@ def systemd_units(jobs: Sequence[Job], *, drkit_exe: str, config_path: Path, jit
             "",
             "[Service]",
             "Type=oneshot",
-            "# optional (chmod 600): DRKIT_PASSWORD_FILE=/etc/drkit/passphrase, AWS_SHARED_CREDENTIALS_FILE=...",
-            "EnvironmentFile=-/etc/drkit/drkit.env",
+            _env_file_comment(passphrase_in_config),
+            f"EnvironmentFile=-{env_file}",
             f"ExecStart={exec_start}",
             # time to wait for the lock plus the job itself
             f"TimeoutStartSec={int(job.timeout) * 2}",

@@ -11,6 +11,7 @@ import click
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.errors import Refused, UsageError
 from drkit.schedule import (
+    DEFAULT_ENV_FILE,
     ChildLauncher,
     Daemon,
     Job,
@@ -124,6 +125,23 @@ def _write_file(path: Path, text: str, *, force: bool) -> None:
     write_atomic(path, text.encode(), mode=0o644)
 
 
+def _check_one_passphrase_place(env_file: Path, in_config: bool) -> None:
+    """UsageError when the units' environment file and the config both give the
+    passphrase: every timer job would fail with 'set in more than one place'."""
+    try:
+        lines = env_file.read_text().splitlines()
+    except OSError:
+        return
+    keys = [ln.split("=", 1)[0].strip().removeprefix("export ").strip() for ln in lines if "=" in ln and not ln.lstrip().startswith("#")]
+    in_env = [k for k in keys if k in ("DRKIT_PASSWORD", "DRKIT_PASSWORD_FILE", "DRKIT_PASSWORD_COMMAND")]
+    if in_env and in_config:
+        raise UsageError(
+            f"the passphrase would be set in two places: {in_env[0]} in {env_file} and repository.password_file/"
+            "password_command in the config: every scheduled job would fail",
+            hint=f"keep one: remove {in_env[0]} from {env_file} (the config written by 'drkit config detect --write' has it)",
+        )
+
+
 @schedule_group.command("install")
 @click.option("--systemd", "kind", flag_value="systemd", help="A oneshot service and a timer per job.")
 @click.option("--cron", "kind", flag_value="cron", help="One cron file (/etc/cron.d/drkit).")
@@ -134,9 +152,11 @@ def _write_file(path: Path, text: str, *, force: bool) -> None:
               help="Absolute path of the drkit executable (default: this one).")
 @click.option("--user", default="root", show_default=True, help="cron: the user the jobs run as.")
 @click.option("--force", is_flag=True, help="Replace files drkit did not generate.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_ENV_FILE, show_default=True,
+              help="systemd: the EnvironmentFile of the units (checked: it must not set the passphrase a second time).")
 @pass_state
 def install_cmd(state: CliState, kind: str | None, print_only: bool, directory: Path | None,
-                drkit_exe: Path | None, user: str, force: bool) -> None:
+                drkit_exe: Path | None, user: str, force: bool, env_file: Path) -> None:
     """Write systemd units or a cron file that run the one-shot commands on the timetable.
 
     Nothing is enabled or reloaded: the command prints the systemctl lines to run.
@@ -155,9 +175,13 @@ def install_cmd(state: CliState, kind: str | None, print_only: bool, directory: 
     if drkit_exe is not None and not drkit_exe.is_absolute():
         raise UsageError(f"--drkit must be an absolute path, not {drkit_exe}")
     exe = str(drkit_exe) if drkit_exe is not None else find_drkit_executable()
+    repo_cfg = state.config.repository
+    in_config = bool(repo_cfg.password_file or repo_cfg.password_command)
     if kind == "systemd":
+        _check_one_passphrase_place(env_file, in_config)
         files = systemd_units(jobs, drkit_exe=exe, config_path=config_path, jitter=sched.jitter,
-                              stop_timeout=sched.stop_timeout, lock_file=sched.lock_file)
+                              stop_timeout=sched.stop_timeout, lock_file=sched.lock_file, env_file=env_file,
+                              passphrase_in_config=in_config)
         target = directory or Path("/etc/systemd/system")
     else:
         files = {"drkit": cron_file(jobs, drkit_exe=exe, config_path=config_path, jitter=sched.jitter, user=user,

@@ -192,10 +192,15 @@ def test_cli_output_never_shows_a_secret(place: str, log_format: str, mode: str,
     out, err = capsys.readouterr()
     assert code == 1
     assert value not in out and value not in err
-    if mode == "error":
+    last = json.loads(err.strip().splitlines()[-1]) if log_format == "json" and not (debug and mode == "crash") else None
+    if mode == "error" and last is not None:  # under --log-format json every error is one JSON object
+        assert last["error"] == "storage refused credentials ***" and last["hint"] == "check the key ***"
+    elif mode == "error":
         assert "error: storage refused credentials ***" in err and "hint: check the key ***" in err
     elif debug:
         assert "Traceback (most recent call last)" in err and "RuntimeError: boom with ***" in err
+    elif last is not None:
+        assert last["error"] == "internal error: RuntimeError: boom with ***" and last["exit_code"] == 1
     else:
         assert "error: internal error: RuntimeError: boom with ***" in err
     if log_format == "json":
