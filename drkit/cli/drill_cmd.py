@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -37,11 +38,19 @@ def _publish(run: metrics.Run, report: DrillReport, result_file: Path | None) ->
         write_result_file(result_file, report)
 
 
+def _terminal_width(state: CliState) -> int | None:
+    """$COLUMNS, else the terminal's width; None (never cut) when stdout is not a terminal."""
+    cols = state.env.get("COLUMNS")
+    if cols and cols.isdigit():
+        return int(cols)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
 def _show(state: CliState, report: DrillReport, as_json: bool) -> None:
     if as_json:
         state.emit_json(report.to_json())
         return
-    for line in human_table(report, human_size):
+    for line in human_table(report, human_size, _terminal_width(state)):
         state.say(line)
 
 

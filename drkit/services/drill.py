@@ -650,8 +650,11 @@ def metric_outcomes(report: DrillReport) -> list[Any]:
     return outcomes
 
 
-def human_table(report: DrillReport, sizes: Callable[[float], str]) -> list[str]:
-    """The report as aligned text lines (one row per source, then the verdict)."""
+def human_table(report: DrillReport, sizes: Callable[[float], str], width: int | None = None) -> list[str]:
+    """The report as aligned text lines (one row per source, then the verdict).
+
+    CHECK, the last column, is cut to fit *width* (the terminal's columns; None: never
+    cut), keeping at least 20 characters of it."""
     rows = [("SOURCE", "TYPE", "SNAPSHOT", "RPO", "RTO", "RESTORED", "CHECK", "RESULT")]
     for r in report.results:
         rows.append((
@@ -661,11 +664,18 @@ def human_table(report: DrillReport, sizes: Callable[[float], str]) -> list[str]
             _duration(r.rpo_seconds),
             _duration(r.rto_seconds),
             sizes(r.bytes_restored) if r.rto_seconds is not None else "-",
-            (r.check.summary if r.check else "-")[:70],
+            r.check.summary if r.check else "-",
             "ok" if r.ok else f"FAILED ({r.failed_step})",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 2)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-2], widths, strict=True)) + f"  {row[-1]:<16}  {row[-2]}" for row in rows]
+    used = sum(widths) + 2 * len(widths) + 16 + 2
+    room = max(20, width - used) if width else None
+
+    def check_cell(text: str) -> str:
+        return text if room is None or len(text) <= room else text[: room - 1] + "…"
+
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-2], widths, strict=True)) + f"  {row[-1]:<16}  {check_cell(row[-2])}"
+             for row in rows]
     for r in report.failed:
         lines.append(f"{r.source}: {r.failed_step}: {r.error}")
         if r.check:

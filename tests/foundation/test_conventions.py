@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 import signal
 import subprocess
 import sys
@@ -120,3 +121,25 @@ def test_ctrl_c_in_the_first_half_second_prints_no_traceback(ws: Workspace, dela
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode in (EXIT_INTERRUPTED, -signal.SIGINT), err.decode()
     assert err.decode().strip().splitlines()[-1] == "interrupted"
+
+
+def test_drill_table_check_column_fits_the_terminal_width(ws: Workspace, monkeypatch) -> None:
+    from drkit.cli.common import human_size
+    from drkit.services.drill import DrillReport, SourceDrill, human_table
+    from drkit.sources.base import CheckResult
+
+    ws.ok("init")
+    ws.ok("backup")
+    long_check = "content hashes verified for every one of the many files " * 3
+    report = DrillReport(repository="r", started=datetime.now(timezone.utc))
+    report.results.append(SourceDrill(source="data", source_type="files", check=CheckResult(ok=True, summary=long_check)))
+    for width in (90, 120):
+        lines = human_table(report, human_size, width)
+        assert all(len(line) <= width for line in lines[:2]), (width, lines[:2])
+        assert lines[1].endswith("…")
+    assert long_check in human_table(report, human_size, None)[1]
+    assert long_check in human_table(report, human_size, 400)[1]
+    monkeypatch.setenv("COLUMNS", "90")
+    r = ws.ok("drill")
+    rows = r.out.splitlines()[:2]
+    assert rows[0].startswith("SOURCE") and all(len(row) <= 90 for row in rows), rows
