@@ -2,23 +2,64 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, open_repository, progress_for
-from drkit.errors import DrkitError
+from drkit.errors import DrkitError, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.backup import BackupOptions, BackupRun, run_backup
 from drkit.services.seen import check_and_remember
+from drkit.sources.base import Source
+from drkit.storage.dryrun import DryRunStorage
 
 
-def _report(state: CliState, run: BackupRun, as_json: bool) -> None:
+def read_exclude_files(paths: tuple[Path, ...]) -> list[str]:
+    """Patterns from --exclude-file files: one per line, blank lines and '#' comments skipped."""
+    out: list[str] = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"--exclude-file {path}: {exc.strerror or exc}") from None
+        out += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return out
+
+
+def with_excludes(sources: list[Source], patterns: list[str]) -> list[Source]:
+    """*sources*, those with an ``exclude`` option (files-style) excluding *patterns* too.
+    UsageError when patterns are given but no selected source can exclude anything."""
+    if not patterns:
+        return sources
+    out: list[Source] = []
+    for src in sources:
+        if "exclude" in type(src.options).model_fields:
+            options = src.options.model_copy(update={"exclude": [*src.options.model_dump()["exclude"], *patterns]})
+            src = type(src)(src.name, options)
+        out.append(src)
+    if all(a is b for a, b in zip(out, sources, strict=True)):
+        raise UsageError("--exclude: none of the selected sources takes exclude patterns",
+                         hint="exclude applies to files-style sources (type: files)")
+    return out
+
+
+def _report(state: CliState, run: BackupRun, as_json: bool, dry_run: bool = False) -> None:
     if as_json:
-        state.emit_json({"run": run.run_id, "snapshots": [o.to_json() for o in run.outcomes], "run_meta": run.run_meta})
+        state.emit_json({"run": run.run_id, "dry_run": dry_run, "snapshots": [o.to_json() for o in run.outcomes],
+                         "run_meta": run.run_meta})
         return
     for o in run.outcomes:
-        if o.snapshot:
+        if o.snapshot and dry_run:
+            st = o.snapshot.stats
+            state.say(
+                f"{o.source}: would save {st.get('entries', 0)} entries, {human_size(st.get('size', 0))} total, "
+                f"{human_size(st.get('bytes_read', 0))} read, {human_size(st.get('bytes_added', 0))} new "
+                f"({human_size(st.get('bytes_stored', 0))} to store); dry run: nothing stored"
+            )
+        elif o.snapshot:
             st = o.snapshot.stats
             state.say(
                 f"{o.source}: snapshot {o.snapshot.short_id} saved in {o.seconds:.1f}s: "
@@ -46,9 +87,15 @@ def _remember(state: CliState, repo: Repository, run: BackupRun) -> None:
 @click.option("-s", "--source", "sources", multiple=True, metavar="NAME", help="Back up only this source (repeatable). Default: all.")
 @click.option("-t", "--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshots (repeatable).")
 @click.option("--host", help="Record this host name instead of the machine's (or config 'hostname').")
-@click.option("--json", "as_json", is_flag=True, help="Print {run, snapshots: [{id, source, time, bytes_read, bytes_added, ...}]}.")
+@click.option("-e", "--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Also exclude this pattern (repeatable; as the config's 'exclude' of files-style sources).")
+@click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also exclude the patterns in FILE (one per line; blank lines and '#' comments ignored).")
+@click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, report what would be stored; store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print {run, dry_run, snapshots: [{id, source, time, bytes_read, bytes_added, ...}]}.")
 @pass_state
-def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], host: str | None, as_json: bool) -> None:
+def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], host: str | None,
+               excludes: tuple[str, ...], exclude_files: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
     """Snapshot the configured sources into the repository.
 
     Each source gets its own snapshot; all snapshots of one run share a run id.
@@ -65,11 +112,15 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
       drkit backup                      every source
       drkit backup -s k3s-db -s token   two sources, one run
       drkit backup --tag before-upgrade --json
+      drkit backup --dry-run -s data    what would be stored
+      drkit backup -s data --exclude '*.iso' --exclude-file /etc/drkit/excludes
     """
     cfg = state.config
-    selected = cfg.select_sources(sources)
-    with metrics.track(state, "backup", sources=[s.name for s in selected]) as m:
+    selected = with_excludes(cfg.select_sources(sources), [*excludes, *read_exclude_files(exclude_files)])
+    with metrics.track(state, "backup", sources=[s.name for s in selected], enabled=not dry_run) as m:
         repo = open_repository(state)
+        if dry_run:
+            repo.storage = DryRunStorage(repo.storage)
         options = BackupOptions(
             tags=list(tags),
             workers=cfg.repository.workers,
@@ -85,9 +136,11 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             failed_run = getattr(exc, "run", None)
             if failed_run is not None:
                 metrics.record_backup(m, failed_run, repo)
-                _report(state, failed_run, as_json)
-                _remember(state, repo, failed_run)
+                _report(state, failed_run, as_json, dry_run)
+                if not dry_run:
+                    _remember(state, repo, failed_run)
             raise
         metrics.record_backup(m, run, repo)
-        _report(state, run, as_json)
-        _remember(state, repo, run)
+        _report(state, run, as_json, dry_run)
+        if not dry_run:
+            _remember(state, repo, run)

@@ -145,3 +145,33 @@ def test_tag_add_remove_and_forget_by_tag_and_host(ws: Workspace) -> None:
     assert len(r["removed"]) == 1
     left = ws.ok("snapshots", "--json").json()
     assert sorted(s["host"] for s in left).count("other") == 1 and any(s["short_id"] == tagged for s in left)
+
+
+def test_backup_dry_run_reports_what_it_would_store_and_stores_nothing(ws: Workspace) -> None:
+    from tests.foundation.test_errors import listing
+
+    ws.ok("init")
+    before = listing(ws.repo)
+    out = ws.ok("backup", "--dry-run", "--json").json()
+    assert out["dry_run"] is True
+    snap = out["snapshots"][0]
+    assert snap["bytes_read"] > 3 * 1024 * 1024 and snap["bytes_added"] > 3 * 1024 * 1024
+    assert listing(ws.repo) == before
+    assert ws.ok("snapshots", "--json").json() == []
+    assert "would save" in ws.ok("backup", "-n").out
+    ws.ok("backup")
+    again = ws.ok("backup", "--dry-run", "--json").json()["snapshots"][0]
+    assert again["bytes_added"] < 64 * 1024  # file data deduplicated against the real index (only tree metadata is new)
+
+
+def test_exclude_and_exclude_file_on_the_command_line(ws: Workspace) -> None:
+    ws.ok("init")
+    patterns = ws.root / "excludes"
+    patterns.write_text("# big files\n\n*.bin\n")
+    ws.ok("backup", "--exclude", "secret", "--exclude-file", str(patterns))
+    paths = {r["path"] for r in _lines(ws.ok("ls", "latest", "--json").out)[1:]}
+    d = str(ws.data)
+    assert f"{d}/a/text.txt" in paths
+    assert not {f"{d}/a/secret", f"{d}/a/b/random.bin", f"{d}/a/b/copy.bin"} & paths
+    r = ws.run("backup", "--exclude-file", str(ws.root / "missing"))
+    assert r.code == EXIT_USAGE and "missing" in one_error_line(r.err)
