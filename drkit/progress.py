@@ -12,6 +12,9 @@ class ProgressSink:
 
     def start_source(self, name: str, total: int | None) -> None: ...
 
+    def set_total(self, total: int) -> None:
+        """The size of the current source became known (a counting pass finished)."""
+
     def advance(self, n: int) -> None: ...
 
     def text(self, text: str) -> None: ...

@@ -117,7 +117,15 @@ class RichProgress(ProgressSink):
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]{task.fields[source]}"),
@@ -125,6 +133,8 @@ class RichProgress(ProgressSink):
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[detail]}", style="dim"),
             console=Console(file=sys.stderr),
             transient=False,
@@ -140,6 +150,12 @@ class RichProgress(ProgressSink):
 
     def start_source(self, name: str, total: int | None) -> None:
         self._task = self._progress.add_task("", total=total, source=name, detail="")
+
+    def set_total(self, total: int) -> None:
+        """Called from the counting thread: rich's Progress is thread-safe."""
+        task = self._task
+        if task is not None:
+            self._progress.update(task, total=total)
 
     def advance(self, n: int) -> None:
         if self._task is not None:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -448,6 +449,39 @@ def run_backup(
     return run
 
 
+class _Counter:
+    """The counting pass (``src.estimate_size``) in a daemon thread at the lowest CPU
+    priority, beside the backup (restic's scanner): when it ends, the progress bar gets
+    its total (and so an ETA). It only stats files; the backup never waits for it, and
+    once :meth:`stop` returned it no longer touches the progress sink (the next
+    source's bar is not given this one's total)."""
+
+    def __init__(self, src: Source, progress: ProgressSink) -> None:
+        self._src = src
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._stopped = False
+        threading.Thread(target=self._count, name=f"drkit-count-{src.name}", daemon=True).start()
+
+    def _count(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        except (AttributeError, OSError):
+            pass
+        try:
+            total = self._src.estimate_size()
+        except Exception as exc:  # noqa: BLE001 - a progress estimate must never fail a backup
+            log.debug("size estimate of %s failed: %s", self._src.name, exc)
+            return
+        with self._lock:
+            if total is not None and not self._stopped:
+                self._progress.set_total(total)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+
 def _backup_one(
     repo: Repository,
     src: Source,
@@ -462,8 +496,10 @@ def _backup_one(
     parent = _latest_of(existing, src.name, options.host)
     scratch = Path(tempfile.mkdtemp(prefix=f"drkit-{src.name}-", dir=options.scratch_root))
     os.chmod(scratch, 0o700)
+    counter = None
     if progress:
         progress.start_source(src.name, None)
+        counter = _Counter(src, progress)
     saver = BlobSaver(repo, workers=options.workers, index_every_packs=options.index_every_packs)
     try:
         writer = SnapshotWriter(
@@ -523,6 +559,8 @@ def _backup_one(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         outcome.seconds = time.monotonic() - started
+        if counter is not None:
+            counter.stop()
         if progress:
             progress.end_source()
     return outcome

@@ -158,6 +158,12 @@ class Source(ABC):
         """One line for listings (``drkit sources``, plans)."""
         return f"{self.name} ({self.type_name})"
 
+    def estimate_size(self) -> int | None:
+        """The bytes a backup of this source will read, for progress bars; None when
+        it cannot be known cheaply. Runs in a low-priority thread beside the backup
+        (restic's scanner): it must only read metadata and never raise."""
+        return None
+
     def check_run(self, run: list["Source"]) -> None:  # noqa: B027 - an optional hook
         """Refuse (raise :class:`~drkit.errors.Refused`) if *run* lacks what this source
         needs alongside it (e.g. a datastore without the K3s token). Default: nothing."""

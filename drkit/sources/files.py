@@ -99,6 +99,36 @@ class FilesSource(Source):
         if opts.include and not taken:
             raise NothingRead(source=self.name, detail=f"no file under {', '.join(opts.paths)} matches include {opts.include}")
 
+    def estimate_size(self) -> int | None:
+        """Sum of the sizes of the regular files the walk will take (same exclude,
+        include and one_file_system rules); stat calls only, errors skipped."""
+        opts = self.options
+        total = 0
+        for root in opts.paths:
+            try:
+                root_dev = os.lstat(root).st_dev
+            except OSError:
+                continue
+            stack = [root]
+            while stack:
+                path = stack.pop()
+                if matches(path, opts.exclude):
+                    continue
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if opts.one_file_system and st.st_dev != root_dev:
+                        continue
+                    try:
+                        stack.extend(path.rstrip("/") + "/" + name for name in os.listdir(path))
+                    except OSError:
+                        continue
+                elif stat.S_ISREG(st.st_mode) and (not opts.include or matches(path, opts.include)):
+                    total += st.st_size
+        return total
+
     def _add_parents(self, ctx: BackupContext, root: str, seen: set[str]) -> None:
         parents = list(PurePosixPath(root).parents)[:-1]  # without "/"
         for parent in reversed(parents):
