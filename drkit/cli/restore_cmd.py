@@ -99,6 +99,13 @@ def restore_cmd(
         snap = repo.find_snapshot(snapshot)
         source, snapshot = snap.source, snap.id
     src = state.config.source(source)
+    unknown = sorted(set(options.extra) - src.restore_options)
+    if unknown:
+        raise UsageError(
+            f"-o {unknown[0]}: source {source!r} ({src.type_name}) has no such restore option",
+            hint=("it takes: " + ", ".join(sorted(src.restore_options))) if src.restore_options
+            else f"{src.type_name} sources take no -o options (see docs/sources/)",
+        )
     with progress_for(state, not as_json) as progress:
         outcome = run_restore(repo, src, snapshot, options, env=state.env.vars, progress=progress,
                               on_line=None if as_json else state.say)

@@ -93,6 +93,7 @@ class ArgoCDSource(Source):
     """Argo CD configuration, credentials, projects and applications of one namespace."""
 
     type_name = "argocd"
+    restore_options = frozenset({"pause_sync"})
     Options = ArgoCDOptions
     options: ArgoCDOptions
 

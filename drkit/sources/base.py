@@ -149,6 +149,9 @@ class Source(ABC):
 
     type_name: ClassVar[str]
     Options: ClassVar[type[SourceOptions]] = SourceOptions
+    restore_options: ClassVar[frozenset[str]] = frozenset()
+    """The ``-o KEY=VALUE`` restore options this source reads (``ctx.options.extra``);
+    any other key is a usage error, not silently ignored."""
 
     def __init__(self, name: str, options: SourceOptions) -> None:
         self.name = name

@@ -303,6 +303,7 @@ class K3sEtcdSource(Source):
     """K3s embedded etcd, as a verified etcd snapshot."""
 
     type_name = "k3s-etcd"
+    restore_options = frozenset({"data_dir", "member_name", "peer_url"})
     Options = K3sEtcdOptions
     options: K3sEtcdOptions
 

@@ -168,3 +168,13 @@ def test_restore_by_id_infers_the_source(ws: Workspace) -> None:
     r = ws.ok("restore", snap, "--target", str(target))
     assert f"restored snapshot {snap} of data" in r.out
     assert (target / str(ws.data).lstrip("/") / "a/text.txt").read_text() == "hello world\n" * 5000
+
+
+def test_restore_option_a_source_does_not_know_is_a_usage_error(ws: Workspace) -> None:
+    ws.ok("init")
+    ws.ok("backup")
+    target = ws.root / "r"
+    r = ws.run("restore", "latest", "-s", "data", "--target", str(target), "-o", "pause_sync=false")
+    assert r.code == EXIT_USAGE
+    assert "-o pause_sync" in one_error_line(r.err) and "files" in r.err
+    assert not target.exists()
