@@ -35,18 +35,19 @@ def diff_cmd(state: CliState, first: str, second: str, source: str | None, as_js
       drkit diff 2b9418cf 7f00aa12 --json
     """
     repo = open_repository(state, identity_path)
-    repo.load_index()
-    a = resolve_snapshot(state, repo, first, source)
-    b = resolve_snapshot(state, repo, second, source)
-    changes, st = diff_entries(list_entries(repo, a), list_entries(repo, b))
-    if as_json:
+    with repo.lock_for("diff"):  # a concurrent prune cannot delete what is read
+        repo.load_index()
+        a = resolve_snapshot(state, repo, first, source)
+        b = resolve_snapshot(state, repo, second, source)
+        changes, st = diff_entries(list_entries(repo, a), list_entries(repo, b))
+        if as_json:
+            for c in changes:
+                json_line({"message_type": "change", "path": c.path, "modifier": c.modifier,
+                           "size_before": c.size_before, "size_after": c.size_after})
+            json_line({"message_type": "statistics", "source_snapshot": a.id, "target_snapshot": b.id, **st.to_json()})
+            return
+        state.say(f"comparing snapshot {a.short_id} ({a.source}, {a.time}) to {b.short_id} ({b.source}, {b.time}):")
         for c in changes:
-            json_line({"message_type": "change", "path": c.path, "modifier": c.modifier,
-                       "size_before": c.size_before, "size_after": c.size_after})
-        json_line({"message_type": "statistics", "source_snapshot": a.id, "target_snapshot": b.id, **st.to_json()})
-        return
-    state.say(f"comparing snapshot {a.short_id} ({a.source}, {a.time}) to {b.short_id} ({b.source}, {b.time}):")
-    for c in changes:
-        click.echo(f"{c.modifier:<5}{c.path}")
-    state.say(f"added: {st.added} ({human_size(st.bytes_added)}), removed: {st.removed} ({human_size(st.bytes_removed)}), "
-              f"changed: {st.modified}, metadata only: {st.metadata}, type changed: {st.type_changed}")
+            click.echo(f"{c.modifier:<5}{c.path}")
+        state.say(f"added: {st.added} ({human_size(st.bytes_added)}), removed: {st.removed} ({human_size(st.bytes_removed)}), "
+                  f"changed: {st.modified}, metadata only: {st.metadata}, type changed: {st.type_changed}")

@@ -35,22 +35,23 @@ def dump_cmd(state: CliState, snapshot: str, path: str, source: str | None, outp
       drkit dump latest -s k3s-db state.db -o /root/state.db
     """
     repo = open_repository(state, identity_path)
-    repo.load_index()
-    snap = resolve_snapshot(state, repo, snapshot, source)
-    if output is None:
-        if sys.stdout.isatty():
-            raise UsageError("refusing to write binary data to a terminal", hint="redirect stdout or use -o FILE")
-        out = sys.stdout.buffer
-        dump(repo, snap, path, out)
-        out.flush()
-        return
-    try:
-        fh = open(output, "xb")
-    except FileExistsError:
-        raise UsageError(f"{output} already exists", hint="choose another -o FILE") from None
-    try:
-        with fh:
-            dump(repo, snap, path, fh)
-    except BaseException:
-        output.unlink(missing_ok=True)  # never a half-written file under the name asked for
-        raise
+    with repo.lock_for("dump"):  # a concurrent prune cannot delete what is read
+        repo.load_index()
+        snap = resolve_snapshot(state, repo, snapshot, source)
+        if output is None:
+            if sys.stdout.isatty():
+                raise UsageError("refusing to write binary data to a terminal", hint="redirect stdout or use -o FILE")
+            out = sys.stdout.buffer
+            dump(repo, snap, path, out)
+            out.flush()
+            return
+        try:
+            fh = open(output, "xb")
+        except FileExistsError:
+            raise UsageError(f"{output} already exists", hint="choose another -o FILE") from None
+        try:
+            with fh:
+                dump(repo, snap, path, fh)
+        except BaseException:
+            output.unlink(missing_ok=True)  # never a half-written file under the name asked for
+            raise

@@ -36,22 +36,23 @@ def find_cmd(state: CliState, patterns: tuple[str, ...], sources: tuple[str, ...
       drkit find '*.key' --json
     """
     repo = open_repository(state, identity_path)
-    repo.load_index()
-    snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
-    sources = checked_source_names(state, sources, snaps)
-    if snapshot_refs:
-        wanted = {repo.find_snapshot(ref).id for ref in snapshot_refs}
-        snaps = [s for s in snaps if s.id in wanted]
-    snaps = [s for s in snaps if (not sources or s.source in sources) and (not tags or set(tags) & set(s.tags))]
-    results = list(find(repo, snaps, list(patterns)))
-    if as_json:
-        state.emit_json([{"snapshot": f.snapshot.id, "short_id": f.snapshot.short_id, "source": f.snapshot.source,
-                          "time": f.snapshot.time, "matches": [entry_json(e) for e in f.matches]} for f in results])
-        return
-    for f in results:
-        state.say(f"found in snapshot {f.snapshot.short_id} ({f.snapshot.source}, {f.snapshot.time[:19]}):")
-        for e in f.matches:
-            when = datetime.fromtimestamp(e.mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(f"  {f.snapshot.short_id}  {e.path}  ({e.type}, {e.size} B, {when})")
-    if not results:
-        state.say(f"no match for {', '.join(patterns)} in {len(snaps)} snapshot(s)")
+    with repo.lock_for("find"):  # a concurrent prune cannot delete what is read
+        repo.load_index()
+        snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
+        sources = checked_source_names(state, sources, snaps)
+        if snapshot_refs:
+            wanted = {repo.find_snapshot(ref).id for ref in snapshot_refs}
+            snaps = [s for s in snaps if s.id in wanted]
+        snaps = [s for s in snaps if (not sources or s.source in sources) and (not tags or set(tags) & set(s.tags))]
+        results = list(find(repo, snaps, list(patterns)))
+        if as_json:
+            state.emit_json([{"snapshot": f.snapshot.id, "short_id": f.snapshot.short_id, "source": f.snapshot.source,
+                              "time": f.snapshot.time, "matches": [entry_json(e) for e in f.matches]} for f in results])
+            return
+        for f in results:
+            state.say(f"found in snapshot {f.snapshot.short_id} ({f.snapshot.source}, {f.snapshot.time[:19]}):")
+            for e in f.matches:
+                when = datetime.fromtimestamp(e.mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"  {f.snapshot.short_id}  {e.path}  ({e.type}, {e.size} B, {when})")
+        if not results:
+            state.say(f"no match for {', '.join(patterns)} in {len(snaps)} snapshot(s)")

@@ -35,21 +35,22 @@ def ls_cmd(state: CliState, snapshot: str, path: str | None, source: str | None,
       drkit ls latest -s k3s-db --json | jq -r 'select(.struct_type=="node") | .path'
     """
     repo = open_repository(state, identity_path)
-    repo.load_index()
-    snap = resolve_snapshot(state, repo, snapshot, source)
-    if as_json:
-        json_line({"struct_type": "snapshot", **snap.summary()})
-    count = 0
-    for e in list_entries(repo, snap, path):
-        count += 1
+    with repo.lock_for("ls"):  # a concurrent prune cannot delete what is read
+        repo.load_index()
+        snap = resolve_snapshot(state, repo, snapshot, source)
         if as_json:
-            json_line({"struct_type": "node", **entry_json(e)})
-        elif long_:
-            when = datetime.fromtimestamp(e.mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            owner = f"{e.user or e.uid}/{e.group or e.gid}"
-            shown = f"{e.path} -> {e.target}" if e.target else e.path
-            state.say(f"{e.type[0]}{e.mode:04o} {owner:<16} {e.size:>12} {when}  {shown}")
-        else:
-            click.echo(e.path)
-    if path is not None and count == 0:
-        raise UsageError(f"{path!r} is not in snapshot {snap.short_id}", hint=f"'drkit ls {snap.short_id}' lists its paths")
+            json_line({"struct_type": "snapshot", **snap.summary()})
+        count = 0
+        for e in list_entries(repo, snap, path):
+            count += 1
+            if as_json:
+                json_line({"struct_type": "node", **entry_json(e)})
+            elif long_:
+                when = datetime.fromtimestamp(e.mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                owner = f"{e.user or e.uid}/{e.group or e.gid}"
+                shown = f"{e.path} -> {e.target}" if e.target else e.path
+                state.say(f"{e.type[0]}{e.mode:04o} {owner:<16} {e.size:>12} {when}  {shown}")
+            else:
+                click.echo(e.path)
+        if path is not None and count == 0:
+            raise UsageError(f"{path!r} is not in snapshot {snap.short_id}", hint=f"'drkit ls {snap.short_id}' lists its paths")

@@ -9,6 +9,7 @@ import click
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, open_repository, progress_for
 from drkit.services.repair import RepairReport, default_evidence_root, repair
+from drkit.services.seen import check_and_remember
 
 REPAIR_COMMAND = "drkit repair"
 """The command verify's hint quotes."""
@@ -46,6 +47,11 @@ def repair_cmd(state: CliState, dry_run: bool, evidence_dir: Path | None, as_jso
                         on_pack=progress.advance if progress else None)
         if progress:
             progress.end_source()
+    if not dry_run and report.snapshots_rewritten:  # this host forgot the old ids itself: not a rollback
+        snaps = repo.list_snapshots(on_error=lambda *_: None)
+        for line in check_and_remember(repo, state.state_dir, snapshots=snaps,
+                                       forgotten=[s["id"] for s in report.snapshots_rewritten]):
+            click.echo(f"warning: {line}", err=True)
     if as_json:
         state.emit_json(report.to_json())
         return

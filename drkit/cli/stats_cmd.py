@@ -32,16 +32,17 @@ def stats_cmd(state: CliState, sources: tuple[str, ...], as_json: bool, identity
       drkit stats -s k3s-db --json
     """
     repo = open_repository(state, identity_path)
-    repo.load_index()
-    snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
-    sources = checked_source_names(state, sources, snaps)
-    snaps = [s for s in snaps if not sources or s.source in sources]
-    per, total = stats(repo, snaps)
-    if as_json:
-        state.emit_json({"sources": {k: v.to_json() for k, v in sorted(per.items())}, "total": total.to_json()})
-        return
-    state.say(f"{'SOURCE':<20} {'SNAPSHOTS':>9} {'FILES':>9} {'RAW':>11} {'DEDUPLICATED':>13} {'STORED':>11}")
-    for name, s in sorted(per.items()):
-        state.say(f"{name:<20} {s.snapshots:>9} {s.files:>9} {human_size(s.raw):>11} {human_size(s.deduplicated):>13} {human_size(s.stored):>11}")
-    state.say(f"{'total':<20} {total.snapshots:>9} {total.files:>9} {human_size(total.raw):>11} "
-              f"{human_size(total.deduplicated):>13} {human_size(total.stored):>11}")
+    with repo.lock_for("stats"):  # a concurrent prune cannot delete what is read
+        repo.load_index()
+        snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
+        sources = checked_source_names(state, sources, snaps)
+        snaps = [s for s in snaps if not sources or s.source in sources]
+        per, total = stats(repo, snaps)
+        if as_json:
+            state.emit_json({"sources": {k: v.to_json() for k, v in sorted(per.items())}, "total": total.to_json()})
+            return
+        state.say(f"{'SOURCE':<20} {'SNAPSHOTS':>9} {'FILES':>9} {'RAW':>11} {'DEDUPLICATED':>13} {'STORED':>11}")
+        for name, s in sorted(per.items()):
+            state.say(f"{name:<20} {s.snapshots:>9} {s.files:>9} {human_size(s.raw):>11} {human_size(s.deduplicated):>13} {human_size(s.stored):>11}")
+        state.say(f"{'total':<20} {total.snapshots:>9} {total.files:>9} {human_size(total.raw):>11} "
+                  f"{human_size(total.deduplicated):>13} {human_size(total.stored):>11}")

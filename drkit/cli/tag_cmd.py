@@ -9,6 +9,7 @@ import click
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, open_repository
 from drkit.errors import Refused, UsageError
+from drkit.services.seen import check_and_remember
 from drkit.services.tag import new_tags, retag
 
 
@@ -41,7 +42,7 @@ def tag_cmd(state: CliState, snapshot_ids: tuple[str, ...], add: tuple[str, ...]
                       hint="change tags from the admin host")
     repo = open_repository(state, identity_path)
     out = []
-    with repo.lock(exclusive=True, command="tag"):
+    with repo.lock_for("tag"):
         for ref in dict.fromkeys(snapshot_ids):
             snap = repo.find_snapshot(ref)
             tags = new_tags(snap.tags, add=list(add), remove=list(remove), set_=list(set_) if set_ else None)
@@ -50,5 +51,10 @@ def tag_cmd(state: CliState, snapshot_ids: tuple[str, ...], add: tuple[str, ...]
             if not as_json:
                 what = f"now {new.short_id}" if new.id != snap.id else "unchanged"
                 state.say(f"snapshot {snap.short_id} ({snap.source}): tags {','.join(new.tags) or '-'} ({what})")
+    changed = [str(o["old_id"]) for o in out if o["old_id"] != o["id"]]
+    if changed:  # this host replaced those ids itself: not a rollback
+        snaps = repo.list_snapshots(on_error=lambda *_: None)
+        for line in check_and_remember(repo, state.state_dir, snapshots=snaps, forgotten=changed):
+            click.echo(f"warning: {line}", err=True)
     if as_json:
         state.emit_json(out)

@@ -21,6 +21,11 @@ def upgrade_format_cmd(state: CliState, identity_path: Path | None) -> None:
     before. Takes an exclusive lock. drkit releases before version 2 cannot open the
     repository afterwards. Passphrase slots other than the one used here stay
     version 1 until re-added ('drkit key add', then 'drkit key remove' the old one).
+
+    \b
+    Examples:
+      drkit upgrade-format
+      drkit upgrade-format --identity /root/drkit-identity.json   (recipient mode)
     """
     if state.config.repository.append_only:
         raise Refused("this host is configured append-only: it may not rewrite the config or key slots",

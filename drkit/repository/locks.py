@@ -68,6 +68,12 @@ COMMAND_LOCKS: dict[str, bool] = {
     "rebuild-index": EXCLUSIVE,
     "repair": EXCLUSIVE,
     "upgrade-format": EXCLUSIVE,
+    "tag": EXCLUSIVE,  # rewrites manifests (new id, then the old one deleted)
+    "ls": SHARED,  # ls, diff, find, dump, stats read trees and blobs
+    "diff": SHARED,
+    "find": SHARED,
+    "dump": SHARED,
+    "stats": SHARED,
 }
 """Which lock each command takes (borg's ``with_repository(exclusive=...)``, as data):
 readers and writers of new data share the repository; whatever deletes or rewrites

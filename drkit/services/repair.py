@@ -414,7 +414,7 @@ def repair(
 ) -> RepairReport:
     """Plan and (unless *dry_run*) execute a repair under an exclusive lock.
     Idempotent: on a sound repository it changes nothing."""
-    with repo.lock(exclusive=True, command="repair"):
+    with repo.lock_for("repair"):
         plan = plan_repair(repo, on_pack=on_pack)
         if dry_run:
             return _describe(plan, dry_run=True)

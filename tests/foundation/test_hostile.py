@@ -393,6 +393,6 @@ def test_each_command_declares_its_lock_in_one_table() -> None:
     from drkit.repository.locks import COMMAND_LOCKS
 
     shared = sorted(c for c, exclusive in COMMAND_LOCKS.items() if not exclusive)
-    assert shared == ["backup", "copy", "drill", "restore", "verify"]
+    assert shared == ["backup", "copy", "diff", "drill", "dump", "find", "ls", "restore", "stats", "verify"]
     assert sorted(c for c, exclusive in COMMAND_LOCKS.items() if exclusive) == [
-        "forget", "prune", "rebuild-index", "repair", "upgrade-format"]
+        "forget", "prune", "rebuild-index", "repair", "tag", "upgrade-format"]
