@@ -68,6 +68,9 @@ def _say(state: CliState, r: RepairReport) -> None:
         state.say(f"damaged pack {p['pack'][:16]}: {where} ({p['salvageable']} blob(s) intact, {p['lost']} lost)")
     if r.evidence_dir:
         state.say(f"copies of the damaged packs kept in {r.evidence_dir}")
+    if r.kept_under_retention:
+        state.say(f"{len(r.kept_under_retention)} object(s) left in place, still under the store's retention "
+                  "(no longer indexed; a later 'drkit prune' removes them)")
     for s in r.snapshots_rewritten:
         new = f" as {s['new_id'][:8]}" if s.get("new_id") else ""
         state.say(f"snapshot {s['short_id']} ({s['source']}) {would}rewritten{new} without {len(s['removed'])} file(s) whose data is lost"

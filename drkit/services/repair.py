@@ -22,7 +22,9 @@ split like prune into a plan (read-only, printable) and its execution:
   4. rewrite each affected snapshot without the files (or tree parts) whose data is
      lost, marked ``meta.repaired`` (``drkit snapshots`` shows ``[repaired]``), then
      delete the old manifest;
-  5. delete the damaged packs from the repository.
+  5. delete the damaged packs from the repository (prune's retention guard: what the
+     store still retains stays, unindexed, until a later prune; every deletion checks
+     that our exclusive lock still holds).
 
 Afterwards ``drkit verify --read-data`` finds nothing: every indexed pack is intact
 and every blob a snapshot references is indexed. Data no snapshot references any more
@@ -49,6 +51,8 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.repository.tree import FILE, Entry, encode_entries
+from drkit.services.prune import RetentionGuard, utc_now
+from drkit.storage.base import retention_of
 
 log = logging.getLogger("drkit.repair")
 
@@ -99,6 +103,8 @@ class RepairReport:
     snapshots_rewritten: list[dict[str, Any]] = field(default_factory=list)
     index_files_replaced: int = 0
     evidence_dir: str | None = None
+    kept_under_retention: list[str] = field(default_factory=list)
+    """Objects left in place because the store still retains them (a later prune removes them)."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -264,6 +270,7 @@ def execute_repair(
     report = _describe(plan, dry_run=False)
     if not plan.needed:
         return report
+    guard = RetentionGuard(retention_of(repo.storage), utc_now())
     # 1. evidence first
     to_delete = [d for d in plan.damaged if d.stored]
     if to_delete:
@@ -305,7 +312,7 @@ def execute_repair(
     repo.index.files = {new_id}
     for index_id in replaced:
         if index_id != new_id:
-            _delete(repo, layout.index_name(index_id))
+            _delete(repo, guard, layout.index_name(index_id), report)
     report.index_files_replaced = len([i for i in replaced if i != new_id])
     # 4. snapshots without what is lost
     rewritten = []
@@ -321,7 +328,7 @@ def execute_repair(
                 row["new_id"] = new.id
     # 5. the damaged packs leave the repository
     for d in to_delete:
-        _delete(repo, layout.pack_name(d.pack_id))
+        _delete(repo, guard, layout.pack_name(d.pack_id), report)
     return report
 
 
@@ -336,7 +343,13 @@ def _keep_copy(repo: Repository, d: DamagedPack, evidence: Path) -> None:
     (evidence / f"{d.pack_id}.txt").write_text(d.detail + "\n")
 
 
-def _delete(repo: Repository, name: str) -> None:
+def _delete(repo: Repository, guard: RetentionGuard, name: str, report: RepairReport) -> None:
+    """Delete *name* unless the store still retains it (S3 Object Lock: prune's guard;
+    it then stays, unindexed, and a later prune removes it). Checks our lock first."""
+    if guard.retained(name):
+        report.kept_under_retention.append(name)
+        return
+    repo.check_locks()
     try:
         repo.storage.delete(name)
     except ObjectNotFound:
