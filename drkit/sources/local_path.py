@@ -227,7 +227,7 @@ class LocalPathSource(Source):
     """Directories of local-path volumes (see :class:`LocalPathOptions`)."""
 
     type_name = "local-path"
-    restore_options = frozenset({"host_root", "offline", "storage_path"})
+    restore_options = frozenset({"host_root", "node", "offline", "storage_path"})
     Options = LocalPathOptions
     options: LocalPathOptions
 

@@ -178,3 +178,19 @@ def test_restore_option_a_source_does_not_know_is_a_usage_error(ws: Workspace) -
     assert r.code == EXIT_USAGE
     assert "-o pause_sync" in one_error_line(r.err) and "files" in r.err
     assert not target.exists()
+
+
+def test_every_restore_option_a_source_reads_is_declared() -> None:
+    """A key read from ctx.options.extra but missing from restore_options would be refused."""
+    import importlib
+    import re
+
+    from drkit.sources import SOURCE_TYPES
+
+    root = Path(__file__).resolve().parents[2] / "drkit" / "sources"
+    read = {m for p in root.glob("*.py") for m in re.findall(r'options\.extra\.get\("([a-z_]+)"', p.read_text())}
+    declared: set[str] = set()
+    for target in SOURCE_TYPES.values():
+        module, cls = target.split(":")
+        declared |= getattr(importlib.import_module(module), cls).restore_options
+    assert read and read <= declared, read - declared
