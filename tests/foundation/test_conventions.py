@@ -143,3 +143,16 @@ def test_drill_table_check_column_fits_the_terminal_width(ws: Workspace, monkeyp
     r = ws.ok("drill")
     rows = r.out.splitlines()[:2]
     assert rows[0].startswith("SOURCE") and all(len(row) <= 90 for row in rows), rows
+
+
+def test_prune_dry_run_never_says_deleted(ws: Workspace) -> None:
+    ws.ok("init")
+    ws.ok("backup")
+    (ws.data / "a/b/random.bin").write_bytes(b"x" * 100_000)
+    ws.ok("backup")
+    ws.ok("forget", "--keep-last", "1")
+    for args in (["prune", "--dry-run"], ["forget", "--keep-last", "1", "--prune", "--dry-run"]):
+        out = ws.ok(*args).out
+        assert "deleted" not in out and "removed" not in out and "freed" not in out, (args, out)
+        assert "would" in out, (args, out)
+    assert "deleted" in ws.ok("prune").out  # the real run says what it did
