@@ -329,6 +329,13 @@ class FakeKube:
     execs: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
     forbidden: set[tuple[str, str]] = field(default_factory=set)
     """(HTTP method, plural) pairs answered with 403 Forbidden (RBAC denies them)."""
+    allowed: set[tuple[str, str, str]] | None = None
+    """RBAC as an allow-list of (verb, API group, resource) — verbs get, list, create,
+    update, patch, delete; resources as in a Role (``volumes/status``): every other
+    request is 403 Forbidden. None: everything is allowed."""
+    pv_controller_races: bool = False
+    """Longhorn's kubernetes-pv controller resyncs right after a Volume's status is
+    patched (its 30 s resync falling into that moment)."""
     version: dict[str, str] = field(default_factory=lambda: {
         "major": "1", "minor": "31", "gitVersion": "v1.31.4+k3s1", "platform": "linux/amd64"})
     """What ``GET /version`` answers."""
@@ -1359,11 +1366,15 @@ class FakeKube:
             if parts.path.rstrip("/") == "/version" and method == "GET":
                 return 200, dict(self.version)
             rtype, ns, name, sub = self.route(parts.path)
-            if (method, rtype.plural) in self.forbidden:
+            verb = {"GET": "list" if name is None else "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete"}.get(method, method.lower())
+            resource = rtype.plural + (f"/{sub}" if sub else "")
+            if (method, rtype.plural) in self.forbidden or (
+                    self.allowed is not None and (verb, rtype.group, resource) not in self.allowed):
                 group = f"{rtype.group}" if rtype.group else ""
                 raise ApiError(403, "Forbidden", f'{rtype.plural}{"." + group if group else ""} is forbidden: User '
-                               f'"system:serviceaccount:drkit:drkit" cannot {method.lower()} resource '
-                               f'"{rtype.plural}" in API group "{group}"' + (f' in the namespace "{ns}"' if ns else ""),
+                               f'"system:serviceaccount:drkit:drkit" cannot {verb} resource '
+                               f'"{resource}" in API group "{group}"' + (f' in the namespace "{ns}"' if ns else ""),
                                name=name or "", kind=rtype.plural)
             if sub is not None and sub != "status":
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")
@@ -1426,6 +1437,8 @@ class FakeKube:
         self.validate(rtype, check, mode)
         current["status"] = candidate["status"]
         self._bump(current)
+        if rtype.kind == "Volume" and self.pv_controller_races:
+            self.resync_pv_controller()
         return current
 
     def _list(self, rtype: ResourceType, ns: str | None, query: dict[str, str]) -> dict[str, Any]:

@@ -309,7 +309,7 @@ def test_rbac_denial_is_a_one_line_error_with_a_hint(kube: Kube, fake_kube: tupl
     assert exc.value.status == 403 and exc.value.exit_code == 2
     assert exc.value.message == (
         'cannot list secrets in namespace default (HTTP 403, Forbidden): secrets is forbidden: User '
-        '"system:serviceaccount:drkit:drkit" cannot get resource "secrets" in API group "" in the namespace "default"')
+        '"system:serviceaccount:drkit:drkit" cannot list resource "secrets" in API group "" in the namespace "default"')
     assert "RBAC" in (exc.value.hint or "")
 
 

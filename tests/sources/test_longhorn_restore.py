@@ -286,3 +286,91 @@ def test_retention_counts_per_source_and_spares_other_sources_and_the_user(
     names = sorted(s["metadata"]["name"] for s in fake.list("Snapshot", LONGHORN_NS))
     assert names == sorted([newest, native_snap, "users-own"])
     assert [n for k, _, n in fake.deleted if k == "Snapshot"] == [drkit_snap]
+
+
+def test_native_backup_restores_into_a_claim_whose_volume_lost_its_data(
+        tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:
+    kubeconfig, fake = fake_kube
+    volume = fake.provision("apps", "data-db-0", 8 * MIB)
+    original = os.urandom(8 * MIB)
+    fake.volume_path(volume).write_bytes(original)
+    d = Drkit.setup(tmp_path, [source_spec(kubeconfig, fake, mode="native")])
+    d.backup("vols")
+    url = d.snapshot_meta("vols")["volumes"][0]["backup_url"]
+    fake.lose_replicas(volume)
+    claim_before, pv_before = meta_of(fake, *CLAIM), meta_of(fake, "PersistentVolume", None, volume)
+    deleted = list(fake.deleted)
+    result = d.restore("vols", "--in-place")
+    assert result["details"]["volumes"][0]["how"] == "into-claim"
+    assert fake.deleted[len(deleted):] == [("Volume", LONGHORN_NS, volume)]
+    assert meta_of(fake, *CLAIM) == claim_before and meta_of(fake, "PersistentVolume", None, volume) == pv_before
+    assert fake.get("Volume", LONGHORN_NS, volume)["spec"]["fromBackup"] == url
+    assert read_device(kubeconfig, fake, volume) == original
+    assert [b for b in fake.deleted if b[0] == "Backup"] == [] and fake.rejected() == []
+
+
+def test_a_link_that_longhorn_writes_back_stops_the_restore_before_any_deletion(backed_up: tuple) -> None:
+    kubeconfig, fake, volume, _, d = backed_up
+    fake.lose_replicas(volume)
+    fake.pv_controller_races = True  # Longhorn's PV controller resyncs right after drkit's unlink
+    claim_before, pv_before = meta_of(fake, *CLAIM), meta_of(fake, "PersistentVolume", None, volume)
+    deleted = list(fake.deleted)
+    err = d.fails("restore", "latest", "-s", "vols", "--in-place")
+    assert err.exit_code == 8 and f"Longhorn linked volume {volume} to PV {volume} again at once" in err.message
+    assert fake.deleted == deleted
+    assert meta_of(fake, *CLAIM) == claim_before and meta_of(fake, "PersistentVolume", None, volume) == pv_before
+    fake.pv_controller_races = False
+    d.restore("vols", "--in-place")  # run again: it goes through
+    assert fake.deleted[len(deleted):] == [("Volume", LONGHORN_NS, volume)]
+    assert meta_of(fake, *CLAIM) == claim_before
+
+
+# ---------------------------------------------------------------------- RBAC as documented
+def documented_roles() -> dict[str, set[tuple[str, str, str]]]:
+    """The ClusterRoles in docs/sources/longhorn.md, as (verb, group, resource) sets."""
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "docs/sources/longhorn.md").read_text()
+    roles: dict[str, set[tuple[str, str, str]]] = {}
+    for block in re.findall(r"```yaml\n(# rbac: (\S+).*?)```", text, re.S):
+        body, name = block
+        role = yaml.safe_load(body)
+        assert role["kind"] == "ClusterRole"
+        roles[name] = {(verb, group, res) for rule in role["rules"] for group in rule["apiGroups"]
+                       for res in rule["resources"] for verb in rule["verbs"]}
+    return roles
+
+
+def test_each_operation_works_with_exactly_the_documented_rbac(tmp_path: Path, fake_kube: tuple[Path, FakeKube]) -> None:
+    kubeconfig, fake = fake_kube
+    roles = documented_roles()
+    assert sorted(roles) == ["longhorn-backup", "longhorn-backup-drkit", "longhorn-backup-native",
+                             "longhorn-restore", "longhorn-restore-force"]
+    volume = fake.provision("apps", "data", 4 * MIB)
+    fake.volume_path(volume).write_bytes(os.urandom(4 * MIB))
+    d = Drkit.setup(tmp_path / "d", [source_spec(kubeconfig, fake), source_spec(kubeconfig, fake, name="native",
+                                                                                   mode="native")])
+    fake.allowed = roles["longhorn-backup"] | roles["longhorn-backup-drkit"]
+    d.backup("vols")
+    d.backup("vols")  # the second run's retention deletes the first snapshot
+    fake.allowed = roles["longhorn-backup"] | roles["longhorn-backup-native"]
+    d.backup("native")
+    assert fake.rejected() == []
+
+    fake.allowed = set()
+    d.restore("vols", "--target", str(tmp_path / "files"))  # the cluster is not contacted
+    fake.allowed = roles["longhorn-restore"]
+    d.restore("vols", "--in-place", "--namespace", "copy", "--dry-run")
+    d.restore("vols", "--in-place", "--namespace", "copy")  # new claims
+    fake.lose_replicas(volume)
+    d.restore("vols", "--in-place", "--dry-run")
+    d.restore("vols", "--in-place")  # into the claim whose volume lost its data: no delete on claims
+    assert fake.rejected() == []
+    err = d.fails("restore", "latest", "-s", "vols", "--in-place", "--force")  # --force needs its own role
+    assert err.exit_code == 2 and "forbidden" in err.message and "persistentvolumes" in err.message
+    n = len(fake.audit)
+    fake.allowed = roles["longhorn-restore"] | roles["longhorn-restore-force"]
+    d.restore("vols", "--in-place", "--force")
+    assert [a for a in fake.audit[n:] if a.code >= 400 and a.method != "GET"] == []
