@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
@@ -68,17 +68,26 @@ class Entry:
     dev: int = 0
 
     def to_json(self) -> str:
-        """One JSON line, ASCII. A path or target that is not valid UTF-8 (held in
-        memory with surrogate escapes, as ``os.fsdecode`` makes it) is stored as
+        """One JSON line, ASCII: ``path``, ``type``, then ``mode`` and every other field
+        that is not empty or zero, in field order. Byte-identical to the original
+        ``asdict`` encoding (so unchanged entries deduplicate across snapshots) except that
+        a mode of 0 is written out (omitted, it read back as the default 0644). Built
+        without ``asdict``, which deep-copies every entry and was the largest per-file cost
+        of a backup. A path or target that is not valid UTF-8 (held in memory with
+        surrogate escapes, as ``os.fsdecode`` makes it) is stored as
         ``path_b64``/``target_b64`` (base64 of the raw bytes), with ``path``/``target``
         holding a display form (each bad byte as U+FFFD): valid JSON for any parser."""
-        data = {k: v for k, v in asdict(self).items() if v not in ("", 0, []) or k in ("path", "type")}
+        data: dict[str, Any] = {"path": self.path, "type": self.type}
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value not in ("", 0, []) or name == "mode":
+                data[name] = list(value) if name == "chunks" else value
         for key in _NAME_KEYS:
             raw = _raw_name(data.get(key, ""))
             if raw is not None:
                 data[key] = raw.decode("utf-8", "replace")
                 data[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+        return _ENCODE(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Entry":
@@ -106,6 +115,10 @@ class Entry:
             and self.inode == other.inode
             and self.dev == other.dev
         )
+
+
+_OPTIONAL_FIELDS = tuple(f for f in Entry.__dataclass_fields__ if f not in ("path", "type"))
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 def encode_entries(entries: Iterable[Entry]) -> Iterator[bytes]:

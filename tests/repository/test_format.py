@@ -167,3 +167,31 @@ def test_recipient_mode_sealing_threads_share_one_session() -> None:
     with pytest.raises(IdentityMissing):
         writer.open(sealed[0], b"ad")
     assert RecipientCipher(public, identity).open(sealed[0], b"ad") == b"x0"
+
+
+def test_entry_json_is_the_asdict_encoding_byte_for_byte() -> None:
+    """Tree blobs deduplicate across snapshots only if an unchanged entry encodes to the same
+    bytes: the fast encoder must equal the original asdict-based one for every field shape."""
+    import dataclasses
+    import json
+
+    from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
+
+    def reference(e: Entry) -> str:
+        data = {k: v for k, v in dataclasses.asdict(e).items() if v not in ("", 0, []) or k in ("path", "type")}
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+
+    samples = [
+        Entry(path="/srv/d/f", type=FILE, mode=0o640, uid=1000, gid=1000, user="u", group="g", mtime_ns=1_700_000_000_123_456_789,
+              size=5, chunks=["ab" * 32, "cd" * 32], inode=42, ctime_ns=9, dev=2049),
+        Entry(path="/srv/d", type=DIR, mode=0o755),
+        Entry(path="l\u00e9", type=SYMLINK, mode=0o777, target="../x \"quoted\" \\ back"),
+        Entry(path="state.db", type=FILE),
+        Entry(path="", type=FILE, size=0, chunks=[]),
+    ]
+    for e in samples:
+        assert e.to_json() == reference(e)
+        assert Entry.from_json(e.to_json()) == e
+    no_mode = Entry(path="/x", type=FILE, mode=0)  # chmod 000: written out, read back as 0
+    assert no_mode.to_json() == '{"path":"/x","type":"file","mode":0}'
+    assert Entry.from_json(no_mode.to_json()).mode == 0
