@@ -91,6 +91,24 @@ class SaverStats:
     index_files: int = 0
 
 
+_BATCH_BLOBS = 64
+"""Small blobs go to the workers in batches of up to this many ..."""
+_BATCH_BYTES = 1024 * 1024
+"""... or this many bytes: one task per small file costs more in thread hand-offs than
+sealing a 4 KiB blob does."""
+
+
+class _Batch:
+    """Small blobs handed to one worker task; ``future`` completes when all are sealed."""
+
+    __slots__ = ("future", "nbytes", "tickets")
+
+    def __init__(self) -> None:
+        self.future: Future[None] = Future()
+        self.tickets: list[BlobTicket] = []
+        self.nbytes = 0
+
+
 class BlobTicket:
     """A blob queued with :meth:`BlobSaver.submit`; :meth:`id` waits for its chunk id.
 
@@ -98,7 +116,7 @@ class BlobTicket:
     thread moves ``sealed`` into a pack and drops it, so a ticket kept until the end
     of a large file holds 32 bytes, not the data."""
 
-    __slots__ = ("blob_type", "chunk_id", "data", "future", "new", "raw_length", "sealed")
+    __slots__ = ("blob_type", "chunk_id", "data", "future", "new", "raw_length", "sealed", "send")
 
     def __init__(self, blob_type: int, data: Buffer | None, chunk_id: bytes = b"") -> None:
         self.blob_type = blob_type
@@ -108,6 +126,8 @@ class BlobTicket:
         self.new = False
         self.raw_length = len(data) if data is not None else 0
         self.future: Future[None] | None = None
+        self.send: Callable[[], None] | None = None
+        """Set while the ticket waits in a batch not yet handed to a worker: sends it."""
 
     def done(self) -> bool:
         """True once the worker has finished with this blob (id() will not wait)."""
@@ -116,6 +136,8 @@ class BlobTicket:
     def id(self) -> bytes:
         """The chunk id (waits for the worker; re-raises its error)."""
         if self.future is not None:
+            if self.send is not None and not self.future.done():
+                self.send()
             self.future.result()
         return self.chunk_id
 
@@ -155,11 +177,12 @@ class BlobSaver:
             url = str(getattr(repo.storage, "url", ""))
             uploads = 2 if "://" in url and not url.startswith("file://") else 1
         self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="drkit-upload")
-        self._max_inflight = self.workers * 4
+        self._max_inflight = self.workers * 4 * _BATCH_BLOBS
         self._max_inflight_bytes = max_inflight_bytes
         self._inflight_bytes = 0
         self._max_uploads = uploads
         self._sealing: deque[BlobTicket] = deque()
+        self._batch: _Batch | None = None
         self._uploading: deque[tuple[Future[tuple[str, int]], list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
@@ -192,9 +215,25 @@ class BlobSaver:
 
         *data* must not change until the ticket's id is known (a memoryview into a
         buffer that is not reused is fine). Returns at once unless too much is in
-        flight; the chunk id comes from :meth:`BlobTicket.id`."""
+        flight; the chunk id comes from :meth:`BlobTicket.id`. Small blobs are handed to
+        the workers in batches (the chunk id of one still waiting is sent for on demand)."""
         ticket = BlobTicket(blob_type, data)
-        self._enqueue(ticket)
+        if ticket.raw_length >= _BATCH_BYTES:
+            self._enqueue(ticket)
+            return ticket
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+        ticket.future = batch.future
+        ticket.send = self._send_batch
+        batch.tickets.append(ticket)
+        batch.nbytes += ticket.raw_length
+        self._sealing.append(ticket)
+        self._inflight_bytes += ticket.raw_length
+        if len(batch.tickets) >= _BATCH_BLOBS or batch.nbytes >= _BATCH_BYTES:
+            self._send_batch()
+        if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
+            self._drain(self._max_inflight, self._max_inflight_bytes)
         return ticket
 
     def known(self, chunk_id: bytes) -> bool:
@@ -218,6 +257,7 @@ class BlobSaver:
         """Stop; index the packs already uploaded so a later run reuses them."""
         if self._closed:
             return
+        self._batch = None  # never handed to a worker
         for ticket in self._sealing:
             if ticket.future is not None:
                 ticket.future.cancel()
@@ -245,7 +285,30 @@ class BlobSaver:
 
     # -- internals -------------------------------------------------------------
 
+    def _send_batch(self) -> None:
+        """Hand the open batch of small blobs to a worker (no-op when there is none)."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        for ticket in batch.tickets:
+            ticket.send = None
+        self._pool.submit(self._work_batch, batch)
+
+    def _work_batch(self, batch: _Batch) -> None:
+        """In a worker: :meth:`_work` each blob of *batch*, then complete its future
+        (with the first error, if any: the run fails as it would for one blob)."""
+        try:
+            for ticket in batch.tickets:
+                self._work(ticket)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the batch
+            if not batch.future.done():
+                batch.future.set_exception(exc)
+            return
+        if not batch.future.done():  # cancelled by abort() meanwhile
+            batch.future.set_result(None)
+
     def _enqueue(self, ticket: BlobTicket) -> None:
+        self._send_batch()  # earlier small blobs first: the workers take tasks in order
         ticket.future = self._pool.submit(self._work, ticket)
         self._sealing.append(ticket)
         self._inflight_bytes += ticket.raw_length
@@ -272,6 +335,8 @@ class BlobSaver:
             ticket = self._sealing.popleft()
             self._inflight_bytes -= ticket.raw_length
             assert ticket.future is not None
+            if ticket.send is not None:
+                ticket.send()
             ticket.future.result()
             if not ticket.new:
                 self.stats.blobs_reused += 1

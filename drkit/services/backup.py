@@ -40,6 +40,7 @@ from drkit.sources.base import Source
 log = logging.getLogger("drkit.backup")
 
 _BLOCK_SIZE = 16 * 1024 * 1024
+_SMALL_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Names:
@@ -222,8 +223,19 @@ class SnapshotWriter:
             if self._on_bytes:
                 self._on_bytes(entry.size)
             return self.record(entry)
-        with open(real_path, "rb", buffering=0) as f:
-            tickets, entry.size = self._queue(f)
+        small = self._read_small(real_path, entry.size) if entry.size <= self._chunker.min_size else None
+        if small is not None:
+            # At most min_size bytes are one chunk (what cutting would yield): no cutting,
+            # one read, one open; the blob joins a batch of small ones in the saver.
+            tickets = [self.saver.submit(small)] if small else []
+            entry.size = len(small)
+            self.stats.bytes_read += entry.size
+            self.stats.size += entry.size
+            if self._on_bytes:
+                self._on_bytes(entry.size)
+        else:
+            with open(real_path, "rb", buffering=0) as f:
+                tickets, entry.size = self._queue(f)
         if old is None:
             self.stats.files_new += 1
         else:
@@ -262,6 +274,28 @@ class SnapshotWriter:
             ctime_ns=st.st_ctime_ns if kind == FILE else 0,
             dev=st.st_dev if kind == FILE else 0,
         )
+
+    def _read_small(self, real_path: str | os.PathLike[str], expected: int) -> bytes | None:
+        """The whole content of a file that ``lstat`` said is at most one chunk long, in
+        one ``read``; None when it has grown past a chunk since (the caller streams it).
+        Never follows a symlink that replaced the file since the walk (raises OSError)."""
+        limit = self._chunker.min_size
+        fd = os.open(real_path, _SMALL_OPEN_FLAGS)
+        try:
+            data = os.read(fd, expected + 1)
+            if len(data) <= expected:
+                return data
+            parts = [data]
+            total = len(data)
+            while total <= limit:
+                more = os.read(fd, limit + 1 - total)
+                if not more:
+                    break
+                parts.append(more)
+                total += len(more)
+            return b"".join(parts) if total <= limit else None
+        finally:
+            os.close(fd)
 
     def store(self, stream: IO[bytes]) -> tuple[list[str], int]:
         """Chunk *stream* and store every chunk; return (chunk ids, size). For writers
