@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import zstandard
 
@@ -42,6 +42,29 @@ class BlobLocation:
     raw_length: int
 
 
+_FIELD = 32
+_MASK = (1 << _FIELD) - 1
+
+
+def _pack_location(pack_no: int, blob_type: int, offset: int, length: int, raw_length: int) -> int:
+    """One int for a blob's location (half the memory of a tuple of five: the in-memory
+    index holds one per blob, and many small files make many blobs)."""
+    if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
+        raise ValueError(f"blob location out of range: type {blob_type}, offset {offset}, length {length}/{raw_length}")
+    return ((((pack_no << 4 | blob_type) << _FIELD | offset) << _FIELD | length) << _FIELD) | raw_length
+
+
+def _unpack_location(loc: int) -> tuple[int, int, int, int, int]:
+    """(pack number, blob type, offset, length, raw length) of a packed location."""
+    raw = loc & _MASK
+    loc >>= _FIELD
+    length = loc & _MASK
+    loc >>= _FIELD
+    offset = loc & _MASK
+    loc >>= _FIELD
+    return loc >> 4, loc & 15, offset, length, raw
+
+
 class Index:
     """In-memory map of chunk id -> location, plus the packs it knows."""
 
@@ -49,7 +72,8 @@ class Index:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self.pack_sizes: dict[str, int] = {}
-        self._blobs: dict[bytes, tuple[int, int, int, int, int]] = {}
+        self._blobs: dict[bytes, int] = {}
+        """chunk id -> packed location (see :func:`_pack_location`)."""
         self.files: set[str] = set()
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
@@ -59,7 +83,8 @@ class Index:
             self._packs.append(pack_id)
         self.pack_sizes[pack_id] = size
         for e in entries:
-            self._blobs.setdefault(e.id, (no, e.blob_type, e.offset, e.length, e.raw_length))
+            if e.id not in self._blobs:
+                self._blobs[e.id] = _pack_location(no, e.blob_type, e.offset, e.length, e.raw_length)
 
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self._blobs
@@ -71,7 +96,8 @@ class Index:
         loc = self._blobs.get(chunk_id)
         if loc is None:
             return None
-        return BlobLocation(self._packs[loc[0]], loc[1], loc[2], loc[3], loc[4])
+        no, blob_type, offset, length, raw_length = _unpack_location(loc)
+        return BlobLocation(self._packs[no], blob_type, offset, length, raw_length)
 
     def packs(self) -> list[str]:
         return list(self._packs)
@@ -84,7 +110,8 @@ class Index:
 
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
-        for chunk_id, (no, t, off, length, raw) in self._blobs.items():
+        for chunk_id, loc in self._blobs.items():
+            no, t, off, length, raw = _unpack_location(loc)
             out[self._packs[no]].append(PackEntry(t, chunk_id, off, length, raw))
         return out
 
@@ -105,6 +132,15 @@ def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes:
     return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
 
 
+def _entry(blob_type: Any, chunk_id: Any, offset: Any, length: Any, raw_length: Any) -> PackEntry:
+    """One listed blob, its numbers bounded before use (raises ValueError)."""
+    entry = PackEntry(int(blob_type), bytes.fromhex(str(chunk_id)), int(offset), int(length), int(raw_length))
+    _pack_location(0, entry.blob_type, entry.offset, entry.length, entry.raw_length)
+    if len(entry.id) != 32:
+        raise ValueError(f"chunk id of {len(entry.id)} bytes")
+    return entry
+
+
 def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
     """Return (packs, supersedes); raises ValueError for a malformed document."""
     try:
@@ -113,7 +149,7 @@ def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]
             (
                 p["id"],
                 int(p["size"]),
-                [PackEntry(int(t), bytes.fromhex(i), int(o), int(n), int(r)) for t, i, o, n, r in p["blobs"]],
+                [_entry(t, i, o, n, r) for t, i, o, n, r in p["blobs"]],
             )
             for p in doc["packs"]
         ]

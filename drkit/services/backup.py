@@ -119,6 +119,49 @@ def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | 
             filled -= pos
 
 
+def walk_order_key(path: str) -> list[str]:
+    """Sort key of the order sources record entries in: a directory before its contents,
+    names sorted within a directory (depth-first over sorted names = lexicographic order
+    of the path's components)."""
+    return path.split("/")
+
+
+class ParentCursor:
+    """The file entries of a parent snapshot, found by path while the new snapshot is
+    written in the same (walk) order, holding one entry (and one tree blob) at a time.
+
+    ``find(path)`` moves forward past every entry that sorts before *path* and returns
+    the entry if it is *path*'s. A lookup that comes out of order finds nothing, which
+    only costs a re-read. A tree blob that cannot be read ends the parent (``on_error``
+    is told): the rest of the run reads everything, as with no parent."""
+
+    def __init__(self, entries: Iterator[Entry], *, on_error: Callable[[DrkitError], None] | None = None) -> None:
+        self._entries = entries
+        self._on_error = on_error
+        self._entry: Entry | None = None
+        self._key: list[str] = []
+        self._advance()
+
+    def _advance(self) -> None:
+        try:
+            entry = next(self._entries, None)
+        except DrkitError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            entry = None
+        self._entry = entry
+        self._key = walk_order_key(entry.path) if entry is not None else []
+
+    def find(self, path: str) -> Entry | None:
+        key = walk_order_key(path)
+        while self._entry is not None and self._key < key:
+            self._advance()
+        entry = self._entry
+        if entry is not None and entry.path == path and entry.type == FILE:
+            return entry
+        return None
+
+
 @dataclass
 class SourceStats:
     bytes_read: int = 0
@@ -159,7 +202,7 @@ class SnapshotWriter:
         self.notes: list[str] = []
         self.paths: list[str] = []
         self._parent_snap = parent
-        self._parent: dict[str, Entry] | None = None
+        self._parent: ParentCursor | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
         self._deferred: deque[tuple[Entry, list[BlobTicket] | None]] = deque()
@@ -172,17 +215,22 @@ class SnapshotWriter:
     # -- BackupContext ---------------------------------------------------------
 
     def parent_entry(self, path: str) -> Entry | None:
+        """The file entry of *path* in this source's previous snapshot, if any.
+
+        Lookups are served by a cursor that walks the parent's tree once, in step with
+        this run (see :class:`ParentCursor`): memory stays flat however many files the
+        parent holds. Paths looked up out of walk order are not found (the file is then
+        read again: slower, never wrong)."""
         if self._parent is None:
-            self._parent = {}
+            entries: Iterator[Entry] = iter(())
             if self._parent_snap is not None:
-                try:
-                    for e in iter_tree(self.repo, self._parent_snap):
-                        if e.type == FILE:
-                            self._parent[e.path] = e
-                except DrkitError as exc:  # a damaged parent only costs speed
-                    log.warning("parent snapshot %s unreadable (%s); reading everything", self._parent_snap.short_id, exc)
-                    self._parent = {}
-        return self._parent.get(path)
+                entries = iter_tree(self.repo, self._parent_snap)
+            self._parent = ParentCursor(entries, on_error=self._parent_unreadable)
+        return self._parent.find(path)
+
+    def _parent_unreadable(self, exc: DrkitError) -> None:
+        assert self._parent_snap is not None
+        log.warning("parent snapshot %s unreadable (%s); reading the rest", self._parent_snap.short_id, exc)
 
     def progress(self, text: str) -> None:
         if self._on_text:

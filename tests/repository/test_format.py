@@ -195,3 +195,34 @@ def test_entry_json_is_the_asdict_encoding_byte_for_byte() -> None:
     no_mode = Entry(path="/x", type=FILE, mode=0)  # chmod 000: written out, read back as 0
     assert no_mode.to_json() == '{"path":"/x","type":"file","mode":0}'
     assert Entry.from_json(no_mode.to_json()).mode == 0
+
+
+def test_index_locations_round_trip_through_their_packed_form() -> None:
+    from drkit.repository.index import Index
+    from drkit.repository.pack import PackEntry
+
+    index = Index()
+    big = PackEntry(2, b"\x01" * 32, 2**32 - 1, 8 * 1024 * 1024 + 40, 2**32 - 1)
+    index.add_pack("p" * 64, 10, [PackEntry(1, b"\x00" * 32, 0, 1, 0), big])
+    index.add_pack("q" * 64, 20, [PackEntry(1, b"\x00" * 32, 7, 7, 7)])  # a second copy: the first stays
+    loc = index.get(b"\x01" * 32)
+    assert loc is not None and (loc.pack, loc.blob_type, loc.offset, loc.length, loc.raw_length) == (
+        "p" * 64, 2, 2**32 - 1, 8 * 1024 * 1024 + 40, 2**32 - 1)
+    first = index.get(b"\x00" * 32)
+    assert first is not None and (first.pack, first.offset, first.length, first.raw_length) == ("p" * 64, 0, 1, 0)
+    assert index.entries_by_pack() == {"p" * 64: [PackEntry(1, b"\x00" * 32, 0, 1, 0), big], "q" * 64: []}
+    with pytest.raises(ValueError, match="out of range"):
+        index.add_pack("r" * 64, 1, [PackEntry(1, b"\x02" * 32, 2**32, 1, 1)])
+
+
+@pytest.mark.parametrize("blob", [[1, "00" * 32, 2**40, 1, 1], [1, "00" * 32, -1, 1, 1], [99, "00" * 32, 0, 1, 1], [1, "00" * 31, 0, 1, 1]])
+def test_an_index_file_with_out_of_range_numbers_is_malformed(blob: list[object]) -> None:
+    """An index file is written by whoever holds the index key (in recipient mode, the
+    backup host): its numbers are bounded before they are used."""
+    import json
+
+    import zstandard
+
+    doc = {"version": 1, "supersedes": [], "packs": [{"id": "p" * 64, "size": 1, "blobs": [blob]}]}
+    with pytest.raises(ValueError, match="malformed index file"):
+        decode_index_file(zstandard.ZstdCompressor().compress(json.dumps(doc).encode()))
