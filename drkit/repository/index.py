@@ -42,6 +42,11 @@ class BlobLocation:
     raw_length: int
 
 
+MAX_BLOB_RAW = 64 * 1024 * 1024
+"""No blob is larger than the largest chunk any repository may configure."""
+MAX_BLOB_OVERHEAD = 4096
+"""Sealing adds a header, a nonce, a tag (and in recipient mode an envelope) to a blob
+stored raw when compression does not shrink it: far less than this."""
 _FIELD = 32
 _MASK = (1 << _FIELD) - 1
 
@@ -138,6 +143,8 @@ def _entry(blob_type: Any, chunk_id: Any, offset: Any, length: Any, raw_length: 
     _pack_location(0, entry.blob_type, entry.offset, entry.length, entry.raw_length)
     if len(entry.id) != 32:
         raise ValueError(f"chunk id of {len(entry.id)} bytes")
+    if entry.raw_length > MAX_BLOB_RAW or entry.length > MAX_BLOB_RAW + MAX_BLOB_OVERHEAD:
+        raise ValueError(f"blob of {entry.length} bytes ({entry.raw_length} raw) is larger than any chunk")
     return entry
 
 

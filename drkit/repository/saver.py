@@ -91,6 +91,9 @@ class SaverStats:
     index_files: int = 0
 
 
+_INDEX_EVERY_BLOBS = 16384
+"""An index file is also written once the packs not yet indexed list this many blobs:
+with small files 32 packs hold ~300,000 blobs, and their entries are held until then."""
 _BATCH_BLOBS = 64
 """Small blobs go to the workers in batches of up to this many ..."""
 _BATCH_BYTES = 1024 * 1024
@@ -381,7 +384,7 @@ class BlobSaver:
         _Allocator.trim(above=_RSS_SOFT_LIMIT)
         if self._on_upload:
             self._on_upload(size)
-        if len(self._unindexed) >= self._index_every:
+        if len(self._unindexed) >= self._index_every or sum(len(e) for _, _, e in self._unindexed) >= _INDEX_EVERY_BLOBS:
             self._write_index()
 
     def _write_index(self) -> None:

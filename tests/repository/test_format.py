@@ -202,7 +202,7 @@ def test_index_locations_round_trip_through_their_packed_form() -> None:
     from drkit.repository.pack import PackEntry
 
     index = Index()
-    big = PackEntry(2, b"\x01" * 32, 2**32 - 1, 8 * 1024 * 1024 + 40, 2**32 - 1)
+    big = PackEntry(2, b"\x01" * 32, 2**32 - 1, 8 * 1024 * 1024 + 40, 2**32 - 1)  # in memory: any u32
     index.add_pack("p" * 64, 10, [PackEntry(1, b"\x00" * 32, 0, 1, 0), big])
     index.add_pack("q" * 64, 20, [PackEntry(1, b"\x00" * 32, 7, 7, 7)])  # a second copy: the first stays
     loc = index.get(b"\x01" * 32)
@@ -215,7 +215,8 @@ def test_index_locations_round_trip_through_their_packed_form() -> None:
         index.add_pack("r" * 64, 1, [PackEntry(1, b"\x02" * 32, 2**32, 1, 1)])
 
 
-@pytest.mark.parametrize("blob", [[1, "00" * 32, 2**40, 1, 1], [1, "00" * 32, -1, 1, 1], [99, "00" * 32, 0, 1, 1], [1, "00" * 31, 0, 1, 1]])
+@pytest.mark.parametrize("blob", [[1, "00" * 32, 2**40, 1, 1], [1, "00" * 32, -1, 1, 1], [99, "00" * 32, 0, 1, 1], [1, "00" * 31, 0, 1, 1],
+                                  [1, "00" * 32, 0, 2**32 - 1, 1], [1, "00" * 32, 0, 1, 2**31]])
 def test_an_index_file_with_out_of_range_numbers_is_malformed(blob: list[object]) -> None:
     """An index file is written by whoever holds the index key (in recipient mode, the
     backup host): its numbers are bounded before they are used."""
