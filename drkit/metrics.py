@@ -46,9 +46,7 @@ import contextlib
 import fcntl
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from drkit.atomicio import write_atomic
 from drkit.errors import ConfigError
 from drkit.redact import redact
 from drkit.schedule import Duration
@@ -248,32 +247,6 @@ def render_textfile(series: Mapping[SeriesKey, float]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync dir.
-
-    The temporary name does not end in ``.prom``, so node-exporter never reads it.
-    Mode 0644: node-exporter usually runs as another user (the file holds no secret).
-    Raises OSError.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 # --- the sink ----------------------------------------------------------------------
 
 
@@ -383,7 +356,9 @@ class MetricsSink:
                     for other in ("drkit_last_success_timestamp_seconds", "drkit_last_failure_timestamp_seconds"):
                         if name in ("drkit_last_success_timestamp_seconds", "drkit_last_failure_timestamp_seconds"):
                             series.setdefault((other, labels), 0.0)
-                write_atomic(self.path, render_textfile(series).encode())
+                # 0644: node-exporter usually runs as another user (the file holds no secret);
+                # the temporary's name does not end in .prom, so it is never collected.
+                write_atomic(self.path, render_textfile(series), mode=0o644)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write metrics file {self.path}: {exc.strerror or exc}",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 import click
 
+from drkit.atomicio import write_atomic
 from drkit.cli.app import CliState, cli, pass_state
 from drkit.config import DEFAULT_CONFIG_PATH, parse_config
 from drkit.errors import ConfigError, DrkitError, Refused, UsageError
@@ -17,22 +16,6 @@ from drkit.errors import ConfigError, DrkitError, Refused, UsageError
 @cli.group("config")
 def config_group() -> None:
     """Write a config for this node, or check one."""
-
-
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write *text* to *path* atomically (temp file, fsync, rename) with *mode*."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @config_group.command("detect")
@@ -84,10 +67,10 @@ def detect_cmd(state: CliState, write: bool, path: Path | None, force: bool, rep
         )
     if path.exists() and not force:
         raise Refused(f"{path} already exists", hint="review it with 'drkit config check', or pass --force to replace it")
-    _atomic_write(path, text)
+    write_atomic(path, text, parents=True)
     state.say(f"wrote {path}")
     if not password_file.exists():
-        _atomic_write(password_file, secrets.token_urlsafe(32) + "\n")
+        write_atomic(password_file, secrets.token_urlsafe(32) + "\n", overwrite=False, parents=True)  # never replace a passphrase
         state.say(f"wrote a new random passphrase to {password_file}: copy it OFF this node now "
                   "(without it no backup can be restored)")
     for note in found.notes:

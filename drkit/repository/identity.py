@@ -25,6 +25,7 @@ from typing import Callable
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from drkit.atomicio import write_atomic
 from drkit.errors import Refused, UsageError, WrongKey
 from drkit.repository import keys as keyslots
 from drkit.repository.crypto import (
@@ -79,13 +80,10 @@ def write_identity(path: Path, identity: Identity, passphrase: str | None) -> No
         doc["protected"] = {"kdf": "scrypt", "n": params.n, "r": params.r, "p": params.p, "salt": _b64(salt), "data": _b64(sealed)}
     else:
         doc["private"] = _b64(raw)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, json.dumps(doc, indent=1), overwrite=False)
+    except FileExistsError:
+        raise Refused(f"{path} already exists", hint="choose another --output; an identity is never overwritten") from None
 
 
 def load_identity(path: Path, passphrase: Callable[[], str]) -> Identity:

@@ -15,15 +15,14 @@ and its probe holds now), ``skipped`` (``when`` is false), ``failed``, ``pending
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets as _random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from drkit.atomicio import write_atomic
 from drkit.runbook.errors import RunbookError
 
 DEFAULT_STATE_DIR = Path("/var/lib/drkit/runbooks")
@@ -37,30 +36,6 @@ RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9][a-z0-9._-]{0,62}-[0-9a-f]{6}$")
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write *data* to *path* atomically: temp file in the same dir, fsync, rename, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 @dataclass
@@ -127,7 +102,7 @@ class Journal:
 
     def save(self) -> None:
         """Atomically replace the journal file (see module doc)."""
-        atomic_write(self.path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        write_atomic(self.path, json.dumps(self.to_dict(), indent=2) + "\n", parents=True)
 
     @classmethod
     def load(cls, state_dir: Path, run_id: str) -> "Journal":

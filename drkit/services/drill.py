@@ -52,6 +52,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drkit.atomicio import write_atomic
 from drkit.errors import ConfigError, DamageFound, DrkitError, IntegrityError, PartialFailure, SnapshotNotFound, UsageError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot, latest_usable
@@ -624,11 +625,9 @@ def write_result_file(path: Path, report: DrillReport) -> None:
     """Replace *path* with the report as JSON, atomically (temp file, fsync, rename).
 
     Raises ConfigError (key ``drill.result_file``) when it cannot be written."""
-    from drkit.metrics import write_atomic
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps(report.to_json(), indent=2) + "\n").encode())
+        write_atomic(path, json.dumps(report.to_json(), indent=2) + "\n", mode=0o644)
     except OSError as exc:
         raise ConfigError(f"cannot write the drill result to {path}: {exc.strerror or exc}", key="drill.result_file",
                           hint="the directory must be writable by drkit") from None

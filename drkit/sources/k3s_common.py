@@ -11,8 +11,7 @@ Facts of a K3s server node this module encodes (K3s v1.2x-v1.3x):
 - the running server shows up in ``/proc`` as a process whose command line is
   ``k3s server ...`` (K3s rewrites its argv[0] to ``k3s server``).
 
-Nothing here changes the node, except :func:`atomic_write_from` and
-:func:`fsync_dir`, which write where they are told.
+Nothing here changes the node (files are placed with :mod:`drkit.atomicio`).
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from drkit.repository.tree import Entry
@@ -260,60 +258,6 @@ def require_token_source(source_name: str, run: Iterable[Any]) -> None:
         hint="add a 'type: k3s-node' source to the config and back both up in the same run "
         "(drkit backup --source DATASTORE --source NODE)",
     )
-
-
-# --- atomic placement ----------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that a rename inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_from(
-    dest: Path,
-    stream: IO[bytes],
-    *,
-    mode: int = 0o600,
-    uid: int | None = None,
-    gid: int | None = None,
-    verify: Callable[[Path], object] | None = None,
-) -> int:
-    """Write *stream* to *dest* atomically; return the number of bytes written.
-
-    The data goes to a temporary file in *dest*'s directory, is fsynced, given
-    *mode* (and *uid*/*gid* when running as root), checked with *verify* (which may
-    raise to abort: *dest* is then untouched), renamed over *dest*, and the directory
-    is fsynced. A reader sees the old file or the new one, never a mixture.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".drkit-tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    total = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                block = stream.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
-                total += len(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        if uid is not None and gid is not None and os.geteuid() == 0:
-            os.chown(tmp, uid, gid)
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-    return total
 
 
 # --- restore-time consistency --------------------------------------------------------

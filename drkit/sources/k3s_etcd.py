@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from drkit import proc
+from drkit.atomicio import write_atomic_from
 from drkit.errors import (
     ConfigError,
     DrkitError,
@@ -431,7 +432,7 @@ class K3sEtcdSource(Source):
                 return RestoreResult(lines=[f"would write {path}"])
             k3s.refuse_if_running(self.running_check, "prepare a cluster reset")
             with ctx.open_entry(entry) as stream:
-                written = k3s.atomic_write_from(path, stream, mode=0o600, verify=check_trailer)
+                written = write_atomic_from(path, stream, mode=0o600, verify=check_trailer, parents=True)
             result = RestoreResult(files=1, bytes_written=written)
         else:
             if ctx.target is None:

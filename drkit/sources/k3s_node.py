@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from drkit.atomicio import write_atomic_from
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
 from drkit.sources import k3s_common as k3s
@@ -209,7 +210,7 @@ class K3sNodeSource(Source):
                         keep_old(logical, dest)
 
                 with ctx.open_entry(e) as stream:
-                    result.bytes_written += k3s.atomic_write_from(dest, stream, mode=e.mode, uid=e.uid, gid=e.gid,
+                    result.bytes_written += write_atomic_from(dest, stream, mode=e.mode, uid=e.uid, gid=e.gid, parents=True,
                                                                   verify=keep_if_different)
                 result.files += 1
         for dest, e in reversed(dirs):  # modes after contents: a 0500 dir must not block writes

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from drkit.atomicio import fsync_dir, write_atomic_from
 from drkit.errors import DrkitError, IntegrityError, Refused, UsageError
 from drkit.sources import k3s_common as k3s
 from drkit.sources.base import (
@@ -216,12 +217,12 @@ class K3sSqliteSource(Source):
         #    any failure up to here leaves the live database untouched
         staging = dest.with_name(dest.name + ".drkit-new")
         with ctx.open_entry(entry) as stream:
-            written = k3s.atomic_write_from(staging, stream, mode=0o600, uid=entry.uid, gid=entry.gid,
+            written = write_atomic_from(staging, stream, mode=0o600, uid=entry.uid, gid=entry.gid, parents=True,
                                             verify=verify)
         # 2. the old database and its WAL/SHM aside, 3. the new one into place
         aside = self._move_aside(dest)
         os.replace(staging, dest)
-        k3s.fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         result.files = 1
         result.bytes_written = written
         result.lines.append(f"restored {dest} ({written} bytes)")
@@ -247,7 +248,7 @@ class K3sSqliteSource(Source):
                 old.rename(new)
                 moved.append(new)
         if moved:
-            k3s.fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         return moved
 
     def check_restored(self, restored: Path, snapshot: Snapshot) -> CheckResult:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from drkit.atomicio import write_atomic
 from drkit.errors import ObjectNotFound, StorageError, StorageFull
 from drkit.storage.base import ObjectInfo, validate_name
 
 TEMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
@@ -52,27 +44,10 @@ class LocalStorage:
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
-        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
         try:
             self._makedirs(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            if self._fsync:
-                _fsync_dir(path.parent)
+            write_atomic(path, data, fsync=self._fsync, tmp_prefix=TEMP_PREFIX, tmp_suffix="")
         except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             raise _os_error(exc, f"writing {name}") from exc
 
     def _makedirs(self, folder: Path) -> None:

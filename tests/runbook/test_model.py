@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
@@ -13,7 +12,7 @@ from drkit.errors import ConfigError, UsageError
 from drkit.runbook.catalog import parse_runbooks_config
 from drkit.runbook.errors import RunbookError
 from drkit.runbook.executor import PREAMBLE, SshTarget, env_block, wrap_argv
-from drkit.runbook.journal import Journal, StepRecord, atomic_write
+from drkit.runbook.journal import Journal, StepRecord
 from drkit.runbook.model import parse_runbook
 from drkit.runbook.plan import eval_when, make_plan, resolve_variables
 from drkit.runbook.template import Secret, SecretMode, render
@@ -144,8 +143,6 @@ def test_journal_round_trip_and_atomic_write(tmp_path):
     again = Journal.load(tmp_path, j.run_id)
     assert again.to_dict() == j.to_dict()
     assert [p.name for p in tmp_path.iterdir()] == [j.path.name]  # no temp files left
-    atomic_write(tmp_path / "x.json", b"{}")
-    assert json.loads((tmp_path / "x.json").read_text()) == {}
 
 
 def test_runbooks_config_section_is_validated():

@@ -97,7 +97,7 @@ def test_in_place_refused_while_k3s_runs_and_restores_when_stopped(tmp_path: Pat
     assert ((layout.data_dir / "server/tls/server-ca.key").stat().st_mode & 0o777) == 0o600
     assert os.readlink(layout.data_dir / "server/tls/ca.crt") == "server-ca.crt"
     assert result.files == sum(1 for e in ctx.entries if e.type == "file")
-    assert not list(layout.data_dir.rglob("*.drkit-tmp"))
+    assert not list(layout.data_dir.rglob(".*.tmp")) and not list(layout.data_dir.rglob("*.drkit-tmp"))
     # the token it replaced was different: kept aside; unchanged files were not copied
     kept = Path(result.details["replaced_kept_in"])
     assert kept.parent == layout.data_dir.parent and (kept.stat().st_mode & 0o777) == 0o700
