@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
-from drkit import proc
+from drkit import proc, sshconnect
 from drkit.errors import UsageError
 from drkit.runbook.errors import HostKeyRejected, TargetUnreachable
 
@@ -280,70 +280,27 @@ class SshExecutor:
         connect_timeout: float = 15,
         remote_tmp: str = "/tmp",
     ) -> None:
-        import paramiko
-
         self.target = target
         self.description = str(target)
         self.remote_tmp = remote_tmp
-        client = paramiko.SSHClient()
         try:
-            client.load_host_keys(str(known_hosts))
-        except FileNotFoundError:
-            raise HostKeyRejected(
-                f"known_hosts file {known_hosts} does not exist",
-                hint=f"add the node's host key: ssh-keyscan -p {target.port} {target.host} >> {known_hosts} "
-                "(compare the fingerprint with the node's console first)",
-            ) from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(
-                target.host,
-                port=target.port,
-                username=target.user,
-                key_filename=str(key_file) if key_file else None,
+            client = sshconnect.connect(
+                sshconnect.SshEndpoint(target.user, target.host, target.port),
+                known_hosts=known_hosts,
+                key_files=[str(key_file)] if key_file else [],
                 allow_agent=key_file is None,
                 look_for_keys=key_file is None,
                 timeout=connect_timeout,
-                banner_timeout=connect_timeout,
-                auth_timeout=connect_timeout,
+                keepalive=30,  # long steps (volume restores) must not lose an idle NAT mapping
+                key_option="--identity KEYFILE",
             )
-        except paramiko.BadHostKeyException:
-            client.close()
-            raise HostKeyRejected(
-                f"host key of {target.host}:{target.port} does not match {known_hosts}: "
-                "a rebuilt node, or someone in the middle",
-                hint=f"if the node was reinstalled, verify its new key on the console, then "
-                f"'ssh-keygen -f {known_hosts} -R {self._kh_host()}' and add the new one",
-            ) from None
-        except paramiko.SSHException as exc:
-            client.close()
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyRejected(
-                    f"host key of {target.host}:{target.port} is unknown (not in {known_hosts})",
-                    hint=f"verify the fingerprint on the node's console, then: ssh-keyscan -p {target.port} "
-                    f"{target.host} >> {known_hosts}",
-                ) from None
-            if isinstance(exc, paramiko.AuthenticationException):
-                raise TargetUnreachable(
-                    f"SSH login as {target.user} on {target.host}:{target.port} failed: {exc}",
-                    hint="pass --identity KEYFILE or load the key into ssh-agent",
-                ) from None
-            raise TargetUnreachable(f"SSH to {target} failed: {exc}") from None
-        except (OSError, socket.timeout) as exc:
-            client.close()
-            raise TargetUnreachable(
-                f"cannot reach {target.host}:{target.port}: {exc.strerror or exc}",
-                hint="is the node up, sshd running, and the port right?",
-            ) from None
+        except (sshconnect.HostKeyUnknown, sshconnect.HostKeyChanged) as exc:
+            raise HostKeyRejected(exc.message, hint=exc.hint) from None
+        except sshconnect.SshConnectError as exc:
+            raise TargetUnreachable(exc.message, hint=exc.hint) from None
         self.client = client
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(30)  # long steps (volume restores) must not lose an idle NAT mapping
         uid = self._exec_simple("id -u").strip()
         self.is_root = uid == "0"
-
-    def _kh_host(self) -> str:
-        return self.target.host if self.target.port == 22 else f"[{self.target.host}]:{self.target.port}"
 
     def _exec_simple(self, cmd: str) -> str:
         res = self.run(cmd, timeout=30)

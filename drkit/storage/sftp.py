@@ -44,6 +44,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drkit import sshconnect
 from drkit.errors import (
     ConfigError,
     ObjectNotFound,
@@ -127,21 +128,6 @@ def parse_url(url: str) -> tuple[str | None, str, int | None, str]:
     return user, parsed.hostname, port, path.rstrip("/")
 
 
-class _UnknownHostKey(Exception):
-    def __init__(self, hostname: str, key: Any) -> None:
-        super().__init__(hostname)
-        self.hostname = hostname
-        self.key = key
-
-
-def _fingerprint(key: Any) -> str:
-    import base64
-    import hashlib
-
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
 def _quiet_prefetch(f: Any) -> None:
     """Make *f*'s prefetch helper thread exit quietly when the connection drops.
 
@@ -179,6 +165,7 @@ class SftpStorage:
         hostpart = self.hostname if ":" not in self.hostname else f"[{self.hostname}]"
         self.url = f"sftp://{self.user}@{hostpart}:{self.port}/{self._path_spec.lstrip('/')}"
         self.where = f"{self.user}@{hostpart}:{self.port}"
+        self._endpoint = sshconnect.SshEndpoint(self.user, self.hostname, self.port)
 
         self._cond = threading.Condition()
         self._client: Any = None
@@ -209,88 +196,25 @@ class SftpStorage:
         """A new authenticated SSHClient; raises StorageError/TransientStorageError."""
         import paramiko
 
-        client = paramiko.SSHClient()
-        for system in ("/etc/ssh/ssh_known_hosts",):
-            if os.path.isfile(system):
-                with contextlib.suppress(Exception):
-                    client.load_system_host_keys(system)
-        if self.known_hosts_file.is_file():
-            try:
-                client.load_host_keys(str(self.known_hosts_file))
-            except Exception as exc:
-                raise StorageError(f"cannot read known_hosts file {self.known_hosts_file}: {exc}") from None
-
-        class Reject(paramiko.MissingHostKeyPolicy):
-            def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-                raise _UnknownHostKey(hostname, key)
-
-        client.set_missing_host_key_policy(Reject())
-        key_files = [str(self.options.key_file)] if self.options.key_file else self._identity
         if self.options.key_file and not self.options.key_file.is_file():
             raise ConfigError(f"key file {self.options.key_file} not found", key="repository.sftp.key_file")
-        sock = paramiko.ProxyCommand(self._proxy_command) if self._proxy_command else None
-        keyscan = f"ssh-keyscan -p {self.port} {self.hostname} >> {self.known_hosts_file}"
+        key_files = [str(self.options.key_file)] if self.options.key_file else self._identity
         try:
-            client.connect(
-                self.hostname,
-                port=self.port,
-                username=self.user,
-                # paramiko takes a list of key files; types-paramiko declares str only.
-                key_filename=[k for k in key_files if os.path.isfile(k)] or None,  # type: ignore[arg-type]
+            return sshconnect.connect(
+                self._endpoint,
+                known_hosts=self.known_hosts_file,
+                key_files=key_files,
                 allow_agent=self.options.allow_agent,
                 look_for_keys=not self.options.key_file,
                 timeout=self.options.connect_timeout,
-                banner_timeout=self.options.connect_timeout,
-                auth_timeout=self.options.connect_timeout,
-                sock=sock,
+                keepalive=self.options.keepalive,
+                sock=paramiko.ProxyCommand(self._proxy_command) if self._proxy_command else None,
+                key_option="repository.sftp.key_file",
             )
-        except _UnknownHostKey as exc:
-            client.close()
-            raise StorageError(
-                f"unknown host key for {self.hostname}:{self.port} ({exc.key.get_name()} {_fingerprint(exc.key)}); "
-                f"not in {self.known_hosts_file}",
-                hint=f"verify that fingerprint with the server's admin, then: {keyscan}",
-            ) from None
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise StorageError(
-                f"host key for {self.hostname}:{self.port} has CHANGED (server offers {_fingerprint(exc.key)}, "
-                f"{self.known_hosts_file} has {_fingerprint(exc.expected_key)}): possible man-in-the-middle",
-                hint="if the server was really reinstalled, verify the new fingerprint out of band, "
-                f"remove the old entry (ssh-keygen -R '[{self.hostname}]:{self.port}' -f {self.known_hosts_file}) "
-                f"and add the new one: {keyscan}",
-            ) from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise StorageError(
-                f"the SSH key for {self.where} is passphrase-protected",
-                hint="load it into ssh-agent, or use a dedicated unencrypted key readable only by root",
-            ) from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            tried = f"key {self.options.key_file}" if self.options.key_file else "the agent and default keys"
-            raise StorageError(
-                f"authentication failed for {self.where} (tried {tried}; server said: {exc})",
-                hint="check repository.sftp.key_file (or the ssh-agent) and that its public key is in the server's authorized_keys",
-            ) from None
-        except socket.gaierror as exc:
-            client.close()
-            raise StorageError(f"cannot resolve SFTP host {self.hostname!r}: {exc.strerror}", hint="check repository.url") from None
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            client.close()
-            if "No authentication methods available" in str(exc):
-                raise StorageError(
-                    f"no SSH key to log in to {self.where}",
-                    hint="set repository.sftp.key_file, or load the key into ssh-agent",
-                ) from None
-            raise TransientStorageError(
-                f"cannot connect to {self.where}: {exc or type(exc).__name__}",
-                hint="check that the host is up and sshd listens on that port",
-            ) from None
-        transport = client.get_transport()
-        if self.options.keepalive and transport is not None:
-            transport.set_keepalive(self.options.keepalive)
-        return client
+        except sshconnect.HostUnreachable as exc:  # may go away: retried
+            raise TransientStorageError(exc.message, hint=exc.hint) from None
+        except sshconnect.SshConnectError as exc:  # host key or login: a person must act
+            raise StorageError(exc.message, hint=exc.hint) from None
 
     def _open_session(self, client: Any) -> Any:
         try:

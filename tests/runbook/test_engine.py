@@ -403,7 +403,7 @@ def test_unknown_or_changed_host_key_is_refused(tmp_path, drkit, sshd_server):
               "--target", f"{sshd_server.user}@{sshd_server.host}:{sshd_server.port}", "--identity", sshd_server.key_file]
     r = drkit(*common, "--known-hosts", empty)
     assert r.code == 9, r.text
-    assert "is unknown" in r.err and f"ssh-keyscan -p {sshd_server.port} 127.0.0.1" in r.err
+    assert "unknown host key" in r.err and f"ssh-keyscan -p {sshd_server.port} 127.0.0.1" in r.err
     other = tmp_path / "other_key"
     from tests.servers.sshd import keygen, known_hosts_line
 
@@ -482,7 +482,7 @@ def test_an_unreachable_target_is_a_clear_error(tmp_path, drkit, sshd_server):
     r = drkit("runbook", "run", rb, "--state-dir", tmp_path / "state", "--var", f"base={tmp_path}",
               "--target", f"root@127.0.0.1:{free_port()}", "--known-hosts", sshd_server.known_hosts_file)
     assert r.code == 8, r.text
-    assert "cannot reach 127.0.0.1:" in r.err and "is the node up" in r.err
+    assert "cannot reach root@127.0.0.1:" in r.err and "is the host up" in r.err
 
 
 def test_a_failed_upload_leaves_no_partial_file(tmp_path):

@@ -117,7 +117,7 @@ def test_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path) -> None:
     text = str(exc.value)
     assert "has CHANGED" in text
     assert fingerprint(sshd.host_key_file.with_suffix(".pub")) in text and fingerprint(other.with_suffix(".pub")) in text
-    assert "ssh-keygen -R" in (exc.value.hint or "")
+    assert f"ssh-keygen -f {kh} -R '[{sshd.host}]:{sshd.port}'" in (exc.value.hint or "")
 
 
 def test_authentication_failure(sshd: SshServer, tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_connection_refused_names_host(tmp_path: Path) -> None:
     storage = wrap_storage(SftpStorage(f"sftp://root@127.0.0.1:{port}/srv/x", {"connect_timeout": 2, "allow_agent": False}), FAST_RETRY)
     with pytest.raises(StorageError) as exc:
         storage.stat("config")
-    assert f"cannot connect to root@127.0.0.1:{port}" in str(exc.value) and "gave up" in str(exc.value)
+    assert f"cannot reach root@127.0.0.1:{port}" in str(exc.value) and "gave up" in str(exc.value)
 
 
 def test_permission_denied(tmp_path: Path) -> None:
