@@ -13,12 +13,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 from drkit.errors import DrkitError, ObjectNotFound
-from drkit.storage.base import ObjectInfo, Retention, Storage, retention_of
+from drkit.storage.base import ObjectInfo, Storage
 from drkit.storage.retry import RetryingStorage, RetryPolicy
+from drkit.storage.wrapper import StorageWrapper
 
 log = logging.getLogger("drkit.storage")
 
@@ -52,7 +52,7 @@ class StorageStats:
 
 
 @dataclass
-class ObservedStorage:
+class ObservedStorage(StorageWrapper):
     """A :class:`Storage` that logs and counts the operations of the one it wraps.
 
     Behaviour (results, errors, atomicity) is exactly the inner backend's.
@@ -60,11 +60,6 @@ class ObservedStorage:
 
     inner: Storage
     stats: StorageStats = field(default_factory=StorageStats)
-
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = self.inner.url
 
     def _timed(self, op: str, name: str, fn: Callable[[], T]) -> tuple[T, float]:
         start = time.monotonic()
@@ -108,26 +103,13 @@ class ObservedStorage:
         self.stats.add(deletes=1)
         log.debug("delete %s", name)
 
-    @property
-    def retention(self) -> Retention | None:
-        inner = retention_of(self.inner)
-        return inner.retention if inner else None
-
-    def retained_until(self, name: str) -> datetime | None:
-        inner = retention_of(self.inner)
-        assert inner is not None, "retained_until needs a backend with retention (see retention_of)"
-        until, _ = self._timed("head", name, lambda: inner.retained_until(name))
-        self.stats.add(stats=1)
-        return until
-
-    def extend_retention(self, name: str, until: datetime) -> None:
-        inner = retention_of(self.inner)
-        assert inner is not None, "extend_retention needs a backend with retention (see retention_of)"
-        self._timed("extend-retention", name, lambda: inner.extend_retention(name, until))
-        log.debug("extended retention of %s to %s", name, until.isoformat())
-
-    def close(self) -> None:
-        self.inner.close()
+    def _around(self, op: str, name: str, fn: Callable[[], T]) -> T:
+        result, _ = self._timed(op, name, fn)
+        if op == "head":
+            self.stats.add(stats=1)
+        else:
+            log.debug("%s %s", op, name)
+        return result
 
 
 def wrap_storage(storage: Storage, policy: RetryPolicy | None = None) -> ObservedStorage:
@@ -141,8 +123,6 @@ def wrap_storage(storage: Storage, policy: RetryPolicy | None = None) -> Observe
 def unwrap(storage: Storage) -> Storage:
     """The backend under any wrappers (observing, retrying, append-only), for
     backend-specific maintenance such as ``remove_stale_temporaries``."""
-    from drkit.storage.appendonly import AppendOnlyStorage
-
-    while isinstance(storage, (ObservedStorage, RetryingStorage, AppendOnlyStorage)):
+    while isinstance(storage, StorageWrapper):
         storage = storage.inner
     return storage

@@ -18,11 +18,11 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 from drkit.errors import StorageError, TransientStorageError
-from drkit.storage.base import ObjectInfo, Retention, Storage, retention_of
+from drkit.storage.base import ObjectInfo, Storage
+from drkit.storage.wrapper import StorageWrapper
 
 log = logging.getLogger("drkit.storage.retry")
 
@@ -49,7 +49,7 @@ class RetryPolicy:
 
 
 @dataclass
-class RetryingStorage:
+class RetryingStorage(StorageWrapper):
     """A :class:`Storage` that retries transient failures of the one it wraps.
 
     Raises the last :class:`TransientStorageError` (as a :class:`StorageError` whose
@@ -62,11 +62,6 @@ class RetryingStorage:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
-
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = self.inner.url
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         start = self.clock()
@@ -110,20 +105,5 @@ class RetryingStorage:
     def delete(self, name: str) -> None:
         self._call(f"delete {name}", lambda: self.inner.delete(name))
 
-    @property
-    def retention(self) -> Retention | None:
-        inner = retention_of(self.inner)
-        return inner.retention if inner else None
-
-    def retained_until(self, name: str) -> datetime | None:
-        inner = retention_of(self.inner)
-        assert inner is not None, "retained_until needs a backend with retention (see retention_of)"
-        return self._call(f"head {name}", lambda: inner.retained_until(name))
-
-    def extend_retention(self, name: str, until: datetime) -> None:
-        inner = retention_of(self.inner)
-        assert inner is not None, "extend_retention needs a backend with retention (see retention_of)"
-        self._call(f"extend retention of {name}", lambda: inner.extend_retention(name, until))
-
-    def close(self) -> None:
-        self.inner.close()
+    def _around(self, op: str, name: str, fn: Callable[[], T]) -> T:
+        return self._call(f"extend retention of {name}" if op == "extend-retention" else f"{op} {name}", fn)
