@@ -47,6 +47,11 @@ class DrkitError(Exception):
     exit_code: ClassVar[int] = EXIT_INTERNAL
     default_hint: ClassVar[str | None] = None
 
+    outcome: object = None
+    """What the command had done when it failed (a BackupRun, a CopyReport, a RestoreResult),
+    set by the service that raises, so that the CLI can report the part that worked. The
+    reader checks its type (``isinstance``); None when nothing was done."""
+
     def __init__(self, *args: Any, hint: str | None = None, **fields: Any) -> None:
         self.fields = fields
         self.args_ = args

@@ -153,8 +153,8 @@ RESOURCES_BY_KIND = {
 
 def resource_of(obj: dict[str, Any]) -> Resource:
     """The :class:`Resource` of a manifest (by apiVersion and kind); KubeInvalid if unknown."""
-    key = (obj.get("apiVersion"), obj.get("kind"))
-    found = RESOURCES_BY_KIND.get(key)  # type: ignore[arg-type]
+    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    found = RESOURCES_BY_KIND.get(key)
     if found is None:
         raise KubeInvalid(f"drkit does not handle objects of kind {key[1]} ({key[0]})")
     return found
@@ -675,7 +675,7 @@ def load_manifest(data: bytes, *, name: str = "manifest") -> dict[str, Any]:
 def manifest_path(obj: dict[str, Any]) -> str:
     """The logical path a manifest is stored under: ``<plural>/<namespace>/<name>.yaml``
     (cluster-scoped: ``<plural>/<name>.yaml``)."""
-    res = RESOURCES_BY_KIND.get((obj.get("apiVersion"), obj.get("kind")))  # type: ignore[arg-type]
+    res = RESOURCES_BY_KIND.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
     plural = res.plural if res else str(obj.get("kind", "object")).lower() + "s"
     meta = obj["metadata"]
     if meta.get("namespace"):

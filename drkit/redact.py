@@ -246,7 +246,7 @@ def install_log_redaction() -> None:
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             return redact_record(previous(*args, **kwargs))
 
-        factory._drkit_redacting = True  # type: ignore[attr-defined]
+        factory._drkit_redacting = True  # type: ignore[attr-defined]  # a mark on a function object, read back by getattr
         logging.setLogRecordFactory(factory)
         # extra= fields are set on the record after the factory ran: redact them too
         make_record = logging.Logger.makeRecord
@@ -254,7 +254,7 @@ def install_log_redaction() -> None:
         def redacting_make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
             return redact_record(make_record(self, *args, **kwargs))
 
-        logging.Logger.makeRecord = redacting_make_record  # type: ignore[method-assign]
+        logging.Logger.makeRecord = redacting_make_record  # type: ignore[method-assign]  # the one patch of logging, on purpose
         _installed = True
 
 

@@ -133,8 +133,8 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             with progress_for(state, not as_json) as progress:
                 run = run_backup(repo, selected, options, progress=progress)
         except DrkitError as exc:
-            failed_run = getattr(exc, "run", None)
-            if failed_run is not None:
+            failed_run = exc.outcome
+            if isinstance(failed_run, BackupRun):
                 metrics.record_backup(m, failed_run, repo)
                 _report(state, failed_run, as_json, dry_run)
                 if not dry_run:

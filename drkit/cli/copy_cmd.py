@@ -130,8 +130,8 @@ def copy_cmd(
                     on_item=on_item,
                 )
         except DrkitError as exc:
-            partial = getattr(exc, "report", None)
-            if partial is not None:
+            partial = exc.outcome
+            if isinstance(partial, CopyReport):
                 _record(m, partial)
                 _summary(state, partial, as_json)
             raise

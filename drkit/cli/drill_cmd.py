@@ -135,7 +135,7 @@ def _sandbox(state: CliState, *, as_json: bool, scratch: Path | None, keep: bool
             try:
                 run = run_backup(repo, cfg.sources, BackupOptions(tags=["sandbox"]))
             except DrkitError as exc:
-                partial: BackupRun | None = getattr(exc, "run", None)
+                partial = exc.outcome if isinstance(exc.outcome, BackupRun) else None
                 for o in partial.outcomes if partial else []:
                     if o.error:
                         click.echo(f"backup of {o.source} failed: {o.error.message}", err=True)

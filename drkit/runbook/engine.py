@@ -135,7 +135,9 @@ class Selection:
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> "Selection":
         only = d.get("only") or ()
-        return cls(d.get("from") or None, tuple(only) if isinstance(only, (list, tuple)) else (), bool(d.get("dry_run")))  # type: ignore[arg-type]
+        from_step = d.get("from")
+        return cls(str(from_step) if from_step else None, tuple(str(s) for s in only) if isinstance(only, (list, tuple)) else (),
+                   bool(d.get("dry_run")))
 
     def indices(self, plan: Plan) -> list[int]:
         if self.from_step and self.only:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 
 import pyfastcdc
 
@@ -174,6 +174,13 @@ class SourceStats:
     errors: int = 0
 
 
+class Named(Protocol):
+    """What a :class:`SnapshotWriter` needs of its source: the name (copy has no Source)."""
+
+    @property
+    def name(self) -> str: ...
+
+
 class SnapshotWriter:
     """The :class:`~drkit.sources.base.BackupContext` handed to a source."""
 
@@ -181,7 +188,7 @@ class SnapshotWriter:
         self,
         repo: Repository,
         saver: BlobSaver,
-        source: Source,
+        source: Named,
         *,
         parent: Snapshot | None,
         scratch_dir: Path,
@@ -520,13 +527,13 @@ def run_backup(
         names = ", ".join(
             f"{o.source} ({o.error.message if o.error else str(len(o.warnings)) + ' item(s) skipped'})" for o in bad
         )
-        err: DrkitError
-        if all(o.error for o in outcomes):
-            err = outcomes[0].error  # type: ignore[assignment]
+        first = outcomes[0].error
+        if first is not None and all(o.error for o in outcomes):
+            err: DrkitError = first
         else:
             hints = "; ".join(f"{o.source}: {o.error.hint}" for o in bad if o.error and o.error.hint)
             err = PartialFailure(f"backup incomplete: {names}", hint=hints or None)
-        err.run = run  # type: ignore[attr-defined]
+        err.outcome = run
         raise err
     return run
 

@@ -304,7 +304,7 @@ def copy_snapshots(
             detail=f"{damaged[0][1]}; {len(damaged)} snapshot manifest(s) of the source cannot be read and were not copied: {names}",
             hint="the other snapshots were copied; 'drkit verify' on the source lists the damage",
         )
-        err0.report = report  # type: ignore[attr-defined]
+        err0.outcome = report
         raise err0
     if failed:
         first = failed[0].error
@@ -317,7 +317,7 @@ def copy_snapshots(
             )
         else:
             err = PartialFailure(f"copy incomplete: not copied: {names}: {first.message if first else ''}")
-        err.report = report  # type: ignore[attr-defined]
+        err.outcome = report
         raise err
     return report
 
@@ -365,7 +365,7 @@ def _copy_one(
         writer = _CopyWriter(
             dst,
             saver,
-            _SourceRef(snap.source, snap.source_type),  # type: ignore[arg-type]
+            _SourceRef(snap.source, snap.source_type),
             parent=None,
             scratch_dir=scratch,
             run_meta=dict(snap.run_meta),

@@ -365,15 +365,16 @@ def check_files_content(repo: Repository, snap: Snapshot, restored: Path,
                 group["bytes"] += st.st_size
             if ids != entry.chunks and not _same_bytes(repo, entry.chunks, dest):
                 problem(f"{entry.path}: content differs from the snapshot")
+    details: dict[str, Any] = dict(counts)
     if groups is not None:
-        counts["groups"] = per_group  # type: ignore[assignment]
+        details["groups"] = per_group
     summary = (
         f"{counts['files']} file(s) ({counts['bytes']} bytes) re-hashed, {counts['dirs']} dir(s), "
         f"{counts['symlinks']} symlink(s) match the snapshot"
         if not problems
         else f"{len(problems)} mismatch(es): {problems[0]}"
     )
-    return CheckResult(ok=not problems, summary=summary, details=counts, problems=problems)
+    return CheckResult(ok=not problems, summary=summary, details=details, problems=problems)
 
 
 def _same_bytes(repo: Repository, chunks: list[str], path: Path) -> bool:

@@ -338,7 +338,7 @@ class SnapshotReader:
                 name=", ".join(result.failed[:5]) + (" ..." if len(result.failed) > 5 else ""),
                 detail=f"{len(result.failed)} file(s) not restored because their data is damaged or missing",
             )
-            err.result = result  # type: ignore[attr-defined]  # what was restored, and why the rest failed
+            err.outcome = result  # what was restored, and why the rest failed
             raise err
         return result
 
