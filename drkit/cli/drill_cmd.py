@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -20,14 +21,77 @@ from drkit.services.drill import (
     DrillOptions,
     DrillReport,
     SourceDrill,
-    human_table,
     make_scratch,
-    metric_outcomes,
     parse_drill_config,
     run_drill,
     write_result_file,
 )
 from drkit.storage.local import LocalStorage
+
+
+def metric_outcomes(report: DrillReport) -> list[metrics.Outcome]:
+    """Per-source :class:`drkit.metrics.Outcome` values of a drill: ``drill_success``,
+    ``drill_rto_seconds`` and ``drill_rpo_seconds`` (the duration is restore + check)."""
+    outcomes: list[metrics.Outcome] = []
+    for r in report.results:
+        values: dict[str, float] = {"drill_success": 1.0 if r.ok else 0.0}
+        if r.rto_seconds is not None:
+            values["drill_rto_seconds"] = r.rto_seconds
+        if r.rpo_seconds is not None:
+            values["drill_rpo_seconds"] = r.rpo_seconds
+        outcomes.append(metrics.Outcome(r.source, r.ok, (r.rto_seconds or 0) + (r.check_seconds or 0), values))
+    return outcomes
+
+
+def human_table(report: DrillReport, sizes: Callable[[float], str], width: int | None = None) -> list[str]:
+    """The report as aligned text lines (one row per source, then the verdict).
+
+    CHECK, the last column, is cut to fit *width* (the terminal's columns; None: never
+    cut), keeping at least 20 characters of it."""
+    rows = [("SOURCE", "TYPE", "SNAPSHOT", "RPO", "RTO", "RESTORED", "CHECK", "RESULT")]
+    for r in report.results:
+        rows.append((
+            r.source,
+            r.source_type,
+            r.snapshot.short_id if r.snapshot else "-",
+            _duration(r.rpo_seconds),
+            _duration(r.rto_seconds),
+            sizes(r.bytes_restored) if r.rto_seconds is not None else "-",
+            r.check.summary if r.check else "-",
+            "ok" if r.ok else f"FAILED ({r.failed_step})",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 2)]
+    used = sum(widths) + 2 * len(widths) + 16 + 2
+    room = max(20, width - used) if width else None
+
+    def check_cell(text: str) -> str:
+        return text if room is None or len(text) <= room else text[: room - 1] + "…"
+
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-2], widths, strict=True)) + f"  {row[-1]:<16}  {check_cell(row[-2])}"
+             for row in rows]
+    for r in report.failed:
+        lines.append(f"{r.source}: {r.failed_step}: {r.error}")
+        if r.check:
+            lines.extend(f"  {p}" for p in r.check.problems[:5])
+    for line in report.damaged:
+        lines.append(f"damaged: {line}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    verdict = "PASS" if report.ok else "FAIL"
+    lines.append(f"drill {verdict}: {len(report.results) - len(report.failed)}/{len(report.results)} source(s) restored and checked")
+    return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def _publish(run: metrics.Run, report: DrillReport, result_file: Path | None) -> None:

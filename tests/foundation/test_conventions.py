@@ -125,7 +125,8 @@ def test_ctrl_c_in_the_first_half_second_prints_no_traceback(ws: Workspace, dela
 
 def test_drill_table_check_column_fits_the_terminal_width(ws: Workspace, monkeypatch) -> None:
     from drkit.cli.common import human_size
-    from drkit.services.drill import DrillReport, SourceDrill, human_table
+    from drkit.cli.drill_cmd import human_table
+    from drkit.services.drill import DrillReport, SourceDrill
     from drkit.sources.base import CheckResult
 
     ws.ok("init")
