@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from drkit.errors import ConfigError, UsageError
 from drkit.sources import build_source
 from drkit.sources.base import Source
+from drkit.yamlerrors import not_valid_yaml
 
 DEFAULT_CONFIG_PATH = Path("/etc/drkit/drkit.yaml")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -178,8 +179,5 @@ def load_config(path: Path | None, env: Environment) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(not_valid_yaml(exc, str(path))) from None
     return parse_config(data, path)

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from drkit.errors import EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, DrkitError, Refused
 from drkit.sources.base import SourceOptions
+from drkit.yamlerrors import not_valid_yaml
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +667,7 @@ def load_manifest(data: bytes, *, name: str = "manifest") -> dict[str, Any]:
     try:
         obj = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise KubeInvalid(f"{name} is not valid YAML: {exc}") from None
+        raise KubeInvalid(not_valid_yaml(exc, name)) from None
     if not isinstance(obj, dict) or not obj.get("kind") or not isinstance(obj.get("metadata"), dict):
         raise KubeInvalid(f"{name} is not a Kubernetes object (no kind/metadata)")
     return obj

@@ -48,6 +48,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from drkit.runbook.errors import RunbookError
+from drkit.yamlerrors import not_valid_yaml
 
 STEP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -431,8 +432,6 @@ def load_runbook(path: Path) -> Runbook:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise RunbookError(f"not valid YAML: {at}{getattr(exc, 'problem', None) or exc}", where=str(path)) from None
+        raise RunbookError(not_valid_yaml(exc), where=str(path)) from None
     name = path.name.removesuffix(".yaml").removesuffix(".yml")
     return parse_runbook(data, name=name, path=path)
