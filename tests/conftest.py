@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from tests.cli import Runner, invoke
 from tests.fakes.kube_api import fake_kube  # noqa: F401 - fixture
 from tests.programs import require_binary  # noqa: F401 - tests import it from here
 from tests.servers import moto_server, sshd, sshd_server  # noqa: F401 - fixtures
@@ -44,3 +45,9 @@ def _clean_drkit_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     # Secrets registered for redaction are process-wide: one test's passphrase
     # ("wrong", say) must not mask another test's messages.
     REGISTRY.clear()
+
+
+@pytest.fixture
+def drkit() -> Runner:
+    """``drkit(*args, env={...})``: run the CLI in this process (see :mod:`tests.cli`)."""
+    return invoke

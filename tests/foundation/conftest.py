@@ -3,7 +3,6 @@ and a way to run the real CLI in-process (exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -13,18 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from drkit.cli import cli
-from drkit.cli.app import run_cli
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+from tests.cli import CliResult, invoke
 
 
 @dataclass
@@ -33,15 +21,11 @@ class Workspace:
     data: Path
     repo: Path
     config: Path
-    capsys: pytest.CaptureFixture[str]
 
-    def run(self, *args: str) -> Result:
-        self.capsys.readouterr()
-        code = run_cli(cli, ["-c", str(self.config), *args])
-        out, err = self.capsys.readouterr()
-        return Result(code, out, err)
+    def run(self, *args: str) -> CliResult:
+        return invoke("-c", self.config, *args)
 
-    def ok(self, *args: str) -> Result:
+    def ok(self, *args: str) -> CliResult:
         r = self.run(*args)
         assert r.code == 0, f"drkit {' '.join(args)} exited {r.code}: {r.err}"
         return r
@@ -73,9 +57,9 @@ def make_tree(root: Path, seed: int = 1) -> None:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Workspace:
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     monkeypatch.setenv("DRKIT_PASSWORD", "correct horse battery staple")
-    w = Workspace(tmp_path, tmp_path / "data", tmp_path / "repo", tmp_path / "drkit.yaml", capsys)
+    w = Workspace(tmp_path, tmp_path / "data", tmp_path / "repo", tmp_path / "drkit.yaml")
     w.data.mkdir()
     make_tree(w.data)
     w.write_config()

@@ -12,34 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from drkit.cli import cli
-from drkit.cli.app import run_cli
 from tests.runbook.world import make_node
 from tests.servers.sshd import SshServer
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-
-@pytest.fixture
-def drkit(capsys: pytest.CaptureFixture[str]):
-    """Run ``drkit ARGS...`` in-process; returns CliResult (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        code = run_cli(cli, [str(a) for a in args])
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
 
 
 @dataclass

@@ -4,43 +4,12 @@ local repositories with config files, and sample data trees."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from drkit.cli import cli
-from drkit.cli.app import run_cli
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-Runner = Callable[..., CliResult]
-
-
-@pytest.fixture
-def drkit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Runner:
-    """``drkit(*args, env={...})``: run the CLI in this process; returns code, stdout, stderr.
-
-    *env* is set for this call only (the CLI captures the environment when it starts)."""
-
-    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
-        capsys.readouterr()
-        with monkeypatch.context() as m:
-            for k, v in (env or {}).items():
-                m.setenv(k, v)
-            code = run_cli(cli, list(args))
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 def write_config(path: Path, repo_url: str, sources: list[dict[str, Any]] | None = None, **extra: Any) -> Path:

@@ -12,7 +12,8 @@ import yaml
 from drkit.metrics import parse_textfile
 from drkit.repository.repo import Repository
 from drkit.storage.local import LocalStorage
-from tests.services.conftest import Runner, damage_blob_of, make_tree, restored_files, write_config
+from tests.cli import Runner
+from tests.services.conftest import damage_blob_of, make_tree, restored_files, write_config
 
 PASS_A = "source passphrase A"
 PASS_B = "destination passphrase B"

@@ -19,7 +19,8 @@ from drkit.services.drill import check_files_content
 from drkit.services.restore import SnapshotReader
 from drkit.sources import available_types
 from drkit.storage.local import LocalStorage
-from tests.services.conftest import Runner, damage_blob_of, flip_byte_in_a_pack, make_tree, write_config
+from tests.cli import Runner
+from tests.services.conftest import damage_blob_of, flip_byte_in_a_pack, make_tree, write_config
 
 PASS = "drill passphrase"
 ENV = {"DRKIT_PASSWORD": PASS}

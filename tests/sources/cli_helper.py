@@ -1,4 +1,4 @@
-"""Run ``drkit`` end to end for the K3s and git source tests (CliRunner on drkit.cli.cli,
+"""Run ``drkit`` end to end for the K3s and git source tests (:func:`tests.cli.invoke`,
 a local repository, DRKIT_PASSWORD in the environment)."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner, Result
 
-from drkit.cli import cli
 from drkit.errors import DrkitError
+from tests.cli import CliResult, invoke
 
 PASSWORD = "e2e passphrase for k3s and git tests"
 
@@ -32,11 +31,10 @@ class DrkitCli:
         d.ok("init")
         return d
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["-c", str(self.config), "-q", *args], env={"DRKIT_PASSWORD": PASSWORD},
-                                  catch_exceptions=True)
+    def run(self, *args: str) -> CliResult:
+        return invoke("-c", self.config, "-q", *args, env={"DRKIT_PASSWORD": PASSWORD})
 
-    def ok(self, *args: str) -> Result:
+    def ok(self, *args: str) -> CliResult:
         result = self.run(*args)
         assert result.exit_code == 0, f"drkit {' '.join(args)}: {result.output} {result.exception!r}"
         return result

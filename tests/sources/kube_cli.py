@@ -1,4 +1,4 @@
-"""Drive ``drkit`` end to end (click CliRunner on ``drkit.cli.cli``) for the
+"""Drive ``drkit`` end to end (:func:`tests.cli.invoke`) for the
 Kubernetes-facing source tests: a config with a local repository and the given
 sources, ``DRKIT_PASSWORD`` in the environment, ``--json`` output parsed."""
 
@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner, Result
 
-from drkit.cli import cli
 from drkit.errors import DrkitError
+from tests.cli import CliResult, invoke
 
 PASSWORD = "correct horse battery staple"
 
@@ -36,9 +35,8 @@ class Drkit:
         d.ok("init")
         return d
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["-c", str(self.config), *self.flags, *args], env={"DRKIT_PASSWORD": PASSWORD},
-                                  catch_exceptions=True)
+    def run(self, *args: str) -> CliResult:
+        return invoke("-c", self.config, *self.flags, *args, env={"DRKIT_PASSWORD": PASSWORD})
 
     def fails(self, *args: str) -> DrkitError:
         """Run a command that must fail with a DrkitError; return it (its exit_code is
@@ -47,7 +45,7 @@ class Drkit:
         assert isinstance(result.exception, DrkitError), (result.output, result.exception)
         return result.exception
 
-    def ok(self, *args: str) -> Result:
+    def ok(self, *args: str) -> CliResult:
         result = self.run(*args)
         if result.exit_code != 0:
             raise AssertionError(f"drkit {' '.join(args)} failed ({result.exit_code}): {result.output}"

@@ -10,22 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner, Result
 
-from drkit.cli import cli
 from drkit.config import parse_config
 from drkit.detect import detect, render_config
 from drkit.errors import ConfigError, DrkitError, Refused
+from tests.cli import CliResult, invoke
 from tests.fakes.kube_api import FakeKube
 from tests.fixtures.k3s_layout import fake_proc, make_k3s_layout
 
 
-def _invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env or {}, catch_exceptions=True)
-
-
-def _ok(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = _invoke(*args, env=env)
+def _ok(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    result = invoke(*args, env=env)
     assert result.exit_code == 0, (result.output, result.exception)
     return result
 
@@ -146,7 +141,7 @@ def test_cli_detect_write_init_backup_restore(tmp_path: Path) -> None:
     assert (config.stat().st_mode & 0o777) == 0o600
     passphrase = config.parent / "passphrase"
     assert len(passphrase.read_text().strip()) >= 40 and (passphrase.stat().st_mode & 0o777) == 0o600
-    again = _invoke("config", "detect", "--write", "--path", str(config), "--root", str(layout.root), "--no-kube")
+    again = invoke("config", "detect", "--write", "--path", str(config), "--root", str(layout.root), "--no-kube")
     assert isinstance(again.exception, Refused) and again.exception.exit_code == 9
     assert "config OK" in _ok("-c", str(config), "config", "check").output
 
@@ -173,9 +168,9 @@ def test_cli_config_check_refuses_datastore_without_token(tmp_path: Path) -> Non
     config = tmp_path / "drkit.yaml"
     config.write_text(yaml.safe_dump({"repository": {"url": str(tmp_path / "repo")},
                                       "sources": [{"name": "db", "type": "k3s-sqlite", "path": str(layout.db)}]}))
-    result = _invoke("-c", str(config), "config", "check")
+    result = invoke("-c", str(config), "config", "check")
     assert isinstance(result.exception, ConfigError) and result.exception.exit_code == 2
     assert "no k3s-node source" in result.exception.message
     config.write_text("repository: {url: /x}\nsources: [{name: g, type: git}]\n")
-    bad = _invoke("-c", str(config), "config", "check")
+    bad = invoke("-c", str(config), "config", "check")
     assert isinstance(bad.exception, DrkitError) and "sources[0].url" in bad.exception.message

@@ -36,11 +36,11 @@ class RemoteWorkspace(Workspace):
 
 
 @pytest.fixture
-def rws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> RemoteWorkspace:
+def rws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteWorkspace:
     monkeypatch.setenv("DRKIT_PASSWORD", "correct horse battery staple")
     # Short backoff so failing runs fail fast (the policy's shape is tested in test_wrappers).
     monkeypatch.setattr("drkit.storage.observe.RetryPolicy", lambda: FAST_RETRY)
-    w = RemoteWorkspace(tmp_path, tmp_path / "data", tmp_path / "unused", tmp_path / "drkit.yaml", capsys)
+    w = RemoteWorkspace(tmp_path, tmp_path / "data", tmp_path / "unused", tmp_path / "drkit.yaml")
     w.data.mkdir()
     make_tree(w.data)
     (w.data / "big.bin").write_bytes(os.urandom(12 * MiB))  # a pack big enough for multipart

@@ -110,10 +110,10 @@ def make_data(root: Path, seed: int) -> None:
 
 
 @pytest.fixture
-def lws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> LockWorkspace:
+def lws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LockWorkspace:
     monkeypatch.setenv("DRKIT_PASSWORD", PASSWORD)
     monkeypatch.setattr("drkit.storage.observe.RetryPolicy", lambda: FAST_RETRY)
-    w = LockWorkspace(tmp_path, tmp_path / "data", tmp_path / "unused", tmp_path / "drkit.yaml", capsys)
+    w = LockWorkspace(tmp_path, tmp_path / "data", tmp_path / "unused", tmp_path / "drkit.yaml")
     make_data(w.data, seed=1)
     return w
 
