@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from drkit.atomicio import fsync_dir
 from drkit.errors import Refused, UsageError
 from drkit.kube import CONFIGMAP, PV, PVC, Kube, KubeConflict, connect_options, refuse_if_claim_in_use
 from drkit.sources._kubeobjects import warn_version_mismatch
@@ -230,18 +231,10 @@ def put_directory(ctx: RestoreContext, record: dict[str, Any], dest: Path, *, fo
         elif state == "other":
             raise Refused(f"{dest} exists and is not a directory: not replacing it")
         os.rename(restored, dest)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return result, moved
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _host_root(source: LocalPathSource, ctx: RestoreContext) -> Path:
