@@ -113,7 +113,7 @@ def connect(
             raise HostKeyUnknown(f"cannot read known_hosts file {known_hosts}: {exc}",
                                  hint="fix or remove the malformed line") from None
 
-    class Reject(paramiko.MissingHostKeyPolicy):
+    class Reject(paramiko.RejectPolicy):  # refuse, keeping the offered key for the message
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
             raise _Unknown(key)
 
