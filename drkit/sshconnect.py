@@ -25,7 +25,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import paramiko
@@ -114,7 +114,7 @@ def connect(
                                  hint="fix or remove the malformed line") from None
 
     class Reject(paramiko.RejectPolicy):  # refuse, keeping the offered key for the message
-        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
             raise _Unknown(key)
 
     client.set_missing_host_key_policy(Reject())
