@@ -14,6 +14,9 @@ import yaml
 
 from tests.cli import CliResult, invoke
 
+Result = CliResult
+"""The name tests in this folder import for what :meth:`Workspace.run` returns."""
+
 
 @dataclass
 class Workspace:
