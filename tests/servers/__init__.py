@@ -12,6 +12,7 @@ offers them to every test. They skip locally and fail under CI=true when a progr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,28 +23,26 @@ from tests.servers.sshd import SshServer, start_sshd
 __all__ = ["MotoServer", "SshServer", "moto_server", "sshd", "sshd_server", "start_moto", "start_sshd"]
 
 
-@pytest.fixture
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """A private sshd for one test (its own host key, client key and known_hosts)."""
+def _serve_sshd(workdir: Path) -> Iterator[SshServer]:
     require_binary("sshd")
     require_binary("ssh-keygen")
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    server = start_sshd(workdir)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A private sshd for one test (its own host key, client key and known_hosts)."""
+    yield from _serve_sshd(tmp_path_factory.mktemp("sshd"))
 
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """One sshd shared by the session (tests that only need somewhere to connect)."""
-    require_binary("sshd")
-    require_binary("ssh-keygen")
-    server = start_sshd(tmp_path_factory.mktemp("sshd-session"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve_sshd(tmp_path_factory.mktemp("sshd-session"))
 
 
 @pytest.fixture(scope="session")
