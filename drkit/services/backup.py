@@ -602,15 +602,11 @@ def _backup_one(
             on_bytes=progress.advance if progress else None,
             on_text=progress.text if progress else None,
         )
-        try:
+        with saver:  # finished when the source is done, aborted if it raised
             src.backup(writer)
             tree = writer.finish_tree()
             if writer.entry_count == 0:  # an empty "latest" would hide the real ones
                 raise NothingRead(source=src.name, detail="it recorded no entries")
-        except BaseException:
-            saver.abort()
-            raise
-        saver.finish()
         s = saver.stats
         snap = Snapshot(
             id=secrets.token_hex(32),

@@ -371,7 +371,7 @@ def _copy_one(
             run_meta=dict(snap.run_meta),
             on_bytes=progress.advance if progress else None,
         )
-        try:
+        with saver:  # finished when every entry is copied, aborted if one raised
             for entry in iter_tree(src, snap):
                 if entry.type in (DIR, SYMLINK):
                     writer.copy_dir_or_link(entry)
@@ -389,10 +389,6 @@ def _copy_one(
                 else:
                     raise IntegrityError(name=f"snapshot {snap.short_id}", detail=f"unknown entry type {entry.type!r} at {entry.path}")
             tree = writer.finish_tree()
-        except BaseException:
-            saver.abort()
-            raise
-        saver.finish()
         st = saver.stats
         stats = {k: v for k, v in snap.stats.items() if k not in _WRITE_STATS}
         stats.update(bytes_added=st.bytes_new_raw, bytes_stored=st.bytes_new_sealed, blobs_new=st.blobs_new, packs=st.packs)
