@@ -15,6 +15,7 @@ import pytest
 from drkit.cli import COMMAND_MODULES, cli
 from drkit.cli.app import hoist_global_options
 from drkit.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from tests.cli import invoke
 from tests.foundation.conftest import Workspace
 from tests.foundation.test_errors import one_error_line
 
@@ -24,17 +25,12 @@ def test_global_options_are_accepted_anywhere_on_the_line(ws: Workspace) -> None
     ws.ok("backup")
     cfg = str(ws.config)
     # run without the workspace's leading -c: -c after the command
-    from drkit.cli.app import run_cli
-
-    ws.capsys.readouterr()
-    code = run_cli(cli, ["snapshots", "-c", cfg, "--json", "-q"])
-    out = ws.capsys.readouterr().out
-    assert code == 0 and json.loads(out)[0]["source"] == "data"
-    code = run_cli(cli, ["--json", "-c", cfg, "snapshots"])
-    out = ws.capsys.readouterr().out
-    assert code == 0 and json.loads(out)[0]["source"] == "data"
-    code = run_cli(cli, ["ls", "latest", f"--config={cfg}", "--debug", "-s", "data"])
-    assert code == 0 and f"{ws.data}/a/text.txt" in ws.capsys.readouterr().out
+    r = invoke("snapshots", "-c", cfg, "--json", "-q")
+    assert r.code == 0 and json.loads(r.out)[0]["source"] == "data"
+    r = invoke("--json", "-c", cfg, "snapshots")
+    assert r.code == 0 and json.loads(r.out)[0]["source"] == "data"
+    r = invoke("ls", "latest", f"--config={cfg}", "--debug", "-s", "data")
+    assert r.code == 0 and f"{ws.data}/a/text.txt" in r.out
 
 
 def test_hoisting_leaves_values_and_what_follows_double_dash_alone() -> None:
