@@ -2,8 +2,10 @@
 
 Read-only. What the node's filesystem shows:
 
-- the K3s data dir (``data-dir:`` in ``/etc/rancher/k3s/config.yaml`` or the default)
-  and config dir, the K3s version, node name and whether ``secrets-encryption`` is on;
+- the K3s data dir, config dir, node name and whether ``secrets-encryption`` is on, from
+  every place K3s takes flags from: ``config.yaml(.d)``, the systemd unit's ``ExecStart``
+  and its env files (``K3S_*``), and ``server/cred/encryption-config.json``
+  (:mod:`drkit.sources.k3s_flags`); the K3s version;
 - the datastore kind: ``sqlite`` (``server/db/state.db``), ``etcd`` (``server/db/etcd``
   or ``cluster-init``), ``external`` (``datastore-endpoint``: drkit cannot snapshot it);
 - components auto-deployed from ``server/manifests`` (HelmChart objects).
@@ -27,6 +29,7 @@ import yaml
 
 from drkit.errors import DrkitError
 from drkit.sources import k3s_common as k3s
+from drkit.sources import k3s_flags
 
 COMPONENTS = ("sealed-secrets", "argocd", "cert-manager", "longhorn")
 _CHART_NAMES = {
@@ -67,6 +70,8 @@ class Detection:
     local_path_claims: list[str] = field(default_factory=list)
     """``namespace/claim -> directory`` of every bound local-path claim."""
     notes: list[str] = field(default_factory=list)
+    root: Path = Path("/")
+    flags: k3s_flags.NodeFlags | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -79,6 +84,7 @@ class Detection:
             "datastore_path": str(self.datastore_path) if self.datastore_path else None,
             "node_name": self.node_name,
             "secrets_encryption": self.secrets_encryption,
+            "settings_from": dict(self.flags.origin) if self.flags else {},
             "kubeconfig": str(self.kubeconfig) if self.kubeconfig else None,
             "kube_error": self.kube_error,
             "components": {n: {"installed": c.installed, "namespace": c.namespace, "evidence": c.evidence}
@@ -106,13 +112,13 @@ def detect(
     """Inspect the node (files under *root*; tests pass a temp dir). Never writes.
 
     Raises :class:`DrkitError` only for an unreadable K3s config file."""
-    config_dir = config_dir or _under(root, k3s.DEFAULT_CONFIG_DIR)
-    config = k3s.read_k3s_config(config_dir)
-    if data_dir is None:
-        configured = config.get("data-dir")
-        data_dir = _under(root, Path(configured)) if isinstance(configured, str) and configured else \
-            _under(root, k3s.DEFAULT_DATA_DIR)
+    flags = k3s_flags.read_node_flags(root, config_dir=config_dir, data_dir=data_dir)
+    config, config_dir, data_dir = flags.settings, flags.config_dir, flags.data_dir
     notes: list[str] = []
+    for key in ("data-dir", "secrets-encryption", "cluster-init", "node-name", "datastore-endpoint"):
+        where = flags.where(key)
+        if where.startswith(("unit ", "env ")):
+            notes.append(f"{key} is set in {where.split(' ', 1)[1]} (not in config.yaml)")
     server = data_dir / "server"
     k3s_installed = (server / "token").is_file()
     if not k3s_installed:
@@ -137,13 +143,15 @@ def detect(
         datastore=datastore,
         datastore_path=datastore_path,
         k3s_version=k3s.k3s_version(k3s_binary),
-        node_name=k3s.node_name(config),
-        secrets_encryption=k3s.config_flag(config, "secrets-encryption"),
+        node_name=flags.node_name,
+        secrets_encryption=flags.secrets_encryption,
         k3s_running=running is not None,
         kubeconfig=None,
         kube_error=None,
         components={name: Component(name) for name in COMPONENTS},
         notes=notes,
+        root=root,
+        flags=flags,
     )
     _from_manifests(det, server / "manifests")
     if use_kube:
@@ -266,6 +274,7 @@ def render_config(det: Detection, *, repository_url: str = "/var/backups/drkit",
             out.append(f"    data_dir: {_q(str(det.data_dir))}")
         if not default_conf:
             out.append(f"    config_dir: {_q(str(det.config_dir))}")
+        out += _system_file_lines(det)
     if det.datastore == "sqlite" and det.datastore_path:
         out += ["  # K3s's SQLite datastore, copied online (backup API) and integrity-checked",
                 "  - name: k3s-db", "    type: k3s-sqlite"]
@@ -323,6 +332,21 @@ def _local_path_block(det: Detection, kube_lines: list[str], why: str) -> list[s
     head = [f"  # local-path volumes (K3s's default storage class), {len(det.local_path_claims)} claim(s); each "
             "directory is copied file by file:", "  # see docs/sources/local-path.md (consistency, per-claim hooks)"]
     return head + [f"  #   {c}" for c in det.local_path_claims] + lines
+
+
+def _system_file_lines(det: Detection) -> list[str]:
+    """k3s-node options for the unit, env files and node password when they are not
+    at their usual place (``--root``): the source then reads what detect read."""
+    from drkit.sources.k3s_node import K3sNodeOptions
+
+    if det.root == Path("/"):
+        return []
+    defaults = K3sNodeOptions.model_fields
+    lines = []
+    for option in ("unit_file", "unit_env_file", "default_env_file", "sysconfig_env_file", "node_password_file"):
+        usual = defaults[option].default
+        lines.append(f"    {option}: {_q(str(k3s_flags.under(det.root, usual)))}")
+    return lines
 
 
 def _component_block(det: Detection, name: str, lines: list[str], why: str, title: str) -> list[str]:

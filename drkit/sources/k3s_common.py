@@ -225,25 +225,59 @@ class NodeFacts:
     node_name: str
     secrets_encryption: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    k3s_found: bool = True
+    """False when this host shows no sign of K3s (no config, unit or binary): its
+    settings are then unknown, not "off"."""
 
-    def record(self, run_meta: dict[str, Any]) -> None:
-        """Fill *run_meta* (keys ``k3s_version``, ``node_name``, ``secrets_encryption``)
-        without overwriting what another source of the run already recorded."""
-        run_meta.setdefault("k3s_version", self.k3s_version or "unknown")
-        run_meta.setdefault("node_name", self.node_name)
-        run_meta.setdefault("secrets_encryption", self.secrets_encryption)
-        for key, value in self.extra.items():
-            run_meta.setdefault(key, value)
+    def record(self, run_meta: dict[str, Any], *, override: bool = False) -> None:
+        """Fill *run_meta* (keys ``k3s_version``, ``node_name``, ``secrets_encryption``
+        and the extras). Without *override*, what another source of the run already
+        recorded is kept (the ``k3s-node`` source overrides: it reads every place K3s
+        takes flags from)."""
+        values: dict[str, Any] = {"k3s_version": self.k3s_version or "unknown", "node_name": self.node_name,
+                                  "secrets_encryption": self.secrets_encryption, **self.extra}
+        for key, value in values.items():
+            if override and not (key == "k3s_version" and value == "unknown" and run_meta.get(key)):
+                run_meta[key] = value
+            else:
+                run_meta.setdefault(key, value)
 
 
-def node_facts(config_dir: Path, k3s_binary: str = "k3s") -> NodeFacts:
-    """Collect version, node name and secrets-encryption from this node (read-only)."""
-    config = read_k3s_config(config_dir)
+def node_facts(config_dir: Path, k3s_binary: str = "k3s", *, data_dir: Path | None = None,
+               flags: Any = None) -> NodeFacts:
+    """Collect version, node name and secrets-encryption from this node (read-only):
+    config.yaml(.d), the systemd unit and its env files, and
+    ``server/cred/encryption-config.json`` (see :mod:`drkit.sources.k3s_flags`)."""
+    from drkit.sources import k3s_flags
+
+    if flags is None:
+        flags = k3s_flags.read_node_flags(config_dir=config_dir, data_dir=data_dir)
+    version = k3s_version(k3s_binary)
+    found = bool(flags.files_found) or (config_dir / "config.yaml").is_file() or version is not None \
+        or token_path(flags.data_dir).is_file()
+    extra: dict[str, Any] = {}
+    if flags.datastore_endpoint:
+        extra["datastore"] = "external"
     return NodeFacts(
-        k3s_version=k3s_version(k3s_binary),
-        node_name=node_name(config),
-        secrets_encryption=config_flag(config, "secrets-encryption"),
+        k3s_version=version,
+        node_name=flags.node_name,
+        secrets_encryption=flags.secrets_encryption,
+        extra=extra,
+        k3s_found=found,
     )
+
+
+def token_fingerprint(token: str) -> str:
+    """SHA-256 (hex) of a K3s server token's password part, so that the short form
+    (``PASSWORD``) and the full form (``K10<ca-hash>::server:PASSWORD``) of the same
+    token compare equal. Never the token itself."""
+    import hashlib
+
+    text = token.strip()
+    if "::" in text:
+        text = text.split("::", 1)[1]
+        text = text.split(":", 1)[1] if ":" in text else text
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- run consistency -----------------------------------------------------------------
@@ -281,17 +315,24 @@ def describe_run(run_meta: dict[str, Any]) -> str:
 
 
 def mismatch_warnings(run_meta: dict[str, Any], facts: NodeFacts) -> list[str]:
-    """Warnings when this node differs from the one a snapshot came from: another K3s
-    minor version, or another ``secrets-encryption`` setting. Empty when all match
-    or when either side is unknown."""
+    """Warnings when this node differs from the one a snapshot came from: an older K3s
+    minor version (it cannot read a newer datastore), another minor, or another
+    ``secrets-encryption`` setting. Empty when all match or when either side is
+    unknown (a host without K3s has no settings to compare)."""
     warnings = []
     then, now = _minor(run_meta.get("k3s_version")), _minor(facts.k3s_version)
-    if then and now and then != now:
+    if then and now and now < then:
+        warnings.append(
+            f"warning: the snapshot was taken with K3s {run_meta['k3s_version']}, this node runs the OLDER "
+            f"{facts.k3s_version}: an older minor cannot restore it; install {run_meta['k3s_version']} (or newer) first"
+        )
+    elif then and now and then != now:
         warnings.append(
             f"warning: the snapshot was taken with K3s {run_meta['k3s_version']}, this node runs {facts.k3s_version}: "
             "restore with the same minor version (install it pinned), then upgrade"
         )
-    if "secrets_encryption" in run_meta and bool(run_meta["secrets_encryption"]) != facts.secrets_encryption:
+    if facts.k3s_found and "secrets_encryption" in run_meta \
+            and bool(run_meta["secrets_encryption"]) != facts.secrets_encryption:
         want = "on" if run_meta["secrets_encryption"] else "off"
         warnings.append(
             f"warning: the snapshot's server ran with secrets-encryption {want}, this node's config has it "

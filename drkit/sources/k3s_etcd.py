@@ -378,7 +378,7 @@ class K3sEtcdSource(Source):
         ctx.run_meta["datastore"] = "etcd"
         if "revision" in meta:
             ctx.run_meta["etcd_revision"] = meta["revision"]
-        k3s.node_facts(self.options.config_dir, self.options.k3s_binary).record(ctx.run_meta)
+        k3s.node_facts(self.options.config_dir, self.options.k3s_binary, data_dir=self.options.data_dir).record(ctx.run_meta)
 
     def _etcdctl_save(self, dest: Path) -> str:
         """``etcdctl snapshot save`` against the first endpoint that works; returns it."""
@@ -451,9 +451,8 @@ class K3sEtcdSource(Source):
         result.lines.append("then start K3s normally (systemctl start k3s)")
         run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
         result.lines.append(k3s.describe_run(run_meta))
-        if ctx.options.in_place:
-            result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir,
-                                                                            self.options.k3s_binary))
+        result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir, self.options.k3s_binary,
+                                                                        data_dir=self.options.data_dir))
         data_dir = ctx.options.extra.get("data_dir")
         if not data_dir and self.options.restore_data_dir and ctx.target is not None:
             data_dir = ctx.target / "etcd-data"

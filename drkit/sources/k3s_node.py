@@ -6,14 +6,25 @@ This source saves, with modes, owners and symlinks:
 
 - from the data dir: ``server/token`` (and ``node-token``/``agent-token`` when
   present), ``server/tls``, ``server/cred``, ``server/manifests``;
-- from the config dir: ``config.yaml``, ``config.yaml.d/``, ``registries.yaml``.
+  and the containerd config templates (``agent/etc/containerd/config*.toml.tmpl``);
+- from the config dir: ``config.yaml``, ``config.yaml.d/``, ``registries.yaml``;
+- where K3s's other flags live (K3s installs put ``INSTALL_K3S_EXEC`` flags in the unit's
+  ``ExecStart`` and ``K3S_*`` variables in env files): the systemd unit
+  ``k3s.service``, ``k3s.service.env``, ``/etc/default/k3s``, ``/etc/sysconfig/k3s``,
+  and the node password ``/etc/rancher/node/password``.
 
-Logical paths are ``data/<path relative to the data dir>`` and
-``config/<path relative to the config dir>``, so ``--target DIR`` yields
-``DIR/data/server/token`` and ``DIR/config/config.yaml``; ``--in-place`` maps them
-back onto the configured directories (refused while K3s runs); files it replaces with
-different content are first copied to ``<data_dir>/../k3s-node.drkit-replaced-<time>/``. Whether
-``secrets-encryption`` is set is recorded: a restore must match it.
+Logical paths are ``data/<path relative to the data dir>``,
+``config/<path relative to the config dir>`` and ``system/<name>`` (names in
+:data:`SYSTEM_FILES`), so ``--target DIR`` yields ``DIR/data/server/token``,
+``DIR/config/config.yaml`` and ``DIR/system/k3s.service``; ``--in-place`` maps them
+back onto the configured paths (refused while K3s runs); files it replaces with
+different content are first copied to ``<data_dir>/../k3s-node.drkit-replaced-<time>/``.
+
+The run's facts are recorded from every place K3s takes flags from
+(:mod:`drkit.sources.k3s_flags`): K3s version, node name, secrets-encryption (on when a
+flag says so or ``server/cred/encryption-config.json`` exists), the datastore kind when
+it is external, the data dir, and a SHA-256 fingerprint of the server token (never the
+token), so that a restore can refuse a token that is not the run's.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from drkit.atomicio import write_atomic_from
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry
 from drkit.sources import k3s_common as k3s
+from drkit.sources import k3s_flags
 from drkit.sources.base import (
     BackupContext,
     CheckResult,
@@ -47,10 +59,21 @@ DATA_PREFIX = "data"
 CONFIG_PREFIX = "config"
 TOKEN_ENTRY = f"{DATA_PREFIX}/server/token"
 
+SYSTEM_PREFIX = "system"
+
 DATA_ITEMS = ["server/token", "server/node-token", "server/agent-token", "server/tls", "server/cred",
-              "server/manifests"]
+              "server/manifests", "agent/etc/containerd/config.toml.tmpl", "agent/etc/containerd/config-v3.toml.tmpl"]
 """What is taken from the data dir (missing optional items are skipped)."""
 CONFIG_ITEMS = ["config.yaml", "config.yaml.d", "registries.yaml"]
+
+SYSTEM_FILES = {
+    "k3s.service": "unit_file",
+    "k3s.service.env": "unit_env_file",
+    "default-k3s": "default_env_file",
+    "sysconfig-k3s": "sysconfig_env_file",
+    "node-password": "node_password_file",
+}
+"""``system/<name>`` -> the option naming its real path."""
 
 
 class K3sNodeOptions(SourceOptions):
@@ -58,6 +81,17 @@ class K3sNodeOptions(SourceOptions):
     config_dir: Path = k3s.DEFAULT_CONFIG_DIR
     manifests: bool = True
     """Include ``server/manifests`` (auto-deployed manifests; K3s rewrites its own on start)."""
+    unit_file: Path = k3s_flags.UNIT_FILE
+    unit_env_file: Path = k3s_flags.ENV_FILES[0]
+    default_env_file: Path = k3s_flags.ENV_FILES[1]
+    sysconfig_env_file: Path = k3s_flags.ENV_FILES[2]
+    node_password_file: Path = k3s_flags.NODE_PASSWORD_FILE
+
+    def node_flags(self) -> k3s_flags.NodeFlags:
+        """This node's effective K3s settings, read from the paths these options name."""
+        return k3s_flags.read_node_flags(
+            config_dir=self.config_dir, data_dir=self.data_dir, unit_file=self.unit_file,
+            env_files=[self.unit_env_file, self.default_env_file, self.sysconfig_env_file])
 
 
 class K3sNodeSource(Source):
@@ -109,18 +143,32 @@ class K3sNodeSource(Source):
                         ctx.add_file(logical, real, st)
                         counts["files"] += 1
                         counts["bytes"] += st.st_size
-        config = k3s.read_k3s_config(self.options.config_dir)
-        secrets_encryption = k3s.config_flag(config, "secrets-encryption")
+        system: list[str] = []
+        for name, option in SYSTEM_FILES.items():
+            path: Path = getattr(self.options, option)
+            if not path.is_file():
+                continue
+            if not system:
+                ctx.add_dir(SYSTEM_PREFIX, os.stat(path.parent))
+            st = os.stat(path)
+            ctx.add_file(f"{SYSTEM_PREFIX}/{name}", path, st)
+            system.append(name)
+            counts["files"] += 1
+            counts["bytes"] += st.st_size
+        flags = self.options.node_flags()
+        secrets_encryption = flags.secrets_encryption
         ctx.meta.update({
             "data_dir": str(self.options.data_dir),
             "config_dir": str(self.options.config_dir),
             "secrets_encryption": secrets_encryption,
-            "cluster_init": k3s.config_flag(config, "cluster-init"),
+            "cluster_init": flags.flag("cluster-init"),
+            "system_files": {name: str(getattr(self.options, SYSTEM_FILES[name])) for name in system},
             **counts,
         })
-        facts = k3s.node_facts(self.options.config_dir)
-        facts.record(ctx.run_meta)
-        ctx.run_meta["secrets_encryption"] = secrets_encryption
+        facts = k3s.node_facts(self.options.config_dir, flags=flags)
+        facts.record(ctx.run_meta, override=True)
+        ctx.run_meta["data_dir"] = str(self.options.data_dir)
+        ctx.run_meta["token_sha256"] = k3s.token_fingerprint(token.read_text())
         ctx.run_meta["token_saved"] = True
 
     @staticmethod
@@ -157,6 +205,12 @@ class K3sNodeSource(Source):
 
     def _real_path(self, logical: str) -> Path:
         prefix, _, rest = logical.partition("/")
+        if prefix == SYSTEM_PREFIX:
+            if not rest:
+                return self.options.unit_file.parent
+            if rest not in SYSTEM_FILES:
+                raise DrkitError(f"unexpected entry {logical!r} in a k3s-node snapshot")
+            return Path(getattr(self.options, SYSTEM_FILES[rest]))
         roots = {DATA_PREFIX: self.options.data_dir, CONFIG_PREFIX: self.options.config_dir}
         if prefix not in roots:
             raise DrkitError(f"unexpected entry {logical!r} in a k3s-node snapshot")
@@ -189,6 +243,8 @@ class K3sNodeSource(Source):
         dirs: list[tuple[Path, Entry]] = []
         for e in entries:
             dest = self._real_path(e.path)
+            if e.path == SYSTEM_PREFIX:
+                continue  # /etc/systemd/system is the system's: neither created nor re-moded here
             if e.type == DIR:
                 dest.mkdir(parents=True, exist_ok=True)
                 dirs.append((dest, e))

@@ -166,7 +166,7 @@ class K3sSqliteSource(Source):
                 ctx.meta[key] = stats[key]
         ctx.run_meta["datastore"] = "sqlite"
         ctx.run_meta["sqlite_page_count"] = stats["page_count"]
-        k3s.node_facts(self.options.config_dir).record(ctx.run_meta)
+        self._facts().record(ctx.run_meta)
 
     def restore(self, ctx: RestoreContext) -> RestoreResult:
         """``--target DIR``: write DIR/state.db. ``--in-place``: replace the live database
@@ -179,12 +179,18 @@ class K3sSqliteSource(Source):
         if ctx.dry_run:
             return result
         result.lines.append(f"wrote {ctx.target / ARTEFACT}")
-        result.lines.append(k3s.describe_run(getattr(ctx.snapshot, "run_meta", {}) or {}))
+        run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
+        result.lines.append(k3s.describe_run(run_meta))
+        result.lines += k3s.mismatch_warnings(run_meta, self._facts())
         result.lines.append(
             f"to use it: stop K3s, remove {self.options.path}-wal and -shm, put state.db at {self.options.path}, "
             "start K3s with the token of the same snapshot run (or: drkit restore --in-place)"
         )
         return result
+
+    def _facts(self) -> k3s.NodeFacts:
+        """This node's K3s settings (config.yaml, unit, env files; read-only)."""
+        return k3s.node_facts(self.options.config_dir, data_dir=self.options.path.parents[2])
 
     def _entry(self, ctx: RestoreContext) -> Any:
         for entry in ctx.entries():
@@ -231,7 +237,7 @@ class K3sSqliteSource(Source):
         result.lines.append("start K3s with the server token from the same backup run")
         run_meta = getattr(ctx.snapshot, "run_meta", {}) or {}
         result.lines.append(k3s.describe_run(run_meta))
-        result.lines += k3s.mismatch_warnings(run_meta, k3s.node_facts(self.options.config_dir))
+        result.lines += k3s.mismatch_warnings(run_meta, self._facts())
         result.details["path"] = str(dest)
         result.details["moved_aside"] = [str(p) for p in aside]
         return result

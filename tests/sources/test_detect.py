@@ -39,8 +39,15 @@ def test_sqlite_node_without_kube(tmp_path: Path) -> None:
     assert det.components["longhorn"].installed is None and det.kube_error
     text = render_config(det)
     sources = _sources(text)
+    under = layout.root
     assert sources["k3s-node"] == {"name": "k3s-node", "type": "k3s-node", "data_dir": str(layout.data_dir),
-                                   "config_dir": str(layout.config_dir)}
+                                   "config_dir": str(layout.config_dir),
+                                   # under --root the unit and env files are named, so the source reads those
+                                   "unit_file": str(under / "etc/systemd/system/k3s.service"),
+                                   "unit_env_file": str(under / "etc/systemd/system/k3s.service.env"),
+                                   "default_env_file": str(under / "etc/default/k3s"),
+                                   "sysconfig_env_file": str(under / "etc/sysconfig/k3s"),
+                                   "node_password_file": str(under / "etc/rancher/node/password")}
     assert sources["k3s-db"]["type"] == "k3s-sqlite" and sources["k3s-db"]["path"] == str(layout.db)
     # without an API to ask, Kubernetes sources are written commented out, with the reason
     assert set(sources) == {"k3s-node", "k3s-db"}
