@@ -446,6 +446,8 @@ class SourceOutcome:
             )
         if self.error:
             out["error"] = self.error.message
+            if self.error.hint:
+                out["hint"] = self.error.hint
         if self.warnings:
             out["warnings"] = self.warnings
         if self.notes:

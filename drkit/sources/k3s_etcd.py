@@ -1,13 +1,23 @@
 """``k3s-etcd``: K3s's embedded etcd (``--cluster-init``), saved as an etcd snapshot.
 
-Backup (``method: api``, default) streams a snapshot from etcd's maintenance API
-through the v3 HTTP gateway: ``POST <endpoint>/v3/maintenance/snapshot`` answers
-with JSON lines ``{"result":{"blob":"<base64>"}}`` (etcd 3.4 and later). On a K3s
-node the client certificates under ``server/tls/etcd/`` are used (``client.crt``,
-``client.key``, CA ``server-ca.crt``); plain ``http://`` endpoints need none.
-``method: etcdctl`` runs ``etcdctl snapshot save`` over gRPC with the same endpoints and
-certificates (for an etcd without the HTTP gateway); ``method: k3s`` runs
-``k3s etcd-snapshot save`` into a private directory.
+Since K3s v1.28.3 the embedded etcd's ``127.0.0.1:2379`` speaks gRPC only (TLS with client
+certificates); its HTTP gateway moved to ``listen-client-http-urls`` (``127.0.0.1:2382``,
+which K3s says not to rely on), and K3s ships no ``etcdctl``. Hence the methods:
+
+- ``auto`` (default): ``etcdctl`` when it is installed, else ``k3s``;
+- ``k3s``: ``k3s etcd-snapshot save`` into a private directory, always asking for an
+  uncompressed file (``--etcd-snapshot-compress=false``: the command reads config.yaml,
+  which may set compression);
+- ``etcdctl``: ``etcdctl snapshot save`` over gRPC;
+- ``api``: etcd's maintenance API through the v3 HTTP gateway (``POST
+  <endpoint>/v3/maintenance/snapshot``, JSON lines ``{"result":{"blob":"<base64>"}}``).
+
+Endpoints default to what K3s wrote into ``<data_dir>/server/db/etcd/config``:
+``listen-client-http-urls`` for ``api``, ``listen-client-urls`` for ``etcdctl``, else
+``https://127.0.0.1:2379``. On a K3s node the client certificates under
+``server/tls/etcd/`` are used (``client.crt``, ``client.key``, CA ``server-ca.crt``);
+plain ``http://`` endpoints need none. Every connection, TLS or HTTP/2 failure names a
+method that works on current K3s.
 
 Either way the snapshot's integrity trailer (its last 32 bytes are the SHA-256 of
 everything before them) is checked before anything is stored; a damaged snapshot
@@ -29,6 +39,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -70,12 +81,17 @@ if TYPE_CHECKING:
     from drkit.repository.snapshot import Snapshot
 
 ARTEFACT = "etcd-snapshot.db"
+DEFAULT_ENDPOINT = "https://127.0.0.1:2379"
+GATEWAY_HINT = ("K3s >= v1.28.3 serves only gRPC on 127.0.0.1:2379 (its HTTP gateway is not to be relied on): "
+                "set 'method: k3s' (k3s etcd-snapshot save) or 'method: etcdctl' (install etcd-client) on the source")
 SNAPSHOT_PATH = "/v3/maintenance/snapshot"
 TRAILER = 32  # bytes of SHA-256 appended to every etcd snapshot
 
 
 class K3sEtcdOptions(SourceOptions):
-    endpoints: list[str] = Field(default_factory=lambda: ["https://127.0.0.1:2379"], min_length=1)
+    endpoints: list[str] | None = Field(None, min_length=1)
+    """Default: from ``<data_dir>/server/db/etcd/config`` (see module doc), else
+    ``https://127.0.0.1:2379``."""
     ca_file: Path | None = None
     """Default: ``<data_dir>/server/tls/etcd/server-ca.crt`` for https endpoints."""
     cert_file: Path | None = None
@@ -84,9 +100,9 @@ class K3sEtcdOptions(SourceOptions):
     """Default: ``<data_dir>/server/tls/etcd/client.key``."""
     data_dir: Path = k3s.DEFAULT_DATA_DIR
     config_dir: Path = k3s.DEFAULT_CONFIG_DIR
-    method: Literal["api", "etcdctl", "k3s"] = "api"
-    """``api``: the v3 HTTP gateway; ``etcdctl``: ``etcdctl snapshot save`` over gRPC
-    (same endpoints and certificates); ``k3s``: ``k3s etcd-snapshot save``."""
+    method: Literal["auto", "api", "etcdctl", "k3s"] = "auto"
+    """``auto``: ``etcdctl`` if installed, else ``k3s``; ``api``: the v3 HTTP gateway;
+    ``etcdctl``: ``etcdctl snapshot save`` over gRPC; ``k3s``: ``k3s etcd-snapshot save``."""
     k3s_binary: str = "k3s"
     timeout: float = Field(600.0, gt=0)
     """Seconds the snapshot may take."""
@@ -98,7 +114,7 @@ class K3sEtcdOptions(SourceOptions):
 
     @model_validator(mode="after")
     def _check(self) -> K3sEtcdOptions:
-        for url in self.endpoints:
+        for url in self.endpoints or []:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
         return self
@@ -177,6 +193,26 @@ def restore_data_dir(snapshot: Path, data_dir: Path, *, name: str = "default",
              env=env, timeout=600)
 
 
+def k3s_etcd_urls(data_dir: Path) -> dict[str, list[str]]:
+    """``listen-client-urls`` and ``listen-client-http-urls`` from the etcd config K3s
+    writes to ``<data_dir>/server/db/etcd/config`` ({} when absent or unreadable)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((k3s.etcd_member_dir(data_dir) / "config").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, list[str]] = {}
+    if isinstance(doc, dict):
+        for key in ("listen-client-urls", "listen-client-http-urls"):
+            value = doc.get(key)
+            urls = [u.strip() for u in str(value).split(",") if u.strip()] if value else []
+            good = [u for u in urls if u.startswith(("http://", "https://"))]
+            if good:
+                out[key] = good
+    return out
+
+
 # --- talking to etcd --------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -207,13 +243,15 @@ class EtcdClient:
             return urllib.request.urlopen(req, timeout=timeout, context=self._ssl())
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace").strip()
-            hint = ("this etcd does not serve the v3 HTTP gateway: set 'method: etcdctl' (or 'k3s') on the source"
-                    if exc.code == 404 else None)
+            hint = GATEWAY_HINT if exc.code in (404, 405) else None
             raise StorageError(message=f"etcd {self.endpoint}{path}: HTTP {exc.code}: {detail}", hint=hint) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            raise StorageError(message=f"cannot reach etcd at {self.endpoint}: {reason}",
-                               hint="is K3s running with embedded etcd? check endpoints and certificates") from None
+            if isinstance(reason, (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError)):
+                reason = f"the connection was closed without an HTTP/1.1 answer ({type(reason).__name__}): " \
+                         "a gRPC-only (HTTP/2) etcd port"
+            raise StorageError(message=f"cannot reach etcd's HTTP gateway at {self.endpoint}: {reason}",
+                               hint=GATEWAY_HINT) from None
 
     def snapshot_to(self, dest: Path) -> int:
         """Stream a snapshot into *dest*; return its size. The trailer is not checked here."""
@@ -311,8 +349,23 @@ class K3sEtcdSource(Source):
     running_check: k3s.RunningCheck = staticmethod(k3s.find_k3s_server)
 
     def describe(self) -> str:
-        how = "k3s etcd-snapshot save" if self.options.method == "k3s" else ", ".join(self.options.endpoints)
+        method = self.method()
+        how = "k3s etcd-snapshot save" if method == "k3s" else f"{method}: " + ", ".join(self.endpoints(method))
         return f"{self.name} (k3s-etcd: {how})"
+
+    def method(self) -> str:
+        """The method this backup uses (``auto``: etcdctl when installed, else k3s)."""
+        if self.options.method != "auto":
+            return self.options.method
+        return "etcdctl" if shutil.which("etcdctl") else "k3s"
+
+    def endpoints(self, method: str) -> list[str]:
+        """The configured endpoints, else the ones K3s's etcd config names for *method*."""
+        if self.options.endpoints:
+            return list(self.options.endpoints)
+        urls = k3s_etcd_urls(self.options.data_dir)
+        key = "listen-client-http-urls" if method == "api" else "listen-client-urls"
+        return urls.get(key) or [DEFAULT_ENDPOINT]
 
     def check_run(self, run: list[Source]) -> None:
         k3s.require_token_source(self.name, run)
@@ -336,16 +389,17 @@ class K3sEtcdSource(Source):
         dest = ctx.scratch_dir / ARTEFACT
         started = time.monotonic()
         endpoint = None
-        if self.options.method == "k3s":
+        method = self.method()
+        if method == "k3s":
             ctx.progress("k3s etcd-snapshot save")
             self._k3s_save(ctx.scratch_dir, dest)
-        elif self.options.method == "etcdctl":
+        elif method == "etcdctl":
             ctx.progress("etcdctl snapshot save")
             endpoint = self._etcdctl_save(dest)
         else:
             errors: list[str] = []
             hints: list[str | None] = []
-            for url in self.options.endpoints:
+            for url in self.endpoints("api"):
                 ctx.progress(f"etcd snapshot from {url}")
                 try:
                     self.client(url).snapshot_to(dest)
@@ -359,7 +413,7 @@ class K3sEtcdSource(Source):
                                    or "is K3s running with embedded etcd? check endpoints and certificates")
         os.chmod(dest, 0o600)  # whatever wrote it (etcdctl, k3s), the copy holds every Secret
         sha = check_trailer(dest)
-        meta: dict[str, Any] = {"datastore": "etcd", "method": self.options.method, "size": dest.stat().st_size,
+        meta: dict[str, Any] = {"datastore": "etcd", "method": method, "size": dest.stat().st_size,
                                 "sha256": sha, "snapshot_seconds": round(time.monotonic() - started, 3)}
         try:
             status = snapshot_status(dest)
@@ -368,7 +422,10 @@ class K3sEtcdSource(Source):
             meta["status_error"] = exc.message
         if endpoint is not None and "revision" in meta:
             try:
-                meta["keys"], _ = self.client(endpoint).count_keys(meta["revision"])
+                if method == "etcdctl":
+                    meta["keys"] = self._etcdctl_count(endpoint, meta["revision"])
+                else:
+                    meta["keys"], _ = self.client(endpoint).count_keys(meta["revision"])
             except DrkitError as exc:  # compacted past the revision already: record why
                 meta["keys_error"] = exc.message
         if endpoint:
@@ -380,30 +437,53 @@ class K3sEtcdSource(Source):
             ctx.run_meta["etcd_revision"] = meta["revision"]
         k3s.node_facts(self.options.config_dir, self.options.k3s_binary, data_dir=self.options.data_dir).record(ctx.run_meta)
 
+    def _etcdctl(self, url: str) -> list[str]:
+        """``etcdctl`` with the endpoint and, for https, K3s's client certificates."""
+        binary = proc.which("etcdctl", hint="install etcd-client, or set 'method: k3s' on the source")
+        client = self.client(url)
+        cmd = [binary, "--endpoints", url, "--dial-timeout", "10s"]
+        if url.startswith("https://"):
+            client._ssl()  # raises ConfigError naming a missing file
+            cmd += ["--cacert", str(client.ca_file), "--cert", str(client.cert_file), "--key", str(client.key_file)]
+        return cmd
+
     def _etcdctl_save(self, dest: Path) -> str:
         """``etcdctl snapshot save`` against the first endpoint that works; returns it."""
-        binary = proc.which("etcdctl", hint="install etcd-client, or use method: api")
         errors = []
-        for url in self.options.endpoints:
-            client = self.client(url)
-            cmd = [binary, "--endpoints", url, "--dial-timeout", "10s"]
-            if url.startswith("https://"):
-                client._ssl()  # raises ConfigError naming a missing file
-                cmd += ["--cacert", str(client.ca_file), "--cert", str(client.cert_file), "--key", str(client.key_file)]
+        for url in self.endpoints("etcdctl"):
             try:
-                proc.run(cmd + ["snapshot", "save", str(dest)], env={"ETCDCTL_API": "3"}, timeout=self.options.timeout)
+                # 'snapshot save' of etcdctl 3.4 waits forever for an unreachable endpoint: ask first
+                proc.run(self._etcdctl(url) + ["--command-timeout", "15s", "endpoint", "status"],
+                         env={"ETCDCTL_API": "3"}, timeout=60)
+                proc.run(self._etcdctl(url) + ["snapshot", "save", str(dest)], env={"ETCDCTL_API": "3"},
+                         timeout=self.options.timeout)
                 return url
             except proc.CommandFailed as exc:
                 errors.append(exc.message)
                 dest.unlink(missing_ok=True)
-        raise StorageError(message="; ".join(errors), hint="is K3s running with embedded etcd? check endpoints and certificates")
+        raise StorageError(message="; ".join(errors),
+                           hint="is K3s running with embedded etcd? check endpoints and certificates; "
+                           "'method: k3s' takes the snapshot through K3s itself")
+
+    def _etcdctl_count(self, url: str, revision: int) -> int:
+        """Live keys at *revision* (the range's ``count``; ``--limit=1`` keeps the answer small,
+        etcdctl 3.4 has no ``--count-only``)."""
+        try:
+            out = proc.run(self._etcdctl(url) + ["get", "", "--prefix", "--keys-only", "--limit=1", f"--rev={revision}",
+                                                 "-w", "json"], env={"ETCDCTL_API": "3"}, timeout=120).text
+            return int(json.loads(out.strip().splitlines()[-1]).get("count", 0))
+        except (ValueError, IndexError) as exc:
+            raise DrkitError(f"cannot read the 'etcdctl get' count: {exc}") from None
 
     def _k3s_save(self, scratch: Path, dest: Path) -> None:
         outdir = scratch / "k3s-etcd-snapshot"
         outdir.mkdir()
-        binary = proc.which(self.options.k3s_binary, hint="method: k3s needs the k3s binary; or use method: api")
+        binary = proc.which(self.options.k3s_binary,
+                            hint="method: k3s needs the k3s binary; or set 'method: etcdctl' (install etcd-client)")
+        # config.yaml may ask for compressed (.zip) snapshots: a flag on the command line wins
         proc.run([binary, "etcd-snapshot", "save", "--data-dir", str(self.options.data_dir),
-                  "--dir", str(outdir), "--name", "drkit"], timeout=self.options.timeout)
+                  "--dir", str(outdir), "--name", "drkit", "--etcd-snapshot-compress=false"],
+                 timeout=self.options.timeout)
         files = [p for p in outdir.iterdir() if p.is_file()]
         if len(files) != 1 or files[0].suffix == ".zip":
             raise DrkitError(f"k3s etcd-snapshot save left {[p.name for p in files]} in {outdir}, expected one "

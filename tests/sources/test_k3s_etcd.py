@@ -36,8 +36,9 @@ def _fill(server: EtcdServer, n: int = N_KEYS) -> None:
 
 
 def _source(tmp_path: Path, server: EtcdServer, **extra: object) -> K3sEtcdSource:
+    # these tests exercise the HTTP gateway path unless they name another method
     spec: dict[str, object] = {"name": "etcd", "type": "k3s-etcd", "endpoints": [server.client_url],
-                               "config_dir": str(tmp_path / "noconf"), **extra}
+                               "config_dir": str(tmp_path / "noconf"), "method": "api", **extra}
     if server.tls_dir:
         spec.update(ca_file=str(server.ca_file), cert_file=str(server.cert_file), key_file=str(server.key_file))
     src = build_source(spec, key="s")
@@ -120,10 +121,16 @@ def test_missing_certificates_and_unreachable_etcd(tmp_path: Path) -> None:
         src.backup(RecordingBackup("etcd", tmp_path))
     from tests.servers.etcd import free_port
 
-    src = build_source({"name": "etcd", "type": "k3s-etcd", "endpoints": [f"http://127.0.0.1:{free_port()}"]},
-                       key="s")
+    src = build_source({"name": "etcd", "type": "k3s-etcd", "method": "api",
+                        "endpoints": [f"http://127.0.0.1:{free_port()}"]}, key="s")
     with pytest.raises(StorageError, match="cannot reach etcd"):
         src.backup(RecordingBackup("etcd", tmp_path))
+    # etcdctl (the default when installed) fails fast too, naming the other method
+    src = build_source({"name": "etcd", "type": "k3s-etcd", "method": "etcdctl",
+                        "endpoints": [f"http://127.0.0.1:{free_port()}"]}, key="s")
+    with pytest.raises(StorageError) as info:
+        src.backup(RecordingBackup("etcd", tmp_path))
+    assert "'method: k3s'" in (info.value.hint or "")
 
 
 def test_corrupted_snapshot_is_refused(tmp_path: Path, etcd_server: EtcdServer) -> None:
@@ -246,7 +253,7 @@ def test_gateway_404_hints_at_other_methods(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoGateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        src = build_source({"name": "etcd", "type": "k3s-etcd",
+        src = build_source({"name": "etcd", "type": "k3s-etcd", "method": "api",
                             "endpoints": [f"http://127.0.0.1:{server.server_address[1]}"]}, key="s")
         with pytest.raises(StorageError, match="HTTP 404") as info:
             src.backup(RecordingBackup("etcd", tmp_path))
