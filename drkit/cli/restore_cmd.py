@@ -26,8 +26,8 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 
 
 @cli.command("restore")
-@click.argument("snapshot", metavar="SNAPSHOT|latest")
-@click.option("-s", "--source", metavar="NAME", help="The source whose snapshot this is (needed with 'latest' when several are configured).")
+@click.argument("snapshot", metavar="SNAPSHOT|latest|run:RUN")
+@click.option("-s", "--source", metavar="NAME", help="The source whose snapshot this is (needed with 'latest' when several are configured, and with run:RUN).")
 @click.option("--target", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Restore under this directory (original paths below it).")
 @click.option("-i", "--include", "include", multiple=True, metavar="PATTERN", help="Restore only matching paths (fnmatch on the full path; a directory includes its contents).")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; write nothing.")
@@ -79,9 +79,13 @@ def restore_cmd(
       drkit restore 2b9418cf --target /tmp/r
       drkit restore 2b9418cf -s data --target /tmp/r --include '/srv/data/db/*'
       drkit restore latest -s k3s-db --target /root/restore   (then run the runbook)
+      drkit restore run:3f2a9c1e -s k3s-node --target /root/node   (that run's snapshot of k3s-node)
     """
     if source is not None:
         state.config.source(source)  # an unknown name is a usage error before anything else
+    elif snapshot.startswith("run:"):
+        raise UsageError("'run:RUN' needs --source NAME: a run holds one snapshot per source",
+                         hint=state.config.known_sources_hint())
     elif snapshot == "latest":
         if len(state.config.sources) != 1:
             raise UsageError("'latest' needs --source NAME when several sources are configured",

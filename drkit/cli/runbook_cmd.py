@@ -22,8 +22,8 @@ from drkit.runbook.engine import Engine, Selection, SecretStore, file_sha256
 from drkit.runbook.errors import RunbookError
 from drkit.runbook.executor import Executor, LocalExecutor, SshExecutor, SshTarget
 from drkit.runbook.journal import DEFAULT_STATE_DIR, Journal, StepRecord
-from drkit.runbook.model import load_runbook
-from drkit.runbook.plan import Plan, PlannedStep, make_plan
+from drkit.runbook.model import Runbook, load_runbook
+from drkit.runbook.plan import Plan, PlannedStep, make_plan, resolve_variables
 
 
 # ---- shared plumbing ----------------------------------------------------------------------
@@ -69,6 +69,45 @@ def _parse_vars(pairs: tuple[str, ...]) -> dict[str, str]:
             raise UsageError(f"bad --var {p!r}", hint="write it as --var name=value")
         out[key] = value
     return out
+
+
+def _from_backup_run(state: CliState, rb: Runbook, overrides: dict[str, str], rc: RunbooksConfig, *,
+                     required: bool, say: Callable[[str], None]) -> dict[str, str]:
+    """*overrides* plus the variables a runbook takes from one backup run (its
+    ``backup_run:`` header), read from the configured repository. Raises Refused for a
+    --var or token that contradicts the run; without a config: UsageError if *required*,
+    else the overrides unchanged (plan shows the defaults)."""
+    spec = rb.backup_run
+    if spec is None:
+        return overrides
+    cfg = _optional_config(state)
+    if cfg is None:
+        if required:
+            raise UsageError(
+                f"runbook {rb.name} takes {', '.join(spec.facts) or 'its inputs'} from a backup run, "
+                "and no drkit config names the repository",
+                hint="pass -c CONFIG (the config whose repository holds the backups)")
+        say(f"note: {', '.join(spec.facts)} come from the backup run at run time; shown here: the defaults")
+        return overrides
+    from drkit.cli.common import open_repository
+    from drkit.runbook import run_facts
+    from drkit.services.backup_run import resolve_run
+
+    ref = overrides.get(spec.variable) or str(rc.vars.get(spec.variable) or "") \
+        or rb.variables[spec.variable].default or "latest"
+    run = resolve_run(open_repository(state), ref, require_types=spec.require)
+    resolved, notes = run_facts.run_overrides(rb, run, overrides)
+    token: str | None = None
+    if spec.token_secret is not None:
+        try:
+            store = SecretStore(rb, resolve_variables(rb, resolved, rc.vars), state.env.vars)
+            token = store.get(spec.token_secret).reveal()
+        except RunbookError:
+            token = None  # not given: the token restored from the run is used
+    note = run_facts.check_token(rb, run, token)
+    for line in notes + ([note] if note else []):
+        say(line)
+    return resolved
 
 
 def _var_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -247,17 +286,21 @@ def show_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path |
 @pass_state
 def plan_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | None, var_pairs: tuple[str, ...],
              from_step: str | None, only: tuple[str, ...], as_json: bool, name: str) -> None:
-    """Print the resolved steps; touches nothing (no probes, no connections).
+    """Print the resolved steps; changes nothing (no probes, no connections to the node).
 
-    Fails on an unknown variable, secret, action or step name.
+    A runbook with a ``backup_run:`` header reads that run's facts from the configured
+    repository (read-only). Fails on an unknown variable, secret, action or step name,
+    and on a --var that contradicts the backup run.
 
     \b
     Examples:
-      drkit runbook plan rebuild-node --var k3s_version=v1.31.4+k3s1
+      drkit -c CONFIG runbook plan rebuild-node --var k3s_version=v1.31.4+k3s1
     """
     cat, rc = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
-    plan = make_plan(rb, _parse_vars(var_pairs), rc.vars)
+    overrides = _from_backup_run(state, rb, _parse_vars(var_pairs), rc, required=False,
+                                 say=lambda line: click.echo(line, err=True))
+    plan = make_plan(rb, overrides, rc.vars)
     indices = Selection(from_step, only).indices(plan)
     if as_json:
         state.emit_json({"runbook": rb.name, "path": str(rb.path), "variables": plan.variables, "env": plan.env,
@@ -306,7 +349,7 @@ def run_cmd(state: CliState, runbooks_dirs: tuple[Path, ...], state_dir: Path | 
     """
     cat, rc = _catalog(state, runbooks_dirs)
     rb = cat.load(name)
-    overrides = _parse_vars(var_pairs)
+    overrides = _from_backup_run(state, rb, _parse_vars(var_pairs), rc, required=True, say=state.say)
     plan = make_plan(rb, overrides, rc.vars)
     selection = Selection(from_step, only, dry_run)
     indices = selection.indices(plan)

@@ -323,6 +323,34 @@ class StepDefaults(_Strict):
     timeout: float = Field(300.0, gt=0)
 
 
+class RunFactSpec(_Strict):
+    """One variable filled from the backup run's metadata."""
+
+    key: str = Field(min_length=1)
+    """The run metadata key (``drkit snapshots --json``: ``run_meta``)."""
+    newer: bool = False
+    """A version: ``--var`` may choose the same or a newer minor, never an older one."""
+
+
+class BackupRunSpec(_Strict):
+    """Variables that belong to ONE backup run (see :mod:`drkit.runbook.run_facts`)."""
+
+    variable: str = "run"
+    """The variable naming the run: ``latest`` or a run id (becomes the full run id)."""
+    require: list[str] = Field(default_factory=list)
+    """Source types the run must hold (``latest`` is the newest run that holds them all)."""
+    facts: dict[str, RunFactSpec] = Field(default_factory=dict)
+    token_secret: str | None = None
+    """A secret that, when given, must be the run's K3s server token."""
+
+    @field_validator("facts", mode="before")
+    @classmethod
+    def _facts(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ({"key": spec} if isinstance(spec, str) else spec) for k, spec in v.items()}
+        return v
+
+
 class Runbook(_Strict):
     description: str = Field(min_length=1)
     when_to_use: str = Field(min_length=1)
@@ -331,6 +359,7 @@ class Runbook(_Strict):
     variables: dict[str, VariableSpec] = Field(default_factory=dict)
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
+    backup_run: BackupRunSpec | None = None
     steps: list[Step] = Field(min_length=1)
 
     # Filled by load_runbook, not part of the file.
@@ -356,6 +385,18 @@ class Runbook(_Strict):
             if not SECRET_NAME.match(key):
                 raise ValueError(f"bad secret name {key!r}: upper-case letters, digits and '_' (e.g. K3S_TOKEN)")
         return v
+
+    @model_validator(mode="after")
+    def _backup_run(self) -> "Runbook":
+        spec = self.backup_run
+        if spec is None:
+            return self
+        for var in [spec.variable, *spec.facts]:
+            if var not in self.variables:
+                raise ValueError(f"backup_run names variable {var!r}, which is not declared under 'variables:'")
+        if spec.token_secret is not None and spec.token_secret not in self.secrets:
+            raise ValueError(f"backup_run.token_secret {spec.token_secret!r} is not declared under 'secrets:'")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> "Runbook":

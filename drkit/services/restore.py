@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
+from drkit.services import backup_run
 from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError, UsageError
 from drkit.progress import ProgressSink
 from drkit.repository import layout
@@ -120,7 +121,7 @@ def run_restore(
                          "source supports it)")
     started = time.monotonic()
     with repo.lock_for("restore"):
-        snap = repo.find_snapshot(snapshot_ref, source=source.name)
+        snap = backup_run.find_snapshot(repo, snapshot_ref, source.name)  # latest, an id, or run:ID
         if snap.source_type != source.type_name:
             raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, "
                              f"but source {source.name!r} is {source.type_name}")
