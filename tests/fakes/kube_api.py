@@ -121,7 +121,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.fakes import schemas
+from tests.fakes import kube_kubectl, schemas
 
 MIB = 1024 * 1024
 LONGHORN_NS = "longhorn-system"
@@ -212,6 +212,12 @@ def _builtin_types() -> list[ResourceType]:
                 crd["status_subresource"],
             )
         )
+    # for kubectl in the runbooks (tests.fakes.kube_kubectl): nodes, workloads with a scale subresource
+    types += [
+        ResourceType("", "v1", "nodes", "Node", False, schemas.NODE, False, True),
+        ResourceType("apps", "v1", "deployments", "Deployment", True, schemas.DEPLOYMENT, False, True),
+        ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, schemas.STATEFULSET, False, True),
+    ]
     return types
 
 
@@ -391,7 +397,8 @@ class FakeKube:
         with self.lock:
             created = self.create(rtype, ns, copy.deepcopy(body), "Strict")
             if status is not None:
-                created = self.set_status(rtype.kind, ns, created["metadata"]["name"], status)
+                created["status"] = merge_patch(created.get("status") or {}, status)
+                self._bump(created)
             return copy.deepcopy(created)
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -763,6 +770,7 @@ class FakeKube:
         self._bump(body)
         self.objects[key] = body
         self._after_create(rtype, body)
+        kube_kubectl.reconcile(self, rtype, body)
         return body
 
     def replace(self, rtype: ResourceType, ns: str | None, name: str, body: dict[str, Any], mode: str,
@@ -802,6 +810,7 @@ class FakeKube:
             self.sync_kubernetes_status(name)
         elif rtype.kind == "Pod":
             self._collect()
+        kube_kubectl.reconcile(self, rtype, body)
         return body
 
     def delete(self, rtype: ResourceType, ns: str | None, name: str) -> dict[str, Any]:
@@ -1365,6 +1374,10 @@ class FakeKube:
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             if parts.path.rstrip("/") == "/version" and method == "GET":
                 return 200, dict(self.version)
+            if method == "GET":
+                doc = kube_kubectl.discovery(self, parts.path)
+                if doc is not None:
+                    return 200, doc
             rtype, ns, name, sub = self.route(parts.path)
             verb = {"GET": "list" if name is None else "get", "POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete"}.get(method, method.lower())
@@ -1376,6 +1389,17 @@ class FakeKube:
                                f'"system:serviceaccount:drkit:drkit" cannot {verb} resource '
                                f'"{resource}" in API group "{group}"' + (f' in the namespace "{ns}"' if ns else ""),
                                name=name or "", kind=rtype.plural)
+            if sub == "scale" and rtype.plural in kube_kubectl.WORKLOAD_PLURALS and name is not None:
+                assert ns is not None
+                if method == "GET":
+                    return 200, kube_kubectl.scale_doc(self._must_get(rtype, ns, name))
+                if method in ("PATCH", "PUT"):
+                    body = json.loads(raw) if raw else None
+                    if method == "PATCH":
+                        current = kube_kubectl.scale_doc(self._must_get(rtype, ns, name))
+                        body = merge_patch(current, body)
+                        body["metadata"].pop("resourceVersion", None)
+                    return 200, kube_kubectl.set_scale(self, rtype, ns, name, body)
             if sub is not None and sub != "status":
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the fake")
             if sub == "status" and not rtype.status_subresource:
@@ -1549,7 +1573,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        public = self.command == "GET" and urlsplit(self.path).path.rstrip("/") == "/version"  # like system:public-info-viewer
+        if self.headers.get("Authorization") == f"Bearer {TOKEN}" and self._serve_watch():
+            return
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}" and not public:
             code, payload = 401, ApiError(401, "Unauthorized", "Unauthorized").status()
         else:
             try:
@@ -1571,6 +1598,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _serve_watch(self) -> bool:
+        """A ``?watch=true`` list (kubectl wait): the current objects as ADDED events, then
+        the stream ends (see tests.fakes.kube_kubectl). False when this is no watch."""
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if self.command != "GET" or query.get("watch") not in ("1", "true"):
+            return False
+        try:
+            with self.fake.lock:
+                self.fake.tick()
+                rtype, ns, name, _ = self.fake.route(parts.path)
+                data = kube_kubectl.watch_events(self.fake, rtype, ns, query)
+        except ApiError as exc:
+            data = json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
@@ -1590,11 +1638,15 @@ class FakeKubeServer:
         self._thread.join(timeout=5)
 
 
-def write_kubeconfig(path: Path, url: str, *, token: str = TOKEN, context: str = "fake") -> Path:
+def write_kubeconfig(path: Path, url: str, *, token: str = TOKEN, context: str = "fake",
+                     ca_pem: bytes | None = None) -> Path:
+    cluster: dict[str, Any] = {"server": url}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = kube_kubectl.ca_data(ca_pem)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "clusters": [{"name": "fake", "cluster": cluster}],
         "users": [{"name": "fake-user", "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake-user"}}],
         "current-context": context,
@@ -1603,16 +1655,26 @@ def write_kubeconfig(path: Path, url: str, *, token: str = TOKEN, context: str =
     return path
 
 
-def start_fake_kube(base: Path, **knobs: Any) -> FakeKubeServer:
-    """Start a fake on 127.0.0.1:0 with its state under *base*."""
+def start_fake_kube(base: Path, *, tls: bool = False, **knobs: Any) -> FakeKubeServer:
+    """Start a fake on 127.0.0.1:0 with its state under *base*. With *tls* it serves
+    HTTPS (a throwaway CA in the kubeconfig): kubectl sends its token only over TLS."""
     fake = FakeKube(state_dir=base / "state", device_dir=base / "dev" / "longhorn", **knobs)
     handler = type("Handler", (_Handler,), {"fake": fake})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    ca_pem = None
+    if tls:
+        import ssl
+
+        cert, key, ca_pem = kube_kubectl.make_tls(base / "tls")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, name="fake-kube-api", daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig = write_kubeconfig(base / "kubeconfig.yaml", url)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = write_kubeconfig(base / "kubeconfig.yaml", url, ca_pem=ca_pem)
     return FakeKubeServer(fake=fake, url=url, kubeconfig=kubeconfig, _server=server, _thread=thread)
 
 

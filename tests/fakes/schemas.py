@@ -276,6 +276,18 @@ APPLICATIONSET = top(
 )
 CERT_MANAGER_ISSUER = top({"spec": OPEN, "status": OPEN}, ["spec"])
 
+# --- what kubectl in the runbooks touches: core Node, apps/v1 workloads (subsets) -----
+NODE = top({"spec": OPEN, "status": OPEN})
+_POD_TEMPLATE = obj({"metadata": OPEN, "spec": OPEN})
+_WORKLOAD_SPEC = {"replicas": INT, "selector": OPEN, "template": _POD_TEMPLATE, "strategy": OPEN,
+                  "revisionHistoryLimit": INT, "minReadySeconds": INT, "progressDeadlineSeconds": INT, "paused": BOOL}
+DEPLOYMENT = top({"spec": obj(_WORKLOAD_SPEC, ["selector", "template"]), "status": OPEN}, ["spec"])
+STATEFULSET = top({"spec": obj({**_WORKLOAD_SPEC, "serviceName": STR, "volumeClaimTemplates": {"type": "array",
+                                                                                               "items": OPEN},
+                                "podManagementPolicy": STR, "updateStrategy": OPEN,
+                                "persistentVolumeClaimRetentionPolicy": OPEN}, ["selector", "template"]),
+                   "status": OPEN}, ["spec"])
+
 
 # --- Longhorn: the real CRDs -----------------------------------------------------------
 @functools.lru_cache(maxsize=1)
