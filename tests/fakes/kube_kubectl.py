@@ -95,6 +95,8 @@ def _resource_list(fake: Any, group: str, version: str) -> dict[str, Any]:
 def discovery(fake: Any, path: str) -> dict[str, Any] | None:
     """The discovery document for *path*, or None when *path* is not a discovery path."""
     parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["openapi", "v3"]:
+        return _openapi_v3(fake, parts[2:])
     if parts == ["api"]:
         return {"kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}
@@ -117,6 +119,30 @@ def discovery(fake: Any, path: str) -> dict[str, Any] | None:
     if len(parts) == 3 and parts[0] == "apis" and groups.get(parts[1]) == parts[2]:
         return _resource_list(fake, parts[1], parts[2])
     return None
+
+
+def _openapi_v3(fake: Any, gv_parts: list[str]) -> dict[str, Any] | None:
+    """Just enough OpenAPI v3 for kubectl to see that the server validates fields itself
+    (a PATCH operation per kind with the ``fieldValidation`` parameter): kubectl then
+    sends ``fieldValidation=Strict`` instead of validating against downloaded schemas.
+    The schemas themselves are not published (the fake validates every object)."""
+    gvs: dict[str, list[Any]] = {}
+    for (g, _), t in sorted(fake.types.items()):
+        gvs.setdefault(f"apis/{g}/{t.version}" if g else "api/v1", []).append(t)
+    if not gv_parts:
+        return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=fake"} for gv in gvs}}
+    key = "/".join(gv_parts)
+    if key not in gvs:
+        return None
+    paths: dict[str, Any] = {}
+    for t in gvs[key]:
+        base = f"/{key}/namespaces/{{namespace}}/{t.plural}/{{name}}" if t.namespaced else f"/{key}/{t.plural}/{{name}}"
+        paths[base] = {"patch": {
+            "x-kubernetes-group-version-kind": {"group": t.group, "version": t.version, "kind": t.kind},
+            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                           {"name": "fieldManager", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "OK"}}}}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes (FAKE)", "version": "v1.31.4"}, "paths": paths}
 
 
 # --- scale and the workload controller -----------------------------------------------------

@@ -93,6 +93,9 @@ def systemctl(st: dict[str, Any]) -> None:
     words = [a for a in ARGS if not a.startswith("-")]
     verb, name = words[0], words[1] if len(words) > 1 else ""
     svc = services.setdefault(name, {"enabled": False, "active": False})
+    if verb == "daemon-reload":
+        st["daemon_reloads"] = st.get("daemon_reloads", 0) + 1
+        return
     if verb == "is-active":
         sys.exit(0 if svc["active"] else 3)
     if verb == "is-enabled":
@@ -119,6 +122,12 @@ def k3s_started(st: dict[str, Any]) -> None:
     if "k3s_version" not in st:
         fail("k3s is not installed")
     db = ROOT / "var/lib/rancher/k3s/server/db/state.db"
+    if not db.exists():  # a data dir named by the restored run (under the root)
+        db = next(iter(sorted(ROOT.glob("**/server/db/state.db"))), db)
+    if CONF.get("kubeconfig"):  # K3s writes its admin kubeconfig on start
+        kc = ROOT / "etc/rancher/k3s/k3s.yaml"
+        kc.parent.mkdir(parents=True, exist_ok=True)
+        kc.write_text(Path(CONF["kubeconfig"]).read_text())
     st.setdefault("k3s_starts", []).append(
         {"state_db_sha256": hashlib.sha256(db.read_bytes()).hexdigest() if db.exists() else None}
     )
@@ -179,6 +188,13 @@ def k3s_installer(st: dict[str, Any]) -> dict[str, Any]:
     if not env["INSTALL_K3S_VERSION"]:
         fail("INSTALL_K3S_VERSION is not set")
     st["k3s_version"] = env["INSTALL_K3S_VERSION"]
+    # like install.sh: (re)writes the unit and its env file
+    unit = ROOT / "etc/systemd/system/k3s.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text("[Service]\nEnvironmentFile=-/etc/systemd/system/k3s.service.env\n"
+                    "ExecStart=/usr/local/bin/k3s server\n")
+    (unit.parent / "k3s.service.env").write_text("".join(f"{k}={v}\n" for k, v in os.environ.items()
+                                                         if k.startswith("K3S_")))
     svc = st.setdefault("services", {}).setdefault("k3s", {"enabled": False, "active": False})
     if env["INSTALL_K3S_SKIP_START"] != "true":
         svc["active"] = True
