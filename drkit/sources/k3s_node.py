@@ -145,13 +145,13 @@ class K3sNodeSource(Source):
                         counts["bytes"] += st.st_size
         system: list[str] = []
         for name, option in SYSTEM_FILES.items():
-            path: Path = getattr(self.options, option)
-            if not path.is_file():
+            sys_file: Path = getattr(self.options, option)
+            if not sys_file.is_file():
                 continue
             if not system:
-                ctx.add_dir(SYSTEM_PREFIX, os.stat(path.parent))
-            st = os.stat(path)
-            ctx.add_file(f"{SYSTEM_PREFIX}/{name}", path, st)
+                ctx.add_dir(SYSTEM_PREFIX, os.stat(sys_file.parent))
+            st = os.stat(sys_file)
+            ctx.add_file(f"{SYSTEM_PREFIX}/{name}", sys_file, st)
             system.append(name)
             counts["files"] += 1
             counts["bytes"] += st.st_size

@@ -1,5 +1,5 @@
-"""The runbooks shipped in ``runbooks/``: every one lints and plans, and ``rebuild-node``
-runs end to end against a real sshd on loopback, in a temp root.
+"""The runbooks shipped in ``runbooks/``: every one lints, plans and has a header that says
+when to pick it. ``rebuild-node`` runs end to end in tests/runbook/test_rebuild_node.py.
 
 In the end-to-end test the programs that cannot run here (k3s, kubectl, helm, apt-get,
 systemctl, curl, swapon/swapoff, modprobe/lsmod, sysctl, dpkg-query) are the STAND-INS
@@ -13,33 +13,27 @@ init`` and ``drkit backup`` in the test.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from drkit.runbook.catalog import shipped_dirs
-from drkit.runbook.journal import Journal
-from tests.fixtures.k3s_layout import TOKEN as K3S_TOKEN
-from tests.runbook.world import kine_rows, mutating, read_log
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "runbooks").glob("*.yaml"))
 REQUIRED = {
-    "rebuild-node": ["node_name=node1"],
+    "rebuild-node": [],
+    "rebuild-node-gitops": [],
     "restore-datastore": ["node_name=node1", "restore_tag=incident-1"],
     "restore-volume": ["namespace=apps", "pvc_name=data", "workload=deployment/app", "app=app", "restore_tag=i1"],
     "restore-git": [],
 }
 
 
-def test_all_four_runbooks_are_shipped_and_found():
-    assert [p.stem for p in SHIPPED] == ["rebuild-node", "restore-datastore", "restore-git", "restore-volume"]
+def test_all_runbooks_are_shipped_and_found():
+    assert [p.stem for p in SHIPPED] == ["rebuild-node-gitops", "rebuild-node", "restore-datastore", "restore-git",
+                                         "restore-volume"]
     assert REPO / "runbooks" in shipped_dirs()
 
 
@@ -78,7 +72,7 @@ def test_rebuild_node_variants_plan(variant, drkit):
     if "install_mode=airgap" in variant:
         assert "k3s-airgap-files" in enabled and "k3s-install-online" not in enabled
     if "datastore=etcd" in variant:
-        assert "restore-etcd" in enabled and "restore-sqlite" not in enabled and "k3s-config-etcd" in enabled
+        assert "restore-etcd" in enabled and "restore-sqlite" not in enabled
         step = next(s for s in json.loads(r.out)["steps"] if s["name"] == "restore-etcd")
         assert any("k3s server --cluster-reset --cluster-reset-restore-path=/var/lib/rancher/k3s/server/db/snapshots/drkit-restore.db" in a
                    for a in step["apply"])
@@ -86,128 +80,23 @@ def test_rebuild_node_variants_plan(variant, drkit):
 
 def test_rebuild_node_refuses_a_bad_choice(drkit):
     r = drkit("runbook", "plan", "rebuild-node", "--var", "node_name=n1", "--var", "datastore=postgres")
-    assert r.code == 2 and "variable datastore='postgres' is not one of: sqlite, etcd" in r.err
+    assert r.code == 2 and "variable datastore='postgres' is not one of: sqlite, etcd, external" in r.err
 
 
-# ---- rebuild-node end to end ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["rebuild-node", "rebuild-node-gitops"])
+def test_each_rebuild_header_says_when_to_pick_it(name, drkit):
+    show = drkit("runbook", "show", name)
+    assert show.code == 0
+    other = "rebuild-node-gitops" if name == "rebuild-node" else "rebuild-node"
+    when = show.out.split("When to use:")[1].split("Needs:")[0]
+    assert "Pick this one" in when and other in when
+    assert ("datastore" in when) and ("default" in when if name == "rebuild-node" else "NO usable datastore" in when)
 
-def test_rebuild_node_end_to_end_over_ssh(node, drkit, sshd_server, monkeypatch):
-    tmp, root, config = node["tmp"], node["root"], node["config"]
-    assert drkit("-c", config, "init").code == 0
-    backup = drkit("-c", config, "backup")
-    assert backup.code == 0, backup.text
-    token = K3S_TOKEN  # the original server token, as the lost node had it
-    access, secret_key = "AKIA" + os.urandom(8).hex(), os.urandom(20).hex()
-    monkeypatch.setenv("K3S_TOKEN", token)
-    monkeypatch.setenv("LONGHORN_BACKUP_ACCESS_KEY", access)
-    monkeypatch.setenv("LONGHORN_BACKUP_SECRET_KEY", secret_key)
-    staging = tmp / "staging"
-    volumes = tmp / "restored-volumes"
-    state_dir = tmp / "journal"
-    path = f"{node['bin']}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
-    args = [
-        "-c", config, "runbook", "run", "rebuild-node", "--state-dir", state_dir,
-        "--target", f"{sshd_server.user}@{sshd_server.host}:{sshd_server.port}",
-        "--identity", sshd_server.key_file, "--known-hosts", sshd_server.known_hosts_file,
-        "--var", f"root={root}", "--var", f"path={path}", "--var", "node_name=node1",
-        "--var", f"staging={staging}", "--var", "wait_delay=0.05",
-        "--var", "longhorn_backup_target=s3://backups@us-east-1/",
-        "--var", "longhorn_backup_endpoint=https://s3.example.net",
-        "--var", f"volume_restore_args=--target {volumes} --force",
-    ]
-    r = drkit(*args)
-    assert r.code == 0, r.text + sshd_server.log()[-2000:]
-    j = Journal.latest(state_dir)
-    st = {s.name: s.status for s in j.steps}
-    assert st == {
-        "os-supported": "ok", "swap-off": "changed", "packages": "changed", "iscsid": "changed",
-        "kernel-modules-config": "changed", "kernel-modules": "changed", "sysctl-config": "changed",
-        "sysctl-applied": "changed", "k3s-config": "changed", "k3s-config-etcd": "skipped",
-        "k3s-install-online": "changed", "k3s-airgap-files": "skipped", "k3s-install-airgap": "skipped",
-        "restore-sqlite": "changed", "restore-etcd": "skipped", "datastore-staging-removed": "changed",
-        "k3s-running": "changed", "node-ready": "changed", "argocd": "changed", "sealed-secrets-keys": "changed",
-        "sealed-secrets-staging-removed": "changed", "sealed-secrets-controller": "changed",
-        "longhorn": "changed", "longhorn-backup-credentials": "changed", "longhorn-backup-target": "changed",
-        "restore-volumes": "changed", "argocd-automation-on": "changed", "argocd-sync": "changed",
-        "health-node-ready": "ok", "health-pvcs-bound": "ok", "health-apps": "ok", "cleanup-staging": "changed",
-    }
 
-    calls = read_log(node["log"])
-    tmpdir = root / "var/tmp"
-    patch_bt = ('{"spec":{"backupTargetURL":"s3://backups@us-east-1/","credentialSecret":"longhorn-backup-credentials",'
-                '"pollInterval":"300s"}}')
-    patch_app = '{"operation":{"initiatedBy":{"username":"drkit"},"sync":{}}}'
-    assert mutating(calls) == [
-        ["swapoff", "-a"],
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "curl", "ca-certificates", "open-iscsi", "nfs-common", "jq"],
-        ["systemctl", "enable", "--now", "iscsid"],
-        ["modprobe", "overlay"],
-        ["modprobe", "br_netfilter"],
-        ["sysctl", "--system"],
-        ["curl", "-sfL", "https://get.k3s.io", "-o", f"{tmpdir}/k3s-install.sh"],
-        ["k3s-install-standin", "server"],
-        ["systemctl", "enable", "--now", "k3s"],
-        ["kubectl", "wait", "--for=condition=Ready", "node/node1", "--timeout=600s"],
-        ["helm", "upgrade", "--install", "argocd", "argo-cd", "--repo", "https://argoproj.github.io/argo-helm",
-         "--version", "7.7.11", "-n", "argocd", "--create-namespace", "--set", "controller.replicas=0", "--wait",
-         "--timeout", "10m"],
-        ["kubectl", "create", "namespace", "kube-system", "--dry-run=client", "-o", "yaml"],
-        ["kubectl", "apply", "-f", "-"],
-        ["kubectl", "apply", "-R", "-f", f"{tmpdir}/drkit-sealed-secrets"],
-        ["helm", "upgrade", "--install", "sealed-secrets", "sealed-secrets", "--repo",
-         "https://bitnami-labs.github.io/sealed-secrets", "--version", "2.16.2", "-n", "kube-system",
-         "--set", "fullnameOverride=sealed-secrets-controller", "--wait", "--timeout", "10m"],
-        ["helm", "upgrade", "--install", "longhorn", "longhorn", "--repo", "https://charts.longhorn.io", "--version",
-         "1.12.1", "-n", "longhorn-system", "--create-namespace", "--set", "persistence.defaultClassReplicaCount=1",
-         "--set", "defaultSettings.defaultReplicaCount=1", "--wait", "--timeout", "15m"],
-        ["kubectl", "apply", "-f", "-"],
-        ["kubectl", "-n", "longhorn-system", "patch", "backuptargets.longhorn.io/default", "--type", "merge", "-p", patch_bt],
-        ["kubectl", "wait", "--for=jsonpath={.status.available}=true", "backuptargets.longhorn.io/default",
-         "-n", "longhorn-system", "--timeout=600s"],
-        ["kubectl", "-n", "argocd", "scale", "statefulset/argocd-application-controller", "--replicas=1"],
-        ["kubectl", "wait", "--for=jsonpath={.status.readyReplicas}=1", "statefulset/argocd-application-controller",
-         "-n", "argocd", "--timeout=600s"],
-        ["kubectl", "-n", "argocd", "patch", "application.argoproj.io/app1", "--type", "merge", "-p", patch_app],
-        ["kubectl", "-n", "argocd", "patch", "application.argoproj.io/app2", "--type", "merge", "-p", patch_app],
-    ]
-    installer = next(c for c in calls if c["tool"] == "k3s-install-standin")
-    assert installer["env"] == {
-        "INSTALL_K3S_VERSION": "v1.31.4+k3s1", "INSTALL_K3S_SKIP_START": "true", "INSTALL_K3S_SKIP_ENABLE": "true",
-        "INSTALL_K3S_SKIP_DOWNLOAD": None, "K3S_TOKEN_sha256": hashlib.sha256(token.encode()).hexdigest(),
-    }
-
-    # the datastore: the snapshot's rows, in place before K3s first started
-    placed = root / "var/lib/rancher/k3s/server/db/state.db"
-    assert not (placed.parent / "state.db-wal").exists()  # (before anything opens it)
-    assert kine_rows(placed) == kine_rows(node["db"])
-    assert stat.S_IMODE(placed.stat().st_mode) == 0o600
-    world = json.loads(node["state"].read_text())
-    assert world["k3s_starts"] == [{"state_db_sha256": hashlib.sha256(placed.read_bytes()).hexdigest()}]
-    cfg = root / "etc/rancher/k3s/config.yaml"
-    assert yaml.safe_load(cfg.read_text())["token"] == token
-    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
-    # sealed-secrets keys were in the cluster when the controller started
-    assert world["sealed_secrets_keys_at_controller_start"] == ["sealed-secrets-keyabcde"]
-    assert not (tmpdir / "drkit-sealed-secrets").exists()
-    creds = world["objects"]["secret/longhorn-system/longhorn-backup-credentials"]["data_sha256"]
-    assert creds["AWS_ACCESS_KEY_ID"] == hashlib.sha256(access.encode()).hexdigest()
-    assert creds["AWS_SECRET_ACCESS_KEY"] == hashlib.sha256(secret_key.encode()).hexdigest()
-    # the volume image restored from its snapshot, byte for byte
-    restored = list(volumes.rglob("pvc-data.img"))
-    assert len(restored) == 1 and restored[0].read_bytes() == node["image"]
-    # the host
-    assert "# disabled by drkit: /swap.img none swap sw 0 0" in (root / "etc/fstab").read_text()
-    assert (root / "etc/sysctl.d/90-k3s.conf").read_text() == (REPO / "runbooks/templates/k3s-sysctl.conf").read_text()
-    assert (root / "etc/modules-load.d/k3s.conf").read_text() == "overlay\nbr_netfilter\n"
-    assert not staging.exists()
-    for text in (r.out, r.err, *(p.read_text() for p in state_dir.iterdir())):
-        assert token not in text and access not in text and secret_key not in text
-
-    # second run: every probe holds, nothing is called that changes anything
-    n_calls = len(calls)
-    r2 = drkit(*args)
-    assert r2.code == 0, r2.text
-    assert "nothing changed: every step already held" in r2.out
-    assert mutating(read_log(node["log"])[n_calls:]) == []
-    assert kine_rows(placed) == kine_rows(node["db"])
+def test_rebuild_runbooks_keep_a_marked_stage_for_more_volume_data():
+    for name in ("rebuild-node", "rebuild-node-gitops"):
+        text = (REPO / "runbooks" / f"{name}.yaml").read_text()
+        marker = text.index("# ---- stage: more volume data")
+        assert text.index("name: volumes-restored") < marker
+        after = "name: workloads-scaled-up" if name == "rebuild-node" else "name: argocd-state"
+        assert marker < text.index(after)
