@@ -16,7 +16,7 @@ import subprocess
 
 from drkit.runbook.journal import Journal
 from tests.conftest import require_binary
-from tests.runbook.rebuild_world import make_rebuild_world
+from tests.runbook.rebuild_world import make_rebuild_world, scale_patches
 from tests.runbook.world import STANDINS, mutating, read_log
 from tests.servers.etcd import EtcdServer, etcd_server  # noqa: F401,F811  (fixture: a real etcd)
 
@@ -76,5 +76,17 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
         assert (data_dir / "agent/images/k3s-airgap-images-arm64.tar.zst").read_bytes() == images
         assert (data_dir / "server/db/.drkit-restored").read_text().strip() == w.run_id
         assert STANDINS.is_dir()
+        # Argo CD and the workload mounting the Longhorn claim were stopped as soon as the API
+        # answered and came back to their recorded replicas; the claim and its PV are untouched
+        scales = scale_patches(w.fake)
+        assert [p.rsplit("/", 3)[-2] for _, p in scales] == [
+            "argocd-application-controller", "web", "web", "argocd-application-controller"]
+        ctrl = w.fake.list("StatefulSet", "argocd")[0]
+        web = next(d for d in w.fake.list("Deployment", "apps") if d["metadata"]["name"] == "web")
+        assert ctrl["spec"]["replicas"] == 1 and web["spec"]["replicas"] == 2
+        for obj in (ctrl, web):
+            assert "drkit.io/replicas-before-rebuild" not in (obj["metadata"].get("annotations") or {})
+        assert w.fake.get("PersistentVolumeClaim", "apps", "data")["metadata"]["uid"] == w.uids["pvc"]
+        assert not [d for d in w.fake.deleted if d[0] in ("PersistentVolumeClaim", "PersistentVolume")]
     finally:
         w.server.stop()
