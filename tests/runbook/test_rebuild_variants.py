@@ -16,7 +16,7 @@ import subprocess
 
 from drkit.runbook.journal import Journal
 from tests.conftest import require_binary
-from tests.runbook.rebuild_world import make_rebuild_world, scale_patches
+from tests.runbook.rebuild_world import SEALED_KEY, make_rebuild_world, scale_patches
 from tests.runbook.world import STANDINS, mutating, read_log
 from tests.servers.etcd import EtcdServer, etcd_server  # noqa: F401,F811  (fixture: a real etcd)
 
@@ -28,6 +28,13 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
         {"name": "etcd-db", "type": "k3s-etcd", "endpoints": [etcd_server.client_url],
          "config_dir": str(tmp_path / "orig/etc/rancher/k3s"), "data_dir": str(tmp_path / "orig/var/lib/rancher/k3s")}])
     try:
+        # the datastore came back without the run's sealed-secrets key, and a controller that
+        # started meanwhile made its own: that key must not count
+        w.fake.delete(w.fake.types[("", "secrets")], "kube-system", SEALED_KEY)
+        w.fake.seed({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                     "metadata": {"name": "sealed-secrets-keynew01", "namespace": "kube-system",
+                                  "labels": {"sealedsecrets.bitnami.com/sealed-secrets-key": "active"}},
+                     "data": {"tls.crt": "bmV3", "tls.key": "bmV3"}})
         airgap = tmp_path / "airgap"
         airgap.mkdir()
         binary = b"\x7fELF stand-in k3s binary " + os.urandom(1000)
@@ -88,5 +95,10 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
             assert "drkit.io/replicas-before-rebuild" not in (obj["metadata"].get("annotations") or {})
         assert w.fake.get("PersistentVolumeClaim", "apps", "data")["metadata"]["uid"] == w.uids["pvc"]
         assert not [d for d in w.fake.deleted if d[0] in ("PersistentVolumeClaim", "PersistentVolume")]
+        # the run's key is back and the controller was restarted to load it
+        assert w.fake.get("Secret", "kube-system", SEALED_KEY)["data"] == {"tls.crt": "Y3J0", "tls.key": "a2V5"}
+        ctrl_ss = next(d for d in w.fake.list("Deployment", "kube-system") if d["metadata"]["name"] == "sealed-secrets-controller")
+        assert "kubectl.kubernetes.io/restartedAt" in ctrl_ss["spec"]["template"]["metadata"]["annotations"]
+        assert st["sealed-secrets-keys"] == "changed"
     finally:
         w.server.stop()
