@@ -100,3 +100,28 @@ def test_rebuild_runbooks_keep_a_marked_stage_for_more_volume_data():
         assert text.index("name: volumes-restored") < marker
         after = "name: workloads-scaled-up" if name == "rebuild-node" else "name: argocd-state"
         assert marker < text.index(after)
+
+
+def test_gitops_model_order_keys_before_controller_volumes_before_sync(drkit):
+    r = drkit("runbook", "plan", "rebuild-node-gitops", "--json")
+    assert r.code == 0, r.text
+    names = [s["name"] for s in json.loads(r.out)["steps"]]
+    order = ["node-files", "k3s-install-online", "k3s-unit-from-run", "k3s-running", "argocd", "reconciliation-stopped",
+             "sealed-secrets-keys", "sealed-secrets-controller", "longhorn", "volumes-restored", "argocd-state",
+             "reconciliation-resumed", "argocd-sync", "health-apps"]
+    assert [n for n in names if n in order] == order
+    assert not any(n.startswith("restore-") for n in names)  # a fresh datastore: nothing to restore into it
+
+
+def test_datastore_model_stops_reconciliation_before_anything_is_installed_or_restored(drkit):
+    r = drkit("runbook", "plan", "rebuild-node", "--json")
+    steps = json.loads(r.out)["steps"]
+    names = [s["name"] for s in steps]
+    order = ["node-files", "k3s-install-online", "k3s-unit-from-run", "restore-sqlite", "k3s-running", "api-answers",
+             "reconciliation-stopped", "workloads-scaled-down", "node-ready", "argocd-present", "sealed-secrets-keys",
+             "longhorn-present", "volumes-restored", "workloads-scaled-up", "reconciliation-resumed", "health-apps"]
+    assert [n for n in names if n in order] == order
+    # helm only where a probe found the component missing: every helm step has a kubectl probe first
+    for s in steps:
+        if any("helm upgrade --install" in a for a in s["apply"]):
+            assert s["probe"] and "kubectl" in s["probe"], s["name"]
