@@ -42,10 +42,11 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
         (airgap / "k3s").write_bytes(binary)
         (airgap / "k3s-airgap-images-arm64.tar.zst").write_bytes(images)
         (airgap / "install.sh").write_text('#!/bin/sh\n# STAND-IN install script\nexec k3s-install-standin "$@"\n')
-        r = drkit("-c", w.config, "runbook", "run", "rebuild-node", "--state-dir", tmp_path / "journal",
-                  "--var", f"root={w.root}", "--var", f"path={w.path}", "--var", f"staging={tmp_path / 'staging'}",
-                  "--var", "wait_delay=0.05", "--var", "install_mode=airgap", "--var", f"airgap_dir={airgap}",
-                  "--var", "arch=arm64", "--var", "datastore_source=etcd-db", "--var", "restore_volumes=false")
+        args = ["-c", w.config, "runbook", "run", "rebuild-node", "--state-dir", tmp_path / "journal",
+                "--var", f"root={w.root}", "--var", f"path={w.path}", "--var", f"staging={tmp_path / 'staging'}",
+                "--var", "wait_delay=0.05", "--var", "install_mode=airgap", "--var", f"airgap_dir={airgap}",
+                "--var", "arch=arm64", "--var", "datastore_source=etcd-db", "--var", "restore_volumes=false"]
+        r = drkit(*args)
         assert r.code == 0, r.text
         assert "backup run: run " in r.out
         st = {s.name: s.status for s in Journal.latest(tmp_path / "journal").steps}
@@ -100,5 +101,13 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
         ctrl_ss = next(d for d in w.fake.list("Deployment", "kube-system") if d["metadata"]["name"] == "sealed-secrets-controller")
         assert "kubectl.kubernetes.io/restartedAt" in ctrl_ss["spec"]["template"]["metadata"]["annotations"]
         assert st["sealed-secrets-keys"] == "changed"
+
+        # a second run changes nothing: not on the node, not in the cluster (Argo CD is not stopped again)
+        n_calls, n_audit = len(read_log(w.log)), len(w.fake.audit)
+        r2 = drkit(*args)
+        assert r2.code == 0, r2.text
+        assert "nothing changed: every step already held" in r2.out
+        assert mutating(read_log(w.log)[n_calls:]) == []
+        assert [(a.method, a.path) for a in w.fake.audit[n_audit:] if a.method != "GET"] == []
     finally:
         w.server.stop()
