@@ -144,12 +144,11 @@ class K3sNodeSource(Source):
                         counts["files"] += 1
                         counts["bytes"] += st.st_size
         system: list[str] = []
+        ctx.add_dir(SYSTEM_PREFIX, mode=0o755)  # always there, so a restore always yields DIR/system
         for name, option in SYSTEM_FILES.items():
             sys_file: Path = getattr(self.options, option)
             if not sys_file.is_file():
                 continue
-            if not system:
-                ctx.add_dir(SYSTEM_PREFIX, os.stat(sys_file.parent))
             st = os.stat(sys_file)
             ctx.add_file(f"{SYSTEM_PREFIX}/{name}", sys_file, st)
             system.append(name)

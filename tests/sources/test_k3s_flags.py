@@ -164,3 +164,19 @@ def test_cli_detect_write_then_backup_finds_the_unit_only_data_dir(tmp_path: Pat
     run_meta = json.loads(b.stdout)["run_meta"]
     assert run_meta["node_name"] == "edge-7" and run_meta["secrets_encryption"] is True
     assert run_meta["datastore"] == "sqlite" and run_meta["data_dir"] == str(data)
+
+
+def test_a_node_without_unit_files_still_has_the_system_dir(tmp_path: Path) -> None:
+    layout = make_k3s_layout(tmp_path / "node")
+    none = tmp_path / "nothing"
+    src = build_source({"name": "n", "type": "k3s-node", "data_dir": str(layout.data_dir),
+                        "config_dir": str(layout.config_dir), "unit_file": str(none / "k3s.service"),
+                        "unit_env_file": str(none / "env"), "default_env_file": str(none / "d"),
+                        "sysconfig_env_file": str(none / "s"), "node_password_file": str(none / "p")}, key="s")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ctx = RecordingBackup("n", scratch)
+    src.backup(ctx)
+    system = [e for e in ctx.entries if e.path.split("/")[0] == "system"]
+    assert [(e.path, e.type) for e in system] == [("system", "dir")]  # the runbooks upload DIR/system as is
+    assert ctx.meta["system_files"] == {}
