@@ -481,9 +481,14 @@ class K3sEtcdSource(Source):
         binary = proc.which(self.options.k3s_binary,
                             hint="method: k3s needs the k3s binary; or set 'method: etcdctl' (install etcd-client)")
         # config.yaml may ask for compressed (.zip) snapshots: a flag on the command line wins
-        proc.run([binary, "etcd-snapshot", "save", "--data-dir", str(self.options.data_dir),
-                  "--dir", str(outdir), "--name", "drkit", "--etcd-snapshot-compress=false"],
-                 timeout=self.options.timeout)
+        try:
+            proc.run([binary, "etcd-snapshot", "save", "--data-dir", str(self.options.data_dir),
+                      "--dir", str(outdir), "--name", "drkit", "--etcd-snapshot-compress=false"],
+                     timeout=self.options.timeout)
+        except proc.CommandFailed as exc:
+            raise StorageError(message=exc.message,
+                               hint="is K3s running with embedded etcd (cluster-init)? 'method: etcdctl' "
+                               "(install etcd-client) takes the snapshot over gRPC with K3s's client certificates") from None
         files = [p for p in outdir.iterdir() if p.is_file()]
         if len(files) != 1 or files[0].suffix == ".zip":
             raise DrkitError(f"k3s etcd-snapshot save left {[p.name for p in files]} in {outdir}, expected one "

@@ -227,6 +227,7 @@ def test_method_k3s_runs_etcd_snapshot_save(tmp_path: Path, etcd_server: EtcdSer
     with pytest.raises(Exception) as info:
         broken.backup(RecordingBackup("etcd", tmp_path / "scratch2"))
     assert "command failed" in str(info.value) and "etcd datastore is not started" in str(info.value)
+    assert "'method: etcdctl'" in (getattr(info.value, "hint", None) or "")
 
 
 def test_method_etcdctl_over_tls(tmp_path: Path, etcd_tls_server: EtcdServer) -> None:
