@@ -92,8 +92,10 @@ def test_rebuild_node_airgapped_with_etcd(tmp_path, drkit, monkeypatch, etcd_ser
         ctrl = w.fake.list("StatefulSet", "argocd")[0]
         web = next(d for d in w.fake.list("Deployment", "apps") if d["metadata"]["name"] == "web")
         assert ctrl["spec"]["replicas"] == 1 and web["spec"]["replicas"] == 2
+        assert st["reconciliation-stopped"] == st["reconciliation-resumed"] == "changed"
+        assert st["workloads-scaled-down"] == st["workloads-scaled-up"] == "changed"
         for obj in (ctrl, web):
-            assert "drkit.io/replicas-before-rebuild" not in (obj["metadata"].get("annotations") or {})
+            assert not [a for a in (obj["metadata"].get("annotations") or {}) if a.startswith("drkit.io/")]
         assert w.fake.get("PersistentVolumeClaim", "apps", "data")["metadata"]["uid"] == w.uids["pvc"]
         assert not [d for d in w.fake.deleted if d[0] in ("PersistentVolumeClaim", "PersistentVolume")]
         # the run's key is back and the controller was restarted to load it
