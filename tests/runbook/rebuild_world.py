@@ -73,6 +73,8 @@ def _seed_cluster(fake: FakeKube) -> tuple[str, bytes]:
               status={"conditions": [{"type": "Ready", "status": "True"}]})
     for ns in ("argocd", "apps"):
         fake.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    fake.seed({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "argocd-cm", "namespace": "argocd"},
+               "data": {"url": "https://argocd.example.test"}})
     fake.seed({"apiVersion": "apps/v1", "kind": "StatefulSet",
                "metadata": {"name": "argocd-application-controller", "namespace": "argocd"},
                "spec": {"replicas": 1, "serviceName": "argocd-application-controller",
@@ -157,6 +159,7 @@ def make_rebuild_world(tmp: Path, drkit: Any, monkeypatch: Any, *, datastore: st
                         "config_dir": str(layout.config_dir)})
     sources += [
         {"name": "sealed-secrets-keys", "type": "k8s-secrets", "presets": ["sealed-secrets"], **kube},
+        {"name": "argocd", "type": "argocd", **kube},
         {"name": "longhorn", "type": "longhorn", **kube, "device_dir": str(fake.device_dir), "poll_interval": 0.02,
          "snapshot_timeout": 10, "clone_timeout": 10, "attach_timeout": 10, "backup_timeout": 10},
         *(extra_sources or []),
@@ -176,6 +179,21 @@ def make_rebuild_world(tmp: Path, drkit: Any, monkeypatch: Any, *, datastore: st
     assert fake.volume_path(volume).read_bytes() != data
     root, bin_dir, log, state = _bare_node(tmp, server.kubeconfig)
     return RebuildWorld(tmp, root, bin_dir, log, state, config, server, layout, volume, data, run_id, uids)
+
+
+def fresh_cluster(w: RebuildWorld) -> FakeKubeServer:
+    """A NEW cluster for the GitOps model: an empty FAKE API (its node Ready, Longhorn's
+    kinds served) behind the kubeconfig path the drkit config and the stand-ins use."""
+    import shutil
+
+    w.server.stop()
+    base = w.server.kubeconfig.parent
+    for gone in ("state", "dev"):  # the old disk, its volumes and devices
+        shutil.rmtree(base / gone)
+    server = start_fake_kube(base, tls=True)  # same kubeconfig path and device dir as in the drkit config
+    server.fake.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}},
+                     status={"conditions": [{"type": "Ready", "status": "True"}]})
+    return server
 
 
 def scale_patches(fake: FakeKube) -> list[tuple[int, str]]:

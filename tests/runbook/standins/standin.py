@@ -492,9 +492,45 @@ def helm(st: dict[str, Any]) -> None:
                 "kind": "backuptarget", "metadata": {"name": "default", "namespace": ns},
                 "spec": {"backupTargetURL": ""}, "status": {"available": False},
             }
+        if CONF.get("kubeconfig"):
+            _helm_into_cluster(st, chart, ns, opts)
         out(f'Release "{name}" has been upgraded. Happy Helming!\n')
         return
     fail(f"unsupported: {ARGS}")
+
+
+def _kubectl(*args: str, stdin: str | None = None) -> str:
+    """The REAL kubectl (not this stand-in), against the cluster the runbook's KUBECONFIG names."""
+    import subprocess
+
+    real = next(p for p in ("/usr/bin/kubectl", "/usr/local/bin/kubectl") if Path(p).exists())
+    proc = subprocess.run([real, *args], input=stdin, capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        fail(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _helm_into_cluster(st: dict[str, Any], chart: str, ns: str, opts: dict[str, Any]) -> None:
+    """What a chart's install puts in the cluster that the runbooks look at (a FAKE API in the tests)."""
+    _kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n")
+    if chart == "argo-cd":
+        n = int(opts["set"].get("controller.replicas", "1"))
+        _kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "argocd-application-controller", "namespace": ns},
+            "spec": {"replicas": n, "serviceName": "argocd-application-controller",
+                     "selector": {"matchLabels": {"app": "argocd-application-controller"}},
+                     "template": {"metadata": {"labels": {"app": "argocd-application-controller"}},
+                                  "spec": {"containers": [{"name": "c", "image": "quay.io/argoproj/argocd"}]}}}}))
+        _kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: argocd-cm, namespace: {ns}}}\n")
+    if chart == "sealed-secrets":
+        keys = _kubectl("-n", ns, "get", "secret", "-l", "sealedsecrets.bitnami.com/sealed-secrets-key", "-o", "name")
+        st["sealed_secrets_keys_in_cluster_at_controller_start"] = sorted(keys.split())
+        _kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sealed-secrets-controller", "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"name": "sealed-secrets-controller"}},
+                     "template": {"metadata": {"labels": {"name": "sealed-secrets-controller"}},
+                                  "spec": {"containers": [{"name": "c", "image": "bitnami/sealed-secrets"}]}}}}))
 
 
 def main() -> None:
