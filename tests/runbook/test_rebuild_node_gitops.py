@@ -8,7 +8,6 @@ before the data is back would show."""
 from __future__ import annotations
 
 import threading
-import time
 
 from drkit.runbook.journal import Journal
 from tests.fakes.kube_api import FakeKube
