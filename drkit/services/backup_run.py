@@ -9,7 +9,8 @@ Read-only: nothing here writes to the repository.
 
 References:
 
-- ``latest``: the newest run that holds a snapshot of every required source type;
+- ``latest``: the newest run that holds a snapshot of every required source type (a
+  run with a snapshot dated in the future is never ``latest``);
 - a run id prefix (``drkit snapshots`` shows the run column);
 - ``run:ID`` in a snapshot argument (``drkit restore run:ID --source S``): the snapshot
   of source S taken by that run.
@@ -76,7 +77,13 @@ def resolve_run(repo: Repository, ref: str, *, require_types: Sequence[str] = ()
     runs = list_runs(repo)
     need = set(require_types)
     if ref == "latest":
-        complete = [r for r in runs if need <= r.types()]
+        # as for snapshots: a run dated in the future (a hostile or skewed writer) is never "latest"
+        from datetime import datetime, timezone
+
+        from drkit.repository.repo import FUTURE_SKEW
+
+        horizon = datetime.now(timezone.utc) + FUTURE_SKEW
+        complete = [r for r in runs if need <= r.types() and all(s.datetime <= horizon for s in r.snapshots.values())]
         if not complete:
             scope = f" holding {', '.join(sorted(need))}" if need else ""
             raise SnapshotNotFound(ref="latest run", scope=scope)

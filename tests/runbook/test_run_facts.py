@@ -149,3 +149,18 @@ def test_restore_run_id_restores_that_runs_snapshot(world, drkit) -> None:
     assert (target / "data/server/token").read_bytes() == layout.token.read_bytes()
     bad = drkit("-c", world["config"], "restore", "run:ffffffff", "--source", "k3s-node", "--target", target)
     assert bad.code == 2 and "no snapshot matches" in bad.err
+
+
+def test_latest_run_is_never_one_dated_in_the_future() -> None:
+    from drkit.repository.snapshot import Snapshot
+    from drkit.services.backup_run import resolve_run
+
+    def snap(run: str, time: str, source: str) -> Snapshot:
+        return Snapshot(id=run + source, time=time, source=source, source_type="k3s-node", run=run, host="h", tree=[])
+
+    class Repo:
+        def list_snapshots(self, on_error=None):  # noqa: ANN001, ANN202
+            return [snap("a" * 32, "2026-01-01T00:00:00Z", "k3s-node"), snap("f" * 32, "2099-01-01T00:00:00Z", "k3s-node")]
+
+    assert resolve_run(Repo(), "latest", require_types=["k3s-node"]).run_id == "a" * 32  # type: ignore[arg-type]
+    assert resolve_run(Repo(), "fff", require_types=["k3s-node"]).run_id == "f" * 32  # type: ignore[arg-type]
