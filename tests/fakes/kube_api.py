@@ -1574,7 +1574,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         public = self.command == "GET" and urlsplit(self.path).path.rstrip("/") == "/version"  # like system:public-info-viewer
-        if self.headers.get("Authorization") == f"Bearer {TOKEN}" and self._serve_watch():
+        if self.headers.get("Authorization") == f"Bearer {TOKEN}" and (self._serve_watch() or self._serve_openapi_v2()):
             return
         if self.headers.get("Authorization") != f"Bearer {TOKEN}" and not public:
             code, payload = 401, ApiError(401, "Unauthorized", "Unauthorized").status()
@@ -1597,6 +1597,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Warning", f'299 - "{w}"')
         self.end_headers()
         self.wfile.write(data)
+
+    def _serve_openapi_v2(self) -> bool:
+        """``/openapi/v2`` (what kubectl before 1.27 validates with): an empty OpenAPI
+        document in protobuf (zero bytes encode an empty message). No schema for a kind
+        means kubectl does not validate it on the client; the fake validates everything."""
+        if self.command != "GET" or urlsplit(self.path).path.rstrip("/") != "/openapi/v2":
+            return False
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
 
     def _serve_watch(self) -> bool:
         """A ``?watch=true`` list (kubectl wait): the current objects as ADDED events, then
