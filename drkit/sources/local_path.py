@@ -306,6 +306,7 @@ class LocalPathSource(Source):
                 f"source {self.name!r} selected no local-path claims" + (f" ({'; '.join(skipped)})" if skipped else ""),
                 hint="check kubeconfig/context, 'namespaces', 'claims', 'label_selector' and 'storage_classes'",
             )
+        ctx.run_meta.setdefault("local_path_source", self.name)  # the rebuild runbooks restore this one
         made: set[str] = set()  # logical directories recorded in this run
         records = [self._backup_claim(ctx, cv, made) for cv in selected]
         ctx.meta["claims"] = records

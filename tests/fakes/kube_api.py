@@ -560,12 +560,13 @@ class FakeKube:
         volume_type: str = "hostPath",
         storage_class: str = "local-path",
         labels: dict[str, str] | None = None,
+        host_root: Path | None = None,
     ) -> dict[str, Any]:
         """Do what the local-path provisioner does for a claim once a pod is scheduled:
         a bound PVC, a PV ``pvc-<uid>`` (``Delete``, node affinity to this node) whose
         ``hostPath`` (type DirectoryOrCreate) or ``local`` path is
-        ``<storage_root>/pvc-<uid>_<namespace>_<claim>``, and that directory (0777).
-        Returns the PV."""
+        ``<storage_root>/pvc-<uid>_<namespace>_<claim>``, and that directory (0777),
+        made under *host_root* when given (the node's ``/`` lives there). Returns the PV."""
         with self.lock:
             if self.get("Namespace", None, namespace) is None:
                 self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -580,8 +581,9 @@ class FakeKube:
             })
             name = f"pvc-{pvc['metadata']['uid']}"
             path = storage_root / f"{name}_{namespace}_{claim}"
-            path.mkdir(parents=True)
-            path.chmod(0o777)
+            made = host_root / str(path).lstrip("/") if host_root else path
+            made.mkdir(parents=True)
+            made.chmod(0o777)
             source = {"hostPath": {"path": str(path), "type": "DirectoryOrCreate"}} if volume_type == "hostPath" \
                 else {"local": {"path": str(path)}}
             pv = self.seed({

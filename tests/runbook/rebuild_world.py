@@ -26,6 +26,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -131,11 +132,14 @@ def _bare_node(tmp: Path, kubeconfig: Path) -> tuple[Path, Path, Path, Path]:
 
 
 def make_rebuild_world(tmp: Path, drkit: Any, monkeypatch: Any, *, datastore: str = "sqlite",
-                       extra_sources: list[dict[str, Any]] | None = None) -> RebuildWorld:
+                       extra_sources: list[dict[str, Any]] | None = None,
+                       before_backup: Callable[[FakeKube], None] | None = None) -> RebuildWorld:
     require_binary("kubectl")
     server = start_fake_kube(tmp / "fake-kube", tls=True)
     fake = server.fake
     volume, data = _seed_cluster(fake)
+    if before_backup is not None:  # more of the original cluster (e.g. local-path claims)
+        before_backup(fake)
     # the original node, its files and datastore; its k3s says v1.30.4+k3s1
     layout = make_k3s_layout(tmp / "orig", datastore=datastore, secrets_encryption=True)
     k3s_bin = tmp / "orig-bin"
