@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pyfastcdc
-
 from drkit.errors import (
     DrkitError,
     IdentityRequired,
@@ -29,6 +27,7 @@ from drkit.errors import (
     UsageError,
     WrongKey,
 )
+from drkit.repository import chunker as chunker_mod
 from drkit.repository import keys as keyslots
 from drkit.repository import layout
 from drkit.repository.blob import BlobCodec, BlobError
@@ -59,7 +58,7 @@ log = logging.getLogger("drkit.repository")
 FORMAT_VERSION = 2
 """What ``init`` writes (see docs/format.md); :data:`READABLE_VERSIONS` are read."""
 READABLE_VERSIONS = (1, 2)
-DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024, "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
+DEFAULT_CHUNKER = chunker_mod.DEFAULT_PARAMS
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 FUTURE_SKEW = timedelta(minutes=10)
 """A snapshot dated more than this ahead of the clock is future-dated (see services/forget.py)."""
@@ -141,14 +140,6 @@ def _chunker_max(config: dict[str, Any]) -> int:
         return int(config["chunker"]["max_size"])
     except (KeyError, TypeError, ValueError):
         return 8 * 1024 * 1024
-
-
-def _check_fastcdc_compiled() -> None:
-    if pyfastcdc.FastCDC.__module__.startswith("pyfastcdc.py"):
-        raise UsageError(
-            "the compiled pyfastcdc extension is not loaded (pure-Python fallback is far too slow)",
-            hint="reinstall pyfastcdc from a wheel for this Python version",
-        )
 
 
 class Repository:
@@ -278,7 +269,7 @@ class Repository:
     ) -> Repository:
         """Open with a passphrase, or (recipient mode) with the identity alone.
         Raises RepositoryNotFound or WrongKey."""
-        _check_fastcdc_compiled()
+        chunker_mod.check_compiled()
         config = cls.read_config(storage)
         for key_id, doc in cls._slots_cheapest_first(storage):
             if identity is not None and doc.get("kdf") == "x25519":
@@ -412,11 +403,9 @@ class Repository:
 
     # -- chunking --------------------------------------------------------------
 
-    def chunker(self) -> pyfastcdc.FastCDC:
-        c = self.config["chunker"]
-        return pyfastcdc.FastCDC(
-            avg_size=c["avg_size"], min_size=c["min_size"], max_size=c["max_size"], seed=self.master.chunker_seed
-        )
+    def chunker(self) -> chunker_mod.Chunker:
+        """This repository's chunker (its config's parameters, its secret seed)."""
+        return chunker_mod.make_chunker(self.config["chunker"], self.master.chunker_seed)
 
     @property
     def version(self) -> int:

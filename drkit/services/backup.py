@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 
-import pyfastcdc
-
 from drkit import __version__
 from drkit.errors import DrkitError, NothingRead, PartialFailure
 from drkit.repository.blob import BLOB_TREE
+from drkit.repository.chunker import cut_blocks, new_buffer
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
@@ -39,7 +38,6 @@ from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
 
-_BLOCK_SIZE = 16 * 1024 * 1024
 _SMALL_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -65,58 +63,6 @@ class _Names:
             except KeyError:
                 self._groups[gid] = ""
         return self._groups[gid]
-
-
-def _cut_blocks(chunker: pyfastcdc.FastCDC, stream: IO[bytes], buf: bytearray | None = None) -> Iterator[bytes]:
-    """Yield the content-defined chunks of *stream* (each its own bytes object).
-
-    Reads into *buf* (reusable across calls; at least twice the chunker's max size,
-    else a new one is made) and cuts inside it; a cut is final once ``max_size`` bytes
-    after its start are in the buffer (or at end of stream), which is exactly what
-    ``cut_stream`` sees, so the boundaries are identical. The unfinished tail moves to
-    the front of the buffer. Chunks are copied out, so memory held by chunks in flight
-    is their own size, not whole read buffers."""
-    max_size = chunker.max_size
-    avg_size = chunker.avg_size
-    if buf is None or len(buf) < 2 * max_size:
-        buf = bytearray(max(_BLOCK_SIZE, 2 * max_size))
-    block = len(buf)
-    view = memoryview(buf)
-    readinto = getattr(stream, "readinto", None)
-    filled = 0
-    eof = False
-    while not eof:
-        while filled < block:
-            if readinto is not None:
-                got = readinto(view[filled:])
-            else:
-                piece = stream.read(block - filled)
-                got = len(piece) if piece else 0
-                view[filled : filled + got] = piece or b""
-            if not got:
-                eof = True
-                break
-            filled += got
-        if not filled:
-            return
-        pos = 0
-        for chunk in chunker.cut_buf(view[:filled]):
-            # Final when cut_stream (which always sees max_size bytes ahead) would cut
-            # the same: max_size bytes were available, or the gear hash found a cut
-            # inside the data with at least avg_size available (the scan up to that
-            # cut does not depend on what follows it). Otherwise read more first.
-            ahead = filled - chunk.offset
-            if not (eof or ahead >= max_size or (ahead >= avg_size and chunk.length < ahead)):
-                break
-            yield bytes(chunk.data)
-            pos = chunk.offset + chunk.length
-        if pos:
-            # The tail (an unfinished chunk, under max_size) moves to the front. The
-            # regions never overlap (bytearray slice assignment is a memcpy): if not at
-            # EOF the buffer was full, and the first chunk with fewer than max_size bytes
-            # ahead starts at pos >= len(buf) - max_size >= max_size > the tail's length.
-            buf[: filled - pos] = view[pos:filled]
-            filled -= pos
 
 
 def walk_order_key(path: str) -> list[str]:
@@ -362,15 +308,15 @@ class SnapshotWriter:
         """Chunk *stream* and queue every chunk with the saver, without waiting for
         the workers; return (tickets, size).
 
-        Reads large blocks into a reused buffer and cuts them there (chunk boundaries
-        are the same as ``FastCDC.cut_stream``'s). Hashing, dedup and sealing happen in
+        Reads large blocks into a reused buffer and cuts them there
+        (:func:`~drkit.repository.chunker.cut_blocks`: boundaries are ``cut_stream``'s). Hashing, dedup and sealing happen in
         the saver's workers while this thread reads on."""
         tickets: list[BlobTicket] = []
         size = 0
         on_bytes = self._on_bytes
         if self._readbuf is None:
-            self._readbuf = bytearray(max(_BLOCK_SIZE, 2 * self._chunker.max_size))
-        for data in _cut_blocks(self._chunker, stream, self._readbuf):
+            self._readbuf = new_buffer(self._chunker)
+        for data in cut_blocks(self._chunker, stream, self._readbuf):
             tickets.append(self.saver.submit(data))
             size += len(data)
             if on_bytes:
@@ -408,7 +354,7 @@ class SnapshotWriter:
         self._flush_deferred(wait=True)
         self._entries.seek(0)
         ids = []
-        for data in _cut_blocks(self._chunker, self._entries, self._readbuf):  # same cuts as cut_stream
+        for data in cut_blocks(self._chunker, self._entries, self._readbuf):  # same cuts as cut_stream
             chunk_id, _ = self.saver.save(data, BLOB_TREE)
             ids.append(chunk_id.hex())
         self._entries.close()

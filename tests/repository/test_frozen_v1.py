@@ -28,10 +28,10 @@ import yaml
 from drkit.cli import cli
 from drkit.cli.app import run_cli
 from drkit.errors import EXIT_WRONG_KEY
+from drkit.repository.chunker import cut_blocks, make_chunker
 from drkit.repository.crypto import ChunkHasher
 from drkit.repository.repo import DEFAULT_CHUNKER, Repository
 from drkit.repository.tree import FILE, iter_tree
-from drkit.services.backup import _cut_blocks
 from drkit.storage import LocalStorage
 
 FROZEN = Path(__file__).resolve().parent.parent / "data" / "repo-v1"
@@ -212,10 +212,12 @@ VECTORS = [
 @pytest.mark.parametrize("params,seed,label,size,lengths,ids", VECTORS, ids=["default-seed0", "default-seed-large", "small-seed7"])
 def test_chunk_boundary_vectors(params, seed, label, size, lengths, ids) -> None:
     data = hashlib.shake_256(label).digest(size)
-    chunker = pyfastcdc.FastCDC(avg_size=params["avg_size"], min_size=params["min_size"], max_size=params["max_size"], seed=seed)
+    chunker = make_chunker(params, seed)
     hasher = ChunkHasher(_ID_KEY)
     # drkit's buffered cutter (what backup uses) and the library's own cut agree.
-    chunks = [bytes(c) for c in _cut_blocks(chunker, io.BytesIO(data))]
+    chunks = [bytes(c) for c in cut_blocks(chunker, io.BytesIO(data))]
     assert [len(c) for c in chunks] == lengths
     assert [hasher(c).hex()[:16] for c in chunks] == ids
     assert [c.length for c in chunker.cut_buf(data)] == lengths
+    plain = pyfastcdc.FastCDC(avg_size=params["avg_size"], min_size=params["min_size"], max_size=params["max_size"], seed=seed)
+    assert [c.length for c in plain.cut_stream(io.BytesIO(data))] == lengths

@@ -20,7 +20,8 @@ from drkit.repository import layout
 from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
-from drkit.services.backup import BackupOptions, _cut_blocks, run_backup
+from drkit.repository.chunker import cut_blocks
+from drkit.services.backup import BackupOptions, run_backup
 from drkit.services.restore import SnapshotReader
 from drkit.sources.files import FilesSource
 from drkit.storage import LocalStorage
@@ -62,7 +63,7 @@ def test_cut_blocks_matches_cut_stream(size: int) -> None:
     expected = [bytes(c.data) for c in chunker.cut_stream(io.BytesIO(data))]
     shared = bytearray(2 * 16384)  # the smallest legal buffer: carry logic at its limit
     for stream in (io.BytesIO(data), _Trickle(data, size), _ReadOnly(data)):
-        got = list(_cut_blocks(chunker, stream, shared))
+        got = list(cut_blocks(chunker, stream, shared))
         assert got == expected
         assert b"".join(got) == data
 
@@ -83,14 +84,14 @@ def test_cut_blocks_matches_cut_stream_randomized() -> None:
         data = b"".join(parts)
         expected = [bytes(c.data) for c in chunker.cut_stream(io.BytesIO(data))]
         buf = bytearray(rng.choice([2 * mx, 2 * mx + 1, 3 * mx, 5 * mx + 7]))
-        assert list(_cut_blocks(chunker, io.BytesIO(data), buf)) == expected
+        assert list(cut_blocks(chunker, io.BytesIO(data), buf)) == expected
 
 
 def test_cut_blocks_rejects_too_small_buffer_by_making_its_own() -> None:
     chunker = pyfastcdc.FastCDC(avg_size=4096, min_size=1024, max_size=16384, seed=1)
     data = os.urandom(100_000)
     tiny = bytearray(100)
-    assert b"".join(_cut_blocks(chunker, io.BytesIO(data), tiny)) == data
+    assert b"".join(cut_blocks(chunker, io.BytesIO(data), tiny)) == data
     assert tiny == bytearray(100)  # untouched
 
 
