@@ -51,16 +51,43 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drkit.atomicio import write_atomic
 from drkit.errors import ConfigError
 from drkit.redact import redact
-from drkit.schedule import Duration
+from drkit.units import Duration
 
 log = logging.getLogger(__name__)
+
+
+class RawSections(Protocol):
+    """The parsed config sections metrics reads (:class:`drkit.config.RawConfig` is one)."""
+
+    @property
+    def metrics(self) -> Mapping[str, Any] | None: ...
+
+
+@runtime_checkable
+class ConfigLike(Protocol):
+    """A loaded config (:class:`drkit.config.Config` is one)."""
+
+    @property
+    def raw(self) -> RawSections: ...
+
+
+class HasConfig(Protocol):
+    """Something that loads the config on demand (the CLI's state is one)."""
+
+    @property
+    def config(self) -> ConfigLike: ...
+
+
+ConfigSource = Union[ConfigLike, HasConfig]
+"""What the hooks take: a loaded config, or what holds one. Structural types, so this
+module needs neither the CLI nor the config module."""
 
 PREFIX = "drkit_"
 
@@ -280,12 +307,15 @@ class MetricsSink:
         self.clock = clock
 
     @classmethod
-    def from_config(cls, config: Any, *, clock: Callable[[], float] = time.time) -> MetricsSink | None:
+    def from_config(cls, config: ConfigLike | Mapping[str, Any] | None, *,
+                    clock: Callable[[], float] = time.time) -> MetricsSink | None:
         """The sink for a loaded :class:`~drkit.config.Config` (or its ``metrics`` mapping);
         None when metrics are not configured. Raises ConfigError for a bad section."""
-        section = config
+        section: Mapping[str, Any] | None
         drill_budget = None
-        if hasattr(config, "raw"):
+        if isinstance(config, Mapping) or config is None:
+            section = config
+        else:
             section = config.raw.metrics
             drill = getattr(config.raw, "drill", None)
             if isinstance(drill, Mapping) and isinstance(drill.get("rto_budget_seconds"), (int, float)):
@@ -403,14 +433,14 @@ class MetricsSink:
 # --- the hooks commands call -------------------------------------------------------
 
 
-def _config_of(state_or_config: Any) -> Any:
-    if hasattr(state_or_config, "raw"):
+def _config_of(state_or_config: ConfigSource) -> ConfigLike:
+    if isinstance(state_or_config, ConfigLike):
         return state_or_config
-    return state_or_config.config  # a CliState
+    return state_or_config.config  # the CLI state loads it on first use
 
 
 def record_job(
-    state_or_config: Any,
+    state_or_config: ConfigSource,
     job: str,
     outcomes: Iterable[Outcome],
     *,
@@ -464,7 +494,7 @@ class Run:
 
 @contextlib.contextmanager
 def track(
-    state_or_config: Any,
+    state_or_config: ConfigSource,
     command: str,
     *,
     sources: Iterable[str] = (),

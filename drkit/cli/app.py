@@ -143,10 +143,10 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, quiet: bool, 
     from drkit.redact import register_env
 
     register_env(env.vars)
-    from drkit.schedule import parse_duration
+    from drkit.units import duration_seconds
 
     try:
-        retry_seconds = parse_duration(retry_lock)
+        retry_seconds = duration_seconds(retry_lock)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--retry-lock") from None
     ctx.obj = CliState(config_path=config_path, env=env, debug=debug, quiet=quiet, log_format=log_format, retry_lock=retry_seconds)

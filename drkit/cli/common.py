@@ -17,6 +17,7 @@ from drkit.repository.repo import Repository
 from drkit.progress import ProgressSink
 from drkit.storage import open_storage
 from drkit.storage.base import Storage
+from drkit.units import format_size
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -104,12 +105,8 @@ def open_repository(state: CliState, identity_path: Path | None = None) -> Repos
     return repo
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+human_size = format_size
+"""Sizes as people read them (see :func:`drkit.units.format_size`)."""
 
 
 class RichProgress(ProgressSink):

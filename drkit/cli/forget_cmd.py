@@ -13,7 +13,8 @@ from drkit.cli.common import human_size, identity_option, open_repository
 from drkit.cli.selection import checked_source_names
 from drkit.errors import Refused, UsageError
 from drkit.repository.repo import Repository
-from drkit.services.forget import Policy, apply_policy, parse_duration
+from drkit.services.forget import Policy, apply_policy
+from drkit.units import parse_keep_within
 from drkit.services.prune import PrunePlan, PruneReport, prune
 from drkit.services.seen import check_and_remember
 from drkit.storage.base import retention_of
@@ -68,7 +69,7 @@ def _say_prune(state: CliState, r: PruneReport) -> None:
 @click.option("--keep-weekly", type=int, default=0, metavar="N", help="... of the last N ISO weeks.")
 @click.option("--keep-monthly", type=int, default=0, metavar="N", help="... of the last N months.")
 @click.option("--keep-yearly", type=int, default=0, metavar="N", help="... of the last N years.")
-@click.option("--keep-within", metavar="DURATION", help="Keep all within DURATION of the newest (e.g. 7d, 2w3d, 12h).")
+@click.option("--keep-within", metavar="DURATION", help="Keep all within DURATION of now (e.g. 7d, 2w3d, 12h, 6M; M is months, m minutes).")
 @click.option("--keep-tag", "keep_tags", multiple=True, metavar="TAG", help="Keep snapshots with this tag.")
 @click.option("--prune", "do_prune", is_flag=True, help="Run prune afterwards to free the space.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
@@ -109,7 +110,7 @@ def forget_cmd(
     """
     try:
         policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
-                        parse_duration(keep_within) if keep_within else None, list(keep_tags))
+                        parse_keep_within(keep_within) if keep_within else None, list(keep_tags))
     except ValueError as exc:
         raise UsageError(f"--keep-within: {exc}") from None
     _refuse_on_append_only(state, dry_run)

@@ -11,7 +11,8 @@ from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import identity_option, open_repository, progress_for
 from drkit.errors import DamageFound, UsageError
 from drkit.services.rebuild_index import rebuild_index
-from drkit.services.verify import parse_subset, verify_repository
+from drkit.services.verify import verify_repository
+from drkit.units import parse_fraction
 
 
 @cli.command("verify")
@@ -42,7 +43,7 @@ def verify_cmd(state: CliState, read_data: bool, read_data_subset: str | None, a
     subset = None
     if read_data_subset:
         try:
-            subset = parse_subset(read_data_subset)
+            subset = parse_fraction(read_data_subset)
         except ValueError as exc:
             raise UsageError(f"--read-data-subset: {exc}") from None
     with metrics.track(state, "verify") as m:

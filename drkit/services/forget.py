@@ -5,7 +5,8 @@ Snapshots are grouped by source (and host). Within a group, newest first:
 - ``keep_last N``: the N newest;
 - ``keep_hourly/daily/weekly/monthly/yearly N``: the newest snapshot of each of the
   N most recent hours/days/ISO weeks/months/years that have a snapshot;
-- ``keep_within D``: everything within D (e.g. ``7d``, ``2w3d``, ``12h``) of *now*,
+- ``keep_within D``: everything within D (e.g. ``7d``, ``2w3d``, ``12h``, ``6M``; parsed
+  by :func:`drkit.units.parse_keep_within`, as the config check is) of *now*,
   the clock of the host running forget (not the newest claimed snapshot time: one
   snapshot dated 2099 must not push every real one out of the window);
 - ``keep_tags``: every snapshot carrying one of these tags.
@@ -24,7 +25,6 @@ makes them; so does a hostile writer trying to game retention.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -54,19 +54,6 @@ def future_warning(snap: Snapshot) -> str:
         f"warning: snapshot {snap.short_id} is dated in the future ({snap.time[:19]}, source {snap.source}, host {snap.host}): "
         "retention never counts it; check that host's clock, or who wrote it"
     )
-
-
-_DURATION = re.compile(r"(\d+)([yMwdhm])")
-_UNITS = {"y": 365 * 24 * 60, "M": 30 * 24 * 60, "w": 7 * 24 * 60, "d": 24 * 60, "h": 60, "m": 1}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'7d', '2w3d', '1y6M', '12h', '30m' -> timedelta; ValueError otherwise."""
-    text = text.strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 7d, 2w3d, 12h, 1y6M)")
-    return timedelta(minutes=sum(int(n) * _UNITS[u] for n, u in parts))
 
 
 @dataclass

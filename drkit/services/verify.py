@@ -196,18 +196,3 @@ def _read_pack(repo: Repository, pack_id: str, indexed: list[PackEntry], affecte
             kind = "tree" if e.blob_type == BLOB_TREE else "data"
             problems.append(Problem(name, f"{kind} {exc}", affected))
     return problems
-
-
-def parse_subset(text: str) -> float:
-    """'10%' -> 0.1, '0.25' -> 0.25, '1/8' -> 0.125; ValueError otherwise."""
-    text = text.strip()
-    if text.endswith("%"):
-        value = float(text[:-1]) / 100
-    elif "/" in text:
-        n, m = text.split("/", 1)
-        value = int(n) / int(m)
-    else:
-        value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError("subset must be within (0, 100%]")
-    return value

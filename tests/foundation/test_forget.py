@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from drkit.repository.snapshot import Snapshot
-from drkit.services.forget import Policy, apply_policy, parse_duration
+from drkit.services.forget import Policy, apply_policy
+from drkit.units import parse_keep_within as parse_duration
 from tests.foundation.conftest import Workspace
 
 

@@ -15,10 +15,10 @@ from drkit.schedule import (
     Daemon,
     Job,
     build_jobs,
-    format_duration,
-    parse_duration,
     parse_schedule_config,
 )
+from drkit.units import duration_seconds as parse_duration
+from drkit.units import format_duration
 from tests.ops.conftest import FakeClock
 
 
