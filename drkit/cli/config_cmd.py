@@ -83,18 +83,24 @@ def detect_cmd(state: CliState, write: bool, path: Path | None, force: bool, rep
 @config_group.command("check")
 @pass_state
 def check_cmd(state: CliState) -> None:
-    """Validate the config file: every key, every source, and that a datastore
-    source has the K3s token (k3s-node) source beside it. Exit 2 when wrong.
+    """Validate the config file: every key, every source, the schedule and metrics
+    sections (with the parsers the jobs use), and that a datastore source has the K3s
+    token (k3s-node) source beside it. Exit 2 when wrong.
 
     \b
     Examples:
       drkit config check
       drkit -c /etc/drkit/drkit.yaml config check
     """
+    from drkit.metrics import parse_metrics_config
+    from drkit.schedule import parse_schedule_config
+
     cfg = state.config
     if not cfg.sources:
         raise ConfigError("no sources configured: 'drkit backup' would save nothing", key="sources",
                           hint="add sources under 'sources:' (see 'drkit config detect')")
+    parse_schedule_config(cfg.raw.schedule)  # ConfigError naming schedule.KEY
+    parse_metrics_config(cfg.raw.metrics)
     problems: list[str] = []
     for src in cfg.sources:
         try:

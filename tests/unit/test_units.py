@@ -147,6 +147,13 @@ def test_config_check_and_forget_agree_on_every_retention_value(value, window, a
     monkeypatch.setenv("DRKIT_PASSWORD", "pw")
     section = {"prune": {"every": "1d", "keep": {"within": value}}}
     argv = ["--keep-within", str(value)]
+    checked = cfg.parent / f"check-{secrets.token_hex(4)}.yaml"
+    checked.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "schedule": section}))
+    checked.chmod(0o600)
+    capsys.readouterr()
+    code = run_cli(cli, ["-c", str(checked), "config", "check"])
+    err = capsys.readouterr().err
+    assert (code, "schedule.prune.keep" in err) == ((0, False) if window else (2, True)), err
     if window is None:
         with pytest.raises(ConfigError) as exc:
             parse_schedule_config(section)
