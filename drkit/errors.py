@@ -79,6 +79,10 @@ class UsageError(DrkitError):
     exit_code = EXIT_USAGE
 
 
+class MissingExtra(UsageError):
+    """{what} needs the Python package {module}, which is not installed"""
+
+
 class ConfigError(UsageError):
     """config error: {message}"""
 

@@ -163,6 +163,9 @@ def resource_of(obj: dict[str, Any]) -> Resource:
 
 # --- connection --------------------------------------------------------------------
 def _client() -> Any:
+    from drkit.extras import require
+
+    require("kubernetes", "Kubernetes access")
     import kubernetes.client
 
     return kubernetes.client
@@ -174,10 +177,10 @@ def connect(kubeconfig: Path | str | None = None, context: str | None = None, in
     Raises :class:`KubeUnreachable` when no usable configuration is found (missing
     file, unknown context, not in a pod).
     """
+    client = _client()  # first: says which extra is missing
     from kubernetes import config as kconfig
     from kubernetes.config.config_exception import ConfigException
 
-    client = _client()
     cfg = client.Configuration()
     try:
         if in_cluster:

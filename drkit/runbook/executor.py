@@ -280,6 +280,9 @@ class SshExecutor:
         connect_timeout: float = 15,
         remote_tmp: str = "/tmp",
     ) -> None:
+        from drkit.extras import require
+
+        require("paramiko", "a runbook step on a remote host (SSH)")
         self.target = target
         self.description = str(target)
         self.remote_tmp = remote_tmp

@@ -28,6 +28,10 @@ SCHEMES: dict[str, Callable[[str, dict[str, Any]], Storage]] = {
 }
 
 
+_NEEDS = {"s3": ("boto3", "S3 storage"), "sftp": ("paramiko", "SFTP storage")}
+"""scheme -> (module, what needs it): the optional extra a remote backend needs."""
+
+
 def scheme_of(url: str) -> str:
     """Return the URL scheme, '' for a plain path."""
     if "://" not in url:
@@ -38,6 +42,10 @@ def scheme_of(url: str) -> str:
 def open_storage(url: str, options: dict[str, Any] | None = None) -> Storage:
     """Build the backend for *url*; raises ConfigError for an unknown scheme."""
     scheme = scheme_of(url)
+    if scheme in _NEEDS:
+        from drkit.extras import require
+
+        require(*_NEEDS[scheme])
     factory = SCHEMES.get(scheme)
     if factory is None:
         _load_optional_backends()
