@@ -79,7 +79,12 @@ def test_cli_says_one_line_and_local_repositories_still_work(monkeypatch, tmp_pa
 
 def test_a_broken_installed_package_is_not_reported_as_missing(monkeypatch) -> None:
     _hide(monkeypatch, "botocore")  # boto3 is installed, its dependency is not
-    monkeypatch.delitem(sys.modules, "boto3", raising=False)
-    with pytest.raises(ImportError) as exc:
-        require("boto3", "S3 storage")
+    for name in [m for m in sys.modules if m == "boto3" or m.startswith("boto3.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as in a new process
+    try:
+        with pytest.raises(ImportError) as exc:
+            require("boto3", "S3 storage")
+    finally:  # drop what the failed import left half-made; monkeypatch restores the originals
+        for name in [m for m in sys.modules if m == "boto3" or m.startswith("boto3.")]:
+            del sys.modules[name]
     assert not isinstance(exc.value, MissingExtra) and str(exc.value.name).startswith("botocore")
