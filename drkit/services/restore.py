@@ -6,10 +6,12 @@ the source, which puts the data back (files under a target directory, a datastor
 in place, a Git push ...). It returns a :class:`RestoreOutcome`; the CLI only
 presents it.
 
-The files-style restore (:meth:`SnapshotReader.write_entries`) works pack by pack,
-like restic's restorer: it plans which blob goes to which file offsets, then fetches
-each needed pack once (whole, or only the needed ranges), decrypts and verifies each
-blob against its keyed id, and writes it to every place that needs it. Files are
+The files-style restore (:meth:`SnapshotReader.write_entries`) streams the snapshot's
+entries in bounded windows (so memory does not grow with the number of files): for
+each window it plans which blob goes to which file offsets, then fetches the needed
+ranges of each pack once per window (in tasks of nearby blobs, spread over worker
+threads), decrypts and verifies each blob against its keyed id, and writes it to
+every place that needs it, while the next window is planned. Files are
 written to a temporary and renamed into place only when every one of their chunks
 arrived intact: a damaged object never leaves wrong bytes behind under the real
 name; the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it
@@ -31,10 +33,11 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
 from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError, UsageError
@@ -54,6 +57,17 @@ log = logging.getLogger("drkit.restore")
 
 _MERGE_GAP = 1024 * 1024
 _ZERO_MIN = 64 * 1024
+
+WINDOW_FILES = 4096
+"""Files a restore plans at once (see :meth:`SnapshotReader.write_entries`)."""
+WINDOW_CHUNKS = 16384
+"""Chunks a restore plans at once (a larger file is spread over windows)."""
+WINDOW_BYTES = 64 * 1024 * 1024
+"""Stored bytes a restore plans at once (bounds the temporaries open at once)."""
+WINDOWS_IN_FLIGHT = 2
+"""Windows queued for the workers while the next one is planned."""
+_TASK_BLOBS = 256
+_TASK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -171,12 +185,13 @@ def include_matches(path: str, patterns: list[str]) -> bool:
     return False
 
 
-@dataclass
+@dataclass(eq=False)
 class _FilePlan:
     entry: Entry
     parent: Parts
     name: str
     tmp: str = ""
+    fd: int = -1
     failed: str | None = None
     refused: str | None = None
     remaining: int = 0
@@ -190,7 +205,7 @@ class _BlobUse:
     length: int
     blob_type: int
     raw_length: int
-    targets: list[tuple[int, int]] = field(default_factory=list)  # (file no, offset in file)
+    targets: list[tuple[_FilePlan, int]] = field(default_factory=list)  # (file, offset in file)
 
 
 class BlobStream(io.RawIOBase):
@@ -238,10 +253,14 @@ class SnapshotReader:
         target: Path | None = None,
         env: Mapping[str, str] | None = None,
         workers: int = 4,
+        window_files: int = WINDOW_FILES,
+        window_chunks: int = WINDOW_CHUNKS,
+        window_bytes: int = WINDOW_BYTES,
         on_bytes: Callable[[int], None] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
-        """*target* is a shorthand for ``RestoreOptions(target=...)`` (library callers)."""
+        """*target* is a shorthand for ``RestoreOptions(target=...)`` (library callers);
+        the ``window_*`` bounds are those of :meth:`write_entries`."""
         if options is None:
             options = RestoreOptions(target=target)
         self.repo = repo
@@ -254,6 +273,9 @@ class SnapshotReader:
         self.env: Mapping[str, str] = env if env is not None else dict(os.environ)
         self.lines: list[str] = []
         self._workers = workers
+        self.window_files = window_files
+        self.window_chunks = window_chunks
+        self.window_bytes = window_bytes
         self._on_bytes = on_bytes
         self._on_line = on_line
 
@@ -281,34 +303,51 @@ class SnapshotReader:
             )
 
     def write_entries(self, target: Path, *, include: list[str] | None = None,
-                      entries: Iterator[Entry] | None = None) -> RestoreResult:
+                      entries: Iterable[Entry] | None = None) -> RestoreResult:
         """Restore the snapshot's entries (or *entries*, a selection of them) under
         *target*. Raises Refused before writing anything if a path would escape or the
-        target is not empty (without force), and when an entry would lead outside the
-        target or replace a directory; raises IntegrityError after restoring everything
-        else if some files were damaged (those are not left behind). KeyboardInterrupt
-        stops it promptly, leaving only complete files."""
+        target is not empty (without force): a first pass over the entry stream checks
+        every path, keeping no entry. Raises Refused when an entry would lead outside
+        the target or replace a directory; raises IntegrityError after restoring
+        everything else if some files were damaged (those are not left behind).
+        KeyboardInterrupt stops it promptly, leaving only complete files.
+
+        Memory does not grow with the number of entries: files are planned, fetched and
+        finished in windows of at most ``window_files`` files, ``window_chunks`` chunks
+        and ``window_bytes`` bytes (at most :data:`WINDOWS_IN_FLIGHT` queued at once);
+        only directories (for their metadata, set at the end) and the names of failed
+        files are kept for the whole run."""
         patterns = self.include if include is None else include
         self.check_target(target)
-        source = self.entries() if entries is None else entries
-        chosen = [e for e in source if include_matches(e.path, patterns)]
-        plans = [(e, split_path(e.path)) for e in chosen]  # validate all first
+        if entries is not None and not isinstance(entries, (list, tuple)):
+            entries = list(entries)  # a caller's selection: read twice
+        selection = entries
+
+        def selected() -> Iterator[tuple[Entry, Parts]]:
+            split = _PathSplitter()
+            for e in (self.entries() if selection is None else selection):
+                if include_matches(e.path, patterns):
+                    yield e, split(e.path)
+
         result = RestoreResult()
         if self.dry_run:
-            for e, parts in plans:
+            for e, parts in selected():
                 result.files += e.type == FILE
                 result.dirs += e.type == DIR
                 result.symlinks += e.type == SYMLINK
                 result.bytes_written += e.size if e.type == FILE else 0
                 result.lines.append(f"would restore {e.type} {target.joinpath(*parts)}")
             return result
+        for _ in selected():  # validate every path before writing anything
+            pass
         target.mkdir(parents=True, exist_ok=True)
         tree = TargetTree(target)
+        writer = _WindowWriter(self.repo, tree, result, workers=self._workers, on_bytes=self._on_bytes,
+                               limits=(self.window_files, self.window_chunks, self.window_bytes))
         try:
             dirs: list[tuple[Entry, Parts]] = []
             made: set[Parts] = set()
-            files: list[_FilePlan] = []
-            for e, parts in plans:
+            for e, parts in selected():
                 if e.type == DIR:
                     tree.make_dir(parts, replace=self.force)
                     dirs.append((e, parts))
@@ -324,16 +363,18 @@ class SnapshotReader:
                 elif e.type == FILE:
                     tree.pin(parts[:-1])  # create the parents now, in entry order
                     tree.unpin(parts[:-1])
-                    files.append(_FilePlan(e, parts[:-1], parts[-1]))
-            self._restore_files(tree, files, result)
+                    writer.add(_FilePlan(e, parts[:-1], parts[-1]))
+            writer.drain()
             for e, parts in reversed(dirs):
                 tree.set_dir_meta(parts, e)
             tree.sync()
+        except BaseException:
+            writer.abort()
+            raise  # tree.close() (below) removes the temporaries
         finally:
             tree.close()
-        refused = [p for p in files if p.refused]
-        if refused:
-            raise Refused(refused[0].refused or "", hint=f"{len(refused)} entr(y/ies) refused; the rest was restored")
+        if writer.refused:
+            raise Refused(writer.first_refused, hint=f"{writer.refused} entr(y/ies) refused; the rest was restored")
         if result.failed:
             err = IntegrityError(
                 name=", ".join(result.failed[:5]) + (" ..." if len(result.failed) > 5 else ""),
@@ -343,144 +384,265 @@ class SnapshotReader:
             raise err
         return result
 
-    def _restore_files(self, tree: TargetTree, files: list[_FilePlan], result: RestoreResult) -> None:
-        """Fetch each needed pack once (worker threads), verify every blob, pwrite it
-        into temporary files; a file is put in place (meta, rename) by the thread that
-        writes its last chunk, so metadata work overlaps with data work. On
-        KeyboardInterrupt: drop queued packs, let running ones stop at their next blob,
-        remove the temporaries, re-raise."""
-        uses: dict[str, dict[bytes, _BlobUse]] = {}
-        for no, plan in enumerate(files):
-            offset = 0
-            for hex_id in plan.entry.chunks:
-                cid = bytes.fromhex(hex_id)
-                loc = self.repo.index.get(cid)
-                if loc is None:
-                    plan.failed = f"chunk {hex_id[:16]} is not in the index"
-                    break
-                use = uses.setdefault(loc.pack, {}).get(cid)
-                if use is None:
-                    use = uses[loc.pack][cid] = _BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
-                use.targets.append((no, offset))
-                offset += loc.raw_length
-                plan.remaining += 1
-        lock = threading.Lock()
-        stop = threading.Event()
-        fds: dict[int, int] = {}
 
-        def fd_for(no: int) -> int:
-            """The open temporary of file *no* (created at its full size); call under lock."""
-            fd = fds.get(no)
-            if fd is None:
-                plan = files[no]
-                fd, plan.tmp = tree.create_temp(plan.parent, plan.entry.size)
-                fds[no] = fd
-            return fd
+class _PathSplitter:
+    """:func:`split_path` with the parent of the previous path remembered: entries come
+    directory by directory, so most paths cost one name's check (same result, same
+    refusals, and siblings share one parent tuple)."""
 
-        def finish(no: int, fd: int) -> None:
-            plan = files[no]
-            try:
-                tree.apply_meta_fd(fd, plan.entry, plan.entry.path)
-            finally:
-                os.close(fd)
-            try:
-                tree.commit(plan.parent, plan.tmp, plan.name)
-            except Refused as exc:
-                plan.refused = exc.message
-                return
-            plan.done = True
+    def __init__(self) -> None:
+        self._parent: str | None = None
+        self._parts: Parts = ()
 
-        def write(no: int, offset: int, data: bytes | memoryview) -> None:
-            plan = files[no]
-            if plan.failed or stop.is_set():
-                return
-            with lock:
-                fd = fd_for(no)
-            if not _all_zero(data):  # holes stay sparse (the file was ftruncated to size)
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, offset)
-                    view = view[n:]
-                    offset += n
-            with lock:
-                plan.remaining -= 1
-                last = plan.remaining == 0 and not plan.failed
-                if last:
-                    fds.pop(no)
-            if last:
-                finish(no, fd)
-            if self._on_bytes:
-                self._on_bytes(len(data))
-
-        def fail(targets: list[tuple[int, int]], why: str) -> None:
-            for no, _ in targets:
-                with lock:
-                    files[no].failed = files[no].failed or why
-
-        def do_pack(pack_id: str, blobs: dict[bytes, _BlobUse]) -> None:
-            if stop.is_set():
-                return
-            ordered = sorted(blobs.values(), key=lambda u: u.offset)
-            name = layout.pack_name(pack_id)
-            # Each blob is authenticated (AES-GCM) and checked against its keyed id
-            # below, so the pack's SHA-256 (a keyless bitrot check) is not needed here.
-            try:
-                pieces = [(u, sealed) for group, data in _fetch(self.repo.storage, name, ordered) for u, sealed in _split(group, data)]
-            except (IntegrityError, ObjectNotFound, StorageError) as exc:
-                for u in ordered:
-                    fail(u.targets, f"{name}: {exc.message}")
-                return
-            for u, sealed in pieces:
-                if stop.is_set():
-                    return
-                if sealed is None:
-                    fail(u.targets, f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)")
-                    continue
-                try:
-                    plain = self.repo.codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
-                except BlobError as exc:
-                    fail(u.targets, f"{name}: {exc}")
-                    continue
-                for no, off in u.targets:
-                    write(no, off, plain)
-
-        pool = ThreadPoolExecutor(self._workers, thread_name_prefix="drkit-restore")
+    def __call__(self, logical: str) -> Parts:
+        parent, _, name = logical.rpartition("/")
         try:
-            futures: list[Future[None]] = [pool.submit(do_pack, p, b) for p, b in uses.items()]
-            pending = set(futures)
-            while pending:  # a timed wait: Ctrl-C is seen at once, not after the queue drains
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    fut.result()
-        except BaseException:
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for fd in fds.values():
-                os.close(fd)
-            fds.clear()
-            raise  # tree.close() (the caller's finally) removes the temporaries
-        pool.shutdown(wait=True)
-        for fd in fds.values():  # temporaries of files that failed part-way
-            os.close(fd)
-        fds.clear()
+            if parent != self._parent:
+                self._parts = split_path(parent)
+                self._parent = parent
+            return self._parts + split_path(name) if name not in ("", ".") else self._parts
+        except Refused:
+            self._parent = None
+            return split_path(logical)  # raises, naming the whole path
 
-        for no, plan in enumerate(files):
+
+class _WindowWriter:
+    """The file-writing side of :meth:`SnapshotReader.write_entries`, window by window.
+
+    The caller adds files (:meth:`add`) to the window being filled, which is queued
+    when full (at most *limits* = (files, chunks, sealed bytes)): its blobs are grouped by pack into tasks of nearby ranges (at most
+    :data:`_TASK_BLOBS` blobs, :data:`_TASK_BYTES` bytes), which worker threads fetch
+    once, verify (each blob against its keyed id) and pwrite into temporaries; the
+    thread writing a file's last chunk sets its metadata and renames it into place, so
+    metadata work overlaps with data work. At most :data:`WINDOWS_IN_FLIGHT` windows
+    are queued: before another is, the oldest is waited for and finished (empty files,
+    failed files discarded and reported), in order, so a file spread over several
+    windows is finished only after all of them were written. On KeyboardInterrupt (or
+    any exception) :meth:`abort` drops queued tasks, lets running ones stop at their
+    next blob and closes the temporaries' fds."""
+
+    def __init__(self, repo: Repository, tree: TargetTree, result: RestoreResult, *, workers: int,
+                 on_bytes: Callable[[int], None] | None, limits: tuple[int, int, int]) -> None:
+        self.repo = repo
+        self.tree = tree
+        self.result = result
+        self.refused = 0
+        self.first_refused = ""
+        self._on_bytes = on_bytes
+        self._locks = [threading.Lock() for _ in range(64)]  # per-file state, striped
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="drkit-restore")
+        self._queued: deque[_Window] = deque()
+        self._window = _Window()
+        self._adding: _FilePlan | None = None
+        self._max_files, self._max_chunks, self._max_bytes = limits
+
+    def add(self, plan: _FilePlan) -> None:
+        """Plan file *plan* in the window being filled, queueing it when full. A file
+        with more chunks than a window holds is spread over several windows and
+        finished in the last one."""
+        index = self.repo.index
+        window = self._window
+        self._adding = plan  # reachable by abort() while its chunks are planned
+        max_chunks, max_bytes = self._max_chunks, self._max_bytes
+        plan.remaining = len(plan.entry.chunks)  # counted down by the writes, also those of queued windows
+        offset = 0
+        for hex_id in plan.entry.chunks:
+            if window.chunks >= max_chunks or window.bytes >= max_bytes:
+                window = self._submit()
+            cid = bytes.fromhex(hex_id)
+            loc = index.get(cid)
+            if loc is None:
+                plan.failed = f"chunk {hex_id[:16]} is not in the index"
+                break
+            blobs = window.uses.get(loc.pack)
+            if blobs is None:
+                blobs = window.uses[loc.pack] = {}
+            use = blobs.get(cid)
+            if use is None:
+                use = blobs[cid] = _BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
+                window.bytes += loc.length
+            use.targets.append((plan, offset))
+            offset += loc.raw_length
+            window.chunks += 1
+        window.files.append(plan)
+        self._adding = None
+        if len(window.files) >= self._max_files or window.chunks >= max_chunks or window.bytes >= max_bytes:
+            self._submit()
+
+    def _submit(self) -> "_Window":
+        """Queue the tasks of the window being filled, after finishing the oldest queued
+        windows so that at most WINDOWS_IN_FLIGHT stay queued; returns the new window."""
+        window = self._window
+        while len(self._queued) >= WINDOWS_IN_FLIGHT:
+            self._finish(self._queued.popleft())
+        for pack_id, blobs in window.uses.items():
+            for task in _tasks(blobs.values()):
+                window.futures.append(self._pool.submit(self._do_task, pack_id, task))
+        window.uses = {}  # the tasks hold their blob uses now, and drop them when done
+        self._queued.append(window)
+        self._window = _Window()
+        return self._window
+
+    def drain(self) -> None:
+        """Queue the last window, wait for and finish every queued one, stop the workers."""
+        self._submit()
+        while self._queued:
+            self._finish(self._queued.popleft())
+        self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop: drop queued tasks, wait for running ones (they stop at their next
+        blob), close open temporaries (the tree removes them)."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for window in (*self._queued, self._window):
+            for plan in window.files:
+                self._close(plan)
+        if self._adding is not None:
+            self._close(self._adding)
+        self._queued.clear()
+
+    # -- worker side -------------------------------------------------------------
+
+    def _do_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
+        if self._stop.is_set():
+            return
+        name = layout.pack_name(pack_id)
+        # Each blob is authenticated (AES-GCM) and checked against its keyed id
+        # below, so the pack's SHA-256 (a keyless bitrot check) is not needed here.
+        try:
+            pieces = [(u, sealed) for group, data in _fetch(self.repo.storage, name, ordered) for u, sealed in _split(group, data)]
+        except (IntegrityError, ObjectNotFound, StorageError) as exc:
+            for u in ordered:
+                self._fail(u.targets, f"{name}: {exc.message}")
+            return
+        for u, sealed in pieces:
+            if self._stop.is_set():
+                return
+            if sealed is None:
+                self._fail(u.targets, f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)")
+                continue
+            try:
+                plain = self.repo.codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
+            except BlobError as exc:
+                self._fail(u.targets, f"{name}: {exc}")
+                continue
+            for plan, off in u.targets:
+                self._write(plan, off, plain)
+
+    def _lock_of(self, plan: _FilePlan) -> threading.Lock:
+        return self._locks[(id(plan) >> 4) & 63]
+
+    def _write(self, plan: _FilePlan, offset: int, data: bytes | memoryview) -> None:
+        if plan.failed or self._stop.is_set():
+            return
+        lock = self._lock_of(plan)
+        with lock:
+            fd = plan.fd
+            if fd < 0:  # the first chunk to arrive creates the temporary, at full size
+                fd, plan.tmp = self.tree.create_temp(plan.parent, plan.entry.size)
+                plan.fd = fd
+        if not _all_zero(data):  # holes stay sparse (the file was ftruncated to size)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view = view[n:]
+                offset += n
+        with lock:
+            plan.remaining -= 1
+            last = plan.remaining == 0 and not plan.failed
+            if last:
+                plan.fd = -1
+        if last:
+            self._put_in_place(plan, fd)
+        if self._on_bytes:
+            self._on_bytes(len(data))
+
+    def _put_in_place(self, plan: _FilePlan, fd: int) -> None:
+        try:
+            self.tree.apply_meta_fd(fd, plan.entry, plan.entry.path)
+        finally:
+            os.close(fd)
+        try:
+            self.tree.commit(plan.parent, plan.tmp, plan.name)
+        except Refused as exc:
+            plan.refused = exc.message
+            return
+        plan.done = True
+
+    def _fail(self, targets: list[tuple[_FilePlan, int]], why: str) -> None:
+        for plan, _ in targets:
+            with self._lock_of(plan):
+                plan.failed = plan.failed or why
+
+    # -- main thread ---------------------------------------------------------------
+
+    def _close(self, plan: _FilePlan) -> None:
+        if plan.fd >= 0:
+            os.close(plan.fd)
+            plan.fd = -1
+
+    def _finish(self, window: "_Window") -> None:
+        """Wait for *window*'s tasks (a timed wait: Ctrl-C is seen at once), then put
+        its empty files in place, discard and report its failed ones."""
+        pending = set(window.futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                fut.result()
+        window.futures.clear()
+        result = self.result
+        for plan in window.files:
+            self._close(plan)  # the temporary of a file that failed part-way
             if not plan.done and not plan.failed and not plan.refused and not plan.remaining:
-                fd, plan.tmp = tree.create_temp(plan.parent, 0)  # a file without chunks (empty)
-                finish(no, fd)
+                fd, plan.tmp = self.tree.create_temp(plan.parent, 0)  # a file without chunks (empty)
+                self._put_in_place(plan, fd)
             if plan.done:
                 result.files += 1
                 result.bytes_written += plan.entry.size
                 continue
             if plan.tmp:
-                tree.discard(plan.parent, plan.tmp)
+                self.tree.discard(plan.parent, plan.tmp)
             if plan.refused:
+                self.refused += 1
+                self.first_refused = self.first_refused or plan.refused
                 result.lines.append(f"REFUSED {plan.entry.path}: {plan.refused}")
                 continue
             why = plan.failed or "not all chunks were written"
             result.failed.append(plan.entry.path)
             result.lines.append(f"FAILED {plan.entry.path}: {why}")
             log.error("not restored: %s: %s", plan.entry.path, why)
+        window.files.clear()
+
+
+@dataclass(eq=False)
+class _Window:
+    """Files planned together and the blobs they need (by pack), until queued; then
+    the futures of the tasks fetching them."""
+
+    files: list[_FilePlan] = field(default_factory=list)
+    uses: dict[str, dict[bytes, _BlobUse]] = field(default_factory=dict)
+    chunks: int = 0
+    bytes: int = 0
+    futures: list[Future[None]] = field(default_factory=list)
+
+
+def _tasks(blobs: Iterable[_BlobUse]) -> Iterator[list[_BlobUse]]:
+    """The blobs of one pack, by offset, in runs of at most _TASK_BLOBS blobs spanning
+    at most _TASK_BYTES bytes (one task each: a window's work spreads over the workers
+    even when it lies in one pack)."""
+    task: list[_BlobUse] = []
+    start = 0
+    for u in sorted(blobs, key=lambda u: u.offset):
+        if task and (len(task) >= _TASK_BLOBS or u.offset + u.length - start > _TASK_BYTES):
+            yield task
+            task = []
+        if not task:
+            start = u.offset
+        task.append(u)
+    if task:
+        yield task
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
