@@ -93,6 +93,8 @@ class Entry:
     def from_dict(cls, data: dict[str, Any]) -> "Entry":
         """Inverse of :meth:`to_json`; ``*_b64`` names win over their display form.
         Version-1 trees (lone surrogates U+DC80..U+DCFF standing for bytes) read as is."""
+        if data.keys() <= _FIELD_NAMES:  # the usual line: only known fields (no copy)
+            return cls(**data)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in _NAME_KEYS:
             encoded = data.get(f"{key}_b64")
@@ -119,6 +121,7 @@ class Entry:
 
 _OPTIONAL_FIELDS = tuple(f for f in Entry.__dataclass_fields__ if f not in ("path", "type"))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_FIELD_NAMES = frozenset(Entry.__dataclass_fields__)
 
 
 def encode_entries(entries: Iterable[Entry]) -> Iterator[bytes]:

@@ -347,6 +347,7 @@ class SnapshotReader:
         try:
             dirs: list[tuple[Entry, Parts]] = []
             made: set[Parts] = set()
+            parent: Parts | None = None
             for e, parts in selected():
                 if e.type == DIR:
                     tree.make_dir(parts, replace=self.force)
@@ -361,9 +362,11 @@ class SnapshotReader:
                     tree.symlink(parts, e)
                     result.symlinks += 1
                 elif e.type == FILE:
-                    tree.pin(parts[:-1])  # create the parents now, in entry order
-                    tree.unpin(parts[:-1])
-                    writer.add(_FilePlan(e, parts[:-1], parts[-1]))
+                    if parts[:-1] != parent:  # create the parents now, in entry order
+                        parent = parts[:-1]
+                        tree.pin(parent)
+                        tree.unpin(parent)
+                    writer.add(_FilePlan(e, parent, parts[-1]))
             writer.drain()
             for e, parts in reversed(dirs):
                 tree.set_dir_meta(parts, e)
