@@ -361,10 +361,10 @@ def _rewrite_tree(repo: Repository, saver: BlobSaver, a: AffectedSnapshot) -> tu
     import io
 
     buf = io.BytesIO(b"".join(encode_entries(a.kept)))
-    from drkit.services.backup import _cut_blocks
+    from drkit.repository.chunker import cut_blocks
 
     ids = []
-    for data in _cut_blocks(repo.chunker(), buf):
+    for data in cut_blocks(repo.chunker(), buf):
         chunk_id, _ = saver.save(data, BLOB_TREE)
         ids.append(chunk_id.hex())
     return ids, sum(e.size for e in a.kept if e.type == FILE)
