@@ -116,7 +116,11 @@ def test_ctrl_c_in_the_first_half_second_prints_no_traceback(ws: Workspace, dela
         return
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode in (EXIT_INTERRUPTED, -signal.SIGINT), err.decode()
-    assert err.decode().strip().splitlines()[-1] == "interrupted"
+    if proc.returncode == -signal.SIGINT:
+        # Killed by the default handler: the signal came before Python installed its own
+        # or after it restored the default at exit (the work was done): nothing to print.
+        return
+    assert err.decode().strip().splitlines()[-1] == "interrupted", (proc.returncode, out, err)
 
 
 def test_drill_table_check_column_fits_the_terminal_width(ws: Workspace, monkeypatch) -> None:
