@@ -22,10 +22,11 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from drkit.atomicio import write_atomic
 
 log = logging.getLogger("drkit.state")
 
@@ -43,37 +44,31 @@ def state_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
     return Path(base) / "drkit"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write *data* to *path* atomically (temporary in the same directory, fsync, rename)."""
+def write_state_file(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write a state file atomically (:func:`drkit.atomicio.write_atomic`, mode 0600),
+    creating the state directories 0700 first. Raises OSError (FileExistsError when
+    *overwrite* is false and *path* exists); *path* is then untouched."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, data, overwrite=overwrite)
 
 
 def host_id(directory: Path) -> str:
     """This machine's id, made (randomly) and stored on first use. Raises OSError when
     the directory can be neither read nor written."""
     path = directory / HOST_ID_FILE
+    missing = False
     try:
         text = path.read_text().strip()
         if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
             return text
     except FileNotFoundError:
-        pass
+        missing = True
     new = secrets.token_hex(16)
-    write_atomic(path, (new + "\n").encode())
+    try:
+        # A missing id is created exclusively, so first runs at once agree on one id.
+        write_state_file(path, (new + "\n").encode(), overwrite=not missing)
+    except FileExistsError:
+        return path.read_text().strip()  # another process made it first
     return new
 
 
@@ -109,6 +104,6 @@ class RepoMemory:
     def save(self, directory: Path, repo_id: str) -> None:
         doc = {"newest": self.newest, "index_files": sorted(self.index_files), "version": self.version, "forgotten": self.forgotten[-1000:]}
         try:
-            write_atomic(directory / "repos" / f"{repo_id}.json", json.dumps(doc, indent=1, sort_keys=True).encode())
+            write_state_file(directory / "repos" / f"{repo_id}.json", json.dumps(doc, indent=1, sort_keys=True).encode())
         except OSError as exc:
             log.warning("could not record what was seen of repository %s in %s: %s", repo_id[:8], directory, exc)

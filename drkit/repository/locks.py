@@ -163,10 +163,10 @@ class LockObserver:
     def save(self) -> None:
         if self.path is None:
             return
-        from drkit.localstate import write_atomic
+        from drkit.localstate import write_state_file
 
         try:
-            write_atomic(self.path, json.dumps({k: list(v) for k, v in self._seen.items()}).encode())
+            write_state_file(self.path, json.dumps({k: list(v) for k, v in self._seen.items()}).encode())
         except OSError as exc:
             log.debug("could not keep lock observations in %s: %s", self.path, exc)
 
