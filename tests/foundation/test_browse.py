@@ -94,6 +94,33 @@ def test_dump_writes_a_file_and_a_directory_as_tar(ws: Workspace) -> None:
     assert r.code == EXIT_USAGE and not (ws.root / "x").exists()
 
 
+def test_dump_json_reports_what_it_wrote_and_a_failed_dump_leaves_no_file(ws: Workspace) -> None:
+    import hashlib
+
+    ws.ok("init")
+    ws.ok("backup")
+    d = str(ws.data)
+    out = ws.root / "random.out"
+    doc = ws.ok("dump", "latest", f"{d}/a/b/random.bin", "-o", str(out), "--json").json()
+    want = (ws.data / "a/b/random.bin").read_bytes()
+    assert out.read_bytes() == want
+    assert doc["kind"] == "file" and doc["bytes"] == len(want) and doc["output"] == str(out)
+    assert doc["sha256"] == hashlib.sha256(want).hexdigest() and doc["path"] == f"{d}/a/b/random.bin"
+    assert out.stat().st_mode & 0o777 == 0o600
+    tar_doc = ws.ok("--json", "dump", "latest", f"{d}/a", "-o", str(ws.root / "a.tar")).json()
+    assert tar_doc["kind"] == "tar" and tar_doc["bytes"] == (ws.root / "a.tar").stat().st_size
+    r = ws.run("dump", "latest", f"{d}/a", "--json")
+    err = json.loads(r.err.strip().splitlines()[-1])  # under --json the error is JSON too
+    assert r.code == EXIT_USAGE and err["error"].startswith("--json needs -o FILE") and err["exit_code"] == EXIT_USAGE
+    # a dump that fails half-way (a pack gone) leaves nothing under the name asked for
+    for pack in (ws.repo / "data").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+    r = ws.run("dump", "latest", f"{d}/a", "-o", str(ws.root / "broken.tar"))
+    assert r.code != 0
+    assert sorted(p.name for p in ws.root.iterdir() if "broken" in p.name) == []
+
+
 def test_dump_to_stdout(ws: Workspace) -> None:
     ws.ok("init")
     ws.ok("backup")
