@@ -6,7 +6,7 @@ import hashlib
 import io
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import click
 
@@ -62,7 +62,7 @@ def dump_cmd(state: CliState, snapshot: str, path: str, source: str | None, outp
         try:
             with replacing(output, overwrite=False) as fh:
                 counted = _Counting(fh)
-                kind = dump(repo, snap, path, counted)
+                kind = dump(repo, snap, path, cast(IO[bytes], counted))  # a write-only stream is all dump uses
         except FileExistsError:
             raise UsageError(f"{output} already exists", hint="choose another -o FILE") from None
         if as_json:
