@@ -17,6 +17,7 @@ ones can be deleted.
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -51,73 +52,136 @@ _FIELD = 32
 _MASK = (1 << _FIELD) - 1
 
 
-def _pack_location(pack_no: int, blob_type: int, offset: int, length: int, raw_length: int) -> int:
-    """One int for a blob's location (half the memory of a tuple of five: the in-memory
-    index holds one per blob, and many small files make many blobs)."""
+_ID_SIZE = 32
+_MIN_SLOTS = 1024
+
+
+def _check_location(blob_type: int, offset: int, length: int, raw_length: int) -> None:
+    """ValueError unless a location fits the in-memory index (each number a u32, the type 4 bits)."""
     if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
         raise ValueError(f"blob location out of range: type {blob_type}, offset {offset}, length {length}/{raw_length}")
-    return ((((pack_no << 4 | blob_type) << _FIELD | offset) << _FIELD | length) << _FIELD) | raw_length
-
-
-def _unpack_location(loc: int) -> tuple[int, int, int, int, int]:
-    """(pack number, blob type, offset, length, raw length) of a packed location."""
-    raw = loc & _MASK
-    loc >>= _FIELD
-    length = loc & _MASK
-    loc >>= _FIELD
-    offset = loc & _MASK
-    loc >>= _FIELD
-    return loc >> 4, loc & 15, offset, length, raw
 
 
 class Index:
-    """In-memory map of chunk id -> location, plus the packs it knows."""
+    """In-memory map of chunk id -> location, plus the packs it knows.
+
+    Compact, because it holds one row per blob and many small files make many blobs
+    (a dict of bytes ids to locations cost about 150 bytes per blob: 60 MB at 400,000
+    small files). Rows live in flat buffers: the 32-byte ids back to back in one
+    ``bytearray``, the locations packed in two ``array('Q')`` (offset and length; pack
+    number, type and raw length), found through an open-addressing table of row numbers
+    (``array('I')``, linear probing, at most half full) hashed with Python's own
+    ``hash`` of the id: about 60 bytes per blob. Rows keep insertion order; the first
+    location of an id wins. Safe to read from other threads while one thread adds
+    (the table is swapped in whole; a row is complete before the table points to it).
+    """
 
     def __init__(self) -> None:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self.pack_sizes: dict[str, int] = {}
-        self._blobs: dict[bytes, int] = {}
-        """chunk id -> packed location (see :func:`_pack_location`)."""
+        self._ids = bytearray()
+        self._spans = array("Q")
+        """offset << 32 | length, per row."""
+        self._meta = array("Q")
+        """pack number << 36 | blob type << 32 | raw length, per row."""
+        self._table: tuple[array[int], int] = (array("I", bytes(4 * _MIN_SLOTS)), _MIN_SLOTS - 1)
+        """(slots, mask): slot = row number + 1, 0 when empty."""
         self.files: set[str] = set()
 
+    def _row(self, chunk_id: bytes) -> int:
+        """The row of *chunk_id*, -1 if absent."""
+        if len(chunk_id) != _ID_SIZE:
+            return -1
+        slots, mask = self._table
+        ids = self._ids
+        i = hash(chunk_id) & mask
+        while True:
+            n = slots[i]
+            if not n:
+                return -1
+            if ids.startswith(chunk_id, (n - 1) * _ID_SIZE):  # no copy (ids are all 32 bytes)
+                return n - 1
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        size = (self._table[1] + 1) * 2
+        slots = array("I", bytes(4 * size))
+        mask = size - 1
+        ids = self._ids
+        for n in range(len(self._spans)):
+            at = n * _ID_SIZE
+            i = hash(bytes(ids[at : at + _ID_SIZE])) & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = n + 1
+        self._table = (slots, mask)
+
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
+        """Add the blobs of pack *pack_id* (an id already known keeps its first location).
+        Raises ValueError for numbers out of range (nothing of that entry is added)."""
         no = self._pack_no.get(pack_id)
         if no is None:
             no = self._pack_no[pack_id] = len(self._packs)
             self._packs.append(pack_id)
         self.pack_sizes[pack_id] = size
+        ids, spans, metas = self._ids, self._spans, self._meta
+        slots, mask = self._table
+        pack_bits = no << 4
         for e in entries:
-            if e.id not in self._blobs:
-                self._blobs[e.id] = _pack_location(no, e.blob_type, e.offset, e.length, e.raw_length)
+            chunk_id, offset, length, raw_length, blob_type = e.id, e.offset, e.length, e.raw_length, e.blob_type
+            if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
+                _check_location(blob_type, offset, length, raw_length)  # raises
+            if len(chunk_id) != _ID_SIZE:
+                raise ValueError(f"chunk id of {len(chunk_id)} bytes")
+            row = len(spans)
+            if row * 2 + 2 > mask:
+                self._grow()
+                slots, mask = self._table
+            i = hash(chunk_id) & mask
+            n = slots[i]
+            while n and not ids.startswith(chunk_id, (n - 1) * _ID_SIZE):
+                i = (i + 1) & mask
+                n = slots[i]
+            if n:
+                continue  # known: the first location stays
+            ids += chunk_id
+            spans.append(offset << _FIELD | length)
+            metas.append((pack_bits | blob_type) << _FIELD | raw_length)
+            slots[i] = row + 1
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return chunk_id in self._blobs
+        return self._row(chunk_id) >= 0
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._spans)
+
+    def _location(self, row: int) -> BlobLocation:
+        span = self._spans[row]
+        meta = self._meta[row]
+        return BlobLocation(self._packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
 
     def get(self, chunk_id: bytes) -> BlobLocation | None:
-        loc = self._blobs.get(chunk_id)
-        if loc is None:
-            return None
-        no, blob_type, offset, length, raw_length = _unpack_location(loc)
-        return BlobLocation(self._packs[no], blob_type, offset, length, raw_length)
+        row = self._row(chunk_id)
+        return None if row < 0 else self._location(row)
 
     def packs(self) -> list[str]:
         return list(self._packs)
 
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
-        for chunk_id in self._blobs:
-            loc = self.get(chunk_id)
-            assert loc is not None
-            yield chunk_id, loc
+        """(chunk id, location) of every blob, in the order they were added."""
+        ids = self._ids
+        for row in range(len(self._spans)):
+            at = row * _ID_SIZE
+            yield bytes(ids[at : at + _ID_SIZE]), self._location(row)
 
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
-        for chunk_id, loc in self._blobs.items():
-            no, t, off, length, raw = _unpack_location(loc)
-            out[self._packs[no]].append(PackEntry(t, chunk_id, off, length, raw))
+        packs, ids = self._packs, self._ids
+        for row, (span, meta) in enumerate(zip(self._spans, self._meta, strict=True)):
+            at = row * _ID_SIZE
+            out[packs[meta >> 36]].append(
+                PackEntry((meta >> _FIELD) & 15, bytes(ids[at : at + _ID_SIZE]), span >> _FIELD, span & _MASK, meta & _MASK))
         return out
 
 
@@ -140,7 +204,7 @@ def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes:
 def _entry(blob_type: Any, chunk_id: Any, offset: Any, length: Any, raw_length: Any) -> PackEntry:
     """One listed blob, its numbers bounded before use (raises ValueError)."""
     entry = PackEntry(int(blob_type), bytes.fromhex(str(chunk_id)), int(offset), int(length), int(raw_length))
-    _pack_location(0, entry.blob_type, entry.offset, entry.length, entry.raw_length)
+    _check_location(entry.blob_type, entry.offset, entry.length, entry.raw_length)
     if len(entry.id) != 32:
         raise ValueError(f"chunk id of {len(entry.id)} bytes")
     if entry.raw_length > MAX_BLOB_RAW or entry.length > MAX_BLOB_RAW + MAX_BLOB_OVERHEAD:

@@ -1,0 +1,117 @@
+"""#18: the in-memory index costs a bounded number of bytes per blob (not a dict entry,
+a bytes object and an int each), and loading it holds one index file's entries at a
+time: memory for the index grows by ~60 bytes per blob, nothing else per file."""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from drkit.repository.index import Index
+from drkit.repository.pack import PackEntry
+from drkit.repository.repo import Repository
+from drkit.storage import LocalStorage
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw", pack_size=1024 * 1024)
+    return Repository.open(storage, "pw")
+
+
+def _entries(pack_no: int, count: int) -> list[PackEntry]:
+    """Fresh id objects (so an index that keeps them is charged for them)."""
+    return [PackEntry(0, os.urandom(32), i * 100, 90, 120) for i in range(count)]
+
+
+def _index_bytes_per_blob(blobs: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        index = Index()
+        for p in range(blobs // 1000):
+            index.add_pack(f"{p:064x}", 1 << 20, _entries(p, 1000))
+        gc.collect()
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(index) == blobs
+    return used / blobs
+
+
+def test_the_index_costs_a_bounded_number_of_bytes_per_blob() -> None:
+    """A dict of bytes ids to packed ints cost ~165 bytes per blob (60 MB at 400,000
+    small files); the flat index holds the 32-byte id and 16 bytes of location plus
+    its hash table: under 80 bytes, the same at 20,000 and at 80,000 blobs."""
+    small, large = _index_bytes_per_blob(20_000), _index_bytes_per_blob(80_000)
+    assert small < 80 and large < 80, (small, large)
+
+
+def test_the_index_finds_what_it_holds_and_keeps_the_first_location() -> None:
+    index = Index()
+    first = _entries(0, 5000)
+    index.add_pack("a" * 64, 10, first)
+    index.add_pack("b" * 64, 20, [PackEntry(1, first[7].id, 1, 2, 3), PackEntry(1, b"\xff" * 32, 4, 5, 6)])
+    assert len(index) == 5001
+    for e in first:
+        loc = index.get(e.id)
+        assert loc is not None and (loc.pack, loc.blob_type, loc.offset, loc.length, loc.raw_length) == (
+            "a" * 64, 0, e.offset, e.length, e.raw_length)
+    assert b"\x00" * 32 not in index and b"short" not in index and index.get(b"\x00" * 32) is None
+    assert [cid for cid, _ in index.items()] == [e.id for e in first] + [b"\xff" * 32]
+    by_pack = index.entries_by_pack()
+    assert by_pack["a" * 64] == first and by_pack["b" * 64] == [PackEntry(1, b"\xff" * 32, 4, 5, 6)]
+
+
+def _load_overhead(repo: Repository, files: int, per_file: int) -> tuple[int, int]:
+    """(peak - retained bytes while loading, blobs loaded) for *files* index files."""
+    for f in range(files):
+        repo.write_index([(f"{f:064x}", 1 << 20, _entries(f, per_file))])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        repo.load_index()
+        used, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - used, len(repo.index)
+
+
+def test_loading_the_index_holds_one_file_at_a_time(tmp_path: Path) -> None:
+    """Before, every index file's parsed entries were held until all were read (~150
+    bytes per blob over the retained index): the overhead grew with the repository."""
+    overheads = []
+    for files in (8, 32):
+        storage = LocalStorage(str(tmp_path / f"repo{files}"))
+        Repository.init(storage, "pw")
+        repo = Repository.open(storage, "pw")
+        overhead, blobs = _load_overhead(repo, files, 1000)
+        assert blobs == files * 1000
+        overheads.append(overhead)
+    assert overheads[1] < 1.3 * overheads[0] + 256 * 1024, overheads
+    assert overheads[1] < 32 * 1000 * 40, overheads  # far less than the entries of all files
+
+
+@pytest.mark.parametrize("order", [sorted, lambda names: sorted(names, reverse=True)])
+def test_a_superseded_index_file_is_skipped_whichever_is_listed_first(repo: Repository, monkeypatch: pytest.MonkeyPatch,
+                                                                       order) -> None:
+    old = repo.write_index([("a" * 64, 10, _entries(0, 3))])
+    kept = _entries(1, 2)
+    new = repo.write_index([("b" * 64, 10, kept)], supersedes=[old])
+    listing = repo.storage.list
+
+    def listed(prefix: str):
+        infos = list(listing(prefix))
+        by_name = {i.name: i for i in infos}
+        return [by_name[n] for n in order(by_name)]
+
+    monkeypatch.setattr(repo.storage, "list", listed)
+    repo.load_index()
+    assert [cid for cid, _ in repo.index.items()] == [e.id for e in kept]
+    assert repo.index.files == {new} and repo.superseded_index_files == {old}
+    assert repo.index.packs() == ["b" * 64]
