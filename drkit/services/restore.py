@@ -314,9 +314,12 @@ class SnapshotReader:
 
         Memory does not grow with the number of entries: files are planned, fetched and
         finished in windows of at most ``window_files`` files, ``window_chunks`` chunks
-        and ``window_bytes`` bytes (at most :data:`WINDOWS_IN_FLIGHT` queued at once);
-        only directories (for their metadata, set at the end) and the names of failed
-        files are kept for the whole run."""
+        and ``window_bytes`` bytes (at most :data:`WINDOWS_IN_FLIGHT` queued at once). A
+        directory's mode and mtime are set once the walk has left it and the windows
+        holding its files are finished (see :class:`_DirFixups`), so only the
+        directories above the current entry are held, and the names of failed files.
+        Entries out of walk order (a caller's selection, several roots) keep every
+        directory until the end instead."""
         patterns = self.include if include is None else include
         self.check_target(target)
         if entries is not None and not isinstance(entries, (list, tuple)):
@@ -338,21 +341,27 @@ class SnapshotReader:
                 result.bytes_written += e.size if e.type == FILE else 0
                 result.lines.append(f"would restore {e.type} {target.joinpath(*parts)}")
             return result
-        for _ in selected():  # validate every path before writing anything
-            pass
+        ordered = True  # in walk order: a directory left is never entered again
+        previous: Parts | None = None
+        for _, parts in selected():  # validate every path before writing anything
+            if ordered and previous is not None and not parts > previous:
+                ordered = False
+            previous = parts
         target.mkdir(parents=True, exist_ok=True)
         tree = TargetTree(target)
         writer = _WindowWriter(self.repo, tree, result, workers=self._workers, on_bytes=self._on_bytes,
                                limits=(self.window_files, self.window_chunks, self.window_bytes))
+        dirs = _DirFixups(tree, writer, streamed=ordered)
         try:
-            dirs: list[tuple[Entry, Parts]] = []
-            made: set[Parts] = set()
+            made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
             parent: Parts | None = None
             for e, parts in selected():
+                dirs.reach(parts)
                 if e.type == DIR:
                     tree.make_dir(parts, replace=self.force)
-                    dirs.append((e, parts))
-                    made.add(parts)
+                    dirs.enter(parts, e)
+                    if not ordered:
+                        made.add(parts)
                     result.dirs += 1
                 elif not parts:
                     raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
@@ -368,8 +377,7 @@ class SnapshotReader:
                         tree.unpin(parent)
                     writer.add(_FilePlan(e, parent, parts[-1]))
             writer.drain()
-            for e, parts in reversed(dirs):
-                tree.set_dir_meta(parts, e)
+            dirs.finish()
             tree.sync()
         except BaseException:
             writer.abort()
@@ -386,6 +394,59 @@ class SnapshotReader:
             err.outcome = result  # what was restored, and why the rest failed
             raise err
         return result
+
+
+class _DirFixups:
+    """When to set each directory's metadata (mode, mtime, owner): after every file in
+    it was put in place (a rename inside it moves its mtime; a read-only mode would
+    stop the writes), children before parents.
+
+    *streamed* (the entries are in walk order: every path sorts after the previous
+    one, so a directory left is never entered again): a directory is held while the
+    walk is inside it; once left, it waits only for the windows planned so far to be
+    finished, then is set. Held at once: the directories above the current entry and
+    those left while their files are in flight. Otherwise every directory is held and
+    set at the end, innermost last-listed first."""
+
+    def __init__(self, tree: TargetTree, writer: "_WindowWriter", *, streamed: bool) -> None:
+        self._tree = tree
+        self._writer = writer
+        self._streamed = streamed
+        self._open: list[tuple[Parts, Entry]] = []
+        self._left: deque[tuple[int, Parts, Entry]] = deque()
+        self.held_max = 0
+        """The most directories held at once (for tests of memory flatness)."""
+
+    def reach(self, parts: Parts) -> None:
+        """The walk is at *parts*: directories that do not contain it are left."""
+        if not self._streamed:
+            return
+        opened = self._open
+        window = self._writer.window_no
+        while opened:
+            top = opened[-1][0]
+            if len(parts) > len(top) and parts[: len(top)] == top:
+                break
+            _, e = opened.pop()
+            self._left.append((window, top, e))
+        left = self._left
+        finished = self._writer.finished_no
+        while left and left[0][0] <= finished:
+            _, done, e = left.popleft()
+            self._tree.set_dir_meta(done, e)
+
+    def enter(self, parts: Parts, e: Entry) -> None:
+        self._open.append((parts, e))
+        self.held_max = max(self.held_max, len(self._open) + len(self._left))
+
+    def finish(self) -> None:
+        """Set what is still held (every window is finished by now)."""
+        for _, parts, e in self._left:
+            self._tree.set_dir_meta(parts, e)
+        self._left.clear()
+        for parts, e in reversed(self._open):
+            self._tree.set_dir_meta(parts, e)
+        self._open.clear()
 
 
 class _PathSplitter:
@@ -439,6 +500,10 @@ class _WindowWriter:
         self._window = _Window()
         self._adding: _FilePlan | None = None
         self._max_files, self._max_chunks, self._max_bytes = limits
+        self.window_no = 1
+        """The number of the window being filled (windows are numbered from 1)."""
+        self.finished_no = 0
+        """Every window up to this number is finished (its files in place or discarded)."""
 
     def add(self, plan: _FilePlan) -> None:
         """Plan file *plan* in the window being filled, queueing it when full. A file
@@ -483,8 +548,10 @@ class _WindowWriter:
             for task in _tasks(blobs.values()):
                 window.futures.append(self._pool.submit(self._do_task, pack_id, task))
         window.uses = {}  # the tasks hold their blob uses now, and drop them when done
+        window.no = self.window_no
         self._queued.append(window)
         self._window = _Window()
+        self.window_no += 1
         return self._window
 
     def drain(self) -> None:
@@ -617,6 +684,7 @@ class _WindowWriter:
             result.lines.append(f"FAILED {plan.entry.path}: {why}")
             log.error("not restored: %s: %s", plan.entry.path, why)
         window.files.clear()
+        self.finished_no = window.no
 
 
 @dataclass(eq=False)
@@ -629,6 +697,7 @@ class _Window:
     chunks: int = 0
     bytes: int = 0
     futures: list[Future[None]] = field(default_factory=list)
+    no: int = 0
 
 
 def _tasks(blobs: Iterable[_BlobUse]) -> Iterator[list[_BlobUse]]:
