@@ -95,12 +95,23 @@ def connect(
     keepalive: int = 0,
     sock: Any = None,
     key_option: str = "the key file",
+    prefer_ciphers: Sequence[str] = (),
 ) -> paramiko.SSHClient:
     """An authenticated :class:`paramiko.SSHClient` to *endpoint* whose host key is in
     *known_hosts* (or the system file). Keys: *key_files* that exist, then the agent and
     the default keys as allowed; hints name *key_option*, the setting that chooses the key.
+    *prefer_ciphers* (those paramiko knows) move to the front of paramiko's own order,
+    which follows them: a server offering none of them still gets a cipher it takes.
     Raises a :class:`SshConnectError` subclass."""
     import paramiko
+
+    def make_transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
+        t = paramiko.Transport(*args, **kwargs)
+        if prefer_ciphers:
+            options = t.get_security_options()
+            known = tuple(options.ciphers)
+            options.ciphers = tuple(c for c in prefer_ciphers if c in known) + tuple(c for c in known if c not in prefer_ciphers)
+        return t
 
     client = paramiko.SSHClient()
     if SYSTEM_KNOWN_HOSTS.is_file():
@@ -133,6 +144,7 @@ def connect(
                 banner_timeout=timeout,
                 auth_timeout=timeout,
                 sock=sock,
+                transport_factory=make_transport,
             )
         except _Unknown as exc:
             raise HostKeyUnknown(

@@ -16,13 +16,15 @@ Promises, on top of :class:`~drkit.storage.base.Storage`'s:
 - ``put`` is atomic: bytes go to ``.tmp-NAME.RANDOM`` in the destination folder (created
   0700 with parents as needed), the file is made 0600, written pipelined, fsynced
   (``fsync@openssh.com``), its size checked, then renamed over the target with
-  ``posix-rename@openssh.com``. A failed put removes its temporary (or, if the
+  ``posix-rename@openssh.com``. Nothing is renamed before every write, the fsync and the
+  size check were answered OK. A failed put removes its temporary (or, if the
   connection died, removes it after the next reconnect); ``list`` never shows temporaries.
 - A full destination is :class:`StorageFull` (a failed or short write is checked against
   ``statvfs@openssh.com``); permission problems are :class:`StorageError` with a hint.
 - A dropped connection is a :class:`TransientStorageError`; the next call reconnects, so
   :class:`~drkit.storage.retry.RetryingStorage` turns drops into retries.
-- Thread-safe: one SSH connection, a small pool of SFTP sessions (``max_sessions``).
+- Thread-safe: one SSH connection, a small pool of SFTP sessions (``max_sessions``); puts
+  from several threads run on separate sessions (channels) at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import posixpath
 import secrets
 import socket
 import stat as stat_mod
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -56,6 +59,19 @@ from drkit.storage.base import ObjectInfo, validate_name
 
 TEMP_PREFIX = ".tmp-"
 T = TypeVar("T")
+
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+"""Asked for first: AES-GCM needs no separate MAC pass, so paramiko spends about a third
+less CPU per byte than with its default aes128-ctr + hmac-sha2-256 (measured on
+loopback OpenSSH). A server without them gets paramiko's usual order."""
+_MIN_WRITE = 32 * 1024
+"""Bytes per write request that every SFTP server takes."""
+_MAX_WRITE = 256 * 1024
+"""At most this many per request, even where the server allows more."""
+_WINDOW = 4 * 1024 * 1024
+"""Bytes of one put's writes sent but not yet answered (the channel's window is 2 MiB)."""
+_ATTR_SIZE = 0x1
+_ATTR_PERMISSIONS = 0x4
 
 # paramiko logs a dropped socket at ERROR from its transport thread; without a handler
 # Python prints that on stderr. drkit reports (and retries) the drop itself.
@@ -146,6 +162,90 @@ def _quiet_prefetch(f: Any) -> None:
     f._prefetch_thread = quiet
 
 
+def _string(b: bytes) -> bytes:
+    """An SFTP string field."""
+    return struct.pack(">I", len(b)) + b
+
+
+class _Pipeline:
+    """Requests on one SFTP session sent back to back, their replies read as they come.
+
+    paramiko's pipelined ``SFTPFile.write`` sends 32 KiB requests (two SSH packets each,
+    the second a few bytes long) through several copies, and every hundred requests it
+    waits for all replies, emptying the pipe. Here a request is framed once, its data
+    goes out from the caller's buffer, and replies are read as they arrive, keeping at
+    most *window* bytes unanswered. Replies are matched by request id (a server may
+    answer out of order); one to an abandoned request (after an error) is skipped, here
+    and by paramiko alike. A failed status raises (OSError, as paramiko's). No paramiko
+    request may run on the session while this has replies outstanding: it would skip them.
+    """
+
+    def __init__(self, sftp: Any, window: int) -> None:
+        self.sftp = sftp
+        self.chan = sftp.sock
+        self.window = window
+        self.unanswered: dict[int, tuple[int, bool]] = {}  # id -> (bytes, reply wanted)
+        self.inflight = 0
+        self.replies: dict[int, tuple[int, Any]] = {}
+
+    def send(self, kind: int, *fields: bytes, data: memoryview | None = None, want: bool = False) -> int:
+        """Send request *kind* made of pre-encoded *fields*, then *data* as a string
+        field; returns its id. With *want*, its reply is kept for :meth:`reply`; else it
+        must be an OK status (checked when it is read)."""
+        sftp = self.sftp
+        with sftp._lock:
+            num = int(sftp.request_number)
+            sftp.request_number += 1
+        head = b"".join(fields)
+        n = len(data) if data is not None else 0
+        size = 1 + 4 + len(head) + (4 + n if data is not None else 0)
+        header = struct.pack(">IBI", size, kind, num) + head
+        if data is None:
+            self.chan.sendall(header)
+        else:
+            header += struct.pack(">I", n)
+            # The header with the first piece as one SSH packet; the rest is not copied.
+            first = max(0, min(n, int(self.chan.out_max_packet_size) - 64 - len(header)))
+            self.chan.sendall(header + data[:first])
+            if first < n:
+                self.chan.sendall(data[first:])
+        self.unanswered[num] = (n, want)
+        self.inflight += n
+        return num
+
+    def _read_one(self) -> None:
+        from paramiko.message import Message
+        from paramiko.sftp import CMD_STATUS, SFTPError
+
+        t, raw = self.sftp._read_packet()
+        msg = Message(raw)
+        num = msg.get_int()
+        entry = self.unanswered.pop(num, None)
+        if entry is None:
+            return
+        n, want = entry
+        self.inflight -= n
+        if want:
+            self.replies[num] = (t, msg)
+        elif t == CMD_STATUS:
+            self.sftp._convert_status(msg)
+        else:
+            raise SFTPError(f"expected a status, got message type {t}")
+
+    def throttle(self) -> None:
+        """Read replies while more than the window is unanswered, and those already here."""
+        while self.inflight > self.window or (self.unanswered and self.chan.recv_ready()):
+            self._read_one()
+
+    def finish(self) -> None:
+        """Read every outstanding reply (a failed status raises)."""
+        while self.unanswered:
+            self._read_one()
+
+    def reply(self, num: int) -> tuple[int, Any]:
+        """The reply to request *num* (sent with *want*), after :meth:`finish`."""
+        return self.replies.pop(num)
+
 class SftpStorage:
     """Objects as files under a folder on an SSH host."""
 
@@ -176,6 +276,7 @@ class SftpStorage:
         self._dirs: set[str] = set()
         self._orphans: set[str] = set()
         self._fsync_ok = self.options.fsync
+        self._write_max: int | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -210,6 +311,7 @@ class SftpStorage:
                 keepalive=self.options.keepalive,
                 sock=paramiko.ProxyCommand(self._proxy_command) if self._proxy_command else None,
                 key_option="repository.sftp.key_file",
+                prefer_ciphers=FAST_CIPHERS,
             )
         except sshconnect.HostUnreachable as exc:  # may go away: retried
             raise TransientStorageError(exc.message, hint=exc.hint) from None
@@ -387,42 +489,25 @@ class SftpStorage:
             return None
         return int(frsize * bavail)
 
-    def _fsync(self, sftp: Any, handle: bytes) -> None:
-        from paramiko.sftp import CMD_EXTENDED
-
-        if not self._fsync_ok:
-            return
-        try:
-            sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle)
-        except OSError as exc:
-            if "unsupported" in str(exc).lower():
-                self._fsync_ok = False  # server without the extension: rename still atomic
-            else:
-                raise
-
     # -- Storage ----------------------------------------------------------------------------
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         size = len(view)
 
+        from paramiko.sftp import CMD_CLOSE
+
         def do(sftp: Any) -> None:
             path = self._path(name)
             folder = posixpath.dirname(path)
-            self._mkdirs(sftp, folder)
             tmp = f"{folder}/{TEMP_PREFIX}{posixpath.basename(path)}.{secrets.token_hex(4)}"
             try:
                 try:
-                    f = sftp.open(tmp, "wb", 0)
+                    handle = self._create(sftp, tmp, folder)
                     try:
-                        f.chmod(0o600)
-                        f.set_pipelined(True)
-                        if size:
-                            f.write(view)
-                        self._fsync(sftp, f.handle)
+                        written = self._write(sftp, handle, view)
                     finally:
-                        f.close()
-                    written = sftp.stat(tmp).st_size
+                        sftp._request(CMD_CLOSE, handle)
                 except OSError as exc:
                     if not self._status_like(exc):
                         raise
@@ -442,6 +527,78 @@ class SftpStorage:
                 raise
 
         self._run("put", name, do)
+
+    def _create(self, sftp: Any, tmp: str, folder: str) -> bytes:
+        """Open *tmp* for writing, created 0600 (its folder with parents if missing);
+        returns the handle."""
+        from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
+        from paramiko.sftp_attr import SFTPAttributes
+
+        attrs = SFTPAttributes()
+        attrs.st_mode = 0o600
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        if folder not in self._dirs:
+            try:  # the folder usually exists: one round trip, not a stat first
+                t, msg = sftp._request(CMD_OPEN, tmp, flags, attrs)
+            except FileNotFoundError:
+                self._mkdirs(sftp, folder)
+                t, msg = sftp._request(CMD_OPEN, tmp, flags, attrs)
+            self._dirs.add(folder)
+        else:
+            t, msg = sftp._request(CMD_OPEN, tmp, flags, attrs)
+        if t != CMD_HANDLE:
+            raise TransientStorageError(f"unexpected reply to open on {self.where}")
+        return bytes(msg.get_binary())
+
+    def _write(self, sftp: Any, handle: bytes, view: memoryview) -> int:
+        """Make *handle* 0600, write *view* pipelined, fsync; returns the size the server
+        then reports for the file. All requests go out back to back: one round trip
+        for all of them (beyond what the window holds back)."""
+        from paramiko.sftp import CMD_ATTRS, CMD_EXTENDED, CMD_FSETSTAT, CMD_FSTAT, CMD_WRITE
+
+        step = self._write_size(sftp)  # before the pipeline: paramiko would eat its replies
+        pipe = _Pipeline(sftp, _WINDOW)
+        hstr = _string(handle)
+        pipe.send(CMD_FSETSTAT, hstr, struct.pack(">II", _ATTR_PERMISSIONS, 0o600))
+        for offset in range(0, len(view), step):
+            pipe.send(CMD_WRITE, hstr, struct.pack(">Q", offset), data=view[offset : offset + step])
+            pipe.throttle()
+        fsync = pipe.send(CMD_EXTENDED, _string(b"fsync@openssh.com"), hstr, want=True) if self._fsync_ok else None
+        fstat = pipe.send(CMD_FSTAT, hstr, want=True)
+        pipe.finish()  # every write answered OK, whatever order the server answers in
+        if fsync is not None:
+            _t, msg = pipe.reply(fsync)
+            try:
+                sftp._convert_status(msg)
+            except OSError as exc:
+                if "unsupported" not in str(exc).lower():
+                    raise
+                self._fsync_ok = False  # server without the extension: rename still atomic
+        t, msg = pipe.reply(fstat)
+        if t != CMD_ATTRS:
+            sftp._convert_status(msg)
+            raise TransientStorageError(f"unexpected reply to fstat on {self.where}")
+        if not msg.get_int() & _ATTR_SIZE:
+            raise TransientStorageError(f"no size in the reply to fstat on {self.where}")
+        return int(msg.get_int64())
+
+    def _write_size(self, sftp: Any) -> int:
+        """Bytes per write request: what the server's ``limits@openssh.com`` allows, up to
+        256 KiB, else 32 KiB (which every SFTP server must take). Asked once."""
+        if self._write_max is None:
+            from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+            size = _MIN_WRITE
+            try:
+                t, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+                if t == CMD_EXTENDED_REPLY:
+                    _packet, _read, write, _handles = (msg.get_int64() for _ in range(4))
+                    if write:
+                        size = max(_MIN_WRITE, min(_MAX_WRITE, write))
+            except OSError:
+                pass  # not offered: the minimum
+            self._write_max = size
+        return self._write_max
 
     @staticmethod
     def _status_like(exc: OSError) -> bool:

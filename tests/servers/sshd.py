@@ -135,7 +135,7 @@ class SshServer:
 
 
 def _write_config(
-    workdir: Path, port: int, host: str, host_key: Path, authorized: Path, home: Path, sftp_args: str
+    workdir: Path, port: int, host: str, host_key: Path, authorized: Path, home: Path, sftp_args: str, extra: tuple[str, ...] = ()
 ) -> Path:
     config = workdir / "sshd_config"
     config.write_text(
@@ -160,6 +160,7 @@ def _write_config(
                 "MaxSessions 50",
                 "LogLevel VERBOSE",
                 f"Subsystem sftp internal-sftp {sftp_args} -d {home}".replace("  ", " "),
+                *extra,
                 "",
             ]
         )
@@ -183,12 +184,18 @@ def _wait_banner(host: str, port: int, proc: subprocess.Popen[bytes], deadline: 
 
 
 def start_sshd(
-    tmpdir: str | os.PathLike[str], *, host: str = "127.0.0.1", attempts: int = 3, sftp_args: str = ""
+    tmpdir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    attempts: int = 3,
+    sftp_args: str = "",
+    extra_config: tuple[str, ...] = (),
 ) -> SshServer:
     """Start a private sshd under *tmpdir* on a free port of *host*; wait until it answers.
 
     *sftp_args* go to ``internal-sftp`` (e.g. ``"-R"`` for a read-only SFTP server, whose
-    writes fail with "permission denied" even for root).
+    writes fail with "permission denied" even for root); *extra_config* lines are added
+    to sshd_config (e.g. ``"Ciphers aes128-ctr"``).
 
     Raises :class:`SshdStartError` (with sshd's log) if it does not come up, or
     FileNotFoundError if sshd is not installed (tests should call ``require_binary`` first).
@@ -216,7 +223,7 @@ def start_sshd(
     last_log = ""
     for _ in range(attempts):
         port = free_port(host)
-        config = _write_config(workdir, port, host, host_key, authorized, home, sftp_args)
+        config = _write_config(workdir, port, host, host_key, authorized, home, sftp_args, extra_config)
         log = open(log_file, "ab")
         try:
             proc = subprocess.Popen(
