@@ -84,9 +84,16 @@ class PackBuilder:
         self._parts.append(_TAIL.pack(len(trailer)))
         data = b"".join(self._parts)
         self._parts = []
-        pack_id = hashlib.sha256(data).hexdigest()
+        # One pass over the bytes that leave gives the pack's id and, on the way, the
+        # digest of the bytes before the trailer (what a v2 trailer is bound to).
+        view = memoryview(data)
+        start = len(data) - len(trailer) - _TAIL.size
+        digest = hashlib.sha256(view[:start])
+        head_digest = digest.digest()
+        digest.update(view[start:])
+        pack_id = digest.hexdigest()
         # Verify before it leaves: the trailer we wrote must read back to our entries.
-        if read_trailer(data, cipher) != self.entries:
+        if read_trailer(data, cipher, head_digest=(start, head_digest)) != self.entries:
             raise PackFormatError("pack trailer does not read back")
         return pack_id, data
 
@@ -110,9 +117,11 @@ def parse_trailer(sealed: bytes, cipher: Cipher, associated: bytes | None = None
     return [PackEntry(*_ENTRY.unpack_from(plain, _COUNT.size + i * _ENTRY.size)) for i in range(count)]
 
 
-def read_trailer(data: bytes | memoryview, cipher: Cipher) -> list[PackEntry]:
+def read_trailer(data: bytes | memoryview, cipher: Cipher, *, head_digest: tuple[int, bytes] | None = None) -> list[PackEntry]:
     """Parse the trailer of a complete pack held in memory (v1 or v2, by its magic);
-    raises PackFormatError."""
+    raises PackFormatError. *head_digest* ``(n, sha256)``: the SHA-256 of the pack's
+    first *n* bytes, already computed by the caller; used (not recomputed) when the
+    trailer starts at *n*."""
     view = memoryview(data)
     version = _MAGICS.get(bytes(view[: len(MAGIC)])) if len(view) >= len(MAGIC) + 4 else None
     if version is None:
@@ -122,7 +131,11 @@ def read_trailer(data: bytes | memoryview, cipher: Cipher) -> list[PackEntry]:
     if start < len(MAGIC):
         raise PackFormatError("pack trailer length is out of range")
     try:
-        entries = parse_trailer(bytes(view[start:-4]), cipher, _trailer_aad(version, view[:start]))
+        if version >= 2 and head_digest is not None and head_digest[0] == start:
+            associated = aad(KIND_TRAILER, head_digest[1])
+        else:
+            associated = _trailer_aad(version, view[:start])
+        entries = parse_trailer(bytes(view[start:-4]), cipher, associated)
     except PackFormatError as exc:
         if version >= 2:
             raise PackFormatError(f"{exc} (a v2 trailer opens only on the bytes it was written with)") from None
