@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-rss-scaling", action="store_true", help="skip the peak-RSS scaling check")
     ap.add_argument("--no-remote", action="store_true", help="skip the remote benchmark (S3 via moto's server, SFTP via a loopback sshd)")
     ap.add_argument("--remote-only", action="store_true", help="run only the remote benchmark")
+    ap.add_argument("--remotes", default="s3,sftp", help="comma-separated subset of s3,sftp for the remote benchmark (default both)")
     ap.add_argument("--suite", default="large,small", help="comma-separated: large (the 1 GiB mixed set), small (many small files); default both")
     ap.add_argument("--small-files", type=int, default=200_000, help="files in the many-small-files set (default 200000)")
     ap.add_argument("--small-rss-counts", default="100000,400000", help="file counts for drkit's peak-RSS flatness check on small files ('' to skip)")
@@ -341,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_remote or args.remote_only:
         import remote
 
-        out["remote"] = remote.run(data, work / "remote", log=log)
+        remotes = tuple(r.strip() for r in args.remotes.split(",") if r.strip())
+        if not set(remotes) <= {"s3", "sftp"}:
+            ap.error(f"unknown remote in {args.remotes!r} (choose from s3, sftp)")
+        out["remote"] = remote.run(data, work / "remote", log=log, remotes=remotes)
         results_path.write_text(json.dumps(out, indent=1))
         remote.print_table(out["remote"])
     log(f"results written to {results_path}")
