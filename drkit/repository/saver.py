@@ -243,6 +243,20 @@ class BlobSaver:
         with self._lock:
             return chunk_id in self.repo.index or chunk_id in self._pending
 
+    def settle(self, *, flush_above: int = 4 * 1024 * 1024) -> None:
+        """Seal everything queued and wait for the uploads in flight; store the open pack
+        too when it holds more than *flush_above* bytes. Called between a source's data
+        and its tree, so the tree's blobs are not cut and sealed while a full pack and an
+        upload are still held: peak memory at the end of a large backup (when the index is
+        largest) drops by up to two packs."""
+        if self._closed:
+            return
+        self._drain(0, 0)
+        if self._builder.size > flush_above:
+            self._flush_pack()
+        self._reap_uploads(0)
+        _Allocator.trim()
+
     def finish(self) -> None:
         """Store everything queued: last pack, uploads, final index. Idempotent."""
         if self._closed:

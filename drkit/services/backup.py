@@ -352,6 +352,7 @@ class SnapshotWriter:
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""
         self._flush_deferred(wait=True)
+        self.saver.settle()  # the data's last pack stored before the tree is read back and cut
         self._entries.seek(0)
         ids = []
         for data in cut_blocks(self._chunker, self._entries, self._readbuf):  # same cuts as cut_stream

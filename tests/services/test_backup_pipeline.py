@@ -17,7 +17,7 @@ import pytest
 
 from drkit.errors import IntegrityError
 from drkit.repository import layout
-from drkit.repository.blob import BlobError
+from drkit.repository.blob import BLOB_TREE, BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.chunker import cut_blocks
@@ -118,6 +118,31 @@ def test_submit_dedups_inside_the_inflight_window(repo: Repository) -> None:
     with BlobSaver(repo, workers=2) as again:
         assert [again.submit(b).id() for b in (blob, other)] == [ids[0], ids[1]]
     assert again.stats.blobs_new == 0 and again.stats.packs == 0
+
+
+def test_settle_stores_a_large_open_pack_and_waits_for_uploads_before_the_tree(repo: Repository, tmp_path: Path) -> None:
+    """#18: a backup's tree is cut and sealed after the data's last large pack was stored
+    (not beside it: at the end of a large backup the index is at its largest); a small
+    open pack stays open (no extra tiny pack per source)."""
+    with BlobSaver(repo, workers=2) as saver:
+        for _ in range(3):
+            saver.submit(os.urandom(2 * 1024 * 1024))
+        saver.settle()
+        assert len(saver._builder) == 0 and not saver._uploading and not saver._sealing
+        assert saver.stats.packs == 1
+        saver.submit(os.urandom(100_000))
+        saver.settle()
+        assert len(saver._builder) == 1 and saver.stats.packs == 1
+    assert saver.stats.packs == 2
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}").write_bytes(os.urandom(2 * 1024 * 1024))
+    run = run_backup(repo, [FilesSource("data", FilesSource.Options(paths=[str(data)]))], BackupOptions())
+    snap = run.snapshots[0]
+    tree_packs = {loc.pack for loc in (repo.index.get(bytes.fromhex(t)) for t in snap.tree) if loc}
+    data_packs = {loc.pack for cid, loc in repo.index.items() if loc.blob_type != BLOB_TREE}
+    assert tree_packs and not tree_packs & data_packs
 
 
 def test_a_blob_failing_verification_fails_the_save(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
