@@ -1,0 +1,64 @@
+"""#18: a backup holds a bounded number of entries and queued blobs, whatever the number
+of files: counted from the heap (gc) during first and unchanged backups of N and 4N
+files, not from timings. (The index grows with new blobs: ~62 bytes each, see
+tests/repository/test_index_memory.py.)"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+
+from drkit.repository.repo import Repository
+from drkit.repository.saver import BlobTicket
+from drkit.repository.tree import Entry
+from drkit.services import backup as backup_mod
+from drkit.services.backup import BackupOptions, run_backup
+from drkit.sources.files import FilesSource
+from drkit.storage import LocalStorage
+from tests.services.test_many_files import _tree
+
+
+def _peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> list[dict[str, int]]:
+    """Most Entry and BlobTicket objects alive at once during a first and an unchanged
+    backup of *count* small files (one worker: at most 256 blobs in flight)."""
+    data = tmp_path / f"data{count}"
+    _tree(data, count)
+    storage = LocalStorage(str(tmp_path / f"repo{count}"))
+    Repository.init(storage, "pw")
+    real = backup_mod.SnapshotWriter.add_file
+    calls = [0]
+    peak = {"entries": 0, "tickets": 0, "samples": 0}
+
+    def add_file(self: backup_mod.SnapshotWriter, *args: object, **kwargs: object) -> Entry:
+        calls[0] += 1
+        if calls[0] % 200 == 0:
+            gc.collect()
+            objs = gc.get_objects()
+            peak["entries"] = max(peak["entries"], sum(1 for o in objs if type(o) is Entry))
+            peak["tickets"] = max(peak["tickets"], sum(1 for o in objs if type(o) is BlobTicket))
+            peak["samples"] += 1
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup_mod.SnapshotWriter, "add_file", add_file)
+    out = []
+    for _ in ("first", "unchanged"):
+        run = run_backup(Repository.open(storage, "pw"), [FilesSource("data", FilesSource.Options(paths=[str(data)]))],
+                         BackupOptions(workers=1))
+        assert not run.failed and run.snapshots[0].stats["entries"] > count
+        out.append(dict(peak))
+        peak.update(entries=0, tickets=0, samples=0)
+    assert out[1]["samples"] and run.snapshots[0].stats["files_unmodified"] == count
+    return out
+
+
+def test_entries_and_blobs_alive_during_a_backup_do_not_grow_with_the_files(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    small = _peaks(tmp_path, monkeypatch, 1200)
+    large = _peaks(tmp_path, monkeypatch, 4800)
+    for s, big in zip(small, large, strict=True):
+        assert s["samples"] >= 5 and big["samples"] >= 20
+        # the files in flight (at most 256 blobs queued, batches of 64) and one parent entry
+        assert 0 < big["entries"] <= 400 and big["tickets"] <= 400, (small, large)
+        assert big["entries"] <= s["entries"] + 100, (small, large)
