@@ -576,6 +576,15 @@ class _WindowWriter:
     # -- worker side -------------------------------------------------------------
 
     def _do_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
+        try:
+            self._run_task(pack_id, ordered)
+        finally:
+            # The pool's work item keeps its arguments until its thread gets round to
+            # dropping it, after the future is done and the window may be finished: the
+            # task's blob uses (and through them its files) must not live on with it.
+            ordered.clear()
+
+    def _run_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
         if self._stop.is_set():
             return
         name = layout.pack_name(pack_id)

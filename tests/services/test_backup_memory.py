@@ -59,6 +59,8 @@ def test_entries_and_blobs_alive_during_a_backup_do_not_grow_with_the_files(tmp_
     large = _peaks(tmp_path, monkeypatch, 4800)
     for s, big in zip(small, large, strict=True):
         assert s["samples"] >= 5 and big["samples"] >= 20
-        # the files in flight (at most 256 blobs queued, batches of 64) and one parent entry
-        assert 0 < big["entries"] <= 400 and big["tickets"] <= 400, (small, large)
-        assert big["entries"] <= s["entries"] + 100, (small, large)
+        # the files in flight (at most 256 blobs queued, batches of 64) and one parent
+        # entry, at 1,200 and at 4,800 files alike (how many of them a sample catches
+        # depends on the load: only the bound is asserted)
+        for peak in (s, big):
+            assert 0 < peak["entries"] <= 400 and peak["tickets"] <= 400, (small, large)
