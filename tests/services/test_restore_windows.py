@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,18 @@ def test_plans_and_blob_uses_alive_at_once_are_bounded_by_the_window(repo: Repos
     # Whatever an earlier test in this worker process still holds is not this restore's.
     before_plans, before_uses = alive()
 
+    sampling = threading.Lock()
+
     def sample(_n: int) -> None:
         calls[0] += 1
-        if calls[0] % 150:
+        # One sample at a time: a sample's list of every object keeps a window that
+        # finishes meanwhile alive, and a second worker sampling then counts it too.
+        if calls[0] % 150 or not sampling.acquire(blocking=False):
             return
-        plans, uses = alive()
+        try:
+            plans, uses = alive()
+        finally:
+            sampling.release()
         peaks["plans"] = max(peaks["plans"], plans - before_plans)
         peaks["uses"] = max(peaks["uses"], uses - before_uses)
         peaks["samples"] += 1
