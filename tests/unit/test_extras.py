@@ -28,7 +28,7 @@ def test_the_extras_are_declared() -> None:
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert {name: extras[name] for name in ("s3", "sftp", "k8s", "all")} == {
-        "s3": ["boto3>=1.28"], "sftp": ["paramiko>=3.4"], "k8s": ["kubernetes>=28"], "all": ["drkit[s3,sftp,k8s]"],
+        "s3": ["boto3>=1.28"], "sftp": ["paramiko>=3.4,<6"], "k8s": ["kubernetes>=28"], "all": ["drkit[s3,sftp,k8s]"],
     }
     assert "drkit[all]" in extras["test"]
     assert not [r for r in project["dependencies"] if r.split(">")[0].split("=")[0].lower() in EXTRAS]
