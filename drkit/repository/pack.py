@@ -76,22 +76,20 @@ class PackBuilder:
         plain = _COUNT.pack(len(self.entries)) + b"".join(
             _ENTRY.pack(e.blob_type, e.id, e.offset, e.length, e.raw_length) for e in self.entries
         )
-        head = hashlib.sha256()
-        for part in self._parts:
-            head.update(part)
-        trailer = cipher.seal(plain, aad(KIND_TRAILER) if self.version < 2 else aad(KIND_TRAILER, head.digest()))
-        self._parts.append(trailer)
-        self._parts.append(_TAIL.pack(len(trailer)))
-        data = b"".join(self._parts)
+        # One SHA-256 pass over the bytes that leave: the digest of the bytes before the
+        # trailer (what a v2 trailer is bound to) is taken on the way to the pack's id.
+        body = b"".join(self._parts)
         self._parts = []
-        # One pass over the bytes that leave gives the pack's id and, on the way, the
-        # digest of the bytes before the trailer (what a v2 trailer is bound to).
-        view = memoryview(data)
-        start = len(data) - len(trailer) - _TAIL.size
-        digest = hashlib.sha256(view[:start])
+        digest = hashlib.sha256(body)
         head_digest = digest.digest()
-        digest.update(view[start:])
+        trailer = cipher.seal(plain, aad(KIND_TRAILER) if self.version < 2 else aad(KIND_TRAILER, head_digest))
+        tail = _TAIL.pack(len(trailer))
+        digest.update(trailer)
+        digest.update(tail)
         pack_id = digest.hexdigest()
+        data = b"".join((body, trailer, tail))
+        del body
+        start = len(data) - len(trailer) - _TAIL.size
         # Verify before it leaves: the trailer we wrote must read back to our entries.
         if read_trailer(data, cipher, head_digest=(start, head_digest)) != self.entries:
             raise PackFormatError("pack trailer does not read back")
