@@ -76,19 +76,20 @@ class PackBuilder:
         plain = _COUNT.pack(len(self.entries)) + b"".join(
             _ENTRY.pack(e.blob_type, e.id, e.offset, e.length, e.raw_length) for e in self.entries
         )
-        # One SHA-256 pass over the bytes that leave: the digest of the bytes before the
-        # trailer (what a v2 trailer is bound to) is taken on the way to the pack's id.
-        body = b"".join(self._parts)
-        self._parts = []
-        digest = hashlib.sha256(body)
+        # One SHA-256 pass and one join: the digest of the bytes before the trailer (what a
+        # v2 trailer is bound to) is taken on the way to the pack's id.
+        digest = hashlib.sha256()
+        for part in self._parts:
+            digest.update(part)
         head_digest = digest.digest()
         trailer = cipher.seal(plain, aad(KIND_TRAILER) if self.version < 2 else aad(KIND_TRAILER, head_digest))
         tail = _TAIL.pack(len(trailer))
         digest.update(trailer)
         digest.update(tail)
         pack_id = digest.hexdigest()
-        data = b"".join((body, trailer, tail))
-        del body
+        self._parts += (trailer, tail)
+        data = b"".join(self._parts)
+        self._parts = []
         start = len(data) - len(trailer) - _TAIL.size
         # Verify before it leaves: the trailer we wrote must read back to our entries.
         if read_trailer(data, cipher, head_digest=(start, head_digest)) != self.entries:
