@@ -9,7 +9,8 @@ tags, statistics, source metadata and the ordered ids of the tree blobs (see tre
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,6 +68,14 @@ class Snapshot:
         if self.stats.get("errors", 0) > 0:
             return "partial"
         return "complete"
+
+    def rewritten(self, *, tree: list[str], stats: dict[str, int], meta: dict[str, Any],
+                  parent: str | None) -> "Snapshot":
+        """A new snapshot (fresh id) of the same moment, source, run and host, with
+        another *tree*, *stats*, *meta* and *parent* (repair and copy write these); the
+        lists and dicts kept are copies."""
+        return replace(self, id=secrets.token_hex(32), tree=tree, stats=stats, meta=meta, parent=parent,
+                       tags=list(self.tags), paths=list(self.paths), run_meta=dict(self.run_meta))
 
     def encode(self) -> bytes:
         doc = {"version": 1, **asdict(self)}

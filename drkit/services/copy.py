@@ -29,7 +29,6 @@ of the other; prune on either waits).
 from __future__ import annotations
 
 import logging
-import secrets
 import shutil
 import tempfile
 import time
@@ -400,22 +399,7 @@ def _copy_one(
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "origins": sorted([list(i) for i in identities(snap, src_id) if i != (src_id, snap.id)]),
         }
-        copy = Snapshot(
-            id=secrets.token_hex(32),
-            time=snap.time,
-            source=snap.source,
-            source_type=snap.source_type,
-            run=snap.run,
-            host=snap.host,
-            tree=tree,
-            tags=list(snap.tags),
-            paths=list(snap.paths),
-            parent=parent_copy.id if parent_copy else None,
-            stats=stats,
-            meta=meta,
-            run_meta=dict(snap.run_meta),
-            program_version=snap.program_version,
-        )
+        copy = snap.rewritten(tree=tree, stats=stats, meta=meta, parent=parent_copy.id if parent_copy else None)
         dst.save_snapshot(copy)  # last: every blob it references is indexed by now
         item.status = "copied"
         item.copy_id = copy.id

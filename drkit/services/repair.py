@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -382,22 +381,7 @@ def _repaired_manifest(a: AffectedSnapshot, tree: list[str], size: int) -> Snaps
         "removed": a.removed[:REMOVED_PATHS_KEPT],
         "lost_tree_blobs": a.lost_tree_blobs,
     }
-    return Snapshot(
-        id=secrets.token_hex(32),
-        time=old.time,
-        source=old.source,
-        source_type=old.source_type,
-        run=old.run,
-        host=old.host,
-        tree=tree,
-        tags=list(old.tags),
-        paths=list(old.paths),
-        parent=old.parent,
-        stats=stats,
-        meta=meta,
-        run_meta=dict(old.run_meta),
-        program_version=old.program_version,
-    )
+    return old.rewritten(tree=tree, stats=stats, meta=meta, parent=old.parent)
 
 
 def _describe(plan: RepairPlan, *, dry_run: bool) -> RepairReport:
