@@ -22,12 +22,13 @@ regenerates them. A ``MANIFEST.json`` records seed, count and whether the set is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
 from pathlib import Path
+
+from dataset import tree_digest  # noqa: F401  (the digest the small suite checks restores with)
 
 MANIFEST = "MANIFEST.json"
 VERSION = 1
@@ -141,17 +142,3 @@ def restore_files(root: Path, doc: dict) -> None:
         (root / rel).write_bytes(_content(doc["seed"], no, size, pool))
     doc["mutated"] = []
     _write_manifest(root, doc)
-
-
-def tree_digest(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """SHA-256 of every regular file under *root*, by relative path."""
-    out = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            if rel in exclude:
-                continue
-            with open(p, "rb") as f:
-                out[rel] = hashlib.sha256(f.read()).hexdigest()
-    return out
