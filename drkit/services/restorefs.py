@@ -283,7 +283,7 @@ class TargetTree:
                     log.warning("cannot set owner of %s: %s", _shown(parts), exc.strerror)
             try:
                 os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-            except (OSError, NotImplementedError) as exc:
+            except (OSError, NotImplementedError) as exc:  # NotImplementedError: no utimensat(AT_SYMLINK_NOFOLLOW) here
                 log.warning("cannot set mtime of %s: %s", _shown(parts), getattr(exc, "strerror", exc))
             self.commit(parent, tmp, name)
         finally:
