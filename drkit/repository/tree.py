@@ -106,18 +106,6 @@ class Entry:
     def from_json(cls, line: str) -> "Entry":
         return cls.from_dict(json.loads(line))
 
-    def unchanged_since(self, other: "Entry") -> bool:
-        """True when stat data says the file content cannot have changed."""
-        return (
-            self.type == FILE
-            and other.type == FILE
-            and self.size == other.size
-            and self.mtime_ns == other.mtime_ns
-            and self.ctime_ns == other.ctime_ns
-            and self.inode == other.inode
-            and self.dev == other.dev
-        )
-
 
 _OPTIONAL_FIELDS = tuple(f for f in Entry.__dataclass_fields__ if f not in ("path", "type"))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
@@ -130,20 +118,44 @@ def encode_entries(entries: Iterable[Entry]) -> Iterator[bytes]:
         yield (entry.to_json() + "\n").encode("ascii")
 
 
-def decode_lines(chunks: Iterable[bytes]) -> Iterator[Entry]:
-    """Parse JSON lines from a sequence of byte chunks split anywhere."""
+_LINE_KEYS = _FIELD_NAMES | {f"{key}_b64" for key in _NAME_KEYS}
+
+
+def parse_line(line: bytes) -> tuple[Entry, bool]:
+    """One stored line: its entry, and whether the line says nothing beyond the entry
+    (every key one this version reads), so that it may be stored again as it is in
+    place of the entry's encoding. Raises ValueError (or TypeError) for a malformed line."""
+    data = json.loads(line.decode("ascii"))
+    return Entry.from_dict(data), data.keys() <= _LINE_KEYS
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-empty JSON lines (without their newline) of a tree stored as byte chunks
+    split anywhere."""
     pending = b""
     for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
             if line:
-                yield Entry.from_json(line.decode("ascii"))
+                yield line
     if pending.strip():
-        yield Entry.from_json(pending.decode("ascii"))
+        yield pending
+
+
+def decode_lines(chunks: Iterable[bytes]) -> Iterator[Entry]:
+    """Parse JSON lines from a sequence of byte chunks split anywhere."""
+    for line in split_lines(chunks):
+        yield Entry.from_json(line.decode("ascii"))
+
+
+def tree_chunks(repo: "Repository", snap: "Snapshot") -> Iterator[bytes]:
+    """The stored tree of a snapshot, blob by blob (verified on read; raises
+    IntegrityError for a damaged or missing one)."""
+    return (repo.read_blob(bytes.fromhex(t)) for t in snap.tree)
 
 
 def iter_tree(repo: "Repository", snap: "Snapshot") -> Iterator[Entry]:
     """Entries of a snapshot, in stored order (tree blobs are verified on read;
     raises IntegrityError for a damaged or missing one)."""
-    return decode_lines(repo.read_blob(bytes.fromhex(t)) for t in snap.tree)
+    return decode_lines(tree_chunks(repo, snap))

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 
 from drkit import __version__
-from drkit.errors import DrkitError, NothingRead, PartialFailure
+from drkit.errors import DrkitError, IntegrityError, NothingRead, PartialFailure
 from drkit.repository.blob import BLOB_TREE
 from drkit.repository.chunker import cut_blocks, new_buffer
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.progress import ProgressSink
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, iter_tree
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, parse_line, split_lines, tree_chunks
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -65,46 +65,63 @@ class _Names:
         return self._groups[gid]
 
 
-def walk_order_key(path: str) -> list[str]:
+def walk_order_key(path: str) -> str:
     """Sort key of the order sources record entries in: a directory before its contents,
-    names sorted within a directory (depth-first over sorted names = lexicographic order
-    of the path's components)."""
-    return path.split("/")
+    names sorted within a directory (depth-first over sorted names). That is the order
+    of the paths' lists of components, and comparing the paths with each ``/`` made a
+    NUL (which no name contains, so it sorts below every character a name has) gives
+    the same order in one string comparison."""
+    return path.replace("/", "\0")
 
 
 class ParentCursor:
     """The file entries of a parent snapshot, found by path while the new snapshot is
-    written in the same (walk) order, holding one entry (and one tree blob) at a time.
+    written in the same (walk) order, holding one line (and one tree blob) at a time.
 
     ``find(path)`` moves forward past every entry that sorts before *path* and returns
-    the entry if it is *path*'s. A lookup that comes out of order finds nothing, which
-    only costs a re-read. A tree blob that cannot be read ends the parent (``on_error``
-    is told): the rest of the run reads everything, as with no parent."""
+    ``(entry, line)`` if that is *path*'s file entry: *line* is the entry's stored JSON
+    line (None if it holds keys this version does not read), which an unchanged file
+    reuses as it is instead of encoding it again. A
+    lookup that comes out of order finds nothing, which only costs a re-read. A tree
+    blob that cannot be read, or a line that does not parse, ends the parent
+    (``on_error`` is told): the rest of the run reads everything, as with no parent."""
 
-    def __init__(self, entries: Iterator[Entry], *, on_error: Callable[[DrkitError], None] | None = None) -> None:
-        self._entries = entries
+    def __init__(self, lines: Iterator[bytes], *, on_error: Callable[[DrkitError], None] | None = None) -> None:
+        self._lines = lines
         self._on_error = on_error
         self._entry: Entry | None = None
-        self._key: list[str] = []
+        self._line: bytes | None = None
+        self._key = ""
         self._advance()
 
     def _advance(self) -> None:
         try:
-            entry = next(self._entries, None)
+            line = next(self._lines, None)
+            entry, reusable = parse_line(line) if line is not None else (None, False)
         except DrkitError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-            entry = None
+            self._end(exc)
+            return
+        except (ValueError, TypeError) as exc:  # trees are authenticated: only a bug makes one
+            self._end(IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})"))
+            return
         self._entry = entry
-        self._key = walk_order_key(entry.path) if entry is not None else []
+        if entry is not None:
+            self._line = line if reusable and line is not None else None
+            self._key = walk_order_key(entry.path)
 
-    def find(self, path: str) -> Entry | None:
+    def _end(self, exc: DrkitError) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)
+        self._entry = None
+        self._lines = iter(())
+
+    def find(self, path: str) -> tuple[Entry, bytes | None] | None:
         key = walk_order_key(path)
         while self._entry is not None and self._key < key:
             self._advance()
         entry = self._entry
         if entry is not None and entry.path == path and entry.type == FILE:
-            return entry
+            return entry, self._line
         return None
 
 
@@ -158,7 +175,9 @@ class SnapshotWriter:
         self._parent: ParentCursor | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
-        self._deferred: deque[tuple[Entry, list[BlobTicket] | None]] = deque()
+        self._deferred: deque[tuple[Entry, list[BlobTicket] | None, bytes | None]] = deque()
+        """Entries waiting for their chunk ids (and those recorded after them): (entry,
+        tickets, stored line to reuse)."""
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
         self._count = 0
         self._names = _Names()
@@ -174,11 +193,16 @@ class SnapshotWriter:
         this run (see :class:`ParentCursor`): memory stays flat however many files the
         parent holds. Paths looked up out of walk order are not found (the file is then
         read again: slower, never wrong)."""
+        found = self._parent_line(path)
+        return found[0] if found else None
+
+    def _parent_line(self, path: str) -> tuple[Entry, bytes | None] | None:
+        """:meth:`parent_entry` with the entry's stored line."""
         if self._parent is None:
-            entries: Iterator[Entry] = iter(())
+            lines: Iterator[bytes] = iter(())
             if self._parent_snap is not None:
-                entries = iter_tree(self.repo, self._parent_snap)
-            self._parent = ParentCursor(entries, on_error=self._parent_unreadable)
+                lines = split_lines(tree_chunks(self.repo, self._parent_snap))
+            self._parent = ParentCursor(lines, on_error=self._parent_unreadable)
         return self._parent.find(path)
 
     def _parent_unreadable(self, exc: DrkitError) -> None:
@@ -215,15 +239,22 @@ class SnapshotWriter:
     def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
         if st is None:
             st = os.lstat(real_path)
-        entry = self._from_stat(path, FILE, st)
-        old = self.parent_entry(path)
-        if old is not None and entry.unchanged_since(old) and all(self.saver.known(bytes.fromhex(c)) for c in old.chunks):
-            entry.chunks = list(old.chunks)
+        found = self._parent_line(path)
+        if found is not None and self._same_file(found[0], st) and all(self.saver.known(bytes.fromhex(c)) for c in found[0].chunks):
+            same, line = found
             self.stats.files_unmodified += 1
-            self.stats.size += entry.size
+            self.stats.size += same.size
             if self._on_bytes:
-                self._on_bytes(entry.size)
+                self._on_bytes(same.size)
+            if line is not None and self._same_record(same, st):
+                # Exactly the entry this file would get: its stored line is reused as
+                # it is (no encoding; the tree chunk deduplicates with the parent's).
+                return self._record(same, line + b"\n")
+            entry = self._from_stat(path, FILE, st)
+            entry.chunks = list(same.chunks)
             return self.record(entry)
+        old = found[0] if found else None
+        entry = self._from_stat(path, FILE, st)
         small = self._read_small(real_path, entry.size) if entry.size <= self._chunker.min_size else None
         if small is not None:
             # At most min_size bytes are one chunk (what cutting would yield): no cutting,
@@ -243,7 +274,7 @@ class SnapshotWriter:
             self.stats.files_changed += 1
         # Recorded (with its chunk ids) once the workers have hashed every chunk; the
         # next file is read meanwhile. Entries keep their order.
-        self._deferred.append((entry, tickets))
+        self._deferred.append((entry, tickets, None))
         self._flush_deferred(wait=False)
         return entry
 
@@ -274,6 +305,31 @@ class SnapshotWriter:
             inode=st.st_ino if kind == FILE else 0,
             ctime_ns=st.st_ctime_ns if kind == FILE else 0,
             dev=st.st_dev if kind == FILE else 0,
+        )
+
+    @staticmethod
+    def _same_file(old: Entry, st: os.stat_result) -> bool:
+        """True when stat data says the content of *old*'s file cannot have changed: the
+        same size, mtime and ctime (to the nanosecond), inode and device."""
+        return (
+            old.type == FILE
+            and old.size == st.st_size
+            and old.mtime_ns == st.st_mtime_ns
+            and old.ctime_ns == st.st_ctime_ns
+            and old.inode == st.st_ino
+            and old.dev == st.st_dev
+        )
+
+    def _same_record(self, old: Entry, st: os.stat_result) -> bool:
+        """True when *old* is, field for field, the entry :meth:`_from_stat` would make
+        of *st* (given :meth:`_same_file` and the same chunks)."""
+        return (
+            old.mode == stat.S_IMODE(st.st_mode)
+            and old.uid == st.st_uid
+            and old.gid == st.st_gid
+            and not old.target
+            and old.user == self._names.user(st.st_uid)
+            and old.group == self._names.group(st.st_gid)
         )
 
     def _read_small(self, real_path: str | os.PathLike[str], expected: int) -> bytes | None:
@@ -327,27 +383,34 @@ class SnapshotWriter:
 
     def record(self, entry: Entry) -> Entry:
         """Append *entry* to the tree as it is (in order, behind files still being hashed)."""
+        return self._record(entry, None)
+
+    def _record(self, entry: Entry, line: bytes | None) -> Entry:
+        """Append *entry*, as *line* if given (its encoding, newline included)."""
         if self._deferred:  # keep the order: behind files still being hashed
-            self._deferred.append((entry, None))
+            self._deferred.append((entry, None, line))
             return entry
-        self._write_entry(entry)
+        self._write_entry(entry, line)
         return entry
 
-    def _write_entry(self, entry: Entry) -> None:
-        for line in encode_entries([entry]):
+    def _write_entry(self, entry: Entry, line: bytes | None = None) -> None:
+        if line is None:
+            for line in encode_entries([entry]):
+                self._entries.write(line)
+        else:
             self._entries.write(line)
         self._count += 1
 
     def _flush_deferred(self, *, wait: bool) -> None:
         """Record deferred entries, in order, whose chunk ids are known (all if *wait*)."""
         while self._deferred:
-            entry, tickets = self._deferred[0]
+            entry, tickets, line = self._deferred[0]
             if tickets:
                 if not wait and not all(t.done() for t in tickets):
                     return
                 entry.chunks = [t.id().hex() for t in tickets]
             self._deferred.popleft()
-            self._write_entry(entry)
+            self._write_entry(entry, line)
 
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 from drkit.repository.repo import Repository
-from drkit.repository.tree import DIR, FILE, Entry, iter_tree
+from drkit.repository.snapshot import Snapshot
+from drkit.repository.tree import DIR, FILE, Entry, encode_entries, iter_tree, parse_line, split_lines, tree_chunks
 from drkit.services.backup import BackupOptions, ParentCursor, run_backup, walk_order_key
 from drkit.services.restore import SnapshotReader
 from drkit.sources.files import FilesSource
@@ -99,21 +101,91 @@ def test_parent_cursor_holds_one_entry_and_finds_in_walk_order() -> None:
     assert sorted(paths, key=walk_order_key) == paths  # directories before contents, names sorted
     pulled: list[str] = []
 
-    def entries() -> Iterator[Entry]:
+    def lines() -> Iterator[bytes]:
         for p in paths:
             pulled.append(p)
-            yield Entry(path=p, type=DIR if p in ("/r", "/r/a", "/r/b") else FILE, size=len(p))
+            entry = Entry(path=p, type=DIR if p in ("/r", "/r/a", "/r/b") else FILE, size=len(p))
+            yield next(encode_entries([entry])).rstrip(b"\n")
 
-    cursor = ParentCursor(entries())
+    cursor = ParentCursor(lines())
     assert len(pulled) == 1  # nothing read ahead
     assert cursor.find("/r/a") is None  # a directory is never a file's parent entry
     found = cursor.find("/r/a/x")
-    assert found is not None and found.path == "/r/a/x" and len(pulled) == 3
+    assert found is not None and found[0].path == "/r/a/x" and len(pulled) == 3
+    assert found[1] == b'{"path":"/r/a/x","type":"file","mode":420,"size":6}'  # the stored line, to reuse
     assert cursor.find("/r/a/new") is None and len(pulled) == 3  # absent: sorts before the current one
     assert cursor.find("/r/a.txt") is not None
     assert cursor.find("/r/b/y") is not None and len(pulled) == 6
     assert cursor.find("/r/a/x") is None  # out of order: not found (a re-read, never a wrong entry)
     assert cursor.find("/r/c") is not None and cursor.find("/r/zz") is None
+
+
+def test_walk_order_key_orders_as_the_lists_of_components_do() -> None:
+    rng = random.Random(7)
+    alphabet = ["a", "b", "a.b", "a-", "ab", "Z", "\udcff", "é", " ", "~", "0"]
+    paths = ["/" + "/".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    assert sorted(paths, key=walk_order_key) == sorted(paths, key=lambda p: p.split("/"))
+
+
+def test_a_malformed_parent_line_ends_the_parent_and_is_reported() -> None:
+    errors: list[object] = []
+    good = b'{"path":"/r/a","type":"file","mode":420}'
+    cursor = ParentCursor(iter([good, b'{"path": 5, "type"', good.replace(b"/r/a", b"/r/b")]), on_error=errors.append)
+    assert cursor.find("/r/a") is not None
+    assert cursor.find("/r/b") is None and len(errors) == 1  # the rest of the run reads everything
+    assert "unreadable entry" in str(errors[0])
+
+
+def test_unchanged_files_reuse_their_stored_line_unless_it_says_something_else(tmp_path: Path, monkeypatch) -> None:
+    """The second backup of an unchanged tree writes the parent's file lines as they are
+    (none is encoded again); an entry whose owner name changed is encoded afresh."""
+    data = tmp_path / "data"
+    _tree(data, 200)
+    raw_name = os.fsencode(str(data)) + b"/bad-\xff.txt"  # a name that is not UTF-8: path_b64
+    with open(raw_name, "wb") as f:
+        f.write(b"not utf-8")
+    _backup(tmp_path, data)
+    repo = _repo(tmp_path)
+    (first,) = repo.list_snapshots()
+    encoded: list[str] = []
+    real_to_json = Entry.to_json
+    monkeypatch.setattr(Entry, "to_json", lambda self: encoded.append(self.type) or real_to_json(self))
+    stats = _backup(tmp_path, data)
+    assert stats["files_unmodified"] == 201 and stats["files_new"] == stats["files_changed"] == 0
+    assert "file" not in encoded and "dir" in encoded  # directories are encoded, file lines reused
+    repo = _repo(tmp_path)
+    repo.load_index()
+    (second,) = [s for s in repo.list_snapshots() if s.id != first.id]
+
+    def file_lines(snap: Snapshot) -> list[bytes]:
+        return [line for line in split_lines(tree_chunks(repo, snap)) if b'"type":"file"' in line]
+
+    assert file_lines(second) == file_lines(first) and len(file_lines(first)) == 201
+
+    import drkit.services.backup as backup_module
+
+    real_user = backup_module._Names.user
+    monkeypatch.setattr(backup_module._Names, "user", lambda self, uid: "renamed-" + real_user(self, uid))
+    stats = _backup(tmp_path, data)
+    assert stats["files_unmodified"] == 201  # content not read again...
+    repo = _repo(tmp_path)
+    repo.load_index()
+    third = max(repo.list_snapshots(), key=lambda s: s.time)
+    files = [e for e in iter_tree(repo, third) if e.type == FILE]
+    assert len(files) == 201 and all(e.user.startswith("renamed-") for e in files)  # ...but its entry is new
+    target = tmp_path / "restored"
+    SnapshotReader(repo, third).write_entries(target)
+    assert (target / os.fsdecode(raw_name).lstrip("/")).read_bytes() == b"not utf-8"
+
+
+def test_a_stored_line_with_an_unknown_key_is_not_carried_forward() -> None:
+    line = b'{"path":"/r/a","type":"file","mode":420,"size":3,"xattrs":{"user.k":"v"}}'
+    entry, reusable = parse_line(line)
+    assert entry.path == "/r/a" and entry.size == 3 and not reusable
+    assert parse_line(b'{"path":"/r/\\ufffd","type":"file","path_b64":"L3Iv/w=="}')[1]  # a name's raw bytes: known
+    cursor = ParentCursor(iter([line]))
+    found = cursor.find("/r/a")
+    assert found is not None and found[1] is None  # re-encoded from the file, without the unknown key
 
 
 def test_a_file_that_grew_past_one_chunk_after_the_walk_is_cut(tmp_path: Path) -> None:
