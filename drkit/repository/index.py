@@ -128,8 +128,7 @@ class Index:
         ids, spans, metas = self._ids, self._spans, self._meta
         slots, mask = self._table
         pack_bits = no << 4
-        for e in entries:
-            chunk_id, offset, length, raw_length, blob_type = e.id, e.offset, e.length, e.raw_length, e.blob_type
+        for blob_type, chunk_id, offset, length, raw_length in entries:
             if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
                 _check_location(blob_type, offset, length, raw_length)  # raises
             if len(chunk_id) != _ID_SIZE:
@@ -201,15 +200,27 @@ def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes:
     return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
 
 
-def _entry(blob_type: Any, chunk_id: Any, offset: Any, length: Any, raw_length: Any) -> PackEntry:
-    """One listed blob, its numbers bounded before use (raises ValueError)."""
-    entry = PackEntry(int(blob_type), bytes.fromhex(str(chunk_id)), int(offset), int(length), int(raw_length))
-    _check_location(entry.blob_type, entry.offset, entry.length, entry.raw_length)
-    if len(entry.id) != 32:
-        raise ValueError(f"chunk id of {len(entry.id)} bytes")
-    if entry.raw_length > MAX_BLOB_RAW or entry.length > MAX_BLOB_RAW + MAX_BLOB_OVERHEAD:
-        raise ValueError(f"blob of {entry.length} bytes ({entry.raw_length} raw) is larger than any chunk")
-    return entry
+_MAX_STORED = MAX_BLOB_RAW + MAX_BLOB_OVERHEAD
+
+
+def _entries(rows: Any) -> list[PackEntry]:
+    """The listed blobs of one pack, each checked before use: ``[type, "<64 hex
+    digits>", offset, length, raw_length]`` with integers in range (every number fits
+    the in-memory index, no blob is larger than any chunk). Raises ValueError (or
+    TypeError) naming the first bad row; nothing is returned for a bad list."""
+    out: list[PackEntry] = []
+    append = out.append
+    for row in rows:
+        blob_type, chunk_id, offset, length, raw_length = row
+        if not (type(blob_type) is int and type(offset) is int and type(length) is int and type(raw_length) is int
+                and type(chunk_id) is str and len(chunk_id) == 2 * _ID_SIZE
+                and 0 <= blob_type < 16 and 0 <= offset <= _MASK and 0 <= length <= _MAX_STORED and 0 <= raw_length <= MAX_BLOB_RAW):
+            raise ValueError(f"bad blob entry {str(row)[:200]}")
+        chunk = bytes.fromhex(chunk_id)
+        if len(chunk) != _ID_SIZE:  # fromhex skips whitespace
+            raise ValueError(f"chunk id of {len(chunk)} bytes")
+        append(PackEntry(blob_type, chunk, offset, length, raw_length))
+    return out
 
 
 def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
@@ -220,7 +231,7 @@ def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]
             (
                 p["id"],
                 int(p["size"]),
-                [_entry(t, i, o, n, r) for t, i, o, n, r in p["blobs"]],
+                _entries(p["blobs"]),
             )
             for p in doc["packs"]
         ]

@@ -129,6 +129,67 @@ def parse_line(line: bytes) -> tuple[Entry, bool]:
     return Entry.from_dict(data), data.keys() <= _LINE_KEYS
 
 
+def _plain(text: str) -> bool:
+    """True when JSON writes *text* as it is between its quotes (printable ASCII, no
+    quote, no backslash)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def owner_fragment(uid: int, gid: int, user: str, group: str) -> str | None:
+    """What :meth:`Entry.to_json` writes for these owner fields (between ``mode`` and
+    ``mtime_ns``); None when a name would be escaped (see :func:`file_line_frame`)."""
+    if not (_plain(user) and _plain(group)):
+        return None
+    return ((f',"uid":{uid}' if uid else "") + (f',"gid":{gid}' if gid else "")
+            + (f',"user":"{user}"' if user else "") + (f',"group":"{group}"' if group else ""))
+
+
+def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, inode: int, ctime_ns: int,
+                    dev: int) -> tuple[bytes, bytes] | None:
+    """What :meth:`Entry.to_json` writes for a regular file with these fields (*owner*
+    from :func:`owner_fragment`) before and after its chunk list (``,"chunks":[...]``,
+    absent when there is none): a stored line is compared with a file through it,
+    without parsing the line. None when the path would be escaped (only parsing
+    compares such a line)."""
+    if not _plain(path):
+        return None
+    head = (f'{{"path":"{path}","type":"file","mode":{mode}{owner}' + (f',"mtime_ns":{mtime_ns}' if mtime_ns else "")
+            + (f',"size":{size}' if size else ""))
+    tail = ((f',"inode":{inode}' if inode else "") + (f',"ctime_ns":{ctime_ns}' if ctime_ns else "")
+            + (f',"dev":{dev}' if dev else "") + "}")
+    return head.encode("ascii"), tail.encode("ascii")
+
+
+def chunks_in_frame(line: bytes, head: bytes, tail: bytes) -> list[bytes] | None:
+    """The chunk ids (64 ASCII characters each, hex unchecked: ``binascii.unhexlify``
+    them) of *line* if it is exactly *head*, a chunk list (or none) and *tail* (see
+    :func:`file_line_frame`); None if it is anything else."""
+    if len(line) < len(head) + len(tail) or not (line.startswith(head) and line.endswith(tail)):
+        return None
+    middle = line[len(head):len(line) - len(tail)]
+    if not middle:
+        return []
+    if not (middle.startswith(b',"chunks":["') and middle.endswith(b'"]')):
+        return None
+    ids = middle[12:-2].split(b'","')
+    for chunk_id in ids:
+        if len(chunk_id) != 64:
+            return None
+    return ids
+
+
+def line_path(line: bytes) -> str | None:
+    """The path of a stored line whose path JSON writes as it is (see :func:`_plain`),
+    without parsing the line; None for any other line."""
+    if line.startswith(b'{"path":"'):
+        end = line.find(b'"', 9)
+        if end > 0:
+            raw = line[9:end]
+            if raw.isascii() and b"\\" not in raw:
+                return raw.decode("ascii")
+    return None
+
+
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The non-empty JSON lines (without their newline) of a tree stored as byte chunks
     split anywhere."""

@@ -9,6 +9,7 @@ fails does not stop the others: the run then ends as a partial failure.
 
 from __future__ import annotations
 
+import binascii
 import grp
 import logging
 import os
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from binascii import unhexlify
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Protocol
@@ -33,7 +35,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.progress import ProgressSink
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, encode_entries, parse_line, split_lines, tree_chunks
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, chunks_in_frame, encode_entries, file_line_frame, line_path, owner_fragment, parse_line, split_lines, tree_chunks
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -47,6 +49,14 @@ class _Names:
     def __init__(self) -> None:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
+        self._fragments: dict[tuple[int, int], str | None] = {}
+
+    def fragment(self, uid: int, gid: int) -> str | None:
+        """:func:`~drkit.repository.tree.owner_fragment` of an owner (cached)."""
+        key = (uid, gid)
+        if key not in self._fragments:
+            self._fragments[key] = owner_fragment(uid, gid, self.user(uid), self.group(gid))
+        return self._fragments[key]
 
     def user(self, uid: int) -> str:
         if uid not in self._users:
@@ -75,54 +85,77 @@ def walk_order_key(path: str) -> str:
 
 
 class ParentCursor:
-    """The file entries of a parent snapshot, found by path while the new snapshot is
-    written in the same (walk) order, holding one line (and one tree blob) at a time.
+    """The entries of a parent snapshot, found by path while the new snapshot is
+    written in the same (walk) order, holding one stored line (and one tree blob) at
+    a time.
 
-    ``find(path)`` moves forward past every entry that sorts before *path* and returns
-    ``(entry, line)`` if that is *path*'s file entry: *line* is the entry's stored JSON
-    line (None if it holds keys this version does not read), which an unchanged file
-    reuses as it is instead of encoding it again. A
-    lookup that comes out of order finds nothing, which only costs a re-read. A tree
-    blob that cannot be read, or a line that does not parse, ends the parent
-    (``on_error`` is told): the rest of the run reads everything, as with no parent."""
+    ``find_line(path)`` moves forward past every line that sorts before *path* and
+    returns *path*'s stored JSON line if there is one (any type): an unchanged file
+    compares it with what it would write (:func:`~drkit.repository.tree.file_line_frame`)
+    and reuses it as it is. ``find(path)`` parses that line: ``(entry, line)`` for
+    *path*'s file entry, *line* None if it holds keys this version does not read. A line
+    is only parsed when its path is escaped in JSON or when ``find`` asks. A lookup
+    that comes out of order finds nothing, which only costs a re-read. A tree blob
+    that cannot be read, or a line that does not parse, ends the parent (``on_error``
+    is told): the rest of the run reads everything, as with no parent."""
 
     def __init__(self, lines: Iterator[bytes], *, on_error: Callable[[DrkitError], None] | None = None) -> None:
         self._lines = lines
         self._on_error = on_error
-        self._entry: Entry | None = None
         self._line: bytes | None = None
+        self._path = ""
         self._key = ""
+        self._parsed: tuple[Entry, bool] | None = None
         self._advance()
 
     def _advance(self) -> None:
         try:
             line = next(self._lines, None)
-            entry, reusable = parse_line(line) if line is not None else (None, False)
+            self._parsed = None
+            path = None if line is None else line_path(line)
+            if line is not None and path is None:
+                self._parsed = parse_line(line)
+                path = self._parsed[0].path
         except DrkitError as exc:
             self._end(exc)
             return
         except (ValueError, TypeError) as exc:  # trees are authenticated: only a bug makes one
             self._end(IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})"))
             return
-        self._entry = entry
-        if entry is not None:
-            self._line = line if reusable and line is not None else None
-            self._key = walk_order_key(entry.path)
+        self._line = line
+        if path is not None:
+            self._path = path
+            self._key = walk_order_key(path)
 
     def _end(self, exc: DrkitError) -> None:
         if self._on_error is not None:
             self._on_error(exc)
-        self._entry = None
+        self._line = None
+        self._parsed = None
         self._lines = iter(())
 
-    def find(self, path: str) -> tuple[Entry, bytes | None] | None:
+    def find_line(self, path: str) -> bytes | None:
         key = walk_order_key(path)
-        while self._entry is not None and self._key < key:
+        while self._line is not None and self._key < key:
             self._advance()
-        entry = self._entry
-        if entry is not None and entry.path == path and entry.type == FILE:
-            return entry, self._line
+        if self._line is not None and self._path == path:
+            return self._line
         return None
+
+    def find(self, path: str) -> tuple[Entry, bytes | None] | None:
+        line = self.find_line(path)
+        if line is None:
+            return None
+        if self._parsed is None:
+            try:
+                self._parsed = parse_line(line)
+            except (ValueError, TypeError) as exc:
+                self._end(IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})"))
+                return None
+        entry, reusable = self._parsed
+        if entry.type != FILE:
+            return None
+        return entry, line if reusable else None
 
 
 @dataclass
@@ -193,17 +226,16 @@ class SnapshotWriter:
         this run (see :class:`ParentCursor`): memory stays flat however many files the
         parent holds. Paths looked up out of walk order are not found (the file is then
         read again: slower, never wrong)."""
-        found = self._parent_line(path)
+        found = self._cursor().find(path)
         return found[0] if found else None
 
-    def _parent_line(self, path: str) -> tuple[Entry, bytes | None] | None:
-        """:meth:`parent_entry` with the entry's stored line."""
+    def _cursor(self) -> ParentCursor:
         if self._parent is None:
             lines: Iterator[bytes] = iter(())
             if self._parent_snap is not None:
                 lines = split_lines(tree_chunks(self.repo, self._parent_snap))
             self._parent = ParentCursor(lines, on_error=self._parent_unreadable)
-        return self._parent.find(path)
+        return self._parent
 
     def _parent_unreadable(self, exc: DrkitError) -> None:
         assert self._parent_snap is not None
@@ -239,17 +271,18 @@ class SnapshotWriter:
     def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
         if st is None:
             st = os.lstat(real_path)
-        found = self._parent_line(path)
+        cursor = self._cursor()
+        line = cursor.find_line(path)
+        if line is not None:
+            entry = self._unchanged_as_stored(path, st, line)
+            if entry is not None:
+                return entry
+        found = cursor.find(path) if line is not None else None
         if found is not None and self._same_file(found[0], st) and all(self.saver.known(bytes.fromhex(c)) for c in found[0].chunks):
-            same, line = found
-            self.stats.files_unmodified += 1
-            self.stats.size += same.size
-            if self._on_bytes:
-                self._on_bytes(same.size)
-            if line is not None and self._same_record(same, st):
-                # Exactly the entry this file would get: its stored line is reused as
-                # it is (no encoding; the tree chunk deduplicates with the parent's).
-                return self._record(same, line + b"\n")
+            same, reusable = found
+            self._count_unmodified(same.size)
+            if reusable is not None and self._same_record(same, st):
+                return self._record(same, reusable + b"\n")  # stored otherwise than this version writes it
             entry = self._from_stat(path, FILE, st)
             entry.chunks = list(same.chunks)
             return self.record(entry)
@@ -306,6 +339,36 @@ class SnapshotWriter:
             ctime_ns=st.st_ctime_ns if kind == FILE else 0,
             dev=st.st_dev if kind == FILE else 0,
         )
+
+    def _unchanged_as_stored(self, path: str, st: os.stat_result, line: bytes) -> Entry | None:
+        """The entry of an unchanged file, recorded as its stored *line* (no parsing, no
+        encoding), if *line* is byte for byte what this file's entry would be written as
+        and every chunk is in the repository; else None (nothing recorded)."""
+        uid, gid = st.st_uid, st.st_gid
+        owner = self._names.fragment(uid, gid)
+        if owner is None:
+            return None
+        mode = stat.S_IMODE(st.st_mode)
+        frame = file_line_frame(path, mode, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, st.st_dev)
+        ids = chunks_in_frame(line, *frame) if frame is not None else None
+        if ids is None:
+            return None
+        known = self.saver.known
+        try:
+            if not all(known(unhexlify(chunk_id)) for chunk_id in ids):
+                return None
+        except binascii.Error:  # not hex: what the line says is not what this file would get
+            return None
+        entry = Entry(path, FILE, mode, uid, gid, self._names.user(uid), self._names.group(gid), st.st_mtime_ns, st.st_size,
+                      [chunk_id.decode("ascii") for chunk_id in ids], "", st.st_ino, st.st_ctime_ns, st.st_dev)
+        self._count_unmodified(entry.size)
+        return self._record(entry, line + b"\n")
+
+    def _count_unmodified(self, size: int) -> None:
+        self.stats.files_unmodified += 1
+        self.stats.size += size
+        if self._on_bytes:
+            self._on_bytes(size)
 
     @staticmethod
     def _same_file(old: Entry, st: os.stat_result) -> bool:

@@ -17,7 +17,20 @@ from pathlib import Path
 
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, Entry, encode_entries, iter_tree, parse_line, split_lines, tree_chunks
+from drkit.repository.tree import (
+    DIR,
+    FILE,
+    Entry,
+    chunks_in_frame,
+    encode_entries,
+    file_line_frame,
+    iter_tree,
+    line_path,
+    owner_fragment,
+    parse_line,
+    split_lines,
+    tree_chunks,
+)
 from drkit.services.backup import BackupOptions, ParentCursor, run_backup, walk_order_key
 from drkit.services.restore import SnapshotReader
 from drkit.sources.files import FilesSource
@@ -219,3 +232,53 @@ def test_a_file_that_grew_past_one_chunk_after_the_walk_is_cut(tmp_path: Path) -
     target = tmp_path / "restored"
     SnapshotReader(repo, repo.find_snapshot("latest")).write_entries(target)
     assert (target / str(grower).lstrip("/")).read_bytes() == big
+
+
+def _frame_of(e: Entry) -> tuple[bytes, bytes] | None:
+    owner = owner_fragment(e.uid, e.gid, e.user, e.group)
+    return None if owner is None else file_line_frame(e.path, e.mode, owner, e.mtime_ns, e.size, e.inode, e.ctime_ns, e.dev)
+
+
+def test_the_file_line_frame_is_what_to_json_writes() -> None:
+    """The unchanged-file check compares a stored line with the frame of the file's entry
+    instead of parsing it: the frame must be byte for byte ``to_json`` around the chunks."""
+    rng = random.Random(3)
+    names = ["root", "", "www-data", "a b"]
+    checked = 0
+    for _ in range(2000):
+        size = rng.choice([0, 1, 4096, 2**40])
+        e = Entry(path=rng.choice(["/srv/x.txt", "rel/y", "/a b/c~d", "/d/ün", "/q\"uote", "/back\\slash", "/nl\nx", "/\udcff"]),
+                  type=FILE, mode=rng.choice([0, 0o644, 0o4755]), uid=rng.choice([0, 1000]), gid=rng.choice([0, 33]),
+                  user=rng.choice(names), group=rng.choice(names), mtime_ns=rng.choice([0, 1733500000123456789]), size=size,
+                  chunks=[f"{rng.getrandbits(256):064x}" for _ in range(rng.randint(1, 3))] if size else [],
+                  inode=rng.choice([0, 77]), ctime_ns=rng.choice([0, 1733500000987654321]), dev=rng.choice([0, 2049]))
+        line = e.to_json().encode("ascii")
+        frame = _frame_of(e)
+        if frame is None:  # a name JSON escapes: only parsing compares it
+            assert "\\" in e.to_json() and line_path(line) is None or '"' in e.path
+            continue
+        assert chunks_in_frame(line, *frame) == [c.encode() for c in e.chunks]
+        assert line_path(line) == e.path
+        checked += 1
+    assert checked > 500
+
+
+def test_a_stored_line_that_differs_from_the_frame_in_anything_is_not_taken() -> None:
+    e = Entry(path="/srv/a", type=FILE, mode=0o644, uid=0, gid=0, user="root", group="root", mtime_ns=10, size=5,
+              chunks=["ab" * 32], inode=7, ctime_ns=11, dev=3)
+    frame = _frame_of(e)
+    assert frame is not None
+    line = e.to_json().encode("ascii")
+    assert chunks_in_frame(line, *frame) == [b"ab" * 32]
+    others = [
+        line.replace(b'"size":5', b'"size":50'),  # a longer number behind the same digits
+        line.replace(b'"mode":420', b'"mode":4200'),
+        line.replace(b'"dev":3}', b'"dev":3,"xattrs":{}}'),  # a key this version does not read
+        line.replace(b'"chunks":["' + b"ab" * 32, b'"chunks":["' + b"ab" * 33),  # not 32 bytes
+        line.replace(b'"]', b'"],"target":"x"'),
+        line.replace(b',"chunks":["' + b"ab" * 32 + b'"]', b""),  # no chunks for 5 bytes: not what it says
+    ]
+    assert chunks_in_frame(others[-1], *frame) == []  # (a stored entry without chunks is taken as it is)
+    for other in others[:-1]:
+        assert chunks_in_frame(other, *frame) is None, other
+    assert chunks_in_frame(line, *_frame_of(Entry(**{**e.__dict__, "mtime_ns": 12}))) is None  # type: ignore[misc]
