@@ -160,6 +160,21 @@ def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, 
     return head.encode("ascii"), tail.encode("ascii")
 
 
+def file_line(entry: Entry, owner: str) -> bytes | None:
+    """``entry.to_json()`` and its newline, as bytes, written through
+    :func:`file_line_frame` (about a third of the time) for a regular file (*owner*:
+    its :func:`owner_fragment`); None when the frame does not apply (a name JSON
+    escapes, a target)."""
+    if entry.type != FILE or entry.target:
+        return None
+    frame = file_line_frame(entry.path, entry.mode, owner, entry.mtime_ns, entry.size, entry.inode, entry.ctime_ns, entry.dev)
+    if frame is None:
+        return None
+    if entry.chunks:
+        return b"".join((frame[0], b',"chunks":["', '","'.join(entry.chunks).encode("ascii"), b'"]', frame[1], b"\n"))
+    return frame[0] + frame[1] + b"\n"
+
+
 def chunks_in_frame(line: bytes, head: bytes, tail: bytes) -> list[bytes] | None:
     """The chunk ids (64 ASCII characters each, hex unchecked: ``binascii.unhexlify``
     them) of *line* if it is exactly *head*, a chunk list (or none) and *tail* (see

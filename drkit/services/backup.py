@@ -35,7 +35,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.progress import ProgressSink
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, chunks_in_frame, encode_entries, file_line_frame, line_path, owner_fragment, parse_line, split_lines, tree_chunks
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, chunks_in_frame, encode_entries, file_line, file_line_frame, line_path, owner_fragment, parse_line, split_lines, tree_chunks
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -49,13 +49,16 @@ class _Names:
     def __init__(self) -> None:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
-        self._fragments: dict[tuple[int, int], str | None] = {}
+        self._fragments: dict[tuple[int, int, str, str], str | None] = {}
 
     def fragment(self, uid: int, gid: int) -> str | None:
         """:func:`~drkit.repository.tree.owner_fragment` of an owner (cached)."""
-        key = (uid, gid)
+        return self.fragment_of(uid, gid, self.user(uid), self.group(gid))
+
+    def fragment_of(self, uid: int, gid: int, user: str, group: str) -> str | None:
+        key = (uid, gid, user, group)
         if key not in self._fragments:
-            self._fragments[key] = owner_fragment(uid, gid, self.user(uid), self.group(gid))
+            self._fragments[key] = owner_fragment(uid, gid, user, group)
         return self._fragments[key]
 
     def user(self, uid: int) -> str:
@@ -457,11 +460,12 @@ class SnapshotWriter:
         return entry
 
     def _write_entry(self, entry: Entry, line: bytes | None = None) -> None:
+        if line is None and entry.type == FILE:
+            owner = self._names.fragment_of(entry.uid, entry.gid, entry.user, entry.group)
+            line = file_line(entry, owner) if owner is not None else None
         if line is None:
-            for line in encode_entries([entry]):
-                self._entries.write(line)
-        else:
-            self._entries.write(line)
+            (line,) = encode_entries([entry])
+        self._entries.write(line)
         self._count += 1
 
     def _flush_deferred(self, *, wait: bool) -> None:

@@ -23,6 +23,7 @@ from drkit.repository.tree import (
     Entry,
     chunks_in_frame,
     encode_entries,
+    file_line,
     file_line_frame,
     iter_tree,
     line_path,
@@ -254,10 +255,14 @@ def test_the_file_line_frame_is_what_to_json_writes() -> None:
                   inode=rng.choice([0, 77]), ctime_ns=rng.choice([0, 1733500000987654321]), dev=rng.choice([0, 2049]))
         line = e.to_json().encode("ascii")
         frame = _frame_of(e)
-        if frame is None:  # a name JSON escapes: only parsing compares it
+        if frame is None:  # a name JSON escapes: only parsing compares it (and to_json writes it)
+            owner = owner_fragment(e.uid, e.gid, e.user, e.group)
+            assert owner is None or file_line(e, owner) is None
             assert "\\" in e.to_json() and line_path(line) is None or '"' in e.path
             continue
         assert chunks_in_frame(line, *frame) == [c.encode() for c in e.chunks]
+        owner = owner_fragment(e.uid, e.gid, e.user, e.group)
+        assert owner is not None and file_line(e, owner) == line + b"\n"  # how new file entries are written
         assert line_path(line) == e.path
         checked += 1
     assert checked > 500
