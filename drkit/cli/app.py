@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -90,7 +91,58 @@ def _configure_logging(debug: bool, fmt: str) -> None:
     root.propagate = False
 
 
+COMMANDS = {
+    "init": "drkit.cli.init_cmd",
+    "backup": "drkit.cli.backup_cmd",
+    "snapshots": "drkit.cli.snapshots_cmd",
+    "restore": "drkit.cli.restore_cmd",
+    "verify": "drkit.cli.verify_cmd",
+    "rebuild-index": "drkit.cli.verify_cmd",
+    "forget": "drkit.cli.forget_cmd",
+    "prune": "drkit.cli.forget_cmd",
+    "key": "drkit.cli.key_cmd",
+    "unlock": "drkit.cli.unlock_cmd",
+    "demo": "drkit.cli.demo_cmd",
+    "runbook": "drkit.cli.runbook_cmd",
+    "schedule": "drkit.cli.schedule_cmd",
+    "copy": "drkit.cli.copy_cmd",
+    "drill": "drkit.cli.drill_cmd",
+    "config": "drkit.cli.config_cmd",
+    "upgrade-format": "drkit.cli.upgrade_cmd",
+    "repair": "drkit.cli.repair_cmd",
+    "ls": "drkit.cli.ls_cmd",
+    "diff": "drkit.cli.diff_cmd",
+    "find": "drkit.cli.find_cmd",
+    "dump": "drkit.cli.dump_cmd",
+    "stats": "drkit.cli.stats_cmd",
+    "tag": "drkit.cli.tag_cmd",
+}
+"""Every command, and the module that defines it (registering it on :data:`cli` when
+imported)."""
+
+
+class LazyGroup(click.Group):
+    """The root group: a command's module is imported when the command is looked up
+    (to run it, or to list it under ``--help``), not at start-up. A backup need not
+    load the runbook engine, the scheduler or restore: start-up of any command takes
+    about half the time of importing them all."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(COMMANDS[cmd_name])
+        return self.commands.get(cmd_name)
+
+    def load_all(self) -> None:
+        """Import every command's module (for callers that walk ``commands``)."""
+        for name in COMMANDS:
+            self.get_command(None, name)
+
+
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODES_HELP,
 )

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
+import click
 import pytest
 
-from drkit.cli import COMMAND_MODULES, cli
-from drkit.cli.app import hoist_global_options
+from drkit.cli import cli
+from drkit.cli.app import COMMANDS, LazyGroup, hoist_global_options
 from drkit.errors import EXIT_INTERRUPTED, EXIT_USAGE
 from tests.cli import invoke
 from tests.foundation.conftest import Workspace
@@ -98,9 +99,34 @@ def test_every_command_help_has_examples() -> None:
         if "Examples:" not in (cmd.help or "") and "Example:" not in (cmd.help or ""):
             missing.append(path)
 
-    assert COMMAND_MODULES
+    assert isinstance(cli, LazyGroup)
+    cli.load_all()
     walk(cli, "drkit")
     assert missing == []
+
+
+def test_the_command_table_names_every_command_and_its_module() -> None:
+    """Commands load lazily from :data:`COMMANDS`: a command missing there could not be
+    run, one named with the wrong module would load the wrong file."""
+    assert isinstance(cli, LazyGroup)
+    cli.load_all()
+    assert sorted(cli.commands) == sorted(COMMANDS)
+    for name, cmd in cli.commands.items():
+        assert cmd.callback is not None and cmd.callback.__module__ == COMMANDS[name] or (
+            isinstance(cmd, click.Group) and any(sub.callback.__module__ == COMMANDS[name] for sub in cmd.commands.values() if sub.callback))
+
+
+def test_a_backup_loads_no_other_command() -> None:
+    """Start-up cost: ``drkit backup --help`` imports its own module, not the runbook
+    engine, the scheduler, restore or the other commands."""
+    code = ("import sys; from drkit.cli.app import run_cli, cli; run_cli(cli, ['backup', '--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('drkit.cli.', 'drkit.runbook', 'drkit.schedule', "
+            "'drkit.services.restore', 'pydantic'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.strip().splitlines()[-1]
+    assert "drkit.cli.backup_cmd" in loaded
+    for other in ("drkit.cli.restore_cmd", "drkit.cli.runbook_cmd", "drkit.runbook", "drkit.schedule", "drkit.services.restore"):
+        assert other not in loaded, loaded
 
 
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.45])

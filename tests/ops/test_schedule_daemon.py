@@ -233,7 +233,7 @@ def test_schedule_run_runs_a_real_backup_and_stops_on_sigterm(live_config: Path,
     assert "job backup started: drkit backup" in text
     assert "job backup finished: ok in" in text, text
     assert "scheduled backup: backup (every day at 02:00), next" in text
-    if "drill" not in cli.commands:
+    if "drill" not in cli.list_commands(None):
         assert "drill: not scheduled: this drkit has no 'drill' command" in text
     assert "SIGTERM received: stopping" in text and text.rstrip().endswith("stopped")
     assert "schedule-e2e-passphrase" not in text

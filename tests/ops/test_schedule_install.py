@@ -64,7 +64,7 @@ def test_systemd_units_pass_systemd_analyze_verify(setup: dict[str, Path], capsy
     analyze = require_binary("systemd-analyze")
     assert install(setup, "--systemd") == 0
     names = sorted(p.name for p in setup["out"].iterdir())
-    expected_jobs = ["backup", "prune", "verify-full", "verify"] + (["drill"] if "drill" in cli.commands else [])
+    expected_jobs = ["backup", "prune", "verify-full", "verify"] + (["drill"] if "drill" in cli.list_commands(None) else [])
     assert names == sorted(f"drkit-{j}.{kind}" for j in expected_jobs for kind in ("service", "timer"))
     files = sorted(str(p) for p in setup["out"].iterdir())
     res = subprocess.run([analyze, "verify", *files], capture_output=True, text=True, timeout=60)
