@@ -173,6 +173,11 @@ class BlobSaver:
         self.stats = SaverStats()
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drkit-seal")
+        self._batch_slots = threading.BoundedSemaphore(max(1, self.workers - 1))
+        """Batches of small blobs sealed at once: one fewer than the workers. A batch is
+        mostly Python-level work between short C calls and the thread reading the files
+        is busy too; on 2 cores a second batch at once only fought over the GIL (the
+        first backup of 100,000 small files took 15% longer, with twice the system time)."""
         if not uploads:
             # A local disk takes a pack in milliseconds: one upload at a time keeps memory
             # low. Remote stores have latency to hide: two packs in flight (measured on
@@ -315,8 +320,9 @@ class BlobSaver:
         """In a worker: :meth:`_work` each blob of *batch*, then complete its future
         (with the first error, if any: the run fails as it would for one blob)."""
         try:
-            for ticket in batch.tickets:
-                self._work(ticket)
+            with self._batch_slots:
+                for ticket in batch.tickets:
+                    self._work(ticket)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the batch
             if not batch.future.done():
                 batch.future.set_exception(exc)

@@ -120,6 +120,47 @@ def test_submit_dedups_inside_the_inflight_window(repo: Repository) -> None:
     assert again.stats.blobs_new == 0 and again.stats.packs == 0
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_batches_of_small_blobs_are_sealed_by_one_thread_fewer_than_the_workers(
+        repo: Repository, workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread that reads the files is busy too: at most workers - 1 batches of small
+    blobs are sealed at once (more only fought over the GIL), and every blob still
+    comes out right."""
+    import threading
+    import time
+
+    running = {"now": 0, "most": 0}
+    guard = threading.Lock()
+    real_work_batch = BlobSaver._work_batch
+
+    def counting_work_batch(self: BlobSaver, batch: object) -> None:
+        real_work = self._work
+
+        def slow_work(ticket: object) -> None:
+            with guard:
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+            time.sleep(0.0005)  # long enough for the other workers to start their batches
+            with guard:
+                running["now"] -= 1
+            real_work(ticket)  # type: ignore[arg-type]
+
+        self._work = slow_work  # type: ignore[method-assign]
+        try:
+            real_work_batch(self, batch)  # type: ignore[arg-type]
+        finally:
+            del self._work
+
+    monkeypatch.setattr(BlobSaver, "_work_batch", counting_work_batch)
+    blobs = [os.urandom(100 + i) for i in range(600)]
+    with BlobSaver(repo, workers=workers) as saver:
+        tickets = [saver.submit(b) for b in blobs]
+        ids = [t.id() for t in tickets]
+    assert running["most"] == workers - 1
+    assert ids == [repo.hasher(b) for b in blobs]
+    assert all(repo.read_blob(i) == b for i, b in zip(ids, blobs, strict=True))
+
+
 def test_settle_stores_a_large_open_pack_and_waits_for_uploads_before_the_tree(repo: Repository, tmp_path: Path) -> None:
     """#18: a backup's tree is cut and sealed after the data's last large pack was stored
     (not beside it: at the end of a large backup the index is at its largest); a small
