@@ -617,12 +617,15 @@ class _WindowWriter:
         if plan.failed or self._stop.is_set():
             return
         lock = self._lock_of(plan)
+        zero = _all_zero(data)
         with lock:
             fd = plan.fd
             if fd < 0:  # the first chunk to arrive creates the temporary, at full size
-                fd, plan.tmp = self.tree.create_temp(plan.parent, plan.entry.size)
+                size = plan.entry.size
+                whole = plan.remaining == 1 and offset == 0 and len(data) == size and not zero
+                fd, plan.tmp = self.tree.create_temp(plan.parent, 0 if whole else size)  # (the one write sizes it)
                 plan.fd = fd
-        if not _all_zero(data):  # holes stay sparse (the file was ftruncated to size)
+        if not zero:  # holes stay sparse (the file was ftruncated to size)
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, offset)

@@ -69,8 +69,10 @@ def test_small_files_round_trip_through_batches_and_dedupe(tmp_path: Path) -> No
     files = _tree(data, 1500)
     (data / "copy.txt").write_bytes(files["d00/s0/f00000.txt"])  # same content: one blob
     (data / "empty").write_bytes(b"")
+    (data / "zeros").write_bytes(bytes(3000))  # one chunk, all zero: sized by ftruncate, not by a write
+    files["zeros"] = bytes(3000)
     stats = _backup(tmp_path, data)
-    assert stats["files_new"] == 1502
+    assert stats["files_new"] == 1503
     repo = _repo(tmp_path)
     repo.load_index()
     snap = repo.find_snapshot("latest")
