@@ -245,8 +245,13 @@ class BlobSaver:
         return ticket
 
     def known(self, chunk_id: bytes) -> bool:
-        with self._lock:
-            return chunk_id in self.repo.index or chunk_id in self._pending
+        """True when the repository has the blob or this session is storing it.
+
+        Without the lock (this runs once per unchanged file): a blob moves from pending
+        to the index by being added to the index first and then leaving pending, and
+        this looks in the same order, so a race can only answer False for a blob just
+        stored (the file is read again, which only costs time), never True wrongly."""
+        return chunk_id in self.repo.index or chunk_id in self._pending
 
     def settle(self, *, flush_above: int = 4 * 1024 * 1024) -> None:
         """Seal everything queued and wait for the uploads in flight; store the open pack
