@@ -54,6 +54,10 @@ _MASK = (1 << _FIELD) - 1
 
 _ID_SIZE = 32
 _MIN_SLOTS = 1024
+_SEG_SHIFT = 12
+_SEG_ROWS = 1 << _SEG_SHIFT
+"""Rows per segment: 128 KiB of ids, 32 KiB of each location array."""
+_SEG_MASK = _SEG_ROWS - 1
 
 
 def _check_location(blob_type: int, offset: int, length: int, raw_length: int) -> None:
@@ -62,30 +66,39 @@ def _check_location(blob_type: int, offset: int, length: int, raw_length: int) -
         raise ValueError(f"blob location out of range: type {blob_type}, offset {offset}, length {length}/{raw_length}")
 
 
+def _slots(size: int) -> array[int]:
+    return array("I", [0]) * size
+
+
 class Index:
     """In-memory map of chunk id -> location, plus the packs it knows.
 
     Compact, because it holds one row per blob and many small files make many blobs
     (a dict of bytes ids to locations cost about 150 bytes per blob: 60 MB at 400,000
-    small files). Rows live in flat buffers: the 32-byte ids back to back in one
-    ``bytearray``, the locations packed in two ``array('Q')`` (offset and length; pack
-    number, type and raw length), found through an open-addressing table of row numbers
-    (``array('I')``, linear probing, at most half full) hashed with Python's own
-    ``hash`` of the id: about 60 bytes per blob. Rows keep insertion order; the first
-    location of an id wins. Safe to read from other threads while one thread adds
-    (the table is swapped in whole; a row is complete before the table points to it).
+    small files). Rows live in flat buffers: the 32-byte ids back to back, the locations
+    packed in two arrays of u64 (offset and length; pack number, type and raw length),
+    found through an open-addressing table of row numbers (``array('I')``, linear
+    probing, at most half full) hashed with Python's own ``hash`` of the id: about 60
+    bytes per blob. The row buffers are fixed-size segments of 4,096 rows, allocated
+    full and never resized: one buffer grown by ``realloc`` moves as it grows and leaves
+    its old copies as holes in the heap (at 400,000 blobs as much again as the index
+    itself stayed resident). Rows keep insertion order; the first location of an id
+    wins. Safe to read from other threads while one thread adds (the table is swapped
+    in whole; a row is complete before the table points to it).
     """
 
     def __init__(self) -> None:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self.pack_sizes: dict[str, int] = {}
-        self._ids = bytearray()
-        self._spans = array("Q")
-        """offset << 32 | length, per row."""
-        self._meta = array("Q")
-        """pack number << 36 | blob type << 32 | raw length, per row."""
-        self._table: tuple[array[int], int] = (array("I", bytes(4 * _MIN_SLOTS)), _MIN_SLOTS - 1)
+        self._rows = 0
+        self._ids: list[bytearray] = []
+        """Per segment: the ids of its rows, back to back."""
+        self._spans: list[array[int]] = []
+        """Per segment: offset << 32 | length, per row."""
+        self._meta: list[array[int]] = []
+        """Per segment: pack number << 36 | blob type << 32 | raw length, per row."""
+        self._table: tuple[array[int], int] = (_slots(_MIN_SLOTS), _MIN_SLOTS - 1)
         """(slots, mask): slot = row number + 1, 0 when empty."""
         self.files: set[str] = set()
 
@@ -100,18 +113,21 @@ class Index:
             n = slots[i]
             if not n:
                 return -1
-            if ids.startswith(chunk_id, (n - 1) * _ID_SIZE):  # no copy (ids are all 32 bytes)
-                return n - 1
+            n -= 1
+            if ids[n >> _SEG_SHIFT].startswith(chunk_id, (n & _SEG_MASK) * _ID_SIZE):  # no copy (ids are all 32 bytes)
+                return n
             i = (i + 1) & mask
+
+    def _id(self, row: int) -> bytes:
+        at = (row & _SEG_MASK) * _ID_SIZE
+        return bytes(self._ids[row >> _SEG_SHIFT][at : at + _ID_SIZE])
 
     def _grow(self) -> None:
         size = (self._table[1] + 1) * 2
-        slots = array("I", bytes(4 * size))
+        slots = _slots(size)
         mask = size - 1
-        ids = self._ids
-        for n in range(len(self._spans)):
-            at = n * _ID_SIZE
-            i = hash(bytes(ids[at : at + _ID_SIZE])) & mask
+        for n in range(self._rows):
+            i = hash(self._id(n)) & mask
             while slots[i]:
                 i = (i + 1) & mask
             slots[i] = n + 1
@@ -133,31 +149,41 @@ class Index:
                 _check_location(blob_type, offset, length, raw_length)  # raises
             if len(chunk_id) != _ID_SIZE:
                 raise ValueError(f"chunk id of {len(chunk_id)} bytes")
-            row = len(spans)
+            row = self._rows
             if row * 2 + 2 > mask:
                 self._grow()
                 slots, mask = self._table
             i = hash(chunk_id) & mask
             n = slots[i]
-            while n and not ids.startswith(chunk_id, (n - 1) * _ID_SIZE):
+            while n and not ids[(n - 1) >> _SEG_SHIFT].startswith(chunk_id, ((n - 1) & _SEG_MASK) * _ID_SIZE):
                 i = (i + 1) & mask
                 n = slots[i]
             if n:
                 continue  # known: the first location stays
-            ids += chunk_id
-            spans.append(offset << _FIELD | length)
-            metas.append((pack_bits | blob_type) << _FIELD | raw_length)
+            seg, at = row >> _SEG_SHIFT, row & _SEG_MASK
+            if seg == len(ids):
+                ids.append(bytearray(_SEG_ROWS * _ID_SIZE))
+                spans.append(array("Q", [0]) * _SEG_ROWS)
+                metas.append(array("Q", [0]) * _SEG_ROWS)
+            ids[seg][at * _ID_SIZE : (at + 1) * _ID_SIZE] = chunk_id
+            spans[seg][at] = offset << _FIELD | length
+            metas[seg][at] = (pack_bits | blob_type) << _FIELD | raw_length
+            self._rows = row + 1
             slots[i] = row + 1
 
     def __contains__(self, chunk_id: bytes) -> bool:
         return self._row(chunk_id) >= 0
 
     def __len__(self) -> int:
-        return len(self._spans)
+        return self._rows
+
+    def buffer_sizes(self) -> list[int]:
+        """Bytes of each buffer the rows and the table live in (for memory checks)."""
+        return [len(b) for b in self._ids] + [a.itemsize * len(a) for a in (*self._spans, *self._meta, self._table[0])]
 
     def _location(self, row: int) -> BlobLocation:
-        span = self._spans[row]
-        meta = self._meta[row]
+        span = self._spans[row >> _SEG_SHIFT][row & _SEG_MASK]
+        meta = self._meta[row >> _SEG_SHIFT][row & _SEG_MASK]
         return BlobLocation(self._packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
 
     def get(self, chunk_id: bytes) -> BlobLocation | None:
@@ -169,18 +195,17 @@ class Index:
 
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
         """(chunk id, location) of every blob, in the order they were added."""
-        ids = self._ids
-        for row in range(len(self._spans)):
-            at = row * _ID_SIZE
-            yield bytes(ids[at : at + _ID_SIZE]), self._location(row)
+        for row in range(self._rows):
+            yield self._id(row), self._location(row)
 
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
-        packs, ids = self._packs, self._ids
-        for row, (span, meta) in enumerate(zip(self._spans, self._meta, strict=True)):
-            at = row * _ID_SIZE
+        packs = self._packs
+        for row in range(self._rows):
+            span = self._spans[row >> _SEG_SHIFT][row & _SEG_MASK]
+            meta = self._meta[row >> _SEG_SHIFT][row & _SEG_MASK]
             out[packs[meta >> 36]].append(
-                PackEntry((meta >> _FIELD) & 15, bytes(ids[at : at + _ID_SIZE]), span >> _FIELD, span & _MASK, meta & _MASK))
+                PackEntry((meta >> _FIELD) & 15, self._id(row), span >> _FIELD, span & _MASK, meta & _MASK))
         return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import sys
 import threading
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Callable
 
 from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA
-from drkit.repository.pack import PackBuilder, PackEntry
+from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
+from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
 
 if TYPE_CHECKING:  # repo.py imports this module
     from drkit.repository.repo import Repository
@@ -94,11 +96,48 @@ class SaverStats:
 _INDEX_EVERY_BLOBS = 16384
 """An index file is also written once the packs not yet indexed list this many blobs:
 with small files 32 packs hold ~300,000 blobs, and their entries are held until then."""
+_SERIAL_INFLIGHT_BYTES = 2 * 1024 * 1024
+"""Bytes queued for sealing after :meth:`BlobSaver.settle` (the tree's blobs, about a
+megabyte each: two keep both workers busy)."""
 _BATCH_BLOBS = 64
 """Small blobs go to the workers in batches of up to this many ..."""
 _BATCH_BYTES = 1024 * 1024
 """... or this many bytes: one task per small file costs more in thread hand-offs than
 sealing a 4 KiB blob does."""
+
+
+class _PackBuffers:
+    """The anonymous maps packs are built in, reused from pack to pack when packs are
+    stored about as fast as they fill (no page faulted in again for each pack). At most
+    one waits idle; :meth:`close` gives the idle ones back to the system. Safe to use
+    from several threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._idle: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return anonymous_buffer(self.capacity)
+
+    def give(self, buf: mmap.mmap | None, *, keep: bool = True) -> None:
+        """Take *buf* back: kept idle for the next pack if *keep* (and none is), else closed."""
+        if buf is None:
+            return
+        with self._lock:
+            if keep and not self._idle:
+                self._idle.append(buf)
+                return
+        buf.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for buf in idle:
+            buf.close()
 
 
 class _Batch:
@@ -194,7 +233,12 @@ class BlobSaver:
         self._uploading: deque[tuple[Future[tuple[str, int]], list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
         self._lock = threading.Lock()
-        self._builder = PackBuilder(self.repo.pack_version)
+        # Address space for a full pack, one blob past it and a trailer of any size
+        # (only what is written becomes resident).
+        self._buffers = _PackBuffers(2 * self.repo.pack_size + MAX_BLOB_RAW + MAX_BLOB_OVERHEAD)
+        self._builder: PackBuilder | None = None
+        self._serial = False
+        """Set by :meth:`settle`: each pack is stored before the next one is started."""
         self._unindexed: list[tuple[str, int, list[PackEntry]]] = []
         self._index_every = index_every_packs
         self._on_upload = on_upload
@@ -258,13 +302,18 @@ class BlobSaver:
         too when it holds more than *flush_above* bytes. Called between a source's data
         and its tree, so the tree's blobs are not cut and sealed while a full pack and an
         upload are still held: peak memory at the end of a large backup (when the index is
-        largest) drops by up to two packs."""
+        largest) drops by up to two packs. After it, each pack is stored before the next
+        one starts and fewer bytes wait for sealing: the tree's read buffer (16 MiB) then
+        replaces the second pack buffer instead of adding to it."""
         if self._closed:
             return
         self._drain(0, 0)
-        if self._builder.size > flush_above:
+        if self._builder is not None and self._builder.size > flush_above:
             self._flush_pack()
         self._reap_uploads(0)
+        self._buffers.close()
+        self._serial = True
+        self._max_inflight_bytes = min(self._max_inflight_bytes, _SERIAL_INFLIGHT_BYTES)
         _Allocator.trim()
 
     def finish(self) -> None:
@@ -273,7 +322,7 @@ class BlobSaver:
             return
         try:
             self._drain(0, 0)
-            if len(self._builder):
+            if self._builder is not None and len(self._builder):
                 self._flush_pack()
             self._reap_uploads(0)
             self._write_index()
@@ -372,25 +421,42 @@ class BlobSaver:
             sealed = ticket.sealed
             assert sealed is not None
             ticket.sealed = None
-            self._builder.add(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
+            builder = self._builder
+            if builder is None:
+                builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
+            builder.add(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += ticket.raw_length
             self.stats.bytes_new_sealed += len(sealed)
-            if self._builder.size >= self.repo.pack_size:
+            if builder.size >= self.repo.pack_size:
                 self._flush_pack()
 
     def _flush_pack(self) -> None:
-        builder, self._builder = self._builder, PackBuilder(self.repo.pack_version)
+        """Hand the open pack to an upload thread (the next one starts at the next blob)."""
+        builder, self._builder = self._builder, None
+        assert builder is not None
         self._reap_uploads(self._max_uploads - 1)
         fut = self._upload_pool.submit(self._store_pack, builder)
         self._uploading.append((fut, builder.entries))
+        if self._serial:
+            self._reap_uploads(0)
 
     def _store_pack(self, builder: PackBuilder) -> tuple[str, int]:
-        """In an upload thread: finish the pack (name, trailer check) and store it."""
-        pack_id, data = builder.finish(self.repo.cipher)
-        self.repo.check_locks()
-        self.repo.storage.put(layout.pack_name(pack_id), data)
-        return pack_id, len(data)
+        """In an upload thread: finish the pack (name, trailer check) and store it; its
+        buffer goes back for the next pack either way."""
+        try:
+            pack_id, data = builder.finish_view(self.repo.cipher)
+            with data:
+                self.repo.check_locks()
+                self.repo.storage.put(layout.pack_name(pack_id), data)
+                return pack_id, len(data)
+        finally:
+            # Kept for the next pack only if that one is more than half full (or not yet
+            # started): packs then fill about as fast as they are stored. With many small
+            # files a pack fills in a second and is stored in milliseconds; a second 16 MiB
+            # buffer kept idle meanwhile would only add to the peak.
+            current = self._builder
+            self._buffers.give(builder.take_buffer(), keep=current is None or 2 * current.size >= self.repo.pack_size)
 
     def _reap_uploads(self, limit: int) -> None:
         while len(self._uploading) > limit:
@@ -423,3 +489,7 @@ class BlobSaver:
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._upload_pool.shutdown(wait=True, cancel_futures=True)
+        if self._builder is not None:  # abort: a pack never stored
+            self._buffers.give(self._builder.take_buffer())
+            self._builder = None
+        self._buffers.close()

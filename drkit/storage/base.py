@@ -47,6 +47,8 @@ class Storage(Protocol):
     Promises:
     - ``put`` is atomic: readers see the old object, or the whole new one, never a
       part; a failed ``put`` leaves no object (and no visible temporary) behind.
+      ``put`` keeps no reference to *data* once it returns (a pack's buffer is reused
+      for the next pack).
     - ``get`` returns exactly the stored bytes (or the requested range) or raises
       :class:`~drkit.errors.ObjectNotFound` / :class:`~drkit.errors.StorageError`.
     - ``delete`` is idempotent: deleting a missing object is not an error.
