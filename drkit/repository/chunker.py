@@ -12,11 +12,14 @@ Promises:
 * :func:`make_chunker` builds FastCDC 2020 from a repository's ``chunker`` config.
 * :func:`cut_blocks` yields exactly the chunks ``FastCDC.cut_stream`` would, reading
   large blocks into a reusable buffer; each chunk is its own ``bytes`` object.
+* :func:`cut_file` yields the same chunks for a whole file, through a map of it.
 * :func:`check_compiled` refuses the pure-Python fallback (far too slow to be usable).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -36,6 +39,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 BLOCK_SIZE = 16 * 1024 * 1024
 """Default read-buffer size of :func:`cut_blocks` (at least twice ``max_size`` is used)."""
+_DROP_EVERY = 1024 * 1024
+""":func:`cut_file` unmaps the pages behind the cut in steps of this many bytes."""
 
 
 def check_compiled() -> None:
@@ -107,3 +112,26 @@ def cut_blocks(chunker: Chunker, stream: IO[bytes], buf: bytearray | None = None
             # ahead starts at pos >= len(buf) - max_size >= max_size > the tail's length.
             buf[: filled - pos] = view[pos:filled]
             filled -= pos
+
+
+def cut_file(chunker: Chunker, fd: int) -> Iterator[bytes]:
+    """Yield the content-defined chunks of the whole file open as *fd* (each its own bytes
+    object), exactly as ``cut_stream`` cuts it, through a read-only map of the file instead
+    of a read buffer: pages behind the cut are unmapped as it moves on (the page cache
+    keeps them), so about one chunk is resident, not :data:`BLOCK_SIZE` bytes. The file
+    must not change meanwhile."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return
+    # Never closed explicitly: unmapped when the chunker and the views of it are gone.
+    mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    dropped = 0
+    for chunk in chunker.cut_buf(memoryview(mapped)):  # the whole stream: every cut is final
+        yield bytes(chunk.data)
+        upto = (chunk.offset + chunk.length) & ~(mmap.PAGESIZE - 1)
+        if upto - dropped >= _DROP_EVERY:
+            try:
+                mapped.madvise(mmap.MADV_DONTNEED, dropped, upto - dropped)
+            except (OSError, AttributeError):  # no madvise here: the pages stay mapped
+                pass
+            dropped = upto

@@ -131,13 +131,22 @@ class _PackBuffers:
             if keep and not self._idle:
                 self._idle.append(buf)
                 return
-        buf.close()
+        _close(buf)
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for buf in idle:
-            buf.close()
+            _close(buf)
+
+
+def _close(buf: mmap.mmap) -> None:
+    """Unmap *buf* now, or (while a view of it is still referenced, e.g. by the traceback
+    of a failed put) once the last view is gone."""
+    try:
+        buf.close()
+    except BufferError:
+        pass
 
 
 class _Batch:
@@ -449,14 +458,19 @@ class BlobSaver:
             with data:
                 self.repo.check_locks()
                 self.repo.storage.put(layout.pack_name(pack_id), data)
-                return pack_id, len(data)
-        finally:
-            # Kept for the next pack only if that one is more than half full (or not yet
-            # started): packs then fill about as fast as they are stored. With many small
-            # files a pack fills in a second and is stored in milliseconds; a second 16 MiB
-            # buffer kept idle meanwhile would only add to the peak.
-            current = self._builder
-            self._buffers.give(builder.take_buffer(), keep=current is None or 2 * current.size >= self.repo.pack_size)
+                size = len(data)
+        except BaseException:
+            buf = builder.take_buffer()
+            if buf is not None:
+                _close(buf)  # not reused: a failed put's traceback may still see it
+            raise
+        # Kept for the next pack only if that one is more than half full (or not yet
+        # started): packs then fill about as fast as they are stored. With many small
+        # files a pack fills in a second and is stored in milliseconds; a second 16 MiB
+        # buffer kept idle meanwhile would only add to the peak.
+        current = self._builder
+        self._buffers.give(builder.take_buffer(), keep=current is None or 2 * current.size >= self.repo.pack_size)
+        return pack_id, size
 
     def _reap_uploads(self, limit: int) -> None:
         while len(self._uploading) > limit:
@@ -490,6 +504,6 @@ class BlobSaver:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._upload_pool.shutdown(wait=True, cancel_futures=True)
         if self._builder is not None:  # abort: a pack never stored
-            self._buffers.give(self._builder.take_buffer())
+            self._buffers.give(self._builder.take_buffer(), keep=False)
             self._builder = None
         self._buffers.close()

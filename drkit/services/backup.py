@@ -30,7 +30,7 @@ from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 from drkit import __version__
 from drkit.errors import DrkitError, IntegrityError, NothingRead, PartialFailure
 from drkit.repository.blob import BLOB_TREE
-from drkit.repository.chunker import cut_blocks, new_buffer
+from drkit.repository.chunker import cut_blocks, cut_file, new_buffer
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
@@ -483,9 +483,11 @@ class SnapshotWriter:
         """Store the tree (as tree blobs) and return their ids, in order."""
         self._flush_deferred(wait=True)
         self.saver.settle()  # the data's last pack stored before the tree is read back and cut
-        self._entries.seek(0)
+        self._readbuf = None  # the tree is cut through a map of its file: no 16 MiB buffer
+        fd = self._entries.fileno()  # on disk now (a small tree was still in memory)
+        self._entries.flush()
         ids = []
-        for data in cut_blocks(self._chunker, self._entries, self._readbuf):  # same cuts as cut_stream
+        for data in cut_file(self._chunker, fd):  # same cuts as cut_stream
             chunk_id, _ = self.saver.save(data, BLOB_TREE)
             ids.append(chunk_id.hex())
         self._entries.close()

@@ -169,11 +169,11 @@ def test_settle_stores_a_large_open_pack_and_waits_for_uploads_before_the_tree(r
         for _ in range(3):
             saver.submit(os.urandom(2 * 1024 * 1024))
         saver.settle()
-        assert len(saver._builder) == 0 and not saver._uploading and not saver._sealing
+        assert saver._builder is None and not saver._uploading and not saver._sealing
         assert saver.stats.packs == 1
         saver.submit(os.urandom(100_000))
         saver.settle()
-        assert len(saver._builder) == 1 and saver.stats.packs == 1
+        assert saver._builder is not None and len(saver._builder) == 1 and saver.stats.packs == 1
     assert saver.stats.packs == 2
     data = tmp_path / "data"
     data.mkdir()
