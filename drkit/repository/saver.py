@@ -20,6 +20,7 @@ import mmap
 import os
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # repo.py imports this module
     from drkit.repository.repo import Repository
 
 Buffer = bytes | memoryview
+_MMAP_THRESHOLD = 16 * 1024 * 1024
 _RSS_SOFT_LIMIT = 176 * 1024 * 1024
 """Above this resident size, free heap pages are returned to the OS after each pack."""
 
@@ -58,6 +60,12 @@ class _Allocator:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             libc.mallopt(-8, 2)  # M_ARENA_MAX
+            # Fixed where glibc's dynamic thresholds end up after the first freed 16 MiB
+            # block (packs were such blocks; they now live in their own maps): chunks and
+            # their sealed copies (at most 8 MiB) come from the heap and are reused, not
+            # mapped and faulted in afresh each time the threshold is raised a bit.
+            libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 2 * _MMAP_THRESHOLD)  # M_TRIM_THRESHOLD
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
             cls._libc = libc
         except (OSError, AttributeError):
@@ -99,6 +107,9 @@ with small files 32 packs hold ~300,000 blobs, and their entries are held until 
 _SERIAL_INFLIGHT_BYTES = 2 * 1024 * 1024
 """Bytes queued for sealing after :meth:`BlobSaver.settle` (the tree's blobs, about a
 megabyte each: two keep both workers busy)."""
+_FAST_PACK_SECONDS = 0.25
+"""A pack filled faster than this keeps its buffer for the next one: faulting in a fresh
+16 MiB (a few milliseconds) would cost more than 1% of the time a pack takes."""
 _BATCH_BLOBS = 64
 """Small blobs go to the workers in batches of up to this many ..."""
 _BATCH_BYTES = 1024 * 1024
@@ -246,6 +257,9 @@ class BlobSaver:
         # (only what is written becomes resident).
         self._buffers = _PackBuffers(2 * self.repo.pack_size + MAX_BLOB_RAW + MAX_BLOB_OVERHEAD)
         self._builder: PackBuilder | None = None
+        self._pack_started = 0.0
+        self._packs_fill_fast = True
+        """Whether the last pack filled within :data:`_FAST_PACK_SECONDS` (read by the upload thread)."""
         self._serial = False
         """Set by :meth:`settle`: each pack is stored before the next one is started."""
         self._unindexed: list[tuple[str, int, list[PackEntry]]] = []
@@ -433,6 +447,7 @@ class BlobSaver:
             builder = self._builder
             if builder is None:
                 builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
+                self._pack_started = time.monotonic()
             builder.add(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += ticket.raw_length
@@ -444,6 +459,7 @@ class BlobSaver:
         """Hand the open pack to an upload thread (the next one starts at the next blob)."""
         builder, self._builder = self._builder, None
         assert builder is not None
+        self._packs_fill_fast = time.monotonic() - self._pack_started < _FAST_PACK_SECONDS
         self._reap_uploads(self._max_uploads - 1)
         fut = self._upload_pool.submit(self._store_pack, builder)
         self._uploading.append((fut, builder.entries))
@@ -464,12 +480,11 @@ class BlobSaver:
             if buf is not None:
                 _close(buf)  # not reused: a failed put's traceback may still see it
             raise
-        # Kept for the next pack only if that one is more than half full (or not yet
-        # started): packs then fill about as fast as they are stored. With many small
-        # files a pack fills in a second and is stored in milliseconds; a second 16 MiB
+        # Kept for the next pack only while packs fill fast (large files: faulting 16 MiB
+        # of fresh pages in for every pack would cost several percent). With many small
+        # files a pack takes most of a second to fill and milliseconds to store: a second
         # buffer kept idle meanwhile would only add to the peak.
-        current = self._builder
-        self._buffers.give(builder.take_buffer(), keep=current is None or 2 * current.size >= self.repo.pack_size)
+        self._buffers.give(builder.take_buffer(), keep=self._packs_fill_fast)
         return pack_id, size
 
     def _reap_uploads(self, limit: int) -> None:
