@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 from collections import deque
-from binascii import unhexlify
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Protocol
@@ -35,7 +34,21 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.progress import ProgressSink
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, chunks_in_frame, encode_entries, file_line, file_line_frame, line_path, owner_fragment, parse_line, split_lines, tree_chunks
+from drkit.repository.tree import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Entry,
+    chunks_in_frame,
+    encode_entries,
+    file_line,
+    file_line_frame,
+    line_path,
+    owner_fragment,
+    parse_line,
+    split_lines,
+    tree_chunks,
+)
 from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
@@ -358,7 +371,7 @@ class SnapshotWriter:
             return None
         known = self.saver.known
         try:
-            if not all(known(unhexlify(chunk_id)) for chunk_id in ids):
+            if not all(known(binascii.unhexlify(chunk_id)) for chunk_id in ids):
                 return None
         except binascii.Error:  # not hex: what the line says is not what this file would get
             return None
