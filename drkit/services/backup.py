@@ -228,6 +228,8 @@ class SnapshotWriter:
         """Entries waiting for their chunk ids (and those recorded after them): (entry,
         tickets, stored line to reuse)."""
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
+        self._lines: list[bytes] = []
+        """Encoded entries not yet written to ``_entries`` (written 512 at a time)."""
         self._count = 0
         self._names = _Names()
         self._on_bytes = on_bytes
@@ -478,7 +480,11 @@ class SnapshotWriter:
             line = file_line(entry, owner) if owner is not None else None
         if line is None:
             (line,) = encode_entries([entry])
-        self._entries.write(line)
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= 512:
+            self._entries.write(b"".join(lines))
+            lines.clear()
         self._count += 1
 
     def _flush_deferred(self, *, wait: bool) -> None:
@@ -496,6 +502,8 @@ class SnapshotWriter:
         """Store the tree (as tree blobs) and return their ids, in order."""
         self._flush_deferred(wait=True)
         self.saver.settle()  # the data's last pack stored before the tree is read back and cut
+        self._entries.write(b"".join(self._lines))
+        self._lines.clear()
         self._readbuf = None  # the tree is cut through a map of its file: no 16 MiB buffer
         fd = self._entries.fileno()  # on disk now (a small tree was still in memory)
         self._entries.flush()
