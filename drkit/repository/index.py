@@ -210,19 +210,19 @@ class Index:
 
 
 def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes: Iterable[str] = ()) -> bytes:
-    doc = {
-        "version": 1,
-        "supersedes": sorted(supersedes),
-        "packs": [
-            {
-                "id": pack_id,
-                "size": size,
-                "blobs": [[e.blob_type, e.id.hex(), e.offset, e.length, e.raw_length] for e in entries],
-            }
-            for pack_id, size, entries in packs
-        ],
-    }
-    return zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
+    """The compressed JSON document above. Written a pack at a time, byte for byte what
+    ``json.dumps`` of the whole document (compact separators) gives, without the
+    document: a list per blob and the text built from them cost ~8 MB at 16,000 blobs,
+    a spike at every index file of a backup of many small files."""
+    parts = [b'{"version":1,"supersedes":', json.dumps(sorted(supersedes), separators=(",", ":")).encode(), b',"packs":[']
+    for n, (pack_id, size, entries) in enumerate(packs):
+        parts.append(b'%s{"id":%s,"size":%d,"blobs":[' % (b"," if n else b"", json.dumps(pack_id).encode(), size))
+        parts.append(
+            ",".join([f'[{e.blob_type:d},"{e.id.hex()}",{e.offset:d},{e.length:d},{e.raw_length:d}]' for e in entries]).encode()
+        )
+        parts.append(b"]}")
+    parts.append(b"]}")
+    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
 
 
 _MAX_STORED = MAX_BLOB_RAW + MAX_BLOB_OVERHEAD

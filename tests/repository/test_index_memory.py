@@ -131,3 +131,41 @@ def test_no_buffer_of_the_index_grows_with_the_blobs_but_its_table() -> None:
     assert max(rows) <= 128 * 1024 and max(first_sizes) == max(rows), (max(rows), max(first_sizes))
     assert sum(rows) < 60_000 * 48 + 3 * 128 * 1024  # 32-byte id and 16 bytes of location per row
     assert table <= 4 * 4 * 60_000  # at most half full, at least a quarter: u32 slots
+
+
+def _dumped(packs: list[tuple[str, int, list[PackEntry]]], supersedes: list[str]) -> bytes:
+    """What encode_index_file wrote before: json.dumps of the whole document."""
+    import json
+
+    doc = {"version": 1, "supersedes": sorted(supersedes), "packs": [
+        {"id": p, "size": size, "blobs": [[e.blob_type, e.id.hex(), e.offset, e.length, e.raw_length] for e in entries]}
+        for p, size, entries in packs]}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (1, 0), (1, 3), (3, 1000)])
+def test_an_index_file_is_written_a_pack_at_a_time_byte_for_byte(shape: tuple[int, int]) -> None:
+    import zstandard
+
+    from drkit.repository.index import decode_index_file, encode_index_file
+
+    packs = [(f"{p:064x}", 1000 + p, _entries(p, shape[1])) for p in range(shape[0])]
+    supersedes = ["b" * 64, "a" * 64] if shape[0] == 3 else []
+    data = encode_index_file(packs, supersedes)
+    assert zstandard.ZstdDecompressor().decompress(data) == _dumped(packs, supersedes)
+    assert decode_index_file(data) == (packs, sorted(supersedes))
+
+
+def test_writing_an_index_file_holds_far_less_than_the_document() -> None:
+    from drkit.repository.index import encode_index_file
+
+    packs = [(f"{p:064x}", 1 << 24, _entries(p, 8000)) for p in range(2)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        encode_index_file(packs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    text = len(_dumped(packs, []))
+    assert peak < 4 * text, (peak, text)  # the whole document as lists, its text and bytes: 6x
