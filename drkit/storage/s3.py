@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -123,6 +124,37 @@ class ObjectLockOptions(BaseModel):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
+
+
+class _ViewBody(io.RawIOBase):
+    """A request body read from a memoryview in place (a pack built in a reused buffer):
+    botocore sizes it with seek/tell and sends it block by block, so no copy of the
+    whole pack is made for the request."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), len(self._view) - self._pos))
+        b[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 class S3Options(BaseModel):
     """``repository.s3``: every key optional; unknown keys are an error."""
@@ -476,7 +508,7 @@ class S3Storage:
                 self._client.put_object(
                     Bucket=self.bucket,
                     Key=key,
-                    Body=data if isinstance(data, bytes) else bytes(view),  # no copy of a pack
+                    Body=data if isinstance(data, bytes) else _ViewBody(view),  # no copy of a pack
                     Metadata={MD5_META: md5},
                     **self._put_args(name),
                     **self._lock_args(name),
