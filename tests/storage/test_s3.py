@@ -245,3 +245,29 @@ def test_remove_stale_multipart_uploads(moto_server: MotoServer) -> None:
     assert storage.remove_stale_temporaries(min_age_seconds=3600) == 0
     left = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert left == ["other/not-ours"]
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "crc32", "sha256"])
+def test_a_pack_given_as_a_view_is_sent_in_place(moto_server: MotoServer, algorithm: str) -> None:
+    """#18: packs are built in a reused buffer and handed over as a memoryview; a copy to
+    bytes for the request cost 16 MiB per upload in flight and a fresh map faulted in
+    for every pack (remote bench: 0.73x raw boto3 and 209 MiB, against 0.88x and 180)."""
+    import mmap
+
+    bucket = moto_server.new_bucket()
+    storage = s3(moto_server, bucket, checksum=algorithm)
+    payload = os.urandom(3 * MiB + 5)
+    buf = mmap.mmap(-1, 4 * MiB, flags=mmap.MAP_PRIVATE)
+    buf[: len(payload)] = payload
+    bodies: list[object] = []
+    put_object = storage._client.put_object
+
+    def spy(**kwargs: object) -> object:
+        bodies.append(kwargs["Body"])
+        return put_object(**kwargs)
+
+    storage._client.put_object = spy  # type: ignore[method-assign]
+    with memoryview(buf) as whole, whole[: len(payload)] as view:
+        storage.put("data/00/view", view)
+    assert bodies and not isinstance(bodies[0], (bytes, bytearray))  # read from the view, not copied
+    assert storage.get("data/00/view") == payload
