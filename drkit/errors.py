@@ -25,6 +25,8 @@ Exit codes (documented in README.md, stable across releases):
 
 from __future__ import annotations
 
+import errno
+
 from typing import Any, ClassVar
 
 EXIT_OK = 0
@@ -219,6 +221,29 @@ class TransientStorageError(StorageError):
     A failure that may go away on its own (dropped connection, throttling, a 5xx, a
     checksum mismatch in transit): :class:`drkit.storage.retry.RetryingStorage` retries it.
     """
+
+
+class RestoreTargetError(DrkitError):
+    """cannot write the restore target {target}: {reason}"""
+
+    exit_code = EXIT_STORAGE
+
+    @classmethod
+    def from_os(cls, exc: OSError, target: object) -> "RestoreTargetError":
+        """The error for *exc*, raised while writing under *target*, with a hint for its errno."""
+        code = exc.errno
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            hint = "free space on the target's file system (or restore to another --target), then run again"
+        elif code == errno.EROFS:
+            hint = "the target is on a read-only file system: choose another --target, or remount it read-write"
+        elif code in (errno.EACCES, errno.EPERM):
+            hint = "run as a user that may write there (root to restore owners), or choose another --target"
+        elif code in (errno.ENOENT, errno.ENOTDIR):
+            hint = "the target changed while restoring (was part of it removed or replaced?): run the restore again"
+        else:
+            hint = "check the target's disk and file system (dmesg), or restore to another --target"
+        reason = exc.strerror or str(exc)
+        return cls(target=str(target), reason=reason, hint=hint + "; files not finished were removed, finished ones stay")
 
 
 class Refused(DrkitError):

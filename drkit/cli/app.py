@@ -23,7 +23,7 @@ Exit codes:
   0 ok          1 internal error   2 usage/config error
   3 no repository                  4 repository locked
   5 wrong passphrase/key           6 damage found
-  7 partial failure                8 storage unreachable/full
+  7 partial failure                8 storage (or restore target) unreachable/full
   9 refused (would overwrite...)  10 already exists
   130 interrupted"""
 

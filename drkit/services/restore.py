@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
-from drkit.errors import IntegrityError, ObjectNotFound, Refused, StorageError, UsageError
+from drkit.errors import IntegrityError, ObjectNotFound, Refused, RestoreTargetError, StorageError, UsageError
 from drkit.progress import ProgressSink
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
@@ -309,8 +309,10 @@ class SnapshotReader:
         target is not empty (without force): a first pass over the entry stream checks
         every path, keeping no entry. Raises Refused when an entry would lead outside
         the target or replace a directory; raises IntegrityError after restoring
-        everything else if some files were damaged (those are not left behind).
-        KeyboardInterrupt stops it promptly, leaving only complete files.
+        everything else if some files were damaged (those are not left behind); raises
+        RestoreTargetError when the target cannot be written (full, read-only, not
+        allowed, changed under the restore). KeyboardInterrupt stops it promptly. In
+        every case only complete files are left: temporaries are removed.
 
         Memory does not grow with the number of entries: files are planned, fetched and
         finished in windows of at most ``window_files`` files, ``window_chunks`` chunks
@@ -320,6 +322,13 @@ class SnapshotReader:
         directories above the current entry are held, and the names of failed files.
         Entries out of walk order (a caller's selection, several roots) keep every
         directory until the end instead."""
+        try:
+            return self._write_entries(target, include=include, entries=entries)
+        except OSError as exc:
+            raise RestoreTargetError.from_os(exc, target) from exc
+
+    def _write_entries(self, target: Path, *, include: list[str] | None,
+                       entries: Iterable[Entry] | None) -> RestoreResult:
         patterns = self.include if include is None else include
         self.check_target(target)
         if entries is not None and not isinstance(entries, (list, tuple)):
