@@ -14,6 +14,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -519,6 +520,55 @@ class SnapshotWriter:
         return self._count
 
 
+_SCRATCH_PREFIX = "drkit-"
+_SCRATCH_NAME = re.compile(r"drkit-.+-(\d+)-[a-z0-9_]{8}")
+"""A source's scratch directory: ``drkit-<source>-<pid>-<mkdtemp's 8 characters>``."""
+
+
+def remove_stale_scratch(root: Path | str | None) -> list[str]:
+    """Remove the scratch directories (datastore copies, bundles: whatever a source
+    spooled) that backups of this user left behind in *root* (default: the temporary
+    directory) because they were killed: named as :func:`_backup_one` names them,
+    owned by this user, not a link, and their process gone. A directory whose process
+    may still run (alive, or another user's) is kept. Returns the paths removed; never
+    raises (a directory that cannot be read is left)."""
+    base = Path(root) if root is not None else Path(tempfile.gettempdir())
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(_SCRATCH_PREFIX)]
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for name in names:
+        m = _SCRATCH_NAME.fullmatch(name)
+        if m is None:
+            continue
+        path = base / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or _process_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(str(path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """False only when no process *pid* exists on this host (this process counts)."""
+    if pid <= 0 or pid == os.getpid():
+        return True  # (0 and below name no single process: kept)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @dataclass
 class SourceOutcome:
     source: str
@@ -603,6 +653,8 @@ def run_backup(
     run_id = secrets.token_hex(16)
     run_meta: dict[str, Any] = {"host": options.host, "drkit_version": __version__}
     outcomes: list[SourceOutcome] = []
+    for stale in remove_stale_scratch(options.scratch_root):
+        log.info("removed %s, left by a backup that was killed", stale)
     with repo.lock_for("backup"):
         repo.load_index()
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
@@ -685,7 +737,7 @@ def _backup_one(
     outcome = SourceOutcome(src.name, src.type_name)
     started = time.monotonic()
     parent = _latest_of(existing, src.name, options.host)
-    scratch = Path(tempfile.mkdtemp(prefix=f"drkit-{src.name}-", dir=options.scratch_root))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{src.name}-{os.getpid()}-", dir=options.scratch_root))
     os.chmod(scratch, 0o700)
     counter = None
     if progress:
