@@ -187,10 +187,7 @@ def chunks_in_frame(line: bytes, head: bytes, tail: bytes) -> list[bytes] | None
     if not (middle.startswith(b',"chunks":["') and middle.endswith(b'"]')):
         return None
     ids = middle[12:-2].split(b'","')
-    for chunk_id in ids:
-        if len(chunk_id) != 64:
-            return None
-    return ids
+    return None if any(len(chunk_id) != 64 for chunk_id in ids) else ids
 
 
 def line_path(line: bytes) -> str | None:

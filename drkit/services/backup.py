@@ -101,6 +101,10 @@ def walk_order_key(path: str) -> str:
     return path.replace("/", "\0")
 
 
+def _unreadable_line(exc: Exception) -> IntegrityError:
+    return IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})")
+
+
 class ParentCursor:
     """The entries of a parent snapshot, found by path while the new snapshot is
     written in the same (walk) order, holding one stored line (and one tree blob) at
@@ -137,7 +141,7 @@ class ParentCursor:
             self._end(exc)
             return
         except (ValueError, TypeError) as exc:  # trees are authenticated: only a bug makes one
-            self._end(IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})"))
+            self._end(_unreadable_line(exc))
             return
         self._line = line
         if path is not None:
@@ -167,7 +171,7 @@ class ParentCursor:
             try:
                 self._parsed = parse_line(line)
             except (ValueError, TypeError) as exc:
-                self._end(IntegrityError(name="parent tree", detail=f"unreadable entry ({exc})"))
+                self._end(_unreadable_line(exc))
                 return None
         entry, reusable = self._parsed
         if entry.type != FILE:

@@ -125,7 +125,6 @@ class ObjectLockOptions(BaseModel):
         return v.upper() if isinstance(v, str) else v
 
 
-
 class _ViewBody(io.RawIOBase):
     """A request body read from a memoryview in place (a pack built in a reused buffer):
     botocore sizes it with seek/tell and sends it block by block, so no copy of the
@@ -155,6 +154,7 @@ class _ViewBody(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
 
 class S3Options(BaseModel):
     """``repository.s3``: every key optional; unknown keys are an error."""

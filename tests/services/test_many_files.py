@@ -260,7 +260,7 @@ def test_the_file_line_frame_is_what_to_json_writes() -> None:
         if frame is None:  # a name JSON escapes: only parsing compares it (and to_json writes it)
             owner = owner_fragment(e.uid, e.gid, e.user, e.group)
             assert owner is None or file_line(e, owner) is None
-            assert "\\" in e.to_json() and line_path(line) is None or '"' in e.path
+            assert "\\" in e.to_json() and line_path(line) is None
             continue
         assert chunks_in_frame(line, *frame) == [c.encode() for c in e.chunks]
         owner = owner_fragment(e.uid, e.gid, e.user, e.group)
