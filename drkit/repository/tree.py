@@ -151,8 +151,11 @@ def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, 
     absent when there is none): a stored line is compared with a file through it,
     without parsing the line. None when the path would be escaped (only parsing
     compares such a line)."""
-    if not _plain(path):
+    if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):  # _plain, inlined
         return None
+    if mtime_ns and size and inode and ctime_ns and dev:  # every field written (one format, no branches)
+        return (b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d' % (path.encode(), mode, owner.encode(), mtime_ns, size),
+                b',"inode":%d,"ctime_ns":%d,"dev":%d}' % (inode, ctime_ns, dev))
     head = (f'{{"path":"{path}","type":"file","mode":{mode}{owner}' + (f',"mtime_ns":{mtime_ns}' if mtime_ns else "")
             + (f',"size":{size}' if size else ""))
     tail = ((f',"inode":{inode}' if inode else "") + (f',"ctime_ns":{ctime_ns}' if ctime_ns else "")
@@ -179,15 +182,20 @@ def chunks_in_frame(line: bytes, head: bytes, tail: bytes) -> list[bytes] | None
     """The chunk ids (64 ASCII characters each, hex unchecked: ``binascii.unhexlify``
     them) of *line* if it is exactly *head*, a chunk list (or none) and *tail* (see
     :func:`file_line_frame`); None if it is anything else."""
-    if len(line) < len(head) + len(tail) or not (line.startswith(head) and line.endswith(tail)):
+    start, end = len(head), len(line) - len(tail)
+    if end < start or not (line.startswith(head) and line.endswith(tail)):
         return None
-    middle = line[len(head):len(line) - len(tail)]
-    if not middle:
+    if end == start:
         return []
-    if not (middle.startswith(b',"chunks":["') and middle.endswith(b'"]')):
+    if not (line.startswith(b',"chunks":["', start) and line.startswith(b'"]', end - 2)):
         return None
-    ids = middle[12:-2].split(b'","')
-    return None if any(len(chunk_id) != 64 for chunk_id in ids) else ids
+    if end - start == 78:  # one chunk (every small file): ',"chunks":["' 64 '"]'
+        return [line[start + 12 : end - 2]]
+    ids = line[start + 12 : end - 2].split(b'","')
+    for chunk_id in ids:
+        if len(chunk_id) != 64:
+            return None
+    return ids
 
 
 def line_path(line: bytes) -> str | None:

@@ -64,6 +64,14 @@ class _Names:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
         self._fragments: dict[tuple[int, int, str, str], str | None] = {}
+        self._owners: dict[tuple[int, int], tuple[str | None, str, str]] = {}
+
+    def owner(self, uid: int, gid: int) -> tuple[str | None, str, str]:
+        """(:meth:`fragment`, user name, group name) of an owner (cached: one lookup per file)."""
+        found = self._owners.get((uid, gid))
+        if found is None:
+            found = self._owners[uid, gid] = (self.fragment(uid, gid), self.user(uid), self.group(gid))
+        return found
 
     def fragment(self, uid: int, gid: int) -> str | None:
         """:func:`~drkit.repository.tree.owner_fragment` of an owner (cached)."""
@@ -146,7 +154,7 @@ class ParentCursor:
         self._line = line
         if path is not None:
             self._path = path
-            self._key = walk_order_key(path)
+            self._key = path.replace("/", "\0")  # walk_order_key
 
     def _end(self, exc: DrkitError) -> None:
         if self._on_error is not None:
@@ -156,7 +164,7 @@ class ParentCursor:
         self._lines = iter(())
 
     def find_line(self, path: str) -> bytes | None:
-        key = walk_order_key(path)
+        key = path.replace("/", "\0")  # walk_order_key
         while self._line is not None and self._key < key:
             self._advance()
         if self._line is not None and self._path == path:
@@ -368,23 +376,25 @@ class SnapshotWriter:
         encoding), if *line* is byte for byte what this file's entry would be written as
         and every chunk is in the repository; else None (nothing recorded)."""
         uid, gid = st.st_uid, st.st_gid
-        owner = self._names.fragment(uid, gid)
+        owner, user, group = self._names.owner(uid, gid)
         if owner is None:
             return None
-        mode = stat.S_IMODE(st.st_mode)
-        frame = file_line_frame(path, mode, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, st.st_dev)
+        mode, mtime_ns, size = st.st_mode & 0o7777, st.st_mtime_ns, st.st_size  # (S_IMODE)
+        inode, ctime_ns, dev = st.st_ino, st.st_ctime_ns, st.st_dev
+        frame = file_line_frame(path, mode, owner, mtime_ns, size, inode, ctime_ns, dev)
         ids = chunks_in_frame(line, *frame) if frame is not None else None
         if ids is None:
             return None
         known = self.saver.known
         try:
-            if not all(known(binascii.unhexlify(chunk_id)) for chunk_id in ids):
-                return None
+            for chunk_id in ids:
+                if not known(binascii.unhexlify(chunk_id)):
+                    return None
         except binascii.Error:  # not hex: what the line says is not what this file would get
             return None
-        entry = Entry(path, FILE, mode, uid, gid, self._names.user(uid), self._names.group(gid), st.st_mtime_ns, st.st_size,
-                      [chunk_id.decode("ascii") for chunk_id in ids], "", st.st_ino, st.st_ctime_ns, st.st_dev)
-        self._count_unmodified(entry.size)
+        entry = Entry(path, FILE, mode, uid, gid, user, group, mtime_ns, size, [chunk_id.decode("ascii") for chunk_id in ids], "",
+                      inode, ctime_ns, dev)
+        self._count_unmodified(size)
         return self._record(entry, line + b"\n")
 
     def _count_unmodified(self, size: int) -> None:

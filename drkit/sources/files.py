@@ -173,10 +173,12 @@ class TreeWalker:
         """Depth-first, sorted, iterative (no recursion limit): a directory whose logical
         path has more than :data:`MAX_DEPTH` components is skipped with a warning."""
         ctx = self.ctx
+        exclude, include, counts = self.exclude, self.include, self.counts
+        add_file, progress, lstat = ctx.add_file, ctx.progress, os.lstat
         stack: list[tuple[str, str, os.stat_result]] = [(real_root, logical_root, root_st)]
         while stack:
             real, logical, st = stack.pop()
-            if matches(logical, self.exclude):
+            if exclude and matches(logical, exclude):
                 continue
             mode = st.st_mode
             if stat.S_ISDIR(mode):
@@ -196,28 +198,29 @@ class TreeWalker:
                     ctx.warn(f"{real}: {exc.strerror}")
                     continue
                 children: list[tuple[str, str, os.stat_result]] = []
+                real_dir, logical_dir = real.rstrip("/") + "/", logical.rstrip("/") + "/"
                 for name in names:
-                    child = real.rstrip("/") + "/" + name
+                    child = real_dir + name
                     try:
-                        children.append((child, logical.rstrip("/") + "/" + name, os.lstat(child)))
+                        children.append((child, logical_dir + name, lstat(child)))
                     except OSError as exc:
                         ctx.warn(f"{child}: {exc.strerror}")
                 stack.extend(reversed(children))  # popped in sorted order
             elif stat.S_ISREG(mode):
-                if self.include and not matches(logical, self.include):
+                if include and not matches(logical, include):
                     continue
-                ctx.progress(real)
+                progress(real)
                 try:
-                    entry = ctx.add_file(logical, real, st)
+                    entry = add_file(logical, real, st)
                 except OSError as exc:
                     ctx.warn(f"{real}: {exc.strerror or exc}")
                     continue
-                self.counts["files"] += 1
-                self.counts["bytes"] += entry.size
+                counts["files"] += 1
+                counts["bytes"] += entry.size
                 if self.after_file is not None:
                     self.after_file(real, logical, st, entry)
             elif stat.S_ISLNK(mode):
-                if self.include and not matches(logical, self.include):
+                if include and not matches(logical, include):
                     continue
                 try:
                     ctx.add_symlink(logical, os.readlink(real), st)
