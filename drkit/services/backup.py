@@ -55,6 +55,9 @@ from drkit.sources.base import Source
 log = logging.getLogger("drkit.backup")
 
 _SMALL_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEFERRED_MAX = 4096
+"""Entries held behind a file still being hashed before the walk waits for it: a
+change near the start of a large unchanged tree no longer holds the whole tree."""
 
 
 class _Names:
@@ -237,9 +240,10 @@ class SnapshotWriter:
         self._parent: ParentCursor | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
-        self._deferred: deque[tuple[Entry, list[BlobTicket] | None, bytes | None]] = deque()
-        """Entries waiting for their chunk ids (and those recorded after them): (entry,
-        tickets, stored line to reuse)."""
+        self._deferred: deque[tuple[Entry, list[BlobTicket]] | bytes] = deque()
+        """What waits to be written behind a file whose chunk ids are not known yet, in
+        order: (entry, tickets) of such a file, the encoded line of anything else. At most
+        :data:`_DEFERRED_MAX` long (memory does not grow with the files behind a change)."""
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
         self._lines: list[bytes] = []
         """Encoded entries not yet written to ``_entries`` (written 512 at a time)."""
@@ -338,7 +342,7 @@ class SnapshotWriter:
             self.stats.files_changed += 1
         # Recorded (with its chunk ids) once the workers have hashed every chunk; the
         # next file is read meanwhile. Entries keep their order.
-        self._deferred.append((entry, tickets, None))
+        self._deferred.append((entry, tickets))
         self._flush_deferred(wait=False)
         return entry
 
@@ -483,18 +487,30 @@ class SnapshotWriter:
 
     def _record(self, entry: Entry, line: bytes | None) -> Entry:
         """Append *entry*, as *line* if given (its encoding, newline included)."""
-        if self._deferred:  # keep the order: behind files still being hashed
-            self._deferred.append((entry, None, line))
+        if line is None:
+            line = self._encode(entry)
+        deferred = self._deferred
+        if not deferred:
+            self._write_line(line)
             return entry
-        self._write_entry(entry, line)
+        deferred.append(line)  # keep the order: behind files still being hashed
+        if len(deferred) > _DEFERRED_MAX:
+            self._flush_deferred(wait=False)
+            if len(deferred) > _DEFERRED_MAX:
+                self._flush_deferred(wait=True)
         return entry
 
-    def _write_entry(self, entry: Entry, line: bytes | None = None) -> None:
-        if line is None and entry.type == FILE:
+    def _encode(self, entry: Entry) -> bytes:
+        """*entry*'s line in the tree, newline included."""
+        if entry.type == FILE:
             owner = self._names.fragment_of(entry.uid, entry.gid, entry.user, entry.group)
             line = file_line(entry, owner) if owner is not None else None
-        if line is None:
-            (line,) = encode_entries([entry])
+            if line is not None:
+                return line
+        (line,) = encode_entries([entry])
+        return line
+
+    def _write_line(self, line: bytes) -> None:
         lines = self._lines
         lines.append(line)
         if len(lines) >= 512:
@@ -503,15 +519,22 @@ class SnapshotWriter:
         self._count += 1
 
     def _flush_deferred(self, *, wait: bool) -> None:
-        """Record deferred entries, in order, whose chunk ids are known (all if *wait*)."""
-        while self._deferred:
-            entry, tickets, line = self._deferred[0]
-            if tickets:
-                if not wait and not all(t.done() for t in tickets):
-                    return
-                entry.chunks = [t.id().hex() for t in tickets]
-            self._deferred.popleft()
-            self._write_entry(entry, line)
+        """Write deferred entries, in order, whose chunk ids are known (all if *wait*:
+        waits for the workers)."""
+        deferred = self._deferred
+        while deferred:
+            item = deferred[0]
+            if isinstance(item, bytes):
+                line = item
+            else:
+                entry, tickets = item
+                if tickets:
+                    if not wait and not all(t.done() for t in tickets):
+                        return
+                    entry.chunks = [t.id().hex() for t in tickets]
+                line = self._encode(entry)
+            deferred.popleft()
+            self._write_line(line)
 
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""

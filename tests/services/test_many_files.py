@@ -32,7 +32,7 @@ from drkit.repository.tree import (
     split_lines,
     tree_chunks,
 )
-from drkit.services.backup import BackupOptions, ParentCursor, run_backup, walk_order_key
+from drkit.services.backup import BackupOptions, ParentCursor, SnapshotWriter, run_backup, walk_order_key
 from drkit.services.restore import SnapshotReader
 from drkit.sources.files import FilesSource
 from drkit.storage import LocalStorage
@@ -110,6 +110,38 @@ def test_a_file_rewritten_in_the_same_second_is_read_again(tmp_path: Path) -> No
     base = target / str(data).lstrip("/")
     assert (base / "d03/s3/f00003.txt").read_bytes() == new
     assert (base / "d04/s4/f00004.txt").read_bytes() == b"Y" * st.st_size
+
+
+def test_entries_behind_a_changed_file_wait_in_a_bounded_queue(tmp_path: Path, monkeypatch) -> None:
+    """A file changed near the start of an otherwise unchanged tree: the entries walked
+    after it are written while it is hashed once a few wait, not all held to the end
+    (memory would grow with the tree), and the tree keeps its order."""
+    import drkit.services.backup as backup_module
+
+    monkeypatch.setattr(backup_module, "_DEFERRED_MAX", 16, raising=False)
+    data = tmp_path / "data"
+    files = _tree(data, 300)
+    _backup(tmp_path, data)
+    changed = data / "d00/s0/f00000.txt"  # the first file of the walk
+    changed.write_bytes(b"changed " + files["d00/s0/f00000.txt"])
+    written_by_walk_end: list[int] = []
+    real_finish = SnapshotWriter.finish_tree
+
+    def finish_tree(self: SnapshotWriter) -> list[str]:
+        written_by_walk_end.append(self.entry_count)
+        return real_finish(self)
+
+    monkeypatch.setattr(SnapshotWriter, "finish_tree", finish_tree)
+    stats = _backup(tmp_path, data)
+    assert stats["files_changed"] == 1 and stats["files_unmodified"] == 299
+    assert written_by_walk_end[0] >= stats["entries"] - 17  # at most 16 (+ the changed file) still waiting
+    repo = _repo(tmp_path)
+    repo.load_index()
+    first, second = sorted(repo.list_snapshots(), key=lambda s: s.time)
+    assert [e.path for e in iter_tree(repo, second)] == [e.path for e in iter_tree(repo, first)]
+    target = tmp_path / "restored"
+    SnapshotReader(repo, second).write_entries(target)
+    assert (target / str(changed).lstrip("/")).read_bytes() == b"changed " + files["d00/s0/f00000.txt"]
 
 
 def test_parent_cursor_holds_one_entry_and_finds_in_walk_order() -> None:
