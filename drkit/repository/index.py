@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from array import array
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import zstandard
 
@@ -135,7 +135,23 @@ class Index:
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
         """Add the blobs of pack *pack_id* (an id already known keeps its first location).
-        Raises ValueError for numbers out of range (nothing of that entry is added)."""
+        Raises ValueError for numbers out of range (then nothing of the pack is added)."""
+        entries = list(entries)
+        for blob_type, chunk_id, offset, length, raw_length in entries:
+            if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
+                _check_location(blob_type, offset, length, raw_length)  # raises
+            if len(chunk_id) != _ID_SIZE:
+                raise ValueError(f"chunk id of {len(chunk_id)} bytes")
+        self._add(pack_id, size, entries, [e.id for e in entries])
+
+    def add_listed(self, pack_id: str, size: int, listed: ListedBlobs) -> None:
+        """Add the blobs of pack *pack_id* as :func:`decode_index_listing` gives them
+        (checked there; no :class:`PackEntry` is built for them)."""
+        self._add(pack_id, size, listed.rows, listed.ids)
+
+    def _add(self, pack_id: str, size: int, rows: Sequence[Sequence[Any]], chunk_ids: list[bytes]) -> None:
+        """Add checked rows (``(type, <any>, offset, length, raw_length)``), the i-th
+        row's blob being ``chunk_ids[i]``."""
         no = self._pack_no.get(pack_id)
         if no is None:
             no = self._pack_no[pack_id] = len(self._packs)
@@ -144,11 +160,7 @@ class Index:
         ids, spans, metas = self._ids, self._spans, self._meta
         slots, mask = self._table
         pack_bits = no << 4
-        for blob_type, chunk_id, offset, length, raw_length in entries:
-            if not (0 <= offset <= _MASK and 0 <= length <= _MASK and 0 <= raw_length <= _MASK and 0 <= blob_type < 16):
-                _check_location(blob_type, offset, length, raw_length)  # raises
-            if len(chunk_id) != _ID_SIZE:
-                raise ValueError(f"chunk id of {len(chunk_id)} bytes")
+        for (blob_type, _, offset, length, raw_length), chunk_id in zip(rows, chunk_ids, strict=True):
             row = self._rows
             if row * 2 + 2 > mask:
                 self._grow()
@@ -228,38 +240,53 @@ def encode_index_file(packs: list[tuple[str, int, list[PackEntry]]], supersedes:
 _MAX_STORED = MAX_BLOB_RAW + MAX_BLOB_OVERHEAD
 
 
-def _entries(rows: Any) -> list[PackEntry]:
+@dataclass(frozen=True, slots=True)
+class ListedBlobs:
+    """The blobs an index file lists for one pack, checked: its rows as JSON gave
+    them (``[type, "<hex id>", offset, length, raw_length]``) and their ids as bytes."""
+
+    rows: list[list[Any]]
+    ids: list[bytes]
+
+    def entries(self) -> list[PackEntry]:
+        return [PackEntry(r[0], chunk_id, r[2], r[3], r[4]) for r, chunk_id in zip(self.rows, self.ids, strict=True)]
+
+
+def _listed(rows: Any) -> ListedBlobs:
     """The listed blobs of one pack, each checked before use: ``[type, "<64 hex
     digits>", offset, length, raw_length]`` with integers in range (every number fits
     the in-memory index, no blob is larger than any chunk). Raises ValueError (or
     TypeError) naming the first bad row; nothing is returned for a bad list."""
-    out: list[PackEntry] = []
-    append = out.append
+    rows = rows if type(rows) is list else list(rows)
+    ids: list[bytes] = []
+    append = ids.append
+    fromhex = bytes.fromhex
     for row in rows:
         blob_type, chunk_id, offset, length, raw_length = row
         if not (type(blob_type) is int and type(offset) is int and type(length) is int and type(raw_length) is int
                 and type(chunk_id) is str and len(chunk_id) == 2 * _ID_SIZE
                 and 0 <= blob_type < 16 and 0 <= offset <= _MASK and 0 <= length <= _MAX_STORED and 0 <= raw_length <= MAX_BLOB_RAW):
             raise ValueError(f"bad blob entry {str(row)[:200]}")
-        chunk = bytes.fromhex(chunk_id)
+        chunk = fromhex(chunk_id)
         if len(chunk) != _ID_SIZE:  # fromhex skips whitespace
             raise ValueError(f"chunk id of {len(chunk)} bytes")
-        append(PackEntry(blob_type, chunk, offset, length, raw_length))
-    return out
+        append(chunk)
+    return ListedBlobs(rows, ids)
+
+
+def decode_index_listing(data: bytes) -> tuple[list[tuple[str, int, ListedBlobs]], list[str]]:
+    """Return (packs, supersedes), each pack's blobs checked but not made into
+    :class:`PackEntry` tuples (see :meth:`Index.add_listed`); raises ValueError for a
+    malformed document (all or nothing: no part of a bad file is returned)."""
+    try:
+        doc = json.loads(bounded_decompress(data, index_size_bound(len(data))))
+        packs = [(p["id"], int(p["size"]), _listed(p["blobs"])) for p in doc["packs"]]
+        return packs, list(doc.get("supersedes", []))
+    except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
+        raise ValueError(f"malformed index file: {exc}") from None
 
 
 def decode_index_file(data: bytes) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
     """Return (packs, supersedes); raises ValueError for a malformed document."""
-    try:
-        doc = json.loads(bounded_decompress(data, index_size_bound(len(data))))
-        packs = [
-            (
-                p["id"],
-                int(p["size"]),
-                _entries(p["blobs"]),
-            )
-            for p in doc["packs"]
-        ]
-        return packs, list(doc.get("supersedes", []))
-    except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
-        raise ValueError(f"malformed index file: {exc}") from None
+    packs, supersedes = decode_index_listing(data)
+    return [(pack_id, size, listed.entries()) for pack_id, size, listed in packs], supersedes

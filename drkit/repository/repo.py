@@ -47,7 +47,7 @@ from drkit.repository.crypto import (
     canonical_json,
 )
 from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
-from drkit.repository.index import Index, decode_index_file, encode_index_file
+from drkit.repository.index import Index, ListedBlobs, decode_index_listing, encode_index_file
 from drkit.repository.locks import COMMAND_LOCKS, Lock
 from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
 from drkit.repository.snapshot import Snapshot, latest_usable
@@ -447,7 +447,7 @@ class Repository:
             if index_id is None:
                 continue
             try:
-                packs, supersedes = self.read_index_file(index_id)
+                packs, supersedes = self._read_index_listing(index_id)
             except IntegrityError as exc:
                 if on_error is None:
                     raise
@@ -459,8 +459,8 @@ class Repository:
             if index_id in superseded:
                 self.superseded_index_files.add(index_id)
                 continue
-            for pack_id, size, entries in packs:
-                index.add_pack(pack_id, size, entries)
+            for pack_id, size, listed in packs:
+                index.add_listed(pack_id, size, listed)
             del packs
             kept.append(index_id)
         self.replaced_index_files = set(superseded)
@@ -472,11 +472,11 @@ class Repository:
                 if index_id in superseded:
                     continue
                 try:
-                    packs, _ = self.read_index_file(index_id)
+                    packs, _ = self._read_index_listing(index_id)
                 except ObjectNotFound:
                     continue
-                for pack_id, size, entries in packs:
-                    index.add_pack(pack_id, size, entries)
+                for pack_id, size, listed in packs:
+                    index.add_listed(pack_id, size, listed)
                 del packs
                 index.files.add(index_id)
         else:
@@ -485,12 +485,18 @@ class Repository:
         self.index_loaded = True
 
     def read_index_file(self, index_id: str) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
+        """(packs with their entries, supersedes) of one index file; raises IntegrityError."""
+        packs, supersedes = self._read_index_listing(index_id)
+        return [(pack_id, size, listed.entries()) for pack_id, size, listed in packs], supersedes
+
+    def _read_index_listing(self, index_id: str) -> tuple[list[tuple[str, int, ListedBlobs]], list[str]]:
+        """:meth:`read_index_file`, each pack's blobs as checked rows (what :meth:`load_index` adds)."""
         name = layout.index_name(index_id)
         raw = self.storage.get(name)
         if hashlib.sha256(raw).hexdigest() != index_id:
             raise IntegrityError(name=name, detail="content does not match its name (SHA-256)", hint="run 'drkit rebuild-index'")
         try:
-            return decode_index_file(self.cipher.open(raw, aad(KIND_INDEX)))
+            return decode_index_listing(self.cipher.open(raw, aad(KIND_INDEX)))
         except (DecryptError, ValueError) as exc:
             raise IntegrityError(name=name, detail=str(exc), hint="run 'drkit rebuild-index'") from None
 

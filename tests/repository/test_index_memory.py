@@ -169,3 +169,45 @@ def test_writing_an_index_file_holds_far_less_than_the_document() -> None:
         tracemalloc.stop()
     text = len(_dumped(packs, []))
     assert peak < 4 * text, (peak, text)  # the whole document as lists, its text and bytes: 6x
+
+
+def test_loading_the_index_builds_no_entry_tuple_per_blob(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index files are read into the index from their checked rows: a PackEntry per
+    blob (built, then taken apart again) was a third of the load of 100k blobs."""
+    import drkit.repository.index as index_module
+
+    packs = [(f"{p:064x}", 1 << 20, _entries(p, 500)) for p in range(3)]
+    repo.write_index(packs)
+    built: list[object] = []
+
+    class CountingEntry(PackEntry):
+        def __new__(cls, *args: object) -> "CountingEntry":
+            built.append(args)
+            return super().__new__(cls, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module, "PackEntry", CountingEntry)
+    fresh = Repository.open(repo.storage, "pw")
+    fresh.load_index()
+    assert len(fresh.index) == 1500 and not built
+    for pack_id, _, entries in packs:
+        for e in entries:
+            loc = fresh.index.get(e.id)
+            assert loc is not None and (loc.pack, loc.blob_type, loc.offset, loc.length, loc.raw_length) == (
+                pack_id, e.blob_type, e.offset, e.length, e.raw_length)
+    assert fresh.read_index_file(next(iter(fresh.index.files)))[0] == packs  # callers that want entries still get them
+
+
+def test_an_index_file_with_one_bad_row_adds_nothing(repo: Repository) -> None:
+    """A bad row in a later pack of a file: the file is skipped whole (reported), its
+    good packs too; the other files load."""
+    good = (f"{1:064x}", 1 << 20, _entries(1, 10))
+    bad = (f"{2:064x}", 1 << 20, [*_entries(2, 5), PackEntry(0, os.urandom(32), 2**40, 90, 120)])  # offset beyond u32
+    other = (f"{3:064x}", 1 << 20, _entries(3, 7))
+    repo.write_index([good, bad])
+    repo.write_index([other])
+    fresh = Repository.open(repo.storage, "pw")
+    errors: list[tuple[str, str]] = []
+    fresh.load_index(on_error=lambda name, detail: errors.append((name, detail)))
+    assert len(errors) == 1 and "malformed index file" in errors[0][1]
+    assert len(fresh.index) == 7 and fresh.index.packs() == [other[0]]
+    assert all(e.id not in fresh.index for e in good[2])
