@@ -118,6 +118,8 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
     cfg = state.config
     selected = with_excludes(cfg.select_sources(sources), [*excludes, *read_exclude_files(exclude_files)])
     with metrics.track(state, "backup", sources=[s.name for s in selected], enabled=not dry_run) as m:
+        for src in selected:
+            src.warm_up()  # reads ahead while the key is derived (scrypt lets other threads run)
         repo = open_repository(state)
         if dry_run:
             repo.storage = DryRunStorage(repo.storage)

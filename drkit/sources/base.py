@@ -167,6 +167,12 @@ class Source(ABC):
         (restic's scanner): it must only read metadata and never raise."""
         return None
 
+    def warm_up(self) -> None:  # noqa: B027 - an optional hook
+        """Start reading ahead what :meth:`backup` needs first (metadata only, in a
+        background thread), while the caller opens the repository; ``backup`` takes what
+        is ready and stops it. Never raises; what is read ahead is recorded as of that
+        moment, as if the backup had got there earlier. Default: nothing."""
+
     def check_run(self, run: list["Source"]) -> None:  # noqa: B027 - an optional hook
         """Refuse (raise :class:`~drkit.errors.Refused`) if *run* lacks what this source
         needs alongside it (e.g. a datastore without the K3s token). Default: nothing."""

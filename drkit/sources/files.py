@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -70,8 +71,17 @@ class FilesSource(Source):
     Options = FilesOptions
     options: FilesOptions
 
+    _prefetch: StatPrefetch | None = None
+
     def describe(self) -> str:
         return f"{self.name} (files: {', '.join(self.options.paths)})"
+
+    def warm_up(self) -> None:
+        """Start a :class:`StatPrefetch` of the configured paths (the walk takes what it
+        read and stops it)."""
+        if self._prefetch is None:
+            opts = self.options
+            self._prefetch = StatPrefetch(opts.paths, exclude=opts.exclude, one_file_system=opts.one_file_system)
 
     def backup(self, ctx: BackupContext) -> None:
         """Walk every configured path. Raises NothingRead (the source fails, nothing is
@@ -79,6 +89,9 @@ class FilesSource(Source):
         unmounted disk must not become an empty "latest" snapshot -- or when include
         patterns are set and no file matched them."""
         opts = self.options
+        prefetched, self._prefetch = self._prefetch, None
+        if prefetched is not None:
+            prefetched.stop()  # it would now only compete with the walk for the interpreter
         seen: set[str] = set()  # directories already recorded in this run
         ctx.paths.extend(opts.paths)
         roots: list[tuple[str, os.stat_result]] = []
@@ -93,7 +106,7 @@ class FilesSource(Source):
         for root, st in roots:
             self._add_parents(ctx, root, seen)
             walker = TreeWalker(ctx, exclude=opts.exclude, include=opts.include, one_file_system=opts.one_file_system,
-                                seen=seen)
+                                seen=seen, prefetched=prefetched)
             walker.walk(root, root, st)
             taken += walker.counts["files"] + walker.counts["symlinks"]
         if opts.include and not taken:
@@ -143,6 +156,90 @@ class FilesSource(Source):
 
 
 
+PREFETCH_ENTRIES = 32768
+"""At most this many entries are read ahead, whatever the size of the tree: a stat
+result costs ~650 bytes, and peak RSS of an unchanged backup of 100k files rose by
+24-26 MiB (106 -> 130-132 MiB in-process), a bounded price for ~0.08 s."""
+
+
+class StatPrefetch:
+    """The listings (names, sorted, and their ``lstat``) of the directories a walk of
+    *paths* visits first, read in a background thread while the process waits for
+    something that lets other threads run -- the key derivation that opens the
+    repository (scrypt releases the interpreter): a third of the walk of a tree of small
+    unchanged files is ``lstat``. The thread runs at the lowest CPU priority, so on a
+    busy machine it takes nothing from the key derivation.
+
+    It visits directories in the walk's order with the walk's rules (exclude patterns
+    on the path, :data:`MAX_DEPTH`, ``one_file_system``) and stops after
+    :data:`PREFETCH_ENTRIES` entries, at the end, or at :meth:`stop`. A directory that
+    could not be read whole (an error on it or on any entry) is not kept: the walk
+    reads it and reports the error as usual. What it read is as old as that moment
+    (under a second before the walk gets there): a file is still always stat'ed before
+    it is read, so a change after that is seen by the next backup, as with any change
+    during a walk. Never raises."""
+
+    def __init__(self, paths: list[str], *, exclude: list[str], one_file_system: bool,
+                 limit: int | None = None) -> None:
+        self._paths = list(paths)
+        self._exclude = list(exclude)
+        self._one_file_system = one_file_system
+        self._limit = PREFETCH_ENTRIES if limit is None else limit
+        self._listings: dict[str, list[tuple[str, os.stat_result]]] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="drkit-stat-prefetch", daemon=True)
+        self._thread.start()
+
+    def take(self, real: str) -> list[tuple[str, os.stat_result]] | None:
+        """The listing of directory *real* if it was read ahead (handed out once)."""
+        return self._listings.pop(real, None)
+
+    def stop(self) -> None:
+        """Stop reading ahead (waits for the directory in hand); what was read stays."""
+        self._stopped = True
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Wait until it has read all it will (for tests)."""
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux): never slows the KDF
+        except (AttributeError, OSError):
+            pass
+        try:
+            self._walk()
+        except Exception:  # noqa: BLE001 - reading ahead must never fail a backup: the walk reads it
+            pass
+
+    def _walk(self) -> None:
+        left = self._limit
+        lstat, listdir = os.lstat, os.listdir
+        for root in self._paths:
+            try:
+                root_st = lstat(root)
+            except OSError:
+                continue
+            stack = [(root, root_st)]
+            while stack and left > 0:
+                if self._stopped:
+                    return
+                real, st = stack.pop()
+                if (self._exclude and matches(real, self._exclude)) or not stat.S_ISDIR(st.st_mode):
+                    continue
+                if real.count("/") > MAX_DEPTH or (self._one_file_system and st.st_dev != root_st.st_dev):
+                    continue
+                try:
+                    prefix = real.rstrip("/") + "/"
+                    listing = [(name, lstat(prefix + name)) for name in sorted(listdir(real))]
+                except OSError:
+                    continue
+                self._listings[real] = listing
+                left -= len(listing)
+                stack.extend((prefix + name, child) for name, child in reversed(listing) if stat.S_ISDIR(child.st_mode))
+
+
 @dataclass
 class TreeWalker:
     """Add a directory tree of the host to a backup, under a logical path of choice.
@@ -164,6 +261,8 @@ class TreeWalker:
     seen: set[str] = field(default_factory=set)
     """Logical directories already recorded in this run (recorded once)."""
     after_file: Callable[[str, str, os.stat_result, Entry], None] | None = None
+    prefetched: StatPrefetch | None = None
+    """Directory listings read ahead (used where the real path matches, else read here)."""
     counts: dict[str, int] = field(default_factory=lambda: {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0})
 
     def walk(self, real: str, logical: str, st: os.stat_result) -> None:
@@ -175,6 +274,7 @@ class TreeWalker:
         ctx = self.ctx
         exclude, include, counts = self.exclude, self.include, self.counts
         add_file, progress, lstat = ctx.add_file, ctx.progress, os.lstat
+        prefetched = self.prefetched
         stack: list[tuple[str, str, os.stat_result]] = [(real_root, logical_root, root_st)]
         while stack:
             real, logical, st = stack.pop()
@@ -192,13 +292,17 @@ class TreeWalker:
                 self.counts["dirs"] += 1
                 if self.one_file_system and st.st_dev != root_dev:
                     continue
+                real_dir, logical_dir = real.rstrip("/") + "/", logical.rstrip("/") + "/"
+                listing = prefetched.take(real) if prefetched is not None else None
+                if listing is not None:
+                    stack.extend([(real_dir + name, logical_dir + name, child) for name, child in reversed(listing)])
+                    continue
                 try:
                     names = sorted(os.listdir(real))
                 except OSError as exc:
                     ctx.warn(f"{real}: {exc.strerror}")
                     continue
                 children: list[tuple[str, str, os.stat_result]] = []
-                real_dir, logical_dir = real.rstrip("/") + "/", logical.rstrip("/") + "/"
                 for name in names:
                     child = real_dir + name
                     try:
