@@ -68,6 +68,8 @@ WINDOWS_IN_FLIGHT = 2
 """Windows queued for the workers while the next one is planned."""
 _TASK_BLOBS = 256
 _TASK_BYTES = 8 * 1024 * 1024
+_LANE_BLOB = 64 * 1024
+"""A task whose blobs average less than this is file-heavy: it runs in the file lane."""
 
 
 @dataclass(frozen=True)
@@ -504,6 +506,13 @@ class _WindowWriter:
         self._on_bytes = on_bytes
         self._locks = [threading.Lock() for _ in range(64)]  # per-file state, striped
         self._stop = threading.Event()
+        # File-heavy tasks (many small files) run one at a time: their work is system
+        # calls a few microseconds long, and workers doing them side by side spent more
+        # time handing the GIL to each other than they gained (100,000 small files: 12.0 s
+        # wall and 9.3 s system time with four workers, 9.2-9.6 s and 3.2-3.7 s through
+        # the lane). Tasks of large blobs (hashing, decompression, writes that release
+        # the GIL for long) still run side by side.
+        self._file_lane = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="drkit-restore")
         self._queued: deque[_Window] = deque()
         self._window = _Window()
@@ -586,7 +595,11 @@ class _WindowWriter:
 
     def _do_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
         try:
-            self._run_task(pack_id, ordered)
+            if sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
+                with self._file_lane:
+                    self._run_task(pack_id, ordered)
+            else:
+                self._run_task(pack_id, ordered)
         finally:
             # The pool's work item keeps its arguments until its thread gets round to
             # dropping it, after the future is done and the window may be finished: the
