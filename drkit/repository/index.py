@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from array import array
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import zstandard
 
@@ -34,8 +34,10 @@ def index_size_bound(sealed_size: int) -> int:
     return min(1 << 30, max(64 << 20, 64 * sealed_size))
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
+    """Where a blob is stored (a tuple, like PackEntry: a restore looks one up per
+    chunk, and a named tuple is built in half a frozen dataclass's time)."""
+
     pack: str
     blob_type: int
     offset: int
