@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 
 from drkit import __version__
 from drkit.errors import DrkitError, IntegrityError, NothingRead, PartialFailure
+from drkit.gctune import fewer_collections
 from drkit.repository.blob import BLOB_TREE
 from drkit.repository.chunker import cut_blocks, cut_file, new_buffer
 from drkit.repository.repo import Repository
@@ -692,7 +693,7 @@ def run_backup(
     outcomes: list[SourceOutcome] = []
     for stale in remove_stale_scratch(options.scratch_root):
         log.info("removed %s, left by a backup that was killed", stale)
-    with repo.lock_for("backup"):
+    with repo.lock_for("backup"), fewer_collections():
         repo.load_index()
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:
