@@ -8,7 +8,7 @@ import click
 
 from drkit import metrics
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import collector_for_many_small_objects, human_size, open_repository, progress_for
+from drkit.cli.common import human_size, open_repository, progress_for
 from drkit.errors import DrkitError, UsageError
 from drkit.repository.repo import Repository
 from drkit.services.backup import BackupOptions, BackupRun, run_backup
@@ -132,7 +132,7 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
         if host or cfg.raw.hostname:
             options.host = host or cfg.raw.hostname or options.host
         try:
-            with progress_for(state, not as_json) as progress, collector_for_many_small_objects():
+            with progress_for(state, not as_json) as progress:
                 run = run_backup(repo, selected, options, progress=progress)
         except DrkitError as exc:
             failed_run = exc.outcome

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from contextlib import contextmanager
 from datetime import timedelta
@@ -178,25 +177,3 @@ def progress_for(state: CliState, enabled: bool = True) -> Iterator[ProgressSink
     with RichProgress() as p:
         yield p
 
-
-YOUNG_COLLECTION_EVERY = 10_000
-"""Allocations between two young-generation passes of the collector during a backup
-(Python's default is 700)."""
-
-
-@contextmanager
-def collector_for_many_small_objects() -> Iterator[None]:
-    """While a backup walks many files (several short-lived objects each): the cyclic
-    collector leaves alone the objects that exist when it starts (modules, config, the
-    open repository: they live until exit; ``gc.freeze``) and makes its young pass every
-    :data:`YOUNG_COLLECTION_EVERY` allocations. The full passes over everything were most
-    of the 0.06-0.2 s the collector took in an unchanged backup of 100k files. Both are
-    undone on exit (commands also run in-process, e.g. in tests)."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
