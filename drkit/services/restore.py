@@ -730,6 +730,7 @@ class _WindowWriter:
             log.error("not restored: %s: %s", plan.entry.path, why)
         window.files.clear()
         self.finished_no = window.no
+        self.tree.start_sync()  # write back what is finished while the rest is restored
 
 
 @dataclass(eq=False)

@@ -89,6 +89,7 @@ class TargetTree:
         self._prefix = TMP_PREFIX + secrets.token_hex(6) + "-"
         self._counter = 0
         self._temps: set[tuple[Parts, str]] = set()
+        self._syncer: threading.Thread | None = None
 
     # -- directories -------------------------------------------------------------
 
@@ -291,15 +292,36 @@ class TargetTree:
 
     # -- the end ---------------------------------------------------------------------
 
+    def start_sync(self) -> None:
+        """Start writing what was restored so far to disk, in the background (one
+        ``syncfs`` at a time; a call while one runs does nothing), so that the final
+        :meth:`sync` has little left to wait for. Errors are left to :meth:`sync`."""
+        if self._syncer is not None and self._syncer.is_alive():
+            return
+        self._syncer = threading.Thread(target=self._sync_once, name="drkit-sync", daemon=True)
+        self._syncer.start()
+
+    def _wait_for_syncer(self) -> None:
+        if self._syncer is not None:
+            self._syncer.join()
+            self._syncer = None
+
     def sync(self) -> None:
         """One sync of the filesystem holding the target (``syncfs``; ``sync`` where it
-        is missing): durability for the whole restore without an fsync per file."""
+        is missing), after a background one still running: durability for the whole
+        restore without an fsync per file."""
+        self._wait_for_syncer()
+        self._sync_once()
+
+    def _sync_once(self) -> None:
         syncfs = getattr(_libc(), "syncfs", None)
         if syncfs is None or syncfs(self._root) != 0:
             os.sync()
 
     def close(self) -> None:
-        """Remove temporaries still present and close every fd. Idempotent."""
+        """Remove temporaries still present and close every fd (after a background
+        sync still running). Idempotent."""
+        self._wait_for_syncer()
         for parent, tmp in list(self._temps):
             self.discard(parent, tmp)
         with self._lock:

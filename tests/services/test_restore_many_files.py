@@ -153,3 +153,54 @@ def test_a_restore_collects_less_often_and_puts_the_collector_back(repo: Reposit
     with pytest.raises(Refused):
         SnapshotReader(repo, hostile, target=tmp_path / "h").write_entries(tmp_path / "h")
     assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
+
+
+def test_finished_windows_are_written_back_in_the_background_and_synced_at_the_end(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore starts a syncfs after each finished window (one at a time, on its own
+    thread) so that the final one, after every file is in place, has little left."""
+    entries = [Entry("d", DIR, mode=0o755, mtime_ns=1)]
+    contents = {}
+    for i in range(3000):
+        entries.append(Entry(f"d/f{i:04d}", FILE, mode=0o644, mtime_ns=2))
+        contents[f"d/f{i:04d}"] = b"%d\n" % i
+    snap = write_snapshot(repo, entries, contents)
+    calls: list[tuple[str, int]] = []
+    committed = 0
+    real_sync, real_commit = TargetTree._sync_once, TargetTree.commit
+
+    def sync_once(self: TargetTree) -> None:
+        calls.append((threading.current_thread().name, committed))
+        real_sync(self)
+
+    def commit(self: TargetTree, *args: Any) -> None:
+        nonlocal committed
+        real_commit(self, *args)
+        committed += 1
+
+    monkeypatch.setattr(TargetTree, "_sync_once", sync_once)
+    monkeypatch.setattr(TargetTree, "commit", commit)
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, window_files=500).write_entries(target)
+    assert result.files == 3000 and (target / "d" / "f2999").read_bytes() == b"2999\n"
+    background = [n for name, n in calls if name == "drkit-sync"]
+    assert background and min(background) < 3000  # started while files were still being restored
+    assert calls[-1] == (threading.main_thread().name, 3000)  # the last one: after every file
+
+
+def test_closing_the_tree_waits_for_a_background_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = TargetTree(tmp_path)
+    done: list[bool] = []
+    real_sync = TargetTree._sync_once
+
+    def slow_sync(self: TargetTree) -> None:
+        time.sleep(0.2)
+        os.fstat(self._root)  # EBADF if close() did not wait
+        real_sync(self)
+        done.append(True)
+
+    monkeypatch.setattr(TargetTree, "_sync_once", slow_sync)
+    tree.start_sync()
+    tree.start_sync()  # one at a time: a second call while one runs does nothing
+    tree.close()
+    assert done == [True]
