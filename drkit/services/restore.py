@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
-from drkit.gctune import fewer_collections
 from drkit.errors import IntegrityError, ObjectNotFound, Refused, RestoreTargetError, StorageError, UsageError
+from drkit.gctune import fewer_collections
 from drkit.progress import ProgressSink
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
