@@ -176,4 +176,3 @@ def progress_for(state: CliState, enabled: bool = True) -> Iterator[ProgressSink
         return
     with RichProgress() as p:
         yield p
-

@@ -151,7 +151,7 @@ def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, 
     absent when there is none): a stored line is compared with a file through it,
     without parsing the line. None when the path would be escaped (only parsing
     compares such a line)."""
-    if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):  # _plain, inlined
+    if not _plain(path):
         return None
     if mtime_ns and size and inode and ctime_ns and dev:  # every field written (one format, no branches)
         return (b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d' % (path.encode(), mode, owner.encode(), mtime_ns, size),

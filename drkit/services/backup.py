@@ -158,7 +158,7 @@ class ParentCursor:
         self._line = line
         if path is not None:
             self._path = path
-            self._key = path.replace("/", "\0")  # walk_order_key
+            self._key = walk_order_key(path)
 
     def _end(self, exc: DrkitError) -> None:
         if self._on_error is not None:
@@ -168,7 +168,7 @@ class ParentCursor:
         self._lines = iter(())
 
     def find_line(self, path: str) -> bytes | None:
-        key = path.replace("/", "\0")  # walk_order_key
+        key = walk_order_key(path)
         while self._line is not None and self._key < key:
             self._advance()
         if self._line is not None and self._path == path:

@@ -48,6 +48,9 @@ _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Parts = tuple[str, ...]
 
+_LINK_TIMES = os.utime in os.supports_dir_fd and os.utime in os.supports_follow_symlinks
+"""Whether a symlink's own times can be set (utimensat with AT_SYMLINK_NOFOLLOW; Linux can)."""
+
 
 def split_path(logical: str) -> Parts:
     """The components of a logical path below the target; Refused for ``..``, a NUL,
@@ -282,10 +285,13 @@ class TargetTree:
                     os.chown(tmp, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
                 except OSError as exc:
                     log.warning("cannot set owner of %s: %s", _shown(parts), exc.strerror)
-            try:
-                os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-            except (OSError, NotImplementedError) as exc:  # NotImplementedError: no utimensat(AT_SYMLINK_NOFOLLOW) here
-                log.warning("cannot set mtime of %s: %s", _shown(parts), getattr(exc, "strerror", exc))
+            if not _LINK_TIMES:
+                log.warning("cannot set mtime of %s: this platform cannot set a symlink's own times", _shown(parts))
+            else:
+                try:
+                    os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+                except OSError as exc:
+                    log.warning("cannot set mtime of %s: %s", _shown(parts), exc.strerror)
             self.commit(parent, tmp, name)
         finally:
             self.unpin(parent)

@@ -204,3 +204,22 @@ def test_closing_the_tree_waits_for_a_background_sync(tmp_path: Path, monkeypatc
     tree.start_sync()  # one at a time: a second call while one runs does nothing
     tree.close()
     assert done == [True]
+
+
+@pytest.mark.parametrize("can_set_link_times", [True, False])
+def test_a_symlink_is_restored_with_its_own_mtime_or_a_warning_where_that_cannot_be_set(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        can_set_link_times: bool) -> None:
+    from drkit.repository.tree import SYMLINK
+    from drkit.services import restorefs
+
+    monkeypatch.setattr(restorefs, "_LINK_TIMES", can_set_link_times)
+    snap = write_snapshot(repo, [Entry("l", SYMLINK, mode=0o777, mtime_ns=1_500_000_000_123_456_789, target="elsewhere")])
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target).write_entries(target)
+    assert result.symlinks == 1 and os.readlink(target / "l") == "elsewhere"
+    warned = [r.getMessage() for r in caplog.records if "cannot set mtime of l" in r.getMessage()]
+    if can_set_link_times:
+        assert os.lstat(target / "l").st_mtime_ns == 1_500_000_000_123_456_789 and not warned
+    else:
+        assert warned and "cannot set a symlink's own times" in warned[0]
