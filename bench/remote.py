@@ -62,7 +62,10 @@ def _write_config(path: Path, url: str, section: str, options: dict[str, Any], d
 
 
 def _drkit(config: Path, *args: str) -> Any:
-    return run_measured([sys.executable, "-m", "drkit", "-c", str(config), *args], env=_drkit_env(), timeout=3600)
+    # State and cache beside the config (a fresh work directory per run), never /var/lib
+    # or /var/cache.
+    env = _drkit_env() | {"DRKIT_STATE_DIR": str(config.parent / "state"), "DRKIT_CACHE_DIR": str(config.parent / "cache")}
+    return run_measured([sys.executable, "-m", "drkit", "-c", str(config), *args], env=env, timeout=3600)
 
 
 def _raw(kind: str, spec: dict[str, Any]) -> dict[str, Any]:

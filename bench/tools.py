@@ -156,7 +156,10 @@ class Drkit(Tool):
             f"    paths: [{self.data}]\n"
         )
         cfg.chmod(0o600)
-        self.env = _base_env() | {"DRKIT_PASSWORD": PASSPHRASE}
+        # Its state and cache directories in the work directory, as restic's cache is:
+        # never /var/lib/drkit or /var/cache/drkit, and every run starts without either.
+        self.env = _base_env() | {"DRKIT_PASSWORD": PASSPHRASE, "DRKIT_STATE_DIR": str(self.work / "state"),
+                                  "DRKIT_CACHE_DIR": str(self.work / "cache")}
         self.env["PYTHONPATH"] = str(ROOT) + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
 
     def _argv(self, *args: str) -> list[str]:

@@ -44,6 +44,20 @@ def state_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
     return Path(base) / "drkit"
 
 
+def cache_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
+    """Where this machine keeps what can be rebuilt from a repository (the index cache,
+    :mod:`drkit.repository.indexcache`): ``$DRKIT_CACHE_DIR``, else ``/var/cache/drkit``
+    for root, else ``$XDG_CACHE_HOME/drkit`` (``~/.cache/drkit``). Deleting it only costs
+    the next run's speed."""
+    explicit = env.get("DRKIT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    if (os.getuid() if uid is None else uid) == 0:
+        return Path("/var/cache/drkit")
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or "~").expanduser() / ".cache")
+    return Path(base) / "drkit"
+
+
 def write_state_file(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """Write a state file atomically (:func:`drkit.atomicio.write_atomic`, mode 0600),
     creating the state directories 0700 first. Raises OSError (FileExistsError when

@@ -30,6 +30,7 @@ def _clean_drkit_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     # Each test its own state directory (host id, what was seen of repositories),
     # never /var/lib/drkit or ~/.local/state.
     monkeypatch.setenv("DRKIT_STATE_DIR", str(tmp_path_factory.mktemp("drkit-state")))
+    monkeypatch.setenv("DRKIT_CACHE_DIR", str(tmp_path_factory.mktemp("drkit-cache")))
     try:
         from drkit.repository import locks
     except ImportError:

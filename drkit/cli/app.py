@@ -58,6 +58,13 @@ class CliState:
         return state_dir(self.env.vars)
 
     @property
+    def cache_dir(self) -> Path:
+        """This machine's drkit cache directory (see :func:`drkit.localstate.cache_dir`)."""
+        from drkit.localstate import cache_dir
+
+        return cache_dir(self.env.vars)
+
+    @property
     def interactive(self) -> bool:
         return sys.stderr.isatty() and not self.quiet
 

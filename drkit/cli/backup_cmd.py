@@ -92,10 +92,14 @@ def _remember(state: CliState, repo: Repository, run: BackupRun) -> None:
 @click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also exclude the patterns in FILE (one per line; blank lines and '#' comments ignored).")
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk everything, report what would be stored; store nothing.")
+@click.option("--no-cache", is_flag=True,
+              help="Read every index file from the repository instead of the local index cache "
+                   "($DRKIT_CACHE_DIR, else /var/cache/drkit for root, else ~/.cache/drkit).")
 @click.option("--json", "as_json", is_flag=True, help="Print {run, dry_run, snapshots: [{id, source, time, bytes_read, bytes_added, ...}]}.")
 @pass_state
 def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...], host: str | None,
-               excludes: tuple[str, ...], exclude_files: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+               excludes: tuple[str, ...], exclude_files: tuple[Path, ...], dry_run: bool, no_cache: bool,
+               as_json: bool) -> None:
     """Snapshot the configured sources into the repository.
 
     Each source gets its own snapshot; all snapshots of one run share a run id.
@@ -127,6 +131,7 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             tags=list(tags),
             workers=cfg.repository.workers,
             index_every_packs=cfg.repository.index_every_packs,
+            cache_dir=None if no_cache else state.cache_dir,
             env=state.env.vars,
         )
         if host or cfg.raw.hostname:

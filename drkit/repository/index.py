@@ -212,6 +212,62 @@ class Index:
         for row in range(self._rows):
             yield self._id(row), self._location(row)
 
+    def row_buffers(self) -> Iterator[tuple[memoryview, memoryview, memoryview]]:
+        """Every row, a segment at a time: (ids, spans, metas) views in the native byte
+        order, valid until the index changes (what :mod:`drkit.repository.indexcache` saves)."""
+        for seg, ids in enumerate(self._ids):
+            count = min(_SEG_ROWS, self._rows - (seg << _SEG_SHIFT))
+            yield (memoryview(ids)[: count * _ID_SIZE],
+                   memoryview(self._spans[seg]).cast("B")[: count * 8],
+                   memoryview(self._meta[seg]).cast("B")[: count * 8])
+
+    @classmethod
+    def from_rows(cls, packs: list[str], pack_sizes: dict[str, int], ids: bytes, spans: bytes | memoryview,
+                  metas: bytes | memoryview) -> Index:
+        """An index holding the rows :meth:`row_buffers` gave, in the same order, and
+        *packs* (by number, as the rows refer to them). The rows are trusted (they come
+        from an authenticated copy of an index this process built): only their lengths
+        and pack numbers are checked (ValueError). The lookup table is built again, since
+        ``hash`` of bytes differs from one process to the next."""
+        rows, extra = divmod(len(ids), _ID_SIZE)
+        if extra or len(spans) != rows * 8 or len(metas) != rows * 8:
+            raise ValueError("row buffers of different lengths")
+        index = cls()
+        index._packs = list(packs)
+        index._pack_no = {p: n for n, p in enumerate(index._packs)}
+        index.pack_sizes = dict(pack_sizes)
+        if len(index._pack_no) != len(index._packs):
+            raise ValueError("a pack listed twice")
+        span_all, meta_all = array("Q"), array("Q")
+        span_all.frombytes(spans)
+        meta_all.frombytes(metas)
+        if rows and max(meta_all) >> 36 >= len(index._packs):
+            raise ValueError("a row names a pack that is not listed")
+        for start in range(0, rows, _SEG_ROWS):
+            end = min(rows, start + _SEG_ROWS)
+            seg_ids = bytearray(_SEG_ROWS * _ID_SIZE)
+            seg_ids[: (end - start) * _ID_SIZE] = ids[start * _ID_SIZE : end * _ID_SIZE]
+            seg_spans = array("Q", [0]) * _SEG_ROWS
+            seg_spans[: end - start] = span_all[start:end]
+            seg_metas = array("Q", [0]) * _SEG_ROWS
+            seg_metas[: end - start] = meta_all[start:end]
+            index._ids.append(seg_ids)
+            index._spans.append(seg_spans)
+            index._meta.append(seg_metas)
+        del span_all, meta_all
+        size = _MIN_SLOTS
+        while rows * 2 + 2 > size - 1:
+            size *= 2
+        slots, mask = _slots(size), size - 1
+        for n, at in enumerate(range(0, rows * _ID_SIZE, _ID_SIZE), 1):
+            i = hash(ids[at : at + _ID_SIZE]) & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = n
+        index._table = (slots, mask)
+        index._rows = rows
+        return index
+
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
         packs = self._packs

@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from drkit.errors import (
@@ -48,6 +49,7 @@ from drkit.repository.crypto import (
 )
 from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
 from drkit.repository.index import Index, ListedBlobs, decode_index_listing, encode_index_file
+from drkit.repository.indexcache import CachedIndex, IndexCache
 from drkit.repository.locks import COMMAND_LOCKS, Lock
 from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
 from drkit.repository.snapshot import Snapshot, latest_usable
@@ -423,7 +425,7 @@ class Repository:
 
     # -- index -----------------------------------------------------------------
 
-    def load_index(self, on_error: Callable[[str, str], None] | None = None) -> None:
+    def load_index(self, on_error: Callable[[str, str], None] | None = None, *, cache: IndexCache | None = None) -> None:
         """Load every index file, except those another loaded index file supersedes.
 
         A superseded file still present (prune could not delete it, e.g. under S3 Object
@@ -431,7 +433,72 @@ class Repository:
         :attr:`superseded_index_files`, so those packs are never taken for indexed data.
         A damaged file raises IntegrityError, or is passed to ``on_error(name, detail)``
         and skipped when a handler is given (its ``supersedes`` list is then unknown, so
-        the files it replaced are loaded: a superset, as before that prune)."""
+        the files it replaced are loaded: a superset, as before that prune).
+
+        With *cache* (and no *on_error*: a check reads every file), what the last load
+        built is taken from the cache and only index files stored since are read, as
+        long as every file it was built from is still stored and no new file supersedes
+        others; otherwise every file is read. The result is the same index either way
+        (a blob stored twice may keep the other of its two locations). The cache is then
+        brought up to date (see :mod:`drkit.repository.indexcache`)."""
+        names = [index_id for info in self.storage.list(layout.INDEX) if (index_id := layout.id_of(info.name)) is not None]
+        if cache is not None and on_error is None:
+            cached = cache.load()
+            if cached is not None:
+                before = (set(cached.index.files), set(cached.superseded))
+                if self._load_with_cache(cached, names):
+                    if (self.index.files, self.superseded_index_files) != before:
+                        cache.save(CachedIndex(self.index, self.superseded_index_files, self.replaced_index_files))
+                    return
+                del cached  # not held while every file is read
+        self._load_every_index_file(names, on_error)
+        if cache is not None and on_error is None:
+            cache.save(CachedIndex(self.index, self.superseded_index_files, self.replaced_index_files))
+
+    def index_cache(self, directory: Path) -> IndexCache | None:
+        """This repository's index cache under *directory*, or None when its id cannot
+        name a file (a config that is not drkit's own)."""
+        try:
+            return IndexCache(directory, str(self.config.get("id", "")), self.master.data_key)
+        except ValueError:
+            return None
+
+    def _load_with_cache(self, cached: CachedIndex, names: list[str]) -> bool:
+        """Load the cached index plus the files in *names* it does not know (one at a
+        time, as :meth:`_load_every_index_file`); False, with nothing loaded (and the
+        cached index to be dropped), when that cannot give what reading every file would."""
+        present = set(names)
+        if not cached.index.files <= present:
+            log.debug("index cache: an index file it was built from is gone; reading every index file")
+            return False
+        index, superseded = cached.index, cached.superseded & present
+        known = cached.index.files | cached.superseded
+        files = set(cached.index.files)
+        for index_id in names:
+            if index_id in known:
+                continue
+            if index_id in cached.replaced:
+                superseded.add(index_id)
+                continue
+            try:
+                packs, supersedes = self._read_index_listing(index_id)
+            except ObjectNotFound:
+                continue  # removed by a concurrent prune after listing
+            if supersedes:  # (what was added to the cached index is dropped with it)
+                log.debug("index cache: %s supersedes other index files; reading every index file", index_id)
+                return False
+            for pack_id, size, listed in packs:
+                index.add_listed(pack_id, size, listed)
+            del packs
+            files.add(index_id)
+        index.files = files
+        self.index = index
+        self.superseded_index_files = superseded
+        self.replaced_index_files = set(cached.replaced)
+        self.index_loaded = True
+        return True
+
+    def _load_every_index_file(self, names: list[str], on_error: Callable[[str, str], None] | None) -> None:
         self.superseded_index_files = set()
         self.replaced_index_files = set()
         # Each file's blobs go into the index as it is read (its parsed entries are
@@ -442,16 +509,13 @@ class Repository:
         index = Index()
         kept: list[str] = []
         superseded: set[str] = set()
-        for info in self.storage.list(layout.INDEX):
-            index_id = layout.id_of(info.name)
-            if index_id is None:
-                continue
+        for index_id in names:
             try:
                 packs, supersedes = self._read_index_listing(index_id)
             except IntegrityError as exc:
                 if on_error is None:
                     raise
-                on_error(info.name, exc.fields.get("detail", str(exc)))
+                on_error(layout.index_name(index_id), exc.fields.get("detail", str(exc)))
                 continue
             except ObjectNotFound:
                 continue  # removed by a concurrent prune after listing

@@ -666,6 +666,9 @@ class BackupOptions:
     workers: int = 0
     index_every_packs: int = 32
     scratch_root: Path | None = None
+    cache_dir: Path | None = None
+    """Where the index cache lives (:mod:`drkit.repository.indexcache`); None: no cache,
+    every index file is read. The CLI passes this machine's cache directory."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     """The environment sources may consult (e.g. git's token_env). The CLI passes the
     environment it captured; library callers get this process's."""
@@ -694,7 +697,7 @@ def run_backup(
     for stale in remove_stale_scratch(options.scratch_root):
         log.info("removed %s, left by a backup that was killed", stale)
     with repo.lock_for("backup"), fewer_collections():
-        repo.load_index()
+        repo.load_index(cache=repo.index_cache(options.cache_dir) if options.cache_dir else None)
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:
             log.info("reusing %d pack(s) uploaded by an interrupted run", adopted)

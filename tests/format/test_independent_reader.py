@@ -146,7 +146,7 @@ def test_a_reader_written_from_the_doc_alone_restores_a_recipient_mode_repositor
     config.write_text(yaml.safe_dump({"repository": {"url": str(tmp_path / "repo")},
                                       "sources": [{"name": "data", "type": "files", "paths": [str(data)]}]}))
     config.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRKIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRKIT_") or k in ("DRKIT_STATE_DIR", "DRKIT_CACHE_DIR")}
     env["DRKIT_PASSWORD"] = "backup host passphrase"
     recipient = _drkit(config, "key", "generate-identity", "--output", str(tmp_path / "id.json"), env=env).strip()
     assert recipient.startswith("drkit-recipient-v1:")

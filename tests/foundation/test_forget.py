@@ -153,3 +153,41 @@ def test_prune_drops_a_pack_whose_blobs_all_live_in_other_packs(ws: Workspace) -
     target = ws.root / "r"
     ws.ok("restore", "latest", "-s", "data", "--target", str(target))
     assert (target / str(ws.data).lstrip("/") / "a/text.txt").read_bytes() == data
+
+
+def test_a_backup_through_the_index_cache_after_a_prune_stores_again_what_prune_deleted(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The cache (drkit/repository/indexcache.py) must never make a backup reuse a blob
+    that a prune deleted: the data comes back after a prune, and the backup through the
+    cache stores it again (verify reads every blob; restore gives the bytes)."""
+    import json
+    import os
+    import shutil
+
+    cache_dir = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DRKIT_CACHE_DIR", str(cache_dir))
+    ws.ok("init")
+    shutil.rmtree(ws.data)
+    ws.data.mkdir()
+    payload = os.urandom(2 * 1024 * 1024)
+    (ws.data / "comes-back.bin").write_bytes(payload)
+    ws.ok("backup")
+    repo_id = json.loads((ws.repo / "config").read_text())["id"]
+    assert [p.name for p in (cache_dir / "index").iterdir()] == [repo_id]
+    (ws.data / "comes-back.bin").unlink()
+    ws.ok("backup")
+    r = ws.ok("forget", "--keep-last", "1", "--prune", "--json").json()
+    assert r["prune"]["bytes_freed"] > 1024 * 1024  # its pack is gone
+    (ws.data / "comes-back.bin").write_bytes(payload)
+    added = ws.ok("backup", "--json").json()["snapshots"][0]["bytes_added"]
+    assert added >= len(payload)  # stored again, not taken for indexed
+    ws.ok("verify", "--read-data")
+    target = ws.root / "restored"
+    ws.ok("restore", "latest", "-s", "data", "--target", str(target))
+    assert (target / str(ws.data).lstrip("/") / "comes-back.bin").read_bytes() == payload
+    cached = next((cache_dir / "index").iterdir())
+    stamp = cached.stat().st_mtime_ns
+    # --no-cache reads every index file and leaves the cache alone.
+    (ws.data / "new.txt").write_text("x")
+    ws.ok("backup", "--no-cache")
+    assert cached.stat().st_mtime_ns == stamp

@@ -110,7 +110,7 @@ class Proc:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRKIT_") or k == "DRKIT_STATE_DIR"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRKIT_") or k in ("DRKIT_STATE_DIR", "DRKIT_CACHE_DIR")}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env

@@ -29,7 +29,10 @@ def _unit(out: Path) -> tuple[list[str], Path, str]:
 
 
 def _run_unit(argv: list[str], env_file: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    # A unit's own environment, but this test's state and cache directories (never
+    # /var/lib/drkit or /var/cache/drkit).
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "DRKIT_STATE_DIR": os.environ["DRKIT_STATE_DIR"],
+           "DRKIT_CACHE_DIR": os.environ["DRKIT_CACHE_DIR"]}
     if env_file.exists():
         for line in env_file.read_text().splitlines():
             if "=" in line and not line.startswith("#"):
@@ -71,7 +74,8 @@ def test_units_and_detected_config_keep_the_passphrase_in_one_place(tmp_path: Pa
     done = _run_unit(argv, unit_env, tmp_path)
     assert done.returncode == 0, done.stderr
     snaps = subprocess.run([argv[argv.index("-c") - 1], "-c", str(config), "snapshots", "--json"], capture_output=True,
-                           text=True, timeout=60, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+                           text=True, timeout=60, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                                                       "DRKIT_STATE_DIR": os.environ["DRKIT_STATE_DIR"]})
     assert {s["source"] for s in json.loads(snaps.stdout)} == {"k3s-node", "k3s-db"}
 
 

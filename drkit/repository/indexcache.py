@@ -1,0 +1,154 @@
+"""A local, authenticated copy of a repository's loaded index.
+
+A backup needs the whole index (every chunk it reuses is looked up in it). Reading it
+means fetching, decrypting and parsing every index file: about 0.25 s per 100,000
+blobs on a local disk, and every index file downloaded again from S3 or SFTP, on every
+run. The cache keeps what the last load built, and a load reads only the index files
+that appeared since.
+
+One file per repository, ``<cache directory>/index/<repository id>``::
+
+    MAGIC | u32 header length | header JSON | ids | spans | metas | HMAC-SHA256
+
+The header names the repository, the rows, the packs the rows refer to (with their
+sizes), and the index files the rows came from (``files``), those found superseded and
+every id a ``supersedes`` list named. ``ids``, ``spans`` and ``metas`` are the rows of
+:class:`~drkit.repository.index.Index` as it holds them (native byte order, recorded).
+The MAC key is derived (HKDF-SHA256) from the repository's data key, so only a holder
+of the key can make a cache the repository accepts: a file changed, truncated, made
+for another repository or by an older layout is ignored (and replaced).
+
+Index files are immutable and named by the hash of their bytes, so rows read from a
+file named ``X`` stay true while ``X`` is stored. What the cache cannot know is a file
+that went away or a file that supersedes others (a prune, a rebuild): then the load
+reads every index file again (see :meth:`drkit.repository.repo.Repository.load_index`).
+
+Promises: :meth:`IndexCache.load` never raises for a bad or missing cache (it returns
+None and logs why at debug level); :meth:`IndexCache.save` is atomic (temporary file
+and rename, not fsynced: a torn file fails its MAC and is ignored) and never raises
+(an unwritable directory is logged once as a warning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from drkit.atomicio import replacing
+from drkit.repository.index import Index
+
+log = logging.getLogger("drkit.cache")
+
+MAGIC = b"drkit index cache\n"
+VERSION = 1
+_HKDF_INFO = b"drkit index cache v1"
+_MAC_SIZE = 32
+_REPO_ID = re.compile(r"[0-9a-f]{16,128}")
+
+
+def cache_key(data_key: bytes) -> bytes:
+    """The MAC key of a repository's cache files (HKDF-SHA256 of its data key)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(data_key)
+
+
+@dataclass
+class CachedIndex:
+    """A loaded index as the cache holds it."""
+
+    index: Index
+    """Its rows and packs; ``index.files``: the index files they came from."""
+    superseded: set[str]
+    """Index files that were stored but superseded (their rows are not in *index*)."""
+    replaced: set[str]
+    """Every id a loaded file's ``supersedes`` list named."""
+
+
+class IndexCache:
+    """The index cache of one repository, in *directory* (see the module docstring)."""
+
+    def __init__(self, directory: Path, repository_id: str, data_key: bytes) -> None:
+        """ValueError when *repository_id* is not a plain hex id (it names the file)."""
+        if not _REPO_ID.fullmatch(repository_id):
+            raise ValueError("repository id is not hex")
+        self.path = directory / "index" / repository_id
+        self.repository_id = repository_id
+        self._key = cache_key(data_key)
+        self._warned = False
+
+    def load(self) -> CachedIndex | None:
+        """The cached index, or None when there is none or it is not valid here."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.debug("index cache %s unreadable: %s", self.path, exc)
+            return None
+        try:
+            return self._decode(data)
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            log.debug("index cache %s ignored: %s", self.path, exc)
+            return None
+
+    def _decode(self, data: bytes) -> CachedIndex:
+        if len(data) < len(MAGIC) + 4 + _MAC_SIZE or not data.startswith(MAGIC):
+            raise ValueError("not an index cache")
+        body = memoryview(data)[:-_MAC_SIZE]
+        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), data[-_MAC_SIZE:]):
+            raise ValueError("MAC does not match (changed, or made with another key)")
+        at = len(MAGIC)
+        (header_size,) = struct.unpack_from("<I", data, at)
+        at += 4
+        header = json.loads(bytes(body[at : at + header_size]))
+        at += header_size
+        if header["version"] != VERSION or header["repository"] != self.repository_id or header["byteorder"] != sys.byteorder:
+            raise ValueError("made by another layout, repository or machine")
+        rows = int(header["rows"])
+        ids_end = at + rows * 32
+        spans_end = ids_end + rows * 8
+        if spans_end + rows * 8 != len(body):
+            raise ValueError("row count does not match the file's length")
+        index = Index.from_rows(
+            list(header["packs"]), dict(zip(header["packs"], header["sizes"], strict=True)),
+            data[at:ids_end], body[ids_end:spans_end], body[spans_end:],
+        )
+        index.files = set(header["files"])
+        return CachedIndex(index, set(header["superseded"]), set(header["replaced"]))
+
+    def save(self, cached: CachedIndex) -> None:
+        """Replace the cache with *cached* (atomic; see the module docstring)."""
+        index = cached.index
+        packs = index.packs()
+        header = json.dumps({
+            "version": VERSION, "repository": self.repository_id, "byteorder": sys.byteorder, "rows": len(index),
+            "packs": packs, "sizes": [index.pack_sizes[p] for p in packs], "files": sorted(index.files),
+            "superseded": sorted(cached.superseded), "replaced": sorted(cached.replaced),
+        }, separators=(",", ":")).encode()
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with replacing(self.path, fsync=False) as out:
+                def write(part: bytes | memoryview) -> None:
+                    out.write(part)
+                    mac.update(part)
+
+                write(MAGIC + struct.pack("<I", len(header)) + header)
+                buffers = list(index.row_buffers())
+                for column in range(3):  # every id, then every span, then every meta
+                    for segment in buffers:
+                        write(segment[column])
+                out.write(mac.digest())
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot write the index cache %s (%s): backups read every index file instead", self.path, exc)
