@@ -131,7 +131,7 @@ def backup_cmd(state: CliState, sources: tuple[str, ...], tags: tuple[str, ...],
             tags=list(tags),
             workers=cfg.repository.workers,
             index_every_packs=cfg.repository.index_every_packs,
-            cache_dir=None if no_cache else state.cache_dir,
+            cache_dir=None if no_cache or dry_run else state.cache_dir,  # a dry run stores no index file
             env=state.env.vars,
         )
         if host or cfg.raw.hostname:

@@ -3,8 +3,9 @@
 A backup needs the whole index (every chunk it reuses is looked up in it). Reading it
 means fetching, decrypting and parsing every index file: about 0.25 s per 100,000
 blobs on a local disk, and every index file downloaded again from S3 or SFTP, on every
-run. The cache keeps what the last load built, and a load reads only the index files
-that appeared since.
+run. The cache keeps what the last load built, or what a backup left when all its
+writers finished (every row it added is then in an index file it stored), and a load
+reads only the index files that appeared since.
 
 One file per repository, ``<cache directory>/index/<repository id>``::
 

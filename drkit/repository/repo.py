@@ -448,12 +448,19 @@ class Repository:
                 before = (set(cached.index.files), set(cached.superseded))
                 if self._load_with_cache(cached, names):
                     if (self.index.files, self.superseded_index_files) != before:
-                        cache.save(CachedIndex(self.index, self.superseded_index_files, self.replaced_index_files))
+                        self.save_index_cache(cache)
                     return
                 del cached  # not held while every file is read
         self._load_every_index_file(names, on_error)
         if cache is not None and on_error is None:
-            cache.save(CachedIndex(self.index, self.superseded_index_files, self.replaced_index_files))
+            self.save_index_cache(cache)
+
+    def save_index_cache(self, cache: IndexCache) -> None:
+        """Store the index as it is now in *cache*. Only for an index whose every row is
+        in a stored index file named in ``index.files`` (after a load, or a run whose
+        writers all finished); a name that is not stored only makes the next load read
+        every file."""
+        cache.save(CachedIndex(self.index, self.superseded_index_files, self.replaced_index_files))
 
     def index_cache(self, directory: Path) -> IndexCache | None:
         """This repository's index cache under *directory*, or None when its id cannot

@@ -697,7 +697,8 @@ def run_backup(
     for stale in remove_stale_scratch(options.scratch_root):
         log.info("removed %s, left by a backup that was killed", stale)
     with repo.lock_for("backup"), fewer_collections():
-        repo.load_index(cache=repo.index_cache(options.cache_dir) if options.cache_dir else None)
+        cache = repo.index_cache(options.cache_dir) if options.cache_dir else None
+        repo.load_index(cache=cache)
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:
             log.info("reusing %d pack(s) uploaded by an interrupted run", adopted)
@@ -716,6 +717,10 @@ def run_backup(
                 o.snapshot.run_meta = dict(run_meta)
                 repo.save_snapshot(o.snapshot)
         repo.end_session()
+        if cache is not None and all(o.error is None for o in outcomes):
+            # Every saver finished: each row this run added is in an index file it stored,
+            # so the next run reads none of them (after a failure, it reads them).
+            repo.save_index_cache(cache)
     run = BackupRun(run_id, outcomes, run_meta)
     bad = run.failed
     if bad:
