@@ -416,12 +416,15 @@ def test_objects_written_with_an_expired_retention_are_pruned_and_live_ones_exte
     bucket = locked_bucket(moto_server)
     lws.configure(f"s3://{bucket}/node1", lock_options(moto_server))
     past = datetime.now(timezone.utc) - timedelta(days=10)
-    monkeypatch.setattr("drkit.storage.s3.utc_now", lambda: past)
+    from drkit.storage import s3
+
+    real_clock = s3.utc_now
+    monkeypatch.setattr(s3, "utc_now", lambda: past)
     lws.ok("init")
     lws.ok("backup")
-    monkeypatch.undo()
-    monkeypatch.setenv("DRKIT_PASSWORD", PASSWORD)
-    monkeypatch.setattr("drkit.storage.observe.RetryPolicy", lambda: FAST_RETRY)
+    # Only the clock goes back (monkeypatch.undo() also dropped the test's own state and
+    # cache directories, and drkit then wrote to /var/lib/drkit and /var/cache/drkit).
+    monkeypatch.setattr(s3, "utc_now", real_clock)
     assert_all_retained(moto_server, bucket, "GOVERNANCE", past + timedelta(days=DAYS))
     first_index = set(keys(moto_server, bucket, "node1/index/"))
     make_data(lws.data, seed=2)
