@@ -699,6 +699,7 @@ def run_backup(
     with repo.lock_for("backup"), fewer_collections():
         cache = repo.index_cache(options.cache_dir) if options.cache_dir else None
         repo.load_index(cache=cache)
+        loaded_files = set(repo.index.files)
         adopted = repo.adopt_orphan_packs(on_error=lambda name, detail: log.warning("not reusing damaged pack %s: %s", name, detail))
         if adopted:
             log.info("reusing %d pack(s) uploaded by an interrupted run", adopted)
@@ -717,7 +718,7 @@ def run_backup(
                 o.snapshot.run_meta = dict(run_meta)
                 repo.save_snapshot(o.snapshot)
         repo.end_session()
-        if cache is not None and all(o.error is None for o in outcomes):
+        if cache is not None and all(o.error is None for o in outcomes) and repo.index.files != loaded_files:
             # Every saver finished: each row this run added is in an index file it stored,
             # so the next run reads none of them (after a failure, it reads them).
             repo.save_index_cache(cache)
