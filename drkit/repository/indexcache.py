@@ -36,7 +36,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import stat
 import struct
 import sys
 from dataclasses import dataclass
@@ -89,10 +91,10 @@ class IndexCache:
     def load(self) -> CachedIndex | None:
         """The cached index, or None when there is none or it is not valid here."""
         try:
-            data = self.path.read_bytes()
+            data = self._read()
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.debug("index cache %s unreadable: %s", self.path, exc)
             return None
         try:
@@ -100,6 +102,15 @@ class IndexCache:
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             log.debug("index cache %s ignored: %s", self.path, exc)
             return None
+
+    def _read(self) -> bytes:
+        """The file's bytes; a symlink, a FIFO or a device in its place is refused
+        (OSError or ValueError), never followed or waited on."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
+            return f.read()
 
     def _decode(self, data: bytes) -> CachedIndex:
         if len(data) < len(MAGIC) + 4 + _MAC_SIZE or not data.startswith(MAGIC):

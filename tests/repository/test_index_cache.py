@@ -213,3 +213,25 @@ def test_rows_naming_a_pack_not_listed_are_refused() -> None:
         Index.from_rows([], {}, ids, spans, metas)
     with pytest.raises(ValueError, match="lengths"):
         Index.from_rows(["a" * 64], {"a" * 64: 10}, ids[:-1], spans, metas)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_cache_file_that_is_not_a_regular_file_is_neither_followed_nor_waited_on(
+        storage: LocalStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    repo = _open(storage)
+    files = [_write(repo, 0, 10)]
+    cache = repo.index_cache(tmp_path / "cache")
+    assert cache is not None
+    cache.path.parent.mkdir(parents=True)
+    if kind == "symlink":
+        real = tmp_path / "elsewhere"
+        _cached_load(storage, tmp_path / "warm", monkeypatch)
+        warm = repo.index_cache(tmp_path / "warm")
+        assert warm is not None
+        real.write_bytes(warm.path.read_bytes())  # a valid cache, but reached through a link
+        cache.path.symlink_to(real)
+    else:
+        os.mkfifo(cache.path)
+    assert cache.load() is None
+    _, read = _cached_load(storage, tmp_path / "cache", monkeypatch)
+    assert read == files
