@@ -68,7 +68,7 @@ def show_cmd(state: CliState) -> None:
     """
     jobs, notes, _ = _jobs(state)
     for job in jobs:
-        state.say(f"{job.name:<12} {job.describe():<26} drkit {' '.join(job.args)}")
+        state.say(f"{job.name:<12} {job.describe():<26} drkit {' '.join(job.argv)}")
     for note in notes:
         state.say(f"# {note}")
 

@@ -5,6 +5,7 @@ The section (every key optional)::
     schedule:
       jitter: 10m                # random delay added to every start
       stop_timeout: 5m           # after SIGTERM: how long the current job may take to stop
+      retry_lock: 30m            # how long a job waits for a lock another command holds
       backup:      {every: 1d, at: "02:00"}
       prune:       {weekday: saturday, at: "04:00", keep: {daily: 7, weekly: 4, monthly: 12}}
       verify:      {every: 1d, at: "05:00", subset: "10%"}    # sampled read
@@ -144,6 +145,11 @@ class ScheduleConfig(_Strict):
 
     jitter: Duration = 600.0
     stop_timeout: Duration = 300.0
+    retry_lock: Duration = 1800.0
+    """How long a job waits for a repository lock held by a command the schedule does not
+    know of (a prune run by hand, another host's backup) before it fails: every job runs
+    with ``--retry-lock`` this long (0: fail at once). Without it, a backup that fires
+    during a manual prune fails and that day has no backup."""
     lock_file: Path = Path("/run/lock/drkit.lock")
     """The ``flock`` file that keeps systemd/cron jobs from overlapping (install only)."""
     backup: JobSchedule = Field(default_factory=lambda: JobSchedule.model_validate(DEFAULT_TIMING["backup"]))
@@ -202,6 +208,13 @@ class Job:
     """drkit arguments after the root options, e.g. ``("verify", "--read-data")``."""
     when: JobSchedule
     timeout: float
+    root_args: tuple[str, ...] = ()
+    """drkit's own options before the command, e.g. ``("--retry-lock", "30m")``."""
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What follows ``drkit -c CONFIG``: the root options, then :attr:`args`."""
+        return (*self.root_args, *self.args)
 
     @property
     def priority(self) -> int:
@@ -227,6 +240,7 @@ def build_jobs(config: ScheduleConfig, available_commands: set[str] | None = Non
     """
     jobs: list[Job] = []
     notes: list[str] = []
+    root_args = ("--retry-lock", format_duration(config.retry_lock)) if config.retry_lock > 0 else ()
     for name in JOB_ORDER:
         when: JobSchedule = getattr(config, name)
         if not when.enabled:
@@ -250,5 +264,5 @@ def build_jobs(config: ScheduleConfig, available_commands: set[str] | None = Non
             notes.append(f"{name}: not scheduled: this drkit has no '{command}' command")
             continue
         timeout = when.timeout if when.timeout is not None else DEFAULT_TIMEOUTS[name]
-        jobs.append(Job(name=name, args=(*args, *when.args), when=when, timeout=timeout))
+        jobs.append(Job(name=name, args=(*args, *when.args), when=when, timeout=timeout, root_args=root_args))
     return jobs, notes

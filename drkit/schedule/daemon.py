@@ -117,7 +117,7 @@ class Launcher(Protocol):
 
 @dataclass
 class ChildLauncher:
-    """Runs a job as ``argv_prefix + job.args`` in its own process group.
+    """Runs a job as ``argv_prefix + job.argv`` in its own process group.
 
     Promises: the child gets SIGTERM (to its whole group) when the daemon is asked to
     stop or the job's timeout passes, and SIGKILL *stop_timeout* seconds later if it
@@ -130,7 +130,7 @@ class ChildLauncher:
     env: Mapping[str, str] | None = None
 
     def command(self, job: Job) -> list[str]:
-        return [*self.argv_prefix, *job.args]
+        return [*self.argv_prefix, *job.argv]
 
     def __call__(self, job: Job, stopping: threading.Event, kill_now: threading.Event) -> tuple[int, bool]:
         argv = self.command(job)

@@ -54,7 +54,7 @@ def on_calendar(when: JobSchedule) -> list[str]:
 
 
 def _exec_words(job: Job, drkit_exe: str, config_path: Path, flock: str, lock_file: Path) -> list[str]:
-    return [flock, "--wait", str(int(job.timeout)), str(lock_file), drkit_exe, "-c", str(config_path), "-q", *job.args]
+    return [flock, "--wait", str(int(job.timeout)), str(lock_file), drkit_exe, "-c", str(config_path), "-q", *job.argv]
 
 
 DEFAULT_ENV_FILE = Path("/etc/drkit/drkit.env")

@@ -4,11 +4,14 @@ jitter, collapsing of missed runs, and the daemon's log lines."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import random
 import threading
+from pathlib import Path
 
 import pytest
+import yaml
 
 from drkit.errors import ConfigError, UsageError
 from drkit.schedule import (
@@ -83,6 +86,45 @@ def test_defaults_and_commands() -> None:
     assert notes == []
     assert cfg.jitter == 600 and cfg.stop_timeout == 300
     assert [j.timeout for j in jobs] == [21600, 21600, 43200, 7200, 14400]
+    # Every job waits up to 30 minutes for a lock another command holds (a prune run by
+    # hand): a root option, so before the command.
+    assert all(j.argv == ("--retry-lock", "30m", *j.args) for j in jobs)
+
+
+@pytest.mark.parametrize(("value", "root_args"), [("1h30m", ("--retry-lock", "1h30m")), (0, ()), ("0s", ())])
+def test_retry_lock_is_configurable_and_zero_turns_it_off(value: object, root_args: tuple[str, ...]) -> None:
+    jobs, _ = build_jobs(parse_schedule_config({"retry_lock": value}))
+    assert jobs and all(j.root_args == root_args and j.argv == (*root_args, *j.args) for j in jobs)
+
+
+def test_a_scheduled_job_waits_for_a_lock_another_command_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the retry buys: a backup that fires during a prune run by hand waits for it
+    and stores its snapshot; with retry_lock 0 it fails on the lock (exit 4)."""
+    from drkit.repository.locks import Lock
+    from drkit.storage import LocalStorage
+    from tests.cli import invoke
+
+    monkeypatch.setenv("DRKIT_PASSWORD", "pw")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    cfg = tmp_path / "drkit.yaml"
+    cfg.write_text(yaml.safe_dump({"repository": {"url": str(tmp_path / "repo")},
+                                   "sources": [{"name": "data", "type": "files", "paths": [str(data)]}]}))
+    cfg.chmod(0o600)
+    assert invoke("-c", cfg, "init").code == 0
+    for setting, code in (("0", 4), ("30s", 0)):
+        backup = next(j for j in build_jobs(parse_schedule_config({"retry_lock": setting}))[0] if j.name == "backup")
+        held = Lock(LocalStorage(str(tmp_path / "repo")), exclusive=True, command="prune").acquire()
+        releaser = threading.Timer(0.5, held.release)
+        if code == 0:
+            releaser.start()
+        r = invoke("-c", cfg, "-q", *backup.argv)
+        releaser.cancel()
+        if code != 0:
+            held.release()
+        assert r.code == code, r.err
+    assert len(json.loads(invoke("-c", cfg, "snapshots", "--json").out)) == 1
 
 
 def test_drill_left_out_when_the_command_does_not_exist() -> None:

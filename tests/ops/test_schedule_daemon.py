@@ -125,7 +125,7 @@ def _start_harness(tmp_path: Path, child_src: str, stop_timeout: float) -> tuple
     proc = Proc([sys.executable, str(harness), str(child), str(stop_timeout)], _env(MARK=str(mark)))
     proc.wait_for(lambda: mark.exists() and "started" in mark.read_text())
     first = mark.read_text().splitlines()[0].split()
-    assert first[2:] == ["backup"]  # the child got the job's drkit arguments
+    assert first[2:] == ["--retry-lock", "30m", "backup"]  # the child got the job's drkit arguments
     return proc, mark, int(first[1])
 
 

@@ -76,11 +76,11 @@ def test_systemd_units_pass_systemd_analyze_verify(setup: dict[str, Path], capsy
     assert "--read-data-subset 10%%" in service  # systemd specifier escaping
     assert _exec_start_argv(service) == [
         "/usr/bin/flock", "--wait", "7200", str(setup["lock"]), str(setup["drkit"]),
-        "-c", str(setup["cfg"]), "-q", "verify", "--read-data-subset", "10%",
+        "-c", str(setup["cfg"]), "-q", "--retry-lock", "30m", "verify", "--read-data-subset", "10%",
     ]
     assert "Type=oneshot" in service and "EnvironmentFile=-/etc/drkit/drkit.env" in service
     prune = (setup["out"] / "drkit-prune.service").read_text()
-    assert _exec_start_argv(prune)[-7:] == ["-q", "forget", "--prune", "--keep-daily", "7", "--keep-within", "30d"]
+    assert _exec_start_argv(prune)[-9:] == ["-q", "--retry-lock", "30m", "forget", "--prune", "--keep-daily", "7", "--keep-within", "30d"]
     timer = (setup["out"] / "drkit-backup.timer").read_text()
     assert "OnCalendar=*-*-* 00/6:00:00" in timer and "RandomizedDelaySec=600" in timer and "Persistent=true" in timer
     out = capsys.readouterr().out
@@ -137,7 +137,9 @@ def test_cron_file_lines_run_drkit_with_the_job_arguments(setup: dict[str, Path]
         # cron turns an unescaped % into a newline: there must be none
         assert "%" not in command.replace("\\%", "")
         assert command.startswith("sleep $(shuf -i 0-600 -n 1) && ")
-        by_job[command.split(" -q ", 1)[1].split()[0] + ("-full" if "--read-data " in command + " " else "")] = line
+        words = command.split(" -q ", 1)[1].split()
+        assert words[:2] == ["--retry-lock", "30m"]  # the default: wait for a manual prune
+        by_job[words[2] + ("-full" if "--read-data " in command + " " else "")] = line
     assert by_job["backup"].split()[:5] == ["0", "*/6", "*", "*", "*"]
     assert by_job["forget"].split()[:5] == ["30", "4", "*", "*", "6"]
     assert by_job["verify-full"].split()[:5] == ["0", "6", "*", "*", "0"]
@@ -149,9 +151,9 @@ def test_cron_file_lines_run_drkit_with_the_job_arguments(setup: dict[str, Path]
         subprocess.run(["/bin/sh", "-c", command], check=True, timeout=30)
     calls = [json.loads(ln) for ln in (setup["drkit"].parent / "calls.jsonl").read_text().splitlines()]
     cfg = str(setup["cfg"])
-    assert ["-c", cfg, "-q", "verify", "--read-data-subset", "10%"] in calls
-    assert ["-c", cfg, "-q", "backup"] in calls
-    assert ["-c", cfg, "-q", "forget", "--prune", "--keep-daily", "7", "--keep-within", "30d"] in calls
+    assert ["-c", cfg, "-q", "--retry-lock", "30m", "verify", "--read-data-subset", "10%"] in calls
+    assert ["-c", cfg, "-q", "--retry-lock", "30m", "backup"] in calls
+    assert ["-c", cfg, "-q", "--retry-lock", "30m", "forget", "--prune", "--keep-daily", "7", "--keep-within", "30d"] in calls
     assert len(calls) == len(entries)
 
 
@@ -198,4 +200,4 @@ def test_install_refuses_foreign_files_and_bad_arguments(setup: dict[str, Path],
 def test_show_lists_jobs(setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(cli, ["-c", str(setup["cfg"]), "schedule", "show"]) == 0
     out = capsys.readouterr().out
-    assert "backup       every 6h" in out and "drkit verify --read-data-subset 10%" in out
+    assert "backup       every 6h" in out and "drkit --retry-lock 30m verify --read-data-subset 10%" in out
