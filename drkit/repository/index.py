@@ -125,15 +125,21 @@ class Index:
         return bytes(self._ids[row >> _SEG_SHIFT][at : at + _ID_SIZE])
 
     def _grow(self) -> None:
-        size = (self._table[1] + 1) * 2
-        slots = _slots(size)
-        mask = size - 1
-        for n in range(self._rows):
-            i = hash(self._id(n)) & mask
-            while slots[i]:
-                i = (i + 1) & mask
-            slots[i] = n + 1
-        self._table = (slots, mask)
+        self._table = self._table_of((self._table[1] + 1) * 2)
+
+    def _table_of(self, size: int) -> tuple[array[int], int]:
+        """A lookup table of *size* slots (a power of two) holding every row."""
+        slots, mask = _slots(size), size - 1
+        n = 0
+        for seg in self._ids:
+            ids = bytes(seg[: min(_SEG_ROWS, self._rows - n) * _ID_SIZE])  # slices of bytes hash; of bytearray not
+            for at in range(0, len(ids), _ID_SIZE):
+                n += 1
+                i = hash(ids[at : at + _ID_SIZE]) & mask
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = n
+        return slots, mask
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
         """Add the blobs of pack *pack_id* (an id already known keeps its first location).
@@ -222,7 +228,7 @@ class Index:
                    memoryview(self._meta[seg]).cast("B")[: count * 8])
 
     @classmethod
-    def from_rows(cls, packs: list[str], pack_sizes: dict[str, int], ids: bytes, spans: bytes | memoryview,
+    def from_rows(cls, packs: list[str], pack_sizes: dict[str, int], ids: bytes | memoryview, spans: bytes | memoryview,
                   metas: bytes | memoryview) -> Index:
         """An index holding the rows :meth:`row_buffers` gave, in the same order, and
         *packs* (by number, as the rows refer to them). The rows are trusted (they come
@@ -238,34 +244,26 @@ class Index:
         index.pack_sizes = dict(pack_sizes)
         if len(index._pack_no) != len(index._packs):
             raise ValueError("a pack listed twice")
-        span_all, meta_all = array("Q"), array("Q")
-        span_all.frombytes(spans)
-        meta_all.frombytes(metas)
-        if rows and max(meta_all) >> 36 >= len(index._packs):
-            raise ValueError("a row names a pack that is not listed")
         for start in range(0, rows, _SEG_ROWS):
-            end = min(rows, start + _SEG_ROWS)
+            count = min(rows - start, _SEG_ROWS)
             seg_ids = bytearray(_SEG_ROWS * _ID_SIZE)
-            seg_ids[: (end - start) * _ID_SIZE] = ids[start * _ID_SIZE : end * _ID_SIZE]
-            seg_spans = array("Q", [0]) * _SEG_ROWS
-            seg_spans[: end - start] = span_all[start:end]
-            seg_metas = array("Q", [0]) * _SEG_ROWS
-            seg_metas[: end - start] = meta_all[start:end]
+            seg_ids[: count * _ID_SIZE] = ids[start * _ID_SIZE : (start + count) * _ID_SIZE]
+            seg_spans, seg_metas = array("Q"), array("Q")
+            seg_spans.frombytes(spans[start * 8 : (start + count) * 8])
+            seg_metas.frombytes(metas[start * 8 : (start + count) * 8])
+            if max(seg_metas) >> 36 >= len(index._packs):
+                raise ValueError("a row names a pack that is not listed")
+            pad = array("Q", [0]) * (_SEG_ROWS - count)  # segments are allocated full (see the class docstring)
+            seg_spans.extend(pad)
+            seg_metas.extend(pad)
             index._ids.append(seg_ids)
             index._spans.append(seg_spans)
             index._meta.append(seg_metas)
-        del span_all, meta_all
+        index._rows = rows
         size = _MIN_SLOTS
         while rows * 2 + 2 > size - 1:
             size *= 2
-        slots, mask = _slots(size), size - 1
-        for n, at in enumerate(range(0, rows * _ID_SIZE, _ID_SIZE), 1):
-            i = hash(ids[at : at + _ID_SIZE]) & mask
-            while slots[i]:
-                i = (i + 1) & mask
-            slots[i] = n
-        index._table = (slots, mask)
-        index._rows = rows
+        index._table = index._table_of(size)
         return index
 
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:

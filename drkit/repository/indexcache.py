@@ -132,7 +132,7 @@ class IndexCache:
             raise ValueError("row count does not match the file's length")
         index = Index.from_rows(
             list(header["packs"]), dict(zip(header["packs"], header["sizes"], strict=True)),
-            data[at:ids_end], body[ids_end:spans_end], body[spans_end:],
+            body[at:ids_end], body[ids_end:spans_end], body[spans_end:],
         )
         index.files = set(header["files"])
         return CachedIndex(index, set(header["superseded"]), set(header["replaced"]))
