@@ -35,13 +35,7 @@ HOST_ID_FILE = "host-id"
 
 def state_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
     """The state directory for this environment (see the module docstring)."""
-    explicit = env.get("DRKIT_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    if (os.getuid() if uid is None else uid) == 0:
-        return Path("/var/lib/drkit")
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or "~").expanduser() / ".local" / "state")
-    return Path(base) / "drkit"
+    return _machine_dir(env, "DRKIT_STATE_DIR", "/var/lib/drkit", "XDG_STATE_HOME", ".local/state", uid)
 
 
 def cache_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
@@ -49,12 +43,19 @@ def cache_dir(env: Mapping[str, str], *, uid: int | None = None) -> Path:
     :mod:`drkit.repository.indexcache`): ``$DRKIT_CACHE_DIR``, else ``/var/cache/drkit``
     for root, else ``$XDG_CACHE_HOME/drkit`` (``~/.cache/drkit``). Deleting it only costs
     the next run's speed."""
-    explicit = env.get("DRKIT_CACHE_DIR")
+    return _machine_dir(env, "DRKIT_CACHE_DIR", "/var/cache/drkit", "XDG_CACHE_HOME", ".cache", uid)
+
+
+def _machine_dir(env: Mapping[str, str], variable: str, for_root: str, xdg_variable: str, under_home: str,
+                 uid: int | None) -> Path:
+    """``$variable``, else *for_root* when running as root, else ``$xdg_variable/drkit``
+    (default ``~/under_home/drkit``)."""
+    explicit = env.get(variable)
     if explicit:
         return Path(explicit)
     if (os.getuid() if uid is None else uid) == 0:
-        return Path("/var/cache/drkit")
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or "~").expanduser() / ".cache")
+        return Path(for_root)
+    base = env.get(xdg_variable) or str(Path(env.get("HOME") or "~").expanduser() / under_home)
     return Path(base) / "drkit"
 
 

@@ -7,7 +7,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from drkit.localstate import HOST_ID_FILE, host_id, write_state_file
+import pytest
+
+from drkit.localstate import HOST_ID_FILE, cache_dir, host_id, state_dir, write_state_file
 
 
 def test_host_id_is_made_once_private_and_then_read_back(tmp_path: Path) -> None:
@@ -59,3 +61,13 @@ def test_state_file_refuses_to_overwrite_when_asked(tmp_path: Path) -> None:
         raise AssertionError("overwrote")
     assert target.read_bytes() == b"one"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(("env", "uid", "state", "cache"), [
+    ({"DRKIT_STATE_DIR": "/s", "DRKIT_CACHE_DIR": "/c", "HOME": "/h"}, 0, "/s", "/c"),
+    ({"HOME": "/h"}, 0, "/var/lib/drkit", "/var/cache/drkit"),
+    ({"HOME": "/h"}, 1000, "/h/.local/state/drkit", "/h/.cache/drkit"),
+    ({"HOME": "/h", "XDG_STATE_HOME": "/xs", "XDG_CACHE_HOME": "/xc"}, 1000, "/xs/drkit", "/xc/drkit"),
+])
+def test_state_and_cache_directories_follow_the_environment(env: dict[str, str], uid: int, state: str, cache: str) -> None:
+    assert (state_dir(env, uid=uid), cache_dir(env, uid=uid)) == (Path(state), Path(cache))
