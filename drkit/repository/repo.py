@@ -442,7 +442,9 @@ class Repository:
         (a blob stored twice may keep the other of its two locations). The cache is then
         brought up to date (see :mod:`drkit.repository.indexcache`)."""
         names = [index_id for info in self.storage.list(layout.INDEX) if (index_id := layout.id_of(info.name)) is not None]
-        if cache is not None and on_error is None:
+        if on_error is not None:
+            cache = None  # a check reads every file
+        if cache is not None:
             cached = cache.load()
             if cached is not None:
                 before = (set(cached.index.files), set(cached.superseded))
@@ -452,7 +454,7 @@ class Repository:
                     return
                 del cached  # not held while every file is read
         self._load_every_index_file(names, on_error)
-        if cache is not None and on_error is None:
+        if cache is not None:
             self.save_index_cache(cache)
 
     def save_index_cache(self, cache: IndexCache) -> None:
