@@ -1,5 +1,5 @@
-"""Remote throughput: drkit backing up to S3 (moto's server) and SFTP (loopback sshd),
-next to a raw transfer of the same stored bytes.
+"""Remote throughput: drkit backing up to and restoring from S3 (moto's server) and SFTP
+(loopback sshd), next to a raw transfer of the same stored bytes.
 
 For each remote, drkit's first backup of the data set is timed (the whole process:
 start-up, key derivation, reading, chunking, compression, encryption, verification and
@@ -10,9 +10,24 @@ of exactly those sizes is timed in a child process of its own:
   one object after another;
 - SFTP: paramiko, one connection, ``putfo`` with pipelined writes, then fsync like drkit.
 
-drkit's throughput ratio = raw seconds / drkit seconds (the same bytes moved; target
->= 0.8). The servers are test servers, started here on 127.0.0.1 and stopped after:
-moto's ``ThreadedMotoServer`` (in this process; real HTTP) and an OpenSSH ``sshd`` with
+Then drkit restores that snapshot from the remote (``drkit restore latest --target``
+into a fresh directory, timed as a whole process: start-up, key derivation, index,
+reading packs, decryption, verification, decompression, writing, the final sync), and
+the restored tree is compared file by file (SHA-256) with the data set, outside the
+timing: a wrong restore is reported as such, never as a time. Against it, a raw
+download of the same stored bytes (every pack object that backup stored, whole, into
+memory; nothing written) is timed in a child process, with the parallelism a
+hand-written tool would use and drkit's restore has (4 workers):
+
+- S3: boto3 ``get_object`` of whole objects, 4 threads;
+- SFTP: paramiko, one connection, 4 SFTP sessions in 4 threads, each object read whole
+  with ``readv`` in requests of the length the server's ``limits@openssh.com`` states
+  (255 KiB from OpenSSH; paramiko's own ``getfo`` sends 32 KiB requests and varied from
+  3.5 to 11 s for the same 744 MiB here, too noisy to compare with).
+
+drkit's throughput ratio = raw seconds / drkit seconds, for the same bytes moved (backup
+targets in TARGETS; the restore has none yet). The servers are test servers, started
+here on 127.0.0.1 and stopped after: moto's ``ThreadedMotoServer`` (in this process; real HTTP) and an OpenSSH ``sshd`` with
 its own config and keys (``tests/servers/sshd.py``). Both sides of each transfer run on
 the same two cores, so these figures measure the client's overhead against a real
 protocol stack, not network speed.
@@ -37,11 +52,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from dataset import tree_digest
 from tools import PASSPHRASE, StepFailed, _base_env, run_measured
 
 TARGETS = {"s3": 0.8, "sftp": 0.9}
 """Throughput ratio drkit / raw to meet, per remote (issue #18: SFTP >= 0.9x)."""
 RSS_LIMIT_MIB = 200
+RAW_THREADS = 4
+"""Threads (and SFTP sessions) of the raw download: as many as drkit's restore workers."""
 
 
 def _drkit_env() -> dict[str, str]:
@@ -69,7 +87,8 @@ def _drkit(config: Path, *args: str) -> Any:
 
 
 def _raw(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the raw transfer in a child process; return its own timing (JSON)."""
+    """Run the raw transfer *kind* (s3, sftp, s3-get, sftp-get) in a child process;
+    return its own timing (JSON)."""
     spec_file = Path(tempfile.mkstemp(prefix="bench-raw-", suffix=".json")[1])
     spec_file.write_text(json.dumps(spec))
     try:
@@ -107,7 +126,50 @@ def _result(kind: str, name: str, drkit_m: Any, sizes: list[int], raw: dict[str,
     }
 
 
-def bench_s3(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def _restore(config: Path, work: Path, data: Path, expected: dict[str, str]) -> tuple[Any, str | None]:
+    """drkit's restore of the latest snapshot into a fresh directory, timed; then the
+    restored tree compared with *expected* (SHA-256 by relative path), untimed.
+    Returns the measurement and None, or a description of what is wrong."""
+    target = work / "restored"
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        m = _drkit(config, "restore", "latest", "--source", "data", "--target", str(target))
+        got = tree_digest(target / str(data).lstrip("/"))
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    if got == expected:
+        return m, None
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    differ = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+    return m, f"restored tree differs: {len(missing)} missing, {len(extra)} extra, {len(differ)} with other bytes (e.g. {(missing + extra + differ)[:3]})"
+
+
+def _restore_result(drkit_m: Any, sizes: list[int], raw: dict[str, Any], wrong: str | None) -> dict[str, Any]:
+    stored = sum(sizes)
+    out: dict[str, Any] = {
+        "packs": len(sizes),
+        "pack_bytes": stored,
+        "drkit_seconds": round(drkit_m.wall, 3),
+        "drkit_cpu": round(drkit_m.cpu, 3),
+        "drkit_peak_rss_mib": round(drkit_m.maxrss_kib / 1024, 1),
+        "raw_seconds": raw["seconds"],
+        "raw_mib_s": round(stored / raw["seconds"] / 2**20, 1),
+        "raw_method": raw["method"],
+        "raw_cpu": raw["cpu"],
+        "raw_peak_rss_mib": raw["peak_rss_mib"],
+        "rss_ok": drkit_m.maxrss_kib / 1024 < RSS_LIMIT_MIB,
+        "exact": wrong is None,
+    }
+    if wrong is not None:
+        out["error"] = wrong  # no speed for a wrong restore
+    else:
+        out["drkit_mib_s"] = round(stored / drkit_m.wall / 2**20, 1)
+        out["throughput_ratio"] = round(raw["seconds"] / drkit_m.wall, 3)
+    return out
+
+
+def bench_s3(data: Path, work: Path, log: Callable[[str], None], expected: dict[str, str]) -> dict[str, Any]:
     from tests.servers.s3 import start_moto
 
     moto = start_moto()
@@ -124,7 +186,14 @@ def bench_s3(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, An
         raw_bucket = moto.new_bucket("raw")
         raw = _raw("s3", {"endpoint": moto.endpoint_url, "bucket": raw_bucket, "sizes": sizes, "options": moto.options()})
         log(f"remote s3: raw boto3 multipart {raw['seconds']:.2f}s")
-        return _result("s3", "s3 (moto server)", m, sizes, raw, {"drkit_json": json.loads(m.stdout)["snapshots"][0].get("bytes_stored")})
+        out = _result("s3", "s3 (moto server)", m, sizes, raw, {"drkit_json": json.loads(m.stdout)["snapshots"][0].get("bytes_stored")})
+        packs = {o["Key"]: o["Size"] for o in _list_s3(s3, bucket) if o["Key"].startswith("repo/data/")}
+        rm, wrong = _restore(config, work, data, expected)
+        log(f"remote s3: drkit restore {rm.wall:.2f}s ({'exact' if wrong is None else wrong})")
+        raw_get = _raw("s3-get", {"endpoint": moto.endpoint_url, "bucket": bucket, "keys": sorted(packs), "size": sum(packs.values()), "options": moto.options()})
+        log(f"remote s3: raw boto3 get_object {raw_get['seconds']:.2f}s")
+        out["restore"] = _restore_result(rm, list(packs.values()), raw_get, wrong)
+        return out
     finally:
         moto.stop()
 
@@ -136,7 +205,7 @@ def _list_s3(s3: Any, bucket: str) -> list[dict[str, Any]]:
     return out
 
 
-def bench_sftp(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_sftp(data: Path, work: Path, log: Callable[[str], None], expected: dict[str, str]) -> dict[str, Any]:
     from tests.servers.sshd import start_sshd
 
     server = start_sshd(work / "sshd-root")
@@ -156,20 +225,23 @@ def bench_sftp(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, 
         after = _list_dir(repo_dir)
         sizes = [size for path, size in after.items() if path not in before]
         log(f"remote sftp: drkit backup {m.wall:.2f}s, {len(sizes)} objects, {sum(sizes) / 2**20:.1f} MiB stored")
-        raw = _raw(
-            "sftp",
-            {
-                "host": server.host,
-                "port": server.port,
-                "user": server.user,
-                "key_file": str(server.key_file),
-                "known_hosts_file": str(server.known_hosts_file),
-                "dir": str(server.sftp_home / "raw"),
-                "sizes": sizes,
-            },
-        )
+        login = {
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
+            "key_file": str(server.key_file),
+            "known_hosts_file": str(server.known_hosts_file),
+        }
+        raw = _raw("sftp", {**login, "dir": str(server.sftp_home / "raw"), "sizes": sizes})
         log(f"remote sftp: raw paramiko pipelined {raw['seconds']:.2f}s")
-        return _result("sftp", "sftp (loopback OpenSSH)", m, sizes, raw, {})
+        out = _result("sftp", "sftp (loopback OpenSSH)", m, sizes, raw, {})
+        packs = _list_dir(repo_dir / "data")
+        rm, wrong = _restore(config, work, data, expected)
+        log(f"remote sftp: drkit restore {rm.wall:.2f}s ({'exact' if wrong is None else wrong})")
+        raw_get = _raw("sftp-get", {**login, "paths": sorted(packs), "size": sum(packs.values())})
+        log(f"remote sftp: raw paramiko getfo {raw_get['seconds']:.2f}s")
+        out["restore"] = _restore_result(rm, list(packs.values()), raw_get, wrong)
+        return out
     finally:
         server.stop()
 
@@ -187,12 +259,13 @@ def run(data: Path, work: Path, log: Callable[[str], None] = print, remotes: tup
     """The *remotes* (both by default); a remote whose server cannot start is reported, not fatal."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    expected = tree_digest(data)  # what every restore must give back
     results: dict[str, Any] = {}
     for name, fn in (("s3", bench_s3), ("sftp", bench_sftp)):
         if name not in remotes:
             continue
         try:
-            results[name] = fn(data, work, log)
+            results[name] = fn(data, work, log, expected)
         except (StepFailed, RuntimeError, FileNotFoundError, OSError) as exc:
             log(f"remote {name}: skipped: {exc}")
             results[name] = {"remote": name, "error": str(exc)}
@@ -215,6 +288,19 @@ def print_table(results: dict[str, Any]) -> None:
         )
         if r.get("raw_method"):
             print(f"{'':26s}raw: {r['raw_method']}")
+        rr = r.get("restore")
+        if not rr:
+            continue
+        name = "  restore from it"
+        if "error" in rr:
+            print(f"{name:26s}{rr['pack_bytes'] / 2**20:>8.1f}MiB{rr['drkit_seconds']:>9.2f}s{rr['raw_seconds']:>9.2f}s  WRONG: {rr['error']}")
+        else:
+            print(
+                f"{name:26s}{rr['pack_bytes'] / 2**20:>8.1f}MiB{rr['drkit_seconds']:>9.2f}s{rr['raw_seconds']:>9.2f}s"
+                f"{rr['drkit_mib_s']:>13.1f}{rr['raw_mib_s']:>11.1f}{rr['throughput_ratio']:>7.2f}x{rr['drkit_peak_rss_mib']:>7.0f} MiB"
+                f"  restored tree exact; RSS [{'PASS' if rr['rss_ok'] else 'MISS'}]"
+            )
+        print(f"{'':26s}raw: {rr['raw_method']}")
 
 
 # -- raw transfers (run in a child process) -------------------------------------
@@ -252,10 +338,7 @@ def raw_s3(spec: dict[str, Any]) -> dict[str, Any]:
 def raw_sftp(spec: dict[str, Any]) -> dict[str, Any]:
     import paramiko
 
-    client = paramiko.SSHClient()
-    client.load_host_keys(spec["known_hosts_file"])
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(spec["host"], port=spec["port"], username=spec["user"], key_filename=spec["key_file"], allow_agent=False, look_for_keys=False)
+    client = _sftp_login(spec)
     sftp = client.open_sftp()
     try:
         sftp.mkdir(spec["dir"])
@@ -278,14 +361,122 @@ def raw_sftp(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "method": f"paramiko SFTP ({cipher}, paramiko's default order), pipelined writes, fsync@openssh.com"}
 
 
+def _sftp_login(spec: dict[str, Any]) -> Any:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(spec["known_hosts_file"])
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(spec["host"], port=spec["port"], username=spec["user"], key_filename=spec["key_file"], allow_agent=False, look_for_keys=False)
+    return client
+
+
+def _in_threads(items: list[Any], fetch: Callable[[int, Any], int]) -> int:
+    """*fetch(thread number, item)* for every item, RAW_THREADS threads taking the next
+    item as they finish one; returns the sum of what it returned (bytes)."""
+    import threading
+
+    todo = list(reversed(items))
+    lock = threading.Lock()
+    totals = [0] * RAW_THREADS
+    errors: list[BaseException] = []
+
+    def worker(no: int) -> None:
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    item = todo.pop()
+                totals[no] += fetch(no, item)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(no,)) for no in range(RAW_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(totals)
+
+
+def raw_s3_get(spec: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+
+    o = spec["options"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=o["endpoint_url"],
+        region_name=o["region"],
+        aws_access_key_id=o["access_key_id"],
+        aws_secret_access_key=o["secret_access_key"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
+    start = time.monotonic()
+    got = _in_threads(spec["keys"], lambda _no, key: len(s3.get_object(Bucket=spec["bucket"], Key=key)["Body"].read()))
+    seconds = time.monotonic() - start
+    if got != spec["size"]:
+        raise SystemExit(f"raw S3 download got {got} bytes, expected {spec['size']}")
+    return {"seconds": round(seconds, 3), "method": f"boto3 get_object of whole objects, {RAW_THREADS} threads"}
+
+
+class _Discard:
+    """A file object that counts what is written to it and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return len(data)
+
+
+def raw_sftp_get(spec: dict[str, Any]) -> dict[str, Any]:
+    from paramiko.sftp import CMD_EXTENDED
+
+    client = _sftp_login(spec)
+    sessions = [client.open_sftp() for _ in range(RAW_THREADS)]
+    try:  # the read length the server answers in full (OpenSSH: 255 KiB)
+        _t, msg = sessions[0]._request(CMD_EXTENDED, "limits@openssh.com")
+        _packet, step = msg.get_int64(), msg.get_int64()
+    except OSError:
+        step = 0
+    step = min(step, 256 * 1024) or 32 * 1024
+
+    def fetch(no: int, path: str) -> int:
+        with sessions[no].open(path, "rb") as f:
+            size = f.stat().st_size
+            f.MAX_REQUEST_SIZE = step  # readv and read() cut at it
+            return sum(len(b) for b in f.readv([(o, min(step, size - o)) for o in range(0, size, step)]))
+
+    start = time.monotonic()
+    got = _in_threads(spec["paths"], fetch)
+    seconds = time.monotonic() - start
+    cipher = client.get_transport().local_cipher
+    client.close()
+    if got != spec["size"]:
+        raise SystemExit(f"raw SFTP download got {got} bytes, expected {spec['size']}")
+    return {
+        "seconds": round(seconds, 3),
+        "method": f"paramiko SFTP ({cipher}, paramiko's default order), readv of whole objects in {step // 1024} KiB requests, "
+        f"{RAW_THREADS} sessions on one connection, {RAW_THREADS} threads",
+    }
+
+
+RAW = {"s3": raw_s3, "sftp": raw_sftp, "s3-get": raw_s3_get, "sftp-get": raw_sftp_get}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="remote benchmark (use bench/run.py --remote-only)")
-    ap.add_argument("--raw", choices=["s3", "sftp"])
+    ap.add_argument("--raw", choices=sorted(RAW))
     ap.add_argument("spec", nargs="?")
     args = ap.parse_args()
     if args.raw:
         spec = json.loads(Path(args.spec).read_text())
-        print(json.dumps(raw_s3(spec) if args.raw == "s3" else raw_sftp(spec)))
+        print(json.dumps(RAW[args.raw](spec)))
         return 0
     ap.error("run it through bench/run.py --remote or --remote-only")
     return 2
