@@ -21,6 +21,10 @@ Promises, on top of :class:`~drkit.storage.base.Storage`'s:
   connection died, removes it after the next reconnect); ``list`` never shows temporaries.
 - A full destination is :class:`StorageFull` (a failed or short write is checked against
   ``statvfs@openssh.com``); permission problems are :class:`StorageError` with a hint.
+- ``get`` sends its read requests back to back, each as long as the server's
+  ``limits@openssh.com`` allows (at most 256 KiB; 32 KiB without the extension). It
+  returns the range up to the size the open file reported; a file that then turns out
+  shorter is a :class:`TransientStorageError` (short read), never fewer bytes.
 - A dropped connection is a :class:`TransientStorageError`; the next call reconnects, so
   :class:`~drkit.storage.retry.RetryingStorage` turns drops into retries.
 - Thread-safe: one SSH connection, a small pool of SFTP sessions (``max_sessions``); puts
@@ -39,6 +43,7 @@ import socket
 import stat as stat_mod
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,6 +75,12 @@ _MAX_WRITE = 256 * 1024
 """At most this many per request, even where the server allows more."""
 _WINDOW = 4 * 1024 * 1024
 """Bytes of one put's writes sent but not yet answered (the channel's window is 2 MiB)."""
+_MIN_READ = 32 * 1024
+"""Bytes per read request that every SFTP server answers in full."""
+_MAX_READ = 256 * 1024
+"""At most this many per read request, even where the server allows more."""
+_READ_WINDOW = 4 * 1024 * 1024
+"""Bytes of one get's read requests sent but not yet answered."""
 _ATTR_SIZE = 0x1
 _ATTR_PERMISSIONS = 0x4
 
@@ -142,24 +153,6 @@ def parse_url(url: str) -> tuple[str | None, str, int | None, str]:
         raise ConfigError(f"'..' is not allowed in {url!r}", key="repository.url")
     user = unquote(parsed.username) if parsed.username else None
     return user, parsed.hostname, port, path.rstrip("/")
-
-
-def _quiet_prefetch(f: Any) -> None:
-    """Make *f*'s prefetch helper thread exit quietly when the connection drops.
-
-    paramiko's readv() sends its read requests from a helper thread, which dies with a
-    traceback on stderr when the line drops; the reading thread sees the drop anyway and
-    drkit reports and retries it there.
-    """
-    import paramiko
-
-    original = f._prefetch_thread
-
-    def quiet(*args: Any, **kwargs: Any) -> None:
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            original(*args, **kwargs)
-
-    f._prefetch_thread = quiet
 
 
 def _string(b: bytes) -> bytes:
@@ -246,6 +239,72 @@ class _Pipeline:
         """The reply to request *num* (sent with *want*), after :meth:`finish`."""
         return self.replies.pop(num)
 
+
+def _read_pipelined(sftp: Any, handle: bytes, offset: int, want: int, step: int, window: int = _READ_WINDOW) -> bytes:
+    """Bytes [*offset*, *offset* + *want*) of the open file *handle*, fewer only where
+    the file ends first (EOF).
+
+    Read requests of at most *step* bytes go out back to back on *sftp*'s session from
+    the calling thread, at most *window* bytes asked and unanswered; replies are matched
+    by request id (any order) and copied into place as they come. A short reply has its
+    rest asked for again. A failed status raises (OSError, as paramiko's); a reply to a
+    request abandoned earlier on this session is skipped. paramiko's readv is not used:
+    it sends from a helper thread that races the reading one (its prefetch counts as
+    done whenever the replies catch up with the requests sent so far, and the rest is
+    then fetched one round trip per request and held twice), and it waits for a reply
+    that never comes after an EOF status.
+    """
+    from paramiko.message import Message
+    from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTPError
+
+    buf = bytearray(want)
+    view = memoryview(buf)
+    pipe = _Pipeline(sftp, window)
+    hstr = _string(handle)
+    todo = deque((pos, min(step, want - pos)) for pos in range(0, want, step))
+    asked: dict[int, tuple[int, int]] = {}  # request id -> (position in buf, bytes asked)
+    unanswered = 0
+    end = want  # the file ends here, or later
+    while todo or asked:
+        while todo and (unanswered < window or not asked):
+            pos, n = todo.popleft()
+            if pos < end:
+                num = pipe.send(CMD_READ, hstr, struct.pack(">QI", offset + pos, n), want=True)
+                asked[num] = (pos, n)
+                unanswered += n
+        if not asked:
+            break
+        t, raw = sftp._read_packet()
+        (num,) = struct.unpack_from(">I", raw)
+        pipe.unanswered.pop(num, None)
+        entry = asked.pop(num, None)
+        if entry is None:
+            continue
+        pos, n = entry
+        unanswered -= n
+        if t == CMD_DATA:
+            (got,) = struct.unpack_from(">I", raw, 4)
+            if got > n or len(raw) < 8 + got:
+                raise SFTPError(f"bad reply to a read request: {got} bytes for {n} asked")
+            view[pos : pos + got] = memoryview(raw)[8 : 8 + got]
+            if got == 0:
+                end = min(end, pos)
+            elif got < n:
+                todo.appendleft((pos + got, n - got))
+        elif t == CMD_STATUS:
+            msg = Message(raw)
+            msg.get_int()
+            try:
+                sftp._convert_status(msg)
+            except EOFError:
+                end = min(end, pos)
+            else:
+                raise SFTPError("expected data, got an OK status")
+        else:
+            raise SFTPError(f"expected data, got message type {t}")
+    return bytes(view[:end])
+
+
 class SftpStorage:
     """Objects as files under a folder on an SSH host."""
 
@@ -277,6 +336,7 @@ class SftpStorage:
         self._orphans: set[str] = set()
         self._fsync_ok = self.options.fsync
         self._write_max: int | None = None
+        self._read_max: int | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -586,19 +646,41 @@ class SftpStorage:
         """Bytes per write request: what the server's ``limits@openssh.com`` allows, up to
         256 KiB, else 32 KiB (which every SFTP server must take). Asked once."""
         if self._write_max is None:
-            from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
-
-            size = _MIN_WRITE
-            try:
-                t, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
-                if t == CMD_EXTENDED_REPLY:
-                    _packet, _read, write, _handles = (msg.get_int64() for _ in range(4))
-                    if write:
-                        size = max(_MIN_WRITE, min(_MAX_WRITE, write))
-            except OSError:
-                pass  # not offered: the minimum
-            self._write_max = size
+            self._ask_limits(sftp)
+        assert self._write_max is not None
         return self._write_max
+
+    def _read_size(self, sftp: Any) -> int:
+        """Bytes per read request: what the server's ``limits@openssh.com`` allows, up to
+        256 KiB, else 32 KiB (which every SFTP server answers in full). Asked once."""
+        if self._read_max is None:
+            self._ask_limits(sftp)
+        assert self._read_max is not None
+        return self._read_max
+
+    def _ask_limits(self, sftp: Any) -> None:
+        """Set the request sizes not known yet from ``limits@openssh.com``, each within
+        [32 KiB, 256 KiB]: 32 KiB where the server states no limit (no extension, an error
+        status, a zero) or one below 32 KiB. Raises only for a dropped connection."""
+        from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+        read, write = _MIN_READ, _MIN_WRITE
+        try:
+            t, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+            if t == CMD_EXTENDED_REPLY:
+                _packet, max_read, max_write, _handles = (msg.get_int64() for _ in range(4))
+                if max_read:
+                    read = max(_MIN_READ, min(_MAX_READ, max_read))
+                if max_write:
+                    write = max(_MIN_WRITE, min(_MAX_WRITE, max_write))
+        except OSError as exc:
+            if not self._status_like(exc):
+                raise
+            # not offered, or refused: the minimum
+        if self._read_max is None:
+            self._read_max = read
+        if self._write_max is None:
+            self._write_max = write
 
     @staticmethod
     def _status_like(exc: OSError) -> bool:
@@ -620,11 +702,7 @@ class SftpStorage:
                 want = max(0, end - offset)
                 if want == 0:
                     return b""
-                # readv pipelines the requests; one request-sized piece per read() keeps
-                # paramiko from concatenating a growing bytes object (quadratic).
-                _quiet_prefetch(f)
-                step = f.MAX_REQUEST_SIZE
-                data = b"".join(f.readv([(o, min(step, end - o)) for o in range(offset, end, step)]))
+                data = _read_pipelined(sftp, f.handle, offset, want, self._read_size(sftp))
             if len(data) != want:
                 raise TransientStorageError(f"short read of {name} from {self.where}: {len(data)} of {want} bytes")
             return data

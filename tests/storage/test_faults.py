@@ -195,7 +195,7 @@ def test_sftp_refused_connections_are_retried(sshd: SshServer, sftp_proxy: tuple
 def test_sftp_cut_during_download_is_retried(sshd: SshServer, sftp_proxy: tuple[TcpFaultProxy, dict], tmp_path: Path) -> None:
     proxy, opts = sftp_proxy
     storage = wrap_storage(SftpStorage(f"sftp://{sshd.user}@127.0.0.1:{proxy.port}/~/dl-{tmp_path.name}", opts), FAST_RETRY)
-    payload = os.urandom(3 * MiB)
+    payload = os.urandom(16 * MiB)  # a pack: 64 read requests of 255 KiB, about 4 KB sent
     storage.put("data/00/p", payload)
     proxy.cut_after(2000)  # the next few read requests go up, then the line drops
     assert storage.get("data/00/p") == payload
