@@ -210,6 +210,20 @@ def line_path(line: bytes) -> str | None:
     return None
 
 
+def line_paths(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The path of each entry of a tree stored as byte chunks split anywhere: exactly
+    the ``path`` :func:`decode_lines` gives, in order, for about a tenth of its time (a
+    restore checks every path before writing anything). A line is parsed only when it
+    does not name its path plainly as its first key, or could name it twice (``"path``
+    appears again: a repeated key, which JSON resolves to the last, a ``path_b64``, or
+    a value that begins like one). A line that is not parsed is not checked to be valid
+    JSON (:func:`decode_lines` raises ValueError for it); a parsed one raises ValueError
+    when malformed."""
+    for line in split_lines(chunks):
+        path = line_path(line) if line.count(b'"path') == 1 else None
+        yield path if path is not None else Entry.from_json(line.decode("ascii")).path
+
+
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The non-empty JSON lines (without their newline) of a tree stored as byte chunks
     split anywhere."""

@@ -47,7 +47,7 @@ from drkit.repository import layout
 from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
 from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
 from drkit.sources.base import RestoreResult
 
@@ -291,6 +291,11 @@ class SnapshotReader:
     def entries(self) -> Iterator[Entry]:
         return iter_tree(self.repo, self.snapshot)
 
+    def paths(self) -> Iterator[str]:
+        """The path of each of :meth:`entries`, in order, without decoding the entries
+        (see :func:`~drkit.repository.tree.line_paths`)."""
+        return line_paths(tree_chunks(self.repo, self.snapshot))
+
     def open_entry(self, entry: Entry) -> IO[bytes]:
         return io.BufferedReader(BlobStream(self.repo, entry.chunks), buffer_size=1024 * 1024)
 
@@ -362,7 +367,11 @@ class SnapshotReader:
             return result
         ordered = True  # in walk order: a directory left is never entered again
         previous: Parts | None = None
-        for _, parts in selected():  # validate every path before writing anything
+        split = _PathSplitter()  # validate every path before writing anything (decoding no entry)
+        for path in (self.paths() if selection is None else (e.path for e in selection)):
+            if not include_matches(path, patterns):
+                continue
+            parts = split(path)
             if ordered and previous is not None and not parts > previous:
                 ordered = False
             previous = parts

@@ -5,6 +5,8 @@ them exactly as it would read a hostile writer's)."""
 from __future__ import annotations
 
 import secrets
+from typing import Sequence
+
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
@@ -13,9 +15,11 @@ from drkit.repository.tree import FILE, Entry, encode_entries
 
 
 def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, bytes] | None = None, *,
-                   source: str = "data", source_type: str = "files", meta: dict[str, object] | None = None) -> Snapshot:
+                   source: str = "data", source_type: str = "files", meta: dict[str, object] | None = None,
+                   raw_lines: Sequence[bytes] = ()) -> Snapshot:
     """Store *entries* (file content from *contents*, keyed by entry path; one chunk
-    per file) as a new snapshot of *source*; returns it."""
+    per file) as a new snapshot of *source*; returns it. *raw_lines* are stored after
+    the entries as they are (tree lines no encoder of ours writes)."""
     contents = contents or {}
     repo.load_index()
     with BlobSaver(repo) as saver:
@@ -24,7 +28,7 @@ def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, b
                 data = contents[e.path]
                 e.size = len(data)
                 e.chunks = [saver.save(data, BLOB_DATA)[0].hex()] if data else []
-        tree_bytes = b"".join(encode_entries(entries))
+        tree_bytes = b"".join(encode_entries(entries)) + b"".join(line + b"\n" for line in raw_lines)
         tree = [saver.save(tree_bytes, BLOB_TREE)[0].hex()]
     snap = Snapshot(id=secrets.token_hex(32), time=now_iso(), source=source, source_type=source_type,
                     run=secrets.token_hex(16), host="attacker", tree=tree, meta=dict(meta or {}))

@@ -22,11 +22,13 @@ from drkit.repository.tree import (
     FILE,
     Entry,
     chunks_in_frame,
+    decode_lines,
     encode_entries,
     file_line,
     file_line_frame,
     iter_tree,
     line_path,
+    line_paths,
     owner_fragment,
     parse_line,
     split_lines,
@@ -300,6 +302,21 @@ def test_the_file_line_frame_is_what_to_json_writes() -> None:
         assert line_path(line) == e.path
         checked += 1
     assert checked > 500
+
+
+def test_line_paths_are_the_paths_parsing_gives() -> None:
+    """A restore's first pass reads paths through line_paths, mostly without parsing:
+    it must give what decode_lines gives for every line, also lines no encoder writes."""
+    rng = random.Random(5)
+    names = ["/srv/x.txt", "rel/y", "/a b/c~d", "/d/ün", "/q\"uote", "/back\\slash", "/nl\nx", "/\udcff", "path", "/p/path"]
+    lines = [Entry(path=rng.choice(names), type=rng.choice([FILE, DIR]), user=rng.choice(["", "path", "pathos"]),
+                   target=rng.choice(["", "path"])).to_json().encode("ascii") for _ in range(500)]
+    lines += [b'{"path":"ok","type":"file","path":"../x"}', b'{"path":"ok","path_b64":"Li4veA==","type":"file"}',
+              b'{"type":"file","path":"late"}', b'{"path":"a\\u002fb","type":"file"}', b'{"path":"x","type":"file"} ']
+    stream = b"".join(line + b"\n" for line in lines)
+    pieces = [stream[i : i + 97] for i in range(0, len(stream), 97)]  # split anywhere
+    assert list(line_paths(pieces)) == [e.path for e in decode_lines(pieces)]
+    assert [e.path for e in decode_lines(pieces)][-5:] == ["../x", "../x", "late", "a/b", "x"]
 
 
 def test_a_stored_line_that_differs_from_the_frame_in_anything_is_not_taken() -> None:

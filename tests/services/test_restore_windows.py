@@ -4,6 +4,7 @@ still all checked before anything is written."""
 
 from __future__ import annotations
 
+import base64
 import gc
 import os
 import stat
@@ -132,6 +133,30 @@ def test_a_file_spread_over_several_windows_is_whole(repo: Repository, tmp_path:
     assert os.stat(target / "big").st_mtime_ns == 1_700_000_000_000_000_001
     assert (target / "small").read_bytes() == b"small\n"
     assert sorted(p.name for p in target.iterdir()) == ["big", "small"]
+
+
+_ESCAPED_B64 = base64.b64encode(b"../../escaped").decode()
+
+
+@pytest.mark.parametrize("line", [
+    b'{"path":"d0000/ok","type":"file","path":"../../escaped"}',  # JSON keeps the last of two keys
+    b'{"path":"d0000/ok","type":"file","path_b64":"%s"}' % _ESCAPED_B64.encode(),  # the raw name wins
+    b'{"path":"d0000/\\u002e\\u002e/\\u002e\\u002e/escaped","type":"file"}',  # escaped dots
+    b'{"type":"file","path":"../../escaped"}',  # the path not first
+    b'{"path":"d0000/ok","type":"file","user":"path","path":"../../escaped"}',
+], ids=["duplicate-key", "path-b64", "escaped", "not-first", "path-as-a-value"])
+def test_an_escaping_path_in_a_line_no_encoder_writes_is_refused_before_anything_is_written(
+        repo: Repository, tmp_path: Path, line: bytes) -> None:
+    """The first pass reads most paths without parsing their line: a line that names
+    its path in any way but the plain first key must still be read as the restore
+    will read it."""
+    entries, contents = _tree(300)
+    snap = write_snapshot(repo, entries, contents, raw_lines=[line])
+    target = tmp_path / "t"
+    with pytest.raises(Refused, match="would escape the target directory"):
+        SnapshotReader(repo, snap, target=target, window_files=10).write_entries(target)
+    assert not target.exists()
+    assert not (tmp_path / "escaped").exists()
 
 
 def test_an_escaping_path_after_many_windows_is_refused_before_anything_is_written(repo: Repository, tmp_path: Path) -> None:
