@@ -658,14 +658,20 @@ class _WindowWriter:
     def _write(self, plan: _FilePlan, offset: int, data: bytes | memoryview) -> None:
         if plan.failed or self._stop.is_set():
             return
-        lock = self._lock_of(plan)
         zero = _all_zero(data)
+        if plan.remaining == 1 and plan.fd < 0 and offset == 0 and len(data) == plan.entry.size and not zero:
+            # The file's one chunk (every small file): written, set and put in place in
+            # one go. (Only this task holds it: no lock needed.)
+            plan.remaining = 0
+            self._put_whole(plan, data)
+            if self._on_bytes:
+                self._on_bytes(len(data))
+            return
+        lock = self._lock_of(plan)
         with lock:
             fd = plan.fd
             if fd < 0:  # the first chunk to arrive creates the temporary, at full size
-                size = plan.entry.size
-                whole = plan.remaining == 1 and offset == 0 and len(data) == size and not zero
-                fd, plan.tmp = self.tree.create_temp(plan.parent, 0 if whole else size)  # (the one write sizes it)
+                fd, plan.tmp = self.tree.create_temp(plan.parent, plan.entry.size)
                 plan.fd = fd
         if not zero:  # holes stay sparse (the file was ftruncated to size)
             view = memoryview(data)
@@ -682,6 +688,14 @@ class _WindowWriter:
             self._put_in_place(plan, fd)
         if self._on_bytes:
             self._on_bytes(len(data))
+
+    def _put_whole(self, plan: _FilePlan, data: bytes | memoryview) -> None:
+        try:
+            self.tree.write_file(plan.parent, plan.name, plan.entry, data)
+        except Refused as exc:
+            plan.refused = exc.message
+            return
+        plan.done = True
 
     def _put_in_place(self, plan: _FilePlan, fd: int) -> None:
         try:
@@ -720,8 +734,7 @@ class _WindowWriter:
         for plan in window.files:
             self._close(plan)  # the temporary of a file that failed part-way
             if not plan.done and not plan.failed and not plan.refused and not plan.remaining:
-                fd, plan.tmp = self.tree.create_temp(plan.parent, 0)  # a file without chunks (empty)
-                self._put_in_place(plan, fd)
+                self._put_whole(plan, b"")  # a file without chunks (empty)
             if plan.done:
                 result.files += 1
                 result.bytes_written += plan.entry.size

@@ -93,6 +93,11 @@ class TargetTree:
         self._counter = 0
         self._temps: set[tuple[Parts, str]] = set()
         self._syncer: threading.Thread | None = None
+        self._umask = _process_umask()
+        self._euid, self._egid = os.geteuid(), os.getegid()
+        self._new_files: dict[Parts, tuple[int, bool]] = {}
+        """Per open directory: the group a file created in it gets, and whether its
+        creation mode is kept exactly (see :meth:`write_file`)."""
 
     # -- directories -------------------------------------------------------------
 
@@ -146,6 +151,7 @@ class TargetTree:
             for key in self._fds:
                 if key != keep and not self._pins.get(key):
                     os.close(self._fds.pop(key))
+                    self._new_files.pop(key, None)
                     break
             else:
                 return  # everything pinned: stay above the bound rather than fail
@@ -177,6 +183,7 @@ class TargetTree:
         with self._lock:
             parent = self._open_locked(parts[:-1], True)
             name = parts[-1]
+            self._new_files.pop(parts, None)
             try:
                 os.mkdir(name, 0o700, dir_fd=parent)
             except FileExistsError:
@@ -195,6 +202,7 @@ class TargetTree:
         with self._lock:
             fd = self._open_locked(parts, False)
             self._pins[parts] = self._pins.get(parts, 0) + 1
+            self._new_files.pop(parts, None)  # its group and mode change now
         try:
             self.apply_meta_fd(fd, e, _shown(parts))
         finally:
@@ -226,14 +234,67 @@ class TargetTree:
         finally:
             self.unpin(parent)
 
-    def apply_meta_fd(self, fd: int, e: Entry, shown: str) -> None:
-        """Owner (root only; best effort), mode (special bits only as root), mtime, on an open fd."""
-        if self.as_root:
+    def write_file(self, parent: Parts, name: str, e: Entry, data: bytes | memoryview) -> None:
+        """Put file *name* in directory *parent* (pinned by the caller or not) with
+        content *data* (all of it) and *e*'s owner, mode and mtime: what
+        :meth:`create_temp`, a write, :meth:`apply_meta_fd` and :meth:`commit` do, in
+        fewer system calls. The temporary is created with its final mode when the umask
+        and the directory leave that mode exact (no default ACL; no special bit; owner
+        may write), so no ``fchmod`` follows; the owner is set only when the new file
+        does not already have it (as root: the process's user, and the directory's
+        group if it is set-group-ID, else the process's). Atomic: only the complete file
+        appears under *name*; on any error the temporary is removed. Raises Refused over
+        a directory, OSError when the target cannot be written."""
+        mode = e.mode & (0o7777 if self.as_root else 0o777)
+        with self._lock:
+            pfd = self._open_locked(parent, True)
+            info = self._new_files.get(parent)
+            if info is None:
+                info = self._new_files[parent] = self._new_file_info(pfd)
+            if parent:
+                self._pins[parent] = self._pins.get(parent, 0) + 1
+            self._counter += 1
+            tmp = f"{self._prefix}{self._counter}"
+        group, exact = info
+        preset = exact and mode & 0o200 and not mode & (0o7000 | self._umask)
+        try:
+            fd = os.open(tmp, _TMP_FLAGS, mode if preset else 0o600, dir_fd=pfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self.apply_meta_fd(fd, e, _shown(parent + (name,)), owner=(self._euid, group), mode_set=bool(preset))
+            finally:
+                os.close(fd)
+            self._rename(pfd, parent, tmp, name)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=pfd)
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            self.unpin(parent)
+
+    def _new_file_info(self, fd: int) -> tuple[int, bool]:
+        """For directory *fd*: the group a new file in it gets, and whether a new file
+        gets exactly the mode it is created with less the umask (no default ACL)."""
+        st = os.fstat(fd)
+        group = st.st_gid if st.st_mode & stat.S_ISGID else self._egid
+        return group, self._umask != _UNKNOWN_UMASK and not _has_default_acl(fd)
+
+    def apply_meta_fd(self, fd: int, e: Entry, shown: str, *, owner: tuple[int, int] | None = None,
+                      mode_set: bool = False) -> None:
+        """Owner (root only; best effort), mode (special bits only as root), mtime, on an
+        open fd. *owner*: the (uid, gid) the file is known to have (no ``fchown`` when
+        it is *e*'s); *mode_set*: the file already has its mode (no ``fchmod``)."""
+        if self.as_root and (e.uid, e.gid) != owner:
             try:
                 os.fchown(fd, e.uid, e.gid)
             except OSError as exc:
                 log.warning("cannot set owner of %s: %s", shown, exc.strerror)
-        os.fchmod(fd, e.mode & (0o7777 if self.as_root else 0o777))
+        if not mode_set:
+            os.fchmod(fd, e.mode & (0o7777 if self.as_root else 0o777))
         try:
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         except OSError as exc:
@@ -244,16 +305,20 @@ class TargetTree:
         Raises Refused when *name* is a directory."""
         pfd = self.pin(parent)
         try:
-            try:
-                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            except OSError as exc:
-                if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-                    raise Refused(f"refusing to replace directory {_shown(parent + (name,))} by a file or symlink") from None
-                raise
+            self._rename(pfd, parent, tmp, name)
             with self._lock:
                 self._temps.discard((parent, tmp))
         finally:
             self.unpin(parent)
+
+    @staticmethod
+    def _rename(pfd: int, parent: Parts, tmp: str, name: str) -> None:
+        try:
+            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise Refused(f"refusing to replace directory {_shown(parent + (name,))} by a file or symlink") from None
+            raise
 
     def discard(self, parent: Parts, tmp: str) -> None:
         """Remove a temporary (missing is fine)."""
@@ -335,9 +400,41 @@ class TargetTree:
                 os.close(fd)
             self._fds.clear()
             self._pins.clear()
+            self._new_files.clear()
             if self._root >= 0:
                 os.close(self._root)
                 self._root = -1
+
+
+_UNKNOWN_UMASK = 0o777
+"""What :func:`_process_umask` gives when it cannot tell (every creation mode then
+gets an ``fchmod``)."""
+
+
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``: a umask
+    set and put back would race with other threads creating files);
+    :data:`_UNKNOWN_UMASK` where it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UNKNOWN_UMASK
+
+
+def _has_default_acl(fd: int) -> bool:
+    """Whether directory *fd* has a default ACL (which, not the umask, shapes the mode
+    of a file created in it); True when it cannot be told."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return True
+    try:
+        return bool(getxattr(fd, "system.posix_acl_default"))
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 _LIBC: ctypes.CDLL | None = None

@@ -51,9 +51,9 @@ def test_small_file_tasks_never_run_side_by_side(repo: Repository, tmp_path: Pat
     inside = 0
     most = 0
     lock = threading.Lock()
-    real = TargetTree.create_temp
+    real = TargetTree.write_file
 
-    def create_temp(self: TargetTree, *args: Any, **kwargs: Any) -> Any:
+    def write_file(self: TargetTree, *args: Any, **kwargs: Any) -> Any:
         nonlocal inside, most
         with lock:
             inside += 1
@@ -65,7 +65,7 @@ def test_small_file_tasks_never_run_side_by_side(repo: Repository, tmp_path: Pat
             with lock:
                 inside -= 1
 
-    monkeypatch.setattr(TargetTree, "create_temp", create_temp)
+    monkeypatch.setattr(TargetTree, "write_file", write_file)
     target = tmp_path / "t"
     result = SnapshotReader(repo, snap, target=target, workers=4).write_entries(target)
     assert (result.files, result.failed) == (1200, [])
@@ -134,13 +134,13 @@ def test_a_restore_collects_less_often_and_puts_the_collector_back(repo: Reposit
         contents[f"d/f{i}"] = b"x" * i
     snap = write_snapshot(repo, entries, contents)
     seen: list[tuple[int, int]] = []
-    real = TargetTree.create_temp
+    real = TargetTree.write_file
 
-    def create_temp(self: TargetTree, *args: Any, **kwargs: Any) -> Any:
+    def write_file(self: TargetTree, *args: Any, **kwargs: Any) -> Any:
         seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(TargetTree, "create_temp", create_temp)
+    monkeypatch.setattr(TargetTree, "write_file", write_file)
     before = gc.get_threshold()
     target = tmp_path / "t"
     result = SnapshotReader(repo, snap, target=target).write_entries(target)
@@ -167,19 +167,19 @@ def test_finished_windows_are_written_back_in_the_background_and_synced_at_the_e
     snap = write_snapshot(repo, entries, contents)
     calls: list[tuple[str, int]] = []
     committed = 0
-    real_sync, real_commit = TargetTree._sync_once, TargetTree.commit
+    real_sync, real_write_file = TargetTree._sync_once, TargetTree.write_file
 
     def sync_once(self: TargetTree) -> None:
         calls.append((threading.current_thread().name, committed))
         real_sync(self)
 
-    def commit(self: TargetTree, *args: Any) -> None:
+    def write_file(self: TargetTree, *args: Any) -> None:
         nonlocal committed
-        real_commit(self, *args)
+        real_write_file(self, *args)
         committed += 1
 
     monkeypatch.setattr(TargetTree, "_sync_once", sync_once)
-    monkeypatch.setattr(TargetTree, "commit", commit)
+    monkeypatch.setattr(TargetTree, "write_file", write_file)
     target = tmp_path / "t"
     result = SnapshotReader(repo, snap, target=target, window_files=500).write_entries(target)
     assert result.files == 3000 and (target / "d" / "f2999").read_bytes() == b"2999\n"

@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drkit.errors import EXIT_STORAGE, RestoreTargetError
 from drkit.repository.repo import Repository
-from drkit.services import restore as restore_mod
+from drkit.services.restorefs import TMP_PREFIX
 from drkit.services.backup import BackupOptions, run_backup
 from drkit.services.restore import SnapshotReader
 from drkit.sources.files import FilesSource
@@ -33,6 +34,36 @@ def _snapshot(tmp_path: Path) -> tuple[Repository, Path]:
     return repo, data
 
 
+def _fail_writes_to_temporaries(monkeypatch: pytest.MonkeyPatch, code: int, *, after: int) -> None:
+    """Make every write (``write`` or ``pwrite``) to a restore temporary after the
+    first *after* fail with errno *code*, as a full or broken target would."""
+    calls = {"n": 0}
+    real_write, real_pwrite = os.write, os.pwrite
+
+    def to_temporary(fd: int) -> bool:
+        try:
+            return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(TMP_PREFIX)
+        except OSError:
+            return False
+
+    def check(fd: int) -> None:
+        if to_temporary(fd):
+            calls["n"] += 1
+            if calls["n"] > after:
+                raise OSError(code, os.strerror(code))
+
+    def write(fd: int, data: Any) -> int:
+        check(fd)
+        return real_write(fd, data)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        check(fd)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+
+
 @pytest.mark.parametrize(("code", "hint_part"), [
     (errno.ENOSPC, "free space"),
     (errno.EROFS, "read-only"),
@@ -43,16 +74,7 @@ def _snapshot(tmp_path: Path) -> tuple[Repository, Path]:
 def test_a_target_that_cannot_be_written_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             code: int, hint_part: str) -> None:
     repo, _ = _snapshot(tmp_path)
-    calls = {"n": 0}
-    real_pwrite = os.pwrite
-
-    def failing_pwrite(fd: int, data: object, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise OSError(code, os.strerror(code))
-        return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(restore_mod.os, "pwrite", failing_pwrite)
+    _fail_writes_to_temporaries(monkeypatch, code, after=5)
     target = tmp_path / "target"
     with pytest.raises(RestoreTargetError) as info:
         SnapshotReader(repo, repo.find_snapshot("latest")).write_entries(target)
@@ -70,10 +92,7 @@ def test_the_cli_reports_a_full_target_in_one_line_with_exit_8(tmp_path: Path, m
     cfg.write_text(f"repository:\n  url: {tmp_path / 'repo'}\nsources:\n  - name: data\n    type: files\n    paths: [{data}]\n")
     cfg.chmod(0o600)
 
-    def full(fd: int, data: object, offset: int) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(restore_mod.os, "pwrite", full)
+    _fail_writes_to_temporaries(monkeypatch, errno.ENOSPC, after=0)
     res = invoke("-c", cfg, "restore", "latest", "--source", "data", "--target", tmp_path / "t", env={"DRKIT_PASSWORD": "pw"})
     assert res.code == EXIT_STORAGE, res.text
     assert "internal error" not in res.text
