@@ -49,6 +49,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
 from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
+from drkit.services.restoreprocs import FileWorkers, worker_count
 from drkit.sources.base import RestoreResult
 
 if TYPE_CHECKING:
@@ -262,6 +263,7 @@ class SnapshotReader:
         target: Path | None = None,
         env: Mapping[str, str] | None = None,
         workers: int = 4,
+        processes: int | None = None,
         window_files: int = WINDOW_FILES,
         window_chunks: int = WINDOW_CHUNKS,
         window_bytes: int = WINDOW_BYTES,
@@ -269,7 +271,8 @@ class SnapshotReader:
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """*target* is a shorthand for ``RestoreOptions(target=...)`` (library callers);
-        the ``window_*`` bounds are those of :meth:`write_entries`."""
+        the ``window_*`` bounds are those of :meth:`write_entries`; *processes*: worker
+        processes for small files (default: :func:`~drkit.services.restoreprocs.worker_count`)."""
         if options is None:
             options = RestoreOptions(target=target)
         self.repo = repo
@@ -282,6 +285,7 @@ class SnapshotReader:
         self.env: Mapping[str, str] = env if env is not None else dict(os.environ)
         self.lines: list[str] = []
         self._workers = workers
+        self._processes = processes
         self.window_files = window_files
         self.window_chunks = window_chunks
         self.window_bytes = window_bytes
@@ -367,18 +371,26 @@ class SnapshotReader:
             return result
         ordered = True  # in walk order: a directory left is never entered again
         previous: Parts | None = None
+        count = 0
         split = _PathSplitter()  # validate every path before writing anything (decoding no entry)
         for path in (self.paths() if selection is None else (e.path for e in selection)):
             if not include_matches(path, patterns):
                 continue
             parts = split(path)
+            count += 1
             if ordered and previous is not None and not parts > previous:
                 ordered = False
             previous = parts
         target.mkdir(parents=True, exist_ok=True)
         tree = TargetTree(target)
+        processes = worker_count(count, self.repo, self.env) if self._processes is None else self._processes
+        try:
+            procs = FileWorkers(self.repo, tree, processes) if processes else None
+        except BaseException:
+            tree.close()
+            raise
         writer = _WindowWriter(self.repo, tree, result, workers=self._workers, on_bytes=self._on_bytes,
-                               limits=(self.window_files, self.window_chunks, self.window_bytes))
+                               limits=(self.window_files, self.window_chunks, self.window_bytes), procs=procs)
         dirs = _DirFixups(tree, writer, streamed=ordered)
         try:
             made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
@@ -411,7 +423,11 @@ class SnapshotReader:
             writer.abort()
             raise  # tree.close() (below) removes the temporaries
         finally:
-            tree.close()
+            try:
+                if procs is not None:
+                    procs.close()
+            finally:
+                tree.close()
         if writer.refused:
             raise Refused(writer.first_refused, hint=f"{writer.refused} entr(y/ies) refused; the rest was restored")
         if result.failed:
@@ -517,8 +533,10 @@ class _WindowWriter:
     next blob and closes the temporaries' fds."""
 
     def __init__(self, repo: Repository, tree: TargetTree, result: RestoreResult, *, workers: int,
-                 on_bytes: Callable[[int], None] | None, limits: tuple[int, int, int]) -> None:
+                 on_bytes: Callable[[int], None] | None, limits: tuple[int, int, int],
+                 procs: FileWorkers | None = None) -> None:
         self.repo = repo
+        self._procs = procs
         self.tree = tree
         self.result = result
         self.refused = 0
@@ -603,6 +621,8 @@ class _WindowWriter:
         """Stop: drop queued tasks, wait for running ones (they stop at their next
         blob), close open temporaries (the tree removes them)."""
         self._stop.set()
+        if self._procs is not None:
+            self._procs.kill()  # (what a worker leaves is removed by the task that waited for it)
         self._pool.shutdown(wait=True, cancel_futures=True)
         for window in (*self._queued, self._window):
             for plan in window.files:
@@ -615,7 +635,11 @@ class _WindowWriter:
 
     def _do_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
         try:
-            if sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
+            if self._procs is not None and _whole_small_files(ordered):
+                written = self._procs.run(pack_id, ordered, self._stop)
+                if self._on_bytes and written:
+                    self._on_bytes(written)
+            elif sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
                 with self._file_lane:
                     self._run_task(pack_id, ordered)
             else:
@@ -633,7 +657,7 @@ class _WindowWriter:
         # Each blob is authenticated (AES-GCM) and checked against its keyed id
         # below, so the pack's SHA-256 (a keyless bitrot check) is not needed here.
         try:
-            pieces = [(u, sealed) for group, data in _fetch(self.repo.storage, name, ordered) for u, sealed in _split(group, data)]
+            pieces = [(u, sealed) for group, data in fetch_ranges(self.repo.storage, name, ordered) for u, sealed in split_ranges(group, data)]
         except (IntegrityError, ObjectNotFound, StorageError) as exc:
             for u in ordered:
                 self._fail(u.targets, f"{name}: {exc.message}")
@@ -785,6 +809,18 @@ def _tasks(blobs: Iterable[_BlobUse]) -> Iterator[list[_BlobUse]]:
         yield task
 
 
+def _whole_small_files(ordered: list[_BlobUse]) -> bool:
+    """Whether every file *ordered* writes is whole in one of its blobs, under
+    _ZERO_MIN bytes (what a worker process takes: see :mod:`drkit.services.restoreprocs`)."""
+    for u in ordered:
+        if u.raw_length >= _ZERO_MIN:
+            return False
+        for plan, _ in u.targets:
+            if len(plan.entry.chunks) != 1 or plan.entry.size != u.raw_length or plan.failed:
+                return False
+    return True
+
+
 def _all_zero(data: bytes | memoryview) -> bool:
     """True for a block of at least _ZERO_MIN zero bytes (written as a hole)."""
     n = len(data)
@@ -793,7 +829,7 @@ def _all_zero(data: bytes | memoryview) -> bool:
     return bytes(data) == bytes(n) if isinstance(data, memoryview) else data == bytes(n)
 
 
-def _fetch(storage: Any, name: str, ordered: list[_BlobUse]) -> Iterator[tuple[list[_BlobUse], memoryview]]:
+def fetch_ranges(storage: Any, name: str, ordered: list[_BlobUse]) -> Iterator[tuple[list[_BlobUse], memoryview]]:
     """Read the byte ranges of *ordered* blobs (sorted by offset) from pack *name*,
     merging ranges whose gap is small, so a mostly-needed pack is one read."""
     group: list[_BlobUse] = []
@@ -810,7 +846,7 @@ def _fetch(storage: Any, name: str, ordered: list[_BlobUse]) -> Iterator[tuple[l
         yield group, memoryview(storage.get(name, start, end - start))
 
 
-def _split(group: list[_BlobUse], data: memoryview) -> Iterator[tuple[_BlobUse, memoryview | None]]:
+def split_ranges(group: list[_BlobUse], data: memoryview) -> Iterator[tuple[_BlobUse, memoryview | None]]:
     """The sealed bytes of each blob of a merged read; None where the read came back
     short (a truncated pack: only the blobs cut off fail)."""
     start = group[0].offset

@@ -81,15 +81,20 @@ class TargetTree:
     Thread-safe. ``as_root`` decides whether owners and special mode bits are applied.
     Call :meth:`close` when done (it also removes temporaries left by a failure)."""
 
-    def __init__(self, target: Path, *, as_root: bool | None = None, max_open: int = 256) -> None:
+    def __init__(self, target: Path, *, as_root: bool | None = None, max_open: int = 256,
+                 root_fd: int | None = None, prefix: str | None = None) -> None:
+        """*root_fd*: the target, already open (the tree takes it over); *prefix*: the
+        start of its temporaries' names (default: :data:`TMP_PREFIX` and a random part)."""
         self.target = target
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
-        self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if root_fd is None else root_fd
         self._fds: OrderedDict[Parts, int] = OrderedDict()
         self._pins: dict[Parts, int] = {}
         self._max_open = max_open
         self._lock = threading.Lock()
-        self._prefix = TMP_PREFIX + secrets.token_hex(6) + "-"
+        if prefix is not None and not (prefix.startswith(TMP_PREFIX) and len(prefix) > len(TMP_PREFIX) + 8):
+            raise ValueError(f"a temporaries' prefix must start with {TMP_PREFIX!r} and a random part")
+        self._prefix = prefix or TMP_PREFIX + secrets.token_hex(6) + "-"
         self._counter = 0
         self._temps: set[tuple[Parts, str]] = set()
         self._syncer: threading.Thread | None = None
@@ -98,6 +103,11 @@ class TargetTree:
         self._new_files: dict[Parts, tuple[int, bool]] = {}
         """Per open directory: the group a file created in it gets, and whether its
         creation mode is kept exactly (see :meth:`write_file`)."""
+
+    @property
+    def root_fd(self) -> int:
+        """The target directory's fd (owned by the tree: closed by :meth:`close`)."""
+        return self._root
 
     # -- directories -------------------------------------------------------------
 
@@ -334,6 +344,29 @@ class TargetTree:
             self.unpin(parent)
             with self._lock:
                 self._temps.discard((parent, tmp))
+
+    def remove_temporaries(self, parent: Parts, prefix: str) -> int:
+        """Remove every file of directory *parent* whose name starts with *prefix* (a
+        restore temporary's prefix: what a worker that died may have left); returns how
+        many. A directory that cannot be reached is left alone."""
+        if not prefix.startswith(TMP_PREFIX):
+            raise ValueError(f"not a temporaries' prefix: {prefix!r}")
+        try:
+            pfd = self.pin(parent)
+        except (OSError, Refused):
+            return 0
+        removed = 0
+        try:
+            for name in os.listdir(pfd):
+                if name.startswith(prefix):
+                    try:
+                        os.unlink(name, dir_fd=pfd)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        finally:
+            self.unpin(parent)
+        return removed
 
     def symlink(self, parts: Parts, e: Entry) -> None:
         """Create symlink *parts* -> ``e.target`` atomically (a temporary renamed over

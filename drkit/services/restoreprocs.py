@@ -1,0 +1,305 @@
+"""Worker processes that write the small files of a restore side by side.
+
+Why: restoring many small files is bound by per-file Python work under one
+interpreter lock (100,000 files on tmpfs: the process's CPU time equals its wall
+time; four threads gain nothing). Whole small files are independent of each other,
+so :class:`FileWorkers` hands the tasks made only of them (one pack range; every file
+one chunk, under 64 KiB) to worker processes, while the main process goes on
+planning, makes directories and writes everything else.
+
+A worker does for its task exactly what a thread would: the same reads
+(:func:`~drkit.services.restore.fetch_ranges`), the same checks (each blob
+authenticated and compared with its keyed id), the same
+:meth:`~drkit.services.restorefs.TargetTree.write_file` with its promises: nothing
+outside the target; only complete files under real names; on any error the
+temporary is removed. It is given the repository directory (only local repositories
+are restored this way), the keys that open blobs (over its socket pair, never on its
+command line or in its environment) and the target as the directory fd the main
+process opened (never looked up again by name). It answers, per file: done, failed
+(why) or refused (why); an OSError ends its task and is raised in the main process as
+the same error.
+
+A worker that dies (killed, out of memory) fails the restore with
+:class:`RestoreWorkerDied`; the temporaries it may have left (named with a prefix
+the main process chose for it) are removed from the directories of its task. On
+Ctrl-C or SIGTERM a worker finishes the file it is writing and its task (a few
+milliseconds), then is told to stop: the main process decides, as with threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import queue
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, Mapping
+
+from drkit.errors import DrkitError, EXIT_INTERNAL, Refused
+from drkit.repository.crypto import Cipher
+from drkit.services.restorefs import TMP_PREFIX, TargetTree
+
+if TYPE_CHECKING:
+    from drkit.repository.repo import Repository
+    from drkit.services.restore import _BlobUse
+
+log = logging.getLogger("drkit.restore")
+
+MIN_FILES = 5000
+"""Restores of fewer entries than this stay in one process (starting workers costs
+about a quarter of a second of CPU each)."""
+
+_DONE, _FAILED, _REFUSED = 0, 1, 2
+
+
+class RestoreWorkerDied(DrkitError):
+    """a restore worker process ended unexpectedly ({how})"""
+
+    exit_code = EXIT_INTERNAL
+    default_hint = ("run the restore again (finished files stay; use --force into the same target); if it happens "
+                    "again, look for the cause in dmesg (out of memory?) or set DRKIT_RESTORE_PROCESSES=0")
+
+
+def worker_count(entries: int, repo: "Repository", env: Mapping[str, str]) -> int:
+    """How many worker processes a restore of *entries* entries from *repo* uses: none
+    for a small restore, a repository that is not a local directory or whose blobs are
+    sealed to a recipient; else ``DRKIT_RESTORE_PROCESSES`` (0 turns them off), by
+    default as many as there are processors, at most 4."""
+    raw = env.get("DRKIT_RESTORE_PROCESSES", "")
+    wanted = int(raw) if raw.strip().isdigit() else min(4, os.cpu_count() or 1)
+    if wanted <= 0 or entries < MIN_FILES:
+        return 0
+    if local_root(repo) is None or not isinstance(repo.codec.cipher, Cipher):
+        return 0
+    return wanted
+
+
+def local_root(repo: "Repository") -> str | None:
+    """The directory of *repo* when it is stored in a local directory (beneath any
+    wrappers: retrying, observing), else None."""
+    from drkit.storage.local import LocalStorage
+    from drkit.storage.observe import unwrap
+
+    storage = unwrap(repo.storage)
+    return str(storage.root) if isinstance(storage, LocalStorage) else None
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    prefix: str
+
+
+class FileWorkers:
+    """*count* worker processes for the whole-small-file tasks of one restore into
+    *tree*. Thread-safe: each :meth:`run` takes an idle worker (waiting for one).
+    :meth:`close` stops them (idempotent)."""
+
+    def __init__(self, repo: "Repository", tree: TargetTree, count: int) -> None:
+        self._tree = tree
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._closed = False
+        master = repo.master
+        root = local_root(repo)
+        if root is None:
+            raise ValueError("worker processes restore only from a local repository")
+        for _ in range(count):
+            prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"
+            ours, theirs = socket.socketpair()
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "drkit.services.restoreprocs", str(theirs.fileno()), str(tree.root_fd)],
+                    pass_fds=(theirs.fileno(), tree.root_fd), stdin=subprocess.DEVNULL, close_fds=True,
+                    start_new_session=False)
+            finally:
+                theirs.close()
+            conn = Connection(ours.detach())
+            conn.send_bytes(marshal.dumps((root, master.data_key, master.id_key, repo.codec.level,
+                                           repo.codec.max_size, tree.as_root, prefix)))
+            worker = _Worker(proc, conn, prefix)
+            self._all.append(worker)
+            self._idle.put(worker)
+
+    def run(self, pack_name: str, ordered: list["_BlobUse"], stop: threading.Event) -> int:
+        """Have a worker restore the files of *ordered* (blobs of pack *pack_name*, each
+        file whole in one of them) and set each file plan's outcome; returns the bytes
+        written (0, doing nothing, when *stop* is set by the time a worker is free).
+        Raises OSError as the worker met it, RestoreWorkerDied."""
+        task = [(u.chunk_id, u.offset, u.length, u.blob_type, u.raw_length,
+                 [(p.parent, p.name, p.entry.mode, p.entry.uid, p.entry.gid, p.entry.mtime_ns) for p, _ in u.targets])
+                for u in ordered]
+        worker = self._idle.get()
+        if stop.is_set():
+            self._idle.put(worker)
+            return 0
+        try:
+            try:
+                worker.conn.send_bytes(marshal.dumps((pack_name, task)))
+                reply = marshal.loads(worker.conn.recv_bytes())
+            except (EOFError, OSError):
+                raise self._lost(worker, ordered) from None
+        finally:
+            self._idle.put(worker)
+        outcomes, written, warnings, error = reply
+        for line in warnings:
+            log.warning("%s", line)
+        it = iter(outcomes)
+        for u in ordered:
+            for plan, _ in u.targets:
+                code, why = next(it, (None, None))
+                if code == _DONE:
+                    plan.remaining = 0
+                    plan.done = True
+                elif code == _REFUSED:
+                    plan.remaining = 0
+                    plan.refused = why
+                elif code == _FAILED:
+                    plan.failed = plan.failed or why
+        if error is not None:
+            raise OSError(*error)
+        return int(written)
+
+    def _lost(self, worker: _Worker, ordered: list["_BlobUse"]) -> RestoreWorkerDied:
+        """*worker* is gone mid-task: remove what it may have left; the error to raise."""
+        try:
+            code = worker.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            code = worker.proc.wait()
+        dirs = {plan.parent for u in ordered for plan, _ in u.targets}
+        for parent in dirs:
+            self._tree.remove_temporaries(parent, worker.prefix)
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return RestoreWorkerDied(how=f"pid {worker.proc.pid}, {how}")
+
+    def kill(self) -> None:
+        """Stop every worker at once (Ctrl-C, an error elsewhere): each is killed; a
+        :meth:`run` waiting for one removes what it may have left in the directories of
+        its task (a temporary never has a real name) and raises RestoreWorkerDied."""
+        for worker in self._all:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+
+    def close(self) -> None:
+        """Tell every worker to stop and wait for it (killed after 10 s). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._all:
+            try:
+                worker.conn.send_bytes(marshal.dumps(None))
+            except OSError:
+                pass
+        for worker in self._all:
+            try:
+                worker.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.conn.close()
+
+
+# -- the worker side ----------------------------------------------------------------
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _serve(conn: Connection, root_fd: int) -> None:
+    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
+    from drkit.repository import layout
+    from drkit.repository.blob import BlobCodec, BlobError
+    from drkit.repository.crypto import ChunkHasher
+    from drkit.repository.tree import FILE, Entry
+    from drkit.services.restore import _BlobUse, fetch_ranges, split_ranges
+    from drkit.storage.local import LocalStorage
+
+    storage_root, data_key, id_key, level, max_size, as_root, prefix = marshal.loads(conn.recv_bytes())
+    storage = LocalStorage(storage_root)
+    codec = BlobCodec(Cipher(data_key), ChunkHasher(id_key), level, max_size=max_size)
+    tree = TargetTree(Path(f"/proc/self/fd/{root_fd}"), as_root=as_root, root_fd=root_fd, prefix=prefix)
+    warnings = _Warnings()
+    logging.getLogger("drkit").addHandler(warnings)
+    logging.getLogger("drkit").propagate = False
+    while True:
+        message = marshal.loads(conn.recv_bytes())
+        if message is None:
+            break
+        pack_id, task = message
+        name = layout.pack_name(pack_id)
+        outcomes: list[tuple[int, str]] = []
+        written = 0
+        error: tuple[Any, ...] | None = None
+        uses = [_BlobUse(chunk_id, offset, length, blob_type, raw_length)
+                for chunk_id, offset, length, blob_type, raw_length, _ in task]
+        files_of = {id(u): files for u, (*_, files) in zip(uses, task, strict=True)}
+        warnings.lines = []
+        try:
+            pieces = [(u, sealed) for group, data in fetch_ranges(storage, name, uses) for u, sealed in split_ranges(group, data)]
+        except (IntegrityError, ObjectNotFound, StorageError) as exc:
+            pieces = []
+            for u in uses:
+                outcomes.extend((_FAILED, f"{name}: {exc.message}") for _ in files_of[id(u)])
+        for u, sealed in pieces:
+            if error is not None:
+                outcomes.extend((_FAILED, "not written") for _ in files_of[id(u)])
+                continue
+            if sealed is None:
+                why = f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)"
+                outcomes.extend((_FAILED, why) for _ in files_of[id(u)])
+                continue
+            try:
+                plain = codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
+            except BlobError as exc:
+                outcomes.extend((_FAILED, f"{name}: {exc}") for _ in files_of[id(u)])
+                continue
+            for parent, file_name, mode, uid, gid, mtime_ns in files_of[id(u)]:
+                if error is not None:
+                    outcomes.append((_FAILED, "not written"))
+                    continue
+                entry = Entry("", FILE, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, size=len(plain))
+                try:
+                    tree.write_file(tuple(parent), file_name, entry, plain)
+                except Refused as exc:
+                    outcomes.append((_REFUSED, exc.message))
+                    continue
+                except OSError as exc:
+                    error = (exc.errno, exc.strerror, exc.filename)
+                    outcomes.append((_FAILED, "not written"))
+                    continue
+                outcomes.append((_DONE, ""))
+                written += len(plain)
+        conn.send_bytes(marshal.dumps((outcomes, written, warnings.lines, error)))
+    tree.close()
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of a worker: ``python -m drkit.services.restoreprocs SOCKET_FD ROOT_FD``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(int(argv[1]))
+    try:
+        _serve(conn, int(argv[2]))
+    except EOFError:
+        return 0  # the main process is gone: nothing more to do
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,256 @@
+"""#18: the small files of a large restore are written by worker processes
+(:mod:`drkit.services.restoreprocs`). Everything a restore promises must hold there
+too: exact bytes, modes and times at scale; damaged data reported per file; a file
+never replaces a directory; a target that cannot be written is one clear error;
+Ctrl-C stops it promptly; a worker that dies fails the restore and leaves no
+temporary. Workers are real processes here (forced with ``processes=2``)."""
+
+from __future__ import annotations
+
+import _thread
+import fcntl
+import os
+import signal
+import stat
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.errors import IntegrityError, Refused, RestoreTargetError
+from drkit.repository import layout
+from drkit.repository.repo import Repository
+from drkit.repository.tree import DIR, FILE, Entry
+from drkit.services import restoreprocs
+from drkit.services.restore import RestoreOptions, SnapshotReader
+from drkit.services.restorefs import TMP_PREFIX
+from drkit.services.restoreprocs import FileWorkers, RestoreWorkerDied, worker_count
+from drkit.storage import LocalStorage
+from tests.hostile.snapshots import write_snapshot
+
+MODES = (0o644, 0o600, 0o755, 0o640, 0o444)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw", pack_size=1024 * 1024)
+    return Repository.open(storage, "pw")
+
+
+@pytest.fixture
+def workers_seen(monkeypatch: pytest.MonkeyPatch) -> list[FileWorkers]:
+    """Every FileWorkers a restore starts (to check its processes afterwards)."""
+    seen: list[FileWorkers] = []
+    real = FileWorkers.__init__
+
+    def init(self: FileWorkers, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(FileWorkers, "__init__", init)
+    return seen
+
+
+def _tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[str, bytes]]:
+    entries: list[Entry] = []
+    contents: dict[str, bytes] = {}
+    for i in range(count):
+        d = f"d{i // per_dir:04d}"
+        if i % per_dir == 0:
+            entries.append(Entry(d, DIR, mode=0o750, mtime_ns=1_600_000_000_000_000_000 + i))
+        path = f"{d}/f{i:05d}"
+        data = b"" if i % 97 == 0 else (b"same\n" if i % 13 == 0 else f"file {i}\n".encode() * (1 + i % 9))
+        entries.append(Entry(path, FILE, mode=MODES[i % len(MODES)], mtime_ns=1_700_000_000_123_456_789 + i * 1_000_003))
+        contents[path] = data
+    return entries, contents
+
+
+def _assert_all_exited(seen: list[FileWorkers]) -> None:
+    assert seen, "no worker process was started"
+    for workers in seen:
+        for worker in workers._all:
+            assert worker.proc.poll() is not None, f"worker {worker.proc.pid} still runs"
+
+
+def _no_temporaries(target: Path) -> list[str]:
+    return [str(p) for p in target.rglob(f"{TMP_PREFIX}*")]
+
+
+def test_every_file_of_a_20000_file_tree_is_restored_exactly_by_workers(
+        repo: Repository, tmp_path: Path, workers_seen: list[FileWorkers]) -> None:
+    entries, contents = _tree(20_000)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, processes=2, window_files=1500).write_entries(target)
+    assert (result.files, result.dirs, result.failed) == (20_000, 400, [])
+    assert result.bytes_written == sum(len(v) for v in contents.values())
+    seen = 0
+    for e in entries:
+        st = os.stat(target / e.path)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (e.mode if e.type == FILE else 0o750, e.mtime_ns), e.path
+        if e.type == FILE:
+            assert (target / e.path).read_bytes() == contents[e.path], e.path
+            seen += 1
+    assert seen == 20_000
+    assert _no_temporaries(target) == []
+    _assert_all_exited(workers_seen)
+
+
+def test_a_damaged_blob_fails_only_its_files_and_the_rest_is_restored(repo: Repository, tmp_path: Path) -> None:
+    entries, contents = _tree(3000)
+    snap = write_snapshot(repo, entries, contents)
+    victim = "d0010/f00517"
+    loc = repo.index.get(bytes.fromhex(next(e for e in entries if e.path == victim).chunks[0]))
+    assert loc is not None
+    pack = Path(repo.storage.root) / layout.pack_name(loc.pack)  # type: ignore[attr-defined]
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    damaged = {e.path for e in entries if e.type == FILE and e.chunks == [next(x for x in entries if x.path == victim).chunks[0]]}
+    target = tmp_path / "t"
+    with pytest.raises(IntegrityError) as info:
+        SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
+    restored = info.value.outcome
+    assert sorted(restored.failed) == sorted(damaged)  # type: ignore[attr-defined]
+    for path, data in contents.items():
+        if path in damaged:
+            assert not (target / path).exists(), path
+        else:
+            assert (target / path).read_bytes() == data, path
+    assert _no_temporaries(target) == []
+
+
+def test_a_file_never_replaces_a_directory_in_a_worker(repo: Repository, tmp_path: Path) -> None:
+    entries, contents = _tree(600)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+    (target / "d0003" / "f00160" / "inside").mkdir(parents=True)
+    options = RestoreOptions(target=target, force=True)
+    with pytest.raises(Refused, match="refusing to replace directory d0003/f00160 by a file"):
+        SnapshotReader(repo, snap, options=options, processes=2).write_entries(target)
+    assert (target / "d0003" / "f00160" / "inside").is_dir()
+    assert (target / "d0003" / "f00161").read_bytes() == contents["d0003/f00161"]
+    assert _no_temporaries(target) == []
+
+
+def _set_immutable(path: Path, on: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, 0x80086601, b"\0" * 4))[0]  # FS_IOC_GETFLAGS
+        flags = flags | 0x10 if on else flags & ~0x10  # FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, 0x40086602, struct.pack("i", flags))  # FS_IOC_SETFLAGS
+    finally:
+        os.close(fd)
+
+
+def test_a_target_a_worker_cannot_write_is_one_clear_error(repo: Repository, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            workers_seen: list[FileWorkers]) -> None:
+    """A directory made immutable under the restore: creating files in it fails even
+    for root (EPERM), inside the worker; the main process raises it as the target's error."""
+    entries, contents = _tree(1000)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+    locked: list[Path] = []
+    real_run = FileWorkers.run
+
+    def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
+        if not locked:
+            d = target / ordered[0].targets[0][0].parent[0]
+            try:
+                _set_immutable(d, True)
+            except OSError as exc:
+                pytest.skip(f"cannot make a directory immutable here: {exc}")
+            locked.append(d)
+        return real_run(self, pack_name, ordered, stop)
+
+    monkeypatch.setattr(FileWorkers, "run", run)
+    try:
+        with pytest.raises(RestoreTargetError) as info:
+            SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
+    finally:
+        for d in locked:
+            _set_immutable(d, False)
+    assert "Operation not permitted" in info.value.message and info.value.hint and "may write" in info.value.hint
+    assert _no_temporaries(target) == []
+    for p in target.rglob("f*"):
+        assert p.read_bytes() == contents[str(p.relative_to(target))], p  # what is there is complete
+    _assert_all_exited(workers_seen)
+
+
+def test_ctrl_c_stops_a_restore_with_workers_promptly_leaving_only_complete_files(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_seen: list[FileWorkers]) -> None:
+    entries, contents = _tree(6000)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+    calls = {"n": 0, "at": 0.0}
+    real_run = FileWorkers.run
+
+    def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 8:  # (with four threads: at least four tasks finished)
+            calls["at"] = time.monotonic()
+            _thread.interrupt_main()
+        return real_run(self, pack_name, ordered, stop)
+
+    monkeypatch.setattr(FileWorkers, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        SnapshotReader(repo, snap, target=target, processes=2, window_files=500).write_entries(target)
+    stopped = time.monotonic() - calls["at"]
+    assert stopped < 1.0, f"took {stopped:.2f}s to stop after Ctrl-C"
+    files = [p for p in target.rglob("f*")]
+    assert 0 < len(files) < len(contents) - len(contents) // 4, "the restore ran to the end"
+    for p in files:
+        assert p.read_bytes() == contents[str(p.relative_to(target))], p
+    assert _no_temporaries(target) == []
+    _assert_all_exited(workers_seen)
+
+
+def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_seen: list[FileWorkers]) -> None:
+    entries, contents = _tree(3000)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+    left: list[Path] = []
+    real_run = FileWorkers.run
+
+    def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
+        if not left:  # the first task: its worker dies, having left a temporary
+            worker = self._idle.queue[0]
+            d = target.joinpath(*ordered[0].targets[0][0].parent)
+            left.append(d / f"{worker.prefix}1")
+            left[0].write_bytes(b"half")
+            os.kill(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait()
+        return real_run(self, pack_name, ordered, stop)
+
+    monkeypatch.setattr(FileWorkers, "run", run)
+    with pytest.raises(RestoreWorkerDied, match="killed by signal 9"):  # (one thread, one worker: in order)
+        SnapshotReader(repo, snap, target=target, processes=1, workers=1).write_entries(target)
+    assert not left[0].exists()
+    assert _no_temporaries(target) == []
+    for p in target.rglob("f*"):
+        assert p.read_bytes() == contents[str(p.relative_to(target))], p
+    _assert_all_exited(workers_seen)
+
+
+def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repository,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    env: dict[str, str] = {}
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    big = restoreprocs.MIN_FILES
+    assert worker_count(big, repo, env) == 4  # as many as processors, at most 4
+    assert worker_count(big - 1, repo, env) == 0  # a small restore stays in one process
+    assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "0"}) == 0
+    assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "2"}) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert worker_count(big, repo, env) == 1
+
+    class Remote:  # anything that is not a local directory (S3, SFTP)
+        pass
+
+    monkeypatch.setattr(repo, "storage", Remote())
+    assert worker_count(big, repo, env) == 0
