@@ -1,8 +1,11 @@
 """The programs under comparison, each behind the same four steps.
 
 Every step runs as a child process, timed with a monotonic clock and measured with
-``os.wait4`` (the rusage of that one child: CPU time) and its ``VmHWM`` polled every
-2 ms (peak RSS), so one tool's figures never mix with another's.
+``os.wait4`` (the rusage of that child and the processes it waited for: CPU time)
+and, polled every 2 ms, its ``VmHWM`` and the resident sets of its whole process tree
+(peak RSS: the larger of the child's own peak and the highest sum over the tree, so a
+tool that works in several processes is measured whole), so one tool's figures never
+mix with another's.
 
 Settings, chosen to be comparable (see bench/README.md):
 
@@ -55,8 +58,9 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = Non
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
         deadline = start + timeout
         hwm = 0
+        tree_rss = _TreeRss(proc.pid)
         while True:
-            hwm = max(hwm, _vm_hwm_kib(proc.pid))
+            hwm = max(hwm, _vm_hwm_kib(proc.pid), tree_rss())
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -82,14 +86,59 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = Non
 
 def _vm_hwm_kib(pid: int) -> int:
     """Peak resident set of *pid*'s current program (VmHWM), 0 if unavailable."""
+    return _status_kib(pid, b"VmHWM:")
+
+
+def _status_kib(pid: int, field: bytes) -> int:
+    """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), 0 if unavailable."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+class _TreeRss:
+    """The resident sets (VmRSS) of a process and its descendants, summed. The
+    descendants are found by a scan of /proc at most every 100 ms (this kernel may lack
+    ``/proc/PID/task/TID/children``); their VmRSS is read at every call."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._below: set[int] = set()
+        self._scanned = 0.0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._scanned > 0.1:
+            self._scanned = now
+            self._below = _descendants(self.pid)
+        return sum(_status_kib(p, b"VmRSS:") for p in (self.pid, *self._below))
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below *pid* (from the parent ids in /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def dir_bytes(path: Path) -> int:

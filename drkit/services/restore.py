@@ -48,6 +48,7 @@ from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
+from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
 from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
 from drkit.services.restoreprocs import FileWorkers, worker_count
 from drkit.sources.base import RestoreResult
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drkit.restore")
 
-_MERGE_GAP = 1024 * 1024
 _ZERO_MIN = 64 * 1024
 
 WINDOW_FILES = 4096
@@ -200,22 +200,6 @@ class _FilePlan:
     refused: str | None = None
     remaining: int = 0
     done: bool = False
-
-
-class _BlobUse:
-    """One blob a window needs, and where it goes: (file, offset in file) targets.
-    (A plain slotted class: one is built per chunk planned, in a third of a
-    dataclass's time.)"""
-
-    __slots__ = ("chunk_id", "offset", "length", "blob_type", "raw_length", "targets")
-
-    def __init__(self, chunk_id: bytes, offset: int, length: int, blob_type: int, raw_length: int) -> None:
-        self.chunk_id = chunk_id
-        self.offset = offset
-        self.length = length
-        self.blob_type = blob_type
-        self.raw_length = raw_length
-        self.targets: list[tuple[_FilePlan, int]] = []
 
 
 class BlobStream(io.RawIOBase):
@@ -584,7 +568,7 @@ class _WindowWriter:
                 blobs = window.uses[loc.pack] = {}
             use = blobs.get(cid)
             if use is None:
-                use = blobs[cid] = _BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
+                use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
                 window.bytes += loc.length
             use.targets.append((plan, offset))
             offset += loc.raw_length
@@ -633,7 +617,7 @@ class _WindowWriter:
 
     # -- worker side -------------------------------------------------------------
 
-    def _do_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
+    def _do_task(self, pack_id: str, ordered: list[BlobUse]) -> None:
         try:
             if self._procs is not None and _whole_small_files(ordered):
                 written = self._procs.run(pack_id, ordered, self._stop)
@@ -650,7 +634,7 @@ class _WindowWriter:
             # task's blob uses (and through them its files) must not live on with it.
             ordered.clear()
 
-    def _run_task(self, pack_id: str, ordered: list[_BlobUse]) -> None:
+    def _run_task(self, pack_id: str, ordered: list[BlobUse]) -> None:
         if self._stop.is_set():
             return
         name = layout.pack_name(pack_id)
@@ -785,18 +769,18 @@ class _Window:
     the futures of the tasks fetching them."""
 
     files: list[_FilePlan] = field(default_factory=list)
-    uses: dict[str, dict[bytes, _BlobUse]] = field(default_factory=dict)
+    uses: dict[str, dict[bytes, BlobUse]] = field(default_factory=dict)
     chunks: int = 0
     bytes: int = 0
     futures: list[Future[None]] = field(default_factory=list)
     no: int = 0
 
 
-def _tasks(blobs: Iterable[_BlobUse]) -> Iterator[list[_BlobUse]]:
+def _tasks(blobs: Iterable[BlobUse]) -> Iterator[list[BlobUse]]:
     """The blobs of one pack, by offset, in runs of at most _TASK_BLOBS blobs spanning
     at most _TASK_BYTES bytes (one task each: a window's work spreads over the workers
     even when it lies in one pack)."""
-    task: list[_BlobUse] = []
+    task: list[BlobUse] = []
     start = 0
     for u in sorted(blobs, key=lambda u: u.offset):
         if task and (len(task) >= _TASK_BLOBS or u.offset + u.length - start > _TASK_BYTES):
@@ -809,7 +793,7 @@ def _tasks(blobs: Iterable[_BlobUse]) -> Iterator[list[_BlobUse]]:
         yield task
 
 
-def _whole_small_files(ordered: list[_BlobUse]) -> bool:
+def _whole_small_files(ordered: list[BlobUse]) -> bool:
     """Whether every file *ordered* writes is whole in one of its blobs, under
     _ZERO_MIN bytes (what a worker process takes: see :mod:`drkit.services.restoreprocs`)."""
     for u in ordered:
@@ -827,29 +811,3 @@ def _all_zero(data: bytes | memoryview) -> bool:
     if n < _ZERO_MIN or data[0] or data[n - 1] or data[n // 2]:
         return False
     return bytes(data) == bytes(n) if isinstance(data, memoryview) else data == bytes(n)
-
-
-def fetch_ranges(storage: Any, name: str, ordered: list[_BlobUse]) -> Iterator[tuple[list[_BlobUse], memoryview]]:
-    """Read the byte ranges of *ordered* blobs (sorted by offset) from pack *name*,
-    merging ranges whose gap is small, so a mostly-needed pack is one read."""
-    group: list[_BlobUse] = []
-    start = end = 0
-    for u in ordered:
-        if group and u.offset - end > _MERGE_GAP:
-            yield group, memoryview(storage.get(name, start, end - start))
-            group = []
-        if not group:
-            start = u.offset
-        group.append(u)
-        end = max(end, u.offset + u.length)
-    if group:
-        yield group, memoryview(storage.get(name, start, end - start))
-
-
-def split_ranges(group: list[_BlobUse], data: memoryview) -> Iterator[tuple[_BlobUse, memoryview | None]]:
-    """The sealed bytes of each blob of a merged read; None where the read came back
-    short (a truncated pack: only the blobs cut off fail)."""
-    start = group[0].offset
-    for u in group:
-        piece = data[u.offset - start : u.offset - start + u.length]
-        yield u, piece if len(piece) == u.length else None

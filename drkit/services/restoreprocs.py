@@ -8,7 +8,7 @@ one chunk, under 64 KiB) to worker processes, while the main process goes on
 planning, makes directories and writes everything else.
 
 A worker does for its task exactly what a thread would: the same reads
-(:func:`~drkit.services.restore.fetch_ranges`), the same checks (each blob
+(:func:`~drkit.services.packranges.fetch_ranges`), the same checks (each blob
 authenticated and compared with its keyed id), the same
 :meth:`~drkit.services.restorefs.TargetTree.write_file` with its promises: nothing
 outside the target; only complete files under real names; on any error the
@@ -49,7 +49,7 @@ from drkit.services.restorefs import TMP_PREFIX, TargetTree
 
 if TYPE_CHECKING:
     from drkit.repository.repo import Repository
-    from drkit.services.restore import _BlobUse
+    from drkit.services.packranges import BlobUse
 
 log = logging.getLogger("drkit.restore")
 
@@ -130,7 +130,7 @@ class FileWorkers:
             self._all.append(worker)
             self._idle.put(worker)
 
-    def run(self, pack_name: str, ordered: list["_BlobUse"], stop: threading.Event) -> int:
+    def run(self, pack_name: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
         """Have a worker restore the files of *ordered* (blobs of pack *pack_name*, each
         file whole in one of them) and set each file plan's outcome; returns the bytes
         written (0, doing nothing, when *stop* is set by the time a worker is free).
@@ -169,7 +169,7 @@ class FileWorkers:
             raise OSError(*error)
         return int(written)
 
-    def _lost(self, worker: _Worker, ordered: list["_BlobUse"]) -> RestoreWorkerDied:
+    def _lost(self, worker: _Worker, ordered: list["BlobUse"]) -> RestoreWorkerDied:
         """*worker* is gone mid-task: remove what it may have left; the error to raise."""
         try:
             code = worker.proc.wait(timeout=5)
@@ -227,7 +227,7 @@ def _serve(conn: Connection, root_fd: int) -> None:
     from drkit.repository.blob import BlobCodec, BlobError
     from drkit.repository.crypto import ChunkHasher
     from drkit.repository.tree import FILE, Entry
-    from drkit.services.restore import _BlobUse, fetch_ranges, split_ranges
+    from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
     from drkit.storage.local import LocalStorage
 
     storage_root, data_key, id_key, level, max_size, as_root, prefix = marshal.loads(conn.recv_bytes())
@@ -246,7 +246,7 @@ def _serve(conn: Connection, root_fd: int) -> None:
         outcomes: list[tuple[int, str]] = []
         written = 0
         error: tuple[Any, ...] | None = None
-        uses = [_BlobUse(chunk_id, offset, length, blob_type, raw_length)
+        uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
                 for chunk_id, offset, length, blob_type, raw_length, _ in task]
         files_of = {id(u): files for u, (*_, files) in zip(uses, task, strict=True)}
         warnings.lines = []

@@ -20,6 +20,7 @@ from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.repository.tree import DIR, FILE, Entry, encode_entries
 from drkit.services import restore as restore_mod
+from drkit.services.packranges import BlobUse
 from drkit.services.restore import SnapshotReader
 from drkit.storage import LocalStorage
 from tests.hostile.snapshots import write_snapshot
@@ -84,7 +85,7 @@ def test_plans_and_blob_uses_alive_at_once_are_bounded_by_the_window(repo: Repos
     def alive() -> tuple[int, int]:
         gc.collect()  # count what is alive, not cyclic garbage the collector has not reached yet
         objs = gc.get_objects()
-        return sum(type(o) is restore_mod._FilePlan for o in objs), sum(type(o) is restore_mod._BlobUse for o in objs)
+        return sum(type(o) is restore_mod._FilePlan for o in objs), sum(type(o) is BlobUse for o in objs)
 
     # Whatever an earlier test in this worker process still holds is not this restore's.
     before_plans, before_uses = alive()
