@@ -43,7 +43,7 @@ from pathlib import Path
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Mapping
 
-from drkit.errors import DrkitError, EXIT_INTERNAL, Refused
+from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
 from drkit.repository.crypto import Cipher
 from drkit.services.restorefs import TMP_PREFIX, TargetTree
 
@@ -63,9 +63,9 @@ _DONE, _FAILED, _REFUSED = 0, 1, 2
 class RestoreWorkerDied(DrkitError):
     """a restore worker process ended unexpectedly ({how})"""
 
-    exit_code = EXIT_INTERNAL
-    default_hint = ("run the restore again (finished files stay; use --force into the same target); if it happens "
-                    "again, look for the cause in dmesg (out of memory?) or set DRKIT_RESTORE_PROCESSES=0")
+    exit_code = EXIT_PARTIAL
+    default_hint = ("run the restore again (finished files stay: add --force to restore into the same target); if it "
+                    "happens again, look in dmesg (out of memory?), or restore in one process: DRKIT_RESTORE_PROCESSES=0")
 
 
 def worker_count(entries: int, repo: "Repository", env: Mapping[str, str]) -> int:
@@ -222,12 +222,9 @@ class _Warnings(logging.Handler):
 
 
 def _serve(conn: Connection, root_fd: int) -> None:
-    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
-    from drkit.repository import layout
-    from drkit.repository.blob import BlobCodec, BlobError
+    """A worker's life: the set-up message, then one reply per task until told to stop."""
+    from drkit.repository.blob import BlobCodec
     from drkit.repository.crypto import ChunkHasher
-    from drkit.repository.tree import FILE, Entry
-    from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
     from drkit.storage.local import LocalStorage
 
     storage_root, data_key, id_key, level, max_size, as_root, prefix = marshal.loads(conn.recv_bytes())
@@ -237,56 +234,68 @@ def _serve(conn: Connection, root_fd: int) -> None:
     warnings = _Warnings()
     logging.getLogger("drkit").addHandler(warnings)
     logging.getLogger("drkit").propagate = False
-    while True:
-        message = marshal.loads(conn.recv_bytes())
-        if message is None:
-            break
-        pack_id, task = message
-        name = layout.pack_name(pack_id)
-        outcomes: list[tuple[int, str]] = []
-        written = 0
-        error: tuple[Any, ...] | None = None
-        uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
-                for chunk_id, offset, length, blob_type, raw_length, _ in task]
-        files_of = {id(u): files for u, (*_, files) in zip(uses, task, strict=True)}
-        warnings.lines = []
+    try:
+        while (message := marshal.loads(conn.recv_bytes())) is not None:
+            warnings.lines = []
+            outcomes, written, error = _run_task(storage, codec, tree, *message)
+            conn.send_bytes(marshal.dumps((outcomes, written, warnings.lines, error)))
+    finally:
+        tree.close()
+
+
+def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
+              task: list[Any]) -> tuple[list[tuple[int, str]], int, tuple[Any, ...] | None]:
+    """Restore the files of one task (see :meth:`FileWorkers.run`): the outcome of each
+    file in order, the bytes written, and the OSError that ended the task (errno,
+    strerror, filename) or None."""
+    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
+    from drkit.repository import layout
+    from drkit.repository.blob import BlobError
+    from drkit.repository.tree import FILE, Entry
+    from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
+
+    name = layout.pack_name(pack_id)
+    uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
+            for chunk_id, offset, length, blob_type, raw_length, _ in task]
+    files_of = {id(u): files for u, (*_, files) in zip(uses, task, strict=True)}
+    outcomes: list[tuple[int, str]] = []
+    written = 0
+    error: tuple[Any, ...] | None = None
+    try:
+        pieces = [(u, sealed) for group, data in fetch_ranges(storage, name, uses) for u, sealed in split_ranges(group, data)]
+    except (IntegrityError, ObjectNotFound, StorageError) as exc:
+        return [(_FAILED, f"{name}: {exc.message}") for u in uses for _ in files_of[id(u)]], 0, None
+    for u, sealed in pieces:
+        files = files_of[id(u)]
+        if error is not None:
+            outcomes.extend((_FAILED, "not written") for _ in files)
+            continue
+        if sealed is None:
+            why = f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)"
+            outcomes.extend((_FAILED, why) for _ in files)
+            continue
         try:
-            pieces = [(u, sealed) for group, data in fetch_ranges(storage, name, uses) for u, sealed in split_ranges(group, data)]
-        except (IntegrityError, ObjectNotFound, StorageError) as exc:
-            pieces = []
-            for u in uses:
-                outcomes.extend((_FAILED, f"{name}: {exc.message}") for _ in files_of[id(u)])
-        for u, sealed in pieces:
+            plain = codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
+        except BlobError as exc:
+            outcomes.extend((_FAILED, f"{name}: {exc}") for _ in files)
+            continue
+        for parent, file_name, mode, uid, gid, mtime_ns in files:
             if error is not None:
-                outcomes.extend((_FAILED, "not written") for _ in files_of[id(u)])
+                outcomes.append((_FAILED, "not written"))
                 continue
-            if sealed is None:
-                why = f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)"
-                outcomes.extend((_FAILED, why) for _ in files_of[id(u)])
-                continue
+            entry = Entry("", FILE, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, size=len(plain))
             try:
-                plain = codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
-            except BlobError as exc:
-                outcomes.extend((_FAILED, f"{name}: {exc}") for _ in files_of[id(u)])
+                tree.write_file(parent, file_name, entry, plain)
+            except Refused as exc:
+                outcomes.append((_REFUSED, exc.message))
                 continue
-            for parent, file_name, mode, uid, gid, mtime_ns in files_of[id(u)]:
-                if error is not None:
-                    outcomes.append((_FAILED, "not written"))
-                    continue
-                entry = Entry("", FILE, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, size=len(plain))
-                try:
-                    tree.write_file(tuple(parent), file_name, entry, plain)
-                except Refused as exc:
-                    outcomes.append((_REFUSED, exc.message))
-                    continue
-                except OSError as exc:
-                    error = (exc.errno, exc.strerror, exc.filename)
-                    outcomes.append((_FAILED, "not written"))
-                    continue
-                outcomes.append((_DONE, ""))
-                written += len(plain)
-        conn.send_bytes(marshal.dumps((outcomes, written, warnings.lines, error)))
-    tree.close()
+            except OSError as exc:
+                error = (exc.errno, exc.strerror, exc.filename)
+                outcomes.append((_FAILED, "not written"))
+                continue
+            outcomes.append((_DONE, ""))
+            written += len(plain)
+    return outcomes, written, error
 
 
 def main(argv: list[str]) -> int:
@@ -296,8 +305,8 @@ def main(argv: list[str]) -> int:
     conn = Connection(int(argv[1]))
     try:
         _serve(conn, int(argv[2]))
-    except EOFError:
-        return 0  # the main process is gone: nothing more to do
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 0  # the main process is gone: nothing more to do (it removes what is left)
     return 0
 
 

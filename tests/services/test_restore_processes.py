@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from drkit.errors import IntegrityError, Refused, RestoreTargetError
+from drkit.errors import EXIT_PARTIAL, IntegrityError, Refused, RestoreTargetError
 from drkit.repository import layout
 from drkit.repository.repo import Repository
 from drkit.repository.tree import DIR, FILE, Entry
@@ -28,6 +28,7 @@ from drkit.services.restore import RestoreOptions, SnapshotReader
 from drkit.services.restorefs import TMP_PREFIX
 from drkit.services.restoreprocs import FileWorkers, RestoreWorkerDied, worker_count
 from drkit.storage import LocalStorage
+from tests.cli import invoke
 from tests.hostile.snapshots import write_snapshot
 
 MODES = (0o644, 0o600, 0o755, 0o640, 0o444)
@@ -254,3 +255,53 @@ def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repositor
 
     monkeypatch.setattr(repo, "storage", Remote())
     assert worker_count(big, repo, env) == 0
+
+
+def _cli_workspace(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes], Repository]:
+    """A config and a repository holding a snapshot of *count* small files (source "data")."""
+    cfg = tmp_path / "drkit.yaml"
+    cfg.write_text(f"repository:\n  url: {tmp_path / 'repo'}\nsources:\n  - name: data\n    type: files\n"
+                   f"    paths: [{tmp_path / 'data'}]\n")
+    cfg.chmod(0o600)
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw")
+    repo = Repository.open(storage, "pw")
+    entries, contents = _tree(count)
+    write_snapshot(repo, entries, contents)
+    return cfg, contents, repo
+
+
+def test_a_cli_restore_of_many_files_uses_workers_and_is_exact(tmp_path: Path, workers_seen: list[FileWorkers]) -> None:
+    cfg, contents, _ = _cli_workspace(tmp_path, restoreprocs.MIN_FILES)
+    target = tmp_path / "t"
+    r = invoke("-c", cfg, "restore", "latest", "-s", "data", "--target", target,
+               env={"DRKIT_PASSWORD": "pw", "DRKIT_RESTORE_PROCESSES": "2"})
+    assert r.code == 0, r.text
+    assert len(workers_seen) == 1 and len(workers_seen[0]._all) == 2
+    for path, data in contents.items():
+        assert (target / path).read_bytes() == data, path
+    _assert_all_exited(workers_seen)
+    r = invoke("-c", cfg, "restore", "latest", "-s", "data", "--target", tmp_path / "t2",
+               env={"DRKIT_PASSWORD": "pw", "DRKIT_RESTORE_PROCESSES": "0"})
+    assert r.code == 0 and len(workers_seen) == 1  # turned off: no worker started
+
+
+def test_a_worker_that_dies_is_one_line_and_exit_7_in_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, _, _ = _cli_workspace(tmp_path, restoreprocs.MIN_FILES)
+    real_run = FileWorkers.run
+
+    def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
+        for worker in self._all:
+            worker.proc.kill()
+            worker.proc.wait()
+        return real_run(self, pack_name, ordered, stop)
+
+    monkeypatch.setattr(FileWorkers, "run", run)
+    r = invoke("-c", cfg, "restore", "latest", "-s", "data", "--target", tmp_path / "t",
+               env={"DRKIT_PASSWORD": "pw", "DRKIT_RESTORE_PROCESSES": "1"})
+    assert r.code == EXIT_PARTIAL, r.text
+    lines = r.err.strip().splitlines()
+    assert lines[0].startswith("error: a restore worker process ended unexpectedly (pid ") and "killed by signal 9" in lines[0]
+    assert lines[1].startswith("hint: run the restore again") and "DRKIT_RESTORE_PROCESSES=0" in lines[1]
+    assert "Traceback" not in r.err
+    assert _no_temporaries(tmp_path / "t") == []
