@@ -368,8 +368,11 @@ class SnapshotReader:
         target.mkdir(parents=True, exist_ok=True)
         tree = TargetTree(target)
         processes = worker_count(count, self.repo, self.env) if self._processes is None else self._processes
+        procs = None
         try:
             procs = FileWorkers(self.repo, tree, processes) if processes else None
+        except OSError as exc:
+            log.warning("cannot start restore worker processes (%s): restoring in this one", exc.strerror or exc)
         except BaseException:
             tree.close()
             raise

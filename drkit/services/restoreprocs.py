@@ -105,30 +105,44 @@ class FileWorkers:
     :meth:`close` stops them (idempotent)."""
 
     def __init__(self, repo: "Repository", tree: TargetTree, count: int) -> None:
+        """Start *count* workers (raises OSError when one cannot be started: none is
+        left running)."""
         self._tree = tree
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._closed = False
-        master = repo.master
         root = local_root(repo)
         if root is None:
             raise ValueError("worker processes restore only from a local repository")
-        for _ in range(count):
-            prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"
-            ours, theirs = socket.socketpair()
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "drkit.services.restoreprocs", str(theirs.fileno()), str(tree.root_fd)],
-                    pass_fds=(theirs.fileno(), tree.root_fd), stdin=subprocess.DEVNULL, close_fds=True,
-                    start_new_session=False)
-            finally:
-                theirs.close()
-            conn = Connection(ours.detach())
-            conn.send_bytes(marshal.dumps((root, master.data_key, master.id_key, repo.codec.level,
-                                           repo.codec.max_size, tree.as_root, prefix)))
-            worker = _Worker(proc, conn, prefix)
-            self._all.append(worker)
-            self._idle.put(worker)
+        setup = (os.path.abspath(root), repo.master.data_key, repo.master.id_key, repo.codec.level,
+                 repo.codec.max_size, tree.as_root)
+        try:
+            for _ in range(count):
+                worker = self._start(setup)
+                self._all.append(worker)
+                self._idle.put(worker)
+        except BaseException:
+            self.kill()
+            self.close()
+            raise
+
+    def _start(self, setup: tuple[Any, ...]) -> _Worker:
+        prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"
+        ours, theirs = socket.socketpair()
+        try:
+            # cwd "/": ``python -m`` puts the working directory first on the module path,
+            # and a restore may well run where others can write.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "drkit.services.restoreprocs", str(theirs.fileno()), str(self._tree.root_fd)],
+                pass_fds=(theirs.fileno(), self._tree.root_fd), stdin=subprocess.DEVNULL, cwd="/")
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        conn.send_bytes(marshal.dumps((*setup, prefix)))
+        return _Worker(proc, conn, prefix)
 
     def run(self, pack_name: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
         """Have a worker restore the files of *ordered* (blobs of pack *pack_name*, each

@@ -305,3 +305,27 @@ def test_a_worker_that_dies_is_one_line_and_exit_7_in_the_cli(tmp_path: Path, mo
     assert lines[1].startswith("hint: run the restore again") and "DRKIT_RESTORE_PROCESSES=0" in lines[1]
     assert "Traceback" not in r.err
     assert _no_temporaries(tmp_path / "t") == []
+
+
+def test_workers_that_cannot_start_leave_the_restore_to_this_process(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Out of processes (EAGAIN) or memory: the restore goes on in one process, says so,
+    and leaves no worker behind."""
+    entries, contents = _tree(600)
+    snap = write_snapshot(repo, entries, contents)
+    started: list[Any] = []
+    real_popen = restoreprocs.subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        if started:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(restoreprocs.subprocess, "Popen", popen)
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
+    assert (result.files, result.failed) == (600, [])
+    assert (target / "d0003" / "f00161").read_bytes() == contents["d0003/f00161"]
+    assert "cannot start restore worker processes (Resource temporarily unavailable)" in caplog.text
+    assert started and started[0].poll() is not None  # the one that started was stopped
