@@ -11,7 +11,9 @@ entries in bounded windows (so memory does not grow with the number of files): f
 each window it plans which blob goes to which file offsets, then fetches the needed
 ranges of each pack once per window (in tasks of nearby blobs, spread over worker
 threads), decrypts and verifies each blob against its keyed id, and writes it to
-every place that needs it, while the next window is planned. Files are
+every place that needs it, while the next window is planned. In a large restore,
+tasks made only of small whole files go to worker processes instead
+(:mod:`drkit.services.restoreprocs`), which do the same work side by side. Files are
 written to a temporary and renamed into place only when every one of their chunks
 arrived intact: a damaged object never leaves wrong bytes behind under the real
 name; the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it
