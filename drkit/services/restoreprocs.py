@@ -29,23 +29,17 @@ milliseconds), then is told to stop: the main process decides, as with threads.
 from __future__ import annotations
 
 import logging
-import marshal
 import os
-import queue
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
 from drkit.repository.crypto import Cipher
 from drkit.services.restorefs import TMP_PREFIX, TargetTree
+from drkit.workerprocs import WorkerGone, WorkerPool, serve
 
 if TYPE_CHECKING:
     from drkit.repository.repo import Repository
@@ -92,13 +86,6 @@ def local_root(repo: "Repository") -> str | None:
     return str(storage.root) if isinstance(storage, LocalStorage) else None
 
 
-@dataclass
-class _Worker:
-    proc: subprocess.Popen[bytes]
-    conn: Connection
-    prefix: str
-
-
 class FileWorkers:
     """*count* worker processes for the whole-small-file tasks of one restore into
     *tree*. Thread-safe: each :meth:`run` takes an idle worker (waiting for one).
@@ -108,41 +95,17 @@ class FileWorkers:
         """Start *count* workers (raises OSError when one cannot be started: none is
         left running)."""
         self._tree = tree
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: list[_Worker] = []
-        self._closed = False
         root = local_root(repo)
         if root is None:
             raise ValueError("worker processes restore only from a local repository")
         setup = (os.path.abspath(root), repo.master.data_key, repo.master.id_key, repo.codec.level,
                  repo.codec.max_size, tree.as_root)
-        try:
-            for _ in range(count):
-                worker = self._start(setup)
-                self._all.append(worker)
-                self._idle.put(worker)
-        except BaseException:
-            self.kill()
-            self.close()
-            raise
 
-    def _start(self, setup: tuple[Any, ...]) -> _Worker:
-        prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"
-        ours, theirs = socket.socketpair()
-        try:
-            # cwd "/": ``python -m`` puts the working directory first on the module path,
-            # and a restore may well run where others can write.
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "drkit.services.restoreprocs", str(theirs.fileno()), str(self._tree.root_fd)],
-                pass_fds=(theirs.fileno(), self._tree.root_fd), stdin=subprocess.DEVNULL, cwd="/")
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        conn = Connection(ours.detach())
-        conn.send_bytes(marshal.dumps((*setup, prefix)))
-        return _Worker(proc, conn, prefix)
+        def one() -> tuple[tuple[Any, ...], str]:
+            prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"  # its temporaries' names
+            return (*setup, prefix), prefix
+
+        self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,))
 
     def run(self, pack_name: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
         """Have a worker restore the files of *ordered* (blobs of pack *pack_name*, each
@@ -152,19 +115,18 @@ class FileWorkers:
         task = [(u.chunk_id, u.offset, u.length, u.blob_type, u.raw_length,
                  [(p.parent, p.name, p.entry.mode, p.entry.uid, p.entry.gid, p.entry.mtime_ns) for p, _ in u.targets])
                 for u in ordered]
-        worker = self._idle.get()
-        if stop.is_set():
-            self._idle.put(worker)
-            return 0
+        worker = self.pool.take()
         try:
+            if stop.is_set():
+                return 0
             try:
-                worker.conn.send_bytes(marshal.dumps((pack_name, task)))
-                reply = marshal.loads(worker.conn.recv_bytes())
-            except (EOFError, OSError):
-                raise self._lost(worker, ordered) from None
+                outcomes, written, warnings, error = self.pool.ask(worker, (pack_name, task))
+            except WorkerGone as gone:
+                for parent in {plan.parent for u in ordered for plan, _ in u.targets}:
+                    self._tree.remove_temporaries(parent, worker.tag)  # what it may have left
+                raise RestoreWorkerDied(how=str(gone)) from None
         finally:
-            self._idle.put(worker)
-        outcomes, written, warnings, error = reply
+            self.pool.give(worker)
         for line in warnings:
             log.warning("%s", line)
         it = iter(outcomes)
@@ -183,44 +145,15 @@ class FileWorkers:
             raise OSError(*error)
         return int(written)
 
-    def _lost(self, worker: _Worker, ordered: list["BlobUse"]) -> RestoreWorkerDied:
-        """*worker* is gone mid-task: remove what it may have left; the error to raise."""
-        try:
-            code = worker.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            code = worker.proc.wait()
-        dirs = {plan.parent for u in ordered for plan, _ in u.targets}
-        for parent in dirs:
-            self._tree.remove_temporaries(parent, worker.prefix)
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        return RestoreWorkerDied(how=f"pid {worker.proc.pid}, {how}")
-
     def kill(self) -> None:
-        """Stop every worker at once (Ctrl-C, an error elsewhere): each is killed; a
-        :meth:`run` waiting for one removes what it may have left in the directories of
-        its task (a temporary never has a real name) and raises RestoreWorkerDied."""
-        for worker in self._all:
-            if worker.proc.poll() is None:
-                worker.proc.kill()
+        """Stop every worker at once (Ctrl-C, an error elsewhere): a :meth:`run` waiting
+        for one removes what it may have left in the directories of its task (a
+        temporary never has a real name) and raises RestoreWorkerDied."""
+        self.pool.kill()
 
     def close(self) -> None:
-        """Tell every worker to stop and wait for it (killed after 10 s). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for worker in self._all:
-            try:
-                worker.conn.send_bytes(marshal.dumps(None))
-            except OSError:
-                pass
-        for worker in self._all:
-            try:
-                worker.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
-            worker.conn.close()
+        """Tell every worker to stop and wait for it. Idempotent."""
+        self.pool.close()
 
 
 # -- the worker side ----------------------------------------------------------------
@@ -235,26 +168,27 @@ class _Warnings(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _serve(conn: Connection, root_fd: int) -> None:
-    """A worker's life: the set-up message, then one reply per task until told to stop."""
+def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
+    """A worker's set-up: the repository, the keys, the target (its fd); returns the
+    function that answers each task (:func:`_run_task`'s outcome and the warnings)."""
     from drkit.repository.blob import BlobCodec
     from drkit.repository.crypto import ChunkHasher
     from drkit.storage.local import LocalStorage
 
-    storage_root, data_key, id_key, level, max_size, as_root, prefix = marshal.loads(conn.recv_bytes())
+    storage_root, data_key, id_key, level, max_size, as_root, prefix = setup
     storage = LocalStorage(storage_root)
     codec = BlobCodec(Cipher(data_key), ChunkHasher(id_key), level, max_size=max_size)
-    tree = TargetTree(Path(f"/proc/self/fd/{root_fd}"), as_root=as_root, root_fd=root_fd, prefix=prefix)
+    tree = TargetTree(Path(f"/proc/self/fd/{fds[0]}"), as_root=as_root, root_fd=fds[0], prefix=prefix)
     warnings = _Warnings()
     logging.getLogger("drkit").addHandler(warnings)
     logging.getLogger("drkit").propagate = False
-    try:
-        while (message := marshal.loads(conn.recv_bytes())) is not None:
-            warnings.lines = []
-            outcomes, written, error = _run_task(storage, codec, tree, *message)
-            conn.send_bytes(marshal.dumps((outcomes, written, warnings.lines, error)))
-    finally:
-        tree.close()
+
+    def answer(request: Any) -> Any:
+        warnings.lines = []
+        outcomes, written, error = _run_task(storage, codec, tree, *request)
+        return outcomes, written, warnings.lines, error
+
+    return answer
 
 
 def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
@@ -312,17 +246,5 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
     return outcomes, written, error
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of a worker: ``python -m drkit.services.restoreprocs SOCKET_FD ROOT_FD``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn = Connection(int(argv[1]))
-    try:
-        _serve(conn, int(argv[2]))
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        return 0  # the main process is gone: nothing more to do (it removes what is left)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(serve(sys.argv, _start))

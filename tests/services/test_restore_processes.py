@@ -23,6 +23,7 @@ from drkit.errors import EXIT_PARTIAL, IntegrityError, Refused, RestoreTargetErr
 from drkit.repository import layout
 from drkit.repository.repo import Repository
 from drkit.repository.tree import DIR, FILE, Entry
+from drkit import workerprocs
 from drkit.services import restoreprocs
 from drkit.services.restore import RestoreOptions, SnapshotReader
 from drkit.services.restorefs import TMP_PREFIX
@@ -72,7 +73,7 @@ def _tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[str, bytes]]
 def _assert_all_exited(seen: list[FileWorkers]) -> None:
     assert seen, "no worker process was started"
     for workers in seen:
-        for worker in workers._all:
+        for worker in workers.pool.workers:
             assert worker.proc.poll() is not None, f"worker {worker.proc.pid} still runs"
 
 
@@ -220,9 +221,9 @@ def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
 
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
         if not left:  # the first task: its worker dies, having left a temporary
-            worker = self._idle.queue[0]
+            worker = self.pool._idle.queue[0]
             d = target.joinpath(*ordered[0].targets[0][0].parent)
-            left.append(d / f"{worker.prefix}1")
+            left.append(d / f"{worker.tag}1")
             left[0].write_bytes(b"half")
             os.kill(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait()
@@ -277,7 +278,7 @@ def test_a_cli_restore_of_many_files_uses_workers_and_is_exact(tmp_path: Path, w
     r = invoke("-c", cfg, "restore", "latest", "-s", "data", "--target", target,
                env={"DRKIT_PASSWORD": "pw", "DRKIT_RESTORE_PROCESSES": "2"})
     assert r.code == 0, r.text
-    assert len(workers_seen) == 1 and len(workers_seen[0]._all) == 2
+    assert len(workers_seen) == 1 and len(workers_seen[0].pool.workers) == 2
     for path, data in contents.items():
         assert (target / path).read_bytes() == data, path
     _assert_all_exited(workers_seen)
@@ -291,7 +292,7 @@ def test_a_worker_that_dies_is_one_line_and_exit_7_in_the_cli(tmp_path: Path, mo
     real_run = FileWorkers.run
 
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
-        for worker in self._all:
+        for worker in self.pool.workers:
             worker.proc.kill()
             worker.proc.wait()
         return real_run(self, pack_name, ordered, stop)
@@ -314,7 +315,7 @@ def test_workers_that_cannot_start_leave_the_restore_to_this_process(
     entries, contents = _tree(600)
     snap = write_snapshot(repo, entries, contents)
     started: list[Any] = []
-    real_popen = restoreprocs.subprocess.Popen
+    real_popen = workerprocs.subprocess.Popen
 
     def popen(*args: Any, **kwargs: Any) -> Any:
         if started:
@@ -322,7 +323,7 @@ def test_workers_that_cannot_start_leave_the_restore_to_this_process(
         started.append(real_popen(*args, **kwargs))
         return started[-1]
 
-    monkeypatch.setattr(restoreprocs.subprocess, "Popen", popen)
+    monkeypatch.setattr(workerprocs.subprocess, "Popen", popen)
     target = tmp_path / "t"
     result = SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
     assert (result.files, result.failed) == (600, [])
