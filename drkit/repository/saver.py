@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import mmap
 import os
 import sys
@@ -30,9 +31,12 @@ from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
+from drkit.repository.sealprocs import MIN_BATCHES, SealWorkers
 
 if TYPE_CHECKING:  # repo.py imports this module
     from drkit.repository.repo import Repository
+
+log = logging.getLogger("drkit.backup")
 
 Buffer = bytes | memoryview
 _MMAP_THRESHOLD = 16 * 1024 * 1024
@@ -226,7 +230,11 @@ class BlobSaver:
         uploads: int = 0,
         max_inflight_bytes: int = 8 * 1024 * 1024,
         on_upload: Callable[[int], None] | None = None,
+        processes: int = 0,
     ) -> None:
+        """*processes*: worker processes for batches of small blobs, started after
+        :data:`~drkit.repository.sealprocs.MIN_BATCHES` batches (see
+        :mod:`drkit.repository.sealprocs`); 0: threads only."""
         _Allocator.setup()
         self.repo = repo
         self.stats = SaverStats()
@@ -267,6 +275,9 @@ class BlobSaver:
         self._index_every = index_every_packs
         self._on_upload = on_upload
         self._closed = False
+        self._processes = processes
+        self._sealers: SealWorkers | None = None
+        self._batches_sent = 0
 
     # -- public ----------------------------------------------------------------
 
@@ -357,6 +368,8 @@ class BlobSaver:
         """Stop; index the packs already uploaded so a later run reuses them."""
         if self._closed:
             return
+        if self._sealers is not None:
+            self._sealers.kill()  # nothing more is sealed (a batch in flight fails: its future is dropped)
         self._batch = None  # never handed to a worker
         for ticket in self._sealing:
             if ticket.future is not None:
@@ -392,15 +405,34 @@ class BlobSaver:
             return
         for ticket in batch.tickets:
             ticket.send = None
-        self._pool.submit(self._work_batch, batch)
+        self._batches_sent += 1
+        if self._batches_sent == MIN_BATCHES and self._processes:
+            self._start_sealers()
+        self._pool.submit(self._work_batch, batch, self._sealers)
 
-    def _work_batch(self, batch: _Batch) -> None:
-        """In a worker: :meth:`_work` each blob of *batch*, then complete its future
-        (with the first error, if any: the run fails as it would for one blob)."""
+    def _start_sealers(self) -> None:
+        """Start the worker processes (one warning, and threads only, if they cannot be)."""
+        try:
+            self._sealers = SealWorkers(self.repo, self._processes)
+        except OSError as exc:
+            log.warning("cannot start backup worker processes (%s): sealing in this one", exc.strerror or exc)
+            self._processes = 0
+            return
+        # The workers wait on their own: one batch per worker in flight (the threads
+        # only hand them over), instead of one fewer than the threads.
+        self._batch_slots = threading.BoundedSemaphore(self._processes)
+
+    def _work_batch(self, batch: _Batch, sealers: SealWorkers | None) -> None:
+        """In a worker: :meth:`_work` each blob of *batch* (or have *sealers* seal them
+        all), then complete its future (with the first error, if any: the run fails as it
+        would for one blob)."""
         try:
             with self._batch_slots:
-                for ticket in batch.tickets:
-                    self._work(ticket)
+                if sealers is not None:
+                    self._work_in_process(batch, sealers)
+                else:
+                    for ticket in batch.tickets:
+                        self._work(ticket)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the batch
             if not batch.future.done():
                 batch.future.set_exception(exc)
@@ -430,6 +462,22 @@ class BlobSaver:
                 self._pending.add(chunk_id)
             ticket.new = True
         ticket.sealed = self.repo.codec.encode(ticket.blob_type, ticket.chunk_id, data)
+
+    def _work_in_process(self, batch: _Batch, sealers: SealWorkers) -> None:
+        """:meth:`_work` for every blob of *batch*, the hashing and sealing done by a
+        worker process (it seals a blob this session or the repository already has too:
+        rare among small files, and dropped here as in :meth:`_work`)."""
+        tickets = batch.tickets
+        sealed = sealers.seal([(t.blob_type, bytes(t.data)) for t in tickets])  # type: ignore[arg-type]
+        for ticket, (chunk_id, blob) in zip(tickets, sealed, strict=True):
+            ticket.data = None
+            ticket.chunk_id = chunk_id
+            with self._lock:
+                if chunk_id in self.repo.index or chunk_id in self._pending:
+                    continue
+                self._pending.add(chunk_id)
+            ticket.new = True
+            ticket.sealed = blob
 
     def _drain(self, limit: int, byte_limit: int) -> None:
         while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
@@ -518,6 +566,8 @@ class BlobSaver:
     def _shutdown(self) -> None:
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._sealers is not None:
+            self._sealers.close()
         self._upload_pool.shutdown(wait=True, cancel_futures=True)
         if self._builder is not None:  # abort: a pack never stored
             self._buffers.give(self._builder.take_buffer(), keep=False)

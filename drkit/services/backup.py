@@ -34,6 +34,7 @@ from drkit.repository.blob import BLOB_TREE
 from drkit.repository.chunker import cut_blocks, cut_file, new_buffer
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
+from drkit.repository.sealprocs import seal_worker_count
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.progress import ProgressSink
 from drkit.repository.tree import (
@@ -790,7 +791,8 @@ def _backup_one(
     if progress:
         progress.start_source(src.name, None)
         counter = _Counter(src, progress)
-    saver = BlobSaver(repo, workers=options.workers, index_every_packs=options.index_every_packs)
+    saver = BlobSaver(repo, workers=options.workers, index_every_packs=options.index_every_packs,
+                      processes=seal_worker_count(repo, options.env))
     try:
         writer = SnapshotWriter(
             repo,

@@ -1,0 +1,112 @@
+"""Worker processes that seal the small blobs of a backup side by side.
+
+Why: a first backup of many small files is bound by per-blob Python work under one
+interpreter lock: the threads that hash, compress, encrypt and verify small blobs hold
+it between short C calls, so the thread reading the files waits for it after every
+``open`` and ``read`` (100,000 files: most of that thread's samples are in those two
+calls). :class:`SealWorkers` moves the batches of small blobs to worker processes
+(:mod:`drkit.workerprocs`): each worker hashes, compresses, seals and verifies every
+blob of a batch exactly as :meth:`~drkit.repository.blob.BlobCodec.encode` does in a
+thread, and returns the chunk ids and sealed bytes. Deduplication, packing, uploads
+and the index stay in the main process, unchanged: a worker writes nothing.
+
+Only for passphrase repositories (in recipient mode a backup seals to a per-session
+key of its own); a worker gets the data and id keys over its socket pair.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from drkit.errors import EXIT_PARTIAL, DrkitError
+from drkit.repository.crypto import Cipher
+from drkit.workerprocs import WorkerGone, WorkerPool, serve
+
+if TYPE_CHECKING:
+    from drkit.repository.repo import Repository
+
+MIN_BATCHES = 16
+"""Batches of small blobs a backup seals in its threads before it starts the workers
+(a source with few small files never starts them: each costs about 0.15 s of CPU)."""
+
+
+class BackupWorkerDied(DrkitError):
+    """a backup worker process ended unexpectedly ({how})"""
+
+    exit_code = EXIT_PARTIAL
+    default_hint = ("run the backup again (what was stored is reused); if it happens again, look in dmesg "
+                    "(out of memory?), or seal in one process: DRKIT_BACKUP_PROCESSES=0")
+
+
+class SealError(DrkitError):
+    """{message}"""
+
+    exit_code = EXIT_PARTIAL
+
+
+def seal_worker_count(repo: "Repository", env: Mapping[str, str]) -> int:
+    """How many worker processes a backup into *repo* may use for small blobs: none in
+    recipient mode; else ``DRKIT_BACKUP_PROCESSES`` (0 turns them off), by default one
+    fewer than the processors (the main process reads the files), at most 3."""
+    raw = env.get("DRKIT_BACKUP_PROCESSES", "")
+    wanted = int(raw) if raw.strip().isdigit() else min(3, (os.cpu_count() or 1) - 1)
+    if wanted <= 0 or not isinstance(repo.codec.cipher, Cipher):
+        return 0
+    return wanted
+
+
+class SealWorkers:
+    """*count* workers sealing batches of blobs for *repo*. Thread-safe."""
+
+    def __init__(self, repo: "Repository", count: int) -> None:
+        """Raises OSError when a worker cannot be started (none is left running)."""
+        setup = (repo.master.data_key, repo.master.id_key, repo.codec.level, repo.codec.max_size)
+        self.pool = WorkerPool(__name__, count, lambda: (setup, ""))
+
+    def seal(self, blobs: list[tuple[int, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The (chunk id, sealed bytes) of each (blob type, data) of *blobs*, in order,
+        each sealed and verified as :meth:`BlobCodec.encode` does. Raises SealError
+        when a blob does not verify, BackupWorkerDied."""
+        worker = self.pool.take()
+        try:
+            ok, payload = self.pool.ask(worker, blobs)
+        except WorkerGone as gone:
+            raise BackupWorkerDied(how=str(gone)) from None
+        finally:
+            self.pool.give(worker)
+        if not ok:
+            raise SealError(payload)
+        return payload  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        self.pool.kill()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
+    from drkit.repository.blob import BlobCodec, BlobError
+    from drkit.repository.crypto import ChunkHasher
+
+    data_key, id_key, level, max_size = setup
+    codec = BlobCodec(Cipher(data_key), ChunkHasher(id_key), level, max_size=max_size)
+    hasher = codec.hasher
+
+    def answer(blobs: list[tuple[int, bytes]]) -> tuple[bool, Any]:
+        out = []
+        try:
+            for blob_type, data in blobs:
+                chunk_id = hasher(data)
+                out.append((chunk_id, codec.encode(blob_type, chunk_id, data)))
+        except BlobError as exc:
+            return False, str(exc)
+        return True, out
+
+    return answer
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv, _start))

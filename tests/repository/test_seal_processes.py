@@ -1,0 +1,143 @@
+"""#18: a backup of many small files seals its batches of small blobs in worker
+processes (:mod:`drkit.repository.sealprocs`). What is stored must be what threads
+store (restored byte for byte, deduplicated, verified); a worker that dies fails the
+source and leaves a repository the next backup completes; none is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.repository import sealprocs
+from drkit.repository.repo import Repository
+from drkit.repository.sealprocs import BackupWorkerDied, SealWorkers, seal_worker_count
+from drkit.services.backup import BackupOptions, run_backup
+from drkit.services.restore import SnapshotReader
+from drkit.services.verify import verify_repository
+from drkit.sources.files import FilesSource
+from drkit.storage import LocalStorage
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw")
+    return Repository.open(storage, "pw")
+
+
+@pytest.fixture
+def sealers_seen(monkeypatch: pytest.MonkeyPatch) -> list[SealWorkers]:
+    """Every SealWorkers a backup starts; the workers start after the first batch."""
+    monkeypatch.setattr("drkit.repository.saver.MIN_BATCHES", 1)
+    seen: list[SealWorkers] = []
+    real = SealWorkers.__init__
+
+    def init(self: SealWorkers, *args: Any) -> None:
+        real(self, *args)
+        seen.append(self)
+
+    monkeypatch.setattr(SealWorkers, "__init__", init)
+    return seen
+
+
+def _data(root: Path, count: int) -> dict[str, bytes]:
+    contents = {}
+    for i in range(count):
+        d = root / f"d{i // 100:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = b"same content\n" if i % 10 == 0 else f"file {i}\n".encode() * (1 + i % 50)
+        (d / f"f{i:04d}").write_bytes(data)
+        contents[f"d{i // 100:03d}/f{i:04d}"] = data
+    return contents
+
+
+def _backup(repo: Repository, data: Path, processes: str) -> Any:
+    source = FilesSource("data", FilesSource.Options(paths=[str(data)]))
+    return run_backup(repo, [source], BackupOptions(env={"DRKIT_BACKUP_PROCESSES": processes}))
+
+
+def _restored(repo: Repository, data: Path, target: Path) -> dict[str, bytes]:
+    repo.load_index()
+    snap = repo.find_snapshot("latest")
+    SnapshotReader(repo, snap, target=target, processes=0).write_entries(target)
+    base = target / str(data).lstrip("/")
+    return {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("f*")}
+
+
+def test_a_backup_sealed_by_workers_restores_exactly_and_deduplicates(
+        repo: Repository, tmp_path: Path, sealers_seen: list[SealWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = _data(tmp_path / "data", 3000)
+    sealed = {"blobs": 0}
+    real_seal = SealWorkers.seal
+
+    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+        sealed["blobs"] += len(blobs)
+        return real_seal(self, blobs)
+
+    monkeypatch.setattr(SealWorkers, "seal", seal)
+    run = _backup(repo, tmp_path / "data", "2")
+    assert not run.failed
+    assert len(sealers_seen) == 1 and len(sealers_seen[0].pool.workers) == 2
+    assert sealed["blobs"] > 2500  # (the first batch is sealed in a thread)
+    assert all(w.proc.poll() is not None for w in sealers_seen[0].pool.workers)
+    assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
+    distinct = len(set(contents.values()))
+    stored = len(repo.index)
+    assert distinct <= stored <= distinct + 5  # one blob per distinct content (and the tree)
+    assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
+
+
+def test_a_worker_that_dies_fails_the_source_and_the_next_backup_completes(
+        repo: Repository, tmp_path: Path, sealers_seen: list[SealWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = _data(tmp_path / "data", 3000)
+    real_seal = SealWorkers.seal
+    calls = {"n": 0}
+
+    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            for worker in self.pool.workers:
+                os.kill(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait()
+        return real_seal(self, blobs)
+
+    monkeypatch.setattr(SealWorkers, "seal", seal)
+    with pytest.raises(BackupWorkerDied, match=r"a backup worker process ended unexpectedly \(pid \d+, killed by signal 9\)"):
+        _backup(repo, tmp_path / "data", "1")
+    assert all(w.proc.poll() is not None for s in sealers_seen for w in s.pool.workers)
+    monkeypatch.setattr(SealWorkers, "seal", real_seal)
+    run = _backup(repo, tmp_path / "data", "1")
+    assert not run.failed
+    assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
+    assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
+
+
+def test_workers_seal_only_for_passphrase_repositories_unless_turned_off(
+        repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert seal_worker_count(repo, {}) == 3  # one fewer than the processors, at most 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert seal_worker_count(repo, {}) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert seal_worker_count(repo, {}) == 0  # the main process alone
+    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 2
+    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "0"}) == 0
+
+    class Recipient:  # recipient mode: the backup seals to a per-session key of its own
+        pass
+
+    monkeypatch.setattr(repo.codec, "cipher", Recipient())
+    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 0
+
+
+def test_a_small_backup_starts_no_worker(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Any] = []
+    monkeypatch.setattr(SealWorkers, "__init__", lambda self, *a: started.append(a))
+    contents = _data(tmp_path / "data", 64 * (sealprocs.MIN_BATCHES - 2))  # fewer batches than the threshold
+    run = _backup(repo, tmp_path / "data", "2")
+    assert not run.failed and started == []
+    assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
