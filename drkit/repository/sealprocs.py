@@ -48,10 +48,13 @@ class SealError(DrkitError):
 
 def seal_worker_count(repo: "Repository", env: Mapping[str, str]) -> int:
     """How many worker processes a backup into *repo* may use for small blobs: none in
-    recipient mode; else ``DRKIT_BACKUP_PROCESSES`` (0 turns them off), by default one
-    fewer than the processors (the main process reads the files), at most 3."""
+    recipient mode; else ``DRKIT_BACKUP_PROCESSES`` (0 turns them off), by default two
+    (none on one processor). Two, not one per processor: each holds about 36 MiB, and
+    the peak of the whole backup stays under 200 MiB (100,000 small files on 2 cores:
+    one worker 5.24-5.27 s and 148-150 MiB, two 4.46-4.68 s and 180-181 MiB)."""
     raw = env.get("DRKIT_BACKUP_PROCESSES", "")
-    wanted = int(raw) if raw.strip().isdigit() else min(3, (os.cpu_count() or 1) - 1)
+    cpus = os.cpu_count() or 1
+    wanted = int(raw) if raw.strip().isdigit() else (min(2, cpus) if cpus > 1 else 0)
     if wanted <= 0 or not isinstance(repo.codec.cipher, Cipher):
         return 0
     return wanted

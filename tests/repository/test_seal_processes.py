@@ -5,8 +5,10 @@ source and leaves a repository the next backup completes; none is left running."
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +121,9 @@ def test_a_worker_that_dies_fails_the_source_and_the_next_backup_completes(
 def test_workers_seal_only_for_passphrase_repositories_unless_turned_off(
         repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert seal_worker_count(repo, {}) == 3  # one fewer than the processors, at most 3
+    assert seal_worker_count(repo, {}) == 2  # two (each holds about 36 MiB)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert seal_worker_count(repo, {}) == 1
+    assert seal_worker_count(repo, {}) == 2
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert seal_worker_count(repo, {}) == 0  # the main process alone
     assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 2
@@ -141,3 +143,27 @@ def test_a_small_backup_starts_no_worker(repo: Repository, tmp_path: Path, monke
     run = _backup(repo, tmp_path / "data", "2")
     assert not run.failed and started == []
     assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
+
+
+def test_ctrl_c_during_a_backup_with_workers_stops_them_and_the_next_backup_completes(
+        repo: Repository, tmp_path: Path, sealers_seen: list[SealWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = _data(tmp_path / "data", 3000)
+    real_seal = SealWorkers.seal
+    calls = {"n": 0, "at": 0.0}
+
+    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 6:
+            calls["at"] = time.monotonic()
+            _thread.interrupt_main()
+        return real_seal(self, blobs)
+
+    monkeypatch.setattr(SealWorkers, "seal", seal)
+    with pytest.raises(KeyboardInterrupt):
+        _backup(repo, tmp_path / "data", "2")
+    assert time.monotonic() - calls["at"] < 1.0
+    assert sealers_seen and all(w.proc.poll() is not None for s in sealers_seen for w in s.pool.workers)
+    monkeypatch.setattr(SealWorkers, "seal", real_seal)
+    assert not _backup(repo, tmp_path / "data", "2").failed
+    assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
+    assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok

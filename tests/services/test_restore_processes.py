@@ -244,7 +244,7 @@ def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repositor
     env: dict[str, str] = {}
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     big = restoreprocs.MIN_FILES
-    assert worker_count(big, repo, env) == 4  # as many as processors, at most 4
+    assert worker_count(big, repo, env) == 2  # two (each holds about 36 MiB)
     assert worker_count(big - 1, repo, env) == 0  # a small restore stays in one process
     assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "0"}) == 0
     assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "2"}) == 2
