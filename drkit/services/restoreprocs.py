@@ -21,9 +21,10 @@ the same error.
 
 A worker that dies (killed, out of memory) fails the restore with
 :class:`RestoreWorkerDied`; the temporaries it may have left (named with a prefix
-the main process chose for it) are removed from the directories of its task. On
-Ctrl-C or SIGTERM a worker finishes the file it is writing and its task (a few
-milliseconds), then is told to stop: the main process decides, as with threads.
+the main process chose for it) are removed from the directories of its task. A
+worker ignores Ctrl-C and SIGTERM: the main process decides. It kills the workers at
+once (each task that waited for one removes what it may have left, as above) and
+stops as it does with threads.
 """
 
 from __future__ import annotations

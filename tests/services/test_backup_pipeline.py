@@ -133,7 +133,7 @@ def test_batches_of_small_blobs_are_sealed_by_one_thread_fewer_than_the_workers(
     guard = threading.Lock()
     real_work_batch = BlobSaver._work_batch
 
-    def counting_work_batch(self: BlobSaver, batch: object) -> None:
+    def counting_work_batch(self: BlobSaver, batch: object, *rest: object) -> None:
         real_work = self._work
 
         def slow_work(ticket: object) -> None:
@@ -147,7 +147,7 @@ def test_batches_of_small_blobs_are_sealed_by_one_thread_fewer_than_the_workers(
 
         self._work = slow_work  # type: ignore[method-assign]
         try:
-            real_work_batch(self, batch)  # type: ignore[arg-type]
+            real_work_batch(self, batch, *rest)  # type: ignore[arg-type]
         finally:
             del self._work
 
