@@ -119,6 +119,10 @@ _BATCH_BLOBS = 64
 _BATCH_BYTES = 1024 * 1024
 """... or this many bytes: one task per small file costs more in thread hand-offs than
 sealing a 4 KiB blob does."""
+_PROCESS_BLOB = 64 * 1024
+"""Batches whose blobs average less than this (small files) go to the worker
+processes; larger blobs (chunks of large files) are sealed in threads, whose C calls
+then run long without the interpreter lock, and would only be copied to and fro."""
 
 
 class _PackBuffers:
@@ -232,8 +236,9 @@ class BlobSaver:
         on_upload: Callable[[int], None] | None = None,
         processes: int = 0,
     ) -> None:
-        """*processes*: worker processes for batches of small blobs, started after
-        :data:`~drkit.repository.sealprocs.MIN_BATCHES` batches (see
+        """*processes*: worker processes for batches of small blobs (see
+        :data:`_PROCESS_BLOB`), started after
+        :data:`~drkit.repository.sealprocs.MIN_BATCHES` such batches (see
         :mod:`drkit.repository.sealprocs`); 0: threads only."""
         _Allocator.setup()
         self.repo = repo
@@ -277,7 +282,7 @@ class BlobSaver:
         self._closed = False
         self._processes = processes
         self._sealers: SealWorkers | None = None
-        self._batches_sent = 0
+        self._small_batches = 0
 
     # -- public ----------------------------------------------------------------
 
@@ -405,10 +410,13 @@ class BlobSaver:
             return
         for ticket in batch.tickets:
             ticket.send = None
-        self._batches_sent += 1
-        if self._batches_sent == MIN_BATCHES and self._processes:
-            self._start_sealers()
-        self._pool.submit(self._work_batch, batch, self._sealers)
+        sealers = None
+        if self._processes and batch.nbytes < _PROCESS_BLOB * len(batch.tickets):  # small files
+            self._small_batches += 1
+            if self._small_batches == MIN_BATCHES:
+                self._start_sealers()
+            sealers = self._sealers
+        self._pool.submit(self._work_batch, batch, sealers)
 
     def _start_sealers(self) -> None:
         """Start the worker processes (one warning, and threads only, if they cannot be)."""

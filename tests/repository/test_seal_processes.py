@@ -167,3 +167,20 @@ def test_ctrl_c_during_a_backup_with_workers_stops_them_and_the_next_backup_comp
     assert not _backup(repo, tmp_path / "data", "2").failed
     assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
     assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
+
+
+def test_chunks_of_large_files_stay_in_threads(repo: Repository, tmp_path: Path,
+                                               sealers_seen: list[SealWorkers]) -> None:
+    """Batches of large-file chunks (hundreds of KiB each) are not copied to a worker:
+    threads seal them with the interpreter lock released for long."""
+    data = tmp_path / "data"
+    data.mkdir()
+    contents = {f"big{i}": os.urandom(6 * 1024 * 1024) for i in range(3)}
+    for name, blob in contents.items():
+        (data / name).write_bytes(blob)
+    run = _backup(repo, data, "2")
+    assert not run.failed and sealers_seen == []
+    repo.load_index()
+    target = tmp_path / "t"
+    SnapshotReader(repo, repo.find_snapshot("latest"), target=target).write_entries(target)
+    assert {p.name: p.read_bytes() for p in (target / str(data).lstrip("/")).iterdir()} == contents
