@@ -313,13 +313,12 @@ def _payload(size: int, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 -
     return block[:size]
 
 
-def raw_s3(spec: dict[str, Any]) -> dict[str, Any]:
+def _s3_client(o: dict[str, Any]) -> Any:
+    """A boto3 S3 client for the bench's moto server (*o*: the storage options)."""
     import boto3
-    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
-    o = spec["options"]
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=o["endpoint_url"],
         region_name=o["region"],
@@ -327,6 +326,13 @@ def raw_s3(spec: dict[str, Any]) -> dict[str, Any]:
         aws_secret_access_key=o["secret_access_key"],
         config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
     )
+
+
+def raw_s3(spec: dict[str, Any]) -> dict[str, Any]:
+    from boto3.s3.transfer import TransferConfig
+
+    o = spec["options"]
+    s3 = _s3_client(o)
     cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
     payloads = [_payload(n) for n in spec["sizes"]]
     start = time.monotonic()
@@ -403,18 +409,8 @@ def _in_threads(items: list[Any], fetch: Callable[[int, Any], int]) -> int:
 
 
 def raw_s3_get(spec: dict[str, Any]) -> dict[str, Any]:
-    import boto3
-    from botocore.config import Config
-
     o = spec["options"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=o["endpoint_url"],
-        region_name=o["region"],
-        aws_access_key_id=o["access_key_id"],
-        aws_secret_access_key=o["secret_access_key"],
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-    )
+    s3 = _s3_client(o)
     start = time.monotonic()
     got = _in_threads(spec["keys"], lambda _no, key: len(s3.get_object(Bucket=spec["bucket"], Key=key)["Body"].read()))
     seconds = time.monotonic() - start

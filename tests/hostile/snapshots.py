@@ -11,7 +11,7 @@ from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.repository.tree import FILE, Entry, encode_entries
+from drkit.repository.tree import DIR, FILE, Entry, encode_entries
 
 
 def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, bytes] | None = None, *,
@@ -35,3 +35,24 @@ def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, b
     repo.save_snapshot(snap)
     repo.load_index()
     return snap
+
+
+SMALL_TREE_MODES = (0o644, 0o600, 0o755, 0o640, 0o444)
+
+
+def small_file_tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[str, bytes]]:
+    """*count* small files (some empty, some with equal content) in directories of
+    *per_dir* (mode 0750), with varied modes and nanosecond mtimes: entries in walk
+    order, and the content of each file by path."""
+    entries: list[Entry] = []
+    contents: dict[str, bytes] = {}
+    for i in range(count):
+        d = f"d{i // per_dir:04d}"
+        if i % per_dir == 0:
+            entries.append(Entry(d, DIR, mode=0o750, mtime_ns=1_600_000_000_000_000_000 + i))
+        path = f"{d}/f{i:05d}"
+        data = b"" if i % 97 == 0 else (b"same\n" if i % 13 == 0 else f"file {i}\n".encode() * (1 + i % 9))
+        entries.append(Entry(path, FILE, mode=SMALL_TREE_MODES[i % len(SMALL_TREE_MODES)],
+                             mtime_ns=1_700_000_000_123_456_789 + i * 1_000_003))
+        contents[path] = data
+    return entries, contents

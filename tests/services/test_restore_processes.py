@@ -22,7 +22,7 @@ import pytest
 from drkit.errors import EXIT_PARTIAL, IntegrityError, Refused, RestoreTargetError
 from drkit.repository import layout
 from drkit.repository.repo import Repository
-from drkit.repository.tree import DIR, FILE, Entry
+from drkit.repository.tree import FILE
 from drkit import workerprocs
 from drkit.services import restoreprocs
 from drkit.services.restore import RestoreOptions, SnapshotReader
@@ -30,9 +30,7 @@ from drkit.services.restorefs import TMP_PREFIX
 from drkit.services.restoreprocs import FileWorkers, RestoreWorkerDied, worker_count
 from drkit.storage import LocalStorage
 from tests.cli import invoke
-from tests.hostile.snapshots import write_snapshot
-
-MODES = (0o644, 0o600, 0o755, 0o640, 0o444)
+from tests.hostile.snapshots import small_file_tree as _tree, write_snapshot
 
 
 @pytest.fixture
@@ -54,20 +52,6 @@ def workers_seen(monkeypatch: pytest.MonkeyPatch) -> list[FileWorkers]:
 
     monkeypatch.setattr(FileWorkers, "__init__", init)
     return seen
-
-
-def _tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[str, bytes]]:
-    entries: list[Entry] = []
-    contents: dict[str, bytes] = {}
-    for i in range(count):
-        d = f"d{i // per_dir:04d}"
-        if i % per_dir == 0:
-            entries.append(Entry(d, DIR, mode=0o750, mtime_ns=1_600_000_000_000_000_000 + i))
-        path = f"{d}/f{i:05d}"
-        data = b"" if i % 97 == 0 else (b"same\n" if i % 13 == 0 else f"file {i}\n".encode() * (1 + i % 9))
-        entries.append(Entry(path, FILE, mode=MODES[i % len(MODES)], mtime_ns=1_700_000_000_123_456_789 + i * 1_000_003))
-        contents[path] = data
-    return entries, contents
 
 
 def _assert_all_exited(seen: list[FileWorkers]) -> None:

@@ -18,14 +18,12 @@ from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.repository.tree import DIR, FILE, Entry, encode_entries
+from drkit.repository.tree import FILE, Entry, encode_entries
 from drkit.services import restore as restore_mod
 from drkit.services.packranges import BlobUse
 from drkit.services.restore import SnapshotReader
 from drkit.storage import LocalStorage
-from tests.hostile.snapshots import write_snapshot
-
-MODES = (0o644, 0o600, 0o755, 0o640, 0o444)
+from tests.hostile.snapshots import small_file_tree as _tree, write_snapshot
 
 
 @pytest.fixture
@@ -33,22 +31,6 @@ def repo(tmp_path: Path) -> Repository:
     storage = LocalStorage(str(tmp_path / "repo"))
     Repository.init(storage, "pw", pack_size=1024 * 1024)  # many packs, shared by neighbouring windows
     return Repository.open(storage, "pw")
-
-
-def _tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[str, bytes]]:
-    """*count* small files (some empty, some with equal content) in directories of
-    *per_dir*, with varied modes and nanosecond mtimes."""
-    entries: list[Entry] = []
-    contents: dict[str, bytes] = {}
-    for i in range(count):
-        d = f"d{i // per_dir:04d}"
-        if i % per_dir == 0:
-            entries.append(Entry(d, DIR, mode=0o750, mtime_ns=1_600_000_000_000_000_000 + i))
-        path = f"{d}/f{i:05d}"
-        data = b"" if i % 97 == 0 else (b"same\n" if i % 13 == 0 else f"file {i}\n".encode() * (1 + i % 9))
-        entries.append(Entry(path, FILE, mode=MODES[i % len(MODES)], mtime_ns=1_700_000_000_123_456_789 + i * 1_000_003))
-        contents[path] = data
-    return entries, contents
 
 
 def test_every_file_of_a_20000_file_tree_is_restored_exactly(repo: Repository, tmp_path: Path) -> None:
