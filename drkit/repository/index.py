@@ -72,6 +72,12 @@ def _slots(size: int) -> array[int]:
     return array("I", [0]) * size
 
 
+def _room(mask: int) -> int:
+    """A table of ``mask + 1`` slots grows before a row is added to more than this many
+    (so that it stays at most half full)."""
+    return (mask - 2) // 2
+
+
 class Index:
     """In-memory map of chunk id -> location, plus the packs it knows.
 
@@ -167,12 +173,14 @@ class Index:
         self.pack_sizes[pack_id] = size
         ids, spans, metas = self._ids, self._spans, self._meta
         slots, mask = self._table
+        room = _room(mask)
         pack_bits = no << 4
         for (blob_type, _, offset, length, raw_length), chunk_id in zip(rows, chunk_ids, strict=True):
             row = self._rows
-            if row * 2 + 2 > mask:
+            if row > room:
                 self._grow()
                 slots, mask = self._table
+                room = _room(mask)
             i = hash(chunk_id) & mask
             n = slots[i]
             while n and not ids[(n - 1) >> _SEG_SHIFT].startswith(chunk_id, ((n - 1) & _SEG_MASK) * _ID_SIZE):
@@ -261,7 +269,7 @@ class Index:
             index._meta.append(seg_metas)
         index._rows = rows
         size = _MIN_SLOTS
-        while rows * 2 + 2 > size - 1:
+        while rows > _room(size - 1):
             size *= 2
         index._table = index._table_of(size)
         return index

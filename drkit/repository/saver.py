@@ -464,12 +464,19 @@ class BlobSaver:
         ticket.data = None
         if not ticket.chunk_id:
             chunk_id = ticket.chunk_id = self.repo.hasher(data)
-            with self._lock:
-                if chunk_id in self.repo.index or chunk_id in self._pending:
-                    return
-                self._pending.add(chunk_id)
+            if not self._claim(chunk_id):
+                return
             ticket.new = True
         ticket.sealed = self.repo.codec.encode(ticket.blob_type, ticket.chunk_id, data)
+
+    def _claim(self, chunk_id: bytes) -> bool:
+        """True when this session is to store blob *chunk_id* (it is now pending); False
+        when the repository has it or this session already stores it."""
+        with self._lock:
+            if chunk_id in self.repo.index or chunk_id in self._pending:
+                return False
+            self._pending.add(chunk_id)
+        return True
 
     def _work_in_process(self, batch: _Batch, sealers: SealWorkers) -> None:
         """:meth:`_work` for every blob of *batch*, the hashing and sealing done by a
@@ -480,12 +487,9 @@ class BlobSaver:
         for ticket, (chunk_id, blob) in zip(tickets, sealed, strict=True):
             ticket.data = None
             ticket.chunk_id = chunk_id
-            with self._lock:
-                if chunk_id in self.repo.index or chunk_id in self._pending:
-                    continue
-                self._pending.add(chunk_id)
-            ticket.new = True
-            ticket.sealed = blob
+            if self._claim(chunk_id):
+                ticket.new = True
+                ticket.sealed = blob
 
     def _drain(self, limit: int, byte_limit: int) -> None:
         while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
