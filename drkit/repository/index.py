@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import zstandard
 
 from drkit.repository.blob import bounded_decompress
+from drkit.repository.indexrows import ROW, ROW_SIZE, RowStore
 from drkit.repository.pack import PackEntry
 
 
@@ -56,10 +57,8 @@ _MASK = (1 << _FIELD) - 1
 
 _ID_SIZE = 32
 _MIN_SLOTS = 1024
-_SEG_SHIFT = 12
-_SEG_ROWS = 1 << _SEG_SHIFT
-"""Rows per segment: 128 KiB of ids, 32 KiB of each location array."""
-_SEG_MASK = _SEG_ROWS - 1
+_ROW_NO = (1 << 32) - 1
+"""Low half of a slot: row number + 1 (0: empty). High half: a 32-bit fingerprint of the id."""
 
 
 def _check_location(blob_type: int, offset: int, length: int, raw_length: int) -> None:
@@ -69,7 +68,7 @@ def _check_location(blob_type: int, offset: int, length: int, raw_length: int) -
 
 
 def _slots(size: int) -> array[int]:
-    return array("I", [0]) * size
+    return array("Q", [0]) * size
 
 
 def _room(mask: int) -> int:
@@ -79,56 +78,48 @@ def _room(mask: int) -> int:
 
 
 class Index:
-    """In-memory map of chunk id -> location, plus the packs it knows.
+    """Map of chunk id -> location, plus the packs it knows.
 
-    Compact, because it holds one row per blob and many small files make many blobs
-    (a dict of bytes ids to locations cost about 150 bytes per blob: 60 MB at 400,000
-    small files). Rows live in flat buffers: the 32-byte ids back to back, the locations
-    packed in two arrays of u64 (offset and length; pack number, type and raw length),
-    found through an open-addressing table of row numbers (``array('I')``, linear
-    probing, at most half full) hashed with Python's own ``hash`` of the id: about 60
-    bytes per blob. The row buffers are fixed-size segments of 4,096 rows, allocated
-    full and never resized: one buffer grown by ``realloc`` moves as it grows and leaves
-    its old copies as holes in the heap (at 400,000 blobs as much again as the index
-    itself stayed resident). Rows keep insertion order; the first location of an id
-    wins. Safe to read from other threads while one thread adds (the table is swapped
-    in whole; a row is complete before the table points to it).
+    Small in memory, because it holds one row per blob and many small files make many
+    blobs (a dict of bytes ids to locations cost about 150 bytes per blob: 60 MB at
+    400,000 small files; flat rows in memory still 60 bytes). A row (the 32-byte id and
+    16 bytes of location: offset and length; pack number, type and raw length) lives in
+    a :class:`~drkit.repository.indexrows.RowStore`, which keeps all but the newest few
+    thousand in a temporary file. Memory holds the lookup table: open addressing, linear
+    probing, at most half full, hashed with Python's own ``hash`` of the id, each slot a
+    u64 of the row number and 32 more bits of that hash, so a lookup reads a row only
+    when those match (a miss almost never; a hit once): 16 to 32 bytes per blob. Rows
+    keep insertion order; the first location of an id wins. Safe to read from other
+    threads while one thread adds (the table is swapped in whole; a row is stored before
+    the table points to it).
     """
 
     def __init__(self) -> None:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self.pack_sizes: dict[str, int] = {}
-        self._rows = 0
-        self._ids: list[bytearray] = []
-        """Per segment: the ids of its rows, back to back."""
-        self._spans: list[array[int]] = []
-        """Per segment: offset << 32 | length, per row."""
-        self._meta: list[array[int]] = []
-        """Per segment: pack number << 36 | blob type << 32 | raw length, per row."""
+        self._store = RowStore()
         self._table: tuple[array[int], int] = (_slots(_MIN_SLOTS), _MIN_SLOTS - 1)
-        """(slots, mask): slot = row number + 1, 0 when empty."""
+        """(slots, mask): see the class docstring."""
         self.files: set[str] = set()
 
-    def _row(self, chunk_id: bytes) -> int:
-        """The row of *chunk_id*, -1 if absent."""
+    def _find(self, chunk_id: bytes) -> bytes | None:
+        """The row of *chunk_id* (48 bytes), None if absent."""
         if len(chunk_id) != _ID_SIZE:
-            return -1
+            return None
         slots, mask = self._table
-        ids = self._ids
-        i = hash(chunk_id) & mask
+        h = hash(chunk_id)
+        mark = (h >> 32) & _ROW_NO
+        i = h & mask
         while True:
-            n = slots[i]
-            if not n:
-                return -1
-            n -= 1
-            if ids[n >> _SEG_SHIFT].startswith(chunk_id, (n & _SEG_MASK) * _ID_SIZE):  # no copy (ids are all 32 bytes)
-                return n
+            slot = slots[i]
+            if not slot:
+                return None
+            if slot >> 32 == mark:
+                row = self._store.read((slot & _ROW_NO) - 1)
+                if row.startswith(chunk_id):
+                    return row
             i = (i + 1) & mask
-
-    def _id(self, row: int) -> bytes:
-        at = (row & _SEG_MASK) * _ID_SIZE
-        return bytes(self._ids[row >> _SEG_SHIFT][at : at + _ID_SIZE])
 
     def _grow(self) -> None:
         self._table = self._table_of((self._table[1] + 1) * 2)
@@ -137,14 +128,14 @@ class Index:
         """A lookup table of *size* slots (a power of two) holding every row."""
         slots, mask = _slots(size), size - 1
         n = 0
-        for seg in self._ids:
-            ids = bytes(seg[: min(_SEG_ROWS, self._rows - n) * _ID_SIZE])  # slices of bytes hash; of bytearray not
-            for at in range(0, len(ids), _ID_SIZE):
+        for batch in self._store.batches():
+            for at in range(0, len(batch), ROW_SIZE):
                 n += 1
-                i = hash(ids[at : at + _ID_SIZE]) & mask
+                h = hash(batch[at : at + _ID_SIZE])
+                i = h & mask
                 while slots[i]:
                     i = (i + 1) & mask
-                slots[i] = n
+                slots[i] = ((h >> 32) & _ROW_NO) << 32 | n
         return slots, mask
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
@@ -171,105 +162,96 @@ class Index:
             no = self._pack_no[pack_id] = len(self._packs)
             self._packs.append(pack_id)
         self.pack_sizes[pack_id] = size
-        ids, spans, metas = self._ids, self._spans, self._meta
+        store = self._store
+        read, append, pack_row = store.read, store.append, ROW.pack
         slots, mask = self._table
+        count = len(store)
         room = _room(mask)
         pack_bits = no << 4
         for (blob_type, _, offset, length, raw_length), chunk_id in zip(rows, chunk_ids, strict=True):
-            row = self._rows
-            if row > room:
+            if count > room:
                 self._grow()
                 slots, mask = self._table
                 room = _room(mask)
-            i = hash(chunk_id) & mask
-            n = slots[i]
-            while n and not ids[(n - 1) >> _SEG_SHIFT].startswith(chunk_id, ((n - 1) & _SEG_MASK) * _ID_SIZE):
+            h = hash(chunk_id)
+            mark = (h >> 32) & _ROW_NO
+            i = h & mask
+            slot = slots[i]
+            while slot and not (slot >> 32 == mark and read((slot & _ROW_NO) - 1).startswith(chunk_id)):
                 i = (i + 1) & mask
-                n = slots[i]
-            if n:
+                slot = slots[i]
+            if slot:
                 continue  # known: the first location stays
-            seg, at = row >> _SEG_SHIFT, row & _SEG_MASK
-            if seg == len(ids):
-                ids.append(bytearray(_SEG_ROWS * _ID_SIZE))
-                spans.append(array("Q", [0]) * _SEG_ROWS)
-                metas.append(array("Q", [0]) * _SEG_ROWS)
-            ids[seg][at * _ID_SIZE : (at + 1) * _ID_SIZE] = chunk_id
-            spans[seg][at] = offset << _FIELD | length
-            metas[seg][at] = (pack_bits | blob_type) << _FIELD | raw_length
-            self._rows = row + 1
-            slots[i] = row + 1
+            append(pack_row(chunk_id, offset << _FIELD | length, (pack_bits | blob_type) << _FIELD | raw_length))
+            count += 1
+            slots[i] = mark << 32 | count
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return self._row(chunk_id) >= 0
+        return self._find(chunk_id) is not None
 
     def __len__(self) -> int:
-        return self._rows
+        return len(self._store)
 
-    def buffer_sizes(self) -> list[int]:
-        """Bytes of each buffer the rows and the table live in (for memory checks)."""
-        return [len(b) for b in self._ids] + [a.itemsize * len(a) for a in (*self._spans, *self._meta, self._table[0])]
+    def memory_sizes(self) -> tuple[int, int]:
+        """(bytes of rows held in memory, bytes of the lookup table): for memory checks."""
+        slots = self._table[0]
+        return self._store.memory_bytes(), slots.itemsize * len(slots)
 
-    def _location(self, row: int) -> BlobLocation:
-        span = self._spans[row >> _SEG_SHIFT][row & _SEG_MASK]
-        meta = self._meta[row >> _SEG_SHIFT][row & _SEG_MASK]
+    def _location(self, row: bytes) -> BlobLocation:
+        _, span, meta = ROW.unpack(row)
         return BlobLocation(self._packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
 
     def get(self, chunk_id: bytes) -> BlobLocation | None:
-        row = self._row(chunk_id)
-        return None if row < 0 else self._location(row)
+        row = self._find(chunk_id)
+        return None if row is None else self._location(row)
 
     def packs(self) -> list[str]:
         return list(self._packs)
 
+    def _rows(self) -> Iterator[tuple[bytes, int, int]]:
+        for batch in self._store.batches():
+            yield from ROW.iter_unpack(batch)
+
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
         """(chunk id, location) of every blob, in the order they were added."""
-        for row in range(self._rows):
-            yield self._id(row), self._location(row)
+        packs = self._packs
+        for chunk_id, span, meta in self._rows():
+            yield chunk_id, BlobLocation(packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
 
-    def row_buffers(self) -> Iterator[tuple[memoryview, memoryview, memoryview]]:
-        """Every row, a segment at a time: (ids, spans, metas) views in the native byte
-        order, valid until the index changes (what :mod:`drkit.repository.indexcache` saves)."""
-        for seg, ids in enumerate(self._ids):
-            count = min(_SEG_ROWS, self._rows - (seg << _SEG_SHIFT))
-            yield (memoryview(ids)[: count * _ID_SIZE],
-                   memoryview(self._spans[seg]).cast("B")[: count * 8],
-                   memoryview(self._meta[seg]).cast("B")[: count * 8])
+    def row_batches(self, count: int | None = None) -> Iterator[bytes]:
+        """The first *count* rows (default: all) in order, as
+        :data:`~drkit.repository.indexrows.ROW` packs them (in the native byte order), a
+        few thousand at a time: what :mod:`drkit.repository.indexcache` saves."""
+        return self._store.batches(count)
+
+    def close(self) -> None:
+        """Drop the rows' temporary file now (it goes anyway when the index is collected);
+        the index is not used afterwards."""
+        self._store.close()
 
     @classmethod
-    def from_rows(cls, packs: list[str], pack_sizes: dict[str, int], ids: bytes | memoryview, spans: bytes | memoryview,
-                  metas: bytes | memoryview) -> Index:
-        """An index holding the rows :meth:`row_buffers` gave, in the same order, and
+    def from_rows(cls, packs: list[str], pack_sizes: dict[str, int], batches: Iterable[bytes | memoryview]) -> Index:
+        """An index holding the rows :meth:`row_batches` gave, in the same order, and
         *packs* (by number, as the rows refer to them). The rows are trusted (they come
         from an authenticated copy of an index this process built): only their lengths
         and pack numbers are checked (ValueError). The lookup table is built again, since
         ``hash`` of bytes differs from one process to the next."""
-        rows, extra = divmod(len(ids), _ID_SIZE)
-        if extra or len(spans) != rows * 8 or len(metas) != rows * 8:
-            raise ValueError("row buffers of different lengths")
         index = cls()
         index._packs = list(packs)
         index._pack_no = {p: n for n, p in enumerate(index._packs)}
         index.pack_sizes = dict(pack_sizes)
         if len(index._pack_no) != len(index._packs):
             raise ValueError("a pack listed twice")
-        for start in range(0, rows, _SEG_ROWS):
-            count = min(rows - start, _SEG_ROWS)
-            seg_ids = bytearray(_SEG_ROWS * _ID_SIZE)
-            seg_ids[: count * _ID_SIZE] = ids[start * _ID_SIZE : (start + count) * _ID_SIZE]
-            seg_spans, seg_metas = array("Q"), array("Q")
-            seg_spans.frombytes(spans[start * 8 : (start + count) * 8])
-            seg_metas.frombytes(metas[start * 8 : (start + count) * 8])
-            if max(seg_metas) >> 36 >= len(index._packs):
+        for batch in batches:
+            if len(batch) % ROW_SIZE:
+                raise ValueError("rows of a length that is not a whole row")
+            words = array("Q")
+            words.frombytes(batch)
+            if words and max(words[5 :: ROW_SIZE // 8]) >> 36 >= len(index._packs):
                 raise ValueError("a row names a pack that is not listed")
-            pad = array("Q", [0]) * (_SEG_ROWS - count)  # segments are allocated full (see the class docstring)
-            seg_spans.extend(pad)
-            seg_metas.extend(pad)
-            index._ids.append(seg_ids)
-            index._spans.append(seg_spans)
-            index._meta.append(seg_metas)
-        index._rows = rows
+            index._store.extend(batch)
         size = _MIN_SLOTS
-        while rows > _room(size - 1):
+        while len(index) > _room(size - 1):
             size *= 2
         index._table = index._table_of(size)
         return index
@@ -277,11 +259,8 @@ class Index:
     def entries_by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = {p: [] for p in self._packs}
         packs = self._packs
-        for row in range(self._rows):
-            span = self._spans[row >> _SEG_SHIFT][row & _SEG_MASK]
-            meta = self._meta[row >> _SEG_SHIFT][row & _SEG_MASK]
-            out[packs[meta >> 36]].append(
-                PackEntry((meta >> _FIELD) & 15, self._id(row), span >> _FIELD, span & _MASK, meta & _MASK))
+        for chunk_id, span, meta in self._rows():
+            out[packs[meta >> 36]].append(PackEntry((meta >> _FIELD) & 15, chunk_id, span >> _FIELD, span & _MASK, meta & _MASK))
         return out
 
 

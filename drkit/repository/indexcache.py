@@ -9,12 +9,18 @@ reads only the index files that appeared since.
 
 One file per repository, ``<cache directory>/index/<repository id>``::
 
-    MAGIC | u32 header length | header JSON | ids | spans | metas | HMAC-SHA256
+    MAGIC | u32 header length | header JSON | rows | HMAC-SHA256
 
 The header names the repository, the rows, the packs the rows refer to (with their
 sizes), and the index files the rows came from (``files``), those found superseded and
-every id a ``supersedes`` list named. ``ids``, ``spans`` and ``metas`` are the rows of
-:class:`~drkit.repository.index.Index` as it holds them (native byte order, recorded).
+every id a ``supersedes`` list named. ``rows`` are the rows of
+:class:`~drkit.repository.index.Index` as it holds them, 48 bytes each (native byte
+order, recorded). Version 1 held the same rows a column at a time (every id, then every
+span, then every meta); such a file is ignored and replaced, like any other layout.
+
+The file is read a batch of rows at a time into the index being built, and its MAC
+checked at the end (the index is dropped if it fails): loading does not hold the file
+beside the index.
 The MAC key is derived (HKDF-SHA256) from the repository's data key, so only a holder
 of the key can make a cache the repository accepts: a file changed, truncated, made
 for another repository or by an older layout is ignored (and replaced).
@@ -43,17 +49,19 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from drkit.atomicio import replacing
 from drkit.repository.index import Index
+from drkit.repository.indexrows import ROW_SIZE, SPILL_ROWS
 
 log = logging.getLogger("drkit.cache")
 
 MAGIC = b"drkit index cache\n"
-VERSION = 1
+VERSION = 2
 _HKDF_INFO = b"drkit index cache v1"
 _MAC_SIZE = 32
 _REPO_ID = re.compile(r"[0-9a-f]{16,128}")
@@ -91,49 +99,62 @@ class IndexCache:
     def load(self) -> CachedIndex | None:
         """The cached index, or None when there is none or it is not valid here."""
         try:
-            data = self._read()
+            with self._open() as f:
+                return self._decode(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             log.debug("index cache %s unreadable: %s", self.path, exc)
             return None
-        try:
-            return self._decode(data)
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             log.debug("index cache %s ignored: %s", self.path, exc)
             return None
 
-    def _read(self) -> bytes:
-        """The file's bytes; a symlink, a FIFO or a device in its place is refused
+    def _open(self) -> BinaryIO:
+        """The file, open; a symlink, a FIFO or a device in its place is refused
         (OSError or ValueError), never followed or waited on."""
         fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ValueError("not a regular file")
-            return f.read()
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            raise ValueError("not a regular file")
+        return f
 
-    def _decode(self, data: bytes) -> CachedIndex:
-        if len(data) < len(MAGIC) + 4 + _MAC_SIZE or not data.startswith(MAGIC):
+    def _decode(self, f: BinaryIO) -> CachedIndex:
+        """The index in *f*: its header, then its rows a batch at a time, then its MAC."""
+        size = os.fstat(f.fileno()).st_size
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+
+        def read(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) != n:
+                raise ValueError("the file is shorter than it says")
+            mac.update(data)
+            return data
+
+        if size < len(MAGIC) + 4 + _MAC_SIZE or read(len(MAGIC)) != MAGIC:
             raise ValueError("not an index cache")
-        body = memoryview(data)[:-_MAC_SIZE]
-        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), data[-_MAC_SIZE:]):
-            raise ValueError("MAC does not match (changed, or made with another key)")
-        at = len(MAGIC)
-        (header_size,) = struct.unpack_from("<I", data, at)
-        at += 4
-        header = json.loads(bytes(body[at : at + header_size]))
-        at += header_size
+        (header_size,) = struct.unpack("<I", read(4))
+        if header_size > size:
+            raise ValueError("header longer than the file")
+        header = json.loads(read(header_size))
         if header["version"] != VERSION or header["repository"] != self.repository_id or header["byteorder"] != sys.byteorder:
             raise ValueError("made by another layout, repository or machine")
         rows = int(header["rows"])
-        ids_end = at + rows * 32
-        spans_end = ids_end + rows * 8
-        if spans_end + rows * 8 != len(body):
+        if len(MAGIC) + 4 + header_size + rows * ROW_SIZE + _MAC_SIZE != size:
             raise ValueError("row count does not match the file's length")
-        index = Index.from_rows(
-            list(header["packs"]), dict(zip(header["packs"], header["sizes"], strict=True)),
-            body[at:ids_end], body[ids_end:spans_end], body[spans_end:],
-        )
+
+        def batches() -> Iterator[bytes]:
+            left = rows * ROW_SIZE
+            while left:
+                batch = read(min(left, SPILL_ROWS * ROW_SIZE))
+                left -= len(batch)
+                yield batch
+
+        index = Index.from_rows(list(header["packs"]), dict(zip(header["packs"], header["sizes"], strict=True)), batches())
+        if not hmac.compare_digest(mac.digest(), f.read(_MAC_SIZE)):
+            index.close()
+            raise ValueError("MAC does not match (changed, or made with another key)")
         index.files = set(header["files"])
         return CachedIndex(index, set(header["superseded"]), set(header["replaced"]))
 
@@ -141,8 +162,9 @@ class IndexCache:
         """Replace the cache with *cached* (atomic; see the module docstring)."""
         index = cached.index
         packs = index.packs()
+        rows = len(index)
         header = json.dumps({
-            "version": VERSION, "repository": self.repository_id, "byteorder": sys.byteorder, "rows": len(index),
+            "version": VERSION, "repository": self.repository_id, "byteorder": sys.byteorder, "rows": rows,
             "packs": packs, "sizes": [index.pack_sizes[p] for p in packs], "files": sorted(index.files),
             "superseded": sorted(cached.superseded), "replaced": sorted(cached.replaced),
         }, separators=(",", ":")).encode()
@@ -155,10 +177,8 @@ class IndexCache:
                     mac.update(part)
 
                 write(MAGIC + struct.pack("<I", len(header)) + header)
-                buffers = list(index.row_buffers())
-                for column in range(3):  # every id, then every span, then every meta
-                    for segment in buffers:
-                        write(segment[column])
+                for batch in index.row_batches(rows):
+                    write(batch)
                 out.write(mac.digest())
         except OSError as exc:
             if not self._warned:

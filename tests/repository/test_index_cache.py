@@ -207,12 +207,12 @@ def test_a_repository_id_that_cannot_name_a_file_gets_no_cache(storage: LocalSto
 def test_rows_naming_a_pack_not_listed_are_refused() -> None:
     index = Index()
     index.add_pack("a" * 64, 10, _entries(3))
-    ids, spans, metas = (b"".join(bytes(seg[c]) for seg in index.row_buffers()) for c in range(3))
-    assert list(Index.from_rows(["a" * 64], {"a" * 64: 10}, ids, spans, metas).items()) == list(index.items())
+    rows = b"".join(index.row_batches())
+    assert list(Index.from_rows(["a" * 64], {"a" * 64: 10}, [rows]).items()) == list(index.items())
     with pytest.raises(ValueError, match="not listed"):
-        Index.from_rows([], {}, ids, spans, metas)
-    with pytest.raises(ValueError, match="lengths"):
-        Index.from_rows(["a" * 64], {"a" * 64: 10}, ids[:-1], spans, metas)
+        Index.from_rows([], {}, [rows])
+    with pytest.raises(ValueError, match="whole row"):
+        Index.from_rows(["a" * 64], {"a" * 64: 10}, [rows[:-1]])
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
@@ -235,3 +235,33 @@ def test_a_cache_file_that_is_not_a_regular_file_is_neither_followed_nor_waited_
     assert cache.load() is None
     _, read = _cached_load(storage, tmp_path / "cache", monkeypatch)
     assert read == files
+
+
+def test_a_cache_of_the_first_layout_is_ignored_and_replaced(storage: LocalStorage, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 1 held the rows a column at a time; a file that says so (with a valid MAC)
+    is not read as rows of the new layout, and the load that ignored it writes a new one."""
+    import hashlib
+    import hmac
+    import json
+    import struct
+
+    from drkit.repository import indexcache
+
+    repo = _open(storage)
+    files = [_write(repo, 0, 5000)]
+    _cached_load(storage, tmp_path / "cache", monkeypatch)
+    cache = repo.index_cache(tmp_path / "cache")
+    assert cache is not None
+    data = cache.path.read_bytes()
+    at = len(indexcache.MAGIC)
+    (size,) = struct.unpack_from("<I", data, at)
+    header = json.loads(data[at + 4 : at + 4 + size])
+    old = json.dumps({**header, "version": 1}, separators=(",", ":")).encode()
+    body = indexcache.MAGIC + struct.pack("<I", len(old)) + old + data[at + 4 + size : -32]
+    cache.path.write_bytes(body + hmac.new(cache._key, body, hashlib.sha256).digest())
+    assert cache.load() is None
+    cold, read = _cached_load(storage, tmp_path / "cache", monkeypatch)
+    assert read == files and _state(cold) == _uncached(storage)
+    warm, read = _cached_load(storage, tmp_path / "cache", monkeypatch)
+    assert read == [] and _state(warm) == _uncached(storage)
