@@ -32,6 +32,7 @@ from drkit.repository.blob import BLOB_DATA
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
 from drkit.repository.sealprocs import MIN_BATCHES, SealWorkers
+from drkit.smallread import EMPTY, GROWN, read_whole
 
 if TYPE_CHECKING:  # repo.py imports this module
     from drkit.repository.repo import Repository
@@ -125,6 +126,23 @@ processes; larger blobs (chunks of large files) are sealed in threads, whose C c
 then run long without the interpreter lock, and would only be copied to and fro."""
 
 
+def _read_file(ticket: BlobTicket) -> bytes | None:
+    """The content of a file ticket's file, ``raw_length`` set; None (``problem`` set)
+    when there is no blob to make of it."""
+    assert ticket.file is not None
+    path, expected, limit = ticket.file
+    try:
+        data = read_whole(path, expected, limit)
+    except OSError as exc:
+        ticket.problem = exc
+        return None
+    if not data:
+        ticket.problem = GROWN if data is None else EMPTY
+        return None
+    ticket.raw_length = len(data)
+    return data
+
+
 class _PackBuffers:
     """The anonymous maps packs are built in, reused from pack to pack when packs are
     stored about as fast as they fill (no page faulted in again for each pack). At most
@@ -186,7 +204,8 @@ class BlobTicket:
     thread moves ``sealed`` into a pack and drops it, so a ticket kept until the end
     of a large file holds 32 bytes, not the data."""
 
-    __slots__ = ("blob_type", "chunk_id", "data", "future", "new", "raw_length", "sealed", "send")
+    __slots__ = ("blob_type", "charged", "chunk_id", "data", "file", "future", "new", "problem", "raw_length", "sealed",
+                 "send")
 
     def __init__(self, blob_type: int, data: Buffer | None, chunk_id: bytes = b"") -> None:
         self.blob_type = blob_type
@@ -195,6 +214,12 @@ class BlobTicket:
         self.sealed: bytes | None = None
         self.new = False
         self.raw_length = len(data) if data is not None else 0
+        self.charged = self.raw_length
+        """Bytes counted in flight for this ticket until it is drained."""
+        self.file: tuple[bytes, int, int] | None = None
+        """For :meth:`BlobSaver.submit_file`: (path, size lstat gave, largest size read whole)."""
+        self.problem: OSError | str | None = None
+        """Why a file ticket holds no blob: EMPTY, GROWN or the OSError reading it."""
         self.future: Future[None] | None = None
         self.send: Callable[[], None] | None = None
         """Set while the ticket waits in a batch not yet handed to a worker: sends it."""
@@ -313,20 +338,45 @@ class BlobSaver:
         if ticket.raw_length >= _BATCH_BYTES:
             self._enqueue(ticket)
             return ticket
+        self._batch_up(ticket)
+        return ticket
+
+    def _batch_up(self, ticket: BlobTicket) -> None:
+        """Add *ticket* to the open batch of small blobs (sent when full)."""
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch()
         ticket.future = batch.future
         ticket.send = self._send_batch
         batch.tickets.append(ticket)
-        batch.nbytes += ticket.raw_length
+        batch.nbytes += ticket.charged
         self._sealing.append(ticket)
-        self._inflight_bytes += ticket.raw_length
+        self._inflight_bytes += ticket.charged
         if len(batch.tickets) >= _BATCH_BLOBS or batch.nbytes >= _BATCH_BYTES:
             self._send_batch()
         if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
             self._drain(self._max_inflight, self._max_inflight_bytes)
+
+    def submit_file(self, path: bytes, expected: int, limit: int) -> BlobTicket:
+        """Queue the content of the small file at *path* (``lstat`` said *expected*
+        bytes, 0 < *expected* <= *limit*), read whole by the worker process that hashes
+        and seals it (or by a thread: see :func:`~drkit.smallread.read_whole`), so
+        that the calling thread does not open and read it. Once the ticket is done,
+        ``raw_length`` is what was read, or ``problem`` says why there is no blob:
+        :data:`EMPTY` (truncated since), :data:`GROWN` (past *limit* since: the caller
+        streams it) or the OSError of the read (the caller skips the file with a
+        warning, as it would have)."""
+        ticket = BlobTicket(BLOB_DATA, None)
+        ticket.file = (path, expected, limit)
+        ticket.charged = expected
+        self._batch_up(ticket)
         return ticket
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether :meth:`submit_file` hands reads to worker processes (started, and
+        worth it); otherwise the caller reads small files itself."""
+        return self._sealers is not None
 
     def known(self, chunk_id: bytes) -> bool:
         """True when the repository has the blob or this session is storing it.
@@ -452,15 +502,17 @@ class BlobSaver:
         self._send_batch()  # earlier small blobs first: the workers take tasks in order
         ticket.future = self._pool.submit(self._work, ticket)
         self._sealing.append(ticket)
-        self._inflight_bytes += ticket.raw_length
+        self._inflight_bytes += ticket.charged
         if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
             # Wait only for the oldest blobs, so the workers never run dry meanwhile.
             self._drain(self._max_inflight, self._max_inflight_bytes)
 
     def _work(self, ticket: BlobTicket) -> None:
-        """In a worker: hash (unless known), dedupe, seal and verify."""
-        data = ticket.data
-        assert data is not None
+        """In a worker: hash (unless known), dedupe, seal and verify (a file ticket's
+        file read first)."""
+        data = ticket.data if ticket.file is None else _read_file(ticket)
+        if data is None:
+            return
         ticket.data = None
         if not ticket.chunk_id:
             chunk_id = ticket.chunk_id = self.repo.hasher(data)
@@ -483,10 +535,15 @@ class BlobSaver:
         worker process (it seals a blob this session or the repository already has too:
         rare among small files, and dropped here as in :meth:`_work`)."""
         tickets = batch.tickets
-        sealed = sealers.seal([(t.blob_type, bytes(t.data)) for t in tickets])  # type: ignore[arg-type]
-        for ticket, (chunk_id, blob) in zip(tickets, sealed, strict=True):
+        sealed = sealers.seal([(t.blob_type, bytes(t.data)) if t.file is None else (t.blob_type, *t.file)  # type: ignore[arg-type]
+                               for t in tickets])
+        for ticket, (chunk_id, blob, size) in zip(tickets, sealed, strict=True):
             ticket.data = None
+            if chunk_id is None:  # a file ticket without a blob: blob says why
+                ticket.problem = OSError(size, blob) if isinstance(size, int) else blob
+                continue
             ticket.chunk_id = chunk_id
+            ticket.raw_length = size
             if self._claim(chunk_id):
                 ticket.new = True
                 ticket.sealed = blob
@@ -494,11 +551,13 @@ class BlobSaver:
     def _drain(self, limit: int, byte_limit: int) -> None:
         while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
             ticket = self._sealing.popleft()
-            self._inflight_bytes -= ticket.raw_length
+            self._inflight_bytes -= ticket.charged
             assert ticket.future is not None
             if ticket.send is not None:
                 ticket.send()
             ticket.future.result()
+            if ticket.problem is not None:
+                continue
             if not ticket.new:
                 self.stats.blobs_reused += 1
                 continue

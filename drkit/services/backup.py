@@ -36,6 +36,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.sealprocs import seal_worker_count
 from drkit.repository.snapshot import Snapshot, now_iso
+from drkit.smallread import EMPTY, read_whole
 from drkit.progress import ProgressSink
 from drkit.repository.tree import (
     DIR,
@@ -56,7 +57,6 @@ from drkit.sources.base import Source
 
 log = logging.getLogger("drkit.backup")
 
-_SMALL_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEFERRED_MAX = 4096
 """Entries held behind a file still being hashed before the walk waits for it: a
 change near the start of a large unchanged tree no longer holds the whole tree."""
@@ -211,6 +211,18 @@ class Named(Protocol):
     def name(self) -> str: ...
 
 
+@dataclass(slots=True)
+class _LaterRead:
+    """A small file handed to the saver to read (:meth:`SnapshotWriter.add_file` with
+    ``read_later``), waiting behind earlier entries."""
+
+    entry: Entry
+    ticket: BlobTicket
+    real_path: str | os.PathLike[str]
+    new: bool
+    """Counted as a new file (else as a changed one)."""
+
+
 class SnapshotWriter:
     """The :class:`~drkit.sources.base.BackupContext` handed to a source."""
 
@@ -242,9 +254,10 @@ class SnapshotWriter:
         self._parent: ParentCursor | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
-        self._deferred: deque[tuple[Entry, list[BlobTicket]] | bytes] = deque()
+        self._deferred: deque[tuple[Entry, list[BlobTicket]] | _LaterRead | bytes] = deque()
         """What waits to be written behind a file whose chunk ids are not known yet, in
-        order: (entry, tickets) of such a file, the encoded line of anything else. At most
+        order: (entry, tickets) of such a file, a :class:`_LaterRead`, the encoded line
+        of anything else. At most
         :data:`_DEFERRED_MAX` long (memory does not grow with the files behind a change)."""
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
         self._lines: list[bytes] = []
@@ -305,7 +318,12 @@ class SnapshotWriter:
         self.stats.symlinks += 1
         return self.record(entry)
 
-    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
+    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None, *,
+                 read_later: bool = False) -> Entry:
+        """See :meth:`BackupContext.add_file`. With *read_later*, a small file may be
+        read by a worker process after this returns (:meth:`BlobSaver.submit_file`):
+        the entry's size and chunks are settled then (a file unreadable by then is
+        skipped with a warning, as it would have been here)."""
         if st is None:
             st = os.lstat(real_path)
         cursor = self._cursor()
@@ -325,7 +343,16 @@ class SnapshotWriter:
             return self.record(entry)
         old = found[0] if found else None
         entry = self._from_stat(path, FILE, st)
-        small = self._read_small(real_path, entry.size) if entry.size <= self._chunker.min_size else None
+        if read_later and 0 < entry.size <= self._chunker.min_size and self.saver.reads_files:
+            ticket = self.saver.submit_file(os.fsencode(real_path), entry.size, self._chunker.min_size)
+            self._deferred.append(_LaterRead(entry, ticket, real_path, old is None))
+            if old is None:
+                self.stats.files_new += 1
+            else:
+                self.stats.files_changed += 1
+            self._flush_deferred(wait=False)
+            return entry
+        small = read_whole(real_path, entry.size, self._chunker.min_size) if entry.size <= self._chunker.min_size else None
         if small is not None:
             # At most min_size bytes are one chunk (what cutting would yield): no cutting,
             # one read, one open; the blob joins a batch of small ones in the saver.
@@ -434,28 +461,6 @@ class SnapshotWriter:
             and old.group == self._names.group(st.st_gid)
         )
 
-    def _read_small(self, real_path: str | os.PathLike[str], expected: int) -> bytes | None:
-        """The whole content of a file that ``lstat`` said is at most one chunk long, in
-        one ``read``; None when it has grown past a chunk since (the caller streams it).
-        Never follows a symlink that replaced the file since the walk (raises OSError)."""
-        limit = self._chunker.min_size
-        fd = os.open(real_path, _SMALL_OPEN_FLAGS)
-        try:
-            data = os.read(fd, expected + 1)
-            if len(data) <= expected:
-                return data
-            parts = [data]
-            total = len(data)
-            while total <= limit:
-                more = os.read(fd, limit + 1 - total)
-                if not more:
-                    break
-                parts.append(more)
-                total += len(more)
-            return b"".join(parts) if total <= limit else None
-        finally:
-            os.close(fd)
-
     def store(self, stream: IO[bytes]) -> tuple[list[str], int]:
         """Chunk *stream* and store every chunk; return (chunk ids, size). For writers
         that build entries themselves (copy); sources use the add_* methods."""
@@ -528,6 +533,14 @@ class SnapshotWriter:
             item = deferred[0]
             if isinstance(item, bytes):
                 line = item
+            elif isinstance(item, _LaterRead):
+                if not wait and not item.ticket.done():
+                    return
+                deferred.popleft()
+                settled = self._settle(item)
+                if settled is not None:
+                    self._write_line(settled)
+                continue
             else:
                 entry, tickets = item
                 if tickets:
@@ -537,6 +550,36 @@ class SnapshotWriter:
                 line = self._encode(entry)
             deferred.popleft()
             self._write_line(line)
+
+    def _settle(self, later: _LaterRead) -> bytes | None:
+        """The line of a file read by a worker (waits for it; re-raises its error), or
+        None when the file could not be read: then it is skipped with a warning, as
+        :meth:`add_file` would have. A file that grew past one chunk is streamed now."""
+        ticket, entry = later.ticket, later.entry
+        ticket.id()
+        problem = ticket.problem
+        if problem is None or problem == EMPTY:
+            entry.size = ticket.raw_length if problem is None else 0
+            entry.chunks = [ticket.chunk_id.hex()] if problem is None else []
+            self.stats.bytes_read += entry.size
+            self.stats.size += entry.size
+            if self._on_bytes:
+                self._on_bytes(entry.size)
+            return self._encode(entry)
+        try:
+            if isinstance(problem, OSError):
+                raise problem
+            with open(later.real_path, "rb", buffering=0) as f:
+                tickets, entry.size = self._queue(f)
+            entry.chunks = [t.id().hex() for t in tickets]
+        except OSError as exc:
+            self.warn(f"{later.real_path}: {exc.strerror or exc}")
+            if later.new:
+                self.stats.files_new -= 1
+            else:
+                self.stats.files_changed -= 1
+            return None
+        return self._encode(entry)
 
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
 from drkit.repository.crypto import Cipher
 from drkit.services.restorefs import TMP_PREFIX, TargetTree
+from drkit.storage.observe import local_root
 from drkit.workerprocs import WorkerGone, WorkerPool, serve
 
 if TYPE_CHECKING:
@@ -73,19 +74,9 @@ def worker_count(entries: int, repo: "Repository", env: Mapping[str, str]) -> in
     wanted = int(raw) if raw.strip().isdigit() else min(2, os.cpu_count() or 1)
     if wanted <= 0 or entries < MIN_FILES:
         return 0
-    if local_root(repo) is None or not isinstance(repo.codec.cipher, Cipher):
+    if local_root(repo.storage) is None or not isinstance(repo.codec.cipher, Cipher):
         return 0
     return wanted
-
-
-def local_root(repo: "Repository") -> str | None:
-    """The directory of *repo* when it is stored in a local directory (beneath any
-    wrappers: retrying, observing), else None."""
-    from drkit.storage.local import LocalStorage
-    from drkit.storage.observe import unwrap
-
-    storage = unwrap(repo.storage)
-    return str(storage.root) if isinstance(storage, LocalStorage) else None
 
 
 class FileWorkers:
@@ -97,7 +88,7 @@ class FileWorkers:
         """Start *count* workers (raises OSError when one cannot be started: none is
         left running)."""
         self._tree = tree
-        root = local_root(repo)
+        root = local_root(repo.storage)
         if root is None:
             raise ValueError("worker processes restore only from a local repository")
         setup = (os.path.abspath(root), repo.master.data_key, repo.master.id_key, repo.codec.level,

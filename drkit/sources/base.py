@@ -60,8 +60,11 @@ class BackupContext(Protocol):
 
     def add_symlink(self, path: str, target: str, st: os.stat_result | None = None) -> Entry: ...
 
-    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None) -> Entry:
-        """Store a regular file; reuses the parent snapshot's chunks when unchanged."""
+    def add_file(self, path: str, real_path: str | os.PathLike[str], st: os.stat_result | None = None, *,
+                 read_later: bool = False) -> Entry:
+        """Store a regular file; reuses the parent snapshot's chunks when unchanged.
+        With *read_later*, a small file may be read after this returns (by a worker
+        process), so the caller must not compare the file with the entry right away."""
         ...
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:

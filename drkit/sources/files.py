@@ -106,7 +106,7 @@ class FilesSource(Source):
         for root, st in roots:
             self._add_parents(ctx, root, seen)
             walker = TreeWalker(ctx, exclude=opts.exclude, include=opts.include, one_file_system=opts.one_file_system,
-                                seen=seen, prefetched=prefetched)
+                                seen=seen, prefetched=prefetched, read_later=True)
             walker.walk(root, root, st)
             taken += walker.counts["files"] + walker.counts["symlinks"]
         if opts.include and not taken:
@@ -251,7 +251,10 @@ class TreeWalker:
     path. Other file types are skipped and unreadable items warned about
     (``ctx.warn``: the run ends as a partial failure); the walk itself never raises
     for them. ``after_file(real, logical, st, entry)`` runs after each regular file
-    was read. ``counts`` tallies what was recorded (files, dirs, symlinks, bytes).
+    was read. With ``read_later`` (and no ``after_file``), small files may be read by a
+    backup worker after the walk moved on (see :meth:`BackupContext.add_file`).
+    ``counts`` tallies what was recorded (files, dirs, symlinks, bytes; a small file
+    read later counts the size ``lstat`` gave).
     """
 
     ctx: BackupContext
@@ -261,6 +264,7 @@ class TreeWalker:
     seen: set[str] = field(default_factory=set)
     """Logical directories already recorded in this run (recorded once)."""
     after_file: Callable[[str, str, os.stat_result, Entry], None] | None = None
+    read_later: bool = False
     prefetched: StatPrefetch | None = None
     """Directory listings read ahead (used where the real path matches, else read here)."""
     counts: dict[str, int] = field(default_factory=lambda: {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0})
@@ -274,6 +278,7 @@ class TreeWalker:
         ctx = self.ctx
         exclude, include, counts = self.exclude, self.include, self.counts
         add_file, progress, lstat = ctx.add_file, ctx.progress, os.lstat
+        read_later = self.read_later and self.after_file is None
         prefetched = self.prefetched
         stack: list[tuple[str, str, os.stat_result]] = [(real_root, logical_root, root_st)]
         while stack:
@@ -315,7 +320,7 @@ class TreeWalker:
                     continue
                 progress(real)
                 try:
-                    entry = add_file(logical, real, st)
+                    entry = add_file(logical, real, st, read_later=read_later)
                 except OSError as exc:
                     ctx.warn(f"{real}: {exc.strerror or exc}")
                     continue

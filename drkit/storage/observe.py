@@ -126,3 +126,12 @@ def unwrap(storage: Storage) -> Storage:
     while isinstance(storage, StorageWrapper):
         storage = storage.inner
     return storage
+
+
+def local_root(storage: Storage) -> str | None:
+    """The directory *storage* keeps its objects in when it is a local directory
+    (beneath any wrappers), else None."""
+    from drkit.storage.local import LocalStorage
+
+    inner = unwrap(storage)
+    return str(inner.root) if isinstance(inner, LocalStorage) else None
