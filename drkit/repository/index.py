@@ -103,22 +103,21 @@ class Index:
         """(slots, mask): see the class docstring."""
         self.files: set[str] = set()
 
-    def _find(self, chunk_id: bytes) -> bytes | None:
-        """The row of *chunk_id* (48 bytes), None if absent."""
+    def _find(self, chunk_id: bytes) -> int:
+        """The row number of *chunk_id*, -1 if absent."""
         if len(chunk_id) != _ID_SIZE:
-            return None
+            return -1
         slots, mask = self._table
+        holds = self._store.holds
         h = hash(chunk_id)
         mark = (h >> 32) & _ROW_NO
         i = h & mask
         while True:
             slot = slots[i]
             if not slot:
-                return None
-            if slot >> 32 == mark:
-                row = self._store.read((slot & _ROW_NO) - 1)
-                if row.startswith(chunk_id):
-                    return row
+                return -1
+            if slot >> 32 == mark and holds((slot & _ROW_NO) - 1, chunk_id):
+                return (slot & _ROW_NO) - 1
             i = (i + 1) & mask
 
     def _grow(self) -> None:
@@ -163,7 +162,7 @@ class Index:
             self._packs.append(pack_id)
         self.pack_sizes[pack_id] = size
         store = self._store
-        read, append, pack_row = store.read, store.append, ROW.pack
+        holds, append, pack_row = store.holds, store.append, ROW.pack
         slots, mask = self._table
         count = len(store)
         room = _room(mask)
@@ -177,7 +176,7 @@ class Index:
             mark = (h >> 32) & _ROW_NO
             i = h & mask
             slot = slots[i]
-            while slot and not (slot >> 32 == mark and read((slot & _ROW_NO) - 1).startswith(chunk_id)):
+            while slot and not (slot >> 32 == mark and holds((slot & _ROW_NO) - 1, chunk_id)):
                 i = (i + 1) & mask
                 slot = slots[i]
             if slot:
@@ -187,7 +186,7 @@ class Index:
             slots[i] = mark << 32 | count
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return self._find(chunk_id) is not None
+        return self._find(chunk_id) >= 0
 
     def __len__(self) -> int:
         return len(self._store)
@@ -203,7 +202,7 @@ class Index:
 
     def get(self, chunk_id: bytes) -> BlobLocation | None:
         row = self._find(chunk_id)
-        return None if row is None else self._location(row)
+        return None if row < 0 else self._location(self._store.read(row))
 
     def packs(self) -> list[str]:
         return list(self._packs)

@@ -119,6 +119,20 @@ class RowStore:
         at = (row % BLOCK_ROWS) * ROW_SIZE
         return block[at : at + ROW_SIZE]
 
+    def holds(self, row: int, chunk_id: bytes) -> bool:
+        """Whether row number *row* (which must exist) is that of the 32-byte
+        *chunk_id* (as ``read(row).startswith(chunk_id)``, without copying the row)."""
+        file_rows, done, tail = self._state
+        if row >= done:
+            return tail.startswith(chunk_id, (row - done) * ROW_SIZE)
+        if row >= file_rows:
+            row -= file_rows
+            return self._held[row // SPILL_ROWS].startswith(chunk_id, (row % SPILL_ROWS) * ROW_SIZE)
+        block = self._blocks.get(row // BLOCK_ROWS)
+        if block is None:
+            block = self._read_block(row // BLOCK_ROWS)
+        return block.startswith(chunk_id, (row % BLOCK_ROWS) * ROW_SIZE)
+
     def _read_block(self, number: int) -> bytes:
         """Block *number* (rows ``number * BLOCK_ROWS`` onwards) from the file, kept
         among the blocks read last (all dropped when there are too many: thread-safe

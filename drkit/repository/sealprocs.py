@@ -7,8 +7,12 @@ it between short C calls, so the thread reading the files waits for it after eve
 calls). :class:`SealWorkers` moves the batches of small blobs to worker processes
 (:mod:`drkit.workerprocs`): each worker hashes, compresses, seals and verifies every
 blob of a batch exactly as :meth:`~drkit.repository.blob.BlobCodec.encode` does in a
-thread, and returns the chunk ids and sealed bytes. Deduplication, packing, uploads
-and the index stay in the main process, unchanged: a worker writes nothing.
+thread, and returns the chunk ids and sealed bytes. Once they run, the workers also
+read the small files themselves (:meth:`~drkit.repository.saver.BlobSaver.submit_file`,
+with :func:`~drkit.smallread.read_whole`, as the main thread would): the walking thread
+no longer opens and reads each one, and the data is not copied to the worker.
+Deduplication, packing, uploads and the index stay in the main process, unchanged: a
+worker writes nothing.
 
 Only for passphrase repositories (in recipient mode a backup seals to a per-session
 key of its own); a worker gets the data and id keys over its socket pair.

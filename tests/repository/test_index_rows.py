@@ -29,6 +29,7 @@ def test_rows_read_back_from_the_file_the_held_batches_and_the_tail() -> None:
     store.extend(b"".join(rows[SPILL_ROWS + 3:]))
     assert len(store) == len(rows) and store.memory_bytes() == 5 * ROW_SIZE
     assert [store.read(n) for n in range(len(rows))] == rows
+    assert all(store.holds(n, rows[n][:32]) and not store.holds(n, rows[n - 1][:32]) for n in range(len(rows)))
     assert b"".join(store.batches()) == b"".join(rows)
     for count in (0, 1, SPILL_ROWS, SPILL_ROWS + 1, len(rows) - 1):
         assert b"".join(store.batches(count)) == b"".join(rows[:count])
@@ -54,6 +55,7 @@ def test_a_file_that_cannot_be_made_or_written_keeps_the_rows_in_memory(
     with caplog.at_level(logging.WARNING, logger="drkit.index"):
         index.add_pack("a" * 64, 10, entries)
     assert caplog.text.count("stay in memory") == 1
+    assert all(index._store.holds(n, e.id) for n, e in enumerate(entries))
     assert index.memory_sizes()[0] == (4 * SPILL_ROWS - fail_after * SPILL_ROWS + 9) * ROW_SIZE
     for e in entries:
         loc = index.get(e.id)
