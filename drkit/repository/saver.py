@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from drkit.repository import layout
-from drkit.repository.blob import BLOB_DATA
+from drkit.repository.blob import BLOB_DATA, BlobError
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
-from drkit.repository.sealprocs import MIN_BATCHES, SealWorkers
+from drkit.repository.sealprocs import MIN_BATCHES, SealError, SealWorkers
 from drkit.smallread import EMPTY, GROWN, read_whole
 
 if TYPE_CHECKING:  # repo.py imports this module
@@ -519,7 +519,10 @@ class BlobSaver:
             if not self._claim(chunk_id):
                 return
             ticket.new = True
-        ticket.sealed = self.repo.codec.encode(ticket.blob_type, ticket.chunk_id, data)
+        try:
+            ticket.sealed = self.repo.codec.encode(ticket.blob_type, ticket.chunk_id, data)
+        except BlobError as exc:  # as a worker process reports it: the source fails, not the run
+            raise SealError(str(exc)) from None
 
     def _claim(self, chunk_id: bytes) -> bool:
         """True when this session is to store blob *chunk_id* (it is now pending); False

@@ -50,6 +50,9 @@ class SealError(DrkitError):
     """{message}"""
 
     exit_code = EXIT_PARTIAL
+    default_hint = ("a blob did not decode back to its data right after it was sealed, so it was not stored: the "
+                    "machine's memory or CPU may be faulty (run memtester or memtest86+), or drkit has a bug; the "
+                    "source's last good snapshot is unchanged, run the backup again")
 
 
 def seal_worker_count(repo: "Repository", env: Mapping[str, str]) -> int:

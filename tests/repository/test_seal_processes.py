@@ -198,3 +198,52 @@ def test_chunks_of_large_files_stay_in_threads(repo: Repository, tmp_path: Path,
     target = tmp_path / "t"
     SnapshotReader(repo, repo.find_snapshot("latest"), target=target).write_entries(target)
     assert {p.name: p.read_bytes() for p in (target / str(data).lstrip("/")).iterdir()} == contents
+
+
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_a_blob_that_does_not_verify_after_sealing_fails_its_source_only(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: str) -> None:
+    """A sealed blob that does not decode back to its data (a broken compressor, bad
+    memory) fails its source with one clear error (exit 7), in a thread as in a worker
+    process; the other sources are stored. Before, the threads' plain BlobError escaped
+    the run: no source's snapshot was saved."""
+    from drkit.errors import PartialFailure
+    from drkit.repository.blob import BlobCodec
+
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    (bad / "f").write_bytes(b"BADRAM " * 20_000)
+    (good / "g").write_bytes(b"fine " * 20_000)
+    real_compress = BlobCodec.compress
+
+    def compress(self: BlobCodec, data: Any) -> Any:
+        data = bytes(data)
+        return real_compress(self, data + b"!" if data.startswith(b"BADRAM") else data)
+
+    monkeypatch.setattr(BlobCodec, "compress", compress)
+    if processes != "0":  # a worker process has its own codec: its verdict is what comes back
+        real_seal = SealWorkers.seal
+
+        def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+            if any((bytes(b[1]) if len(b) == 2 else Path(os.fsdecode(b[1])).read_bytes()).startswith(b"BADRAM")
+                   for b in blobs):
+                raise sealprocs.SealError("blob 0123: sealed blob does not decode to its data")
+            return real_seal(self, blobs)
+
+        monkeypatch.setattr(SealWorkers, "seal", seal)
+        monkeypatch.setattr("drkit.repository.saver._PROCESS_BLOB", 1 << 30)  # every batch to the workers
+        monkeypatch.setattr("drkit.repository.saver.MIN_BATCHES", 1)
+    sources = [FilesSource("bad", FilesSource.Options(paths=[str(bad)])),
+               FilesSource("good", FilesSource.Options(paths=[str(good)]))]
+    with pytest.raises(PartialFailure) as failed:
+        run_backup(repo, sources, BackupOptions(env={"DRKIT_BACKUP_PROCESSES": processes}))
+    assert failed.value.exit_code == 7
+    run = failed.value.outcome
+    by_name = {o.source: o for o in run.outcomes}
+    error = by_name["bad"].error
+    assert isinstance(error, sealprocs.SealError) and "does not decode to its data" in error.message
+    assert error.hint and "memory" in error.hint
+    assert by_name["good"].error is None and by_name["good"].snapshot is not None
+    repo.load_index()
+    assert [s.source for s in repo.list_snapshots()] == ["good"]
