@@ -4,21 +4,41 @@ worker process: :mod:`drkit.repository.sealprocs`)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
-OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-"""Never follows a symlink that replaced the file since the walk (ELOOP)."""
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""Never follows a symlink that replaced the file since the walk (ELOOP), never waits
+for a writer on a FIFO that did."""
 EMPTY = "empty"
 """Why a file read for a backup gives no blob: it was empty when read ..."""
 GROWN = "grown"
 """... or it had grown past one chunk (the caller then streams it)."""
 
 
+def open_regular(path: str | bytes | os.PathLike[str]) -> int:
+    """A blocking file descriptor of the regular file at *path*, for a backup to read:
+    a symlink, FIFO, device or directory put in its place since the walk's ``lstat``
+    is neither followed nor waited on (OSError: ELOOP, or EINVAL "not a regular file
+    any more"). Raises OSError as ``open`` does."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file any more (replaced since the walk)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_whole(path: str | bytes | os.PathLike[str], expected: int, limit: int) -> bytes | None:
     """The whole content of the file at *path*, which ``lstat`` said is *expected* bytes
     long, when it is at most *limit* bytes; None when it has grown past *limit* since
-    (the caller streams it). Raises OSError (gone, unreadable, a symlink now)."""
-    fd = os.open(path, OPEN_FLAGS)
+    (the caller streams it). Raises OSError (gone, unreadable, not a regular file now:
+    see :func:`open_regular`)."""
+    fd = open_regular(path)
     try:
         data = os.read(fd, expected + 1)
         if len(data) <= expected:

@@ -36,7 +36,7 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver, BlobTicket
 from drkit.repository.sealprocs import seal_worker_count
 from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.smallread import EMPTY, read_whole
+from drkit.smallread import EMPTY, open_regular, read_whole
 from drkit.progress import ProgressSink
 from drkit.repository.tree import (
     DIR,
@@ -363,7 +363,7 @@ class SnapshotWriter:
             if self._on_bytes:
                 self._on_bytes(entry.size)
         else:
-            with open(real_path, "rb", buffering=0) as f:
+            with os.fdopen(open_regular(real_path), "rb", buffering=0) as f:
                 tickets, entry.size = self._queue(f)
         if old is None:
             self.stats.files_new += 1
@@ -569,7 +569,7 @@ class SnapshotWriter:
         try:
             if isinstance(problem, OSError):
                 raise problem
-            with open(later.real_path, "rb", buffering=0) as f:
+            with os.fdopen(open_regular(later.real_path), "rb", buffering=0) as f:
                 tickets, entry.size = self._queue(f)
             entry.chunks = [t.id().hex() for t in tickets]
         except OSError as exc:

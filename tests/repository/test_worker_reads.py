@@ -154,3 +154,65 @@ def test_a_file_that_changes_between_the_walk_and_its_read(repo: Repository, tmp
     assert snap.stats["files_new"] == len(expected)
     assert snap.stats["size"] == sum(map(len, expected.values()))
     assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _secret_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent.parent.parent / "secret")
+
+
+@pytest.mark.parametrize("processes", ["0", "2"])
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("change", [_fifo, _secret_link], ids=["fifo", "symlink"])
+def test_a_file_swapped_after_the_walk_is_neither_followed_nor_waited_on(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: str, size: str,
+        change: Callable[[Path], None]) -> None:
+    """Between the walk's lstat and the open, a file becomes a symlink to a file the
+    backup must not take under its name, or a FIFO nobody writes to. Before, a file
+    over one chunk was opened following the symlink (the secret stored as the file) and
+    any file was opened blocking (the backup hung on the FIFO). Now it is skipped with
+    a warning, whoever reads it (main thread, thread or worker process)."""
+    import threading
+
+    (tmp_path / "secret").write_bytes(b"root's secret " * 100_000)
+    data = tmp_path / "data"
+    contents = _tree(data, 200)
+    victim = "d001/f0150"
+    (data / victim).write_bytes(os.urandom(2 * 1024 * 1024) if size == "large" else b"small victim")
+    contents.pop(victim)
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        st = real_lstat(path, *args, **kwargs)
+        if os.fspath(path).endswith(victim):
+            change(data / victim)  # right after the walk looked at it
+        return st
+
+    monkeypatch.setattr("drkit.sources.files.os.lstat", lstat)
+    outcome: list[Any] = []
+
+    def backup() -> None:
+        try:
+            outcome.append(_backup(repo, data) if processes == "2" else run_backup(
+                repo, [FilesSource("data", FilesSource.Options(paths=[str(data)]))],
+                BackupOptions(env={"DRKIT_BACKUP_PROCESSES": "0"})))
+        except PartialFailure as failed:
+            outcome.append(failed.outcome)
+
+    worker = threading.Thread(target=backup, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        with open(data / victim, "wb"):  # let the hung open go on, so that the test ends
+            pass
+        worker.join(30)
+        pytest.fail("the backup waited on a FIFO")
+    run = outcome[0]
+    warnings = run.outcomes[0].warnings
+    assert len(warnings) == 1 and str(data / victim) in warnings[0], warnings
+    assert _restored(repo, data, tmp_path / "t") == contents
