@@ -21,7 +21,9 @@ def open_regular(path: str | bytes | os.PathLike[str]) -> int:
     """A blocking file descriptor of the regular file at *path*, for a backup to read:
     a symlink, FIFO, device or directory put in its place since the walk's ``lstat``
     is neither followed nor waited on (OSError: ELOOP, or EINVAL "not a regular file
-    any more"). Raises OSError as ``open`` does."""
+    any more"). ``O_NONBLOCK`` is cleared once the file is known to be regular: Linux
+    ignores it for regular files, but a FUSE file system may not. Raises OSError as
+    ``open`` does."""
     fd = os.open(path, OPEN_FLAGS)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
