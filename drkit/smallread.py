@@ -1,6 +1,9 @@
-"""Reading a small file whole, in one ``read``: what a backup does for each file that
-``lstat`` said is at most one chunk long (in the main process, in a thread or in a
-worker process: :mod:`drkit.repository.sealprocs`)."""
+"""Opening the files a backup reads, and reading a small one whole.
+
+:func:`open_regular` opens every file the walk found regular without following a
+symlink or waiting on a FIFO put in its place since; :func:`read_whole` reads a file
+that ``lstat`` said is at most one chunk long in one ``read`` (in the main process, in a
+thread or in a worker process: :mod:`drkit.repository.sealprocs`)."""
 
 from __future__ import annotations
 
