@@ -15,6 +15,7 @@ have borg       || need+=(borgbackup)
 have mkfs.ext4  || need+=(e2fsprogs)
 have promtool   || need+=(prometheus)       # promtool: alert rule checks and unit tests
 have systemd-analyze || need+=(systemd)    # verifies generated units (nothing is started)
+have setpriv    || need+=(util-linux)       # test servers die with a killed test run (--pdeathsig)
 # kubectl: runbooks call it; tests run it against the in-repo fake API. Debian ships it as
 # kubernetes-client; images with the cloud-sdk apt source have a newer 'kubectl' package.
 want_kubectl=0

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.programs import require_binary
+from tests.servers.lifetime import dying_with_starter
 
 
 def free_port() -> int:
@@ -146,7 +147,7 @@ def start_etcd(base: Path, *, tls: bool = False, data_dir: Path | None = None, n
                 "--cert-file", str(tls_dir / "server-client.crt"), "--key-file", str(tls_dir / "server-client.key")]
     log_path = base / f"etcd-{cport}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(dying_with_starter(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     server = EtcdServer(binary, data_dir, client_url, peer_url, name, log_path, tls_dir, proc)
     ctx = None

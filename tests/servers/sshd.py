@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.servers.lifetime import dying_with_starter
+
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # compiled into Debian's sshd; must exist to start
 
@@ -227,7 +229,7 @@ def start_sshd(
         log = open(log_file, "ab")
         try:
             proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)],
+                dying_with_starter([SSHD, "-D", "-e", "-f", str(config)]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

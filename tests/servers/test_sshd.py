@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import paramiko
 import pytest
 
+from tests.programs import require_binary
 from tests.servers.sshd import SshServer
 
 
@@ -29,3 +36,39 @@ def test_stop_is_idempotent(sshd_server: SshServer) -> None:
     sshd_server.stop()
     sshd_server.stop()
     assert not sshd_server.running
+
+
+def test_sshd_goes_when_the_test_run_is_killed(tmp_path: Path) -> None:
+    """A run killed with SIGKILL runs no teardown: its sshd kept listening before."""
+    require_binary("sshd")
+    require_binary("ssh-keygen")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.servers.sshd import start_sshd\n"
+        f"server = start_sshd(Path({str(tmp_path / 'work')!r}))\n"
+        "print(server.process.pid, server.port, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    (tmp_path / "work").mkdir()
+    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        assert starter.stdout is not None
+        pid, port = map(int, starter.stdout.readline().split())
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # listening
+    finally:
+        starter.kill()
+        starter.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "sshd outlived the killed run"
+
+
+def _alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie does not: it waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
