@@ -65,6 +65,17 @@ def _no_temporaries(target: Path) -> list[str]:
     return [str(p) for p in target.rglob(f"{TMP_PREFIX}*")]
 
 
+def _assert_stopped_cleanly(target: Path, contents: dict[str, bytes], seen: list[FileWorkers]) -> list[Path]:
+    """After a restore that stopped early: every file there is complete, no temporary
+    is left, every worker exited. Returns the files there."""
+    files = list(target.rglob("f*"))
+    for p in files:
+        assert p.read_bytes() == contents[str(p.relative_to(target))], p  # what is there is complete
+    assert _no_temporaries(target) == []
+    _assert_all_exited(seen)
+    return files
+
+
 def test_every_file_of_a_20000_file_tree_is_restored_exactly_by_workers(
         repo: Repository, tmp_path: Path, workers_seen: list[FileWorkers]) -> None:
     entries, contents = _tree(20_000)
@@ -161,10 +172,7 @@ def test_a_target_a_worker_cannot_write_is_one_clear_error(repo: Repository, tmp
         for d in locked:
             _set_immutable(d, False)
     assert "Operation not permitted" in info.value.message and info.value.hint and "may write" in info.value.hint
-    assert _no_temporaries(target) == []
-    for p in target.rglob("f*"):
-        assert p.read_bytes() == contents[str(p.relative_to(target))], p  # what is there is complete
-    _assert_all_exited(workers_seen)
+    _assert_stopped_cleanly(target, contents, workers_seen)
 
 
 def test_ctrl_c_stops_a_restore_with_workers_promptly_leaving_only_complete_files(
@@ -187,12 +195,8 @@ def test_ctrl_c_stops_a_restore_with_workers_promptly_leaving_only_complete_file
         SnapshotReader(repo, snap, target=target, processes=2, window_files=500).write_entries(target)
     stopped = time.monotonic() - calls["at"]
     assert stopped < 1.0, f"took {stopped:.2f}s to stop after Ctrl-C"
-    files = [p for p in target.rglob("f*")]
+    files = _assert_stopped_cleanly(target, contents, workers_seen)
     assert 0 < len(files) < len(contents) - len(contents) // 4, "the restore ran to the end"
-    for p in files:
-        assert p.read_bytes() == contents[str(p.relative_to(target))], p
-    assert _no_temporaries(target) == []
-    _assert_all_exited(workers_seen)
 
 
 def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
@@ -217,10 +221,7 @@ def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
     with pytest.raises(RestoreWorkerDied, match="killed by signal 9"):  # (one thread, one worker: in order)
         SnapshotReader(repo, snap, target=target, processes=1, workers=1).write_entries(target)
     assert not left[0].exists()
-    assert _no_temporaries(target) == []
-    for p in target.rglob("f*"):
-        assert p.read_bytes() == contents[str(p.relative_to(target))], p
-    _assert_all_exited(workers_seen)
+    _assert_stopped_cleanly(target, contents, workers_seen)
 
 
 def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repository,
