@@ -46,10 +46,9 @@ class RowStore:
     def __init__(self) -> None:
         self._file: IO[bytes] | None = None
         self._fd = -1
-        self._in_memory = False
-        """True once the file failed: later batches stay in ``_held``."""
         self._held: list[bytes] = []
-        """Batches that stayed in memory, rows ``file_rows`` onwards."""
+        """Batches that stayed in memory, rows ``file_rows`` onwards: once one did (the
+        file failed), every later one does."""
         self._state: tuple[int, int, bytearray] = (0, 0, bytearray())
         """(rows in the file, rows in the file or held, the newest rows)."""
         self._blocks: dict[int, bytes] = {}
@@ -81,7 +80,7 @@ class RowStore:
         """Move the full batch in memory to the file (or to ``_held``)."""
         file_rows, done, tail = self._state
         batch = bytes(tail)
-        if not self._in_memory and self._write(batch, file_rows * ROW_SIZE):
+        if not self._held and self._write(batch, file_rows * ROW_SIZE):
             self._state = (file_rows + SPILL_ROWS, done + SPILL_ROWS, bytearray())
         else:
             self._held.append(batch)
@@ -99,39 +98,33 @@ class RowStore:
                 view = view[os.pwrite(self._fd, view, at + len(batch) - len(view)):]
             return True
         except OSError as exc:
-            self._in_memory = True
             log.warning("cannot keep the index's rows in a temporary file (%s): they stay in memory", exc)
             return False
 
     def read(self, row: int) -> bytes:
         """Row number *row* (which must exist)."""
-        file_rows, done, tail = self._state
-        if row >= done:
-            at = (row - done) * ROW_SIZE
-            return bytes(tail[at : at + ROW_SIZE])
-        if row >= file_rows:
-            row -= file_rows
-            at = (row % SPILL_ROWS) * ROW_SIZE
-            return self._held[row // SPILL_ROWS][at : at + ROW_SIZE]
-        block = self._blocks.get(row // BLOCK_ROWS)
-        if block is None:
-            block = self._read_block(row // BLOCK_ROWS)
-        at = (row % BLOCK_ROWS) * ROW_SIZE
-        return block[at : at + ROW_SIZE]
+        rows, at = self._where(row)
+        return bytes(rows[at : at + ROW_SIZE])
 
     def holds(self, row: int, chunk_id: bytes) -> bool:
         """Whether row number *row* (which must exist) is that of the 32-byte
         *chunk_id* (as ``read(row).startswith(chunk_id)``, without copying the row)."""
+        rows, at = self._where(row)
+        return rows.startswith(chunk_id, at)
+
+    def _where(self, row: int) -> tuple[bytes | bytearray, int]:
+        """The buffer that holds row number *row* (the newest rows, a held batch or a
+        block read from the file) and the row's offset in it."""
         file_rows, done, tail = self._state
         if row >= done:
-            return tail.startswith(chunk_id, (row - done) * ROW_SIZE)
+            return tail, (row - done) * ROW_SIZE
         if row >= file_rows:
             row -= file_rows
-            return self._held[row // SPILL_ROWS].startswith(chunk_id, (row % SPILL_ROWS) * ROW_SIZE)
+            return self._held[row // SPILL_ROWS], (row % SPILL_ROWS) * ROW_SIZE
         block = self._blocks.get(row // BLOCK_ROWS)
         if block is None:
             block = self._read_block(row // BLOCK_ROWS)
-        return block.startswith(chunk_id, (row % BLOCK_ROWS) * ROW_SIZE)
+        return block, (row % BLOCK_ROWS) * ROW_SIZE
 
     def _read_block(self, number: int) -> bytes:
         """Block *number* (rows ``number * BLOCK_ROWS`` onwards) from the file, kept
