@@ -59,3 +59,10 @@ def read_whole(path: str | bytes | os.PathLike[str], expected: int, limit: int) 
         return b"".join(parts) if total <= limit else None
     finally:
         os.close(fd)
+
+
+def read_blob(path: str | bytes | os.PathLike[str], expected: int, limit: int) -> bytes | str:
+    """:func:`read_whole` for a file queued to be read later (by a worker): its content,
+    or why it makes no blob, :data:`EMPTY` or :data:`GROWN`. Raises OSError."""
+    data = read_whole(path, expected, limit)
+    return data if data else GROWN if data is None else EMPTY

@@ -32,7 +32,7 @@ from drkit.repository.blob import BLOB_DATA, BlobError
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
 from drkit.repository.sealprocs import MIN_BATCHES, SealError, SealWorkers
-from drkit.smallread import EMPTY, GROWN, read_whole
+from drkit.smallread import read_blob
 
 if TYPE_CHECKING:  # repo.py imports this module
     from drkit.repository.repo import Repository
@@ -132,12 +132,12 @@ def _read_file(ticket: BlobTicket) -> bytes | None:
     assert ticket.file is not None
     path, expected, limit = ticket.file
     try:
-        data = read_whole(path, expected, limit)
+        data = read_blob(path, expected, limit)
     except OSError as exc:
         ticket.problem = exc
         return None
-    if not data:
-        ticket.problem = GROWN if data is None else EMPTY
+    if isinstance(data, str):
+        ticket.problem = data
         return None
     ticket.raw_length = len(data)
     return data
@@ -363,7 +363,7 @@ class BlobSaver:
         and seals it (or by a thread: see :func:`~drkit.smallread.read_whole`), so
         that the calling thread does not open and read it. Once the ticket is done,
         ``raw_length`` is what was read, or ``problem`` says why there is no blob:
-        :data:`EMPTY` (truncated since), :data:`GROWN` (past *limit* since: the caller
+        :data:`~drkit.smallread.EMPTY` (truncated since), ``GROWN`` (past *limit* since: the caller
         streams it) or the OSError of the read (the caller skips the file with a
         warning, as it would have)."""
         ticket = BlobTicket(BLOB_DATA, None)

@@ -114,7 +114,7 @@ class SealWorkers:
 def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
     from drkit.repository.blob import BlobCodec, BlobError
     from drkit.repository.crypto import ChunkHasher
-    from drkit.smallread import EMPTY, GROWN, read_whole
+    from drkit.smallread import read_blob
 
     data_key, id_key, level, max_size = setup
     codec = BlobCodec(Cipher(data_key), ChunkHasher(id_key), level, max_size=max_size)
@@ -128,12 +128,12 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
                     data = what[0]
                 else:  # a file to read: (path, size lstat gave, largest size read whole)
                     try:
-                        data = read_whole(*what)
+                        data = read_blob(*what)
                     except OSError as exc:
                         out.append((None, exc.strerror or str(exc), exc.errno or 0))
                         continue
-                    if not data:
-                        out.append((None, GROWN if data is None else EMPTY, None))
+                    if isinstance(data, str):  # EMPTY or GROWN
+                        out.append((None, data, None))
                         continue
                 chunk_id = hasher(data)
                 out.append((chunk_id, codec.encode(blob_type, chunk_id, data), len(data)))
