@@ -346,10 +346,7 @@ class SnapshotWriter:
         if read_later and 0 < entry.size <= self._chunker.min_size and self.saver.reads_files:
             ticket = self.saver.submit_file(os.fsencode(real_path), entry.size, self._chunker.min_size)
             self._deferred.append(_LaterRead(entry, ticket, real_path, old is None))
-            if old is None:
-                self.stats.files_new += 1
-            else:
-                self.stats.files_changed += 1
+            self._count_file(new=old is None)
             self._flush_deferred(wait=False)
             return entry
         small = read_whole(real_path, entry.size, self._chunker.min_size) if entry.size <= self._chunker.min_size else None
@@ -358,17 +355,10 @@ class SnapshotWriter:
             # one read, one open; the blob joins a batch of small ones in the saver.
             tickets = [self.saver.submit(small)] if small else []
             entry.size = len(small)
-            self.stats.bytes_read += entry.size
-            self.stats.size += entry.size
-            if self._on_bytes:
-                self._on_bytes(entry.size)
+            self._count_read(entry.size)
         else:
-            with os.fdopen(open_regular(real_path), "rb", buffering=0) as f:
-                tickets, entry.size = self._queue(f)
-        if old is None:
-            self.stats.files_new += 1
-        else:
-            self.stats.files_changed += 1
+            tickets, entry.size = self._stream_file(real_path)
+        self._count_file(new=old is None)
         # Recorded (with its chunk ids) once the workers have hashed every chunk; the
         # next file is read meanwhile. Entries keep their order.
         self._deferred.append((entry, tickets))
@@ -561,25 +551,38 @@ class SnapshotWriter:
         if problem is None or problem == EMPTY:
             entry.size = ticket.raw_length if problem is None else 0
             entry.chunks = [ticket.chunk_id.hex()] if problem is None else []
-            self.stats.bytes_read += entry.size
-            self.stats.size += entry.size
-            if self._on_bytes:
-                self._on_bytes(entry.size)
+            self._count_read(entry.size)
             return self._encode(entry)
         try:
             if isinstance(problem, OSError):
                 raise problem
-            with os.fdopen(open_regular(later.real_path), "rb", buffering=0) as f:
-                tickets, entry.size = self._queue(f)
+            tickets, entry.size = self._stream_file(later.real_path)
             entry.chunks = [t.id().hex() for t in tickets]
         except OSError as exc:
             self.warn(f"{later.real_path}: {exc.strerror or exc}")
-            if later.new:
-                self.stats.files_new -= 1
-            else:
-                self.stats.files_changed -= 1
+            self._count_file(new=later.new, by=-1)
             return None
         return self._encode(entry)
+
+    def _count_file(self, *, new: bool, by: int = 1) -> None:
+        """Count a file stored (*by* -1: one counted but then skipped) as new or changed."""
+        if new:
+            self.stats.files_new += by
+        else:
+            self.stats.files_changed += by
+
+    def _count_read(self, size: int) -> None:
+        """Count *size* bytes read whole from a file (and report them)."""
+        self.stats.bytes_read += size
+        self.stats.size += size
+        if self._on_bytes:
+            self._on_bytes(size)
+
+    def _stream_file(self, real_path: str | os.PathLike[str]) -> tuple[list[BlobTicket], int]:
+        """Open the file the walk found regular (see :func:`open_regular`) and queue its
+        chunks (:meth:`_queue`): (tickets, size). Raises OSError."""
+        with os.fdopen(open_regular(real_path), "rb", buffering=0) as f:
+            return self._queue(f)
 
     def finish_tree(self) -> list[str]:
         """Store the tree (as tree blobs) and return their ids, in order."""
