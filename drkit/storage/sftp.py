@@ -160,6 +160,11 @@ def _string(b: bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
 
 
+_UNSIZED_READ = 16 * 1024 * 1024
+"""A ranged get of at most this many bytes is read without asking the object's size
+first (the restore's reads are at most 8 MiB)."""
+
+
 class _Pipeline:
     """Requests on one SFTP session sent back to back, their replies read as they come.
 
@@ -279,6 +284,8 @@ def _read_pipelined(sftp: Any, handle: bytes, offset: int, want: int, step: int,
         pipe.unanswered.pop(num, None)
         entry = asked.pop(num, None)
         if entry is None:
+            with sftp._lock:  # e.g. the reply to a close not waited for: paramiko forgets it too
+                sftp._expecting.pop(num, None)
             continue
         pos, n = entry
         unanswered -= n
@@ -696,14 +703,23 @@ class SftpStorage:
             raise ValueError("offset and length must not be negative")
 
         def do(sftp: Any) -> bytes:
-            with sftp.open(self._path(name), "rb") as f:
-                size = f.stat().st_size
-                end = size if length is None else min(size, offset + length)
-                want = max(0, end - offset)
-                if want == 0:
-                    return b""
-                data = _read_pipelined(sftp, f.handle, offset, want, self._read_size(sftp))
-            if len(data) != want:
+            # Two round trips for a range of at most _UNSIZED_READ: the open, then the
+            # reads (they stop at the end of the file). Otherwise the size comes first,
+            # so no buffer is made larger than the object. The close is not waited for:
+            # its reply is taken (and skipped) by the session's next request.
+            f = sftp.open(self._path(name), "rb")
+            try:
+                if length is None or length > _UNSIZED_READ:
+                    end = int(f.stat().st_size)
+                    want = max(0, (end if length is None else min(end, offset + length)) - offset)
+                else:
+                    want = length
+                data = _read_pipelined(sftp, f.handle, offset, want, self._read_size(sftp)) if want else b""
+            except BaseException:
+                f.close()
+                raise
+            f._close(async_=True)
+            if (length is None or length > _UNSIZED_READ) and len(data) != want:
                 raise TransientStorageError(f"short read of {name} from {self.where}: {len(data)} of {want} bytes")
             return data
 
