@@ -537,8 +537,9 @@ class _WindowWriter:
         # calls a few microseconds long, and workers doing them side by side spent more
         # time handing the GIL to each other than they gained (100,000 small files: 12.0 s
         # wall and 9.3 s system time with four workers, 9.2-9.6 s and 3.2-3.7 s through
-        # the lane). Tasks of large blobs (hashing, decompression, writes that release
-        # the GIL for long) still run side by side.
+        # the lane). Only their reads run side by side (from S3 or SFTP, mostly waiting
+        # on the network). Tasks of large blobs (hashing, decompression, writes that
+        # release the GIL for long) run side by side whole.
         self._file_lane = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="drkit-restore")
         self._queued: deque[_Window] = deque()
@@ -629,28 +630,35 @@ class _WindowWriter:
                 if self._on_bytes and written:
                     self._on_bytes(written)
             elif sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
+                pieces = self._fetch(pack_id, ordered)  # side by side: a remote read is mostly waiting
                 with self._file_lane:
-                    self._run_task(pack_id, ordered)
+                    self._write_pieces(pack_id, pieces)
             else:
-                self._run_task(pack_id, ordered)
+                self._write_pieces(pack_id, self._fetch(pack_id, ordered))
         finally:
             # The pool's work item keeps its arguments until its thread gets round to
             # dropping it, after the future is done and the window may be finished: the
             # task's blob uses (and through them its files) must not live on with it.
             ordered.clear()
 
-    def _run_task(self, pack_id: str, ordered: list[BlobUse]) -> None:
+    def _fetch(self, pack_id: str, ordered: list[BlobUse]) -> list[tuple[BlobUse, memoryview | None]]:
+        """The sealed bytes of each blob of *ordered* (None: cut off by a truncated
+        pack); none when stopping, or when the pack cannot be read (its files fail)."""
         if self._stop.is_set():
-            return
+            return []
         name = layout.pack_name(pack_id)
-        # Each blob is authenticated (AES-GCM) and checked against its keyed id
-        # below, so the pack's SHA-256 (a keyless bitrot check) is not needed here.
         try:
-            pieces = [(u, sealed) for group, data in fetch_ranges(self.repo.storage, name, ordered) for u, sealed in split_ranges(group, data)]
+            return [(u, sealed) for group, data in fetch_ranges(self.repo.storage, name, ordered) for u, sealed in split_ranges(group, data)]
         except (IntegrityError, ObjectNotFound, StorageError) as exc:
             for u in ordered:
                 self._fail(u.targets, f"{name}: {exc.message}")
-            return
+            return []
+
+    def _write_pieces(self, pack_id: str, pieces: list[tuple[BlobUse, memoryview | None]]) -> None:
+        """Check each blob and write it where it goes. Each blob is authenticated
+        (AES-GCM) and checked against its keyed id, so the pack's SHA-256 (a keyless
+        bitrot check) is not needed here."""
+        name = layout.pack_name(pack_id)
         for u, sealed in pieces:
             if self._stop.is_set():
                 return

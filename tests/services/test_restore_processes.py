@@ -315,3 +315,39 @@ def test_workers_that_cannot_start_leave_the_restore_to_this_process(
     assert (target / "d0003" / "f00161").read_bytes() == contents["d0003/f00161"]
     assert "cannot start restore worker processes (Resource temporarily unavailable)" in caplog.text
     assert started and started[0].poll() is not None  # the one that started was stopped
+
+
+def test_without_workers_the_reads_of_small_file_tasks_run_side_by_side(repo: Repository, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process, tasks of small files write one at a time (the file lane), but
+    their reads (from S3 or SFTP: waiting on the network) do not wait for that: two
+    tasks' reads meet here, or the barrier breaks after 10 s and the restore fails."""
+    import threading
+
+    entries, contents = _tree(600)
+    snap = write_snapshot(repo, entries, contents)
+    inner = repo.storage
+    meet = threading.Barrier(2, timeout=10)
+    waited: list[str] = []
+    lock = threading.Lock()
+
+    class Remote:  # not a local directory, as S3 and SFTP
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+            if threading.current_thread().name.startswith("drkit-restore"):
+                with lock:
+                    first_two = len(waited) < 2
+                    waited.append(name)
+                if first_two:
+                    meet.wait()
+            return inner.get(name, offset, length)
+
+    monkeypatch.setattr(repo, "storage", Remote())
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, processes=0, window_files=100).write_entries(target)
+    assert (result.files, result.failed) == (600, [])
+    assert len(waited) >= 2 and not meet.broken
+    for path, data in contents.items():
+        assert (target / path).read_bytes() == data, path
