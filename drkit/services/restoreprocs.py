@@ -12,9 +12,12 @@ A worker does for its task exactly what a thread would: the same reads
 authenticated and compared with its keyed id), the same
 :meth:`~drkit.services.restorefs.TargetTree.write_file` with its promises: nothing
 outside the target; only complete files under real names; on any error the
-temporary is removed. It is given the repository directory (only local repositories
-are restored this way), the keys that open blobs (over its socket pair, never on its
-command line or in its environment) and the target as the directory fd the main
+temporary is removed. From a local repository it reads the pack ranges itself (it is
+given the repository directory); from S3 or SFTP the thread that hands it the task
+reads them first, over the main process's connection, and sends the sealed bytes
+with the task (a worker never connects anywhere). It is given the keys that open
+blobs (over its socket pair, never on its command line or in its environment: in
+recipient mode the identity too) and the target as the directory fd the main
 process opened (never looked up again by name). It answers, per file: done, failed
 (why) or refused (why); an OSError ends its task and is raised in the main process as
 the same error.
@@ -35,10 +38,10 @@ import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
-from drkit.repository.crypto import Cipher
+from drkit.repository.crypto import Cipher, RecipientCipher
 from drkit.services.restorefs import TMP_PREFIX, TargetTree
 from drkit.storage.observe import local_root
 from drkit.workerprocs import WorkerGone, WorkerPool, serve
@@ -65,18 +68,26 @@ class RestoreWorkerDied(DrkitError):
 
 
 def worker_count(entries: int, repo: "Repository", env: Mapping[str, str]) -> int:
-    """How many worker processes a restore of *entries* entries from *repo* uses: none
-    for a small restore, a repository that is not a local directory or whose blobs are
-    sealed to a recipient; else ``DRKIT_RESTORE_PROCESSES`` (0 turns them off), by
-    default two (one on one processor): each holds about 36 MiB, and the whole restore
-    stays under 200 MiB."""
+    """How many worker processes a restore of *entries* entries from *repo* (any
+    storage, passphrase or recipient mode) uses: none for a small restore; else
+    ``DRKIT_RESTORE_PROCESSES`` (0 turns them off), by default two (one on one
+    processor): each holds about 36 MiB, and the whole restore stays under 200 MiB."""
     raw = env.get("DRKIT_RESTORE_PROCESSES", "")
     wanted = int(raw) if raw.strip().isdigit() else min(2, os.cpu_count() or 1)
     if wanted <= 0 or entries < MIN_FILES:
         return 0
-    if local_root(repo.storage) is None or not isinstance(repo.codec.cipher, Cipher):
-        return 0
     return wanted
+
+
+def _cipher_setup(cipher: Cipher | RecipientCipher) -> tuple[bytes, bytes | None]:
+    """What a worker needs to open blobs besides the data key: (recipient, raw identity)
+    in recipient mode, else (b"", None)."""
+    if isinstance(cipher, Cipher):
+        return b"", None
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    identity = None if cipher.identity is None else cipher.identity.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return cipher.recipient, identity
 
 
 class FileWorkers:
@@ -89,10 +100,11 @@ class FileWorkers:
         left running)."""
         self._tree = tree
         root = local_root(repo.storage)
-        if root is None:
-            raise ValueError("worker processes restore only from a local repository")
-        setup = (os.path.abspath(root), repo.master.data_key, repo.master.id_key, repo.codec.level,
-                 repo.codec.max_size, tree.as_root)
+        self._remote = None if root is not None else repo.storage
+        """The storage :meth:`run` reads pack ranges from for the workers (None: a local
+        repository, which they read themselves)."""
+        setup = (None if root is None else os.path.abspath(root), repo.master.data_key, repo.master.id_key,
+                 *_cipher_setup(repo.codec.cipher), repo.codec.level, repo.codec.max_size, tree.as_root)
 
         def one() -> tuple[tuple[Any, ...], str]:
             prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"  # its temporaries' names
@@ -100,20 +112,32 @@ class FileWorkers:
 
         self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,))
 
-    def run(self, pack_name: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
-        """Have a worker restore the files of *ordered* (blobs of pack *pack_name*, each
+    def run(self, pack_id: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
+        """Have a worker restore the files of *ordered* (blobs of pack *pack_id*, each
         file whole in one of them) and set each file plan's outcome; returns the bytes
         written (0, doing nothing, when *stop* is set by the time a worker is free).
+        From a remote repository the ranges are read here first, before a worker is
+        taken (a pack that cannot be read fails the files of the task, as in a worker).
         Raises OSError as the worker met it, RestoreWorkerDied."""
         task = [(u.chunk_id, u.offset, u.length, u.blob_type, u.raw_length,
                  [(p.parent, p.name, p.entry.mode, p.entry.uid, p.entry.gid, p.entry.mtime_ns) for p, _ in u.targets])
                 for u in ordered]
+        fetched = None
+        if self._remote is not None:
+            if stop.is_set():
+                return 0
+            fetched = _fetch(self._remote, pack_id, ordered)
+            if isinstance(fetched, str):
+                for u in ordered:
+                    for plan, _ in u.targets:
+                        plan.failed = plan.failed or fetched
+                return 0
         worker = self.pool.take()
         try:
             if stop.is_set():
                 return 0
             try:
-                outcomes, written, warnings, error = self.pool.ask(worker, (pack_name, task))
+                outcomes, written, warnings, error = self.pool.ask(worker, (pack_id, task, fetched))
             except WorkerGone as gone:
                 for parent in {plan.parent for u in ordered for plan, _ in u.targets}:
                     self._tree.remove_temporaries(parent, worker.tag)  # what it may have left
@@ -149,6 +173,20 @@ class FileWorkers:
         self.pool.close()
 
 
+def _fetch(storage: Any, pack_id: str, ordered: list["BlobUse"]) -> list[tuple[int, bytes]] | str:
+    """The merged reads of *ordered* from pack *pack_id*, for a worker: (blobs in the
+    read, its bytes) each, in order; or why the pack could not be read."""
+    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
+    from drkit.repository import layout
+    from drkit.services.packranges import fetch_ranges
+
+    name = layout.pack_name(pack_id)
+    try:
+        return [(len(group), bytes(data)) for group, data in fetch_ranges(storage, name, ordered)]
+    except (IntegrityError, ObjectNotFound, StorageError) as exc:
+        return f"{name}: {exc.message}"
+
+
 # -- the worker side ----------------------------------------------------------------
 
 
@@ -168,9 +206,14 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
     from drkit.repository.crypto import ChunkHasher
     from drkit.storage.local import LocalStorage
 
-    storage_root, data_key, id_key, level, max_size, as_root, prefix = setup
-    storage = LocalStorage(storage_root)
-    codec = BlobCodec(Cipher(data_key), ChunkHasher(id_key), level, max_size=max_size)
+    storage_root, data_key, id_key, recipient, identity, level, max_size, as_root, prefix = setup
+    storage = None if storage_root is None else LocalStorage(storage_root)
+    cipher: Cipher | RecipientCipher = Cipher(data_key)
+    if recipient:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        cipher = RecipientCipher(recipient, None if identity is None else X25519PrivateKey.from_private_bytes(identity))
+    codec = BlobCodec(cipher, ChunkHasher(id_key), level, max_size=max_size)
     tree = TargetTree(Path(f"/proc/self/fd/{fds[0]}"), as_root=as_root, root_fd=fds[0], prefix=prefix)
     warnings = _Warnings()
     logging.getLogger("drkit").addHandler(warnings)
@@ -184,11 +227,12 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
     return answer
 
 
-def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
-              task: list[Any]) -> tuple[list[tuple[int, str]], int, tuple[Any, ...] | None]:
-    """Restore the files of one task (see :meth:`FileWorkers.run`): the outcome of each
-    file in order, the bytes written, and the OSError that ended the task (errno,
-    strerror, filename) or None."""
+def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: list[Any],
+              fetched: list[tuple[int, bytes]] | None) -> tuple[list[tuple[int, str]], int, tuple[Any, ...] | None]:
+    """Restore the files of one task (see :meth:`FileWorkers.run`), its ranges read
+    from *storage* or given as *fetched* (see :func:`_fetch`): the outcome of each file
+    in order, the bytes written, and the OSError that ended the task (errno, strerror,
+    filename) or None."""
     from drkit.errors import IntegrityError, ObjectNotFound, StorageError
     from drkit.repository import layout
     from drkit.repository.blob import BlobError
@@ -203,7 +247,8 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
     written = 0
     error: tuple[Any, ...] | None = None
     try:
-        pieces = [(u, sealed) for group, data in fetch_ranges(storage, name, uses) for u, sealed in split_ranges(group, data)]
+        reads = fetch_ranges(storage, name, uses) if fetched is None else _regroup(uses, fetched)
+        pieces = [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
     except (IntegrityError, ObjectNotFound, StorageError) as exc:
         return [(_FAILED, f"{name}: {exc.message}") for u in uses for _ in files_of[id(u)]], 0, None
     for u, sealed in pieces:
@@ -237,6 +282,17 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str,
             outcomes.append((_DONE, ""))
             written += len(plain)
     return outcomes, written, error
+
+
+def _regroup(uses: list[Any], fetched: list[tuple[int, bytes]]) -> Iterator[tuple[list[Any], memoryview]]:
+    """*fetched* (see :func:`_fetch`) as :func:`~drkit.services.packranges.fetch_ranges`
+    gives it: each read with its blobs."""
+    start = 0
+    for count, data in fetched:
+        yield uses[start : start + count], memoryview(data)
+        start += count
+    if start != len(uses):
+        raise ValueError(f"a task of {len(uses)} blobs came with reads of {start}")
 
 
 if __name__ == "__main__":

@@ -224,8 +224,8 @@ def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
     _assert_stopped_cleanly(target, contents, workers_seen)
 
 
-def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repository,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_for_large_restores_from_any_storage_unless_turned_off(repo: Repository,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     env: dict[str, str] = {}
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     big = restoreprocs.MIN_FILES
@@ -236,11 +236,11 @@ def test_workers_only_for_large_local_restores_unless_turned_off(repo: Repositor
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert worker_count(big, repo, env) == 1
 
-    class Remote:  # anything that is not a local directory (S3, SFTP)
+    class Remote:  # anything that is not a local directory (S3, SFTP): its ranges are read here
         pass
 
     monkeypatch.setattr(repo, "storage", Remote())
-    assert worker_count(big, repo, env) == 0
+    assert worker_count(big, repo, env) == 1
 
 
 def _cli_workspace(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes], Repository]:
@@ -315,6 +315,102 @@ def test_workers_that_cannot_start_leave_the_restore_to_this_process(
     assert (target / "d0003" / "f00161").read_bytes() == contents["d0003/f00161"]
     assert "cannot start restore worker processes (Resource temporarily unavailable)" in caplog.text
     assert started and started[0].poll() is not None  # the one that started was stopped
+
+
+# -- from S3/SFTP and in recipient mode: the ranges are read in this process -------------
+
+
+def _random_tree(count: int) -> tuple[list[Any], dict[str, bytes]]:
+    """*count* small files of incompressible content (4-12 KiB): several 1 MiB packs."""
+    entries, _ = _tree(count)
+    contents = {e.path: os.urandom(4096 + (i * 811) % 8192) for i, e in enumerate(entries) if e.type == FILE}
+    return entries, contents
+
+
+def _assert_exact(target: Path, entries: list[Any], contents: dict[str, bytes], failed: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    for e in entries:
+        if e.type != FILE:
+            continue
+        p = target / e.path
+        if e.path in failed:
+            assert not p.exists(), e.path
+        else:
+            assert p.read_bytes() == contents[e.path], e.path
+            st = p.stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (e.mode, e.mtime_ns), e.path
+    assert _no_temporaries(target) == []
+
+
+def _sftp_repo(sshd: Any, tmp_path: Path) -> Repository:
+    from drkit.storage.sftp import SftpStorage
+    from tests.storage.conftest import sftp_options
+
+    storage = SftpStorage(sshd.url(f"~/restore-{tmp_path.name}"), sftp_options(sshd))
+    Repository.init(storage, "pw", pack_size=1024 * 1024)
+    return Repository.open(storage, "pw")
+
+
+def test_a_restore_from_sftp_is_written_by_workers_the_main_process_reads_for(
+        sshd: Any, tmp_path: Path, workers_seen: list[FileWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers never connect anywhere: each task's ranges are read over this
+    process's SFTP connection and sent with it; the files come out exact."""
+    repo = _sftp_repo(sshd, tmp_path)
+    entries, contents = _random_tree(1500)
+    snap = write_snapshot(repo, entries, contents)
+    handed: list[int] = []
+    real_run = FileWorkers.run
+
+    def run(self: FileWorkers, pack_id: str, ordered: list[Any], stop: Any) -> int:
+        handed.append(len(ordered))
+        return real_run(self, pack_id, ordered, stop)
+
+    monkeypatch.setattr(FileWorkers, "run", run)
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, processes=2, window_files=400).write_entries(target)
+    assert (result.files, result.failed) == (1500, [])
+    assert workers_seen[0]._remote is repo.storage  # read here, not by the workers
+    assert len(handed) >= 4 and sum(handed) == len({c for e in entries if e.type == FILE for c in e.chunks})
+    _assert_exact(target, entries, contents)
+    _assert_all_exited(workers_seen)
+
+
+def test_a_pack_missing_from_sftp_fails_only_its_files_in_workers(sshd: Any, tmp_path: Path,
+                                                                  workers_seen: list[FileWorkers]) -> None:
+    repo = _sftp_repo(sshd, tmp_path)
+    entries, contents = _random_tree(600)
+    snap = write_snapshot(repo, entries, contents)
+    pack_of = {e.path: repo.index.get(bytes.fromhex(e.chunks[0])).pack for e in entries if e.type == FILE}  # type: ignore[union-attr]
+    assert len(set(pack_of.values())) >= 3
+    victim = pack_of["d0005/f00260"]
+    repo.storage.delete(layout.pack_name(victim))
+    lost = {path for path, pack in pack_of.items() if pack == victim}
+    target = tmp_path / "t"
+    with pytest.raises(IntegrityError) as info:
+        SnapshotReader(repo, snap, target=target, processes=2, window_files=100).write_entries(target)
+    assert set(info.value.outcome.failed) == lost  # type: ignore[attr-defined]
+    _assert_exact(target, entries, contents, failed=lost)
+    _assert_all_exited(workers_seen)
+
+
+def test_a_recipient_mode_restore_is_written_by_workers_with_the_identity(tmp_path: Path,
+                                                                          workers_seen: list[FileWorkers]) -> None:
+    from drkit.repository.crypto import RecipientCipher
+    from drkit.repository.identity import generate_identity
+
+    identity = generate_identity()
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw", pack_size=1024 * 1024, recipient=identity.public)
+    entries, contents = _random_tree(800)
+    snap = write_snapshot(Repository.open(storage, "pw"), entries, contents)  # the backup host: no identity
+    repo = Repository.open(storage, None, identity=identity)
+    repo.load_index()
+    assert isinstance(repo.codec.cipher, RecipientCipher)
+    target = tmp_path / "t"
+    result = SnapshotReader(repo, snap, target=target, processes=2, window_files=200).write_entries(target)
+    assert (result.files, result.failed) == (800, [])
+    assert workers_seen and workers_seen[0]._remote is None
+    _assert_exact(target, entries, contents)
+    _assert_all_exited(workers_seen)
 
 
 def test_without_workers_the_reads_of_small_file_tasks_run_side_by_side(repo: Repository, tmp_path: Path,
