@@ -11,8 +11,11 @@ import hashlib
 import json
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ from drkit.repository.crypto import (
     canonical_json,
 )
 from drkit.repository.identity import Identity, make_recipient_slot, open_recipient_slot
-from drkit.repository.index import Index, ListedBlobs, decode_index_listing, encode_index_file
+from drkit.repository.index import BlobLocation, Index, ListedBlobs, decode_index_listing, encode_index_file
 from drkit.repository.indexcache import CachedIndex, IndexCache
 from drkit.repository.locks import COMMAND_LOCKS, Lock
 from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
@@ -62,6 +65,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_CHUNKER = chunker_mod.DEFAULT_PARAMS
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+READ_AHEAD = 2
+"""Blobs :meth:`Repository.read_blobs` reads ahead (a snapshot's tree: blobs of about
+1 MiB, at most 8 MiB each)."""
 FUTURE_SKEW = timedelta(minutes=10)
 """A snapshot dated more than this ahead of the clock is future-dated (see services/forget.py)."""
 
@@ -667,10 +673,51 @@ class Repository:
 
     def read_blob(self, chunk_id: bytes) -> bytes:
         """Fetch, decrypt, decompress and verify one blob; raises IntegrityError."""
+        loc = self._locate(chunk_id)
+        return self._decode_blob(chunk_id, loc, self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length))
+
+    def read_blobs(self, chunk_ids: list[bytes], *, ahead: int = READ_AHEAD) -> Iterator[bytes]:
+        """:meth:`read_blob` of each of *chunk_ids* in turn, while the storage reads of
+        the next *ahead* run in background threads (from S3 or SFTP a read is mostly
+        waiting: a tree read blob after blob waited for each). Everything else happens
+        in the calling thread. An error is raised where its blob is reached, as
+        :meth:`read_blob` raises it; closed early, it waits for the reads in flight."""
+        if ahead <= 0 or len(chunk_ids) < 2:
+            yield from map(self.read_blob, chunk_ids)
+            return
+        with ThreadPoolExecutor(ahead, thread_name_prefix="drkit-read-ahead") as pool:
+            queued: deque[tuple[bytes, BlobLocation | None, Future[bytes] | None]] = deque()
+
+            def start(chunk_id: bytes) -> None:
+                loc = self.index.get(chunk_id)
+                read = None if loc is None else pool.submit(self.storage.get, layout.pack_name(loc.pack), loc.offset, loc.length)
+                queued.append((chunk_id, loc, read))
+
+            rest = iter(chunk_ids)
+            for chunk_id in islice(rest, ahead):
+                start(chunk_id)
+            try:
+                while queued:
+                    chunk_id, loc, read = queued.popleft()
+                    following = next(rest, None)
+                    if following is not None:
+                        start(following)
+                    if loc is None or read is None:
+                        self._locate(chunk_id)  # raises
+                        continue
+                    yield self._decode_blob(chunk_id, loc, read.result())
+            finally:
+                for _, _, read in queued:
+                    if read is not None:
+                        read.cancel()
+
+    def _locate(self, chunk_id: bytes) -> BlobLocation:
         loc = self.index.get(chunk_id)
         if loc is None:
             raise IntegrityError(name=f"blob {chunk_id.hex()}", detail="not in the index")
-        sealed = self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length)
+        return loc
+
+    def _decode_blob(self, chunk_id: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
         try:
             return self.codec.decode(loc.blob_type, chunk_id, sealed, loc.raw_length)
         except BlobError as exc:

@@ -246,8 +246,9 @@ def decode_lines(chunks: Iterable[bytes]) -> Iterator[Entry]:
 
 def tree_chunks(repo: "Repository", snap: "Snapshot") -> Iterator[bytes]:
     """The stored tree of a snapshot, blob by blob (verified on read; raises
-    IntegrityError for a damaged or missing one)."""
-    return (repo.read_blob(bytes.fromhex(t)) for t in snap.tree)
+    IntegrityError for a damaged or missing one), the next blobs read meanwhile
+    (:meth:`~drkit.repository.repo.Repository.read_blobs`)."""
+    return repo.read_blobs([bytes.fromhex(t) for t in snap.tree])
 
 
 def iter_tree(repo: "Repository", snap: "Snapshot") -> Iterator[Entry]:
