@@ -121,11 +121,11 @@ def test_a_worker_that_dies_fails_the_source_and_the_next_backup_completes(
 def test_workers_seal_only_for_passphrase_repositories_unless_turned_off(
         repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert seal_worker_count(repo, {}) == 2  # two for a local directory (each holds about 33 MiB)
+    assert seal_worker_count(repo, {}) == 2  # two for a local directory
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert seal_worker_count(repo, {}) == 2
     monkeypatch.setattr("drkit.storage.observe.local_root", lambda storage: None)
-    assert seal_worker_count(repo, {}) == 1  # remote: two packs in flight and a client beside them
+    assert seal_worker_count(repo, {}) == 2  # remote too (each holds about 25 MiB)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert seal_worker_count(repo, {}) == 0  # the main process alone
     assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 2
