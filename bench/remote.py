@@ -25,6 +25,10 @@ hand-written tool would use and drkit's restore has (4 workers):
   (255 KiB from OpenSSH; paramiko's own ``getfo`` sends 32 KiB requests and varied from
   3.5 to 11 s for the same 744 MiB here, too noisy to compare with).
 
+With the many-small-files suite (``--suite`` includes ``small``, the default), SFTP
+also runs that set against restic on one sshd (:func:`bench_sftp_small`): backup and
+restore, drkit's seconds / restic's.
+
 drkit's throughput ratio = raw seconds / drkit seconds, for the same bytes moved (backup
 targets in TARGETS; the restore has none yet). The servers are test servers, started
 here on 127.0.0.1 and stopped after: moto's ``ThreadedMotoServer`` (in this process; real HTTP) and an OpenSSH ``sshd`` with
@@ -246,6 +250,65 @@ def bench_sftp(data: Path, work: Path, log: Callable[[str], None], expected: dic
         server.stop()
 
 
+def bench_sftp_small(data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Many small files over SFTP (issue #18), against restic on the same sshd: each
+    tool backs *data* up into a repository of its own there and restores it into a
+    fresh directory (whole processes timed: start-up, key derivation, index, transfer,
+    writing). Every restored tree is compared with *data* (SHA-256 by relative path),
+    untimed. restic talks to the sshd through ``ssh -s sftp`` with the same key and
+    known_hosts (its ``sftp.command``); drkit through paramiko, one connection."""
+    from tests.servers.sshd import start_sshd
+
+    expected = tree_digest(data)
+    server = start_sshd(work / "sshd-small")
+    try:
+        config = work / "drkit-sftp-small.yaml"
+        _write_config(
+            config,
+            server.url(str(server.sftp_home / "small-drkit")),
+            "sftp",
+            {"key_file": str(server.key_file), "known_hosts_file": str(server.known_hosts_file), "allow_agent": False},
+            data,
+        )
+        _drkit(config, "init")
+        backup = _drkit(config, "backup", "--json")
+        log(f"remote sftp, {len(expected)} small files: drkit backup {backup.wall:.2f}s")
+        restore, wrong = _restore(config, work, data, expected)
+        log(f"remote sftp, {len(expected)} small files: drkit restore {restore.wall:.2f}s ({wrong or 'exact'})")
+        ssh = (f"ssh -i {server.key_file} -p {server.port} -o UserKnownHostsFile={server.known_hosts_file} "
+               f"-o IdentitiesOnly=yes -o BatchMode=yes {server.user}@{server.host} -s sftp")
+        env = _base_env() | {"RESTIC_PASSWORD": PASSPHRASE, "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+                             "RESTIC_REPOSITORY": f"sftp:{server.user}@{server.host}:{server.sftp_home / 'small-restic'}"}
+        restic = ["restic", "-o", f"sftp.command={ssh}"]
+        run_measured([*restic, "init", "--quiet"], env=env)
+        r_backup = run_measured([*restic, "backup", "--quiet", str(data)], env=env)
+        log(f"remote sftp, {len(expected)} small files: restic backup {r_backup.wall:.2f}s")
+        target = work / "restic-restored"
+        try:
+            r_restore = run_measured([*restic, "restore", "--quiet", "latest", "--target", str(target)], env=env)
+            r_wrong = None if tree_digest(target / str(data).lstrip("/")) == expected else "restic's restored tree differs"
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+        log(f"remote sftp, {len(expected)} small files: restic restore {r_restore.wall:.2f}s ({r_wrong or 'exact'})")
+    finally:
+        server.stop()
+    out: dict[str, Any] = {
+        "remote": f"sftp, {len(expected)} small files",
+        "files": len(expected),
+        "drkit_backup_seconds": round(backup.wall, 3),
+        "restic_backup_seconds": round(r_backup.wall, 3),
+        "backup_ratio": round(backup.wall / r_backup.wall, 3),
+        "drkit_backup_rss_mib": round(backup.maxrss_kib / 1024, 1),
+        "drkit_restore_seconds": round(restore.wall, 3),
+        "restic_restore_seconds": round(r_restore.wall, 3),
+        "restore_ratio": round(restore.wall / r_restore.wall, 3),
+        "drkit_restore_rss_mib": round(restore.maxrss_kib / 1024, 1),
+    }
+    if wrong or r_wrong:
+        out["error"] = "; ".join(w for w in (wrong, r_wrong) if w)
+    return out
+
+
 def _list_dir(root: Path) -> dict[str, int]:
     out = {}
     for dirpath, _dirs, names in os.walk(root):
@@ -255,8 +318,10 @@ def _list_dir(root: Path) -> dict[str, int]:
     return out
 
 
-def run(data: Path, work: Path, log: Callable[[str], None] = print, remotes: tuple[str, ...] = ("s3", "sftp")) -> dict[str, Any]:
-    """The *remotes* (both by default); a remote whose server cannot start is reported, not fatal."""
+def run(data: Path, work: Path, log: Callable[[str], None] = print, remotes: tuple[str, ...] = ("s3", "sftp"),
+        small: Path | None = None) -> dict[str, Any]:
+    """The *remotes* (both by default), and with SFTP the many-small-files set *small*
+    against restic (when given); a remote whose server cannot start is reported, not fatal."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     expected = tree_digest(data)  # what every restore must give back
@@ -269,6 +334,12 @@ def run(data: Path, work: Path, log: Callable[[str], None] = print, remotes: tup
         except (StepFailed, RuntimeError, FileNotFoundError, OSError) as exc:
             log(f"remote {name}: skipped: {exc}")
             results[name] = {"remote": name, "error": str(exc)}
+    if small is not None and "sftp" in remotes:
+        try:
+            results["sftp-small"] = bench_sftp_small(small, work, log)
+        except (StepFailed, RuntimeError, FileNotFoundError, OSError) as exc:
+            log(f"remote sftp, small files: skipped: {exc}")
+            results["sftp-small"] = {"remote": "sftp, small files", "error": str(exc)}
     shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -280,6 +351,8 @@ def print_table(results: dict[str, Any]) -> None:
         if "error" in r:
             print(f"{r['remote']:26s}  not run: {r['error']}")
             continue
+        if "files" in r:
+            continue  # the small-files comparison: its own table below
         print(
             f"{r['remote']:26s}{r['stored_bytes'] / 2**20:>8.1f}MiB{r['drkit_seconds']:>9.2f}s{r['raw_seconds']:>9.2f}s"
             f"{r['drkit_mib_s']:>13.1f}{r['raw_mib_s']:>11.1f}{r['throughput_ratio']:>7.2f}x{r['drkit_peak_rss_mib']:>7.0f} MiB"
@@ -301,6 +374,12 @@ def print_table(results: dict[str, Any]) -> None:
                 f"  restored tree exact; RSS [{'PASS' if rr['rss_ok'] else 'MISS'}]"
             )
         print(f"{'':26s}raw: {rr['raw_method']}")
+    small = results.get("sftp-small")
+    if small and "error" not in small:
+        print(f"\n{small['remote']}: drkit / restic wall time (both through the same loopback sshd)")
+        for phase in ("backup", "restore"):
+            print(f"  {phase:8s} drkit {small[f'drkit_{phase}_seconds']:6.2f}s  restic {small[f'restic_{phase}_seconds']:6.2f}s"
+                  f"  ratio {small[f'{phase}_ratio']:.2f}x  drkit peak RSS {small[f'drkit_{phase}_rss_mib']:.0f} MiB")
 
 
 # -- raw transfers (run in a child process) -------------------------------------

@@ -345,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         remotes = tuple(r.strip() for r in args.remotes.split(",") if r.strip())
         if not set(remotes) <= {"s3", "sftp"}:
             ap.error(f"unknown remote in {args.remotes!r} (choose from s3, sftp)")
-        out["remote"] = remote.run(data, work / "remote", log=log, remotes=remotes)
+        small = None
+        if "small" in suites:
+            import smallfiles
+
+            small = args.data_dir / f"small-{args.small_files}-s{args.seed}"
+            smallfiles.generate(small, args.seed, args.small_files, log=log)
+        out["remote"] = remote.run(data, work / "remote", log=log, remotes=remotes, small=small)
         results_path.write_text(json.dumps(out, indent=1))
         remote.print_table(out["remote"])
     log(f"results written to {results_path}")
