@@ -207,8 +207,27 @@ class RecipientCipher:
         self.recipient = recipient
         self.identity = identity
         self._session: tuple[bytes, AESGCM] | None = None
+        self._session_key: bytes | None = None
         self._opened: dict[bytes, AESGCM] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def in_session(cls, recipient: bytes, epk: bytes, key: bytes) -> "RecipientCipher":
+        """A cipher that seals in a session another process made (:meth:`session_secret`):
+        a backup worker. It opens what it sealed (to verify it), nothing else."""
+        cipher = cls(recipient)
+        cipher._session, cipher._session_key = (epk, AESGCM(key)), key
+        return cipher
+
+    def session_secret(self) -> tuple[bytes, bytes]:
+        """This session's ephemeral public key and AES key (the session is made now if
+        there is none): for a backup worker process that seals in it, sent over its
+        socket pair. It is gone from this process at :meth:`end_session`, and from a
+        worker when it exits."""
+        with self._lock:
+            epk, _aead = self._new_session()
+            assert self._session_key is not None
+            return epk, self._session_key
 
     def _current(self) -> tuple[bytes, AESGCM]:
         session = self._session
@@ -225,12 +244,14 @@ class RecipientCipher:
             esk = X25519PrivateKey.generate()
             epk = esk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             shared = esk.exchange(X25519PublicKey.from_public_bytes(self.recipient))
-            self._session = (epk, AESGCM(_session_key(shared, epk, self.recipient)))
+            self._session_key = _session_key(shared, epk, self.recipient)
+            self._session = (epk, AESGCM(self._session_key))
         return self._session
 
     def end_session(self) -> None:
         """Forget the session key: nothing sealed so far can be opened without the identity."""
         self._session = None
+        self._session_key = None
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         epk, aead = self._current()

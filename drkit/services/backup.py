@@ -838,7 +838,7 @@ def _backup_one(
         progress.start_source(src.name, None)
         counter = _Counter(src, progress)
     saver = BlobSaver(repo, workers=options.workers, index_every_packs=options.index_every_packs,
-                      processes=seal_worker_count(repo, options.env))
+                      processes=seal_worker_count(options.env))
     try:
         writer = SnapshotWriter(
             repo,

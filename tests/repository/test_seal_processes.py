@@ -93,6 +93,48 @@ def test_a_backup_sealed_by_workers_restores_exactly_and_deduplicates(
     assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
 
 
+def test_a_recipient_mode_backup_is_sealed_by_workers_in_one_session_only_the_identity_opens(
+        tmp_path: Path, sealers_seen: list[SealWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup host holds the recipient, not the identity: its workers seal in the
+    main process's session (one ephemeral key for the whole backup), and once the
+    backup ends nothing it stored opens without the identity; with it, every byte
+    comes back."""
+    from drkit.errors import IdentityRequired
+    from drkit.repository.blob import BLOB_DATA
+    from drkit.repository.crypto import SCHEME_RECIPIENT, RecipientCipher
+    from drkit.repository.identity import generate_identity
+
+    identity = generate_identity()
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw", recipient=identity.public)
+    host = Repository.open(storage, "pw")
+    assert not host.can_read_content
+    contents = _data(tmp_path / "data", 3000)
+    sessions: list[bytes] = []
+    real_seal = SealWorkers.seal
+
+    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+        out = real_seal(self, blobs)
+        sessions.extend(bytes(sealed[1:33]) for chunk_id, sealed, _ in out if chunk_id is not None)
+        assert all(sealed[0] == SCHEME_RECIPIENT for chunk_id, sealed, _ in out if chunk_id is not None)
+        return out
+
+    monkeypatch.setattr(SealWorkers, "seal", seal)
+    run = _backup(host, tmp_path / "data", "2")
+    assert not run.failed
+    assert len(sealers_seen) == 1 and len(sealers_seen[0].pool.workers) == 2
+    assert len(sessions) > 2500 and len(set(sessions)) == 1  # one session, the main process's
+    assert all(w.proc.poll() is not None for w in sealers_seen[0].pool.workers)
+    assert isinstance(host.codec.cipher, RecipientCipher) and host.codec.cipher._session is None  # ended
+    host.load_index()
+    with pytest.raises(IdentityRequired):
+        host.load_snapshot(host.snapshot_ids()[0])
+    with pytest.raises(IdentityRequired):  # a blob a worker sealed
+        host.read_blob(next(cid for cid, loc in host.index.items() if loc.blob_type == BLOB_DATA))
+    reader = Repository.open(storage, None, identity=identity)
+    assert _restored(reader, tmp_path / "data", tmp_path / "t") == contents
+
+
 def test_a_worker_that_dies_fails_the_source_and_the_next_backup_completes(
         repo: Repository, tmp_path: Path, sealers_seen: list[SealWorkers], monkeypatch: pytest.MonkeyPatch) -> None:
     contents = _data(tmp_path / "data", 3000)
@@ -118,24 +160,15 @@ def test_a_worker_that_dies_fails_the_source_and_the_next_backup_completes(
     assert verify_repository(repo, read_data=True, state_dir=tmp_path / "state").ok
 
 
-def test_workers_seal_only_for_passphrase_repositories_unless_turned_off(
-        repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_workers_unless_turned_off_or_on_one_processor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert seal_worker_count(repo, {}) == 2  # two for a local directory
+    assert seal_worker_count({}) == 2  # any storage, either key mode (each holds about 25 MiB)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert seal_worker_count(repo, {}) == 2
-    monkeypatch.setattr("drkit.storage.observe.local_root", lambda storage: None)
-    assert seal_worker_count(repo, {}) == 2  # remote too (each holds about 25 MiB)
+    assert seal_worker_count({}) == 2
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert seal_worker_count(repo, {}) == 0  # the main process alone
-    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 2
-    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "0"}) == 0
-
-    class Recipient:  # recipient mode: the backup seals to a per-session key of its own
-        pass
-
-    monkeypatch.setattr(repo.codec, "cipher", Recipient())
-    assert seal_worker_count(repo, {"DRKIT_BACKUP_PROCESSES": "2"}) == 0
+    assert seal_worker_count({}) == 0  # the main process alone
+    assert seal_worker_count({"DRKIT_BACKUP_PROCESSES": "2"}) == 2
+    assert seal_worker_count({"DRKIT_BACKUP_PROCESSES": "0"}) == 0
 
 
 def test_a_small_backup_starts_no_worker(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
