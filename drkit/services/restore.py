@@ -374,7 +374,7 @@ class SnapshotReader:
             previous = parts
         target.mkdir(parents=True, exist_ok=True)
         tree = TargetTree(target)
-        processes = worker_count(count, self.repo, self.env) if self._processes is None else self._processes
+        processes = worker_count(count, self.env) if self._processes is None else self._processes
         procs = None
         try:
             procs = FileWorkers(self.repo, tree, processes) if processes else None

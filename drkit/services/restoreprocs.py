@@ -67,11 +67,11 @@ class RestoreWorkerDied(DrkitError):
                     "happens again, look in dmesg (out of memory?), or restore in one process: DRKIT_RESTORE_PROCESSES=0")
 
 
-def worker_count(entries: int, repo: "Repository", env: Mapping[str, str]) -> int:
-    """How many worker processes a restore of *entries* entries from *repo* (any
-    storage, passphrase or recipient mode) uses: none for a small restore; else
+def worker_count(entries: int, env: Mapping[str, str]) -> int:
+    """How many worker processes a restore of *entries* entries (from any storage,
+    passphrase or recipient mode) uses: none for a small restore; else
     ``DRKIT_RESTORE_PROCESSES`` (0 turns them off), by default two (one on one
-    processor): each holds about 36 MiB, and the whole restore stays under 200 MiB."""
+    processor): each holds about 32 MiB, and the whole restore stays under 200 MiB."""
     raw = env.get("DRKIT_RESTORE_PROCESSES", "")
     wanted = int(raw) if raw.strip().isdigit() else min(2, os.cpu_count() or 1)
     if wanted <= 0 or entries < MIN_FILES:

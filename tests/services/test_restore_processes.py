@@ -224,23 +224,17 @@ def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
     _assert_stopped_cleanly(target, contents, workers_seen)
 
 
-def test_workers_for_large_restores_from_any_storage_unless_turned_off(repo: Repository,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_for_large_restores_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From any storage, in either key mode (see the SFTP and recipient-mode tests below)."""
     env: dict[str, str] = {}
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     big = restoreprocs.MIN_FILES
-    assert worker_count(big, repo, env) == 2  # two (each holds about 36 MiB)
-    assert worker_count(big - 1, repo, env) == 0  # a small restore stays in one process
-    assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "0"}) == 0
-    assert worker_count(big, repo, {"DRKIT_RESTORE_PROCESSES": "2"}) == 2
+    assert worker_count(big, env) == 2  # two (each holds about 32 MiB)
+    assert worker_count(big - 1, env) == 0  # a small restore stays in one process
+    assert worker_count(big, {"DRKIT_RESTORE_PROCESSES": "0"}) == 0
+    assert worker_count(big, {"DRKIT_RESTORE_PROCESSES": "2"}) == 2
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert worker_count(big, repo, env) == 1
-
-    class Remote:  # anything that is not a local directory (S3, SFTP): its ranges are read here
-        pass
-
-    monkeypatch.setattr(repo, "storage", Remote())
-    assert worker_count(big, repo, env) == 1
+    assert worker_count(big, env) == 1
 
 
 def _cli_workspace(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes], Repository]:
