@@ -15,7 +15,7 @@ import stat
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import pytest
 
@@ -321,7 +321,9 @@ def _random_tree(count: int) -> tuple[list[Any], dict[str, bytes]]:
     return entries, contents
 
 
-def _assert_exact(target: Path, entries: list[Any], contents: dict[str, bytes], failed: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def _assert_exact(target: Path, entries: list[Any], contents: dict[str, bytes], failed: Collection[str] = ()) -> None:
+    """Every file of *entries* restored with its bytes, mode and mtime, except *failed*
+    (absent); no temporary left."""
     for e in entries:
         if e.type != FILE:
             continue
