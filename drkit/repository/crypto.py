@@ -206,8 +206,8 @@ class RecipientCipher:
     def __init__(self, recipient: bytes, identity: X25519PrivateKey | None = None) -> None:
         self.recipient = recipient
         self.identity = identity
-        self._session: tuple[bytes, AESGCM] | None = None
-        self._session_key: bytes | None = None
+        self._session: tuple[bytes, AESGCM, bytes] | None = None
+        """(ephemeral public key, its AEAD, the AES key): one tuple, replaced whole."""
         self._opened: dict[bytes, AESGCM] = {}
         self._lock = threading.Lock()
 
@@ -216,7 +216,7 @@ class RecipientCipher:
         """A cipher that seals in a session another process made (:meth:`session_secret`):
         a backup worker. It opens what it sealed (to verify it), nothing else."""
         cipher = cls(recipient)
-        cipher._session, cipher._session_key = (epk, AESGCM(key)), key
+        cipher._session = (epk, AESGCM(key), key)
         return cipher
 
     def session_secret(self) -> tuple[bytes, bytes]:
@@ -225,18 +225,17 @@ class RecipientCipher:
         socket pair. It is gone from this process at :meth:`end_session`, and from a
         worker when it exits."""
         with self._lock:
-            epk, _aead = self._new_session()
-            assert self._session_key is not None
-            return epk, self._session_key
+            epk, _aead, key = self._new_session()
+        return epk, key
 
-    def _current(self) -> tuple[bytes, AESGCM]:
+    def _current(self) -> tuple[bytes, AESGCM, bytes]:
         session = self._session
         if session is not None:
             return session
         with self._lock:  # sealing threads must agree on one session key
             return self._new_session()
 
-    def _new_session(self) -> tuple[bytes, AESGCM]:
+    def _new_session(self) -> tuple[bytes, AESGCM, bytes]:
         if self._session is None:
             from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
             from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -244,17 +243,16 @@ class RecipientCipher:
             esk = X25519PrivateKey.generate()
             epk = esk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             shared = esk.exchange(X25519PublicKey.from_public_bytes(self.recipient))
-            self._session_key = _session_key(shared, epk, self.recipient)
-            self._session = (epk, AESGCM(self._session_key))
+            key = _session_key(shared, epk, self.recipient)
+            self._session = (epk, AESGCM(key), key)
         return self._session
 
     def end_session(self) -> None:
         """Forget the session key: nothing sealed so far can be opened without the identity."""
         self._session = None
-        self._session_key = None
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
-        epk, aead = self._current()
+        epk, aead, _key = self._current()
         nonce = os.urandom(NONCE_SIZE)
         return bytes((SCHEME_RECIPIENT,)) + epk + nonce + aead.encrypt(nonce, bytes(plaintext), associated)
 
