@@ -44,6 +44,20 @@ def fetch_ranges(storage: Any, name: str, ordered: list[BlobUse]) -> Iterator[tu
         yield group, memoryview(storage.get(name, start, end - start))
 
 
+def read_ranges(storage: Any, pack_id: str, ordered: list[BlobUse]) -> list[tuple[list[BlobUse], memoryview]] | str:
+    """:func:`fetch_ranges` of pack *pack_id*, every read done now; or, when the pack
+    cannot be read (missing, a storage error, refused by the storage's checks), why,
+    as a line naming the pack: each file of these blobs fails with it."""
+    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
+    from drkit.repository import layout
+
+    name = layout.pack_name(pack_id)
+    try:
+        return list(fetch_ranges(storage, name, ordered))
+    except (IntegrityError, ObjectNotFound, StorageError) as exc:
+        return f"{name}: {exc.message}"
+
+
 def split_ranges(group: list[BlobUse], data: memoryview) -> Iterator[tuple[BlobUse, memoryview | None]]:
     """The sealed bytes of each blob of a merged read; None where the read came back
     short (a truncated pack: only the blobs cut off fail)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
-from drkit.errors import IntegrityError, ObjectNotFound, Refused, RestoreTargetError, StorageError, UsageError
+from drkit.errors import IntegrityError, Refused, RestoreTargetError, UsageError
 from drkit.gctune import fewer_collections
 from drkit.progress import ProgressSink
 from drkit.repository import layout
@@ -50,7 +50,7 @@ from drkit.repository.blob import BlobError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
-from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
+from drkit.services.packranges import BlobUse, read_ranges, split_ranges
 from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
 from drkit.services.restoreprocs import FileWorkers, worker_count
 from drkit.sources.base import RestoreResult
@@ -651,13 +651,12 @@ class _WindowWriter:
         pack); none when stopping, or when the pack cannot be read (its files fail)."""
         if self._stop.is_set():
             return []
-        name = layout.pack_name(pack_id)
-        try:
-            return [(u, sealed) for group, data in fetch_ranges(self.repo.storage, name, ordered) for u, sealed in split_ranges(group, data)]
-        except (IntegrityError, ObjectNotFound, StorageError) as exc:
+        reads = read_ranges(self.repo.storage, pack_id, ordered)
+        if isinstance(reads, str):
             for u in ordered:
-                self._fail(u.targets, f"{name}: {exc.message}")
+                self._fail(u.targets, reads)
             return []
+        return [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
 
     def _write_pieces(self, pack_id: str, pieces: list[tuple[BlobUse, memoryview | None]]) -> None:
         """Check each blob and write it where it goes. Each blob is authenticated

@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
 from drkit.repository.crypto import Cipher, RecipientCipher
+from drkit.services.packranges import BlobUse, read_ranges, split_ranges
 from drkit.services.restorefs import TMP_PREFIX, TargetTree
 from drkit.storage.observe import local_root
 from drkit.workerprocs import WorkerGone, WorkerPool, serve
 
 if TYPE_CHECKING:
     from drkit.repository.repo import Repository
-    from drkit.services.packranges import BlobUse
 
 log = logging.getLogger("drkit.restore")
 
@@ -112,7 +112,7 @@ class FileWorkers:
 
         self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,))
 
-    def run(self, pack_id: str, ordered: list["BlobUse"], stop: threading.Event) -> int:
+    def run(self, pack_id: str, ordered: list[BlobUse], stop: threading.Event) -> int:
         """Have a worker restore the files of *ordered* (blobs of pack *pack_id*, each
         file whole in one of them) and set each file plan's outcome; returns the bytes
         written (0, doing nothing, when *stop* is set by the time a worker is free).
@@ -126,12 +126,13 @@ class FileWorkers:
         if self._remote is not None:
             if stop.is_set():
                 return 0
-            fetched = _fetch(self._remote, pack_id, ordered)
-            if isinstance(fetched, str):
+            reads = read_ranges(self._remote, pack_id, ordered)
+            if isinstance(reads, str):
                 for u in ordered:
                     for plan, _ in u.targets:
-                        plan.failed = plan.failed or fetched
+                        plan.failed = plan.failed or reads
                 return 0
+            fetched = [(len(group), bytes(data)) for group, data in reads]
         worker = self.pool.take()
         try:
             if stop.is_set():
@@ -171,20 +172,6 @@ class FileWorkers:
     def close(self) -> None:
         """Tell every worker to stop and wait for it. Idempotent."""
         self.pool.close()
-
-
-def _fetch(storage: Any, pack_id: str, ordered: list["BlobUse"]) -> list[tuple[int, bytes]] | str:
-    """The merged reads of *ordered* from pack *pack_id*, for a worker: (blobs in the
-    read, its bytes) each, in order; or why the pack could not be read."""
-    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
-    from drkit.repository import layout
-    from drkit.services.packranges import fetch_ranges
-
-    name = layout.pack_name(pack_id)
-    try:
-        return [(len(group), bytes(data)) for group, data in fetch_ranges(storage, name, ordered)]
-    except (IntegrityError, ObjectNotFound, StorageError) as exc:
-        return f"{name}: {exc.message}"
 
 
 # -- the worker side ----------------------------------------------------------------
@@ -230,14 +217,12 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
 def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: list[Any],
               fetched: list[tuple[int, bytes]] | None) -> tuple[list[tuple[int, str]], int, tuple[Any, ...] | None]:
     """Restore the files of one task (see :meth:`FileWorkers.run`), its ranges read
-    from *storage* or given as *fetched* (see :func:`_fetch`): the outcome of each file
+    from *storage* or given as *fetched* (by :meth:`FileWorkers.run`): the outcome of each file
     in order, the bytes written, and the OSError that ended the task (errno, strerror,
     filename) or None."""
-    from drkit.errors import IntegrityError, ObjectNotFound, StorageError
     from drkit.repository import layout
     from drkit.repository.blob import BlobError
     from drkit.repository.tree import FILE, Entry
-    from drkit.services.packranges import BlobUse, fetch_ranges, split_ranges
 
     name = layout.pack_name(pack_id)
     uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
@@ -246,11 +231,10 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
     outcomes: list[tuple[int, str]] = []
     written = 0
     error: tuple[Any, ...] | None = None
-    try:
-        reads = fetch_ranges(storage, name, uses) if fetched is None else _regroup(uses, fetched)
-        pieces = [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
-    except (IntegrityError, ObjectNotFound, StorageError) as exc:
-        return [(_FAILED, f"{name}: {exc.message}") for u in uses for _ in files_of[id(u)]], 0, None
+    reads = read_ranges(storage, pack_id, uses) if fetched is None else list(_regroup(uses, fetched))
+    if isinstance(reads, str):
+        return [(_FAILED, reads) for u in uses for _ in files_of[id(u)]], 0, None
+    pieces = [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
     for u, sealed in pieces:
         files = files_of[id(u)]
         if error is not None:
@@ -285,7 +269,7 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
 
 
 def _regroup(uses: list[Any], fetched: list[tuple[int, bytes]]) -> Iterator[tuple[list[Any], memoryview]]:
-    """*fetched* (see :func:`_fetch`) as :func:`~drkit.services.packranges.fetch_ranges`
+    """*fetched* (see :meth:`FileWorkers.run`) as :func:`~drkit.services.packranges.fetch_ranges`
     gives it: each read with its blobs."""
     start = 0
     for count, data in fetched:
