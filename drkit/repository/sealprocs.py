@@ -14,8 +14,9 @@ no longer opens and reads each one, and the data is not copied to the worker.
 Deduplication, packing, uploads and the index stay in the main process, unchanged: a
 worker writes nothing.
 
-Only for passphrase repositories (in recipient mode a backup seals to a per-session
-key of its own); a worker gets the data and id keys over its socket pair.
+A worker gets the data and id keys over its socket pair; in recipient mode also the
+blob key of the main process's session, so that every blob of a backup is sealed in
+that one session (see :meth:`~drkit.repository.crypto.RecipientCipher.session_secret`).
 """
 
 from __future__ import annotations
