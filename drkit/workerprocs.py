@@ -23,7 +23,8 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
@@ -43,17 +44,30 @@ class Worker:
     conn: Connection
     tag: str
     """What the set-up said that the main process needs again (a temporaries' prefix)."""
+    sent: int = 0
+    """Requests sent to it so far (numbered from 0): it answers them in that order."""
+    answered: int = 0
+    """Requests whose answer was read (or given up on): the next answer is to request
+    number *answered*, and only the thread that sent that one reads it."""
+    gone: str = ""
+    """How it ended, once an :meth:`WorkerPool.ask` found it gone."""
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    turn: threading.Condition = field(default_factory=threading.Condition)
 
 
 class WorkerPool:
-    """*count* workers running *module*. Thread-safe: :meth:`ask` takes an idle worker
-    (waiting for one) for the length of one request. :meth:`close` is idempotent."""
+    """*count* workers running *module*. Thread-safe: :meth:`take` gives a worker with
+    room for one more request (waiting for one) for the length of that request.
+    :meth:`close` is idempotent."""
 
     def __init__(self, module: str, count: int, setup: Callable[[], tuple[tuple[Any, ...], str]], *,
-                 pass_fds: Sequence[int] = ()) -> None:
+                 pass_fds: Sequence[int] = (), depth: int = 1) -> None:
         """Start *count* workers; *setup* gives each its set-up message and tag;
         *pass_fds* are open in every worker, their numbers after the socket's on its
-        command line. Raises OSError when one cannot be started (none is left running)."""
+        command line; *depth*: how many requests each worker may be given at once (with
+        two, it starts on the next as soon as it has sent an answer, without waiting for
+        the main process to read that answer and send more). Raises OSError when one
+        cannot be started (none is left running)."""
         self._module = module
         self._pass_fds = tuple(pass_fds)
         self._idle: queue.Queue[Worker] = queue.Queue()
@@ -64,7 +78,9 @@ class WorkerPool:
                 message, tag = setup()
                 worker = self._start(message, tag)
                 self.workers.append(worker)
-                self._idle.put(worker)
+            for _ in range(depth):
+                for worker in self.workers:
+                    self._idle.put(worker)
         except BaseException:
             self.kill()
             self.close()
@@ -86,25 +102,45 @@ class WorkerPool:
         return Worker(proc, conn, tag)
 
     def take(self) -> Worker:
-        """An idle worker (waits for one); give it back with :meth:`give`."""
+        """A worker with room for one more request (waits for one); give it back with
+        :meth:`give` once the request is answered."""
         return self._idle.get()
 
     def give(self, worker: Worker) -> None:
         self._idle.put(worker)
 
     def ask(self, worker: Worker, request: Any) -> Any:
-        """Send *request* to *worker* (taken) and return its answer; raises WorkerGone."""
-        try:
-            worker.conn.send_bytes(marshal.dumps(request))
-            return marshal.loads(worker.conn.recv_bytes())
-        except (EOFError, OSError):
+        """Send *request* to *worker* (taken) and return its answer; raises WorkerGone.
+
+        With a *depth* above one, several threads may ask the same worker at once: the
+        requests are sent one whole message at a time and each thread reads the answer to
+        its own (a worker answers in the order it was asked). Once one ask finds the
+        worker gone, the asks waiting behind it raise WorkerGone too."""
+        data = marshal.dumps(request)
+        with worker.send_lock:
+            turn = worker.sent
+            worker.sent += 1
             try:
-                code = worker.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                code = worker.proc.wait()
-            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-            raise WorkerGone(worker, how) from None
+                worker.conn.send_bytes(data)
+                sent = True
+            except OSError:
+                sent = False  # it is gone: said so in this request's turn, below
+        with worker.turn:
+            while worker.answered != turn:
+                worker.turn.wait()
+        try:
+            if sent and not worker.gone:
+                try:
+                    return marshal.loads(worker.conn.recv_bytes())
+                except (EOFError, OSError):
+                    pass
+            if not worker.gone:
+                worker.gone = _how_it_ended(worker.proc)
+            raise WorkerGone(worker, worker.gone)
+        finally:
+            with worker.turn:
+                worker.answered += 1
+                worker.turn.notify_all()
 
     def kill(self) -> None:
         """Kill every worker at once (Ctrl-C, an error elsewhere): an :meth:`ask` in
@@ -130,6 +166,16 @@ class WorkerPool:
                 worker.proc.kill()
                 worker.proc.wait()
             worker.conn.close()
+
+
+def _how_it_ended(proc: subprocess.Popen[bytes]) -> str:
+    """How a worker whose socket closed ended (killed after 5 s if it has not)."""
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def serve(argv: list[str], start: Callable[[Any, list[int]], Callable[[Any], Any]]) -> int:

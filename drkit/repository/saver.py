@@ -31,7 +31,7 @@ from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA, BlobError
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
-from drkit.repository.sealprocs import MIN_BATCHES, SealError, SealWorkers
+from drkit.repository.sealprocs import DEPTH, MIN_BATCHES, SealError, SealWorkers
 from drkit.smallread import read_blob
 
 if TYPE_CHECKING:  # repo.py imports this module
@@ -269,7 +269,8 @@ class BlobSaver:
         self.repo = repo
         self.stats = SaverStats()
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drkit-seal")
+        # One thread per batch a worker process may hold (see sealprocs.DEPTH).
+        self._pool = ThreadPoolExecutor(max(self.workers, processes * DEPTH), thread_name_prefix="drkit-seal")
         self._batch_slots = threading.BoundedSemaphore(max(1, self.workers - 1))
         """Batches of small blobs sealed at once: one fewer than the workers. A batch is
         mostly Python-level work between short C calls and the thread reading the files
@@ -476,9 +477,9 @@ class BlobSaver:
             log.warning("cannot start backup worker processes (%s): sealing in this one", exc.strerror or exc)
             self._processes = 0
             return
-        # The workers wait on their own: one batch per worker in flight (the threads
-        # only hand them over), instead of one fewer than the threads.
-        self._batch_slots = threading.BoundedSemaphore(self._processes)
+        # The workers wait on their own: DEPTH batches per worker in flight (the threads
+        # only hand them over and wait), instead of one fewer than the threads.
+        self._batch_slots = threading.BoundedSemaphore(self._processes * DEPTH)
 
     def _work_batch(self, batch: _Batch, sealers: SealWorkers | None) -> None:
         """In a worker: :meth:`_work` each blob of *batch* (or have *sealers* seal them

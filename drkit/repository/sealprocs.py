@@ -39,6 +39,14 @@ starts the workers: a source with fewer small files, or a backup that changed fe
 starts them (each costs about 0.15 s of CPU and 34 MiB)."""
 
 
+DEPTH = 2
+"""Batches each worker is given at once: it starts on the next as soon as it has sent
+an answer, instead of waiting for a thread of the main process (which shares the
+interpreter lock with the walk) to read it and send more. A first backup of 100,000
+small files on 2 cores, five alternating pairs: 0.14-0.36 s (3-8%) faster than with
+one in each pair (3.61-4.18 s against 3.75-4.38 s)."""
+
+
 class BackupWorkerDied(DrkitError):
     """a backup worker process ended unexpectedly ({how})"""
 
@@ -80,7 +88,7 @@ class SealWorkers:
         # socket pairs), so a backup is one session whatever process sealed a blob.
         session = (cipher.recipient, *cipher.session_secret()) if isinstance(cipher, RecipientCipher) else None
         setup = (repo.master.data_key, repo.master.id_key, repo.codec.level, repo.codec.max_size, session)
-        self.pool = WorkerPool(__name__, count, lambda: (setup, ""))
+        self.pool = WorkerPool(__name__, count, lambda: (setup, ""), depth=DEPTH)
 
     def seal(self, blobs: list[tuple[Any, ...]]) -> list[tuple[Any, Any, Any]]:
         """For each (blob type, data) of *blobs*, in order, (chunk id, sealed bytes,
