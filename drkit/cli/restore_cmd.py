@@ -39,6 +39,9 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--push-to", metavar="URL", help="Git: mirror-push the restored repository to this remote.")
 @click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="A source-specific restore option, e.g. -o pause_sync=false (argocd); see docs/sources/.")
+@click.option("--no-cache", is_flag=True,
+              help="Read every index file from the repository instead of the local index cache "
+                   "($DRKIT_CACHE_DIR, else /var/cache/drkit for root, else ~/.cache/drkit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @identity_option
 @pass_state
@@ -55,6 +58,7 @@ def restore_cmd(
     namespace: str | None,
     claim: str | None,
     push_to: str | None,
+    no_cache: bool,
     as_json: bool,
     identity_path: Path | None,
     extra: tuple[str, ...],
@@ -68,7 +72,10 @@ def restore_cmd(
     empty. Nothing is written outside DIR, whatever the snapshot says (paths that
     would escape, or lead through a symlink, are refused: exit 9). Owners and
     set-uid/set-gid/sticky bits are restored only when run as root, as tar does.
-    Ctrl-C stops within a second, leaving only complete files.
+    Ctrl-C stops within a second, leaving only complete files. The index comes
+    from this machine's index cache when a backup or restore left one (only the
+    index files stored since are read: none are downloaded again); --no-cache
+    reads every index file.
 
     An id alone names its source (-s is then optional); 'latest' needs -s unless
     only one source is configured, and never picks an empty snapshot.
@@ -94,6 +101,7 @@ def restore_cmd(
     options = RestoreOptions(
         target=target, include=include, force=force, dry_run=dry_run, in_place=in_place,
         volumes=volumes, namespace=namespace, claim=claim, push_to=push_to, extra=parse_options(extra),
+        cache_dir=None if no_cache or dry_run else state.cache_dir,  # a dry run writes nothing, not even the cache
     )
     if target is None and not (in_place or push_to or namespace or claim):
         raise UsageError("say where to restore: --target DIR (or --in-place / --namespace / --push-to where the source "

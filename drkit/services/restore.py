@@ -100,6 +100,10 @@ class RestoreOptions:
     """longhorn: restore the one selected volume as a claim of this name."""
     push_to: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    """This machine's cache directory: the index is taken from its index cache (and only
+    the index files stored since are read; see :mod:`drkit.repository.indexcache`), which
+    is then brought up to date. None: every index file is read from the repository."""
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None, **fields: Any) -> "RestoreOptions":
@@ -150,7 +154,7 @@ def run_restore(
         if snap.source_type != source.type_name:
             raise UsageError(f"snapshot {snap.short_id} is of type {snap.source_type}, "
                              f"but source {source.name!r} is {source.type_name}")
-        repo.load_index()
+        repo.load_index(cache=repo.index_cache(options.cache_dir) if options.cache_dir else None)
         if options.include:
             require_include_matches(repo, snap, options.include)
         if progress:
