@@ -171,14 +171,20 @@ def run_restore(
 
 def require_include_matches(repo: Repository, snap: Snapshot, patterns: tuple[str, ...] | list[str]) -> None:
     """UsageError naming the first include pattern that matches no path of *snap*:
-    a pattern that selects nothing would restore nothing and exit 0."""
-    paths = [e.path for e in iter_tree(repo, snap)]
-    for pat in patterns:
-        if not any(fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p, pat.rstrip("/") + "/*") for p in paths):
-            raise UsageError(
-                f"--include {pat!r} matches nothing in snapshot {snap.short_id}",
-                hint="patterns match the full original path, e.g. '*/a.conf' or '/srv/data/dir'; 'drkit ls' lists it",
-            )
+    a pattern that selects nothing would restore nothing and exit 0. Reads the tree's
+    paths as they stream by, without decoding entries or holding the paths (memory
+    does not grow with the snapshot), and stops once every pattern has matched."""
+    unmatched = list(dict.fromkeys(patterns))
+    for path in line_paths(tree_chunks(repo, snap)):
+        unmatched = [pat for pat in unmatched
+                     if not (fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(path, pat.rstrip("/") + "/*"))]
+        if not unmatched:
+            return
+    if unmatched:
+        raise UsageError(
+            f"--include {unmatched[0]!r} matches nothing in snapshot {snap.short_id}",
+            hint="patterns match the full original path, e.g. '*/a.conf' or '/srv/data/dir'; 'drkit ls' lists it",
+        )
 
 
 def safe_destination(target: Path, logical: str) -> Path:
