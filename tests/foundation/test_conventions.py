@@ -149,6 +149,34 @@ def test_ctrl_c_in_the_first_half_second_prints_no_traceback(ws: Workspace, dela
     assert err.decode().strip().splitlines()[-1] == "interrupted", (proc.returncode, out, err)
 
 
+_INTERRUPT_WHILE_LOADING = """
+import os, signal, sys
+
+
+class _Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "drkit.cli":  # Ctrl-C just as the command line starts to load
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, _Interrupt())
+"""
+
+
+@pytest.mark.parametrize("how", [["-m", "drkit"], ["-c", "import sys; sys.argv[0] = 'drkit'; from drkit.__main__ import *"]])
+def test_ctrl_c_while_the_command_line_loads_prints_no_traceback(tmp_path, how: list[str]) -> None:
+    """Deterministic: the signal is sent as ``drkit.cli`` is imported (``python -m drkit``
+    imports the package while ``sys.argv[0]`` is still ``-m``)."""
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_WHILE_LOADING)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, *how, "--help"], capture_output=True, env=env, cwd=tmp_path, timeout=60)
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode()
+    assert (proc.returncode, proc.stderr.decode().strip()) == (EXIT_INTERRUPTED, "interrupted")
+    assert proc.stdout == b""
+
+
 def test_drill_table_check_column_fits_the_terminal_width(ws: Workspace, monkeypatch) -> None:
     from drkit.cli.common import human_size
     from drkit.cli.drill_cmd import human_table
