@@ -17,10 +17,10 @@ copy knows the snapshot is already there, under whatever name ("copying twice ad
 nothing": no new snapshot and no new data; neither does copying a copy back). ``stats`` keep the source-side figures; ``bytes_added``, ``bytes_stored``,
 ``blobs_new`` and ``packs`` describe what the copy added to the destination.
 
-File contents already copied before are not read again: the previous copy of the
-same source pairs source chunk lists with destination chunk lists, and a file whose
-source chunk list is in that map reuses the destination chunks (checked to be in the
-destination's index).
+File contents already copied before are not read again: a file whose path had the same
+source chunks in the previous copied snapshot of the same source reuses the
+destination chunks of that copy (checked to be in the destination's index). The three
+trees are read side by side, in walk order, one entry of each at a time.
 
 Locks: shared on both repositories (copy is a reader of one and a backup-like writer
 of the other; prune on either waits).
@@ -35,15 +35,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, cast
+from typing import IO, Any, Callable, Iterator, cast
 
 from drkit.errors import DrkitError, IntegrityError, PartialFailure, SnapshotNotFound, UsageError
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot
 from drkit.progress import ProgressSink
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
-from drkit.services.backup import SnapshotWriter
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, split_lines, tree_chunks
+from drkit.services.backup import ParentCursor, SnapshotWriter
 from drkit.services.restore import BlobStream
 
 log = logging.getLogger("drkit.copy")
@@ -321,24 +321,46 @@ def copy_snapshots(
     return report
 
 
-def _chunk_map(src: Repository, dst: Repository, snap: Snapshot, all_src: list[Snapshot], present: dict[str, Snapshot]) -> dict[tuple[str, ...], list[str]]:
-    """Source chunk list -> destination chunk list, from the latest earlier copy of the
-    same source (empty when there is none or it cannot be read)."""
-    earlier = [s for s in all_src if s.source == snap.source and s.id in present and (s.time, s.id) < (snap.time, snap.id)]
-    if not earlier:
-        return {}
-    prev = earlier[-1]
-    try:
-        src_files = {e.path: e for e in iter_tree(src, prev) if e.type == FILE}
-        out: dict[tuple[str, ...], list[str]] = {}
-        for e in iter_tree(dst, present[prev.id]):
-            old = src_files.get(e.path)
-            if e.type == FILE and old is not None and old.size == e.size and old.chunks:
-                out[tuple(old.chunks)] = e.chunks
-        return out
-    except DrkitError as exc:
-        log.warning("cannot reuse the earlier copy %s (%s): reading everything", prev.short_id, exc.message)
-        return {}
+class _EarlierCopy:
+    """The latest earlier copy of the same source, for the files of the snapshot being
+    copied whose content it already holds.
+
+    The source's earlier snapshot and its copy are read alongside the new snapshot
+    (:class:`~drkit.services.backup.ParentCursor`: every tree is in walk order), one
+    entry of each at a time, so memory does not grow with the number of files. A file
+    is reused when the earlier snapshot has the same path with the same source chunks
+    and size, and its copy the same path and size: :meth:`chunks` then gives the copy's
+    destination chunks. A lookup out of walk order finds nothing, and a tree that
+    cannot be read ends the pairing with one warning: such files are read from the
+    source again (the destination still stores no chunk twice)."""
+
+    def __init__(self, src: Repository, dst: Repository, snap: Snapshot, all_src: list[Snapshot],
+                 present: dict[str, Snapshot]) -> None:
+        earlier = [s for s in all_src if s.source == snap.source and s.id in present and (s.time, s.id) < (snap.time, snap.id)]
+        self._warned = False
+        self.of = earlier[-1] if earlier else None
+        no_lines: Iterator[bytes] = iter(())
+        self._source = ParentCursor(split_lines(tree_chunks(src, self.of)) if self.of else no_lines, on_error=self._unreadable)
+        self._copied = ParentCursor(split_lines(tree_chunks(dst, present[self.of.id])) if self.of else no_lines,
+                                    on_error=self._unreadable)
+
+    def _unreadable(self, exc: DrkitError) -> None:
+        if not self._warned and self.of is not None:
+            self._warned = True
+            log.warning("cannot reuse the earlier copy %s (%s): reading the rest from the source", self.of.short_id,
+                        exc.message)
+
+    def chunks(self, entry: Entry) -> list[str] | None:
+        """The destination chunks of file *entry* in the earlier copy, or None."""
+        if not entry.chunks:
+            return None
+        before = self._source.find(entry.path)
+        if before is None or before[0].chunks != entry.chunks or before[0].size != entry.size:
+            return None
+        copied = self._copied.find(entry.path)
+        if copied is None or copied[0].size != entry.size or not copied[0].chunks:
+            return None
+        return copied[0].chunks
 
 
 def _copy_one(
@@ -360,7 +382,7 @@ def _copy_one(
         progress.start_source(f"copy {snap.short_id} ({snap.source})", snap.stats.get("size"))
     saver = BlobSaver(dst, workers=workers, index_every_packs=index_every_packs)
     try:
-        reuse = _chunk_map(src, dst, snap, all_src, present)
+        earlier = _EarlierCopy(src, dst, snap, all_src, present)
         writer = _CopyWriter(
             dst,
             saver,
@@ -375,7 +397,7 @@ def _copy_one(
                 if entry.type in (DIR, SYMLINK):
                     writer.copy_dir_or_link(entry)
                 elif entry.type == FILE:
-                    mapped = reuse.get(tuple(entry.chunks)) if entry.chunks else None
+                    mapped = earlier.chunks(entry)
                     if mapped is not None and all(dst.index.get(bytes.fromhex(c)) is not None for c in mapped):
                         writer.reuse_file(entry, mapped)
                         item.bytes_reused += entry.size

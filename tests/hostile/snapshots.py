@@ -16,10 +16,13 @@ from drkit.repository.tree import DIR, FILE, Entry, encode_entries
 
 def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, bytes] | None = None, *,
                    source: str = "data", source_type: str = "files", meta: dict[str, object] | None = None,
-                   raw_lines: Sequence[bytes] = ()) -> Snapshot:
+                   raw_lines: Sequence[bytes] = (), tree_piece: int | None = None, time: str | None = None) -> Snapshot:
     """Store *entries* (file content from *contents*, keyed by entry path; one chunk
-    per file) as a new snapshot of *source*; returns it. *raw_lines* are stored after
-    the entries as they are (tree lines no encoder of ours writes)."""
+    per file, or the chunk ids the entries name when *contents* has no content for
+    them) as a new snapshot of *source*; returns it. *raw_lines* are stored after the
+    entries as they are (tree lines no encoder of ours writes). *tree_piece*: store the
+    tree in blobs of this many bytes, cut anywhere (mid-line), as the chunker may;
+    default one blob."""
     contents = contents or {}
     repo.load_index()
     with BlobSaver(repo) as saver:
@@ -29,8 +32,10 @@ def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, b
                 e.size = len(data)
                 e.chunks = [saver.save(data, BLOB_DATA)[0].hex()] if data else []
         tree_bytes = b"".join(encode_entries(entries)) + b"".join(line + b"\n" for line in raw_lines)
-        tree = [saver.save(tree_bytes, BLOB_TREE)[0].hex()]
-    snap = Snapshot(id=secrets.token_hex(32), time=now_iso(), source=source, source_type=source_type,
+        piece = tree_piece or max(1, len(tree_bytes))
+        tree = [saver.save(tree_bytes[at : at + piece], BLOB_TREE)[0].hex() for at in range(0, len(tree_bytes), piece)] or [
+            saver.save(tree_bytes, BLOB_TREE)[0].hex()]
+    snap = Snapshot(id=secrets.token_hex(32), time=time or now_iso(), source=source, source_type=source_type,
                     run=secrets.token_hex(16), host="attacker", tree=tree, meta=dict(meta or {}))
     repo.save_snapshot(snap)
     repo.load_index()

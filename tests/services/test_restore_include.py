@@ -5,23 +5,19 @@ snapshot) and stops once every pattern has matched."""
 
 from __future__ import annotations
 
-import secrets
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from drkit.errors import UsageError
-from drkit.repository.blob import BLOB_TREE
 from drkit.repository.repo import Repository
-from drkit.repository.saver import BlobSaver
-from drkit.repository.snapshot import Snapshot, now_iso
-from drkit.repository.tree import DIR, FILE, Entry, encode_entries
+from drkit.repository.snapshot import Snapshot
+from drkit.repository.tree import DIR, FILE, Entry
 from drkit.services import restore
 from drkit.services.restore import require_include_matches
 from drkit.storage import LocalStorage
-
-_PIECE = 64 * 1024
+from tests.hostile.snapshots import write_snapshot
 
 
 @pytest.fixture
@@ -39,15 +35,7 @@ def _snapshot(repo: Repository, files: int) -> Snapshot:
         if i % 100 == 0:
             entries.append(Entry(f"/srv/d{i // 100:04d}", DIR, mode=0o755))
         entries.append(Entry(f"/srv/d{i // 100:04d}/file-{i:06d}.conf", FILE, mode=0o644, mtime_ns=1_700_000_000_000_000_000 + i))
-    tree_bytes = b"".join(encode_entries(entries))
-    repo.load_index()
-    with BlobSaver(repo) as saver:
-        tree = [saver.save(tree_bytes[at : at + _PIECE], BLOB_TREE)[0].hex() for at in range(0, len(tree_bytes), _PIECE)]
-    snap = Snapshot(id=secrets.token_hex(32), time=now_iso(), source="data", source_type="files",
-                    run=secrets.token_hex(16), host="test", tree=tree)
-    repo.save_snapshot(snap)
-    repo.load_index()
-    return snap
+    return write_snapshot(repo, entries, tree_piece=64 * 1024)
 
 
 def test_the_first_pattern_that_matches_nothing_is_named(repo: Repository) -> None:
