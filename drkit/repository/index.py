@@ -103,21 +103,24 @@ class Index:
         """(slots, mask): see the class docstring."""
         self.files: set[str] = set()
 
-    def _find(self, chunk_id: bytes) -> int:
-        """The row number of *chunk_id*, -1 if absent."""
+    def _find(self, chunk_id: bytes) -> tuple[bytes | bytearray, int] | None:
+        """Where the row of *chunk_id* is (a buffer and the row's offset in it, see
+        :meth:`~drkit.repository.indexrows.RowStore.where`), None if absent."""
         if len(chunk_id) != _ID_SIZE:
-            return -1
+            return None
         slots, mask = self._table
-        holds = self._store.holds
+        where = self._store.where
         h = hash(chunk_id)
         mark = (h >> 32) & _ROW_NO
         i = h & mask
         while True:
             slot = slots[i]
             if not slot:
-                return -1
-            if slot >> 32 == mark and holds((slot & _ROW_NO) - 1, chunk_id):
-                return (slot & _ROW_NO) - 1
+                return None
+            if slot >> 32 == mark:
+                rows, at = where((slot & _ROW_NO) - 1)
+                if rows.startswith(chunk_id, at):
+                    return rows, at
             i = (i + 1) & mask
 
     def _grow(self) -> None:
@@ -186,7 +189,7 @@ class Index:
             slots[i] = mark << 32 | count
 
     def __contains__(self, chunk_id: bytes) -> bool:
-        return self._find(chunk_id) >= 0
+        return self._find(chunk_id) is not None
 
     def __len__(self) -> int:
         return len(self._store)
@@ -196,13 +199,12 @@ class Index:
         slots = self._table[0]
         return self._store.memory_bytes(), slots.itemsize * len(slots)
 
-    def _location(self, row: bytes) -> BlobLocation:
-        _, span, meta = ROW.unpack(row)
-        return BlobLocation(self._packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
-
     def get(self, chunk_id: bytes) -> BlobLocation | None:
-        row = self._find(chunk_id)
-        return None if row < 0 else self._location(self._store.read(row))
+        found = self._find(chunk_id)
+        if found is None:
+            return None
+        _, span, meta = ROW.unpack_from(*found)
+        return BlobLocation(self._packs[meta >> 36], (meta >> _FIELD) & 15, span >> _FIELD, span & _MASK, meta & _MASK)
 
     def packs(self) -> list[str]:
         return list(self._packs)

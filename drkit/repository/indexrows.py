@@ -103,18 +103,19 @@ class RowStore:
 
     def read(self, row: int) -> bytes:
         """Row number *row* (which must exist)."""
-        rows, at = self._where(row)
+        rows, at = self.where(row)
         return bytes(rows[at : at + ROW_SIZE])
 
     def holds(self, row: int, chunk_id: bytes) -> bool:
         """Whether row number *row* (which must exist) is that of the 32-byte
         *chunk_id* (as ``read(row).startswith(chunk_id)``, without copying the row)."""
-        rows, at = self._where(row)
+        rows, at = self.where(row)
         return rows.startswith(chunk_id, at)
 
-    def _where(self, row: int) -> tuple[bytes | bytearray, int]:
-        """The buffer that holds row number *row* (the newest rows, a held batch or a
-        block read from the file) and the row's offset in it."""
+    def where(self, row: int) -> tuple[bytes | bytearray, int]:
+        """The buffer that holds row number *row* (which must exist: the newest rows, a
+        held batch or a block read from the file) and the row's offset in it; read it
+        at once (a later call may drop the block, or add to the newest rows)."""
         file_rows, done, tail = self._state
         if row >= done:
             return tail, (row - done) * ROW_SIZE
