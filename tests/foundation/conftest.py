@@ -84,3 +84,25 @@ def tree_state(root: Path) -> dict[str, tuple]:
             else:
                 out[rel] = ("file", p.read_bytes(), oct(st.st_mode & 0o7777), st.st_mtime_ns, st.st_uid, st.st_gid)
     return out
+
+
+@pytest.fixture
+def index_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The index files every repository in this process reads (from storage, not from
+    the index cache), in order."""
+    from drkit.repository.repo import Repository
+
+    names: list[str] = []
+    real = Repository._read_index_listing
+
+    def counted(self: Repository, index_id: str) -> Any:
+        names.append(index_id)
+        return real(self, index_id)
+
+    monkeypatch.setattr(Repository, "_read_index_listing", counted)
+    return names
+
+
+def index_files(ws: Workspace) -> set[str]:
+    """The names of the index files stored in *ws*'s repository."""
+    return {p.name for p in (ws.repo / "index").iterdir()}

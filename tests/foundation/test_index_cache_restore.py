@@ -8,30 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from drkit.repository.repo import Repository
-from tests.foundation.conftest import Workspace
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The index files every repository in this process reads."""
-    names: list[str] = []
-    real = Repository._read_index_listing
-
-    def counted(self: Repository, index_id: str) -> Any:
-        names.append(index_id)
-        return real(self, index_id)
-
-    monkeypatch.setattr(Repository, "_read_index_listing", counted)
-    return names
-
-
-def _index_files(ws: Workspace) -> set[str]:
-    return {p.name for p in (ws.repo / "index").iterdir()}
+from tests.foundation.conftest import Workspace, index_files
 
 
 def _cache_files() -> list[Path]:
@@ -57,47 +37,47 @@ def backed_up(ws: Workspace) -> Workspace:
     ws.ok("backup")
     (ws.data / "new.bin").write_bytes(os.urandom(300_000))
     ws.ok("backup")  # two index files, and the cache of both
-    assert len(_index_files(ws)) == 2 and len(_cache_files()) == 1
+    assert len(index_files(ws)) == 2 and len(_cache_files()) == 1
     return ws
 
 
-def test_a_restore_takes_the_index_from_the_cache_a_backup_left(backed_up: Workspace, reads: list[str]) -> None:
+def test_a_restore_takes_the_index_from_the_cache_a_backup_left(backed_up: Workspace, index_reads: list[str]) -> None:
     ws = backed_up
     assert _restore(ws, "r1") == _expected(ws)
-    assert reads == []
+    assert index_reads == []
     assert _restore(ws, "r2", "--no-cache") == _expected(ws)
-    assert set(reads) == _index_files(ws)
+    assert set(index_reads) == index_files(ws)
 
 
 def test_a_restore_without_a_cache_reads_every_index_file_and_leaves_one(
-        backed_up: Workspace, reads: list[str]) -> None:
+        backed_up: Workspace, index_reads: list[str]) -> None:
     ws = backed_up
     for path in _cache_files():
         path.unlink()  # a new machine
     assert _restore(ws, "r1") == _expected(ws)
-    assert set(reads) == _index_files(ws)
+    assert set(index_reads) == index_files(ws)
     assert len(_cache_files()) == 1
-    reads.clear()
+    index_reads.clear()
     assert _restore(ws, "r2") == _expected(ws)
-    assert reads == []
+    assert index_reads == []
 
 
-def test_a_cache_that_does_not_verify_is_not_used(backed_up: Workspace, reads: list[str]) -> None:
+def test_a_cache_that_does_not_verify_is_not_used(backed_up: Workspace, index_reads: list[str]) -> None:
     ws = backed_up
     (cache,) = _cache_files()
     data = bytearray(cache.read_bytes())
     data[len(data) // 2] ^= 0x01  # a row changed: the MAC no longer matches
     cache.write_bytes(bytes(data))
     assert _restore(ws, "r1") == _expected(ws)
-    assert set(reads) == _index_files(ws)
+    assert set(index_reads) == index_files(ws)
 
 
-def test_no_cache_and_a_dry_run_leave_the_cache_as_it_was(backed_up: Workspace, reads: list[str]) -> None:
+def test_no_cache_and_a_dry_run_leave_the_cache_as_it_was(backed_up: Workspace, index_reads: list[str]) -> None:
     ws = backed_up
     for path in _cache_files():
         path.unlink()
     ws.ok("restore", "latest", "-s", "data", "--target", str(ws.root / "dry"), "--dry-run")
-    assert set(reads) == _index_files(ws) and _cache_files() == []
-    reads.clear()
+    assert set(index_reads) == index_files(ws) and _cache_files() == []
+    index_reads.clear()
     assert _restore(ws, "r1", "--no-cache") == _expected(ws)
-    assert set(reads) == _index_files(ws) and _cache_files() == []
+    assert set(index_reads) == index_files(ws) and _cache_files() == []
