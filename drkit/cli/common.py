@@ -105,6 +105,14 @@ def open_repository(state: CliState, identity_path: Path | None = None) -> Repos
     return repo
 
 
+def load_index(state: CliState, repo: Repository) -> None:
+    """Load *repo*'s index for a command that only reads the repository (ls, find, dump,
+    diff, stats): from this machine's index cache, reading only the index files stored
+    since it was written (none after a backup; see :mod:`drkit.repository.indexcache`),
+    and bring the cache up to date."""
+    repo.load_index(cache=repo.index_cache(state.cache_dir))
+
+
 human_size = format_size
 """Sizes as people read them (see :func:`drkit.units.format_size`)."""
 

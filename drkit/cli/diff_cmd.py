@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, identity_option, open_repository
+from drkit.cli.common import human_size, identity_option, load_index, open_repository
 from drkit.cli.output import json_line
 from drkit.cli.selection import resolve_snapshot
 from drkit.services.browse import diff_entries, list_entries
@@ -36,7 +36,7 @@ def diff_cmd(state: CliState, first: str, second: str, source: str | None, as_js
     """
     repo = open_repository(state, identity_path)
     with repo.lock_for("diff"):  # a concurrent prune cannot delete what is read
-        repo.load_index()
+        load_index(state, repo)
         a = resolve_snapshot(state, repo, first, source)
         b = resolve_snapshot(state, repo, second, source)
         changes, st = diff_entries(list_entries(repo, a), list_entries(repo, b))

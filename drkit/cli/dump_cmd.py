@@ -12,7 +12,7 @@ import click
 
 from drkit.atomicio import replacing
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import identity_option, open_repository
+from drkit.cli.common import identity_option, load_index, open_repository
 from drkit.cli.selection import resolve_snapshot
 from drkit.errors import UsageError
 from drkit.services.browse import dump
@@ -48,7 +48,7 @@ def dump_cmd(state: CliState, snapshot: str, path: str, source: str | None, outp
                          hint="drkit dump SNAPSHOT PATH -o FILE --json")
     repo = open_repository(state, identity_path)
     with repo.lock_for("dump"):  # a concurrent prune cannot delete what is read
-        repo.load_index()
+        load_index(state, repo)
         snap = resolve_snapshot(state, repo, snapshot, source)
         if output is None:
             if sys.stdout.isatty():

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import identity_option, open_repository
+from drkit.cli.common import identity_option, load_index, open_repository
 from drkit.cli.selection import checked_source_names
 from drkit.services.browse import entry_json, find
 
@@ -37,7 +37,7 @@ def find_cmd(state: CliState, patterns: tuple[str, ...], sources: tuple[str, ...
     """
     repo = open_repository(state, identity_path)
     with repo.lock_for("find"):  # a concurrent prune cannot delete what is read
-        repo.load_index()
+        load_index(state, repo)
         snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
         sources = checked_source_names(state, sources, snaps)
         if snapshot_refs:

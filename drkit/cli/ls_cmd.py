@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import identity_option, open_repository
+from drkit.cli.common import identity_option, load_index, open_repository
 from drkit.cli.output import json_line
 from drkit.cli.selection import resolve_snapshot
 from drkit.errors import UsageError
@@ -36,7 +36,7 @@ def ls_cmd(state: CliState, snapshot: str, path: str | None, source: str | None,
     """
     repo = open_repository(state, identity_path)
     with repo.lock_for("ls"):  # a concurrent prune cannot delete what is read
-        repo.load_index()
+        load_index(state, repo)
         snap = resolve_snapshot(state, repo, snapshot, source)
         if as_json:
             json_line({"struct_type": "snapshot", **snap.summary()})

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from drkit.cli.app import CliState, cli, pass_state
-from drkit.cli.common import human_size, identity_option, open_repository
+from drkit.cli.common import human_size, identity_option, load_index, open_repository
 from drkit.cli.selection import checked_source_names
 from drkit.services.browse import stats
 
@@ -33,7 +33,7 @@ def stats_cmd(state: CliState, sources: tuple[str, ...], as_json: bool, identity
     """
     repo = open_repository(state, identity_path)
     with repo.lock_for("stats"):  # a concurrent prune cannot delete what is read
-        repo.load_index()
+        load_index(state, repo)
         snaps = repo.list_snapshots(on_error=lambda name, detail: click.echo(f"warning: damaged manifest {name}: {detail}", err=True))
         sources = checked_source_names(state, sources, snaps)
         snaps = [s for s in snaps if not sources or s.source in sources]

@@ -2,7 +2,8 @@
 no index file (a remote repository's index is not downloaded again during an
 incident); a restore where there is no cache, or one that does not verify, reads every
 index file, restores the same bytes and leaves a cache for the next; ``--no-cache`` and
-a dry run leave the cache alone."""
+a dry run leave the cache alone. ``ls``, ``find``, ``dump``, ``diff`` and ``stats`` take
+the index from the cache too."""
 
 from __future__ import annotations
 
@@ -81,3 +82,17 @@ def test_no_cache_and_a_dry_run_leave_the_cache_as_it_was(backed_up: Workspace, 
     index_reads.clear()
     assert _restore(ws, "r1", "--no-cache") == _expected(ws)
     assert set(index_reads) == index_files(ws) and _cache_files() == []
+
+
+def test_ls_find_dump_diff_and_stats_take_the_index_from_the_cache(backed_up: Workspace, index_reads: list[str]) -> None:
+    ws = backed_up
+    new = f"{ws.data}/new.bin"
+    assert new in ws.ok("ls", "latest", "-s", "data").out
+    assert new in ws.ok("find", "*/new.bin", "-s", "data").out
+    out = ws.root / "new.bin"
+    ws.ok("dump", "latest", "-s", "data", new, "-o", str(out))
+    assert out.read_bytes() == (ws.data / "new.bin").read_bytes()
+    first, second = (s["id"] for s in ws.ok("snapshots", "--json").json())
+    assert "new.bin" in ws.ok("diff", first, second).out
+    ws.ok("stats")
+    assert index_reads == []
