@@ -10,7 +10,7 @@ from drkit.cli.app import CliState, cli, pass_state
 from drkit.cli.common import human_size, identity_option, load_index, open_repository
 from drkit.cli.output import json_line
 from drkit.cli.selection import resolve_snapshot
-from drkit.services.browse import diff_entries, list_entries
+from drkit.services.browse import diff_snapshots
 
 
 @cli.command("diff")
@@ -39,7 +39,7 @@ def diff_cmd(state: CliState, first: str, second: str, source: str | None, as_js
         load_index(state, repo)
         a = resolve_snapshot(state, repo, first, source)
         b = resolve_snapshot(state, repo, second, source)
-        changes, st = diff_entries(list_entries(repo, a), list_entries(repo, b))
+        changes, st = diff_snapshots(repo, a, b)
         if as_json:
             for c in changes:
                 json_line({"message_type": "change", "path": c.path, "modifier": c.modifier,

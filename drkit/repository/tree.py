@@ -112,6 +112,15 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _FIELD_NAMES = frozenset(Entry.__dataclass_fields__)
 
 
+def walk_order_key(path: str) -> str:
+    """Sort key of the order sources record entries in: a directory before its contents,
+    names sorted within a directory (depth-first over sorted names). That is the order
+    of the paths' lists of components, and comparing the paths with each ``/`` made a
+    NUL (which no name contains, so it sorts below every character a name has) gives
+    the same order in one string comparison."""
+    return path.replace("/", "\0")
+
+
 def encode_entries(entries: Iterable[Entry]) -> Iterator[bytes]:
     """Serialise entries as JSON lines (UTF-8, ASCII-escaped)."""
     for entry in entries:

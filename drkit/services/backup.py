@@ -52,6 +52,7 @@ from drkit.repository.tree import (
     parse_line,
     split_lines,
     tree_chunks,
+    walk_order_key,
 )
 from drkit.sources.base import Source
 
@@ -103,15 +104,6 @@ class _Names:
             except KeyError:
                 self._groups[gid] = ""
         return self._groups[gid]
-
-
-def walk_order_key(path: str) -> str:
-    """Sort key of the order sources record entries in: a directory before its contents,
-    names sorted within a directory (depth-first over sorted names). That is the order
-    of the paths' lists of components, and comparing the paths with each ``/`` made a
-    NUL (which no name contains, so it sorts below every character a name has) gives
-    the same order in one string comparison."""
-    return path.replace("/", "\0")
 
 
 def _unreadable_line(exc: Exception) -> IntegrityError:

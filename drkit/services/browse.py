@@ -17,7 +17,7 @@ from typing import IO, Any, Iterable, Iterator
 from drkit.errors import UsageError
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
-from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree
+from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, walk_order_key
 
 
 def entry_json(e: Entry) -> dict[str, Any]:
@@ -73,33 +73,91 @@ class DiffStats:
         return dict(self.__dict__)
 
 
+def diff_snapshots(repo: Repository, before: Snapshot, after: Snapshot) -> tuple[list[Change], DiffStats]:
+    """What changed from snapshot *before* to *after*, sorted by path. Both trees are
+    read side by side as they stream by (sources store entries in walk order), one
+    entry of each held at a time: memory grows with the changes, not with the
+    snapshots. A tree out of walk order (or naming a path twice) is compared through
+    maps of both trees' entries instead, read again (:func:`diff_entries`)."""
+    try:
+        changes, st = _diff_in_walk_order(list_entries(repo, before), list_entries(repo, after))
+    except _OutOfOrder:
+        return diff_entries(list_entries(repo, before), list_entries(repo, after))
+    changes.sort(key=lambda c: c.path)
+    return changes, st
+
+
+class _OutOfOrder(Exception):
+    """A tree's entries are not strictly in walk order."""
+
+
+def _in_walk_order(entries: Iterable[Entry]) -> Iterator[tuple[str, Entry]]:
+    """(walk-order key, entry) of each of *entries*; raises _OutOfOrder at the first
+    entry whose key is not greater than the one before."""
+    last: str | None = None
+    for e in entries:
+        key = walk_order_key(e.path)
+        if last is not None and key <= last:
+            raise _OutOfOrder
+        last = key
+        yield key, e
+
+
+def _diff_in_walk_order(before: Iterable[Entry], after: Iterable[Entry]) -> tuple[list[Change], DiffStats]:
+    """:func:`diff_entries` of two streams in walk order, merged (changes in walk order);
+    raises _OutOfOrder."""
+    changes: list[Change] = []
+    st = DiffStats()
+    olds, news = _in_walk_order(before), _in_walk_order(after)
+    old, new = next(olds, None), next(news, None)
+    while old is not None or new is not None:
+        if old is not None and (new is None or old[0] < new[0]):
+            _compare(old[1].path, old[1], None, changes, st)
+            old = next(olds, None)
+        elif new is not None and (old is None or new[0] < old[0]):
+            _compare(new[1].path, None, new[1], changes, st)
+            new = next(news, None)
+        elif old is not None and new is not None:  # the same key on both sides
+            if old[1].path != new[1].path:  # a NUL in a name (no file system has one)
+                raise _OutOfOrder
+            _compare(old[1].path, old[1], new[1], changes, st)
+            old, new = next(olds, None), next(news, None)
+    return changes, st
+
+
 def diff_entries(before: Iterable[Entry], after: Iterable[Entry]) -> tuple[list[Change], DiffStats]:
-    """What changed from *before* to *after*, sorted by path."""
+    """What changed from *before* to *after* (entries in any order; a path named twice
+    counts as its last entry), sorted by path. Holds both as maps of their entries:
+    :func:`diff_snapshots` does without when the trees are in walk order."""
     old = {e.path: e for e in before}
     new = {e.path: e for e in after}
     changes: list[Change] = []
     st = DiffStats()
     for path in sorted(old.keys() | new.keys()):
-        a, b = old.get(path), new.get(path)
-        if a is None and b is not None:
-            changes.append(Change(path, ADDED, 0, b.size))
-            st.added += 1
-            st.bytes_added += b.size
-        elif b is None and a is not None:
-            changes.append(Change(path, REMOVED, a.size, 0))
-            st.removed += 1
-            st.bytes_removed += a.size
-        elif a is not None and b is not None:
-            if a.type != b.type:
-                changes.append(Change(path, TYPE_CHANGED, a.size, b.size))
-                st.type_changed += 1
-            elif a.chunks != b.chunks or a.target != b.target or (a.type == FILE and a.size != b.size):
-                changes.append(Change(path, MODIFIED, a.size, b.size))
-                st.modified += 1
-            elif (a.mode, a.uid, a.gid, a.mtime_ns) != (b.mode, b.uid, b.gid, b.mtime_ns) and a.type != DIR:
-                changes.append(Change(path, METADATA, a.size, b.size))
-                st.metadata += 1
+        _compare(path, old.get(path), new.get(path), changes, st)
     return changes, st
+
+
+def _compare(path: str, a: Entry | None, b: Entry | None, changes: list[Change], st: DiffStats) -> None:
+    """Record what changed at *path* from *a* to *b* (None: absent)."""
+    if a is None and b is not None:
+        changes.append(Change(path, ADDED, 0, b.size))
+        st.added += 1
+        st.bytes_added += b.size
+    elif b is None and a is not None:
+        changes.append(Change(path, REMOVED, a.size, 0))
+        st.removed += 1
+        st.bytes_removed += a.size
+    elif a is not None and b is not None:
+        if a.type != b.type:
+            changes.append(Change(path, TYPE_CHANGED, a.size, b.size))
+            st.type_changed += 1
+        elif a.chunks != b.chunks or a.target != b.target or (a.type == FILE and a.size != b.size):
+            changes.append(Change(path, MODIFIED, a.size, b.size))
+            st.modified += 1
+        elif (a.mode, a.uid, a.gid, a.mtime_ns) != (b.mode, b.uid, b.gid, b.mtime_ns) and a.type != DIR:
+            changes.append(Change(path, METADATA, a.size, b.size))
+            st.metadata += 1
 
 
 # -- find ---------------------------------------------------------------------------
