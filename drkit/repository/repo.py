@@ -150,6 +150,10 @@ def _chunker_max(config: dict[str, Any]) -> int:
         return 8 * 1024 * 1024
 
 
+def _not_indexed(chunk_id: bytes) -> IntegrityError:
+    return IntegrityError(name=f"blob {chunk_id.hex()}", detail="not in the index")
+
+
 class Repository:
     """An open repository. Construct with :meth:`init` or :meth:`open`."""
 
@@ -686,35 +690,38 @@ class Repository:
             yield from map(self.read_blob, chunk_ids)
             return
         with ThreadPoolExecutor(ahead, thread_name_prefix="drkit-read-ahead") as pool:
-            queued: deque[tuple[bytes, BlobLocation | None, Future[bytes] | None]] = deque()
+            # Each blob with its location and its read in flight, or None: not indexed.
+            queued: deque[tuple[bytes, tuple[BlobLocation, Future[bytes]] | None]] = deque()
 
             def start(chunk_id: bytes) -> None:
                 loc = self.index.get(chunk_id)
-                read = None if loc is None else pool.submit(self.storage.get, layout.pack_name(loc.pack), loc.offset, loc.length)
-                queued.append((chunk_id, loc, read))
+                if loc is None:
+                    queued.append((chunk_id, None))
+                else:
+                    queued.append((chunk_id, (loc, pool.submit(self.storage.get, layout.pack_name(loc.pack), loc.offset, loc.length))))
 
             rest = iter(chunk_ids)
             for chunk_id in islice(rest, ahead):
                 start(chunk_id)
             try:
                 while queued:
-                    chunk_id, loc, read = queued.popleft()
+                    chunk_id, pending = queued.popleft()
                     following = next(rest, None)
                     if following is not None:
                         start(following)
-                    if loc is None or read is None:
-                        self._locate(chunk_id)  # raises
-                        continue
+                    if pending is None:
+                        raise _not_indexed(chunk_id)
+                    loc, read = pending
                     yield self._decode_blob(chunk_id, loc, read.result())
             finally:
-                for _, _, read in queued:
-                    if read is not None:
-                        read.cancel()
+                for _, pending in queued:
+                    if pending is not None:
+                        pending[1].cancel()
 
     def _locate(self, chunk_id: bytes) -> BlobLocation:
         loc = self.index.get(chunk_id)
         if loc is None:
-            raise IntegrityError(name=f"blob {chunk_id.hex()}", detail="not in the index")
+            raise _not_indexed(chunk_id)
         return loc
 
     def _decode_blob(self, chunk_id: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
