@@ -224,7 +224,8 @@ def test_a_range_is_two_round_trips_and_its_close_is_not_waited_for(sshd: SshSer
     waited.clear()
     assert storage.get("data/00/p") == data  # a whole object: its size first
     assert waited == ["stat", "close (not waited for)"]
-    assert storage.stat("data/00/q").size == 1000 and storage.list("data") is not None
+    assert storage.stat("data/00/q").size == 1000
+    assert sorted((i.name, i.size) for i in storage.list("data")) == [("data/00/p", SIZE), ("data/00/q", 1000)]
     storage.close()
 
 
