@@ -11,11 +11,10 @@ import hashlib
 import json
 import logging
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
-from itertools import islice
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from drkit.errors import (
     UsageError,
     WrongKey,
 )
+from drkit.readahead import run_ahead
 from drkit.repository import chunker as chunker_mod
 from drkit.repository import keys as keyslots
 from drkit.repository import layout
@@ -68,6 +68,14 @@ DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 READ_AHEAD = 2
 """Blobs :meth:`Repository.read_blobs` reads ahead (a snapshot's tree: blobs of about
 1 MiB, at most 8 MiB each)."""
+MANIFEST_READS = 8
+"""Snapshot manifests read at once (a few hundred bytes each: from S3 or SFTP, each read
+is a round trip; hundreds of snapshots are common)."""
+INDEX_READS = 4
+"""Index files read ahead of the one being added to the index (their stored bytes only:
+each is decoded when its turn comes)."""
+IndexListing = tuple[list[tuple[str, int, ListedBlobs]], list[str]]
+"""An index file's packs (id, size, blobs as checked rows) and the files it supersedes."""
 FUTURE_SKEW = timedelta(minutes=10)
 """A snapshot dated more than this ahead of the clock is future-dated (see services/forget.py)."""
 
@@ -493,14 +501,11 @@ class Repository:
         index, superseded = cached.index, cached.superseded & present
         known = cached.index.files | cached.superseded
         files = set(cached.index.files)
-        for index_id in names:
-            if index_id in known:
-                continue
-            if index_id in cached.replaced:
-                superseded.add(index_id)
-                continue
+        new = [index_id for index_id in names if index_id not in known]
+        superseded.update(index_id for index_id in new if index_id in cached.replaced)
+        for index_id, listing in self._index_listings([i for i in new if i not in cached.replaced]):
             try:
-                packs, supersedes = self._read_index_listing(index_id)
+                packs, supersedes = listing()
             except ObjectNotFound:
                 continue  # removed by a concurrent prune after listing
             if supersedes:  # (what was added to the cached index is dropped with it)
@@ -508,7 +513,7 @@ class Repository:
                 return False
             for pack_id, size, listed in packs:
                 index.add_listed(pack_id, size, listed)
-            del packs
+            del packs, listing
             files.add(index_id)
         index.files = files
         self.index = index
@@ -528,9 +533,9 @@ class Repository:
         index = Index()
         kept: list[str] = []
         superseded: set[str] = set()
-        for index_id in names:
+        for index_id, listing in self._index_listings(names):
             try:
-                packs, supersedes = self._read_index_listing(index_id)
+                packs, supersedes = listing()
             except IntegrityError as exc:
                 if on_error is None:
                     raise
@@ -544,38 +549,54 @@ class Repository:
                 continue
             for pack_id, size, listed in packs:
                 index.add_listed(pack_id, size, listed)
-            del packs
+            del packs, listing
             kept.append(index_id)
         self.replaced_index_files = set(superseded)
         late = [index_id for index_id in kept if index_id in superseded]
         if late:
             self.superseded_index_files.update(late)
             index = Index()
-            for index_id in kept:
-                if index_id in superseded:
-                    continue
+            for index_id, listing in self._index_listings([i for i in kept if i not in superseded]):
                 try:
-                    packs, _ = self._read_index_listing(index_id)
+                    packs, _ = listing()
                 except ObjectNotFound:
                     continue
                 for pack_id, size, listed in packs:
                     index.add_listed(pack_id, size, listed)
-                del packs
+                del packs, listing
                 index.files.add(index_id)
         else:
             index.files.update(kept)
         self.index = index
         self.index_loaded = True
 
+    def _index_listings(self, index_ids: list[str]) -> Iterator[tuple[str, Callable[[], IndexListing]]]:
+        """Each of *index_ids* with a call that gives its :meth:`_read_index_listing`,
+        in order, while the storage reads of the next :data:`INDEX_READS` files run in
+        background threads (see :func:`~drkit.readahead.run_ahead`). A file is checked
+        and decoded only by that call, in the calling thread: the entries of one file at
+        a time are held, as when the files were read one after another."""
+        def fetch(index_id: str) -> bytes:
+            return self.storage.get(layout.index_name(index_id))
+
+        for index_id, raw in run_ahead(fetch, index_ids, ahead=INDEX_READS, name="drkit-index-read"):
+            yield index_id, partial(self._listing_of, index_id, raw)
+
+    def _listing_of(self, index_id: str, raw: Future[bytes]) -> IndexListing:
+        return self._decode_index_listing(index_id, raw.result())
+
     def read_index_file(self, index_id: str) -> tuple[list[tuple[str, int, list[PackEntry]]], list[str]]:
         """(packs with their entries, supersedes) of one index file; raises IntegrityError."""
         packs, supersedes = self._read_index_listing(index_id)
         return [(pack_id, size, listed.entries()) for pack_id, size, listed in packs], supersedes
 
-    def _read_index_listing(self, index_id: str) -> tuple[list[tuple[str, int, ListedBlobs]], list[str]]:
+    def _read_index_listing(self, index_id: str) -> IndexListing:
         """:meth:`read_index_file`, each pack's blobs as checked rows (what :meth:`load_index` adds)."""
+        return self._decode_index_listing(index_id, self.storage.get(layout.index_name(index_id)))
+
+    def _decode_index_listing(self, index_id: str, raw: bytes) -> IndexListing:
+        """The listing of index file *index_id* from its stored bytes *raw*; raises IntegrityError."""
         name = layout.index_name(index_id)
-        raw = self.storage.get(name)
         if hashlib.sha256(raw).hexdigest() != index_id:
             raise IntegrityError(name=name, detail="content does not match its name (SHA-256)", hint="run 'drkit rebuild-index'")
         try:
@@ -689,34 +710,18 @@ class Repository:
         if ahead <= 0 or len(chunk_ids) < 2:
             yield from map(self.read_blob, chunk_ids)
             return
-        with ThreadPoolExecutor(ahead, thread_name_prefix="drkit-read-ahead") as pool:
-            # Each blob with its location and its read in flight, or None: not indexed.
-            queued: deque[tuple[bytes, tuple[BlobLocation, Future[bytes]] | None]] = deque()
 
-            def start(chunk_id: bytes) -> None:
-                loc = self.index.get(chunk_id)
-                if loc is None:
-                    queued.append((chunk_id, None))
-                else:
-                    queued.append((chunk_id, (loc, pool.submit(self.storage.get, layout.pack_name(loc.pack), loc.offset, loc.length))))
+        def read(located: tuple[bytes, BlobLocation | None]) -> bytes:
+            chunk_id, loc = located
+            if loc is None:
+                raise _not_indexed(chunk_id)  # (raised by result() below, where it is reached)
+            return self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length)
 
-            rest = iter(chunk_ids)
-            for chunk_id in islice(rest, ahead):
-                start(chunk_id)
-            try:
-                while queued:
-                    chunk_id, pending = queued.popleft()
-                    following = next(rest, None)
-                    if following is not None:
-                        start(following)
-                    if pending is None:
-                        raise _not_indexed(chunk_id)
-                    loc, read = pending
-                    yield self._decode_blob(chunk_id, loc, read.result())
-            finally:
-                for _, pending in queued:
-                    if pending is not None:
-                        pending[1].cancel()
+        located = ((chunk_id, self.index.get(chunk_id)) for chunk_id in chunk_ids)  # looked up in this thread
+        for (chunk_id, loc), sealed in run_ahead(read, located, ahead=ahead, name="drkit-read-ahead"):
+            data = sealed.result()
+            assert loc is not None
+            yield self._decode_blob(chunk_id, loc, data)
 
     def _locate(self, chunk_id: bytes) -> BlobLocation:
         loc = self.index.get(chunk_id)
@@ -754,11 +759,14 @@ class Repository:
         return [i for i in (layout.id_of(o.name) for o in self.storage.list(layout.SNAPSHOTS)) if i]
 
     def list_snapshots(self, on_error: Callable[[str, str], None] | None = None) -> list[Snapshot]:
-        """All snapshots, oldest first. A damaged manifest raises, or goes to *on_error*."""
+        """All snapshots, oldest first, their manifests read :data:`MANIFEST_READS` at a
+        time. A damaged manifest raises, or goes to *on_error*; one deleted since the
+        listing is left out."""
         out = []
-        for snapshot_id in self.snapshot_ids():
+        for snapshot_id, loaded in run_ahead(self.load_snapshot, self.snapshot_ids(), ahead=MANIFEST_READS,
+                                             name="drkit-manifests"):
             try:
-                out.append(self.load_snapshot(snapshot_id))
+                out.append(loaded.result())
             except IntegrityError as exc:
                 if on_error is None:
                     raise

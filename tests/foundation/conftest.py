@@ -93,13 +93,13 @@ def index_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from drkit.repository.repo import Repository
 
     names: list[str] = []
-    real = Repository._read_index_listing
+    real = Repository._decode_index_listing
 
-    def counted(self: Repository, index_id: str) -> Any:
+    def counted(self: Repository, index_id: str, raw: bytes) -> Any:
         names.append(index_id)
-        return real(self, index_id)
+        return real(self, index_id, raw)
 
-    monkeypatch.setattr(Repository, "_read_index_listing", counted)
+    monkeypatch.setattr(Repository, "_decode_index_listing", counted)
     return names
 
 

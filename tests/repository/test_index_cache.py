@@ -38,17 +38,17 @@ def _write(repo: Repository, pack_no: int, count: int, supersedes: tuple[str, ..
 
 
 class Reads:
-    """Counts the index files a repository reads."""
+    """Counts the index files a repository reads (each is decoded once, when its turn comes)."""
 
     def __init__(self, repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
         self.names: list[str] = []
-        real = repo._read_index_listing
+        real = repo._decode_index_listing
 
-        def counted(index_id: str) -> Any:
+        def counted(index_id: str, raw: bytes) -> Any:
             self.names.append(index_id)
-            return real(index_id)
+            return real(index_id, raw)
 
-        monkeypatch.setattr(repo, "_read_index_listing", counted)
+        monkeypatch.setattr(repo, "_decode_index_listing", counted)
 
 
 def _state(repo: Repository) -> tuple[Any, ...]:
