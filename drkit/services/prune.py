@@ -105,17 +105,28 @@ class PruneReport:
 
 
 def used_blobs(repo: Repository) -> set[bytes]:
-    """Every blob referenced by a snapshot; raises DamageFound if one is unreadable."""
+    """Every blob referenced by a snapshot; raises DamageFound if one is unreadable.
+
+    Snapshots with the same tree (the same list of tree blobs: a source that did not
+    change) name the same blobs, so each tree is read once; a damaged one is reported
+    for every snapshot that has it."""
     problems: list[str] = []
     snaps = repo.list_snapshots(on_error=lambda name, detail: problems.append(f"{name}: {detail}"))
     used: set[bytes] = set()
+    unreadable: dict[tuple[str, ...], str] = {}  # tree -> why it could not be read
+    read: set[tuple[str, ...]] = set()
     for snap in snaps:
-        used.update(bytes.fromhex(t) for t in snap.tree)
-        try:
-            for entry in iter_tree(repo, snap):
-                used.update(bytes.fromhex(c) for c in entry.chunks)
-        except DrkitError as exc:
-            problems.append(f"snapshot {snap.short_id}: {exc}")
+        tree = tuple(snap.tree)
+        if tree not in read:
+            read.add(tree)
+            used.update(bytes.fromhex(t) for t in tree)
+            try:
+                for entry in iter_tree(repo, snap):
+                    used.update(bytes.fromhex(c) for c in entry.chunks)
+            except DrkitError as exc:
+                unreadable[tree] = str(exc)
+        if tree in unreadable:
+            problems.append(f"snapshot {snap.short_id}: {unreadable[tree]}")
     if problems:
         raise DamageFound(
             count=len(problems),
