@@ -277,19 +277,29 @@ class SizeStats:
 
 def stats(repo: Repository, snaps: list[Snapshot]) -> tuple[dict[str, SizeStats], SizeStats]:
     """Sizes per source and in total (distinct blobs counted once per group).
-    Needs the index loaded. Tree blobs count towards deduplicated and stored."""
+    Needs the index loaded. Tree blobs count towards deduplicated and stored. Each
+    distinct tree of a source is read once (snapshots of a source that did not change
+    have the same tree); its files and bytes count for every snapshot that has it."""
     per: dict[str, SizeStats] = {}
     blobs: dict[str, set[bytes]] = {}
+    counted: dict[tuple[str, tuple[str, ...]], tuple[int, int]] = {}  # (source, tree) -> (files, raw)
     for snap in snaps:
         s = per.setdefault(snap.source, SizeStats())
-        ids = blobs.setdefault(snap.source, set())
         s.snapshots += 1
-        ids.update(bytes.fromhex(t) for t in snap.tree)
-        for e in iter_tree(repo, snap):
-            if e.type == FILE:
-                s.files += 1
-                s.raw += e.size
-                ids.update(bytes.fromhex(c) for c in e.chunks)
+        key = (snap.source, tuple(snap.tree))
+        if key not in counted:
+            ids = blobs.setdefault(snap.source, set())
+            ids.update(bytes.fromhex(t) for t in snap.tree)
+            files = raw = 0
+            for e in iter_tree(repo, snap):
+                if e.type == FILE:
+                    files += 1
+                    raw += e.size
+                    ids.update(bytes.fromhex(c) for c in e.chunks)
+            counted[key] = (files, raw)
+        files, raw = counted[key]
+        s.files += files
+        s.raw += raw
     total = SizeStats()
     every: set[bytes] = set()
     for name, s in per.items():

@@ -1,0 +1,68 @@
+"""``drkit stats`` reads each distinct tree of a source once: snapshots of a source that
+did not change have the same tree, and it was read and decoded again for each (from S3
+or SFTP a round trip per tree blob). The figures stay per snapshot: files and raw bytes
+count every snapshot, distinct blobs once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.repository.blob import BLOB_DATA, BLOB_TREE
+from drkit.repository.repo import Repository
+from drkit.repository.saver import BlobSaver
+from drkit.repository.snapshot import Snapshot
+from drkit.repository.tree import DIR, Entry, encode_entries
+from drkit.services import browse
+from drkit.storage import LocalStorage
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    storage = LocalStorage(str(tmp_path / "repo"))
+    Repository.init(storage, "pw", pack_size=1024 * 1024)
+    return Repository.open(storage, "pw")
+
+
+def _tree(saver: BlobSaver, files: dict[str, bytes]) -> list[str]:
+    entries = [Entry(path="/srv", type=DIR)]
+    for path, content in files.items():
+        chunk_id = saver.save(content, BLOB_DATA)[0]
+        entries.append(Entry(path=path, type="file", size=len(content), chunks=[chunk_id.hex()]))
+    return [saver.save(b"".join(encode_entries(entries)), BLOB_TREE)[0].hex()]
+
+
+def _snapshot(repo: Repository, source: str, tree: list[str], no: int) -> Snapshot:
+    snap = Snapshot(id=os.urandom(32).hex(), time=f"2026-11-{no + 1:02d}T03:00:00Z", source=source,
+                    source_type="files", run=os.urandom(16).hex(), host="node1", tree=tree)
+    repo.save_snapshot(snap)
+    return snap
+
+
+def test_each_tree_of_a_source_is_read_once_and_counts_for_every_snapshot(repo: Repository,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with BlobSaver(repo) as saver:
+        same = _tree(saver, {"/srv/a": b"a" * 100, "/srv/b": b"b" * 50})
+        changed = _tree(saver, {"/srv/a": b"c" * 100, "/srv/b": b"b" * 50})
+    repo.load_index()
+    snaps = [_snapshot(repo, "data", same, no) for no in range(4)] + [_snapshot(repo, "data", changed, 4)]
+    snaps.append(_snapshot(repo, "copy", same, 5))  # the same tree in another source counts there too
+    walked: list[tuple[str, list[str]]] = []
+    real = browse.iter_tree
+
+    def counted(r: Repository, snap: Snapshot) -> Any:
+        walked.append((snap.source, snap.tree))
+        return real(r, snap)
+
+    monkeypatch.setattr(browse, "iter_tree", counted)
+    per, total = browse.stats(repo, snaps)
+    assert sorted(walked) == sorted([("data", same), ("data", changed), ("copy", same)])
+    data = per["data"]
+    assert (data.snapshots, data.files, data.raw) == (5, 10, 5 * 150)
+    assert data.blobs == 5  # a, b, c and two trees
+    assert (per["copy"].snapshots, per["copy"].files, per["copy"].raw, per["copy"].blobs) == (1, 2, 150, 3)
+    assert (total.snapshots, total.files, total.raw, total.blobs) == (6, 12, 6 * 150, 5)
+    assert total.deduplicated == 100 + 50 + 100 + sum(repo.index.get(bytes.fromhex(t[0])).raw_length for t in (same, changed))  # type: ignore[union-attr]
