@@ -179,9 +179,18 @@ class Found:
 
 def find(repo: Repository, snaps: list[Snapshot], patterns: list[str]) -> Iterator[Found]:
     """Per snapshot (in the order given), the entries matching any of *patterns*;
-    snapshots without a match are left out."""
+    snapshots without a match are left out. A snapshot with the same tree as the last
+    one read of its source (a source that did not change) gets that tree's matches
+    without reading it again: one tree's matches are held per source."""
+    last: dict[str, tuple[tuple[str, ...], list[Entry]]] = {}  # source -> (tree, its matches)
     for snap in snaps:
-        hits = [e for e in iter_tree(repo, snap) if any(glob_matches(e.path, p) for p in patterns)]
+        tree = tuple(snap.tree)
+        held = last.get(snap.source)
+        if held is not None and held[0] == tree:
+            hits = held[1]
+        else:
+            hits = [e for e in iter_tree(repo, snap) if any(glob_matches(e.path, p) for p in patterns)]
+            last[snap.source] = (tree, hits)
         if hits:
             yield Found(snap, hits)
 

@@ -1,7 +1,8 @@
-"""``drkit stats`` reads each distinct tree of a source once: snapshots of a source that
-did not change have the same tree, and it was read and decoded again for each (from S3
-or SFTP a round trip per tree blob). The figures stay per snapshot: files and raw bytes
-count every snapshot, distinct blobs once."""
+"""``drkit stats`` and ``drkit find`` read a tree that snapshots of a source share once:
+snapshots of a source that did not change have the same tree, and it was read and
+decoded again for each (from S3 or SFTP a round trip per tree blob). What they report
+stays per snapshot: stats count files and raw bytes for every snapshot and distinct
+blobs once; find lists the matches of every snapshot."""
 
 from __future__ import annotations
 
@@ -66,3 +67,27 @@ def test_each_tree_of_a_source_is_read_once_and_counts_for_every_snapshot(repo: 
     assert (per["copy"].snapshots, per["copy"].files, per["copy"].raw, per["copy"].blobs) == (1, 2, 150, 3)
     assert (total.snapshots, total.files, total.raw, total.blobs) == (6, 12, 6 * 150, 5)
     assert total.deduplicated == 100 + 50 + 100 + sum(repo.index.get(bytes.fromhex(t[0])).raw_length for t in (same, changed))  # type: ignore[union-attr]
+
+
+def test_find_reads_a_tree_again_only_when_the_source_changed(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    with BlobSaver(repo) as saver:
+        same = _tree(saver, {"/srv/a": b"a" * 100, "/srv/b": b"b" * 50})
+        changed = _tree(saver, {"/srv/a": b"c" * 100})
+        other = _tree(saver, {"/srv/x": b"x"})
+    repo.load_index()
+    order = [("data", same), ("other", other), ("data", same), ("data", same), ("other", other), ("data", changed),
+             ("data", same)]
+    snaps = [_snapshot(repo, source, tree, no) for no, (source, tree) in enumerate(order)]
+    walked: list[tuple[str, list[str]]] = []
+    real = browse.iter_tree
+
+    def counted(r: Repository, snap: Snapshot) -> Any:
+        walked.append((snap.source, snap.tree))
+        return real(r, snap)
+
+    monkeypatch.setattr(browse, "iter_tree", counted)
+    found = list(browse.find(repo, snaps, ["/srv/a"]))
+    assert walked == [("data", same), ("other", other), ("data", changed), ("data", same)]
+    assert [f.snapshot.id for f in found] == [s.id for s, (source, _) in zip(snaps, order, strict=True) if source == "data"]
+    assert all([e.path for e in f.matches] == ["/srv/a"] for f in found)
+    assert [f.matches[0].chunks for f in found][3] != [f.matches[0].chunks for f in found][0]  # the changed one
