@@ -107,15 +107,18 @@ def verify_repository(
         report.snapshots = report.snapshots or len(snaps)
         report.future_snapshots = [s.id for s in future_snapshots(snaps)]
         report.rollback = check_and_remember(repo, state_dir, snapshots=snaps)
-        users: dict[bytes, set[str]] = defaultdict(set)
+        referenced: set[bytes] = set()
+        by_pack: dict[str, set[str]] = defaultdict(set)  # pack -> the snapshots using a blob in it
+        trees: dict[tuple[str, ...], _TreeUse] = {}
         for snap in snaps:
-            _walk_snapshot(repo, snap, users, report)
-        report.blobs = len(users)
-        by_pack: dict[str, set[str]] = defaultdict(set)
-        for chunk_id, labels in users.items():
-            loc = repo.index.get(chunk_id)
-            if loc is not None:
-                by_pack[loc.pack] |= labels
+            use = trees.get(tuple(snap.tree))
+            if use is None:
+                use = trees[tuple(snap.tree)] = _walk_tree(repo, snap, referenced)
+            label = _label(snap)
+            for pack_id in use.packs:
+                by_pack[pack_id].add(label)
+            report.problems.extend(Problem(obj or layout.snapshot_name(snap.id), detail, [label]) for obj, detail in use.problems)
+        report.blobs = len(referenced)
 
         stored = {layout.id_of(o.name): o.size for o in repo.storage.list(layout.DATA)}
         indexed = repo.index.packs()
@@ -149,26 +152,45 @@ def verify_repository(
     return report
 
 
-def _walk_snapshot(repo: Repository, snap: Snapshot, users: dict[bytes, set[str]], report: VerifyReport) -> None:
-    label = _label(snap)
+@dataclass
+class _TreeUse:
+    """What one tree (a list of tree blobs, shared by the snapshots of a source that did
+    not change) uses: the packs holding its blobs, and its problems as (object, detail)
+    (object None: the manifest of the snapshot it is reported for)."""
+
+    packs: set[str] = field(default_factory=set)
+    problems: list[tuple[str | None, str]] = field(default_factory=list)
+
+
+def _walk_tree(repo: Repository, snap: Snapshot, referenced: set[bytes]) -> _TreeUse:
+    """Read *snap*'s tree once: the packs its blobs are in and what is wrong with it;
+    every blob it names goes into *referenced*. Holds no set per blob: a repository's
+    blobs times its snapshots was gigabytes."""
+    use = _TreeUse()
     tree_ids = [bytes.fromhex(t) for t in snap.tree]
-    for tid in tree_ids:
-        users[tid].add(label)
-    missing = [t for t in tree_ids if t not in repo.index]
+    referenced.update(tree_ids)
+    index = repo.index
+    located = [(tid, index.get(tid)) for tid in tree_ids]
+    use.packs.update(loc.pack for _, loc in located if loc is not None)
+    missing = [tid for tid, loc in located if loc is None]
     if missing:
-        report.problems.append(Problem(f"blob {missing[0].hex()}", "tree blob is not in the index", [label]))
-        return
+        use.problems.append((f"blob {missing[0].hex()}", "tree blob is not in the index"))
+        return use
     try:
         for entry in iter_tree(repo, snap):
             for hex_id in entry.chunks:
                 cid = bytes.fromhex(hex_id)
-                users[cid].add(label)
-                if cid not in repo.index:
-                    report.problems.append(Problem(f"blob {hex_id}", f"data of {entry.path} is not in the index", [label]))
+                referenced.add(cid)
+                loc = index.get(cid)
+                if loc is None:
+                    use.problems.append((f"blob {hex_id}", f"data of {entry.path} is not in the index"))
+                else:
+                    use.packs.add(loc.pack)
     except IntegrityError as exc:
-        report.problems.append(Problem(str(exc.fields.get("name", "tree")), str(exc.fields.get("detail", exc)), [label]))
+        use.problems.append((str(exc.fields.get("name", "tree")), str(exc.fields.get("detail", exc))))
     except (ValueError, DrkitError) as exc:
-        report.problems.append(Problem(layout.snapshot_name(snap.id), f"tree unreadable: {exc}", [label]))
+        use.problems.append((None, f"tree unreadable: {exc}"))
+    return use
 
 
 def _read_pack(repo: Repository, pack_id: str, indexed: list[PackEntry], affected: list[str]) -> list[Problem]:
