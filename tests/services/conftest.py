@@ -95,3 +95,17 @@ def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
                 pack.write_bytes(bytes(data))
                 return pack
     raise AssertionError(f"no file ending in {path_suffix!r} with data in the repository")
+
+
+def count_tree_walks(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[str, list[str]]]:
+    """Record (source, tree) of every snapshot whose tree *module* reads through its
+    ``iter_tree`` from now on (the reads still happen)."""
+    walked: list[tuple[str, list[str]]] = []
+    real = module.iter_tree
+
+    def counted(repo: Any, snap: Any) -> Any:
+        walked.append((snap.source, snap.tree))
+        return real(repo, snap)
+
+    monkeypatch.setattr(module, "iter_tree", counted)
+    return walked

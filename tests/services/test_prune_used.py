@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from drkit.errors import DamageFound
@@ -20,6 +18,7 @@ from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import Entry, encode_entries
 from drkit.services import prune
 from drkit.storage import LocalStorage
+from tests.services.conftest import count_tree_walks
 
 
 @pytest.fixture
@@ -55,17 +54,10 @@ def test_each_tree_is_read_once_and_every_blob_it_names_is_kept(repo: Repository
     for no in range(5):
         _snapshot(repo, same, no)
     _snapshot(repo, other, 5)
-    walked: list[list[str]] = []
-    real = prune.iter_tree
-
-    def counted(r: Repository, snap: Snapshot) -> Any:
-        walked.append(snap.tree)
-        return real(r, snap)
-
-    monkeypatch.setattr(prune, "iter_tree", counted)
+    walked = count_tree_walks(monkeypatch, prune)
     used = prune.used_blobs(repo)
     assert used == same_data | other_data | {bytes.fromhex(same[0]), bytes.fromhex(other[0])}
-    assert sorted(walked) == sorted([same, other])  # five snapshots of one tree: read once
+    assert sorted(tree for _, tree in walked) == sorted([same, other])  # five snapshots of one tree: read once
 
 
 def test_a_damaged_tree_is_reported_for_every_snapshot_that_names_it(repo: Repository) -> None:

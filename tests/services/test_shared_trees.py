@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
@@ -19,6 +17,7 @@ from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, Entry, encode_entries
 from drkit.services import browse
 from drkit.storage import LocalStorage
+from tests.services.conftest import count_tree_walks
 
 
 @pytest.fixture
@@ -51,14 +50,7 @@ def test_each_tree_of_a_source_is_read_once_and_counts_for_every_snapshot(repo: 
     repo.load_index()
     snaps = [_snapshot(repo, "data", same, no) for no in range(4)] + [_snapshot(repo, "data", changed, 4)]
     snaps.append(_snapshot(repo, "copy", same, 5))  # the same tree in another source counts there too
-    walked: list[tuple[str, list[str]]] = []
-    real = browse.iter_tree
-
-    def counted(r: Repository, snap: Snapshot) -> Any:
-        walked.append((snap.source, snap.tree))
-        return real(r, snap)
-
-    monkeypatch.setattr(browse, "iter_tree", counted)
+    walked = count_tree_walks(monkeypatch, browse)
     per, total = browse.stats(repo, snaps)
     assert sorted(walked) == sorted([("data", same), ("data", changed), ("copy", same)])
     data = per["data"]
@@ -78,14 +70,7 @@ def test_find_reads_a_tree_again_only_when_the_source_changed(repo: Repository, 
     order = [("data", same), ("other", other), ("data", same), ("data", same), ("other", other), ("data", changed),
              ("data", same)]
     snaps = [_snapshot(repo, source, tree, no) for no, (source, tree) in enumerate(order)]
-    walked: list[tuple[str, list[str]]] = []
-    real = browse.iter_tree
-
-    def counted(r: Repository, snap: Snapshot) -> Any:
-        walked.append((snap.source, snap.tree))
-        return real(r, snap)
-
-    monkeypatch.setattr(browse, "iter_tree", counted)
+    walked = count_tree_walks(monkeypatch, browse)
     found = list(browse.find(repo, snaps, ["/srv/a"]))
     assert walked == [("data", same), ("other", other), ("data", changed), ("data", same)]
     assert [f.snapshot.id for f in found] == [s.id for s, (source, _) in zip(snaps, order, strict=True) if source == "data"]

@@ -11,8 +11,6 @@ import gc
 import os
 import tracemalloc
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
@@ -22,6 +20,7 @@ from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import Entry, encode_entries
 from drkit.services import verify
 from drkit.storage import LocalStorage
+from tests.services.conftest import count_tree_walks
 
 
 def _repo(path: Path) -> Repository:
@@ -86,16 +85,9 @@ def test_a_shared_tree_is_read_once_and_its_problems_named_for_each_snapshot(tmp
         other = [saver.save(b"".join(encode_entries(_entries(saver, 2, "b"))), BLOB_TREE)[0].hex()]
     repo.load_index()
     snaps = [_snapshot(repo, tree, no) for no in range(3)] + [_snapshot(repo, other, 3, source="git")]
-    walked: list[list[str]] = []
-    real = verify.iter_tree
-
-    def counted(r: Repository, snap: Snapshot) -> Any:
-        walked.append(snap.tree)
-        return real(r, snap)
-
-    monkeypatch.setattr(verify, "iter_tree", counted)
+    walked = count_tree_walks(monkeypatch, verify)
     report = verify.verify_repository(Repository.open(repo.storage, "pw"))
-    assert sorted(walked) == sorted([tree, other])
+    assert sorted(t for _, t in walked) == sorted([tree, other])
     lost_problems = [p for p in report.problems if p.object == f"blob {lost}"]
     assert sorted(p.snapshots[0] for p in lost_problems) == sorted(verify._label(s) for s in snaps[:3])
     assert all(p.detail == "data of /srv/lost is not in the index" for p in lost_problems)
