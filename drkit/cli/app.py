@@ -287,6 +287,7 @@ def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
     args = hoist_global_options(list(args if args is not None else sys.argv[1:]))
     debug = "--debug" in args
     as_json = _json_errors(args)
+    _storage_retries(stop=False)
     try:
         entry.main(args=args, prog_name="drkit", standalone_mode=False)
         return 0
@@ -298,6 +299,7 @@ def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
+        _storage_retries(stop=True)
         if as_json:
             _print_json_error("interrupted", None, EXIT_INTERRUPTED, "Interrupted")
         else:
@@ -310,6 +312,7 @@ def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
             exc.show()
         return EXIT_USAGE
     except KeyboardInterrupt:
+        _storage_retries(stop=True)
         if as_json:
             _print_json_error("interrupted", None, EXIT_INTERRUPTED, "Interrupted")
         else:
@@ -332,6 +335,20 @@ def run_cli(entry: click.Command, args: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def _storage_retries(*, stop: bool) -> None:
+    """Make storage retries in every thread give up (*stop*: the command is interrupted,
+    so reads retrying in background threads do not keep the process from exiting), or
+    allow them again (a command starts; a scheduler or a test runs several in one
+    process). Nothing to do while no storage was used (the module is not even loaded)."""
+    retry = sys.modules.get("drkit.storage.retry")
+    if retry is None:
+        return
+    if stop:
+        retry.stop_retrying()
+    else:
+        retry.allow_retrying()
+
+
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: locks released, temp files removed, exit 130
 
@@ -345,6 +362,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         code = run_cli(cli)
     except KeyboardInterrupt:  # between the handlers: still no traceback
+        _storage_retries(stop=True)
         sys.stderr.write("interrupted\n")
         code = EXIT_INTERRUPTED
     sys.exit(code)

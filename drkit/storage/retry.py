@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,31 @@ from drkit.storage.wrapper import StorageWrapper
 log = logging.getLogger("drkit.storage.retry")
 
 T = TypeVar("T")
+
+_stopped = threading.Event()
+"""Set once the command is interrupted (Ctrl-C, SIGTERM): a retry waiting in any thread
+gives up at once. The main thread's sleep is cut short by the signal itself; reads in
+background threads (manifests, index files, a tree read ahead) would otherwise keep the
+process alive for up to ``max_elapsed`` before it could exit."""
+
+
+def stop_retrying() -> None:
+    """Make every retry, waiting or to come, give up (the command is interrupted)."""
+    _stopped.set()
+
+
+def allow_retrying() -> None:
+    """Retry again (a new command starts in this process: a scheduler, a test)."""
+    _stopped.clear()
+
+
+def retrying_stopped() -> bool:
+    return _stopped.is_set()
+
+
+def _sleep(seconds: float) -> None:
+    """Wait *seconds*, or less once :func:`stop_retrying` is called."""
+    _stopped.wait(seconds)
 
 
 @dataclass(frozen=True)
@@ -59,7 +85,7 @@ class RetryingStorage(StorageWrapper):
 
     inner: Storage
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = _sleep
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
 
@@ -73,12 +99,10 @@ class RetryingStorage(StorageWrapper):
             except TransientStorageError as exc:
                 elapsed = self.clock() - start
                 delay = self.policy.delay(attempt - 1, self.rng)
+                if _stopped.is_set():
+                    raise self._given_up(exc, what, attempt, elapsed, "interrupted, ") from exc
                 if attempt >= self.policy.attempts or elapsed + delay > self.policy.max_elapsed:
-                    raise StorageError(
-                        f"{exc.message.removeprefix('storage error: ')} "
-                        f"(gave up on {what} after {attempt} attempt(s) in {elapsed:.1f}s)",
-                        hint=exc.hint,
-                    ) from exc
+                    raise self._given_up(exc, what, attempt, elapsed) from exc
                 log.warning(
                     "%s failed (%s); retry %d/%d in %.1fs",
                     what,
@@ -89,6 +113,13 @@ class RetryingStorage(StorageWrapper):
                     extra={"op": what, "attempt": attempt},
                 )
                 self.sleep(delay)
+                if _stopped.is_set():
+                    raise self._given_up(exc, what, attempt, self.clock() - start, "interrupted, ") from exc
+
+    @staticmethod
+    def _given_up(exc: TransientStorageError, what: str, attempt: int, elapsed: float, why: str = "") -> StorageError:
+        return StorageError(f"{exc.message.removeprefix('storage error: ')} "
+                            f"({why}gave up on {what} after {attempt} attempt(s) in {elapsed:.1f}s)", hint=exc.hint)
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         self._call(f"put {name}", lambda: self.inner.put(name, data))
