@@ -113,20 +113,20 @@ def used_blobs(repo: Repository) -> set[bytes]:
     problems: list[str] = []
     snaps = repo.list_snapshots(on_error=lambda name, detail: problems.append(f"{name}: {detail}"))
     used: set[bytes] = set()
-    unreadable: dict[tuple[str, ...], str] = {}  # tree -> why it could not be read
-    read: set[tuple[str, ...]] = set()
+    read: dict[tuple[str, ...], str | None] = {}  # tree -> why it could not be read (None: it was)
     for snap in snaps:
         tree = tuple(snap.tree)
         if tree not in read:
-            read.add(tree)
+            read[tree] = None
             used.update(bytes.fromhex(t) for t in tree)
             try:
                 for entry in iter_tree(repo, snap):
                     used.update(bytes.fromhex(c) for c in entry.chunks)
             except DrkitError as exc:
-                unreadable[tree] = str(exc)
-        if tree in unreadable:
-            problems.append(f"snapshot {snap.short_id}: {unreadable[tree]}")
+                read[tree] = str(exc)
+        why = read[tree]
+        if why is not None:
+            problems.append(f"snapshot {snap.short_id}: {why}")
     if problems:
         raise DamageFound(
             count=len(problems),

@@ -111,9 +111,10 @@ def verify_repository(
         by_pack: dict[str, set[str]] = defaultdict(set)  # pack -> the snapshots using a blob in it
         trees: dict[tuple[str, ...], _TreeUse] = {}
         for snap in snaps:
-            use = trees.get(tuple(snap.tree))
+            tree = tuple(snap.tree)
+            use = trees.get(tree)
             if use is None:
-                use = trees[tuple(snap.tree)] = _walk_tree(repo, snap, referenced)
+                use = trees[tree] = _walk_tree(repo, snap, referenced)
             label = _label(snap)
             for pack_id in use.packs:
                 by_pack[pack_id].add(label)
