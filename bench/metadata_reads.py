@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from drkit.repository import layout  # noqa: E402
 from drkit.repository.blob import BLOB_DATA  # noqa: E402
 from drkit.repository.repo import INDEX_READS, MANIFEST_READS, Repository  # noqa: E402
 from drkit.repository.saver import BlobSaver  # noqa: E402
@@ -85,7 +86,7 @@ def measure(storage: LocalStorage, latency: float) -> dict[str, float]:
     manifests_in_turn = time.perf_counter() - start
     start = time.perf_counter()
     rows = 0
-    for index_id in sorted(i.name.rsplit("/", 1)[-1] for i in storage.list("index")):
+    for index_id in sorted(filter(None, (layout.id_of(i.name) for i in storage.list(layout.INDEX)))):
         packs, _ = one._read_index_listing(index_id)
         rows += sum(len(listed_blobs.rows) for _, _, listed_blobs in packs)
     index_in_turn = time.perf_counter() - start

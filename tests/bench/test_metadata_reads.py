@@ -19,7 +19,11 @@ def test_both_ways_read_every_manifest_and_index_file(tmp_path: Path) -> None:
     storage = metadata_reads.build(tmp_path / "work", snapshots=12, index_files=6)
     result = metadata_reads.measure(storage, latency=0)
     assert (result["snapshots"], result["index_files"]) == (12, 6)
-    assert metadata_reads.build(tmp_path / "work", snapshots=12, index_files=6).root == storage.root  # reused
+    manifests = sorted(o.name for o in storage.list("snapshots"))
+    again = metadata_reads.build(tmp_path / "work", snapshots=12, index_files=6)
+    assert sorted(o.name for o in again.list("snapshots")) == manifests  # reused: a new build has new ids
+    other = metadata_reads.build(tmp_path / "work", snapshots=3, index_files=1)
+    assert len(list(other.list("snapshots"))) == 3  # other counts: built anew
 
 
 def test_a_listing_that_loses_a_snapshot_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
