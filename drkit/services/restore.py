@@ -12,8 +12,9 @@ each window it plans which blob goes to which file offsets, then fetches the nee
 ranges of each pack once per window (in tasks of nearby blobs, spread over worker
 threads), decrypts and verifies each blob against its keyed id, and writes it to
 every place that needs it, while the next window is planned. In a large restore,
-tasks made only of small whole files go to worker processes instead
-(:mod:`drkit.services.restoreprocs`), which do the same work side by side. Files are
+small files whole in one blob are planned apart, as plain tuples (the small-file lane:
+per file, the main process's work is most of such a restore's), and written by worker
+processes (:mod:`drkit.services.restoreprocs`), which do the same work side by side. Files are
 written to a temporary and renamed into place only when every one of their chunks
 arrived intact: a damaged object never leaves wrong bytes behind under the real
 name; the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it
@@ -47,12 +48,13 @@ from drkit.gctune import fewer_collections
 from drkit.progress import ProgressSink
 from drkit.repository import layout
 from drkit.repository.blob import BlobError
+from drkit.repository.index import BlobLocation
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
 from drkit.services.packranges import BlobUse, read_ranges, split_ranges
 from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
-from drkit.services.restoreprocs import FileWorkers, worker_count
+from drkit.services.restoreprocs import FileWorkers, TaskOutcome, worker_count
 from drkit.sources.base import RestoreResult
 
 if TYPE_CHECKING:
@@ -419,7 +421,7 @@ class SnapshotReader:
                         parent = parts[:-1]
                         tree.pin(parent)
                         tree.unpin(parent)
-                    writer.add(_FilePlan(e, parent, parts[-1]))
+                    writer.add_file(e, parent, parts[-1])
             writer.drain()
             dirs.finish()
             tree.sync()
@@ -524,12 +526,14 @@ class _PathSplitter:
 class _WindowWriter:
     """The file-writing side of :meth:`SnapshotReader.write_entries`, window by window.
 
-    The caller adds files (:meth:`add`) to the window being filled, which is queued
-    when full (at most *limits* = (files, chunks, sealed bytes)): its blobs are grouped by pack into tasks of nearby ranges (at most
-    :data:`_TASK_BLOBS` blobs, :data:`_TASK_BYTES` bytes), which worker threads fetch
-    once, verify (each blob against its keyed id) and pwrite into temporaries; the
-    thread writing a file's last chunk sets its metadata and renames it into place, so
-    metadata work overlaps with data work. At most :data:`WINDOWS_IN_FLIGHT` windows
+    The caller adds files (:meth:`add_file`) to the window being filled, which is
+    queued when full (at most *limits* = (files, chunks, sealed bytes)): its blobs are
+    grouped by pack into tasks of nearby ranges (at most :data:`_TASK_BLOBS` blobs,
+    :data:`_TASK_BYTES` bytes), which worker threads fetch once, verify (each blob
+    against its keyed id) and pwrite into temporaries; the thread writing a file's last
+    chunk sets its metadata and renames it into place, so metadata work overlaps with
+    data work. With worker processes, small files whole in one blob form tasks of their
+    own, which the processes write (see :meth:`_add_small`). At most :data:`WINDOWS_IN_FLIGHT` windows
     are queued: before another is, the oldest is waited for and finished (empty files,
     failed files discarded and reported), in order, so a file spread over several
     windows is finished only after all of them were written. On KeyboardInterrupt (or
@@ -566,6 +570,38 @@ class _WindowWriter:
         self.finished_no = 0
         """Every window up to this number is finished (its files in place or discarded)."""
 
+    def add_file(self, entry: Entry, parent: Parts, name: str) -> None:
+        """Plan file *entry* (*name* in directory *parent*) in the window being filled:
+        a small file whole in one blob, when worker processes write those, through the
+        small-file lane (:meth:`_add_small`); any other through :meth:`add`."""
+        if self._procs is not None and 0 < entry.size < _ZERO_MIN and len(entry.chunks) == 1:
+            cid = bytes.fromhex(entry.chunks[0])
+            loc = self.repo.index.get(cid)
+            if loc is not None and loc.raw_length == entry.size:
+                self._add_small(cid, loc, (parent, name, entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.path))
+                return
+        self.add(_FilePlan(entry, parent, name))
+
+    def _add_small(self, cid: bytes, loc: BlobLocation, file: tuple[Any, ...]) -> None:
+        """Plan *file* (a file tuple, see :meth:`~drkit.services.restoreprocs.FileWorkers.run`)
+        to be written whole from blob *cid* at *loc*: no file plan, no per-file outcome
+        unless it is not written (the main process's work per small file is most of a
+        restore's, and the workers wait on it). Queues the window when full."""
+        window = self._window
+        blobs = window.small.get(loc.pack)
+        if blobs is None:
+            blobs = window.small[loc.pack] = {}
+        use = blobs.get(cid)
+        if use is None:
+            use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
+            window.bytes += loc.length
+        use.targets.append(file)
+        window.chunks += 1
+        window.small_files += 1
+        if (len(window.files) + window.small_files >= self._max_files or window.chunks >= self._max_chunks
+                or window.bytes >= self._max_bytes):
+            self._submit()
+
     def add(self, plan: _FilePlan) -> None:
         """Plan file *plan* in the window being filled, queueing it when full. A file
         with more chunks than a window holds is spread over several windows and
@@ -596,7 +632,7 @@ class _WindowWriter:
             window.chunks += 1
         window.files.append(plan)
         self._adding = None
-        if len(window.files) >= self._max_files or window.chunks >= max_chunks or window.bytes >= max_bytes:
+        if len(window.files) + window.small_files >= self._max_files or window.chunks >= max_chunks or window.bytes >= max_bytes:
             self._submit()
 
     def _submit(self) -> "_Window":
@@ -608,7 +644,11 @@ class _WindowWriter:
         for pack_id, blobs in window.uses.items():
             for task in _tasks(blobs.values()):
                 window.futures.append(self._pool.submit(self._do_task, pack_id, task))
+        for pack_id, blobs in window.small.items():
+            for task in _tasks(blobs.values()):
+                window.futures.append(self._pool.submit(self._do_small, pack_id, task))
         window.uses = {}  # the tasks hold their blob uses now, and drop them when done
+        window.small = {}
         window.no = self.window_no
         self._queued.append(window)
         self._window = _Window()
@@ -640,11 +680,7 @@ class _WindowWriter:
 
     def _do_task(self, pack_id: str, ordered: list[BlobUse]) -> None:
         try:
-            if self._procs is not None and _whole_small_files(ordered):
-                written = self._procs.run(pack_id, ordered, self._stop)
-                if self._on_bytes and written:
-                    self._on_bytes(written)
-            elif sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
+            if sum(u.raw_length for u in ordered) < _LANE_BLOB * len(ordered):
                 pieces = self._fetch(pack_id, ordered)  # side by side: a remote read is mostly waiting
                 with self._file_lane:
                     self._write_pieces(pack_id, pieces)
@@ -655,6 +691,16 @@ class _WindowWriter:
             # dropping it, after the future is done and the window may be finished: the
             # task's blob uses (and through them its files) must not live on with it.
             ordered.clear()
+
+    def _do_small(self, pack_id: str, ordered: list[BlobUse]) -> TaskOutcome:
+        assert self._procs is not None  # (the lane exists only with worker processes)
+        try:
+            outcome = self._procs.run(pack_id, ordered, self._stop)
+            if self._on_bytes and outcome[1]:
+                self._on_bytes(outcome[1])
+            return outcome
+        finally:
+            ordered.clear()  # (as in _do_task)
 
     def _fetch(self, pack_id: str, ordered: list[BlobUse]) -> list[tuple[BlobUse, memoryview | None]]:
         """The sealed bytes of each blob of *ordered* (None: cut off by a truncated
@@ -760,12 +806,20 @@ class _WindowWriter:
         """Wait for *window*'s tasks (a timed wait: Ctrl-C is seen at once), then put
         its empty files in place, discard and report its failed ones."""
         pending = set(window.futures)
+        small: list[TaskOutcome] = []
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             for fut in done:
-                fut.result()
+                outcome = fut.result()
+                if outcome is not None:  # a task of the small-file lane
+                    small.append(outcome)
         window.futures.clear()
         result = self.result
+        for written_files, written_bytes, unwritten in small:
+            result.files += written_files
+            result.bytes_written += written_bytes
+            for file, refused, why in unwritten:
+                self._report(file[6], refused, why)
         for plan in window.files:
             self._close(plan)  # the temporary of a file that failed part-way
             if not plan.done and not plan.failed and not plan.refused and not plan.remaining:
@@ -777,17 +831,24 @@ class _WindowWriter:
             if plan.tmp:
                 self.tree.discard(plan.parent, plan.tmp)
             if plan.refused:
-                self.refused += 1
-                self.first_refused = self.first_refused or plan.refused
-                result.lines.append(f"REFUSED {plan.entry.path}: {plan.refused}")
-                continue
-            why = plan.failed or "not all chunks were written"
-            result.failed.append(plan.entry.path)
-            result.lines.append(f"FAILED {plan.entry.path}: {why}")
-            log.error("not restored: %s: %s", plan.entry.path, why)
+                self._report(plan.entry.path, True, plan.refused)
+            else:
+                self._report(plan.entry.path, False, plan.failed or "not all chunks were written")
         window.files.clear()
         self.finished_no = window.no
         self.tree.start_sync()  # write back what is finished while the rest is restored
+
+
+    def _report(self, path: str, refused: bool, why: str) -> None:
+        """Count and report a file that was not restored: refused (by a rule), or failed."""
+        if refused:
+            self.refused += 1
+            self.first_refused = self.first_refused or why
+            self.result.lines.append(f"REFUSED {path}: {why}")
+            return
+        self.result.failed.append(path)
+        self.result.lines.append(f"FAILED {path}: {why}")
+        log.error("not restored: %s: %s", path, why)
 
 
 @dataclass(eq=False)
@@ -797,9 +858,12 @@ class _Window:
 
     files: list[_FilePlan] = field(default_factory=list)
     uses: dict[str, dict[bytes, BlobUse]] = field(default_factory=dict)
+    small: dict[str, dict[bytes, BlobUse]] = field(default_factory=dict)
+    """The small-file lane's blobs, by pack: their targets are file tuples."""
+    small_files: int = 0
     chunks: int = 0
     bytes: int = 0
-    futures: list[Future[None]] = field(default_factory=list)
+    futures: list[Future[TaskOutcome | None]] = field(default_factory=list)
     no: int = 0
 
 
@@ -818,18 +882,6 @@ def _tasks(blobs: Iterable[BlobUse]) -> Iterator[list[BlobUse]]:
         task.append(u)
     if task:
         yield task
-
-
-def _whole_small_files(ordered: list[BlobUse]) -> bool:
-    """Whether every file *ordered* writes is whole in one of its blobs, under
-    _ZERO_MIN bytes (what a worker process takes: see :mod:`drkit.services.restoreprocs`)."""
-    for u in ordered:
-        if u.raw_length >= _ZERO_MIN:
-            return False
-        for plan, _ in u.targets:
-            if len(plan.entry.chunks) != 1 or plan.entry.size != u.raw_length or plan.failed:
-                return False
-    return True
 
 
 def _all_zero(data: bytes | memoryview) -> bool:

@@ -18,9 +18,9 @@ reads them first, over the main process's connection, and sends the sealed bytes
 with the task (a worker never connects anywhere). It is given the keys that open
 blobs (over its socket pair, never on its command line or in its environment: in
 recipient mode the identity too) and the target as the directory fd the main
-process opened (never looked up again by name). It answers, per file: done, failed
-(why) or refused (why); an OSError ends its task and is raised in the main process as
-the same error.
+process opened (never looked up again by name). It answers with the bytes it wrote
+and each file it did not write: failed (why) or refused (why); an OSError ends its task
+and is raised in the main process as the same error.
 
 A worker that dies (killed, out of memory) fails the restore with
 :class:`RestoreWorkerDied`; the temporaries it may have left (named with a prefix
@@ -56,7 +56,12 @@ MIN_FILES = 5000
 """Restores of fewer entries than this stay in one process (starting workers costs
 about a quarter of a second of CPU each)."""
 
-_DONE, _FAILED, _REFUSED = 0, 1, 2
+_FAILED, _REFUSED = 1, 2
+"""Why a worker did not write a file."""
+
+TaskOutcome = tuple[int, int, list[tuple[tuple[Any, ...], bool, str]]]
+"""What :meth:`FileWorkers.run` answers: (files written, bytes written, [(file
+tuple, refused?, why) for every other file])."""
 
 
 class RestoreWorkerDied(DrkitError):
@@ -112,56 +117,45 @@ class FileWorkers:
 
         self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,))
 
-    def run(self, pack_id: str, ordered: list[BlobUse], stop: threading.Event) -> int:
-        """Have a worker restore the files of *ordered* (blobs of pack *pack_id*, each
-        file whole in one of them) and set each file plan's outcome; returns the bytes
-        written (0, doing nothing, when *stop* is set by the time a worker is free).
-        From a remote repository the ranges are read here first, before a worker is
-        taken (a pack that cannot be read fails the files of the task, as in a worker).
-        Raises OSError as the worker met it, RestoreWorkerDied."""
-        task = [(u.chunk_id, u.offset, u.length, u.blob_type, u.raw_length,
-                 [(p.parent, p.name, p.entry.mode, p.entry.uid, p.entry.gid, p.entry.mtime_ns) for p, _ in u.targets])
-                for u in ordered]
+    def run(self, pack_id: str, ordered: list[BlobUse], stop: threading.Event) -> TaskOutcome:
+        """Have a worker restore the files of *ordered* (blobs of pack *pack_id*, sorted
+        by offset), each target a file tuple (parent, name, mode, uid, gid, mtime_ns,
+        logical path) that its blob is written to whole. Returns (files written, bytes
+        written, [(file tuple, refused?, why) for every other file]); (0, 0, []),
+        doing nothing, when *stop* is set by the time a worker is free. From a remote
+        repository the ranges are read here first, before a worker is taken (a pack
+        that cannot be read fails the files of the task, as in a worker). Raises OSError
+        as the worker met it, RestoreWorkerDied."""
+        task = [(u.chunk_id, u.offset, u.length, u.blob_type, u.raw_length, u.targets) for u in ordered]
         fetched = None
         if self._remote is not None:
             if stop.is_set():
-                return 0
+                return 0, 0, []
             reads = read_ranges(self._remote, pack_id, ordered)
             if isinstance(reads, str):
-                for u in ordered:
-                    for plan, _ in u.targets:
-                        plan.failed = plan.failed or reads
-                return 0
+                return 0, 0, [(file, False, reads) for u in ordered for file in u.targets]
             fetched = [(len(group), bytes(data)) for group, data in reads]
         worker = self.pool.take()
         try:
             if stop.is_set():
-                return 0
+                return 0, 0, []
             try:
-                outcomes, written, warnings, error = self.pool.ask(worker, (pack_id, task, fetched))
+                problems, written, warnings, error = self.pool.ask(worker, (pack_id, task, fetched))
             except WorkerGone as gone:
-                for parent in {plan.parent for u in ordered for plan, _ in u.targets}:
+                for parent in {file[0] for u in ordered for file in u.targets}:
                     self._tree.remove_temporaries(parent, worker.tag)  # what it may have left
                 raise RestoreWorkerDied(how=str(gone)) from None
         finally:
             self.pool.give(worker)
         for line in warnings:
             log.warning("%s", line)
-        it = iter(outcomes)
-        for u in ordered:
-            for plan, _ in u.targets:
-                code, why = next(it, (None, None))
-                if code == _DONE:
-                    plan.remaining = 0
-                    plan.done = True
-                elif code == _REFUSED:
-                    plan.remaining = 0
-                    plan.refused = why
-                elif code == _FAILED:
-                    plan.failed = plan.failed or why
         if error is not None:
             raise OSError(*error)
-        return int(written)
+        count = sum(len(u.targets) for u in ordered)
+        if not problems:
+            return count, int(written), []
+        files = [file for u in ordered for file in u.targets]
+        return count - len(problems), int(written), [(files[i], code == _REFUSED, why) for i, code, why in problems]
 
     def kill(self) -> None:
         """Stop every worker at once (Ctrl-C, an error elsewhere): a :meth:`run` waiting
@@ -208,17 +202,18 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
 
     def answer(request: Any) -> Any:
         warnings.lines = []
-        outcomes, written, error = _run_task(storage, codec, tree, *request)
-        return outcomes, written, warnings.lines, error
+        problems, written, error = _run_task(storage, codec, tree, *request)
+        return problems, written, warnings.lines, error
 
     return answer
 
 
 def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: list[Any],
-              fetched: list[tuple[int, bytes]] | None) -> tuple[list[tuple[int, str]], int, tuple[Any, ...] | None]:
+              fetched: list[tuple[int, bytes]] | None) -> tuple[list[tuple[int, int, str]], int, tuple[Any, ...] | None]:
     """Restore the files of one task (see :meth:`FileWorkers.run`), its ranges read
-    from *storage* or given as *fetched* (by :meth:`FileWorkers.run`): the outcome of each file
-    in order, the bytes written, and the OSError that ended the task (errno, strerror,
+    from *storage* or given as *fetched* (by :meth:`FileWorkers.run`): (index, code, why)
+    of each file not written (numbered over the task in order; every other file was
+    written), the bytes written, and the OSError that ended the task (errno, strerror,
     filename) or None."""
     from drkit.repository import layout
     from drkit.repository.blob import BlobError
@@ -227,45 +222,48 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
     name = layout.pack_name(pack_id)
     uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
             for chunk_id, offset, length, blob_type, raw_length, _ in task]
-    files_of = {id(u): files for u, (*_, files) in zip(uses, task, strict=True)}
-    outcomes: list[tuple[int, str]] = []
+    files_of: dict[int, tuple[int, list[Any]]] = {}  # blob use -> (index of its first file, its files)
+    first = 0
+    for u, (*_, files) in zip(uses, task, strict=True):
+        files_of[id(u)] = first, files
+        first += len(files)
+    problems: list[tuple[int, int, str]] = []
     written = 0
     error: tuple[Any, ...] | None = None
     reads = read_ranges(storage, pack_id, uses) if fetched is None else list(_regroup(uses, fetched))
     if isinstance(reads, str):
-        return [(_FAILED, reads) for u in uses for _ in files_of[id(u)]], 0, None
+        return [(i, _FAILED, reads) for i in range(first)], 0, None
     pieces = [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
     for u, sealed in pieces:
-        files = files_of[id(u)]
+        first, files = files_of[id(u)]
         if error is not None:
-            outcomes.extend((_FAILED, "not written") for _ in files)
+            problems.extend((first + k, _FAILED, "not written") for k in range(len(files)))
             continue
         if sealed is None:
             why = f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)"
-            outcomes.extend((_FAILED, why) for _ in files)
+            problems.extend((first + k, _FAILED, why) for k in range(len(files)))
             continue
         try:
             plain = codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
         except BlobError as exc:
-            outcomes.extend((_FAILED, f"{name}: {exc}") for _ in files)
+            problems.extend((first + k, _FAILED, f"{name}: {exc}") for k in range(len(files)))
             continue
-        for parent, file_name, mode, uid, gid, mtime_ns in files:
+        for k, (parent, file_name, mode, uid, gid, mtime_ns, _path) in enumerate(files, first):
             if error is not None:
-                outcomes.append((_FAILED, "not written"))
+                problems.append((k, _FAILED, "not written"))
                 continue
             entry = Entry("", FILE, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, size=len(plain))
             try:
                 tree.write_file(parent, file_name, entry, plain)
             except Refused as exc:
-                outcomes.append((_REFUSED, exc.message))
+                problems.append((k, _REFUSED, exc.message))
                 continue
             except OSError as exc:
                 error = (exc.errno, exc.strerror, exc.filename)
-                outcomes.append((_FAILED, "not written"))
+                problems.append((k, _FAILED, "not written"))
                 continue
-            outcomes.append((_DONE, ""))
             written += len(plain)
-    return outcomes, written, error
+    return problems, written, error
 
 
 def _regroup(uses: list[Any], fetched: list[tuple[int, bytes]]) -> Iterator[tuple[list[Any], memoryview]]:

@@ -156,7 +156,7 @@ def test_a_target_a_worker_cannot_write_is_one_clear_error(repo: Repository, tmp
 
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
         if not locked:
-            d = target / ordered[0].targets[0][0].parent[0]
+            d = target / ordered[0].targets[0][0][0]
             try:
                 _set_immutable(d, True)
             except OSError as exc:
@@ -210,7 +210,7 @@ def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
         if not left:  # the first task: its worker dies, having left a temporary
             worker = self.pool._idle.queue[0]
-            d = target.joinpath(*ordered[0].targets[0][0].parent)
+            d = target.joinpath(*ordered[0].targets[0][0])
             left.append(d / f"{worker.tag}1")
             left[0].write_bytes(b"half")
             os.kill(worker.proc.pid, signal.SIGKILL)
