@@ -29,3 +29,15 @@ def test_each_measured_step_starts_after_earlier_writes_are_on_disk(monkeypatch:
     m = tools.run_measured([sys.executable, "-c", "print('measured')"], env={"PATH": "/usr/bin:/bin"})
     assert events == ["sync", "start"]
     assert m.stdout.strip() == "measured" and m.wall > 0
+
+
+def test_peak_rss_counts_the_whole_process_tree() -> None:
+    """A tool that works in worker processes is measured whole: a child holding 96 MiB
+    under a parent that holds little shows up in the peak, read through /proc files
+    opened once and read again in place."""
+    child = "import time; x = bytearray(96 * 1024 * 1024); x[::4096] = b'x' * len(x[::4096]); time.sleep(0.6)"
+    m = tools.run_measured([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
+                           env={"PATH": "/usr/bin:/bin"})
+    assert m.maxrss_kib > 96 * 1024
+    alone = tools.run_measured([sys.executable, "-c", "pass"], env={"PATH": "/usr/bin:/bin"})
+    assert alone.maxrss_kib < 64 * 1024
