@@ -75,6 +75,10 @@ def _shown(parts: Parts) -> str:
     return "/".join(parts) or "."
 
 
+def _named(shown: str | Parts) -> str:
+    return shown if isinstance(shown, str) else _shown(shown)
+
+
 class TargetTree:
     """Directory fds under one target (a bounded cache), and the write primitives.
 
@@ -273,7 +277,7 @@ class TargetTree:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                self.apply_meta_fd(fd, e, _shown(parent + (name,)), owner=(self._euid, group), mode_set=bool(preset))
+                self.apply_meta_fd(fd, e, parent + (name,), owner=(self._euid, group), mode_set=bool(preset))
             finally:
                 os.close(fd)
             self._rename(pfd, parent, tmp, name)
@@ -293,22 +297,23 @@ class TargetTree:
         group = st.st_gid if st.st_mode & stat.S_ISGID else self._egid
         return group, self._umask != _UNKNOWN_UMASK and not _has_default_acl(fd)
 
-    def apply_meta_fd(self, fd: int, e: Entry, shown: str, *, owner: tuple[int, int] | None = None,
+    def apply_meta_fd(self, fd: int, e: Entry, shown: str | Parts, *, owner: tuple[int, int] | None = None,
                       mode_set: bool = False) -> None:
         """Owner (root only; best effort), mode (special bits only as root), mtime, on an
-        open fd. *owner*: the (uid, gid) the file is known to have (no ``fchown`` when
+        open fd; *shown* names the file in a warning (a path, or its parts below the
+        target). *owner*: the (uid, gid) the file is known to have (no ``fchown`` when
         it is *e*'s); *mode_set*: the file already has its mode (no ``fchmod``)."""
         if self.as_root and (e.uid, e.gid) != owner:
             try:
                 os.fchown(fd, e.uid, e.gid)
             except OSError as exc:
-                log.warning("cannot set owner of %s: %s", shown, exc.strerror)
+                log.warning("cannot set owner of %s: %s", _named(shown), exc.strerror)
         if not mode_set:
             os.fchmod(fd, e.mode & (0o7777 if self.as_root else 0o777))
         try:
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         except OSError as exc:
-            log.warning("cannot set mtime of %s: %s", shown, exc.strerror)
+            log.warning("cannot set mtime of %s: %s", _named(shown), exc.strerror)
 
     def commit(self, parent: Parts, tmp: str, name: str) -> None:
         """Rename temporary *tmp* over *name* in *parent* (atomic, never through a link).

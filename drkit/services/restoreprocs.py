@@ -228,6 +228,7 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
         files_of[id(u)] = first, files
         first += len(files)
     problems: list[tuple[int, int, str]] = []
+    entry = Entry("", FILE)  # the metadata of the file being written (write_file keeps no reference)
     written = 0
     error: tuple[Any, ...] | None = None
     reads = read_ranges(storage, pack_id, uses) if fetched is None else list(_regroup(uses, fetched))
@@ -248,11 +249,12 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
         except BlobError as exc:
             problems.extend((first + k, _FAILED, f"{name}: {exc}") for k in range(len(files)))
             continue
+        entry.size = len(plain)
         for k, (parent, file_name, mode, uid, gid, mtime_ns, _path) in enumerate(files, first):
             if error is not None:
                 problems.append((k, _FAILED, "not written"))
                 continue
-            entry = Entry("", FILE, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, size=len(plain))
+            entry.mode, entry.uid, entry.gid, entry.mtime_ns = mode, uid, gid, mtime_ns
             try:
                 tree.write_file(parent, file_name, entry, plain)
             except Refused as exc:
