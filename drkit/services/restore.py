@@ -819,7 +819,7 @@ class _WindowWriter:
             result.files += written_files
             result.bytes_written += written_bytes
             for file, refused, why in unwritten:
-                self._report(file[6], refused, why)
+                self._report(file[-1], refused, why)  # (its logical path)
         for plan in window.files:
             self._close(plan)  # the temporary of a file that failed part-way
             if not plan.done and not plan.failed and not plan.refused and not plan.remaining:

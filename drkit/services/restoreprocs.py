@@ -58,6 +58,7 @@ about a quarter of a second of CPU each)."""
 
 _FAILED, _REFUSED = 1, 2
 """Why a worker did not write a file."""
+_UNREAD = object()
 
 TaskOutcome = tuple[int, int, list[tuple[tuple[Any, ...], bool, str]]]
 """What :meth:`FileWorkers.run` answers: (files written, bytes written, [(file
@@ -222,35 +223,33 @@ def _run_task(storage: Any, codec: Any, tree: TargetTree, pack_id: str, task: li
     name = layout.pack_name(pack_id)
     uses = [BlobUse(chunk_id, offset, length, blob_type, raw_length)
             for chunk_id, offset, length, blob_type, raw_length, _ in task]
-    files_of: dict[int, tuple[int, list[Any]]] = {}  # blob use -> (index of its first file, its files)
-    first = 0
-    for u, (*_, files) in zip(uses, task, strict=True):
-        files_of[id(u)] = first, files
-        first += len(files)
     problems: list[tuple[int, int, str]] = []
     entry = Entry("", FILE)  # the metadata of the file being written (write_file keeps no reference)
     written = 0
     error: tuple[Any, ...] | None = None
     reads = read_ranges(storage, pack_id, uses) if fetched is None else list(_regroup(uses, fetched))
     if isinstance(reads, str):
-        return [(i, _FAILED, reads) for i in range(first)], 0, None
-    pieces = [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
-    for u, sealed in pieces:
-        first, files = files_of[id(u)]
-        if error is not None:
-            problems.extend((first + k, _FAILED, "not written") for k in range(len(files)))
+        return [(i, _FAILED, reads) for i in range(sum(len(files) for *_, files in task))], 0, None
+    sealed_of = {id(u): sealed for group, data in reads for u, sealed in split_ranges(group, data)}
+    first = 0
+    for u, (*_, files) in zip(uses, task, strict=True):  # every file gets its outcome, in task order
+        numbers = range(first, first + len(files))  # its files' numbers over the task
+        first += len(files)
+        sealed = sealed_of.get(id(u), _UNREAD)
+        if error is not None or sealed is _UNREAD:
+            problems.extend((k, _FAILED, "not written") for k in numbers)
             continue
         if sealed is None:
             why = f"{name}: pack is truncated (blob {u.chunk_id.hex()[:16]} is cut off)"
-            problems.extend((first + k, _FAILED, why) for k in range(len(files)))
+            problems.extend((k, _FAILED, why) for k in numbers)
             continue
         try:
             plain = codec.decode_view(u.blob_type, u.chunk_id, sealed, u.raw_length)
         except BlobError as exc:
-            problems.extend((first + k, _FAILED, f"{name}: {exc}") for k in range(len(files)))
+            problems.extend((k, _FAILED, f"{name}: {exc}") for k in numbers)
             continue
         entry.size = len(plain)
-        for k, (parent, file_name, mode, uid, gid, mtime_ns, _path) in enumerate(files, first):
+        for k, (parent, file_name, mode, uid, gid, mtime_ns, _path) in enumerate(files, numbers.start):
             if error is not None:
                 problems.append((k, _FAILED, "not written"))
                 continue

@@ -112,6 +112,8 @@ def test_a_damaged_blob_fails_only_its_files_and_the_rest_is_restored(repo: Repo
         SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
     restored = info.value.outcome
     assert sorted(restored.failed) == sorted(damaged)  # type: ignore[attr-defined]
+    assert restored.files == len(contents) - len(damaged)  # type: ignore[attr-defined]
+    assert restored.bytes_written == sum(len(d) for p, d in contents.items() if p not in damaged)  # type: ignore[attr-defined]
     for path, data in contents.items():
         if path in damaged:
             assert not (target / path).exists(), path
@@ -443,3 +445,47 @@ def test_without_workers_the_reads_of_small_file_tasks_run_side_by_side(repo: Re
     assert len(waited) >= 2 and not meet.broken
     for path, data in contents.items():
         assert (target / path).read_bytes() == data, path
+
+
+def test_a_worker_answers_for_every_file_of_its_task(repo: Repository, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker names every file it did not write (the main process counts the rest as
+    written): a blob that its reads did not bring fails its files, in task order."""
+    from drkit.repository.blob import BlobCodec
+    from drkit.repository.crypto import ChunkHasher
+    from drkit.services.packranges import BlobUse
+    from drkit.services.restorefs import TargetTree
+
+    entries, contents = _tree(40)
+    write_snapshot(repo, entries, contents)
+    files = list({e.chunks[0]: e for e in entries if e.type == FILE and e.chunks}.values())  # one file per blob
+    by_pack: dict[str, list[Any]] = {}
+    for e in files:
+        loc = repo.index.get(bytes.fromhex(e.chunks[0]))
+        assert loc is not None
+        parts = tuple(e.path.split("/"))
+        by_pack.setdefault(loc.pack, []).append((loc.offset, bytes.fromhex(e.chunks[0]), loc, parts, e))
+    pack_id, blobs = max(by_pack.items(), key=lambda kv: len(kv[1]))
+    blobs.sort(key=lambda b: b[0])
+    task = [(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length,
+             [(parts[:-1], parts[-1], e.mode, e.uid, e.gid, e.mtime_ns, e.path)]) for _, cid, loc, parts, e in blobs]
+    lost = task[1][0]
+    real_split = restoreprocs.split_ranges
+
+    def split_losing_one(group: list[BlobUse], data: Any) -> Any:
+        return [(u, sealed) for u, sealed in real_split(group, data) if u.chunk_id != lost]
+
+    monkeypatch.setattr(restoreprocs, "split_ranges", split_losing_one)
+    target = tmp_path / "t"
+    target.mkdir()
+    tree = TargetTree(target)
+    try:
+        codec = BlobCodec(repo.codec.cipher, ChunkHasher(repo.master.id_key), repo.codec.level)
+        problems, written, error = restoreprocs._run_task(repo.storage, codec, tree, pack_id, task, None)
+    finally:
+        tree.close()
+    assert error is None
+    assert problems == [(1, 1, "not written")]  # (its number over the task, failed)
+    assert written == sum(len(contents[b[4].path]) for i, b in enumerate(blobs) if i != 1)
+    for i, (_, _, _, _, e) in enumerate(blobs):
+        assert (target / e.path).exists() == (i != 1), e.path
