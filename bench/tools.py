@@ -142,8 +142,10 @@ class _TreeRss:
         return total
 
     def close(self) -> None:
+        """Close the /proc files (idempotent); the peak reads 0 from then on."""
         for fd in (self._status, *self._statm.values()):
             _close(fd)
+        self._status = None
         self._statm.clear()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,20 @@ def test_peak_rss_counts_the_whole_process_tree() -> None:
     assert m.maxrss_kib > 96 * 1024
     alone = tools.run_measured([sys.executable, "-c", "pass"], env={"PATH": "/usr/bin:/bin"})
     assert alone.maxrss_kib < 64 * 1024
+
+
+def test_the_peak_of_the_measured_program_is_the_kernels_high_water_mark() -> None:
+    """Read through a /proc file opened when the child was started (before its exec):
+    the peak of the program it became, also after that memory was freed."""
+    proc = subprocess.Popen([sys.executable, "-c", "x = bytearray(100_000_000); del x; import time; time.sleep(2)"])
+    tree = tools._TreeRss(proc.pid)
+    try:
+        deadline = time.monotonic() + 5
+        while tree.peak_of_top() < 95_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tree.peak_of_top() >= 95_000 > tree()  # KiB: the peak stays, the memory is gone
+    finally:
+        proc.kill()
+        proc.wait()
+        tree.close()
+    assert tree.peak_of_top() == 0  # (closed)
