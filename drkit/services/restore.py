@@ -30,6 +30,7 @@ does). The restored tree is synced once at the end.
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import io
 import logging
@@ -588,14 +589,7 @@ class _WindowWriter:
         unless it is not written (the main process's work per small file is most of a
         restore's, and the workers wait on it). Queues the window when full."""
         window = self._window
-        blobs = window.small.get(loc.pack)
-        if blobs is None:
-            blobs = window.small[loc.pack] = {}
-        use = blobs.get(cid)
-        if use is None:
-            use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
-            window.bytes += loc.length
-        use.targets.append(file)
+        window.use_of(window.small, cid, loc).targets.append(file)
         window.chunks += 1
         window.small_files += 1
         if (len(window.files) + window.small_files >= self._max_files or window.chunks >= self._max_chunks
@@ -620,14 +614,7 @@ class _WindowWriter:
             if loc is None:
                 plan.failed = f"chunk {hex_id[:16]} is not in the index"
                 break
-            blobs = window.uses.get(loc.pack)
-            if blobs is None:
-                blobs = window.uses[loc.pack] = {}
-            use = blobs.get(cid)
-            if use is None:
-                use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
-                window.bytes += loc.length
-            use.targets.append((plan, offset))
+            window.use_of(window.uses, cid, loc).targets.append((plan, offset))
             offset += loc.raw_length
             window.chunks += 1
         window.files.append(plan)
@@ -865,6 +852,18 @@ class _Window:
     bytes: int = 0
     futures: list[Future[TaskOutcome | None]] = field(default_factory=list)
     no: int = 0
+
+    def use_of(self, lane: dict[str, dict[builtins.bytes, BlobUse]], cid: builtins.bytes, loc: BlobLocation) -> BlobUse:
+        """This window's use of blob *cid* (stored at *loc*) in *lane* (:attr:`uses` or
+        :attr:`small`), made on first need: its stored bytes then count against the window."""
+        blobs = lane.get(loc.pack)
+        if blobs is None:
+            blobs = lane[loc.pack] = {}
+        use = blobs.get(cid)
+        if use is None:
+            use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
+            self.bytes += loc.length
+        return use
 
 
 def _tasks(blobs: Iterable[BlobUse]) -> Iterator[list[BlobUse]]:
