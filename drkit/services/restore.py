@@ -10,16 +10,16 @@ The files-style restore (:meth:`SnapshotReader.write_entries`) streams the snaps
 entries in bounded windows (so memory does not grow with the number of files): for
 each window it plans which blob goes to which file offsets, then fetches the needed
 ranges of each pack once per window (in tasks of nearby blobs, spread over worker
-threads), decrypts and verifies each blob against its keyed id, and writes it to
-every place that needs it, while the next window is planned. In a large restore,
-small files whole in one blob are planned apart, as plain tuples (the small-file lane:
-per file, the main process's work is most of such a restore's), and written by worker
-processes (:mod:`drkit.services.restoreprocs`), which do the same work side by side. Files are
+threads), decrypts and verifies each blob against its keyed id, and writes it to every
+place that needs it, while the next window is planned. In a large restore, small files
+whole in one blob are planned apart, as plain tuples (the small-file lane: per file,
+the main process's work is most of such a restore's), and written by worker processes
+(:mod:`drkit.services.restoreprocs`), which do the same work side by side. Files are
 written to a temporary and renamed into place only when every one of their chunks
-arrived intact: a damaged object never leaves wrong bytes behind under the real
-name; the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it
-within a second: queued work is dropped, temporaries are removed, and only complete
-files remain under real names.
+arrived intact: a damaged object never leaves wrong bytes behind under the real name;
+the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it within a
+second: queued work is dropped, temporaries are removed, and only complete files
+remain under real names.
 
 Safety rules (see :mod:`drkit.services.restorefs`, which enforces them): nothing a
 snapshot says makes the restore write outside its target; every directory is reached
@@ -527,19 +527,19 @@ class _PathSplitter:
 class _WindowWriter:
     """The file-writing side of :meth:`SnapshotReader.write_entries`, window by window.
 
-    The caller adds files (:meth:`add_file`) to the window being filled, which is
-    queued when full (at most *limits* = (files, chunks, sealed bytes)): its blobs are
-    grouped by pack into tasks of nearby ranges (at most :data:`_TASK_BLOBS` blobs,
+    The caller adds files (:meth:`add_file`) to the window being filled, which is queued
+    when full (at most *limits* = (files, chunks, sealed bytes)): its blobs are grouped
+    by pack into tasks of nearby ranges (at most :data:`_TASK_BLOBS` blobs,
     :data:`_TASK_BYTES` bytes), which worker threads fetch once, verify (each blob
     against its keyed id) and pwrite into temporaries; the thread writing a file's last
     chunk sets its metadata and renames it into place, so metadata work overlaps with
     data work. With worker processes, small files whole in one blob form tasks of their
-    own, which the processes write (see :meth:`_add_small`). At most :data:`WINDOWS_IN_FLIGHT` windows
-    are queued: before another is, the oldest is waited for and finished (empty files,
-    failed files discarded and reported), in order, so a file spread over several
-    windows is finished only after all of them were written. On KeyboardInterrupt (or
-    any exception) :meth:`abort` drops queued tasks, lets running ones stop at their
-    next blob and closes the temporaries' fds."""
+    own, which the processes write (see :meth:`_add_small`). At most
+    :data:`WINDOWS_IN_FLIGHT` windows are queued: before another is, the oldest is
+    waited for and finished (empty files, failed files discarded and reported), in
+    order, so a file spread over several windows is finished only after all of them were
+    written. On KeyboardInterrupt (or any exception) :meth:`abort` drops queued tasks,
+    lets running ones stop at their next blob and closes the temporaries' fds."""
 
     def __init__(self, repo: Repository, tree: TargetTree, result: RestoreResult, *, workers: int,
                  on_bytes: Callable[[int], None] | None, limits: tuple[int, int, int],
