@@ -2,10 +2,10 @@
 
 Every step runs as a child process, timed with a monotonic clock and measured with
 ``os.wait4`` (the rusage of that child and the processes it waited for: CPU time)
-and, polled every 5 ms (:data:`POLL`), its ``VmHWM`` and the resident sets of its whole process tree
-(peak RSS: the larger of the child's own peak and the highest sum over the tree, so a
-tool that works in several processes is measured whole), so one tool's figures never
-mix with another's.
+and, polled every 5 ms (:data:`POLL`), its ``VmHWM`` and the resident sets of its
+whole process tree (peak RSS: the larger of the child's own peak and the highest sum
+over the tree, so a tool that works in several processes is measured whole), so one
+tool's figures never mix with another's.
 
 Settings, chosen to be comparable (see bench/README.md):
 
@@ -52,8 +52,8 @@ POLL = 0.005
 cores as the tool it measures: every 2 ms, reading /proc/PID/status of each process
 took 15% of a core with four processes in the tree (a 2-core run of drkit lost about
 7% of its CPU to it, a tool that leaves a core idle less); every 5 ms, with the tree's
-resident sets from statm, about 3%. The child's own peak (VmHWM) is the kernel's,
-exact whatever the interval."""
+resident sets from statm and each /proc file opened once, about 5% (0.16 s of CPU in
+3 s). The child's own peak (VmHWM) is the kernel's, exact whatever the interval."""
 
 
 def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Measured:
