@@ -97,6 +97,17 @@ def damage_blob_of(repo_root: Path, passphrase: str, path_suffix: str) -> Path:
     raise AssertionError(f"no file ending in {path_suffix!r} with data in the repository")
 
 
+def save_manifest(repo: Any, tree: list[str], no: int, source: str = "data") -> Any:
+    """Store a snapshot manifest of *source* naming *tree* (a list of tree blob ids), the
+    *no*-th of a series (its time moves with *no*), and return the snapshot."""
+    from drkit.repository.snapshot import Snapshot
+
+    snap = Snapshot(id=os.urandom(32).hex(), time=f"2026-11-{no % 28 + 1:02d}T03:{no % 60:02d}:00Z", source=source,
+                    source_type="files", run=os.urandom(16).hex(), host="node1", tree=tree)
+    repo.save_snapshot(snap)
+    return snap
+
+
 def count_tree_walks(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[str, list[str]]]:
     """Record (source, tree) of every snapshot whose tree *module* reads through its
     ``iter_tree`` from now on (the reads still happen)."""

@@ -6,7 +6,6 @@ under the exclusive lock that keeps every backup waiting."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import pytest
 
@@ -14,11 +13,10 @@ from drkit.errors import DamageFound
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
-from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import Entry, encode_entries
 from drkit.services import prune
 from drkit.storage import LocalStorage
-from tests.services.conftest import count_tree_walks
+from tests.services.conftest import count_tree_walks, save_manifest
 
 
 @pytest.fixture
@@ -39,21 +37,14 @@ def _tree(saver: BlobSaver, files: dict[str, bytes]) -> tuple[list[str], set[byt
     return [tree_id.hex()], data
 
 
-def _snapshot(repo: Repository, tree: list[str], no: int) -> Snapshot:
-    snap = Snapshot(id=os.urandom(32).hex(), time=f"2026-11-{no + 1:02d}T03:00:00Z", source="k3s-node",
-                    source_type="files", run=os.urandom(16).hex(), host="node1", tree=tree)
-    repo.save_snapshot(snap)
-    return snap
-
-
 def test_each_tree_is_read_once_and_every_blob_it_names_is_kept(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     with BlobSaver(repo) as saver:
         same, same_data = _tree(saver, {"/etc/rancher/k3s/config.yaml": b"a" * 100, "/var/lib/k3s/token": b"t" * 40})
         other, other_data = _tree(saver, {"/etc/rancher/k3s/config.yaml": b"b" * 100})
     repo.load_index()
     for no in range(5):
-        _snapshot(repo, same, no)
-    _snapshot(repo, other, 5)
+        save_manifest(repo, same, no, "k3s-node")
+    save_manifest(repo, other, 5, "k3s-node")
     walked = count_tree_walks(monkeypatch, prune)
     used = prune.used_blobs(repo)
     assert used == same_data | other_data | {bytes.fromhex(same[0]), bytes.fromhex(other[0])}
@@ -64,7 +55,7 @@ def test_a_damaged_tree_is_reported_for_every_snapshot_that_names_it(repo: Repos
     with BlobSaver(repo) as saver:
         same, _ = _tree(saver, {"/a": b"x" * 10})
     repo.load_index()
-    snaps = [_snapshot(repo, same, no) for no in range(3)]
+    snaps = [save_manifest(repo, same, no, "k3s-node") for no in range(3)]
     loc = repo.index.get(bytes.fromhex(same[0]))
     assert loc is not None
     pack = Path(repo.storage.root) / "data" / loc.pack[:2] / loc.pack  # type: ignore[attr-defined]

@@ -6,18 +6,16 @@ blobs once; find lists the matches of every snapshot."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import pytest
 
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
-from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, Entry, encode_entries
 from drkit.services import browse
 from drkit.storage import LocalStorage
-from tests.services.conftest import count_tree_walks
+from tests.services.conftest import count_tree_walks, save_manifest
 
 
 @pytest.fixture
@@ -35,21 +33,14 @@ def _tree(saver: BlobSaver, files: dict[str, bytes]) -> list[str]:
     return [saver.save(b"".join(encode_entries(entries)), BLOB_TREE)[0].hex()]
 
 
-def _snapshot(repo: Repository, source: str, tree: list[str], no: int) -> Snapshot:
-    snap = Snapshot(id=os.urandom(32).hex(), time=f"2026-11-{no + 1:02d}T03:00:00Z", source=source,
-                    source_type="files", run=os.urandom(16).hex(), host="node1", tree=tree)
-    repo.save_snapshot(snap)
-    return snap
-
-
 def test_each_tree_of_a_source_is_read_once_and_counts_for_every_snapshot(repo: Repository,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with BlobSaver(repo) as saver:
         same = _tree(saver, {"/srv/a": b"a" * 100, "/srv/b": b"b" * 50})
         changed = _tree(saver, {"/srv/a": b"c" * 100, "/srv/b": b"b" * 50})
     repo.load_index()
-    snaps = [_snapshot(repo, "data", same, no) for no in range(4)] + [_snapshot(repo, "data", changed, 4)]
-    snaps.append(_snapshot(repo, "copy", same, 5))  # the same tree in another source counts there too
+    snaps = [save_manifest(repo, same, no, "data") for no in range(4)] + [save_manifest(repo, changed, 4, "data")]
+    snaps.append(save_manifest(repo, same, 5, "copy"))  # the same tree in another source counts there too
     walked = count_tree_walks(monkeypatch, browse)
     per, total = browse.stats(repo, snaps)
     assert sorted(walked) == sorted([("data", same), ("data", changed), ("copy", same)])
@@ -69,7 +60,7 @@ def test_find_reads_a_tree_again_only_when_the_source_changed(repo: Repository, 
     repo.load_index()
     order = [("data", same), ("other", other), ("data", same), ("data", same), ("other", other), ("data", changed),
              ("data", same)]
-    snaps = [_snapshot(repo, source, tree, no) for no, (source, tree) in enumerate(order)]
+    snaps = [save_manifest(repo, tree, no, source) for no, (source, tree) in enumerate(order)]
     walked = count_tree_walks(monkeypatch, browse)
     found = list(browse.find(repo, snaps, ["/srv/a"]))
     assert walked == [("data", same), ("other", other), ("data", changed), ("data", same)]

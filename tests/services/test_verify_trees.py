@@ -16,24 +16,16 @@ import pytest
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
-from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import Entry, encode_entries
 from drkit.services import verify
 from drkit.storage import LocalStorage
-from tests.services.conftest import count_tree_walks
+from tests.services.conftest import count_tree_walks, save_manifest
 
 
 def _repo(path: Path) -> Repository:
     storage = LocalStorage(str(path))
     Repository.init(storage, "pw", pack_size=1024 * 1024)
     return Repository.open(storage, "pw")
-
-
-def _snapshot(repo: Repository, tree: list[str], no: int, source: str = "data") -> Snapshot:
-    snap = Snapshot(id=os.urandom(32).hex(), time=f"2026-11-{no % 28 + 1:02d}T03:{no % 60:02d}:00Z", source=source,
-                    source_type="files", run=os.urandom(16).hex(), host="node1", tree=tree)
-    repo.save_snapshot(snap)
-    return snap
 
 
 def _entries(saver: BlobSaver, count: int, tag: str) -> list[Entry]:
@@ -69,7 +61,7 @@ def test_memory_does_not_grow_with_blobs_times_snapshots(tmp_path: Path) -> None
                 trees.append([saver.save(b"".join(encode_entries(shared + own)), BLOB_TREE)[0].hex()])
         repo.load_index()
         for no, tree in enumerate(trees):
-            _snapshot(repo, tree, no)
+            save_manifest(repo, tree, no)
         overheads.append(_overhead(Repository.open(repo.storage, "pw")))
     # a label set per blob held 3,000 x 40 labels (several MiB); per tree only its packs
     assert overheads[1] < 1.5 * overheads[0] + 512 * 1024, overheads
@@ -84,7 +76,7 @@ def test_a_shared_tree_is_read_once_and_its_problems_named_for_each_snapshot(tmp
         tree = [saver.save(b"".join(encode_entries(entries)), BLOB_TREE)[0].hex()]
         other = [saver.save(b"".join(encode_entries(_entries(saver, 2, "b"))), BLOB_TREE)[0].hex()]
     repo.load_index()
-    snaps = [_snapshot(repo, tree, no) for no in range(3)] + [_snapshot(repo, other, 3, source="git")]
+    snaps = [save_manifest(repo, tree, no) for no in range(3)] + [save_manifest(repo, other, 3, source="git")]
     walked = count_tree_walks(monkeypatch, verify)
     report = verify.verify_repository(Repository.open(repo.storage, "pw"))
     assert sorted(t for _, t in walked) == sorted([tree, other])
