@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import grp
+import itertools
 import logging
 import os
 import pwd
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, Protocol
+from typing import IO, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from drkit import __version__
 from drkit.errors import DrkitError, IntegrityError, NothingRead, PartialFailure
@@ -130,7 +131,6 @@ class ParentCursor:
         self._on_error = on_error
         self._line: bytes | None = None
         self._path = ""
-        self._key = ""
         self._parsed: tuple[Entry, bool] | None = None
         self._advance()
 
@@ -151,7 +151,6 @@ class ParentCursor:
         self._line = line
         if path is not None:
             self._path = path
-            self._key = walk_order_key(path)
 
     def _end(self, exc: DrkitError) -> None:
         if self._on_error is not None:
@@ -160,13 +159,28 @@ class ParentCursor:
         self._parsed = None
         self._lines = iter(())
 
+    @property
+    def done(self) -> bool:
+        """True once no line is left (always, without a parent): nothing more is found."""
+        return self._line is None
+
     def find_line(self, path: str) -> bytes | None:
         key = walk_order_key(path)
-        while self._line is not None and self._key < key:
+        while self._line is not None and walk_order_key(self._path) < key:
             self._advance()
         if self._line is not None and self._path == path:
             return self._line
         return None
+
+    def next_line(self, path: str) -> bytes | None:
+        """:meth:`find_line` for a *path* walked right after the one whose line
+        :meth:`find_line` or :meth:`next_line` just returned (the caller must know it
+        did): the line after that one is tried first, without comparing sort keys --
+        in an unchanged tree it is the one."""
+        self._advance()
+        if self._line is not None and self._path == path:
+            return self._line
+        return self.find_line(path)
 
     def find(self, path: str) -> tuple[Entry, bytes | None] | None:
         line = self.find_line(path)
@@ -321,9 +335,13 @@ class SnapshotWriter:
         cursor = self._cursor()
         line = cursor.find_line(path)
         if line is not None:
-            entry = self._unchanged_as_stored(path, st, line)
-            if entry is not None:
-                return entry
+            ids = self._unchanged_ids(path, st, line)
+            if ids is not None:
+                user, group = self._names.user(st.st_uid), self._names.group(st.st_gid)
+                entry = Entry(path, FILE, st.st_mode & 0o7777, st.st_uid, st.st_gid, user, group, st.st_mtime_ns, st.st_size,
+                              [chunk_id.decode("ascii") for chunk_id in ids], "", st.st_ino, st.st_ctime_ns, st.st_dev)
+                self._count_unmodified(st.st_size)
+                return self._record(entry, line + b"\n")
         found = cursor.find(path) if line is not None else None
         if found is not None and self._same_file(found[0], st) and all(self.saver.known(bytes.fromhex(c)) for c in found[0].chunks):
             same, reusable = found
@@ -386,17 +404,36 @@ class SnapshotWriter:
             dev=st.st_dev if kind == FILE else 0,
         )
 
-    def _unchanged_as_stored(self, path: str, st: os.stat_result, line: bytes) -> Entry | None:
-        """The entry of an unchanged file, recorded as its stored *line* (no parsing, no
-        encoding), if *line* is byte for byte what this file's entry would be written as
-        and every chunk is in the repository; else None (nothing recorded)."""
-        uid, gid = st.st_uid, st.st_gid
-        owner, user, group = self._names.owner(uid, gid)
+    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
+        """See :meth:`BackupContext.add_unchanged`: each file recorded as its parent's
+        stored line (no parsing, no encoding, no :class:`Entry`), as :meth:`add_file`
+        records an unchanged file."""
+        cursor = self._cursor()
+        if cursor.done:
+            return 0, 0
+        unchanged_ids, record_line = self._unchanged_ids, self._record_line
+        count = size = 0
+        for _real, path, st in itertools.islice(files, start, None):
+            line = cursor.next_line(path) if count else cursor.find_line(path)
+            if line is None or unchanged_ids(path, st, line) is None:
+                break
+            record_line(line + b"\n")
+            count += 1
+            size += st.st_size
+        if count:
+            self._count_unmodified(size, count)
+        return count, size
+
+    def _unchanged_ids(self, path: str, st: os.stat_result, line: bytes) -> list[bytes] | None:
+        """The chunk ids (hex, as bytes) of an unchanged file whose parent entry is the
+        stored *line*, if *line* is byte for byte what this file's entry would be
+        written as (:func:`~drkit.repository.tree.file_line_frame`: the same stat data,
+        owner and path) and every chunk is in the repository; else None."""
+        owner = self._names.owner(st.st_uid, st.st_gid)[0]
         if owner is None:
             return None
-        mode, mtime_ns, size = st.st_mode & 0o7777, st.st_mtime_ns, st.st_size  # (S_IMODE)
-        inode, ctime_ns, dev = st.st_ino, st.st_ctime_ns, st.st_dev
-        frame = file_line_frame(path, mode, owner, mtime_ns, size, inode, ctime_ns, dev)
+        frame = file_line_frame(path, st.st_mode & 0o7777, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns,
+                                st.st_dev)  # (mode: S_IMODE)
         ids = chunks_in_frame(line, *frame) if frame is not None else None
         if ids is None:
             return None
@@ -407,13 +444,10 @@ class SnapshotWriter:
                     return None
         except binascii.Error:  # not hex: what the line says is not what this file would get
             return None
-        entry = Entry(path, FILE, mode, uid, gid, user, group, mtime_ns, size, [chunk_id.decode("ascii") for chunk_id in ids], "",
-                      inode, ctime_ns, dev)
-        self._count_unmodified(size)
-        return self._record(entry, line + b"\n")
+        return ids
 
-    def _count_unmodified(self, size: int) -> None:
-        self.stats.files_unmodified += 1
+    def _count_unmodified(self, size: int, files: int = 1) -> None:
+        self.stats.files_unmodified += files
         self.stats.size += size
         if self._on_bytes:
             self._on_bytes(size)
@@ -476,18 +510,20 @@ class SnapshotWriter:
 
     def _record(self, entry: Entry, line: bytes | None) -> Entry:
         """Append *entry*, as *line* if given (its encoding, newline included)."""
-        if line is None:
-            line = self._encode(entry)
+        self._record_line(self._encode(entry) if line is None else line)
+        return entry
+
+    def _record_line(self, line: bytes) -> None:
+        """Append an encoded entry (newline included), in order behind files still being hashed."""
         deferred = self._deferred
         if not deferred:
             self._write_line(line)
-            return entry
-        deferred.append(line)  # keep the order: behind files still being hashed
+            return
+        deferred.append(line)
         if len(deferred) > _DEFERRED_MAX:
             self._flush_deferred(wait=False)
             if len(deferred) > _DEFERRED_MAX:
                 self._flush_deferred(wait=True)
-        return entry
 
     def _encode(self, entry: Entry) -> bytes:
         """*entry*'s line in the tree, newline included."""

@@ -20,7 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,6 +65,15 @@ class BackupContext(Protocol):
         """Store a regular file; reuses the parent snapshot's chunks when unchanged.
         With *read_later*, a small file may be read after this returns (by a worker
         process), so the caller must not compare the file with the entry right away."""
+        ...
+
+    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
+        """Record ``files[start:]`` -- (real path, logical path, ``lstat``) of regular
+        files, in walk order -- for as long as each is unchanged since the parent
+        snapshot, as :meth:`add_file` would record it, and stop at the first that is
+        not (it is not recorded: add it with :meth:`add_file`). Returns (files
+        recorded, their total size): (0, 0) when there is no parent. Reads no file and
+        never raises for one."""
         ...
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:

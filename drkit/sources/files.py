@@ -34,6 +34,9 @@ from drkit.repository.tree import Entry
 from drkit.sources.base import BackupContext, Source, SourceOptions
 
 MAX_DEPTH = 512
+
+_Child = tuple[str, str, os.stat_result]
+"""An item of a walk: (real path, logical path, ``lstat``)."""
 """Path components a saved directory may have; a deeper subtree is skipped with a
 warning (the run goes on; it ends as a partial failure, exit 7)."""
 
@@ -272,17 +275,67 @@ class TreeWalker:
     def walk(self, real: str, logical: str, st: os.stat_result) -> None:
         self._walk(real, logical, st, st.st_dev)
 
+    def _in_runs(self, children: list[_Child]) -> list[_Child | list[_Child]]:
+        """A directory's *children* in the same order, each run of consecutive regular
+        files made one list (added by :meth:`_add_files`), without the files that the
+        exclude or include patterns leave out."""
+        exclude, include = self.exclude, self.include
+        out: list[_Child | list[_Child]] = []
+        run: list[_Child] | None = None
+        for child in children:
+            if not stat.S_ISREG(child[2].st_mode):
+                out.append(child)
+                run = None
+            elif not ((exclude and matches(child[1], exclude)) or (include and not matches(child[1], include))):
+                if run is None:
+                    run = []
+                    out.append(run)
+                run.append(child)
+        return out
+
+    def _add_files(self, run: list[_Child], read_later: bool) -> None:
+        """Add a run of regular files, in order: those unchanged since the parent
+        snapshot many at a time (:meth:`BackupContext.add_unchanged`), the others one by
+        one; a file that cannot be read is warned about and skipped."""
+        ctx, counts, after_file = self.ctx, self.counts, self.after_file
+        add_unchanged = ctx.add_unchanged if after_file is None else None  # after_file needs each Entry
+        at, end = 0, len(run)
+        while at < end:
+            if add_unchanged is not None:
+                done, size = add_unchanged(run, at)
+                counts["files"] += done
+                counts["bytes"] += size
+                at += done
+                if at == end:
+                    return
+            real, logical, st = run[at]
+            at += 1
+            ctx.progress(real)
+            try:
+                entry = ctx.add_file(logical, real, st, read_later=read_later)
+            except OSError as exc:
+                ctx.warn(f"{real}: {exc.strerror or exc}")
+                continue
+            counts["files"] += 1
+            counts["bytes"] += entry.size
+            if after_file is not None:
+                after_file(real, logical, st, entry)
+
     def _walk(self, real_root: str, logical_root: str, root_st: os.stat_result, root_dev: int) -> None:
         """Depth-first, sorted, iterative (no recursion limit): a directory whose logical
         path has more than :data:`MAX_DEPTH` components is skipped with a warning."""
         ctx = self.ctx
-        exclude, include, counts = self.exclude, self.include, self.counts
-        add_file, progress, lstat = ctx.add_file, ctx.progress, os.lstat
+        exclude, include = self.exclude, self.include
+        lstat = os.lstat
         read_later = self.read_later and self.after_file is None
         prefetched = self.prefetched
-        stack: list[tuple[str, str, os.stat_result]] = [(real_root, logical_root, root_st)]
+        stack: list[_Child | list[_Child]] = [(real_root, logical_root, root_st)]
         while stack:
-            real, logical, st = stack.pop()
+            item = stack.pop()
+            if isinstance(item, list):
+                self._add_files(item, read_later)
+                continue
+            real, logical, st = item
             if exclude and matches(logical, exclude):
                 continue
             mode = st.st_mode
@@ -300,34 +353,24 @@ class TreeWalker:
                 real_dir, logical_dir = real.rstrip("/") + "/", logical.rstrip("/") + "/"
                 listing = prefetched.take(real) if prefetched is not None else None
                 if listing is not None:
-                    stack.extend([(real_dir + name, logical_dir + name, child) for name, child in reversed(listing)])
+                    stack.extend(reversed(self._in_runs([(real_dir + name, logical_dir + name, child) for name, child in listing])))
                     continue
                 try:
                     names = sorted(os.listdir(real))
                 except OSError as exc:
                     ctx.warn(f"{real}: {exc.strerror}")
                     continue
-                children: list[tuple[str, str, os.stat_result]] = []
+                children: list[_Child] = []
                 for name in names:
                     child = real_dir + name
                     try:
                         children.append((child, logical_dir + name, lstat(child)))
                     except OSError as exc:
                         ctx.warn(f"{child}: {exc.strerror}")
-                stack.extend(reversed(children))  # popped in sorted order
-            elif stat.S_ISREG(mode):
-                if include and not matches(logical, include):
-                    continue
-                progress(real)
-                try:
-                    entry = add_file(logical, real, st, read_later=read_later)
-                except OSError as exc:
-                    ctx.warn(f"{real}: {exc.strerror or exc}")
-                    continue
-                counts["files"] += 1
-                counts["bytes"] += entry.size
-                if self.after_file is not None:
-                    self.after_file(real, logical, st, entry)
+                stack.extend(reversed(self._in_runs(children)))  # popped in sorted order
+            elif stat.S_ISREG(mode):  # (the root: every other file comes in a run)
+                if not include or matches(logical, include):
+                    self._add_files([item], read_later)
             elif stat.S_ISLNK(mode):
                 if include and not matches(logical, include):
                     continue

@@ -1,0 +1,115 @@
+"""#18: unchanged files are recorded a directory's run at a time (``add_unchanged``), and
+that records exactly what adding them one by one (``add_file``) records: the same tree,
+byte for byte, and the same counts -- with a changed, a new, a deleted, an excluded and
+a not-included file in the middle of runs, symlinks, a FIFO and subdirectories between
+them, and files whose stored line differs in one field."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from drkit.errors import PartialFailure
+from drkit.repository.repo import Repository
+from drkit.repository.tree import DIR, FILE, Entry, encode_entries, split_lines, tree_chunks
+from drkit.services.backup import BackupOptions, ParentCursor, SnapshotWriter, run_backup
+from drkit.sources.files import FilesSource
+from drkit.storage import LocalStorage
+
+PASSWORD = "runs"
+
+
+def _line(path: str, kind: str = FILE) -> bytes:
+    return next(encode_entries([Entry(path=path, type=kind, size=len(path))])).rstrip(b"\n")
+
+
+def test_next_line_tries_the_following_line_first_and_falls_back_to_the_sort_order() -> None:
+    paths = ["/r", "/r/a", "/r/a/x", "/r/a/y", "/r/b", "/r/b/y", "/r/c", "/r/e"]
+    cursor = ParentCursor(iter([_line(p, DIR if p in ("/r", "/r/a", "/r/b") else FILE) for p in paths]))
+    assert cursor.find_line("/r/a/x") == _line("/r/a/x")
+    assert cursor.next_line("/r/a/y") == _line("/r/a/y")  # the following line
+    assert cursor.next_line("/r/b/y") == _line("/r/b/y")  # not the following one (/r/b): found in sort order
+    assert cursor.next_line("/r/d") is None  # absent: the cursor stops before /r/e ...
+    assert cursor.find_line("/r/e") == _line("/r/e")  # ... and does not lose it
+    assert not cursor.done
+    assert cursor.next_line("/r/f") is None and cursor.done
+    assert ParentCursor(iter(())).done
+
+
+def _tree(root: Path) -> None:
+    for d in range(6):
+        for f in range(40):
+            p = root / f"d{d}" / f"f{f:03d}.txt"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(f"{d}-{f} ".encode() * (1 + f))
+        (root / f"d{d}" / "f015-link").symlink_to("f015.txt")
+        (root / f"d{d}" / "f025.dir").mkdir()
+        (root / f"d{d}" / "f025.dir" / "inner.txt").write_bytes(b"inner %d" % d)
+        (root / f"d{d}" / "skip.tmp").write_bytes(b"excluded")
+
+
+def _change(root: Path) -> None:
+    (root / "d1" / "f010.txt").write_bytes(b"changed in place")
+    (root / "d2" / "f020.txt").unlink()
+    (root / "d2" / "f020b.txt").write_bytes(b"new in the middle of a run")
+    (root / "d3" / "f030.txt").chmod(0o600)  # the stored line differs in one field
+    os.mkfifo(root / "d4" / "f004.fifo")  # not a regular file: skipped with a warning
+    os.utime(root / "d5" / "f039.txt", ns=(0, 10**9))  # the last file of a run: older mtime
+
+
+def _backup(repo_dir: Path, data: Path, **options: list[str]) -> dict[str, int]:
+    storage = LocalStorage(str(repo_dir))
+    if not repo_dir.exists():
+        Repository.init(storage, PASSWORD)
+    source = FilesSource("data", FilesSource.Options(paths=[str(data)], exclude=["*.tmp"], **options))
+    try:
+        run = run_backup(Repository.open(storage, PASSWORD), [source], BackupOptions())
+    except PartialFailure as exc:  # the FIFO
+        run = exc.outcome
+    stats = dict(run.snapshots[0].stats)
+    del stats["bytes_stored"]  # (each repository has its own key and packs)
+    return stats
+
+
+def _latest_lines(repo_dir: Path, data: Path) -> list[bytes]:
+    """The lines of the latest snapshot's tree under *data* (its parents change as the
+    test's repositories are written beside it)."""
+    repo = Repository.open(LocalStorage(str(repo_dir)), PASSWORD)
+    repo.load_index()
+    under = b'{"path":"%b' % str(data).encode()
+    return [line for line in split_lines(tree_chunks(repo, repo.find_snapshot("latest"))) if line.startswith(under)]
+
+
+@pytest.mark.parametrize("include", [[], ["f00*", "f01*", "f02*", "inner.txt"]])
+def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                include: list[str]) -> None:
+    data = tmp_path / "data"
+    _tree(data)
+    runs, single = tmp_path / "runs", tmp_path / "single"
+    _backup(runs, data, include=include)
+    shutil.copytree(runs, single)  # the same key: the same chunk ids
+    _change(data)
+    calls: list[int] = []
+    real = SnapshotWriter.add_unchanged
+
+    def counted(self: SnapshotWriter, files: list, start: int = 0) -> tuple[int, int]:
+        done = real(self, files, start)
+        calls.append(done[0])
+        return done
+
+    monkeypatch.setattr(SnapshotWriter, "add_unchanged", counted)
+    by_runs = _backup(runs, data, include=include)
+    monkeypatch.setattr(SnapshotWriter, "add_unchanged", lambda self, files, start=0: (0, 0))
+    one_by_one = _backup(single, data, include=include)
+    assert by_runs == one_by_one
+    assert (by_runs["files_changed"], by_runs["files_new"], by_runs["errors"]) == ((3 if not include else 1), 1, 1)
+    assert sum(calls) == by_runs["files_unmodified"] > 100  # every unchanged file went in a run ...
+    assert max(calls) > 10  # ... many at a time
+    lines = _latest_lines(runs, data)
+    assert lines == _latest_lines(single, data) and len(lines) > 200
+    assert not any(b"skip.tmp" in line for line in lines)
+    assert any(b"/f030.txt" in line for line in lines) == (not include)
+    assert any(b"/d1/f010.txt" in line for line in lines) and not any(b"/d2/f020.txt" in line for line in lines)
