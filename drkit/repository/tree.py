@@ -191,6 +191,24 @@ def file_line(entry: Entry, owner: str) -> bytes | None:
     return frame[0] + frame[1] + b"\n"
 
 
+def stored_chunk_ids(line: bytes, path: str, mode: int, owner: str, mtime_ns: int, size: int, inode: int, ctime_ns: int,
+                     dev: int) -> list[bytes] | None:
+    """``chunks_in_frame(line, *file_line_frame(...))`` (None where the frame does not
+    apply): the chunk ids of *line* if it is exactly what :meth:`Entry.to_json` writes
+    for a regular file with these fields and some chunk list. The usual line (every
+    field set, one chunk) is checked with one comparison on each side of its chunk id."""
+    if mtime_ns and size and inode and ctime_ns and dev and _plain(path):
+        head = b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d,"chunks":["' % (
+            path.encode(), mode, owner.encode(), mtime_ns, size)
+        if line.startswith(head):
+            tail = b'"],"inode":%d,"ctime_ns":%d,"dev":%d}' % (inode, ctime_ns, dev)
+            start = len(head)
+            if len(line) == start + 64 + len(tail) and line.endswith(tail):
+                return [line[start : start + 64]]
+    frame = file_line_frame(path, mode, owner, mtime_ns, size, inode, ctime_ns, dev)
+    return chunks_in_frame(line, *frame) if frame is not None else None
+
+
 def chunks_in_frame(line: bytes, head: bytes, tail: bytes) -> list[bytes] | None:
     """The chunk ids (64 ASCII characters each, hex unchecked: ``binascii.unhexlify``
     them) of *line* if it is exactly *head*, a chunk list (or none) and *tail* (see

@@ -44,11 +44,10 @@ from drkit.repository.tree import (
     FILE,
     SYMLINK,
     Entry,
-    chunks_in_frame,
     encode_entries,
     file_line,
-    file_line_frame,
     line_path,
+    stored_chunk_ids,
     owner_fragment,
     parse_line,
     split_lines,
@@ -432,9 +431,8 @@ class SnapshotWriter:
         owner = self._names.owner(st.st_uid, st.st_gid)[0]
         if owner is None:
             return None
-        frame = file_line_frame(path, st.st_mode & 0o7777, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns,
-                                st.st_dev)  # (mode: S_IMODE)
-        ids = chunks_in_frame(line, *frame) if frame is not None else None
+        ids = stored_chunk_ids(line, path, st.st_mode & 0o7777, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns,
+                               st.st_dev)  # (mode: S_IMODE)
         if ids is None:
             return None
         known = self.saver.known

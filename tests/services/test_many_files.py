@@ -32,6 +32,7 @@ from drkit.repository.tree import (
     owner_fragment,
     parse_line,
     split_lines,
+    stored_chunk_ids,
     tree_chunks,
 )
 from drkit.services.backup import BackupOptions, ParentCursor, SnapshotWriter, run_backup, walk_order_key
@@ -276,6 +277,18 @@ def _frame_of(e: Entry) -> tuple[bytes, bytes] | None:
     return None if owner is None else file_line_frame(e.path, e.mode, owner, e.mtime_ns, e.size, e.inode, e.ctime_ns, e.dev)
 
 
+def _stored_ids(line: bytes, e: Entry) -> list[bytes] | None:
+    """stored_chunk_ids of *line* for a file with *e*'s fields, asserted to be what the
+    frame gives (its fast path for the usual line must not differ in anything)."""
+    owner = owner_fragment(e.uid, e.gid, e.user, e.group)
+    if owner is None:
+        return None
+    ids = stored_chunk_ids(line, e.path, e.mode, owner, e.mtime_ns, e.size, e.inode, e.ctime_ns, e.dev)
+    frame = _frame_of(e)
+    assert ids == (chunks_in_frame(line, *frame) if frame is not None else None), line
+    return ids
+
+
 def test_the_file_line_frame_is_what_to_json_writes() -> None:
     """The unchanged-file check compares a stored line with the frame of the file's entry
     instead of parsing it: the frame must be byte for byte ``to_json`` around the chunks."""
@@ -296,7 +309,7 @@ def test_the_file_line_frame_is_what_to_json_writes() -> None:
             assert owner is None or file_line(e, owner) is None
             assert "\\" in e.to_json() and line_path(line) is None
             continue
-        assert chunks_in_frame(line, *frame) == [c.encode() for c in e.chunks]
+        assert chunks_in_frame(line, *frame) == _stored_ids(line, e) == [c.encode() for c in e.chunks]
         owner = owner_fragment(e.uid, e.gid, e.user, e.group)
         assert owner is not None and file_line(e, owner) == line + b"\n"  # how new file entries are written
         assert line_path(line) == e.path
@@ -334,7 +347,10 @@ def test_a_stored_line_that_differs_from_the_frame_in_anything_is_not_taken() ->
         line.replace(b'"]', b'"],"target":"x"'),
         line.replace(b',"chunks":["' + b"ab" * 32 + b'"]', b""),  # no chunks for 5 bytes: not what it says
     ]
-    assert chunks_in_frame(others[-1], *frame) == []  # (a stored entry without chunks is taken as it is)
-    for other in others[:-1]:
-        assert chunks_in_frame(other, *frame) is None, other
-    assert chunks_in_frame(line, *_frame_of(Entry(**{**e.__dict__, "mtime_ns": 12}))) is None  # type: ignore[misc]
+    assert chunks_in_frame(others[-1], *frame) == _stored_ids(others[-1], e) == []  # (taken as it is)
+    others += [line.replace(b'"]', b'","' + b"cd" * 32 + b'"]')]  # two chunks: not the usual line, still taken
+    assert chunks_in_frame(others[-1], *frame) == _stored_ids(others[-1], e) == [b"ab" * 32, b"cd" * 32]
+    for other in others[:-2]:
+        assert chunks_in_frame(other, *frame) is None and _stored_ids(other, e) is None, other
+    changed = Entry(**{**e.__dict__, "mtime_ns": 12})  # type: ignore[misc]
+    assert chunks_in_frame(line, *_frame_of(changed)) is None and _stored_ids(line, changed) is None
