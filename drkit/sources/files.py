@@ -296,18 +296,21 @@ class TreeWalker:
     def _add_files(self, run: list[_Child], read_later: bool) -> None:
         """Add a run of regular files, in order: those unchanged since the parent
         snapshot many at a time (:meth:`BackupContext.add_unchanged`), the others one by
-        one; a file that cannot be read is warned about and skipped."""
+        one; a file that cannot be read is warned about and skipped. Progress names the
+        last file of each stretch of unchanged ones, and each file read."""
         ctx, counts, after_file = self.ctx, self.counts, self.after_file
         add_unchanged = ctx.add_unchanged if after_file is None else None  # after_file needs each Entry
         at, end = 0, len(run)
         while at < end:
             if add_unchanged is not None:
                 done, size = add_unchanged(run, at)
-                counts["files"] += done
-                counts["bytes"] += size
-                at += done
-                if at == end:
-                    return
+                if done:
+                    at += done
+                    ctx.progress(run[at - 1][0])
+                    counts["files"] += done
+                    counts["bytes"] += size
+                    if at == end:
+                        return
             real, logical, st = run[at]
             at += 1
             ctx.progress(real)

@@ -100,14 +100,21 @@ def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, 
         calls.append(done[0])
         return done
 
+    shown: list[str] = []
     monkeypatch.setattr(SnapshotWriter, "add_unchanged", counted)
+    monkeypatch.setattr(SnapshotWriter, "progress", lambda self, text: shown.append(text))
     by_runs = _backup(runs, data, include=include)
+    shown_by_runs = list(shown)
     monkeypatch.setattr(SnapshotWriter, "add_unchanged", lambda self, files, start=0: (0, 0))
     one_by_one = _backup(single, data, include=include)
     assert by_runs == one_by_one
     assert (by_runs["files_changed"], by_runs["files_new"], by_runs["errors"]) == ((3 if not include else 1), 1, 1)
     assert sum(calls) == by_runs["files_unmodified"] > 100  # every unchanged file went in a run ...
     assert max(calls) > 10  # ... many at a time
+    # progress names a file of each stretch of unchanged files, and each file read
+    assert {f"d{d}" for d in range(6)} <= {Path(text).parent.name for text in shown_by_runs}
+    assert str(data / "d1" / "f010.txt") in shown_by_runs and str(data / "d2" / "f020b.txt") in shown_by_runs
+    assert len(shown_by_runs) < 40 < len(shown) - len(shown_by_runs)  # one by one: one per file
     lines = _latest_lines(runs, data)
     assert lines == _latest_lines(single, data) and len(lines) > 200
     assert not any(b"skip.tmp" in line for line in lines)
