@@ -119,42 +119,54 @@ class ParentCursor:
     returns *path*'s stored JSON line if there is one (any type): an unchanged file
     compares it with what it would write (:func:`~drkit.repository.tree.file_line_frame`)
     and reuses it as it is. ``find(path)`` parses that line: ``(entry, line)`` for
-    *path*'s file entry, *line* None if it holds keys this version does not read. A line
-    is only parsed when its path is escaped in JSON or when ``find`` asks. A lookup
-    that comes out of order finds nothing, which only costs a re-read. A tree blob
-    that cannot be read, or a line that does not parse, ends the parent (``on_error``
-    is told): the rest of the run reads everything, as with no parent."""
+    *path*'s file entry, *line* None if it holds keys this version does not read.
+    ``following_line()`` steps to the next line without reading its path, for a caller
+    that compares the whole line with what it expects. A line's path is read only when
+    a lookup needs it, and a line is parsed only when its path is escaped in JSON or
+    when ``find`` asks. A lookup that comes out of order finds nothing, which only
+    costs a re-read. A tree blob that cannot be read, or a line that does not parse,
+    ends the parent (``on_error`` is told): the rest of the run reads everything, as
+    with no parent."""
 
     def __init__(self, lines: Iterator[bytes], *, on_error: Callable[[DrkitError], None] | None = None) -> None:
         self._lines = lines
         self._on_error = on_error
         self._line: bytes | None = None
-        self._path = ""
+        self._path: str | None = None
+        """The current line's path once read (None: not read yet)."""
         self._parsed: tuple[Entry, bool] | None = None
         self._advance()
 
     def _advance(self) -> None:
         try:
-            line = next(self._lines, None)
-            self._parsed = None
-            path = None if line is None else line_path(line)
-            if line is not None and path is None:
-                self._parsed = parse_line(line)
-                path = self._parsed[0].path
+            self._line = next(self._lines, None)
         except DrkitError as exc:
             self._end(exc)
             return
-        except (ValueError, TypeError) as exc:  # trees are authenticated: only a bug makes one
-            self._end(_unreadable_line(exc))
-            return
-        self._line = line
-        if path is not None:
-            self._path = path
+        self._path = None
+        self._parsed = None
+
+    def _current_path(self) -> str | None:
+        """The path of the current line (None when there is none left)."""
+        line = self._line
+        if line is None or self._path is not None:
+            return self._path
+        path = line_path(line)
+        if path is None:
+            try:
+                self._parsed = parse_line(line)
+            except (ValueError, TypeError) as exc:  # trees are authenticated: only a bug makes one
+                self._end(_unreadable_line(exc))
+                return None
+            path = self._parsed[0].path
+        self._path = path
+        return path
 
     def _end(self, exc: DrkitError) -> None:
         if self._on_error is not None:
             self._on_error(exc)
         self._line = None
+        self._path = None
         self._parsed = None
         self._lines = iter(())
 
@@ -165,21 +177,21 @@ class ParentCursor:
 
     def find_line(self, path: str) -> bytes | None:
         key = walk_order_key(path)
-        while self._line is not None and walk_order_key(self._path) < key:
+        current = self._current_path()
+        while current is not None and walk_order_key(current) < key:
             self._advance()
-        if self._line is not None and self._path == path:
-            return self._line
-        return None
+            current = self._current_path()
+        return self._line if current == path else None
 
-    def next_line(self, path: str) -> bytes | None:
-        """:meth:`find_line` for a *path* walked right after the one whose line
-        :meth:`find_line` or :meth:`next_line` just returned (the caller must know it
-        did): the line after that one is tried first, without comparing sort keys --
-        in an unchanged tree it is the one."""
-        self._advance()
-        if self._line is not None and self._path == path:
-            return self._line
-        return self.find_line(path)
+    def following_line(self) -> bytes | None:
+        """The line after the current one (None at the end), its path not read: for a
+        caller that compares the whole line with what it expects, right after
+        :meth:`find_line` or this returned the line of the path walked before (in an
+        unchanged tree the following line is the next path's). A :meth:`find_line`
+        afterwards starts from this line."""
+        if self._line is not None:
+            self._advance()
+        return self._line
 
     def find(self, path: str) -> tuple[Entry, bytes | None] | None:
         line = self.find_line(path)
@@ -413,9 +425,13 @@ class SnapshotWriter:
         unchanged_ids, record_line = self._unchanged_ids, self._record_line
         count = size = 0
         for _real, path, st in itertools.islice(files, start, None):
-            line = cursor.next_line(path) if count else cursor.find_line(path)
+            # The line after the last one taken is tried first: if it is this file's
+            # unchanged entry, comparing it whole also compares its path.
+            line = cursor.following_line() if count else None
             if line is None or unchanged_ids(path, st, line) is None:
-                break
+                line = cursor.find_line(path)
+                if line is None or unchanged_ids(path, st, line) is None:
+                    break
             record_line(line + b"\n")
             count += 1
             size += st.st_size

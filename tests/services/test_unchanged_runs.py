@@ -26,17 +26,27 @@ def _line(path: str, kind: str = FILE) -> bytes:
     return next(encode_entries([Entry(path=path, type=kind, size=len(path))])).rstrip(b"\n")
 
 
-def test_next_line_tries_the_following_line_first_and_falls_back_to_the_sort_order() -> None:
+def test_following_line_steps_without_reading_paths_and_find_line_goes_on_from_it() -> None:
     paths = ["/r", "/r/a", "/r/a/x", "/r/a/y", "/r/b", "/r/b/y", "/r/c", "/r/e"]
     cursor = ParentCursor(iter([_line(p, DIR if p in ("/r", "/r/a", "/r/b") else FILE) for p in paths]))
     assert cursor.find_line("/r/a/x") == _line("/r/a/x")
-    assert cursor.next_line("/r/a/y") == _line("/r/a/y")  # the following line
-    assert cursor.next_line("/r/b/y") == _line("/r/b/y")  # not the following one (/r/b): found in sort order
-    assert cursor.next_line("/r/d") is None  # absent: the cursor stops before /r/e ...
+    assert cursor.following_line() == _line("/r/a/y")  # the next line, whatever its path
+    assert cursor.following_line() == _line("/r/b", DIR)
+    assert cursor.find_line("/r/b/y") == _line("/r/b/y")  # goes on from there in sort order
+    assert cursor.find_line("/r/d") is None  # absent: the cursor stops before /r/e ...
     assert cursor.find_line("/r/e") == _line("/r/e")  # ... and does not lose it
     assert not cursor.done
-    assert cursor.next_line("/r/f") is None and cursor.done
+    assert cursor.following_line() is None and cursor.done and cursor.find_line("/r/f") is None
     assert ParentCursor(iter(())).done
+
+
+def test_a_malformed_line_stepped_over_unread_ends_the_parent_only_when_read() -> None:
+    errors: list[object] = []
+    good = _line("/r/a")
+    cursor = ParentCursor(iter([good, b'{"path": 5', _line("/r/c")]), on_error=errors.append)
+    assert cursor.find_line("/r/a") == good
+    assert cursor.following_line() == b'{"path": 5' and not errors  # not read: no frame matches it
+    assert cursor.find_line("/r/b") is None and len(errors) == 1 and cursor.done  # read: the parent ends
 
 
 def _tree(root: Path) -> None:
