@@ -158,32 +158,33 @@ def owner_fragment(uid: int, gid: int, user: str, group: str) -> str | None:
 
 
 def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, inode: int, ctime_ns: int,
-                    dev: int) -> tuple[bytes, bytes] | None:
-    """What :meth:`Entry.to_json` writes for a regular file with these fields (*owner*
-    from :func:`owner_fragment`) before and after its chunk list (``,"chunks":[...]``,
-    absent when there is none): a stored line is compared with a file through it,
-    without parsing the line. None when the path would be escaped (only parsing
-    compares such a line)."""
+                    dev: int, kind: str = FILE) -> tuple[bytes, bytes] | None:
+    """What :meth:`Entry.to_json` writes for a regular file (or an entry of type *kind*
+    without a target) with these fields (*owner* from :func:`owner_fragment`) before and
+    after its chunk list (``,"chunks":[...]``, absent when there is none): a stored line
+    is compared with a file through it, without parsing the line. None when the path
+    would be escaped (only parsing compares such a line)."""
     if not _plain(path):
         return None
-    if mtime_ns and size and inode and ctime_ns and dev:  # every field written (one format, no branches)
+    if mtime_ns and size and inode and ctime_ns and dev and kind == FILE:  # every field written (one format)
         return (b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d' % (path.encode(), mode, owner.encode(), mtime_ns, size),
                 b',"inode":%d,"ctime_ns":%d,"dev":%d}' % (inode, ctime_ns, dev))
-    head = (f'{{"path":"{path}","type":"file","mode":{mode}{owner}' + (f',"mtime_ns":{mtime_ns}' if mtime_ns else "")
+    head = (f'{{"path":"{path}","type":"{kind}","mode":{mode}{owner}' + (f',"mtime_ns":{mtime_ns}' if mtime_ns else "")
             + (f',"size":{size}' if size else ""))
     tail = ((f',"inode":{inode}' if inode else "") + (f',"ctime_ns":{ctime_ns}' if ctime_ns else "")
             + (f',"dev":{dev}' if dev else "") + "}")
     return head.encode("ascii"), tail.encode("ascii")
 
 
-def file_line(entry: Entry, owner: str) -> bytes | None:
+def entry_line(entry: Entry, owner: str) -> bytes | None:
     """``entry.to_json()`` and its newline, as bytes, written through
-    :func:`file_line_frame` (about a third of the time) for a regular file (*owner*:
-    its :func:`owner_fragment`); None when the frame does not apply (a name JSON
-    escapes, a target)."""
-    if entry.type != FILE or entry.target:
+    :func:`file_line_frame` (about a third of the time) for a regular file or a
+    directory (*owner*: its :func:`owner_fragment`); None when the frame does not apply
+    (a name JSON escapes, a target, a symlink)."""
+    if entry.type not in (FILE, DIR) or entry.target:
         return None
-    frame = file_line_frame(entry.path, entry.mode, owner, entry.mtime_ns, entry.size, entry.inode, entry.ctime_ns, entry.dev)
+    frame = file_line_frame(entry.path, entry.mode, owner, entry.mtime_ns, entry.size, entry.inode, entry.ctime_ns, entry.dev,
+                            entry.type)
     if frame is None:
         return None
     if entry.chunks:

@@ -45,7 +45,7 @@ from drkit.repository.tree import (
     SYMLINK,
     Entry,
     encode_entries,
-    file_line,
+    entry_line,
     line_path,
     stored_chunk_ids,
     owner_fragment,
@@ -541,9 +541,9 @@ class SnapshotWriter:
 
     def _encode(self, entry: Entry) -> bytes:
         """*entry*'s line in the tree, newline included."""
-        if entry.type == FILE:
+        if entry.type in (FILE, DIR):
             owner = self._names.fragment_of(entry.uid, entry.gid, entry.user, entry.group)
-            line = file_line(entry, owner) if owner is not None else None
+            line = entry_line(entry, owner) if owner is not None else None
             if line is not None:
                 return line
         (line,) = encode_entries([entry])

@@ -24,7 +24,7 @@ from drkit.repository.tree import (
     chunks_in_frame,
     decode_lines,
     encode_entries,
-    file_line,
+    entry_line,
     file_line_frame,
     iter_tree,
     line_path,
@@ -201,6 +201,10 @@ def test_unchanged_files_reuse_their_stored_line_unless_it_says_something_else(t
     encoded: list[str] = []
     real_to_json = Entry.to_json
     monkeypatch.setattr(Entry, "to_json", lambda self: encoded.append(self.type) or real_to_json(self))
+    import drkit.services.backup as backup_module
+
+    real_entry_line = backup_module.entry_line
+    monkeypatch.setattr(backup_module, "entry_line", lambda e, owner: encoded.append(e.type) or real_entry_line(e, owner))
     stats = _backup(tmp_path, data)
     assert stats["files_unmodified"] == 201 and stats["files_new"] == stats["files_changed"] == 0
     assert "file" not in encoded and "dir" in encoded  # directories are encoded, file lines reused
@@ -212,8 +216,6 @@ def test_unchanged_files_reuse_their_stored_line_unless_it_says_something_else(t
         return [line for line in split_lines(tree_chunks(repo, snap)) if b'"type":"file"' in line]
 
     assert file_lines(second) == file_lines(first) and len(file_lines(first)) == 201
-
-    import drkit.services.backup as backup_module
 
     real_user = backup_module._Names.user
     monkeypatch.setattr(backup_module._Names, "user", lambda self, uid: "renamed-" + real_user(self, uid))
@@ -306,12 +308,14 @@ def test_the_file_line_frame_is_what_to_json_writes() -> None:
         frame = _frame_of(e)
         if frame is None:  # a name JSON escapes: only parsing compares it (and to_json writes it)
             owner = owner_fragment(e.uid, e.gid, e.user, e.group)
-            assert owner is None or file_line(e, owner) is None
+            assert owner is None or entry_line(e, owner) is None
             assert "\\" in e.to_json() and line_path(line) is None
             continue
         assert chunks_in_frame(line, *frame) == _stored_ids(line, e) == [c.encode() for c in e.chunks]
         owner = owner_fragment(e.uid, e.gid, e.user, e.group)
-        assert owner is not None and file_line(e, owner) == line + b"\n"  # how new file entries are written
+        assert owner is not None and entry_line(e, owner) == line + b"\n"  # how new file entries are written
+        d = Entry(path=e.path, type=DIR, mode=e.mode, uid=e.uid, gid=e.gid, user=e.user, group=e.group, mtime_ns=e.mtime_ns)
+        assert entry_line(d, owner) == d.to_json().encode("ascii") + b"\n"  # and directory entries
         assert line_path(line) == e.path
         checked += 1
     assert checked > 500
