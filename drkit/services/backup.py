@@ -47,10 +47,10 @@ from drkit.repository.tree import (
     encode_entries,
     entry_line,
     line_path,
-    stored_chunk_ids,
     owner_fragment,
     parse_line,
     split_lines,
+    stored_chunk_ids,
     tree_chunks,
     walk_order_key,
 )

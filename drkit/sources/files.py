@@ -34,11 +34,11 @@ from drkit.repository.tree import Entry
 from drkit.sources.base import BackupContext, Source, SourceOptions
 
 MAX_DEPTH = 512
+"""Path components a saved directory may have; a deeper subtree is skipped with a
+warning (the run goes on; it ends as a partial failure, exit 7)."""
 
 _Child = tuple[str, str, os.stat_result]
 """An item of a walk: (real path, logical path, ``lstat``)."""
-"""Path components a saved directory may have; a deeper subtree is skipped with a
-warning (the run goes on; it ends as a partial failure, exit 7)."""
 
 
 class FilesOptions(SourceOptions):
@@ -255,7 +255,9 @@ class TreeWalker:
     (``ctx.warn``: the run ends as a partial failure); the walk itself never raises
     for them. ``after_file(real, logical, st, entry)`` runs after each regular file
     was read. With ``read_later`` (and no ``after_file``), small files may be read by a
-    backup worker after the walk moved on (see :meth:`BackupContext.add_file`).
+    backup worker after the walk moved on (see :meth:`BackupContext.add_file`). Without
+    ``after_file``, files unchanged since the parent snapshot are recorded a run (a
+    directory's consecutive files) at a time (:meth:`BackupContext.add_unchanged`).
     ``counts`` tallies what was recorded (files, dirs, symlinks, bytes; a small file
     read later counts the size ``lstat`` gave).
     """
