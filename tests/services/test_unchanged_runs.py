@@ -2,7 +2,8 @@
 that records exactly what adding them one by one (``add_file``) records: the same tree,
 byte for byte, and the same counts -- with a changed, a new, a deleted, an excluded and
 a not-included file in the middle of runs, symlinks, a FIFO and subdirectories between
-them, and files whose stored line differs in one field."""
+them, a file that became a directory and a directory that became a file, and files
+whose stored line differs in one field."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def _change(root: Path) -> None:
     (root / "d2" / "f020b.txt").write_bytes(b"new in the middle of a run")
     (root / "d3" / "f030.txt").chmod(0o600)  # the stored line differs in one field
     os.mkfifo(root / "d4" / "f004.fifo")  # not a regular file: skipped with a warning
+    (root / "d0" / "f005.txt").unlink()  # a file become a directory, in the middle of a run
+    (root / "d0" / "f005.txt").mkdir()
+    (root / "d0" / "f005.txt" / "inside").write_bytes(b"was a file")
+    (root / "d5" / "f025.dir" / "inner.txt").unlink()  # a directory become a file between runs
+    (root / "d5" / "f025.dir").rmdir()
+    (root / "d5" / "f025.dir").write_bytes(b"was a directory")
     os.utime(root / "d5" / "f039.txt", ns=(0, 10**9))  # the last file of a run: older mtime
 
 
@@ -118,7 +125,9 @@ def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, 
     monkeypatch.setattr(SnapshotWriter, "add_unchanged", lambda self, files, start=0: (0, 0))
     one_by_one = _backup(single, data, include=include)
     assert by_runs == one_by_one
-    assert (by_runs["files_changed"], by_runs["files_new"], by_runs["errors"]) == ((3 if not include else 1), 1, 1)
+    # changed: f010, f030's mode, f039's mtime; new: f020b, f025.dir, inside (f030, f039 and
+    # inside are not included by the patterns)
+    assert (by_runs["files_changed"], by_runs["files_new"], by_runs["errors"]) == ((3, 3, 1) if not include else (1, 2, 1))
     assert sum(calls) == by_runs["files_unmodified"] > 100  # every unchanged file went in a run ...
     assert max(calls) > 10  # ... many at a time
     # progress names a file of each stretch of unchanged files, and each file read
