@@ -70,18 +70,16 @@ class _Names:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
         self._fragments: dict[tuple[int, int, str, str], str | None] = {}
-        self._owners: dict[tuple[int, int], tuple[str | None, str, str]] = {}
+        self._owners: dict[tuple[int, int], str | None] = {}
 
-    def owner(self, uid: int, gid: int) -> tuple[str | None, str, str]:
-        """(:meth:`fragment`, user name, group name) of an owner (cached: one lookup per file)."""
-        found = self._owners.get((uid, gid))
-        if found is None:
-            found = self._owners[uid, gid] = (self.fragment(uid, gid), self.user(uid), self.group(gid))
-        return found
-
-    def fragment(self, uid: int, gid: int) -> str | None:
-        """:func:`~drkit.repository.tree.owner_fragment` of an owner (cached)."""
-        return self.fragment_of(uid, gid, self.user(uid), self.group(gid))
+    def owner(self, uid: int, gid: int) -> str | None:
+        """:func:`~drkit.repository.tree.owner_fragment` of an owner, with the names of
+        *uid* and *gid* (cached: one lookup per file)."""
+        try:
+            return self._owners[uid, gid]
+        except KeyError:
+            found = self._owners[uid, gid] = self.fragment_of(uid, gid, self.user(uid), self.group(gid))
+            return found
 
     def fragment_of(self, uid: int, gid: int, user: str, group: str) -> str | None:
         key = (uid, gid, user, group)
@@ -444,7 +442,7 @@ class SnapshotWriter:
         stored *line*, if *line* is byte for byte what this file's entry would be
         written as (:func:`~drkit.repository.tree.file_line_frame`: the same stat data,
         owner and path) and every chunk is in the repository; else None."""
-        owner = self._names.owner(st.st_uid, st.st_gid)[0]
+        owner = self._names.owner(st.st_uid, st.st_gid)
         if owner is None:
             return None
         ids = stored_chunk_ids(line, path, st.st_mode & 0o7777, owner, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns,
