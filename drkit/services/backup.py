@@ -413,13 +413,13 @@ class SnapshotWriter:
             dev=st.st_dev if kind == FILE else 0,
         )
 
-    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
+    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int] | None:
         """See :meth:`BackupContext.add_unchanged`: each file recorded as its parent's
         stored line (no parsing, no encoding, no :class:`Entry`), as :meth:`add_file`
         records an unchanged file."""
         cursor = self._cursor()
         if cursor.done:
-            return 0, 0
+            return None
         unchanged_ids, record_line = self._unchanged_ids, self._record_line
         count = size = 0
         for _real, path, st in itertools.islice(files, start, None):

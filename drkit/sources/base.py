@@ -67,13 +67,15 @@ class BackupContext(Protocol):
         process), so the caller must not compare the file with the entry right away."""
         ...
 
-    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
+    def add_unchanged(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int] | None:
         """Record ``files[start:]`` -- (real path, logical path, ``lstat``) of regular
         files, in walk order -- for as long as each is unchanged since the parent
         snapshot, as :meth:`add_file` would record it, and stop at the first that is
         not (it is not recorded: add it with :meth:`add_file`). Returns (files
-        recorded, their total size): (0, 0) when there is no parent. Reads no file and
-        never raises for one."""
+        recorded, their total size), or None (nothing recorded) when no file of this
+        run can be found unchanged any more: there is no parent, or the walk is past
+        the end of its tree (no need to ask again). Reads no file and never raises for
+        one."""
         ...
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:

@@ -273,6 +273,9 @@ class TreeWalker:
     prefetched: StatPrefetch | None = None
     """Directory listings read ahead (used where the real path matches, else read here)."""
     counts: dict[str, int] = field(default_factory=lambda: {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0})
+    _unchanged_over: bool = field(default=False, init=False, repr=False)
+    """Set once :meth:`BackupContext.add_unchanged` said no file can be found unchanged any
+    more (a first backup: at once), so that it is not asked again."""
 
     def walk(self, real: str, logical: str, st: os.stat_result) -> None:
         self._walk(real, logical, st, st.st_dev)
@@ -301,11 +304,15 @@ class TreeWalker:
         one; a file that cannot be read is warned about and skipped. Progress names the
         last file of each stretch of unchanged ones, and each file read."""
         ctx, counts, after_file = self.ctx, self.counts, self.after_file
-        add_unchanged = ctx.add_unchanged if after_file is None else None  # after_file needs each Entry
+        add_unchanged = ctx.add_unchanged if after_file is None and not self._unchanged_over else None  # (after_file needs each Entry)
         at, end = 0, len(run)
         while at < end:
             if add_unchanged is not None:
-                done, size = add_unchanged(run, at)
+                found = add_unchanged(run, at)
+                if found is None:
+                    self._unchanged_over, add_unchanged = True, None
+                    continue
+                done, size = found
                 if done:
                     at += done
                     ctx.progress(run[at - 1][0])

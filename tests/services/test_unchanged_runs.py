@@ -112,9 +112,9 @@ def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, 
     calls: list[int] = []
     real = SnapshotWriter.add_unchanged
 
-    def counted(self: SnapshotWriter, files: list, start: int = 0) -> tuple[int, int]:
+    def counted(self: SnapshotWriter, files: list, start: int = 0) -> tuple[int, int] | None:
         done = real(self, files, start)
-        calls.append(done[0])
+        calls.append(-1 if done is None else done[0])
         return done
 
     shown: list[str] = []
@@ -128,7 +128,7 @@ def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, 
     # changed: f010, f030's mode, f039's mtime; new: f020b, f025.dir, inside (f030, f039 and
     # inside are not included by the patterns)
     assert (by_runs["files_changed"], by_runs["files_new"], by_runs["errors"]) == ((3, 3, 1) if not include else (1, 2, 1))
-    assert sum(calls) == by_runs["files_unmodified"] > 100  # every unchanged file went in a run ...
+    assert sum(calls) == by_runs["files_unmodified"] > 100 and -1 not in calls  # every unchanged file went in a run ...
     assert max(calls) > 10  # ... many at a time
     # progress names a file of each stretch of unchanged files, and each file read
     assert {f"d{d}" for d in range(6)} <= {Path(text).parent.name for text in shown_by_runs}
@@ -139,3 +139,20 @@ def test_runs_of_unchanged_files_record_what_one_by_one_records(tmp_path: Path, 
     assert not any(b"skip.tmp" in line for line in lines)
     assert any(b"/f030.txt" in line for line in lines) == (not include)
     assert any(b"/d1/f010.txt" in line for line in lines) and not any(b"/d2/f020.txt" in line for line in lines)
+
+
+def test_a_first_backup_asks_for_unchanged_files_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a parent, add_unchanged says at once that nothing can be unchanged, and the
+    walk does not ask again for each of its files."""
+    data = tmp_path / "data"
+    _tree(data)
+    answers: list[object] = []
+    real = SnapshotWriter.add_unchanged
+
+    def counted(self: SnapshotWriter, files: list, start: int = 0) -> tuple[int, int] | None:
+        answers.append(real(self, files, start))
+        return answers[-1]  # type: ignore[return-value]
+
+    monkeypatch.setattr(SnapshotWriter, "add_unchanged", counted)
+    stats = _backup(tmp_path / "repo", data)
+    assert answers == [None] and stats["files_new"] == 6 * 41 and stats["files_unmodified"] == 0  # (skip.tmp excluded)
