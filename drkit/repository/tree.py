@@ -157,6 +157,14 @@ def owner_fragment(uid: int, gid: int, user: str, group: str) -> str | None:
             + (f',"user":"{user}"' if user else "") + (f',"group":"{group}"' if group else ""))
 
 
+_FULL_HEAD = b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d'
+_FULL_TAIL = b',"inode":%d,"ctime_ns":%d,"dev":%d}'
+"""What :meth:`Entry.to_json` writes before and after the chunk list of a regular file
+whose fields are all set (path, mode, owner fragment, mtime_ns, size; inode, ctime_ns,
+dev): the usual file line, written and compared in one format each side."""
+_ONE_CHUNK_HEAD, _ONE_CHUNK_TAIL = _FULL_HEAD + b',"chunks":["', b'"]' + _FULL_TAIL
+
+
 def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, inode: int, ctime_ns: int,
                     dev: int, kind: str = FILE) -> tuple[bytes, bytes] | None:
     """What :meth:`Entry.to_json` writes for a regular file (or an entry of type *kind*
@@ -167,8 +175,8 @@ def file_line_frame(path: str, mode: int, owner: str, mtime_ns: int, size: int, 
     if not _plain(path):
         return None
     if mtime_ns and size and inode and ctime_ns and dev and kind == FILE:  # every field written (one format)
-        return (b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d' % (path.encode(), mode, owner.encode(), mtime_ns, size),
-                b',"inode":%d,"ctime_ns":%d,"dev":%d}' % (inode, ctime_ns, dev))
+        return (_FULL_HEAD % (path.encode(), mode, owner.encode(), mtime_ns, size),
+                _FULL_TAIL % (inode, ctime_ns, dev))
     head = (f'{{"path":"{path}","type":"{kind}","mode":{mode}{owner}' + (f',"mtime_ns":{mtime_ns}' if mtime_ns else "")
             + (f',"size":{size}' if size else ""))
     tail = ((f',"inode":{inode}' if inode else "") + (f',"ctime_ns":{ctime_ns}' if ctime_ns else "")
@@ -199,10 +207,9 @@ def stored_chunk_ids(line: bytes, path: str, mode: int, owner: str, mtime_ns: in
     for a regular file with these fields and some chunk list. The usual line (every
     field set, one chunk) is checked with one comparison on each side of its chunk id."""
     if mtime_ns and size and inode and ctime_ns and dev and _plain(path):
-        head = b'{"path":"%b","type":"file","mode":%d%b,"mtime_ns":%d,"size":%d,"chunks":["' % (
-            path.encode(), mode, owner.encode(), mtime_ns, size)
+        head = _ONE_CHUNK_HEAD % (path.encode(), mode, owner.encode(), mtime_ns, size)
         if line.startswith(head):
-            tail = b'"],"inode":%d,"ctime_ns":%d,"dev":%d}' % (inode, ctime_ns, dev)
+            tail = _ONE_CHUNK_TAIL % (inode, ctime_ns, dev)
             start = len(head)
             if len(line) == start + 64 + len(tail) and line.endswith(tail):
                 return [line[start : start + 64]]
