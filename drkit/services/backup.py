@@ -427,9 +427,9 @@ class SnapshotWriter:
             # unchanged entry, comparing it whole also compares its path.
             line = cursor.following_line() if count else None
             if line is None or unchanged_ids(path, st, line) is None:
-                line = cursor.find_line(path)
-                if line is None or unchanged_ids(path, st, line) is None:
-                    break
+                tried, line = line, cursor.find_line(path)
+                if line is None or line is tried or unchanged_ids(path, st, line) is None:
+                    break  # (the line just compared is this file's: it changed)
             record_line(line + b"\n")
             count += 1
             size += st.st_size
