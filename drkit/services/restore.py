@@ -825,7 +825,6 @@ class _WindowWriter:
         self.finished_no = window.no
         self.tree.start_sync()  # write back what is finished while the rest is restored
 
-
     def _report(self, path: str, refused: bool, why: str) -> None:
         """Count and report a file that was not restored: refused (by a rule), or failed."""
         if refused:
