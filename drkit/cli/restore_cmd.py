@@ -72,7 +72,11 @@ def restore_cmd(
     empty. Nothing is written outside DIR, whatever the snapshot says (paths that
     would escape, or lead through a symlink, are refused: exit 9). Owners and
     set-uid/set-gid/sticky bits are restored only when run as root, as tar does.
-    Ctrl-C stops within a second, leaving only complete files. The index comes
+    Ctrl-C stops within a second, leaving only complete files. A restore into a
+    new or empty DIR writes into a hidden DIR/.drkit-tmp-...-partial directory and
+    moves the tree into place when done (or, stopped early, its complete files);
+    one that was killed leaves that directory, and the next restore into DIR
+    removes it. The index comes
     from this machine's index cache when a backup or restore left one (only the
     index files stored since are read: none are downloaded again); --no-cache
     reads every index file.

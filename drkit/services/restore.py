@@ -21,6 +21,13 @@ the file is reported, and the restore fails. Ctrl-C (or SIGTERM) stops it within
 second: queued work is dropped, temporaries are removed, and only complete files
 remain under real names.
 
+A restore into a new or empty target is staged: it writes into a hidden directory
+inside the target, where a small file goes straight to its real name (no temporary,
+no rename: a sixth of a restore of many small files), and moves the tree into place
+at the end, or when it stops early once what may be incomplete is removed (see
+:meth:`~drkit.services.restorefs.TargetTree.staged`). Either way the target ends with
+complete files only, as an unstaged restore leaves it.
+
 Safety rules (see :mod:`drkit.services.restorefs`, which enforces them): nothing a
 snapshot says makes the restore write outside its target; every directory is reached
 through directory fds without following links; a non-empty target is refused unless
@@ -44,7 +51,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
-from drkit.errors import IntegrityError, Refused, RestoreTargetError, UsageError
+from drkit.errors import DrkitError, IntegrityError, Refused, RestoreTargetError, UsageError
 from drkit.gctune import fewer_collections
 from drkit.progress import ProgressSink
 from drkit.repository import layout
@@ -54,7 +61,15 @@ from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, line_paths, tree_chunks
 from drkit.services.packranges import BlobUse, read_ranges, split_ranges
-from drkit.services.restorefs import NAME_MAX, TMP_PREFIX, Parts, TargetTree, split_path
+from drkit.services.restorefs import (
+    NAME_MAX,
+    TMP_PREFIX,
+    Parts,
+    TargetTree,
+    is_staging_name,
+    remove_stale_stagings,
+    split_path,
+)
 from drkit.services.restoreprocs import FileWorkers, TaskOutcome, worker_count
 from drkit.sources.base import RestoreResult
 
@@ -314,15 +329,32 @@ class SnapshotReader:
 
     # -- files-style restore ---------------------------------------------------
 
-    def check_target(self, target: Path) -> None:
-        """Refuse a non-empty target unless force (raises Refused)."""
+    def check_target(self, target: Path) -> bool:
+        """Refuse a non-empty target unless force (raises Refused); True when the target
+        is new or empty (staging directories a killed restore left do not count; see
+        :func:`~drkit.services.restorefs.remove_stale_stagings`)."""
         if target.exists() and not target.is_dir():
             raise Refused(f"target {target} exists and is not a directory")
-        if target.is_dir() and any(target.iterdir()) and not self.force:
-            raise Refused(
-                f"target {target} is not empty",
-                hint="restore into an empty directory, or pass --force to overwrite files in it",
-            )
+        if not target.is_dir():
+            return True
+        if any(not (is_staging_name(p.name) and p.is_dir() and not p.is_symlink()) for p in target.iterdir()):
+            if not self.force:
+                raise Refused(
+                    f"target {target} is not empty",
+                    hint="restore into an empty directory, or pass --force to overwrite files in it",
+                )
+            return False
+        return True
+
+    def _open_target(self, target: Path, fresh: bool) -> TargetTree:
+        """The tree to restore into *target* (created if missing): staged when *fresh*
+        (see :meth:`~drkit.services.restorefs.TargetTree.staged`), after removing the
+        staging directories a killed restore left there. Raises Refused while another
+        restore writes into it."""
+        target.mkdir(parents=True, exist_ok=True)
+        for name in remove_stale_stagings(target):
+            self.say(f"removed {target / name}: what a restore that was killed had written so far")
+        return TargetTree.staged(target) if fresh else TargetTree(target)
 
     def write_entries(self, target: Path, *, include: list[str] | None = None,
                       entries: Iterable[Entry] | None = None) -> RestoreResult:
@@ -353,7 +385,7 @@ class SnapshotReader:
     def _write_entries(self, target: Path, *, include: list[str] | None,
                        entries: Iterable[Entry] | None) -> RestoreResult:
         patterns = self.include if include is None else include
-        self.check_target(target)
+        fresh = self.check_target(target)
         if entries is not None and not isinstance(entries, (list, tuple)):
             entries = list(entries)  # a caller's selection: read twice
         selection = entries
@@ -385,8 +417,7 @@ class SnapshotReader:
             if ordered and previous is not None and not parts > previous:
                 ordered = False
             previous = parts
-        target.mkdir(parents=True, exist_ok=True)
-        tree = TargetTree(target)
+        tree = self._open_target(target, fresh)
         processes = worker_count(count, self.env) if self._processes is None else self._processes
         procs = None
         try:
@@ -400,35 +431,38 @@ class SnapshotReader:
                                limits=(self.window_files, self.window_chunks, self.window_bytes), procs=procs)
         dirs = _DirFixups(tree, writer, streamed=ordered)
         try:
-            made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
-            parent: Parts | None = None
-            for e, parts in selected():
-                dirs.reach(parts)
-                if e.type == DIR:
-                    tree.make_dir(parts, replace=self.force)
-                    dirs.enter(parts, e)
-                    if not ordered:
-                        made.add(parts)
-                    result.dirs += 1
-                elif not parts:
-                    raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
-                elif parts in made:
-                    raise Refused(f"refusing to replace directory {'/'.join(parts)} by a {e.type}")
-                elif e.type == SYMLINK:
-                    tree.symlink(parts, e)
-                    result.symlinks += 1
-                elif e.type == FILE:
-                    if parts[:-1] != parent:  # create the parents now, in entry order
-                        parent = parts[:-1]
-                        tree.pin(parent)
-                        tree.unpin(parent)
-                    writer.add_file(e, parent, parts[-1])
-            writer.drain()
-            dirs.finish()
+            try:
+                made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
+                parent: Parts | None = None
+                for e, parts in selected():
+                    dirs.reach(parts)
+                    if e.type == DIR:
+                        tree.make_dir(parts, replace=self.force)
+                        dirs.enter(parts, e)
+                        if not ordered:
+                            made.add(parts)
+                        result.dirs += 1
+                    elif not parts:
+                        raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
+                    elif parts in made:
+                        raise Refused(f"refusing to replace directory {'/'.join(parts)} by a {e.type}")
+                    elif e.type == SYMLINK:
+                        tree.symlink(parts, e)
+                        result.symlinks += 1
+                    elif e.type == FILE:
+                        if parts[:-1] != parent:  # create the parents now, in entry order
+                            parent = parts[:-1]
+                            tree.pin(parent)
+                            tree.unpin(parent)
+                        writer.add_file(e, parent, parts[-1])
+                writer.drain()
+                dirs.finish()
+            except BaseException:
+                writer.abort()
+                _publish_what_is_complete(tree)
+                raise  # tree.close() (below) removes the temporaries
+            tree.publish()
             tree.sync()
-        except BaseException:
-            writer.abort()
-            raise  # tree.close() (below) removes the temporaries
         finally:
             try:
                 if procs is not None:
@@ -445,6 +479,20 @@ class SnapshotReader:
             err.outcome = result  # what was restored, and why the rest failed
             raise err
         return result
+
+
+def _publish_what_is_complete(tree: TargetTree) -> None:
+    """After a restore stopped early (everything that may be incomplete was removed by
+    then): put what a staged restore wrote in place, as an unstaged one leaves it. When
+    even that fails, the staging directory stays, and a warning says where."""
+    staging = tree.staging
+    if staging is None:
+        return
+    try:
+        tree.publish()
+    except (OSError, DrkitError) as exc:
+        log.warning("what was restored before the restore stopped stays in %s (%s)", staging,
+                    exc.message if isinstance(exc, DrkitError) else exc.strerror or exc)
 
 
 class _DirFixups:

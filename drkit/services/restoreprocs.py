@@ -24,7 +24,9 @@ and is raised in the main process as the same error.
 
 A worker that dies (killed, out of memory) fails the restore with
 :class:`RestoreWorkerDied`; the temporaries it may have left (named with a prefix
-the main process chose for it) are removed from the directories of its task. A
+the main process chose for it) are removed from the directories of its task, and in a
+staged restore (where it writes straight to real names, see
+:meth:`~drkit.services.restorefs.TargetTree.staged`) every file of its task. A
 worker ignores Ctrl-C and SIGTERM: the main process decides. It kills the workers at
 once (each task that waited for one removes what it may have left, as above) and
 stops as it does with threads.
@@ -38,7 +40,7 @@ import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, cast
 
 from drkit.errors import EXIT_PARTIAL, DrkitError, Refused
 from drkit.repository.crypto import Cipher, RecipientCipher
@@ -110,7 +112,7 @@ class FileWorkers:
         """The storage :meth:`run` reads pack ranges from for the workers (None: a local
         repository, which they read themselves)."""
         setup = (None if root is None else os.path.abspath(root), repo.master.data_key, repo.master.id_key,
-                 *_cipher_setup(repo.codec.cipher), repo.codec.level, repo.codec.max_size, tree.as_root)
+                 *_cipher_setup(repo.codec.cipher), repo.codec.level, repo.codec.max_size, tree.as_root, tree.fresh)
 
         def one() -> tuple[tuple[Any, ...], str]:
             prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"  # its temporaries' names
@@ -143,8 +145,7 @@ class FileWorkers:
             try:
                 problems, written, warnings, error = self.pool.ask(worker, (pack_id, task, fetched))
             except WorkerGone as gone:
-                for parent in {file[0] for u in ordered for file in u.targets}:
-                    self._tree.remove_temporaries(parent, worker.tag)  # what it may have left
+                self._clean_after(worker.tag, ordered)
                 raise RestoreWorkerDied(how=str(gone)) from None
         finally:
             self.pool.give(worker)
@@ -157,6 +158,20 @@ class FileWorkers:
             return count, int(written), []
         files = [file for u in ordered for file in u.targets]
         return count - len(problems), int(written), [(files[i], code == _REFUSED, why) for i, code, why in problems]
+
+    def _clean_after(self, tag: str, ordered: list[BlobUse]) -> None:
+        """Remove what a worker that died in a task may have left in the directories of
+        the task: its temporaries (named with *tag*) and, in a fresh tree (where it
+        writes straight to real names), every file of the task, since any may be
+        half-written."""
+        names: dict[tuple[str, ...], list[str]] = {}
+        for u in ordered:
+            for file in u.targets:  # (file tuples: see run)
+                names.setdefault(file[0], []).append(cast(str, file[1]))
+        for parent, in_parent in names.items():
+            self._tree.remove_temporaries(parent, tag)
+            if self._tree.fresh:
+                self._tree.remove_new_files(parent, in_parent)
 
     def kill(self) -> None:
         """Stop every worker at once (Ctrl-C, an error elsewhere): a :meth:`run` waiting
@@ -188,7 +203,7 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
     from drkit.repository.crypto import ChunkHasher
     from drkit.storage.local import LocalStorage
 
-    storage_root, data_key, id_key, recipient, identity, level, max_size, as_root, prefix = setup
+    storage_root, data_key, id_key, recipient, identity, level, max_size, as_root, fresh, prefix = setup
     storage = None if storage_root is None else LocalStorage(storage_root)
     cipher: Cipher | RecipientCipher = Cipher(data_key)
     if recipient:
@@ -196,7 +211,7 @@ def _start(setup: Any, fds: list[int]) -> Callable[[Any], Any]:
 
         cipher = RecipientCipher(recipient, None if identity is None else X25519PrivateKey.from_private_bytes(identity))
     codec = BlobCodec(cipher, ChunkHasher(id_key), level, max_size=max_size)
-    tree = TargetTree(Path(f"/proc/self/fd/{fds[0]}"), as_root=as_root, root_fd=fds[0], prefix=prefix)
+    tree = TargetTree(Path(f"/proc/self/fd/{fds[0]}"), as_root=as_root, root_fd=fds[0], prefix=prefix, fresh=fresh)
     warnings = _Warnings()
     logging.getLogger("drkit").addHandler(warnings)
     logging.getLogger("drkit").propagate = False

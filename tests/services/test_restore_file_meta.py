@@ -134,7 +134,8 @@ def test_owned_files_as_root_take_no_chown_or_chmod_when_the_new_file_has_them(
     def spy(name: str) -> Any:
         def call(fd: int, *args: Any) -> Any:
             path = os.readlink(f"/proc/self/fd/{fd}")
-            if os.path.basename(path).startswith(TMP_PREFIX):
+            # a file not in place yet (a temporary, or in a staging directory)
+            if stat.S_ISREG(os.fstat(fd).st_mode) and any(part.startswith(TMP_PREFIX) for part in Path(path).parts):
                 calls[name].append(path)
             return real[name](fd, *args)
         return call

@@ -26,7 +26,7 @@ from drkit.repository.tree import FILE
 from drkit import workerprocs
 from drkit.services import restoreprocs
 from drkit.services.restore import RestoreOptions, SnapshotReader
-from drkit.services.restorefs import TMP_PREFIX
+from drkit.services.restorefs import TMP_PREFIX, is_staging_name
 from drkit.services.restoreprocs import FileWorkers, RestoreWorkerDied, worker_count
 from drkit.storage import LocalStorage
 from tests.cli import invoke
@@ -63,6 +63,14 @@ def _assert_all_exited(seen: list[FileWorkers]) -> None:
 
 def _no_temporaries(target: Path) -> list[str]:
     return [str(p) for p in target.rglob(f"{TMP_PREFIX}*")]
+
+
+def _being_written(target: Path) -> Path:
+    """Where a restore into *target* writes now: its staging directory when it has one
+    (a restore into a new or empty target), else the target."""
+    staging = [p for p in target.iterdir() if is_staging_name(p.name)]
+    assert len(staging) <= 1, staging
+    return staging[0] if staging else target
 
 
 def _assert_stopped_cleanly(target: Path, contents: dict[str, bytes], seen: list[FileWorkers]) -> list[Path]:
@@ -149,16 +157,20 @@ def test_a_target_a_worker_cannot_write_is_one_clear_error(repo: Repository, tmp
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             workers_seen: list[FileWorkers]) -> None:
     """A directory made immutable under the restore: creating files in it fails even
-    for root (EPERM), inside the worker; the main process raises it as the target's error."""
+    for root (EPERM), inside the worker; the main process raises it as the target's error.
+    (Into a target that is not empty: a staged restore could not move the immutable
+    directory into place either, see test_restore_staging.py.)"""
     entries, contents = _tree(1000)
     snap = write_snapshot(repo, entries, contents)
     target = tmp_path / "t"
+    target.mkdir()
+    (target / "kept").write_bytes(b"there before")
     locked: list[Path] = []
     real_run = FileWorkers.run
 
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
         if not locked:
-            d = target / ordered[0].targets[0][0][0]
+            d = _being_written(target) / ordered[0].targets[0][0][0]
             try:
                 _set_immutable(d, True)
             except OSError as exc:
@@ -169,7 +181,7 @@ def test_a_target_a_worker_cannot_write_is_one_clear_error(repo: Repository, tmp
     monkeypatch.setattr(FileWorkers, "run", run)
     try:
         with pytest.raises(RestoreTargetError) as info:
-            SnapshotReader(repo, snap, target=target, processes=2).write_entries(target)
+            SnapshotReader(repo, snap, options=RestoreOptions(target=target, force=True), processes=2).write_entries(target)
     finally:
         for d in locked:
             _set_immutable(d, False)
@@ -201,29 +213,47 @@ def test_ctrl_c_stops_a_restore_with_workers_promptly_leaving_only_complete_file
     assert 0 < len(files) < len(contents) - len(contents) // 4, "the restore ran to the end"
 
 
-def test_a_worker_that_dies_fails_the_restore_and_leaves_no_temporary(
-        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_seen: list[FileWorkers]) -> None:
+@pytest.mark.parametrize("staged", [True, False], ids=["new-target", "forced-into-a-full-one"])
+def test_a_worker_that_dies_fails_the_restore_and_leaves_nothing_half_written(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_seen: list[FileWorkers],
+        staged: bool) -> None:
+    """The worker of the first task dies having left a temporary, and (in a staged
+    restore, where it writes straight to real names) a half-written file under the
+    real name of a file of its task: neither is left in the target."""
     entries, contents = _tree(3000)
     snap = write_snapshot(repo, entries, contents)
     target = tmp_path / "t"
+    if not staged:
+        target.mkdir()
+        (target / "kept").write_bytes(b"there before")
     left: list[Path] = []
     real_run = FileWorkers.run
 
     def run(self: FileWorkers, pack_name: str, ordered: list[Any], stop: Any) -> int:
-        if not left:  # the first task: its worker dies, having left a temporary
+        if not left:  # the first task: its worker dies, having left what it was writing
             worker = self.pool._idle.queue[0]
-            d = target.joinpath(*ordered[0].targets[0][0])
+            parent, name = ordered[0].targets[0][:2]
+            d = _being_written(target).joinpath(*parent)
             left.append(d / f"{worker.tag}1")
             left[0].write_bytes(b"half")
+            if staged:
+                left.append(d / name)
+                left[1].write_bytes(b"half")
             os.kill(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait()
         return real_run(self, pack_name, ordered, stop)
 
     monkeypatch.setattr(FileWorkers, "run", run)
+    options = RestoreOptions(target=target, force=not staged)
     with pytest.raises(RestoreWorkerDied, match="killed by signal 9"):  # (one thread, one worker: in order)
-        SnapshotReader(repo, snap, target=target, processes=1, workers=1).write_entries(target)
-    assert not left[0].exists()
+        SnapshotReader(repo, snap, options=options, processes=1, workers=1).write_entries(target)
+    assert len(left) == (2 if staged else 1)
+    for path in left:
+        assert not target.joinpath(path.relative_to(_being_written(target))).exists(), path
+    assert [p.name for p in target.iterdir() if p.name.startswith(TMP_PREFIX)] == []
     _assert_stopped_cleanly(target, contents, workers_seen)
+    if not staged:
+        assert (target / "kept").read_bytes() == b"there before"
 
 
 def test_workers_for_large_restores_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,7 +42,8 @@ def _fail_writes_to_temporaries(monkeypatch: pytest.MonkeyPatch, code: int, *, a
 
     def to_temporary(fd: int) -> bool:
         try:
-            return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(TMP_PREFIX)
+            # (not yet under its real path: a temporary, or a file in a staging directory)
+            return any(part.startswith(TMP_PREFIX) for part in Path(os.readlink(f"/proc/self/fd/{fd}")).parts)
         except OSError:
             return False
 
