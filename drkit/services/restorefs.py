@@ -423,6 +423,7 @@ class TargetTree:
         (see :meth:`staged`) a new name is written directly, and removed on any error.
         Raises Refused over a directory, OSError when the target cannot be written."""
         mode = e.mode & (0o7777 if self.as_root else 0o777)
+        fresh = self.fresh  # (a fresh tree: nobody else sees it, every name in it is ours: no temporary)
         with self._lock:
             pfd = self._open_locked(parent, True)
             info = self._new_files.get(parent)
@@ -430,34 +431,46 @@ class TargetTree:
                 info = self._new_files[parent] = self._new_file_info(pfd)
             if parent:
                 self._pins[parent] = self._pins.get(parent, 0) + 1
-            self._counter += 1
-            tmp = f"{self._prefix}{self._counter}"
+            if not fresh:
+                self._counter += 1
+                tmp = f"{self._prefix}{self._counter}"
         group, exact = info
         preset = exact and mode & 0o200 and not mode & (0o7000 | self._umask)
+        created = ""
         try:
             fd = -1
-            if self.fresh:  # nobody else sees this tree, every name in it is ours: no temporary
+            if fresh:
                 try:
                     fd = os.open(name, _TMP_FLAGS, mode if preset else 0o600, dir_fd=pfd)
-                    tmp = name
+                    created = tmp = name
                 except FileExistsError:
-                    pass  # (written before: replaced through a temporary, as in any tree)
+                    tmp = self._temp_name()  # (written before: replaced through a temporary, as in any tree)
             if fd < 0:
                 fd = os.open(tmp, _TMP_FLAGS, mode if preset else 0o600, dir_fd=pfd)
+                created = tmp
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                self.apply_meta_fd(fd, e, parent + (name,), owner=(self._euid, group), mode_set=bool(preset))
+                written = os.write(fd, data)
+                if written < len(data):  # (a short write: rare, but allowed)
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view):]
+                if preset and (not self.as_root or (e.uid, e.gid) == (self._euid, group)):
+                    try:  # (what apply_meta_fd would do: owner and mode are right already)
+                        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                    except OSError as exc:
+                        log.warning("cannot set mtime of %s: %s", _shown(parent + (name,)), exc.strerror)
+                else:
+                    self.apply_meta_fd(fd, e, parent + (name,), owner=(self._euid, group), mode_set=bool(preset))
             finally:
                 os.close(fd)
             if tmp != name:
                 self._rename(pfd, parent, tmp, name)
         except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=pfd)
-            except FileNotFoundError:
-                pass
+            if created:
+                try:
+                    os.unlink(created, dir_fd=pfd)
+                except FileNotFoundError:
+                    pass
             raise
         finally:
             self.unpin(parent)
