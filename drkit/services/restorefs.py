@@ -261,12 +261,13 @@ class TargetTree:
         locked = is_dir and not os.access(name, os.W_OK, dir_fd=staging, effective_ids=True, follow_symlinks=False)
         if locked:  # (a directory in the staging directory, which only this restore writes)
             os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IWUSR, dir_fd=staging)
+        moved = False
         try:
             _rename_noreplace(staging, name, home)
+            moved = True
         finally:
-            if locked:
-                at = home if _exists(name, home) else staging
-                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=at)
+            if locked:  # (not moved: the name in the target is someone else's, left alone)
+                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=home if moved else staging)
         if is_dir and os.stat(name, dir_fd=home, follow_symlinks=False).st_mtime_ns != st.st_mtime_ns:
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=home, follow_symlinks=False)
 

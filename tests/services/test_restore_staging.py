@@ -342,3 +342,31 @@ def test_a_restore_killed_outright_shows_nothing_and_the_next_one_finishes_exact
     assert f"removed {target / staging[0]}" in r.stdout + r.stderr
     _assert_exact(target, entries, contents)
     assert sorted(os.listdir(target)) == sorted(e.path for e in entries if "/" not in e.path)
+
+
+def test_a_read_only_directory_that_cannot_be_moved_keeps_its_mode_and_the_name_there_is_left_alone(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [Entry("ro", DIR, mode=0o555, mtime_ns=1_600_000_000_000_000_001),
+               Entry("ro/f", FILE, mode=0o444, mtime_ns=1_600_000_000_000_000_002)]
+    snap = write_snapshot(repo, entries, {"ro/f": b"read only\n"})
+    target = tmp_path / "t"
+    real_access, real_publish = os.access, TargetTree.publish
+
+    def access(path: Any, mode: int, **kw: Any) -> bool:
+        if mode == os.W_OK and kw.get("dir_fd") is not None:
+            return bool(os.stat(path, dir_fd=kw["dir_fd"], follow_symlinks=False).st_mode & stat.S_IWUSR)
+        return real_access(path, mode, **kw)
+
+    def publish(self: TargetTree) -> None:
+        if self.staging is not None:
+            (target / "ro").mkdir(mode=0o751)  # (someone else's, meanwhile)
+            (target / "ro").chmod(0o751)
+        real_publish(self)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(TargetTree, "publish", publish)
+    with pytest.raises(Refused, match="appeared in the target"):
+        SnapshotReader(repo, snap, target=target, processes=0).write_entries(target)
+    assert stat.S_IMODE(os.stat(target / "ro").st_mode) == 0o751 and os.listdir(target / "ro") == []
+    kept = target / _staging_of(target)[0] / "ro"
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o555 and (kept / "f").read_bytes() == b"read only\n"
