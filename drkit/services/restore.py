@@ -23,10 +23,10 @@ remain under real names.
 
 A restore into a new or empty target is staged: it writes into a hidden directory
 inside the target, where a small file goes straight to its real name (no temporary,
-no rename: a sixth of a restore of many small files), and moves the tree into place
-at the end, or when it stops early once what may be incomplete is removed (see
-:meth:`~drkit.services.restorefs.TargetTree.staged`). Either way the target ends with
-complete files only, as an unstaged restore leaves it.
+no rename: a quarter of the system time of a restore of many small files), and moves
+the tree into place at the end, or when it stops early once what may be incomplete is
+removed (see :meth:`~drkit.services.restorefs.TargetTree.staged`). Either way the
+target ends with complete files only, as an unstaged restore leaves it.
 
 Safety rules (see :mod:`drkit.services.restorefs`, which enforces them): nothing a
 snapshot says makes the restore write outside its target; every directory is reached
