@@ -52,6 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from drkit.errors import DrkitError, Refused, RestoreTargetError
 from drkit.repository.tree import Entry
@@ -543,22 +544,7 @@ class TargetTree:
         many. A directory that cannot be reached is left alone."""
         if not prefix.startswith(TMP_PREFIX):
             raise ValueError(f"not a temporaries' prefix: {prefix!r}")
-        try:
-            pfd = self.pin(parent)
-        except (OSError, Refused):
-            return 0
-        removed = 0
-        try:
-            for name in os.listdir(pfd):
-                if name.startswith(prefix):
-                    try:
-                        os.unlink(name, dir_fd=pfd)
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
-        finally:
-            self.unpin(parent)
-        return removed
+        return self._remove_in(parent, lambda pfd: [name for name in os.listdir(pfd) if name.startswith(prefix)])
 
     def remove_new_files(self, parent: Parts, names: list[str]) -> int:
         """In a fresh tree: remove files *names* of directory *parent* (what a worker
@@ -567,13 +553,19 @@ class TargetTree:
         be reached are left alone. Raises ValueError in a tree that is not fresh."""
         if not self.fresh:
             raise ValueError("files are removed by name only in a fresh tree")
+        return self._remove_in(parent, lambda pfd: names)
+
+    def _remove_in(self, parent: Parts, names_in: Callable[[int], list[str]]) -> int:
+        """Unlink the files that *names_in* (given the directory's fd) names in directory
+        *parent*; how many. Missing ones, directories, and a directory that cannot be
+        reached are left alone."""
         try:
             pfd = self.pin(parent)
         except (OSError, Refused):
             return 0
         removed = 0
         try:
-            for name in names:
+            for name in names_in(pfd):
                 try:
                     os.unlink(name, dir_fd=pfd)
                     removed += 1

@@ -46,6 +46,20 @@ def _assert_exact(target: Path, entries: list[Entry], contents: dict[str, bytes]
     assert [str(p) for p in target.rglob(f"{TMP_PREFIX}*")] == []
 
 
+def _fail_writes_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int) -> None:
+    """Every ``os.write`` after the first *count* fails with errno *code*."""
+    calls = {"n": 0}
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] > count:
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
 def _staging_of(target: Path) -> list[str]:
     return [n for n in os.listdir(target) if is_staging_name(n)]
 
@@ -148,16 +162,7 @@ def test_a_restore_that_fails_puts_its_complete_files_in_place(repo: Repository,
     entries, contents = small_file_tree(600)
     snap = write_snapshot(repo, entries, contents)
     target = tmp_path / "t"
-    calls = {"n": 0}
-    real_write = os.write
-
-    def write(fd: int, data: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] > 200:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    _fail_writes_after(monkeypatch, 200, errno.EIO)
     with pytest.raises(Exception, match="Input/output error"):
         SnapshotReader(repo, snap, target=target, processes=0, workers=1).write_entries(target)
     monkeypatch.undo()
@@ -290,15 +295,7 @@ def test_a_restore_stopped_early_whose_files_cannot_be_moved_says_where_they_are
     target = tmp_path / "t"
     monkeypatch.setattr(restorefs, "_rename_noreplace", lambda src, name, dst: (_ for _ in ()).throw(
         OSError(errno.EPERM, os.strerror(errno.EPERM), name)))
-    real_write, calls = os.write, {"n": 0}
-
-    def write(fd: int, data: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] > 100:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    _fail_writes_after(monkeypatch, 100, errno.ENOSPC)
     with pytest.raises(RestoreTargetError, match="No space left"):  # (the first error is the one reported)
         SnapshotReader(repo, snap, target=target, processes=0, workers=1).write_entries(target)
     monkeypatch.undo()
