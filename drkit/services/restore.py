@@ -64,6 +64,7 @@ from drkit.services.packranges import BlobUse, read_ranges, split_ranges
 from drkit.services.restorefs import (
     NAME_MAX,
     TMP_PREFIX,
+    UNLOCKABLE,
     Parts,
     TargetTree,
     is_staging_name,
@@ -354,7 +355,14 @@ class SnapshotReader:
         target.mkdir(parents=True, exist_ok=True)
         for name in remove_stale_stagings(target):
             self.say(f"removed {target / name}: what a restore that was killed had written so far")
-        return TargetTree.staged(target) if fresh else TargetTree(target)
+        if fresh:
+            try:
+                return TargetTree.staged(target)
+            except OSError as exc:
+                if exc.errno not in UNLOCKABLE:
+                    raise
+                log.info("%s cannot be locked (%s): restoring without a staging directory", target, exc.strerror)
+        return TargetTree(target)
 
     def write_entries(self, target: Path, *, include: list[str] | None = None,
                       entries: Iterable[Entry] | None = None) -> RestoreResult:

@@ -112,8 +112,14 @@ worker processes of a restore killed outright hold it until they notice, after t
 task they are writing (well under a second)."""
 
 
+UNLOCKABLE = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
+"""What ``flock`` fails with on a file system that does not lock (some FUSE and network
+file systems): a restore there is not staged (see :meth:`TargetTree.staged`)."""
+
+
 def _lock_within(fd: int, seconds: float) -> bool:
-    """Take an exclusive ``flock`` on *fd*, trying for up to *seconds*; whether taken."""
+    """Take an exclusive ``flock`` on *fd*, trying for up to *seconds*; whether taken.
+    Raises OSError (see :data:`UNLOCKABLE`) where the file system cannot lock."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -142,7 +148,13 @@ def remove_stale_stagings(target: Path) -> list[str]:
             except OSError:
                 continue  # not a directory (or gone): not a staging directory of ours
             try:
-                if not _lock_within(fd, STALE_WAIT):
+                try:
+                    locked = _lock_within(fd, STALE_WAIT)
+                except OSError as exc:
+                    if exc.errno not in UNLOCKABLE:
+                        raise
+                    continue  # (a file system without flock: whether it is in use cannot be told; left alone)
+                if not locked:
                     raise Refused(f"another restore is writing into this target (its staging directory {name} is "
                                   "in use)", hint="wait for it to finish, or restore into another --target")
                 shutil.rmtree(target / name)
@@ -192,7 +204,9 @@ class TargetTree:
     def staged(cls, target: Path, *, as_root: bool | None = None) -> "TargetTree":
         """A tree for a restore into *target* (an existing directory that holds nothing
         but stale staging directories, which the caller removed) that writes into a new
-        staging directory inside it, locked while in use, until :meth:`publish`."""
+        staging directory inside it, locked while in use, until :meth:`publish`. Raises
+        OSError: with an errno of :data:`UNLOCKABLE` where the file system cannot lock
+        the staging directory (which is removed again: restore unstaged there)."""
         home = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         name = f"{TMP_PREFIX}{secrets.token_hex(6)}{STAGING_SUFFIX}"
         try:

@@ -367,3 +367,29 @@ def test_a_read_only_directory_that_cannot_be_moved_keeps_its_mode_and_the_name_
     assert stat.S_IMODE(os.stat(target / "ro").st_mode) == 0o751 and os.listdir(target / "ro") == []
     kept = target / _staging_of(target)[0] / "ro"
     assert stat.S_IMODE(os.stat(kept).st_mode) == 0o555 and (kept / "f").read_bytes() == b"read only\n"
+
+
+def test_a_file_system_that_cannot_lock_is_restored_into_unstaged(repo: Repository, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some FUSE and network file systems have no ``flock``: there the restore writes
+    through temporaries as before (and leaves no empty staging directory behind)."""
+    entries, contents = small_file_tree(200)
+    snap = write_snapshot(repo, entries, contents)
+    target = tmp_path / "t"
+
+    def flock(fd: int, how: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    trees: list[bool] = []
+    real_init = TargetTree.__init__
+
+    def init(self: TargetTree, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        trees.append(self.fresh)
+
+    monkeypatch.setattr(TargetTree, "__init__", init)
+    SnapshotReader(repo, snap, target=target, processes=0).write_entries(target)
+    assert trees == [False]
+    _assert_exact(target, entries, contents)
+    assert sorted(os.listdir(target)) == sorted(e.path for e in entries if "/" not in e.path)
