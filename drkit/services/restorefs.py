@@ -166,6 +166,17 @@ def remove_stale_stagings(target: Path) -> list[str]:
     return removed
 
 
+def _set_mtime(fd: int, e: Entry, shown: str | Parts, name: str = "") -> None:
+    """Set *e*'s mtime on the open file *fd*; when it cannot be, warn naming the file:
+    *shown* (a path or its parts below the target), or file *name* in directory parts
+    *shown* (the name is joined only for the warning)."""
+    try:
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+    except OSError as exc:
+        where = _named(shown) if not name else _shown((*shown, name))
+        log.warning("cannot set mtime of %s: %s", where, exc.strerror)
+
+
 class TargetTree:
     """Directory fds under one target (a bounded cache), and the write primitives.
 
@@ -472,10 +483,7 @@ class TargetTree:
                     while view:
                         view = view[os.write(fd, view):]
                 if preset and (not self.as_root or (e.uid, e.gid) == (self._euid, group)):
-                    try:  # (what apply_meta_fd would do: owner and mode are right already)
-                        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-                    except OSError as exc:
-                        log.warning("cannot set mtime of %s: %s", _shown(parent + (name,)), exc.strerror)
+                    _set_mtime(fd, e, parent, name)  # (all apply_meta_fd would do: owner and mode are right)
                 else:
                     self.apply_meta_fd(fd, e, parent + (name,), owner=(self._euid, group), mode_set=bool(preset))
             finally:
@@ -512,10 +520,7 @@ class TargetTree:
                 log.warning("cannot set owner of %s: %s", _named(shown), exc.strerror)
         if not mode_set:
             os.fchmod(fd, e.mode & (0o7777 if self.as_root else 0o777))
-        try:
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-        except OSError as exc:
-            log.warning("cannot set mtime of %s: %s", _named(shown), exc.strerror)
+        _set_mtime(fd, e, shown)
 
     def commit(self, parent: Parts, tmp: str, name: str) -> None:
         """Rename temporary *tmp* over *name* in *parent* (atomic, never through a link).
