@@ -440,29 +440,7 @@ class SnapshotReader:
         dirs = _DirFixups(tree, writer, streamed=ordered)
         try:
             try:
-                made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
-                parent: Parts | None = None
-                for e, parts in selected():
-                    dirs.reach(parts)
-                    if e.type == DIR:
-                        tree.make_dir(parts, replace=self.force)
-                        dirs.enter(parts, e)
-                        if not ordered:
-                            made.add(parts)
-                        result.dirs += 1
-                    elif not parts:
-                        raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
-                    elif parts in made:
-                        raise Refused(f"refusing to replace directory {'/'.join(parts)} by a {e.type}")
-                    elif e.type == SYMLINK:
-                        tree.symlink(parts, e)
-                        result.symlinks += 1
-                    elif e.type == FILE:
-                        if parts[:-1] != parent:  # create the parents now, in entry order
-                            parent = parts[:-1]
-                            tree.pin(parent)
-                            tree.unpin(parent)
-                        writer.add_file(e, parent, parts[-1])
+                self._put_entries(selected(), tree, writer, dirs, result, ordered=ordered)
                 writer.drain()
                 dirs.finish()
             except BaseException:
@@ -487,6 +465,37 @@ class SnapshotReader:
             err.outcome = result  # what was restored, and why the rest failed
             raise err
         return result
+
+
+    def _put_entries(self, selected: Iterable[tuple[Entry, Parts]], tree: TargetTree, writer: "_WindowWriter",
+                     dirs: "_DirFixups", result: RestoreResult, *, ordered: bool) -> None:
+        """Make each directory, symlink and file of *selected* (entries with their
+        checked parts), in order: files through *writer* (queued, not yet written).
+        *ordered*: the entries are in walk order. Raises Refused for an entry that would
+        replace the target or a directory this restore made."""
+        made: set[Parts] = set()  # only out of walk order (in order, a path never repeats)
+        parent: Parts | None = None
+        for e, parts in selected:
+            dirs.reach(parts)
+            if e.type == DIR:
+                tree.make_dir(parts, replace=self.force)
+                dirs.enter(parts, e)
+                if not ordered:
+                    made.add(parts)
+                result.dirs += 1
+            elif not parts:
+                raise Refused(f"refusing to restore {e.path!r}: a {e.type} cannot replace the target directory")
+            elif parts in made:
+                raise Refused(f"refusing to replace directory {'/'.join(parts)} by a {e.type}")
+            elif e.type == SYMLINK:
+                tree.symlink(parts, e)
+                result.symlinks += 1
+            elif e.type == FILE:
+                if parts[:-1] != parent:  # create the parents now, in entry order
+                    parent = parts[:-1]
+                    tree.pin(parent)
+                    tree.unpin(parent)
+                writer.add_file(e, parent, parts[-1])
 
 
 def _publish_what_is_complete(tree: TargetTree) -> None:
