@@ -46,3 +46,44 @@ def test_a_head_digest_is_used_only_for_the_bytes_it_names() -> None:
     broken[20] ^= 1
     with pytest.raises(PackFormatError):
         read_trailer(bytes(broken), cipher)
+
+
+class _FlippingCipher(Cipher):
+    """A cipher whose trailer seals wrong (flips one plaintext bit first): authentic
+    bytes that open to something other than what was meant, as a broken cipher or
+    memory would give."""
+
+    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
+        flipped = bytearray(plaintext)
+        flipped[-1] ^= 1
+        return super().seal(bytes(flipped), associated)
+
+
+class _ForgetfulCipher(Cipher):
+    """A cipher whose sealed trailer does not open at all (its key changes after sealing)."""
+
+    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
+        sealed = super().seal(plaintext, associated)
+        self._aead = Cipher(os.urandom(32))._aead
+        return sealed
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("cipher_class", [_FlippingCipher, _ForgetfulCipher])
+def test_a_trailer_that_does_not_read_back_stops_the_pack(version: int, cipher_class: type[Cipher]) -> None:
+    b = PackBuilder(version)
+    b.add(0, hashlib.sha256(b"x").digest(), os.urandom(500), 600)
+    with pytest.raises(PackFormatError, match="does not read back"):
+        b.finish(cipher_class(os.urandom(32)))
+
+
+def test_a_trailer_whose_plaintext_is_cut_is_refused() -> None:
+    cipher = Cipher(os.urandom(32))
+    b = PackBuilder(2)
+    head = b._reserve(0)[: b.size]
+    from drkit.repository.crypto import KIND_TRAILER, aad
+
+    trailer = cipher.seal(b"\x01\x00", aad(KIND_TRAILER, hashlib.sha256(head).digest()))  # shorter than its count
+    data = head + trailer + len(trailer).to_bytes(4, "little")
+    with pytest.raises(PackFormatError, match="wrong size"):
+        read_trailer(data, cipher)
