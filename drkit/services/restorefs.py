@@ -131,6 +131,26 @@ def _lock_within(fd: int, seconds: float) -> bool:
             time.sleep(0.05)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove directory *path* and everything in it without following a link
+    (``shutil.rmtree`` works through fds on Linux and refuses a symlink at the top),
+    also where a restore made directories in it read-only: when a removal is not
+    allowed, every directory below *path* is made its owner's to list and write
+    (directories only, found with ``lstat``), and the removal tried again. Raises
+    OSError."""
+    try:
+        shutil.rmtree(path)
+        return
+    except PermissionError:
+        pass
+    for parent, names, _files in os.walk(path):  # (top-down: a directory is made readable before it is listed)
+        for name in names:
+            below = os.path.join(parent, name)
+            if stat.S_ISDIR(os.lstat(below).st_mode):
+                os.chmod(below, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
 def remove_stale_stagings(target: Path) -> list[str]:
     """Remove the staging directories in directory *target* that no restore holds
     (left by a restore killed outright); returns their names. Each is removed without
@@ -157,7 +177,7 @@ def remove_stale_stagings(target: Path) -> list[str]:
                 if not locked:
                     raise Refused(f"another restore is writing into this target (its staging directory {name} is "
                                   "in use)", hint="wait for it to finish, or restore into another --target")
-                shutil.rmtree(target / name)
+                remove_tree(target / name)
                 removed.append(name)
             finally:
                 os.close(fd)
@@ -647,6 +667,21 @@ class TargetTree:
         syncfs = getattr(_libc(), "syncfs", None)
         if syncfs is None or syncfs(self._root) != 0:
             os.sync()
+
+    def abandon(self) -> None:
+        """Remove the staging directory and everything in it, while this tree still
+        holds its lock, then close: the target is left as it was before the restore
+        (nothing may be writing meanwhile). Only :meth:`close` when not staged. Raises
+        OSError (the tree is closed either way)."""
+        staging = self.staging
+        try:
+            if staging is not None:
+                self._wait_for_syncer()
+                remove_tree(staging)
+                with self._lock:
+                    self._temps.clear()  # (gone with it)
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Remove temporaries still present and close every fd (after a background

@@ -35,8 +35,10 @@ def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, b
         piece = tree_piece or max(1, len(tree_bytes))
         tree = [saver.save(tree_bytes[at : at + piece], BLOB_TREE)[0].hex() for at in range(0, len(tree_bytes), piece)] or [
             saver.save(tree_bytes, BLOB_TREE)[0].hex()]
+    listed = len(entries) + len(raw_lines)  # (recorded as a backup records it: a restore plans with it)
     snap = Snapshot(id=secrets.token_hex(32), time=time or now_iso(), source=source, source_type=source_type,
-                    run=secrets.token_hex(16), host="attacker", tree=tree, meta=dict(meta or {}))
+                    run=secrets.token_hex(16), host="attacker", tree=tree, meta=dict(meta or {}),
+                    stats={"entries": listed} if listed else {})
     repo.save_snapshot(snap)
     repo.load_index()
     return snap
