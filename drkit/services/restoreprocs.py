@@ -58,6 +58,12 @@ MIN_FILES = 5000
 """Restores of fewer entries than this stay in one process (starting workers costs
 about a quarter of a second of CPU each)."""
 
+DEPTH = 2
+"""Tasks each worker is given at once: it starts on the next as soon as it has sent an
+answer, instead of waiting for a thread of the main process (which shares the
+interpreter lock with the planning of the next windows) to read that answer and send
+more (see :data:`~drkit.repository.sealprocs.DEPTH`)."""
+
 _FAILED, _REFUSED = 1, 2
 """Why a worker did not write a file."""
 _UNREAD = object()
@@ -118,7 +124,7 @@ class FileWorkers:
             prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"  # its temporaries' names
             return (*setup, prefix), prefix
 
-        self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,))
+        self.pool = WorkerPool(__name__, count, one, pass_fds=(tree.root_fd,), depth=DEPTH)
 
     def run(self, pack_id: str, ordered: list[BlobUse], stop: threading.Event) -> TaskOutcome:
         """Have a worker restore the files of *ordered* (blobs of pack *pack_id*, sorted
