@@ -225,15 +225,18 @@ class BlobTicket:
         """Set while the ticket waits in a batch not yet handed to a worker: sends it."""
 
     def done(self) -> bool:
-        """True once the worker has finished with this blob (id() will not wait)."""
-        return self.future is None or self.future.done()
+        """True once the worker has finished with this blob (id() will not wait). A
+        ticket of a batch that completed has no future any more."""
+        future = self.future  # (read once: a worker thread may clear it meanwhile)
+        return future is None or future.done()
 
     def id(self) -> bytes:
         """The chunk id (waits for the worker; re-raises its error)."""
-        if self.future is not None:
-            if self.send is not None and not self.future.done():
+        future = self.future
+        if future is not None:
+            if self.send is not None and not future.done():
                 self.send()
-            self.future.result()
+            future.result()
         return self.chunk_id
 
 
@@ -428,8 +431,9 @@ class BlobSaver:
             self._sealers.kill()  # nothing more is sealed (a batch in flight fails: its future is dropped)
         self._batch = None  # never handed to a worker
         for ticket in self._sealing:
-            if ticket.future is not None:
-                ticket.future.cancel()
+            future = ticket.future  # (None once its batch is done)
+            if future is not None:
+                future.cancel()
         self._sealing.clear()
         try:
             while self._uploading:
@@ -496,6 +500,8 @@ class BlobSaver:
             if not batch.future.done():
                 batch.future.set_exception(exc)
             return
+        for ticket in batch.tickets:  # (done: asking no longer takes the future's lock, for each small file)
+            ticket.future = None
         if not batch.future.done():  # cancelled by abort() meanwhile
             batch.future.set_result(None)
 
@@ -556,10 +562,11 @@ class BlobSaver:
         while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
             ticket = self._sealing.popleft()
             self._inflight_bytes -= ticket.charged
-            assert ticket.future is not None
-            if ticket.send is not None:
-                ticket.send()
-            ticket.future.result()
+            future = ticket.future
+            if future is not None:  # (None: its batch is done)
+                if ticket.send is not None:
+                    ticket.send()
+                future.result()
             if ticket.problem is not None:
                 continue
             if not ticket.new:
