@@ -497,7 +497,7 @@ class SnapshotReader:
                 dirs.finish()
             except _Unwritten:
                 writer.abort()  # (kills the worker processes: nothing writes any more)
-                tree.abandon()
+                _abandon(tree)
                 raise
             except BaseException:
                 writer.abort()
@@ -621,6 +621,18 @@ def _remove_empty(made: list[Path]) -> None:
             os.rmdir(path)
         except OSError:
             return
+
+
+def _abandon(tree: TargetTree) -> None:
+    """Remove what a one-pass restore staged (see :meth:`TargetTree.abandon`); when even
+    that fails, a warning says where it is (the next restore into the target removes
+    it), and the reason the restore stopped is still what is raised."""
+    staging = tree.staging
+    try:
+        tree.abandon()
+    except OSError as exc:
+        log.warning("could not remove %s (%s): the next restore into this target removes it", staging,
+                    exc.strerror or exc)
 
 
 def _publish_what_is_complete(tree: TargetTree) -> None:

@@ -206,3 +206,24 @@ def test_a_tree_with_read_only_directories_is_removed_whole(tmp_path: Path, monk
     restorefs.remove_tree(top)
     assert modes[1] == {"a": 0o700, "a/b": 0o700, "c": 0o700}
     assert not top.exists() and tmp_path.is_dir()
+
+
+def test_a_staging_directory_that_cannot_be_removed_is_named_and_the_refusal_still_raised(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    entries, contents = small_file_tree(100)
+    entries.append(Entry("d0001/../../escaped", FILE, mode=0o644))
+    snap = write_snapshot(repo, entries, contents)
+
+    def remove_tree(path: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(restorefs, "remove_tree", remove_tree)
+    target = tmp_path / "t"
+    with pytest.raises(Refused, match="would escape the target directory"):
+        SnapshotReader(repo, snap, target=target, processes=0).write_entries(target)
+    staging = [p for p in target.iterdir() if restorefs.is_staging_name(p.name)]
+    assert len(staging) == 1 and [p.name for p in target.iterdir()] == [staging[0].name]  # (nothing published)
+    assert f"could not remove {staging[0]} (Permission denied)" in caplog.text
+    monkeypatch.undo()
+    SnapshotReader(repo, write_snapshot(repo, *small_file_tree(10)), target=target).write_entries(target)
+    assert not any(restorefs.is_staging_name(p.name) for p in target.iterdir())  # (the next restore removed it)
