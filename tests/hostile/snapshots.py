@@ -4,7 +4,10 @@ them exactly as it would read a hostile writer's)."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
+from pathlib import Path
 from typing import Sequence
 
 from drkit.repository.blob import BLOB_DATA, BLOB_TREE
@@ -12,6 +15,8 @@ from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.repository.tree import DIR, FILE, Entry, encode_entries
+from drkit.services.restorefs import TMP_PREFIX
+from drkit.storage import LocalStorage
 
 
 def write_snapshot(repo: Repository, entries: list[Entry], contents: dict[str, bytes] | None = None, *,
@@ -63,3 +68,21 @@ def small_file_tree(count: int, per_dir: int = 50) -> tuple[list[Entry], dict[st
                              mtime_ns=1_700_000_000_123_456_789 + i * 1_000_003))
         contents[path] = data
     return entries, contents
+
+
+def small_pack_repo(root: Path) -> Repository:
+    """A new repository in *root*/repo with 1 MiB packs (passphrase "pw"), opened."""
+    storage = LocalStorage(str(root / "repo"))
+    Repository.init(storage, "pw", pack_size=1024 * 1024)
+    return Repository.open(storage, "pw")
+
+
+def assert_restored_exactly(target: Path, entries: list[Entry], contents: dict[str, bytes]) -> None:
+    """Every entry under *target* with its mode and mtime, every file with its content
+    (from *contents*), and no restore temporary or staging directory left."""
+    for e in entries:
+        st = os.lstat(target / e.path)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (e.mode, e.mtime_ns), e.path
+        if e.type == FILE:
+            assert (target / e.path).read_bytes() == contents[e.path], e.path
+    assert [str(p) for p in target.rglob(f"{TMP_PREFIX}*")] == []

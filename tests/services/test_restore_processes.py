@@ -30,14 +30,12 @@ from drkit.services.restorefs import TMP_PREFIX, is_staging_name
 from drkit.services.restoreprocs import FileWorkers, RestoreWorkerDied, worker_count
 from drkit.storage import LocalStorage
 from tests.cli import invoke
-from tests.hostile.snapshots import small_file_tree as _tree, write_snapshot
+from tests.hostile.snapshots import small_file_tree as _tree, small_pack_repo, write_snapshot
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
-    storage = LocalStorage(str(tmp_path / "repo"))
-    Repository.init(storage, "pw", pack_size=1024 * 1024)
-    return Repository.open(storage, "pw")
+    return small_pack_repo(tmp_path)
 
 
 @pytest.fixture

@@ -26,24 +26,12 @@ from drkit.repository.tree import DIR, FILE, Entry
 from drkit.services.restore import RestoreOptions, SnapshotReader
 from drkit.services import restorefs
 from drkit.services.restorefs import TMP_PREFIX, TargetTree, is_staging_name
-from drkit.storage import LocalStorage
-from tests.hostile.snapshots import small_file_tree, write_snapshot
+from tests.hostile.snapshots import assert_restored_exactly as _assert_exact, small_file_tree, small_pack_repo, write_snapshot
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
-    storage = LocalStorage(str(tmp_path / "repo"))
-    Repository.init(storage, "pw", pack_size=1024 * 1024)
-    return Repository.open(storage, "pw")
-
-
-def _assert_exact(target: Path, entries: list[Entry], contents: dict[str, bytes]) -> None:
-    for e in entries:
-        st = os.lstat(target / e.path)
-        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (e.mode, e.mtime_ns), e.path
-        if e.type == FILE:
-            assert (target / e.path).read_bytes() == contents[e.path], e.path
-    assert [str(p) for p in target.rglob(f"{TMP_PREFIX}*")] == []
+    return small_pack_repo(tmp_path)
 
 
 def _fail_writes_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int) -> None:
