@@ -1,8 +1,9 @@
 """A whole snapshot restored into a new or empty target is read once: each path is
 checked as its entry is written, in the staging directory, instead of in a first pass
-over the whole tree. What that first pass refused or failed on must still leave the
-target as it was (these tests would pass with a first pass too: they hold the one-pass
-restore to its promises), and the first pass must still run wherever it is needed."""
+over the whole tree (the first test fails where a first pass runs). What that first
+pass refused or failed on must still leave the target as it was (those tests hold the
+one-pass restore to the first pass's promises), and the first pass must still run
+wherever it is needed."""
 
 from __future__ import annotations
 
