@@ -164,15 +164,6 @@ def trailer_length(tail4: bytes) -> int:
     return length
 
 
-def parse_trailer(sealed: bytes, cipher: Cipher, associated: bytes | None = None) -> list[PackEntry]:
-    """Open and parse a sealed trailer (*associated*: its AAD, default the v1 one)."""
-    try:
-        plain = cipher.open(sealed, associated if associated is not None else aad(KIND_TRAILER))
-    except DecryptError as exc:
-        raise PackFormatError(f"pack trailer: {exc}") from None
-    return _parse_plain_trailer(plain)
-
-
 def _parse_plain_trailer(plain: bytes) -> list[PackEntry]:
     """The entries an opened trailer lists; raises PackFormatError for a wrong size."""
     if len(plain) < _COUNT.size:
