@@ -48,7 +48,7 @@ from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, overload
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from drkit.services import backup_run
 from drkit.errors import DrkitError, IntegrityError, Refused, RestoreTargetError, UsageError
@@ -347,31 +347,39 @@ class SnapshotReader:
             return False
         return True
 
-    @overload
-    def _open_target(self, target: Path, fresh: bool) -> TargetTree: ...
-
-    @overload
-    def _open_target(self, target: Path, fresh: bool, *, staged_only: bool) -> TargetTree | None: ...
-
-    def _open_target(self, target: Path, fresh: bool, *, staged_only: bool = False) -> TargetTree | None:
-        """The tree to restore into *target* (created if missing): staged when *fresh*
-        (see :meth:`~drkit.services.restorefs.TargetTree.staged`), after removing the
-        staging directories a killed restore left there; None with *staged_only* where
-        it cannot be staged (a file system without ``flock``). Raises Refused while
+    def _open_target(self, target: Path, fresh: bool) -> TargetTree:
+        """The tree to restore into *target* (created if missing, stale staging
+        directories removed): staged when *fresh* and the file system can lock the
+        staging directory (see :meth:`_staged_tree`), else unstaged. Raises Refused while
         another restore writes into it."""
+        if fresh:
+            tree = self._staged_tree(target)
+            if tree is not None:
+                return tree
+        else:
+            self._prepare(target)
+        return TargetTree(target)
+
+    def _staged_tree(self, target: Path) -> TargetTree | None:
+        """A staged tree in *target* (see
+        :meth:`~drkit.services.restorefs.TargetTree.staged`), after :meth:`_prepare`;
+        None where the file system cannot lock the staging directory. Raises Refused
+        while another restore writes into the target."""
+        self._prepare(target)
+        try:
+            return TargetTree.staged(target)
+        except OSError as exc:
+            if exc.errno not in UNLOCKABLE:
+                raise
+            log.info("%s cannot be locked (%s): restoring without a staging directory", target, exc.strerror)
+            return None
+
+    def _prepare(self, target: Path) -> None:
+        """Create *target* if missing and remove the staging directories a killed restore
+        left there. Raises Refused while another restore writes into it."""
         target.mkdir(parents=True, exist_ok=True)
         for name in remove_stale_stagings(target):
             self.say(f"removed {target / name}: what a restore that was killed had written so far")
-        if fresh:
-            try:
-                return TargetTree.staged(target)
-            except OSError as exc:
-                if exc.errno not in UNLOCKABLE:
-                    raise
-                if staged_only:
-                    return None
-                log.info("%s cannot be locked (%s): restoring without a staging directory", target, exc.strerror)
-        return None if staged_only else TargetTree(target)
 
     def write_entries(self, target: Path, *, include: list[str] | None = None,
                       entries: Iterable[Entry] | None = None) -> RestoreResult:
@@ -427,9 +435,15 @@ class SnapshotReader:
             return result
         listed = self.snapshot.stats.get("entries")
         if fresh and selection is None and not patterns and isinstance(listed, int) and _in_walk_order(self.snapshot.paths):
-            done = self._write_in_one_pass(target, listed)
-            if done is not None:
-                return done
+            made = _missing_dirs(target)
+            tree = self._staged_tree(target)
+            if tree is None:  # (writes would show at once: a first pass, then unstaged, as _open_target leaves it)
+                _remove_empty(made)
+                fresh = False
+            else:
+                done = self._write_in_one_pass(tree, made, listed)
+                if done is not None:
+                    return done
         ordered = True  # in walk order: a directory left is never entered again
         previous: Parts | None = None
         count = 0
@@ -444,25 +458,19 @@ class SnapshotReader:
             previous = parts
         return self._write_into(self._open_target(target, fresh), selected(), count, ordered=ordered)
 
-    def _write_in_one_pass(self, target: Path, listed: int) -> RestoreResult | None:
-        """The whole snapshot into the new or empty *target*, staged (see
+    def _write_in_one_pass(self, tree: TargetTree, made: list[Path], listed: int) -> RestoreResult | None:
+        """The whole snapshot into staged *tree* (a new or empty target; see
         :meth:`~drkit.services.restorefs.TargetTree.staged`), each path checked as its
         entry is written instead of in a first pass over the tree: what a first pass
         would refuse or fail on (a path that would escape, a damaged or malformed tree)
         removes the staging directory with everything written so far, and the target
-        directories this restore made, then is raised: the target is left as it was, as
-        if nothing had been written. None, after the same clean-up, where a first pass is
-        needed after all: the target's file system cannot lock a staging directory
-        (writes there are seen at once), or the entries turn out not to be in walk
-        order. Saves reading and checking the whole tree once before the first write
-        (a restore of 200,000 small files: 0.45 s of one core, while the other waits).
-        *listed*: the number of entries the snapshot records (which decides whether
-        worker processes start)."""
-        made = _missing_dirs(target)
-        tree = self._open_target(target, True, staged_only=True)
-        if tree is None:
-            _remove_empty(made)
-            return None
+        directories this restore *made*, then is raised: the target is left as it was,
+        as if nothing had been written. None, after the same clean-up, where a first
+        pass is needed after all: the entries turn out not to be in walk order. Saves
+        reading and checking the whole tree once before the first write (a restore of
+        200,000 small files: 0.45 s of one core, while the other waits). *listed*: the
+        number of entries the snapshot records (which decides whether worker processes
+        start)."""
         try:
             return self._write_into(tree, _checked_in_walk_order(self.entries()), listed, ordered=True)
         except _OutOfWalkOrder:
