@@ -124,6 +124,9 @@ _PROCESS_BLOB = 64 * 1024
 """Batches whose blobs average less than this (small files) go to the worker
 processes; larger blobs (chunks of large files) are sealed in threads, whose C calls
 then run long without the interpreter lock, and would only be copied to and fro."""
+RUN_FILE_MAX = _PROCESS_BLOB - 1
+"""The largest file :meth:`BlobSaver.submit_files` takes (larger ones go through
+:meth:`BlobSaver.submit_file`, sealed in threads)."""
 
 
 def _read_file(ticket: BlobTicket) -> bytes | None:
@@ -195,6 +198,42 @@ class _Batch:
         self.future: Future[None] = Future()
         self.tickets: list[BlobTicket] = []
         self.nbytes = 0
+
+
+class FileRun:
+    """Small files handed together to a worker process to read whole, hash and seal
+    (:meth:`BlobSaver.submit_files`): one task, one future and one claim under the
+    saver's lock for up to :data:`_BATCH_BLOBS` files, where :meth:`BlobSaver.submit_file`
+    makes a ticket of each.
+
+    Once :meth:`done`, ``outcomes`` holds for each file, in order, (chunk id, bytes
+    read, None), or (None, 0, why there is no blob: :data:`~drkit.smallread.EMPTY`,
+    ``GROWN`` or the OSError of the read), as a file ticket's ``chunk_id``,
+    ``raw_length`` and ``problem`` say. The sealed bytes stay with the saver, which
+    packs them (and drops them) in order with the other blobs."""
+
+    __slots__ = ("charged", "files", "future", "outcomes", "sealed")
+
+    def __init__(self, files: list[tuple[bytes, int, int]]) -> None:
+        self.files = files
+        """(path, size lstat gave, largest size read whole) of each file."""
+        self.charged = sum(expected for _, expected, _ in files)
+        self.future: Future[None] | None = Future()
+        self.outcomes: list[tuple[bytes | None, int, OSError | str | None]] = []
+        self.sealed: list[bytes | None] = []
+        """The sealed bytes of each file's blob this session stores (None: the repository
+        or this session has it already, or there is none); cleared once packed."""
+
+    def done(self) -> bool:
+        """True once the worker is finished with these files (:meth:`wait` will not wait)."""
+        future = self.future  # (read once: a worker thread may clear it meanwhile)
+        return future is None or future.done()
+
+    def wait(self) -> None:
+        """Wait for the worker; re-raises its error (SealError, BackupWorkerDied...)."""
+        future = self.future
+        if future is not None:
+            future.result()
 
 
 class BlobTicket:
@@ -291,7 +330,9 @@ class BlobSaver:
         self._max_inflight_bytes = max_inflight_bytes
         self._inflight_bytes = 0
         self._max_uploads = uploads
-        self._sealing: deque[BlobTicket] = deque()
+        self._sealing: deque[BlobTicket | FileRun] = deque()
+        self._sealing_blobs = 0
+        """Blobs queued in ``_sealing`` (a :class:`FileRun` counts each of its files)."""
         self._batch: _Batch | None = None
         self._uploading: deque[tuple[Future[tuple[str, int]], list[PackEntry]]] = deque()
         self._pending: set[bytes] = set()
@@ -355,10 +396,11 @@ class BlobSaver:
         batch.tickets.append(ticket)
         batch.nbytes += ticket.charged
         self._sealing.append(ticket)
+        self._sealing_blobs += 1
         self._inflight_bytes += ticket.charged
         if len(batch.tickets) >= _BATCH_BLOBS or batch.nbytes >= _BATCH_BYTES:
             self._send_batch()
-        if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
+        if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
             self._drain(self._max_inflight, self._max_inflight_bytes)
 
     def submit_file(self, path: bytes, expected: int, limit: int) -> BlobTicket:
@@ -375,6 +417,33 @@ class BlobSaver:
         ticket.charged = expected
         self._batch_up(ticket)
         return ticket
+
+    def submit_files(self, files: list[tuple[bytes, int, int]]) -> list[FileRun]:
+        """Queue small files as :meth:`submit_file` does, each (path, size lstat gave,
+        largest size read whole; at most :data:`RUN_FILE_MAX` bytes), in :class:`FileRun` s of up to :data:`_BATCH_BLOBS` files
+        or :data:`_BATCH_BYTES`, in order; returns them. Only while :attr:`reads_files`:
+        raises RuntimeError otherwise. Returns at once unless too much is in flight."""
+        sealers = self._sealers
+        if sealers is None:
+            raise RuntimeError("submit_files needs the worker processes (see reads_files)")
+        self._send_batch()  # earlier small blobs first: the workers take tasks in order
+        runs: list[FileRun] = []
+        at, end = 0, len(files)
+        while at < end:
+            stop, nbytes = at, 0
+            while stop < end and stop - at < _BATCH_BLOBS and nbytes < _BATCH_BYTES:
+                nbytes += files[stop][1]
+                stop += 1
+            run = FileRun(files[at:stop])
+            at = stop
+            runs.append(run)
+            self._sealing.append(run)
+            self._sealing_blobs += len(run.files)
+            self._inflight_bytes += run.charged
+            self._pool.submit(self._work_run, run, sealers)
+        if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
+            self._drain(self._max_inflight, self._max_inflight_bytes)
+        return runs
 
     @property
     def reads_files(self) -> bool:
@@ -435,6 +504,7 @@ class BlobSaver:
             if future is not None:
                 future.cancel()
         self._sealing.clear()
+        self._sealing_blobs = 0
         try:
             while self._uploading:
                 fut, entries = self._uploading.popleft()
@@ -509,8 +579,9 @@ class BlobSaver:
         self._send_batch()  # earlier small blobs first: the workers take tasks in order
         ticket.future = self._pool.submit(self._work, ticket)
         self._sealing.append(ticket)
+        self._sealing_blobs += 1
         self._inflight_bytes += ticket.charged
-        if len(self._sealing) > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
+        if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
             # Wait only for the oldest blobs, so the workers never run dry meanwhile.
             self._drain(self._max_inflight, self._max_inflight_bytes)
 
@@ -558,10 +629,48 @@ class BlobSaver:
                 ticket.new = True
                 ticket.sealed = blob
 
+    def _work_run(self, run: FileRun, sealers: SealWorkers) -> None:
+        """In a worker thread: have *sealers* read, hash and seal the files of *run*,
+        claim the new blobs (one lock for the run), then complete its future (with the
+        error, if any: the run fails as it would for one blob)."""
+        try:
+            with self._batch_slots:
+                answers = sealers.seal([(BLOB_DATA, *file) for file in run.files])
+            outcomes: list[tuple[bytes | None, int, OSError | str | None]] = []
+            sealed: list[bytes | None] = []
+            with self._lock:  # (as _claim, for each blob)
+                index, pending = self.repo.index, self._pending
+                for chunk_id, blob, size in answers:
+                    if chunk_id is None:  # no blob: *blob* says why
+                        outcomes.append((None, 0, OSError(size, blob) if isinstance(size, int) else blob))
+                        sealed.append(None)
+                        continue
+                    outcomes.append((chunk_id, size, None))
+                    if chunk_id in index or chunk_id in pending:
+                        sealed.append(None)
+                    else:
+                        pending.add(chunk_id)
+                        sealed.append(blob)
+            run.outcomes, run.sealed = outcomes, sealed
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the run
+            future = run.future
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            return
+        future, run.future = run.future, None  # (done: asking no longer takes the future's lock)
+        if future is not None and not future.done():  # cancelled by abort() meanwhile
+            future.set_result(None)
+
     def _drain(self, limit: int, byte_limit: int) -> None:
-        while self._sealing and (len(self._sealing) > limit or self._inflight_bytes > byte_limit):
-            ticket = self._sealing.popleft()
-            self._inflight_bytes -= ticket.charged
+        while self._sealing and (self._sealing_blobs > limit or self._inflight_bytes > byte_limit):
+            item = self._sealing.popleft()
+            self._inflight_bytes -= item.charged
+            if isinstance(item, FileRun):
+                self._sealing_blobs -= len(item.files)
+                self._pack_run(item)
+                continue
+            ticket = item
+            self._sealing_blobs -= 1
             future = ticket.future
             if future is not None:  # (None: its batch is done)
                 if ticket.send is not None:
@@ -575,16 +684,33 @@ class BlobSaver:
             sealed = ticket.sealed
             assert sealed is not None
             ticket.sealed = None
-            builder = self._builder
-            if builder is None:
-                builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
-                self._pack_started = time.monotonic()
-            builder.add(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
-            self.stats.blobs_new += 1
-            self.stats.bytes_new_raw += ticket.raw_length
-            self.stats.bytes_new_sealed += len(sealed)
-            if builder.size >= self.repo.pack_size:
-                self._flush_pack()
+            self._pack(ticket.blob_type, ticket.chunk_id, sealed, ticket.raw_length)
+
+    def _pack_run(self, run: FileRun) -> None:
+        """Wait for *run* (re-raises its error), then add its new blobs to the pack, in order."""
+        run.wait()
+        sealed, run.sealed = run.sealed, []
+        for (chunk_id, size, _), blob in zip(run.outcomes, sealed, strict=True):
+            if blob is not None:
+                assert chunk_id is not None
+                self._pack(BLOB_DATA, chunk_id, blob, size)
+            elif chunk_id is not None:
+                self.stats.blobs_reused += 1
+
+    def _pack(self, blob_type: int, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
+        """Add a new blob to the open pack (started if none is); hand the pack to an
+        upload thread once full."""
+        builder = self._builder
+        if builder is None:
+            builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
+            self._pack_started = time.monotonic()
+        builder.add(blob_type, chunk_id, sealed, raw_length)
+        stats = self.stats
+        stats.blobs_new += 1
+        stats.bytes_new_raw += raw_length
+        stats.bytes_new_sealed += len(sealed)
+        if builder.size >= self.repo.pack_size:
+            self._flush_pack()
 
     def _flush_pack(self) -> None:
         """Hand the open pack to an upload thread (the next one starts at the next blob)."""

@@ -191,12 +191,22 @@ def entry_line(entry: Entry, owner: str) -> bytes | None:
     (a name JSON escapes, a target, a symlink)."""
     if entry.type not in (FILE, DIR) or entry.target:
         return None
-    frame = file_line_frame(entry.path, entry.mode, owner, entry.mtime_ns, entry.size, entry.inode, entry.ctime_ns, entry.dev,
-                            entry.type)
+    return file_line(entry.path, entry.mode, owner, entry.mtime_ns, entry.size, entry.inode, entry.ctime_ns, entry.dev,
+                     '","'.join(entry.chunks).encode("ascii"), entry.type)
+
+
+def file_line(path: str, mode: int, owner: str, mtime_ns: int, size: int, inode: int, ctime_ns: int, dev: int,
+              chunks: bytes, kind: str = FILE) -> bytes | None:
+    """The line, newline included, :meth:`Entry.to_json` writes for a regular file (or an
+    entry of type *kind* without a target) with these fields, *owner* from
+    :func:`owner_fragment` and *chunks* its chunk ids (hex, joined by ``","``; empty when
+    there is none), without making an :class:`Entry`; None where
+    :func:`file_line_frame` does not apply (a path JSON escapes)."""
+    frame = file_line_frame(path, mode, owner, mtime_ns, size, inode, ctime_ns, dev, kind)
     if frame is None:
         return None
-    if entry.chunks:
-        return b"".join((frame[0], b',"chunks":["', '","'.join(entry.chunks).encode("ascii"), b'"]', frame[1], b"\n"))
+    if chunks:
+        return b"".join((frame[0], b',"chunks":["', chunks, b'"]', frame[1], b"\n"))
     return frame[0] + frame[1] + b"\n"
 
 

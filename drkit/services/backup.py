@@ -34,7 +34,7 @@ from drkit.gctune import fewer_collections
 from drkit.repository.blob import BLOB_TREE
 from drkit.repository.chunker import cut_blocks, cut_file, new_buffer
 from drkit.repository.repo import Repository
-from drkit.repository.saver import BlobSaver, BlobTicket
+from drkit.repository.saver import RUN_FILE_MAX, BlobSaver, BlobTicket, FileRun
 from drkit.repository.sealprocs import seal_worker_count
 from drkit.repository.snapshot import Snapshot, now_iso
 from drkit.smallread import EMPTY, open_regular, read_whole
@@ -46,6 +46,7 @@ from drkit.repository.tree import (
     Entry,
     encode_entries,
     entry_line,
+    file_line,
     line_path,
     owner_fragment,
     parse_line,
@@ -238,6 +239,16 @@ class _LaterRead:
     """Counted as a new file (else as a changed one)."""
 
 
+@dataclass
+class _LaterRun:
+    """New small files handed to the saver together (:meth:`SnapshotWriter.add_new_files`),
+    waiting behind earlier entries."""
+
+    files: Sequence[tuple[str, str, os.stat_result]]
+    """(real path, logical path, ``lstat``) of each, in order."""
+    run: FileRun
+
+
 class SnapshotWriter:
     """The :class:`~drkit.sources.base.BackupContext` handed to a source."""
 
@@ -269,10 +280,10 @@ class SnapshotWriter:
         self._parent: ParentCursor | None = None
         self._chunker = repo.chunker()
         self._readbuf: bytearray | None = None
-        self._deferred: deque[tuple[Entry, list[BlobTicket]] | _LaterRead | bytes] = deque()
+        self._deferred: deque[tuple[Entry, list[BlobTicket]] | _LaterRead | _LaterRun | bytes] = deque()
         """What waits to be written behind a file whose chunk ids are not known yet, in
-        order: (entry, tickets) of such a file, a :class:`_LaterRead`, the encoded line
-        of anything else. At most
+        order: (entry, tickets) of such a file, a :class:`_LaterRead` or :class:`_LaterRun`,
+        the encoded line of anything else. At most
         :data:`_DEFERRED_MAX` long (memory does not grow with the files behind a change)."""
         self._entries = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024, dir=str(scratch_dir))
         self._lines: list[bytes] = []
@@ -383,6 +394,34 @@ class SnapshotWriter:
         self._deferred.append((entry, tickets))
         self._flush_deferred(wait=False)
         return entry
+
+    def add_new_files(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> int:
+        """See :meth:`BackupContext.add_new_files`: while the saver's worker processes
+        read small files (:attr:`BlobSaver.reads_files`) and no parent entry is left to
+        compare with, the small regular files (at most
+        :data:`~drkit.repository.saver.RUN_FILE_MAX` bytes) from *start* on go to them together
+        (:meth:`BlobSaver.submit_files`), and each is recorded when its run is done, as
+        :meth:`add_file` with ``read_later`` records one (no :class:`Entry`, ticket or
+        lookup per file)."""
+        saver = self.saver
+        if not saver.reads_files or not self._cursor().done:
+            return 0
+        limit = self._chunker.min_size
+        largest = min(limit, RUN_FILE_MAX)
+        end = start
+        while end < len(files) and 0 < files[end][2].st_size <= largest:
+            end += 1
+        if end == start:
+            return 0
+        taken = files[start:end]
+        runs = saver.submit_files([(os.fsencode(real), st.st_size, limit) for real, _, st in taken])
+        deferred, at = self._deferred, 0
+        for run in runs:
+            deferred.append(_LaterRun(taken[at : at + len(run.files)], run))
+            at += len(run.files)
+        self.stats.files_new += len(taken)  # (no parent entry: each is new)
+        self._flush_deferred(wait=False)
+        return len(taken)
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
         entry = Entry(path=path, type=FILE, mode=mode, uid=os.getuid(), gid=os.getgid(), mtime_ns=mtime_ns or time.time_ns())
@@ -571,6 +610,12 @@ class SnapshotWriter:
                 if settled is not None:
                     self._write_line(settled)
                 continue
+            elif isinstance(item, _LaterRun):
+                if not wait and not item.run.done():
+                    return
+                deferred.popleft()
+                self._settle_run(item)
+                continue
             else:
                 entry, tickets = item
                 if tickets:
@@ -583,24 +628,53 @@ class SnapshotWriter:
 
     def _settle(self, later: _LaterRead) -> bytes | None:
         """The line of a file read by a worker (waits for it; re-raises its error), or
-        None when the file could not be read: then it is skipped with a warning, as
-        :meth:`add_file` would have. A file that grew past one chunk is streamed now."""
-        ticket, entry = later.ticket, later.entry
+        None when the file could not be read (see :meth:`_settled_line`)."""
+        ticket = later.ticket
         ticket.id()
-        problem = ticket.problem
+        return self._settled_line(later.entry, ticket.chunk_id, ticket.raw_length, ticket.problem, later.real_path,
+                                  new=later.new)
+
+    def _settle_run(self, later: _LaterRun) -> None:
+        """Write the lines of the files of a run read by a worker (waits for it;
+        re-raises its error), each as :meth:`_settle` writes one: the usual line straight
+        from its ``lstat`` and chunk id."""
+        later.run.wait()
+        owner_of, write, read = self._names.owner, self._write_line, 0
+        for (real, path, st), (chunk_id, size, problem) in zip(later.files, later.run.outcomes, strict=True):
+            if problem is None:
+                assert chunk_id is not None
+                owner = owner_of(st.st_uid, st.st_gid)
+                line = (file_line(path, st.st_mode & 0o7777, owner, st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns, st.st_dev,
+                                  binascii.hexlify(chunk_id)) if owner is not None else None)
+                if line is not None:
+                    write(line)
+                    read += size
+                    continue
+            settled = self._settled_line(self._from_stat(path, FILE, st), chunk_id, size, problem, real, new=True)
+            if settled is not None:
+                write(settled)
+        if read:
+            self._count_read(read)
+
+    def _settled_line(self, entry: Entry, chunk_id: bytes | None, size: int, problem: OSError | str | None,
+                      real_path: str | os.PathLike[str], *, new: bool) -> bytes | None:
+        """The line of *entry*, a small file a worker read: *size* bytes stored as blob
+        *chunk_id*, or no blob because of *problem*. None when the file could not be read:
+        then it is skipped with a warning, as :meth:`add_file` would have (counted as a
+        *new* or a changed file before). A file that grew past one chunk is streamed now."""
         if problem is None or problem == EMPTY:
-            entry.size = ticket.raw_length if problem is None else 0
-            entry.chunks = [ticket.chunk_id.hex()] if problem is None else []
+            entry.size = size if problem is None else 0
+            entry.chunks = [chunk_id.hex()] if chunk_id is not None and problem is None else []
             self._count_read(entry.size)
             return self._encode(entry)
         try:
             if isinstance(problem, OSError):
                 raise problem
-            tickets, entry.size = self._stream_file(later.real_path)
+            tickets, entry.size = self._stream_file(real_path)
             entry.chunks = [t.id().hex() for t in tickets]
         except OSError as exc:
-            self.warn(f"{later.real_path}: {exc.strerror or exc}")
-            self._count_file(new=later.new, by=-1)
+            self.warn(f"{real_path}: {exc.strerror or exc}")
+            self._count_file(new=new, by=-1)
             return None
         return self._encode(entry)
 

@@ -300,8 +300,10 @@ class TreeWalker:
 
     def _add_files(self, run: list[_Child], read_later: bool) -> None:
         """Add a run of regular files, in order: those unchanged since the parent
-        snapshot many at a time (:meth:`BackupContext.add_unchanged`), the others one by
-        one; a file that cannot be read is warned about and skipped. Progress names the
+        snapshot many at a time (:meth:`BackupContext.add_unchanged`), then (once none
+        can be) new small files read later many at a time
+        (:meth:`BackupContext.add_new_files`), the others one by one; a file that cannot
+        be read is warned about and skipped. Progress names the
         last file of each stretch of unchanged ones, and each file read."""
         ctx, counts, after_file = self.ctx, self.counts, self.after_file
         add_unchanged = ctx.add_unchanged if after_file is None and not self._unchanged_over else None  # (after_file needs each Entry)
@@ -318,6 +320,15 @@ class TreeWalker:
                     ctx.progress(run[at - 1][0])
                     counts["files"] += done
                     counts["bytes"] += size
+                    if at == end:
+                        return
+            elif read_later:
+                taken = ctx.add_new_files(run, at)
+                if taken:
+                    counts["files"] += taken
+                    counts["bytes"] += sum(st.st_size for _, _, st in run[at : at + taken])
+                    at += taken
+                    ctx.progress(run[at - 1][0])
                     if at == end:
                         return
             real, logical, st = run[at]

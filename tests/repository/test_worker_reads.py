@@ -114,18 +114,19 @@ def _rewritten(path: Path) -> None:
     path.write_bytes(b"new content of the same file")
 
 
-@pytest.mark.parametrize("sealed_by", ["process", "thread"])
+@pytest.mark.parametrize("sealed_by", ["run", "process", "thread"])
 @pytest.mark.parametrize("change", [_gone, _symlink, _truncated, _grown, _rewritten], ids=lambda f: f.__name__[1:])
 def test_a_file_that_changes_between_the_walk_and_its_read(repo: Repository, tmp_path: Path, sealed_by: str,
                                                            change: Callable[[Path], None],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The change happens after the walk's lstat, just before the file is queued for a
-    worker (process: small files; thread: files of 100 KiB) to read."""
+    worker (run: a small new file, read with the files beside it; process: a small file
+    queued alone, as a changed one is; thread: files of 100 KiB) to read."""
     data = tmp_path / "data"
     contents = _tree(data, 400, 100)
-    victim = "d002/f0250" if sealed_by == "process" else "d004/f0450"
+    victim = "d004/f0450" if sealed_by == "thread" else "d002/f0250"
     queued: list[bytes] = []
-    real_submit = BlobSaver.submit_file
+    real_submit, real_submit_files = BlobSaver.submit_file, BlobSaver.submit_files
 
     def submit_file(self: BlobSaver, path: bytes, expected: int, limit: int) -> Any:
         queued.append(path)
@@ -133,7 +134,17 @@ def test_a_file_that_changes_between_the_walk_and_its_read(repo: Repository, tmp
             change(data / victim)
         return real_submit(self, path, expected, limit)
 
+    def submit_files(self: BlobSaver, files: list[tuple[bytes, int, int]]) -> Any:
+        for path, _, _ in files:
+            if path.endswith(victim.encode()):
+                queued.append(path)
+                change(data / victim)
+        return real_submit_files(self, files)
+
     monkeypatch.setattr(BlobSaver, "submit_file", submit_file)
+    monkeypatch.setattr(BlobSaver, "submit_files", submit_files)
+    if sealed_by == "process":  # each small file queued alone
+        monkeypatch.setattr(backup_module.SnapshotWriter, "add_new_files", lambda *args: 0)
     if change in (_gone, _symlink):
         with pytest.raises(PartialFailure) as failed:  # exit 7: an item was skipped
             _backup(repo, data)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from drkit.repository.repo import Repository
-from drkit.repository.saver import BlobTicket
+from drkit.repository.saver import BlobTicket, FileRun
 from drkit.repository.tree import Entry
 from drkit.services import backup as backup_mod
 from drkit.services.backup import BackupOptions, run_backup
@@ -75,3 +75,40 @@ def test_entries_and_blobs_alive_during_a_backup_do_not_grow_with_the_files(tmp_
     assert small[0]["entries"] > 0 and large[0]["entries"] > 0  # the first backups' samples saw files in flight
     # an unchanged file is recorded as its parent's line: no entry at all
     assert small[1]["entries"] == large[1]["entries"] == 0, (small, large)
+
+
+def _run_peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> dict[str, int]:
+    """Most files held in runs (queued for the workers or waiting to be written) at once
+    during a first backup of *count* small files whose workers start at once."""
+    data = tmp_path / f"data{count}"
+    _tree(data, count)
+    storage = LocalStorage(str(tmp_path / f"repo{count}"))
+    Repository.init(storage, "pw")
+    real = backup_mod.SnapshotWriter.add_new_files
+    peak = {"files": 0, "samples": 0, "calls": 0}
+
+    def add_new_files(self: backup_mod.SnapshotWriter, *args: object, **kwargs: object) -> int:
+        peak["calls"] += 1
+        if peak["calls"] % 5 == 0:
+            gc.collect()
+            held = sum(len(o.files) for o in gc.get_objects() if type(o) is FileRun)
+            peak["files"] = max(peak["files"], held)
+            peak["samples"] += 1
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup_mod.SnapshotWriter, "add_new_files", add_new_files)
+    monkeypatch.setattr("drkit.repository.saver.MIN_BATCHES", 1)
+    run = run_backup(Repository.open(storage, "pw"), [FilesSource("data", FilesSource.Options(paths=[str(data)]))],
+                     BackupOptions(workers=1, env={"DRKIT_BACKUP_PROCESSES": "2"}))
+    assert not run.failed and run.snapshots[0].stats["files_new"] == count
+    return peak
+
+
+def test_files_held_in_runs_do_not_grow_with_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = _run_peaks(tmp_path, monkeypatch, 1200)
+    large = _run_peaks(tmp_path, monkeypatch, 4800)
+    assert small["samples"] >= 20 and large["samples"] >= 20, (small, large)
+    assert large["files"] > 0, large  # the samples saw runs in flight
+    # at most 256 blobs in flight (one thread: 4 batches of 64) and the runs done but not
+    # yet written, at 4,800 files as at 1,200
+    assert small["files"] <= 400 and large["files"] <= 400, (small, large)
