@@ -420,9 +420,10 @@ class BlobSaver:
 
     def submit_files(self, files: list[tuple[bytes, int, int]]) -> list[FileRun]:
         """Queue small files as :meth:`submit_file` does, each (path, size lstat gave,
-        largest size read whole; at most :data:`RUN_FILE_MAX` bytes), in :class:`FileRun` s of up to :data:`_BATCH_BLOBS` files
-        or :data:`_BATCH_BYTES`, in order; returns them. Only while :attr:`reads_files`:
-        raises RuntimeError otherwise. Returns at once unless too much is in flight."""
+        largest size read whole; at most :data:`RUN_FILE_MAX` bytes), in runs
+        (:class:`FileRun`) of up to :data:`_BATCH_BLOBS` files or :data:`_BATCH_BYTES`, in
+        order; returns the runs. Only while :attr:`reads_files`: raises RuntimeError
+        otherwise. Returns at once unless too much is in flight."""
         sealers = self._sealers
         if sealers is None:
             raise RuntimeError("submit_files needs the worker processes (see reads_files)")

@@ -10,7 +10,9 @@ blob of a batch exactly as :meth:`~drkit.repository.blob.BlobCodec.encode` does 
 thread, and returns the chunk ids and sealed bytes. Once they run, the workers also
 read the small files themselves (:meth:`~drkit.repository.saver.BlobSaver.submit_file`,
 with :func:`~drkit.smallread.read_whole`, as the main thread would): the walking thread
-no longer opens and reads each one, and the data is not copied to the worker.
+no longer opens and reads each one, and the data is not copied to the worker. The new
+small files of a first backup go to them a run at a time
+(:meth:`~drkit.repository.saver.BlobSaver.submit_files`).
 Deduplication, packing, uploads and the index stay in the main process, unchanged: a
 worker writes nothing.
 

@@ -61,7 +61,9 @@ log = logging.getLogger("drkit.backup")
 
 _DEFERRED_MAX = 4096
 """Entries held behind a file still being hashed before the walk waits for it: a
-change near the start of a large unchanged tree no longer holds the whole tree."""
+change near the start of a large unchanged tree no longer holds the whole tree. (A run
+of new small files, :class:`_LaterRun`, counts once: the saver bounds the blobs in
+flight, and a run is written as soon as it is done.)"""
 
 
 class _Names:
