@@ -31,7 +31,7 @@ from drkit.repository import layout
 from drkit.repository.blob import BLOB_DATA, BlobError
 from drkit.repository.index import MAX_BLOB_OVERHEAD, MAX_BLOB_RAW
 from drkit.repository.pack import PackBuilder, PackEntry, anonymous_buffer
-from drkit.repository.sealprocs import DEPTH, MIN_BATCHES, SealError, SealWorkers
+from drkit.repository.sealprocs import DEPTH, MIN_BATCHES, MIN_NEW_BATCHES, SealError, SealWorkers
 from drkit.smallread import read_blob
 
 if TYPE_CHECKING:  # repo.py imports this module
@@ -305,8 +305,9 @@ class BlobSaver:
     ) -> None:
         """*processes*: worker processes for batches of small blobs (see
         :data:`_PROCESS_BLOB`), started after
-        :data:`~drkit.repository.sealprocs.MIN_BATCHES` such batches (see
-        :mod:`drkit.repository.sealprocs`); 0: threads only."""
+        :data:`~drkit.repository.sealprocs.MIN_BATCHES` such batches (``MIN_NEW_BATCHES``
+        after :meth:`expect_new_files`; see :mod:`drkit.repository.sealprocs`); 0: threads
+        only."""
         _Allocator.setup()
         self.repo = repo
         self.stats = SaverStats()
@@ -353,6 +354,7 @@ class BlobSaver:
         self._processes = processes
         self._sealers: SealWorkers | None = None
         self._small_batches = 0
+        self._min_batches = MIN_BATCHES
 
     # -- public ----------------------------------------------------------------
 
@@ -445,6 +447,12 @@ class BlobSaver:
         if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
             self._drain(self._max_inflight, self._max_inflight_bytes)
         return runs
+
+    def expect_new_files(self) -> None:
+        """Say that what follows is new files (a first backup): the worker processes
+        then start after :data:`~drkit.repository.sealprocs.MIN_NEW_BATCHES` batches of
+        small blobs instead of ``MIN_BATCHES``. Idempotent."""
+        self._min_batches = min(self._min_batches, MIN_NEW_BATCHES)
 
     @property
     def reads_files(self) -> bool:
@@ -539,7 +547,7 @@ class BlobSaver:
         sealers = None
         if self._processes and batch.nbytes < _PROCESS_BLOB * len(batch.tickets):  # small files
             self._small_batches += 1
-            if self._small_batches == MIN_BATCHES:
+            if self._sealers is None and self._small_batches >= self._min_batches:
                 self._start_sealers()
             sealers = self._sealers
         self._pool.submit(self._work_batch, batch, sealers)

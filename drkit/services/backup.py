@@ -404,9 +404,13 @@ class SnapshotWriter:
         :data:`~drkit.repository.saver.RUN_FILE_MAX` bytes) from *start* on go to them together
         (:meth:`BlobSaver.submit_files`), and each is recorded when its run is done, as
         :meth:`add_file` with ``read_later`` records one (no :class:`Entry`, ticket or
-        lookup per file)."""
+        lookup per file). Before the workers read files, it tells the saver that new
+        files follow (:meth:`BlobSaver.expect_new_files`: they start sooner)."""
         saver = self.saver
-        if not saver.reads_files or not self._cursor().done:
+        if not self._cursor().done:
+            return 0
+        if not saver.reads_files:
+            saver.expect_new_files()  # (the workers start sooner)
             return 0
         limit = self._chunker.min_size
         largest = min(limit, RUN_FILE_MAX)

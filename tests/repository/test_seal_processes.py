@@ -172,12 +172,37 @@ def test_two_workers_unless_turned_off_or_on_one_processor(monkeypatch: pytest.M
 
 
 def test_a_small_backup_starts_no_worker(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first backup starts the workers after MIN_NEW_BATCHES batches of small files, a
+    later one after MIN_BATCHES batches of changed files: fewer never start them."""
     started: list[Any] = []
-    monkeypatch.setattr(SealWorkers, "__init__", lambda self, *a: started.append(a))
-    contents = _data(tmp_path / "data", 64 * (sealprocs.MIN_BATCHES - 2))  # fewer batches than the threshold
+    real_init = SealWorkers.__init__
+
+    def init(self: SealWorkers, *args: Any) -> None:
+        started.append(args)
+        real_init(self, *args)
+
+    monkeypatch.setattr(SealWorkers, "__init__", init)
+    few = 64 * (sealprocs.MIN_NEW_BATCHES - 2)  # fewer batches than a first backup's threshold
+    contents = _data(tmp_path / "data", few)
     run = _backup(repo, tmp_path / "data", "2")
     assert not run.failed and started == []
     assert _restored(repo, tmp_path / "data", tmp_path / "t") == contents
+
+    many = 64 * (sealprocs.MIN_NEW_BATCHES + 2)  # a first backup of more files (another source)
+    more = _data(tmp_path / "more", many)
+    source = FilesSource("more", FilesSource.Options(paths=[str(tmp_path / "more")]))
+    run = run_backup(repo, [source], BackupOptions(env={"DRKIT_BACKUP_PROCESSES": "2"}))
+    assert not run.failed and len(started) == 1
+    started.clear()
+
+    assert many < 64 * (sealprocs.MIN_BATCHES - 2)
+    for rel in more:  # each one changed: fewer than a later backup's threshold
+        more[rel] += b"changed"
+        (tmp_path / "more" / rel).write_bytes(more[rel])
+    run = run_backup(repo, [source], BackupOptions(env={"DRKIT_BACKUP_PROCESSES": "2"}))
+    assert not run.failed and started == [], len(started)
+    assert run.snapshots[0].stats["files_changed"] == many
+    assert _restored(repo, tmp_path / "more", tmp_path / "t2") == more
 
 
 def test_ctrl_c_during_a_backup_with_workers_stops_them_and_the_next_backup_completes(
