@@ -32,7 +32,7 @@ def workers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _awkward_tree(root: Path) -> dict[str, bytes]:
     """Small files in runs broken by every other kind of entry: names JSON escapes
-    (quotes, backslashes, non-ASCII, bytes that are not UTF-8), an empty file, files
+    (quotes, backslashes, control characters, non-ASCII, bytes that are not UTF-8), an empty file, files
     just above and just below the largest a run takes, one of several chunks, a
     symlink, odd modes, a time of 0, an owner without a name."""
     contents: dict[str, bytes] = {}
@@ -60,6 +60,7 @@ def _awkward_tree(root: Path) -> dict[str, bytes]:
     put("d3/back\\slash", b"a backslash in the name")
     put("d3/caf\u00e9-\u540d", b"not ASCII")
     put(b"d3/bytes-\xff\xfe", b"a name that is not UTF-8")
+    put("d3/new\nline\ttab", b"control characters in the name")
     put("d3/setuid", b"#!/bin/sh\n", 0o4755)
     put("d3/private", b"secret", 0o600)
     epoch = put("d4/epoch", b"a file of 1970")
