@@ -129,6 +129,12 @@ RUN_FILE_MAX = _PROCESS_BLOB - 1
 :meth:`BlobSaver.submit_file`, sealed in threads)."""
 
 
+def _why_no_blob(why: str, errno: int | None) -> OSError | str:
+    """A worker's answer for a file it made no blob of (see :meth:`SealWorkers.seal`):
+    the OSError of its read (*why* its strerror), or EMPTY or GROWN."""
+    return OSError(errno, why) if isinstance(errno, int) else why
+
+
 def _read_file(ticket: BlobTicket) -> bytes | None:
     """The content of a file ticket's file, ``raw_length`` set; None (``problem`` set)
     when there is no blob to make of it."""
@@ -397,13 +403,10 @@ class BlobSaver:
         ticket.send = self._send_batch
         batch.tickets.append(ticket)
         batch.nbytes += ticket.charged
-        self._sealing.append(ticket)
-        self._sealing_blobs += 1
-        self._inflight_bytes += ticket.charged
+        self._track(ticket, 1)
         if len(batch.tickets) >= _BATCH_BLOBS or batch.nbytes >= _BATCH_BYTES:
             self._send_batch()
-        if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
-            self._drain(self._max_inflight, self._max_inflight_bytes)
+        self._bound_inflight()
 
     def submit_file(self, path: bytes, expected: int, limit: int) -> BlobTicket:
         """Queue the content of the small file at *path* (``lstat`` said *expected*
@@ -440,12 +443,9 @@ class BlobSaver:
             run = FileRun(files[at:stop])
             at = stop
             runs.append(run)
-            self._sealing.append(run)
-            self._sealing_blobs += len(run.files)
-            self._inflight_bytes += run.charged
+            self._track(run, len(run.files))
             self._pool.submit(self._work_run, run, sealers)
-        if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
-            self._drain(self._max_inflight, self._max_inflight_bytes)
+        self._bound_inflight()
         return runs
 
     def expect_new_files(self) -> None:
@@ -587,11 +587,19 @@ class BlobSaver:
     def _enqueue(self, ticket: BlobTicket) -> None:
         self._send_batch()  # earlier small blobs first: the workers take tasks in order
         ticket.future = self._pool.submit(self._work, ticket)
-        self._sealing.append(ticket)
-        self._sealing_blobs += 1
-        self._inflight_bytes += ticket.charged
+        self._track(ticket, 1)
+        self._bound_inflight()
+
+    def _track(self, item: BlobTicket | FileRun, blobs: int) -> None:
+        """Queue *item* (*blobs* blobs) behind the others, counted in flight until drained."""
+        self._sealing.append(item)
+        self._sealing_blobs += blobs
+        self._inflight_bytes += item.charged
+
+    def _bound_inflight(self) -> None:
+        """Drain while too many blobs or bytes are in flight: only the oldest are waited
+        for, so the workers never run dry meanwhile."""
         if self._sealing_blobs > self._max_inflight or self._inflight_bytes > self._max_inflight_bytes:
-            # Wait only for the oldest blobs, so the workers never run dry meanwhile.
             self._drain(self._max_inflight, self._max_inflight_bytes)
 
     def _work(self, ticket: BlobTicket) -> None:
@@ -630,7 +638,7 @@ class BlobSaver:
         for ticket, (chunk_id, blob, size) in zip(tickets, sealed, strict=True):
             ticket.data = None
             if chunk_id is None:  # a file ticket without a blob: blob says why
-                ticket.problem = OSError(size, blob) if isinstance(size, int) else blob
+                ticket.problem = _why_no_blob(blob, size)
                 continue
             ticket.chunk_id = chunk_id
             ticket.raw_length = size
@@ -651,7 +659,7 @@ class BlobSaver:
                 index, pending = self.repo.index, self._pending
                 for chunk_id, blob, size in answers:
                     if chunk_id is None:  # no blob: *blob* says why
-                        outcomes.append((None, 0, OSError(size, blob) if isinstance(size, int) else blob))
+                        outcomes.append((None, 0, _why_no_blob(blob, size)))
                         sealed.append(None)
                         continue
                     outcomes.append((chunk_id, size, None))

@@ -397,7 +397,7 @@ class SnapshotWriter:
         self._flush_deferred(wait=False)
         return entry
 
-    def add_new_files(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> int:
+    def add_new_files(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
         """See :meth:`BackupContext.add_new_files`: while the saver's worker processes
         read small files (:attr:`BlobSaver.reads_files`) and no parent entry is left to
         compare with, the small regular files (at most
@@ -408,17 +408,18 @@ class SnapshotWriter:
         files follow (:meth:`BlobSaver.expect_new_files`: they start sooner)."""
         saver = self.saver
         if not self._cursor().done:
-            return 0
+            return 0, 0
         if not saver.reads_files:
             saver.expect_new_files()  # (the workers start sooner)
-            return 0
+            return 0, 0
         limit = self._chunker.min_size
         largest = min(limit, RUN_FILE_MAX)
-        end = start
+        end, size = start, 0
         while end < len(files) and 0 < files[end][2].st_size <= largest:
+            size += files[end][2].st_size
             end += 1
         if end == start:
-            return 0
+            return 0, 0
         taken = files[start:end]
         runs = saver.submit_files([(os.fsencode(real), st.st_size, limit) for real, _, st in taken])
         deferred, at = self._deferred, 0
@@ -427,7 +428,7 @@ class SnapshotWriter:
             at += len(run.files)
         self.stats.files_new += len(taken)  # (no parent entry: each is new)
         self._flush_deferred(wait=False)
-        return len(taken)
+        return len(taken), size
 
     def add_stream(self, path: str, stream: IO[bytes], *, mode: int = 0o600, mtime_ns: int | None = None) -> Entry:
         entry = Entry(path=path, type=FILE, mode=mode, uid=os.getuid(), gid=os.getgid(), mtime_ns=mtime_ns or time.time_ns())

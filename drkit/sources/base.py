@@ -78,13 +78,13 @@ class BackupContext(Protocol):
         one."""
         ...
 
-    def add_new_files(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> int:
+    def add_new_files(self, files: Sequence[tuple[str, str, os.stat_result]], start: int = 0) -> tuple[int, int]:
         """Record ``files[start:]`` -- as for :meth:`add_unchanged` -- for as long as
         each is a small new regular file (more than 0 bytes, small enough to be read
         whole) that :meth:`add_file` with ``read_later`` would have read later, and stop
-        at the first that is not (add it with :meth:`add_file`). Returns how many were taken: 0 when
-        none, or when files are not read later (yet) or a parent entry may still be
-        found. A file unreadable by the time it is read is skipped with a warning, as
+        at the first that is not (add it with :meth:`add_file`). Returns (files taken,
+        the sizes ``lstat`` gave them): (0, 0) when none, or when files are not read
+        later (yet) or a parent entry may still be found. A file unreadable by the time it is read is skipped with a warning, as
         :meth:`add_file` skips it. Never raises for one."""
         ...
 

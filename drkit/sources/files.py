@@ -323,10 +323,10 @@ class TreeWalker:
                     if at == end:
                         return
             elif read_later:
-                taken = ctx.add_new_files(run, at)
+                taken, size = ctx.add_new_files(run, at)
                 if taken:
                     counts["files"] += taken
-                    counts["bytes"] += sum(st.st_size for _, _, st in run[at : at + taken])
+                    counts["bytes"] += size
                     at += taken
                     ctx.progress(run[at - 1][0])
                     if at == end:

@@ -99,7 +99,7 @@ def test_runs_write_the_tree_the_file_by_file_path_writes_and_restore_exactly(tm
     runs_repo = Repository.open(LocalStorage(str(tmp_path / "runs")), "pw")
     in_runs = _backup(runs_repo, data)
     assert sum(taken) >= 1700, taken  # all but the first batch and the files no run takes
-    monkeypatch.setattr(backup_module.SnapshotWriter, "add_new_files", lambda *args: 0)
+    monkeypatch.setattr(backup_module.SnapshotWriter, "add_new_files", lambda *args: (0, 0))
     taken.clear()
     plain_repo = Repository.open(LocalStorage(str(tmp_path / "one-by-one")), "pw")
     one_by_one = _backup(plain_repo, data)

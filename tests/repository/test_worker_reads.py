@@ -144,7 +144,7 @@ def test_a_file_that_changes_between_the_walk_and_its_read(repo: Repository, tmp
     monkeypatch.setattr(BlobSaver, "submit_file", submit_file)
     monkeypatch.setattr(BlobSaver, "submit_files", submit_files)
     if sealed_by == "process":  # each small file queued alone
-        monkeypatch.setattr(backup_module.SnapshotWriter, "add_new_files", lambda *args: 0)
+        monkeypatch.setattr(backup_module.SnapshotWriter, "add_new_files", lambda *args: (0, 0))
     if change in (_gone, _symlink):
         with pytest.raises(PartialFailure) as failed:  # exit 7: an item was skipped
             _backup(repo, data)

@@ -52,7 +52,7 @@ def _peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> list[
     monkeypatch.setattr(backup_mod.SnapshotWriter, "add_file", add_file)
     monkeypatch.setattr(backup_mod.SnapshotWriter, "add_unchanged", add_unchanged)
     # every new file added one by one, as changed files are (runs of new files: below)
-    monkeypatch.setattr(backup_mod.SnapshotWriter, "add_new_files", lambda *args: 0)
+    monkeypatch.setattr(backup_mod.SnapshotWriter, "add_new_files", lambda *args: (0, 0))
     out = []
     for _ in ("first", "unchanged"):
         run = run_backup(Repository.open(storage, "pw"), [FilesSource("data", FilesSource.Options(paths=[str(data)]))],
@@ -90,7 +90,7 @@ def _run_peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> d
     real = backup_mod.SnapshotWriter.add_new_files
     peak = {"files": 0, "samples": 0, "calls": 0}
 
-    def add_new_files(self: backup_mod.SnapshotWriter, *args: object, **kwargs: object) -> int:
+    def add_new_files(self: backup_mod.SnapshotWriter, *args: object, **kwargs: object) -> tuple[int, int]:
         peak["calls"] += 1
         if peak["calls"] % 5 == 0:
             gc.collect()
