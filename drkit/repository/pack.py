@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
+from drkit.repository.blob import BLOB_GROUP
 from drkit.repository.crypto import KIND_TRAILER, Cipher, DecryptError, aad
 
 MAGIC_V1 = b"DRKPACK\x01"
@@ -60,6 +61,24 @@ def anonymous_buffer(size: int) -> mmap.mmap:
     """*size* bytes of private anonymous memory: a page costs nothing until it is written,
     and all of them go back to the system when the map is closed (no heap left behind)."""
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
+def blob_views(data: bytes | memoryview, entries: Iterable[PackEntry]) -> Iterator[tuple[PackEntry, bytes | memoryview]]:
+    """Each of *entries* with the stored bytes it locates in the pack *data* (a view; a
+    range past the end comes back short). The members of a group (format v3) get one
+    object, a copy of the group's bytes, while they follow each other: the codec then
+    opens the group once for all of them, and keeps no view of the whole pack."""
+    view = memoryview(data)
+    last: tuple[int, int] | None = None
+    group: bytes | memoryview = b""
+    for e in entries:
+        if e.blob_type != BLOB_GROUP:
+            yield e, view[e.offset : e.offset + e.length]
+            continue
+        if last != (e.offset, e.length):
+            last = (e.offset, e.length)
+            group = bytes(view[e.offset : e.offset + e.length])
+        yield e, group
 
 
 class PackBuilder:
@@ -102,6 +121,16 @@ class PackBuilder:
         buf = self._reserve(n)
         self.entries.append(PackEntry(blob_type, chunk_id, self.size, n, raw_length))
         buf[self.size : self.size + n] = sealed
+        self.size += n
+
+    def add_group(self, sealed: bytes, members: list[tuple[bytes, int]]) -> None:
+        """Add a group (format v3) once, with an entry of type 2 for each member it
+        lists, (chunk id, raw length): all at the group's offset and length."""
+        n = len(sealed)
+        buf = self._reserve(n)
+        at = self.size
+        self.entries.extend([PackEntry(BLOB_GROUP, chunk_id, at, n, raw_length) for chunk_id, raw_length in members])
+        buf[at : at + n] = sealed
         self.size += n
 
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ from drkit.readahead import run_ahead
 from drkit.repository import chunker as chunker_mod
 from drkit.repository import keys as keyslots
 from drkit.repository import layout
-from drkit.repository.blob import BlobCodec, BlobError
+from drkit.repository.blob import BLOB_GROUP, BlobCodec, BlobError, RecentGroups
 from drkit.repository.crypto import (
     KIND_CONFIG,
     KIND_INDEX,
@@ -54,15 +54,15 @@ from drkit.repository.identity import Identity, make_recipient_slot, open_recipi
 from drkit.repository.index import BlobLocation, Index, ListedBlobs, decode_index_listing, encode_index_file
 from drkit.repository.indexcache import CachedIndex, IndexCache
 from drkit.repository.locks import COMMAND_LOCKS, Lock
-from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, read_trailer
+from drkit.repository.pack import MAGIC_V2, PackEntry, PackFormatError, blob_views, read_trailer
 from drkit.repository.snapshot import Snapshot, latest_usable
 from drkit.storage.base import Storage
 
 log = logging.getLogger("drkit.repository")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """What ``init`` writes (see docs/format.md); :data:`READABLE_VERSIONS` are read."""
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_CHUNKER = chunker_mod.DEFAULT_PARAMS
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 READ_AHEAD = 2
@@ -198,6 +198,9 @@ class Repository:
         self.lock_retry = timedelta(0)
         """How long :meth:`lock` retries a conflicting lock (``--retry-lock``)."""
         self._held_locks: list[Lock] = []
+        self._group_reads = RecentGroups()
+        """Groups (format v3) fetched lately by :meth:`read_blob`: their members are
+        read one after another, each a range read of the whole group otherwise."""
 
     # -- creation and opening -------------------------------------------------
 
@@ -391,23 +394,26 @@ class Repository:
         return MasterKey(m.data_key, m.id_key, m.chunker_seed, m.recipient, min_version=max(m.min_version, self.version))
 
     def upgrade_format(self, passphrase: str | None) -> list[str]:
-        """Make a version-1 repository version 2 (docs/format.md, "Version 2"): the
-        authenticated config first (version-1 slots still open it), then a version-2
-        slot for *passphrase* (the one that opened it) and a new identity slot in
-        recipient mode, then the slots they replace are removed. Packs stay as they
-        are. Returns the ids of passphrase slots left at version 1 (their passphrases
-        are not known here). Idempotent. The caller holds an exclusive lock."""
-        if self.version < 2:
+        """Make a version-1 or version-2 repository version 3 (docs/format.md,
+        "Upgrades"): the authenticated config first (older slots still open it), then
+        a new slot for *passphrase* (the one that opened it) and a new identity slot in
+        recipient mode, whose master key says the new version, then the slots they
+        replace are removed. Packs stay as they are. Returns the ids of passphrase
+        slots left at version 1 (their passphrases are not known here). Idempotent.
+        The caller holds an exclusive lock."""
+        if self.version < FORMAT_VERSION:
             config = authenticated_config({**self.config, "version": FORMAT_VERSION}, self.cipher)
             self.check_locks()
             _put_and_read_back(self.storage, layout.CONFIG, json.dumps(config, indent=1).encode())
             self.config = config
         master = self._current_master()
+        older = self.master.min_version < master.min_version  # the slots that opened it name an older version
         replaced: list[str] = []
         for key_id, doc in self._slots(self.storage):
-            if doc.get("kdf") == "x25519" and master.recipient is not None and int(doc.get("version", 1)) < 2:
+            stale = older or int(doc.get("version", 1)) < 2
+            if doc.get("kdf") == "x25519" and master.recipient is not None and stale:
                 new_id, slot = make_recipient_slot(master)
-            elif key_id == self.key_id and passphrase is not None and int(doc.get("version", 1)) < 2:
+            elif key_id == self.key_id and passphrase is not None and stale:
                 new_id, slot = keyslots.make_slot(master, passphrase, label=str(doc.get("label", "")))
             else:
                 continue
@@ -429,8 +435,13 @@ class Repository:
 
     @property
     def version(self) -> int:
-        """The repository's format version (1 or 2)."""
+        """The repository's format version (1, 2 or 3)."""
         return int(self.config.get("version", 1))
+
+    @property
+    def writes_groups(self) -> bool:
+        """Whether backups store small files' chunks in groups (format v3)."""
+        return self.version >= 3
 
     @property
     def pack_version(self) -> int:
@@ -664,10 +675,9 @@ class Repository:
     def check_pack_blobs(self, pack_id: str, data: bytes, entries: list[PackEntry]) -> None:
         """Decrypt, decompress and id-check every blob *entries* locate in *data*;
         raises IntegrityError naming the pack at the first bad one."""
-        view = memoryview(data)
-        for e in entries:
+        for e, sealed in blob_views(data, entries):
             try:
-                self.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+                self.codec.decode(e.blob_type, e.id, sealed)
             except BlobError as exc:
                 raise IntegrityError(name=layout.pack_name(pack_id), detail=f"blob {e.id.hex()[:16]}: {exc}") from None
 
@@ -699,7 +709,15 @@ class Repository:
     def read_blob(self, chunk_id: bytes) -> bytes:
         """Fetch, decrypt, decompress and verify one blob; raises IntegrityError."""
         loc = self._locate(chunk_id)
-        return self._decode_blob(chunk_id, loc, self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length))
+        return self._decode_blob(chunk_id, loc, self._sealed(loc))
+
+    def _sealed(self, loc: BlobLocation) -> bytes:
+        """The stored bytes at *loc* (a group's kept for its next members)."""
+        def get() -> bytes:
+            return self.storage.get(layout.pack_name(loc.pack), loc.offset, loc.length)
+        if loc.blob_type != BLOB_GROUP:
+            return get()
+        return self._group_reads.get((loc.pack, loc.offset, loc.length), get)  # type: ignore[no-any-return]
 
     def read_blobs(self, chunk_ids: list[bytes], *, ahead: int = READ_AHEAD) -> Iterator[bytes]:
         """:meth:`read_blob` of each of *chunk_ids* in turn, while the storage reads of

@@ -218,7 +218,7 @@ class FileRun:
     ``raw_length`` and ``problem`` say. The sealed bytes stay with the saver, which
     packs them (and drops them) in order with the other blobs."""
 
-    __slots__ = ("charged", "files", "future", "outcomes", "sealed")
+    __slots__ = ("charged", "files", "future", "groups", "outcomes", "sealed")
 
     def __init__(self, files: list[tuple[bytes, int, int]]) -> None:
         self.files = files
@@ -229,6 +229,10 @@ class FileRun:
         self.sealed: list[bytes | None] = []
         """The sealed bytes of each file's blob this session stores (None: the repository
         or this session has it already, or there is none); cleared once packed."""
+        self.groups: list[tuple[bytes, list[tuple[bytes, int]]]] | None = None
+        """Format v3, instead of ``sealed``: each group this session stores, (sealed
+        bytes, (chunk id, size) of each member it lists: those new to the repository);
+        cleared once packed."""
 
     def done(self) -> bool:
         """True once the worker is finished with these files (:meth:`wait` will not wait)."""
@@ -647,12 +651,16 @@ class BlobSaver:
                 ticket.sealed = blob
 
     def _work_run(self, run: FileRun, sealers: SealWorkers) -> None:
-        """In a worker thread: have *sealers* read, hash and seal the files of *run*,
-        claim the new blobs (one lock for the run), then complete its future (with the
-        error, if any: the run fails as it would for one blob)."""
+        """In a worker thread: have *sealers* read, hash and seal the files of *run*
+        (in groups, format v3), claim the new blobs (one lock for the run), then
+        complete its future (with the error, if any: the run fails as it would for one
+        blob)."""
         try:
             with self._batch_slots:
-                answers = sealers.seal([(BLOB_DATA, *file) for file in run.files])
+                if self.repo.writes_groups:
+                    answers, groups = sealers.seal_groups(run.files)
+                else:
+                    answers, groups = sealers.seal([(BLOB_DATA, *file) for file in run.files]), None
             outcomes: list[tuple[bytes | None, int, OSError | str | None]] = []
             sealed: list[bytes | None] = []
             with self._lock:  # (as _claim, for each blob)
@@ -662,12 +670,21 @@ class BlobSaver:
                         outcomes.append((None, 0, _why_no_blob(blob, size)))
                         sealed.append(None)
                         continue
+                    if groups is not None:  # (chunk id, size, None): its bytes are in a group
+                        blob, size = b"", blob
                     outcomes.append((chunk_id, size, None))
                     if chunk_id in index or chunk_id in pending:
                         sealed.append(None)
                     else:
                         pending.add(chunk_id)
                         sealed.append(blob)
+            if groups is not None:  # each group lists the members claimed above (if any)
+                run.groups = []
+                for group, numbers in groups:
+                    listed = [(outcomes[no][0], outcomes[no][1]) for no in numbers if sealed[no] is not None]
+                    if listed:
+                        run.groups.append((group, listed))  # type: ignore[arg-type]
+                sealed = [None] * len(sealed)
             run.outcomes, run.sealed = outcomes, sealed
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the run
             future = run.future
@@ -707,6 +724,14 @@ class BlobSaver:
         """Wait for *run* (re-raises its error), then add its new blobs to the pack, in order."""
         run.wait()
         sealed, run.sealed = run.sealed, []
+        groups, run.groups = run.groups, None
+        if groups is not None:  # format v3: the new blobs are the members the groups list
+            listed = 0
+            for group, members in groups:
+                self._pack_group(group, members)
+                listed += len(members)
+            self.stats.blobs_reused += sum(1 for chunk_id, _, _ in run.outcomes if chunk_id is not None) - listed
+            return
         for (chunk_id, size, _), blob in zip(run.outcomes, sealed, strict=True):
             if blob is not None:
                 assert chunk_id is not None
@@ -725,6 +750,21 @@ class BlobSaver:
         stats = self.stats
         stats.blobs_new += 1
         stats.bytes_new_raw += raw_length
+        stats.bytes_new_sealed += len(sealed)
+        if builder.size >= self.repo.pack_size:
+            self._flush_pack()
+
+    def _pack_group(self, sealed: bytes, members: list[tuple[bytes, int]]) -> None:
+        """Add a group (format v3) listing *members* (chunk id, size) to the open pack,
+        as :meth:`_pack` adds a blob."""
+        builder = self._builder
+        if builder is None:
+            builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
+            self._pack_started = time.monotonic()
+        builder.add_group(sealed, members)
+        stats = self.stats
+        stats.blobs_new += len(members)
+        stats.bytes_new_raw += sum(size for _, size in members)
         stats.bytes_new_sealed += len(sealed)
         if builder.size >= self.repo.pack_size:
             self._flush_pack()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Iterator
 
 from drkit.errors import UsageError
+from drkit.repository.blob import BLOB_GROUP
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import DIR, FILE, SYMLINK, Entry, iter_tree, walk_order_key
@@ -322,9 +323,16 @@ def stats(repo: Repository, snaps: list[Snapshot]) -> tuple[dict[str, SizeStats]
 
 
 def _sizes(repo: Repository, ids: set[bytes], into: SizeStats) -> None:
+    """Blob count and sizes of *ids*; a group (format v3) counts its stored bytes once
+    for all its members among *ids*."""
     into.blobs = len(ids)
+    groups: set[tuple[str, int]] = set()
     for cid in ids:
         loc = repo.index.get(cid)
         if loc is not None:
             into.deduplicated += loc.raw_length
+            if loc.blob_type == BLOB_GROUP:
+                if (loc.pack, loc.offset) in groups:
+                    continue
+                groups.add((loc.pack, loc.offset))
             into.stored += loc.length

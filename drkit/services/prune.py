@@ -65,9 +65,9 @@ from datetime import datetime, timedelta, timezone
 
 from drkit.errors import DamageFound, DrkitError, IntegrityError, ObjectNotFound, Refused, UnsafeToPrune
 from drkit.repository import layout
-from drkit.repository.blob import BlobError
+from drkit.repository.blob import BlobError, saved_type
 from drkit.repository.index import Index
-from drkit.repository.pack import PackEntry
+from drkit.repository.pack import PackEntry, blob_views
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.tree import iter_tree
@@ -333,11 +333,11 @@ def _homes(
     holders: dict[bytes, list[str]] = {}
     live_bytes: dict[str, int] = {}
     for pack_id, entries in by_pack.items():
-        live_bytes[pack_id] = 0
         for e in entries:
             if e.id in used and (pack_id, e.id) not in unreadable:
                 holders.setdefault(e.id, []).append(pack_id)
-                live_bytes[pack_id] += e.length
+        stored, unneeded = _stored_bytes(entries, lambda e: e.id in holders and pack_id in holders[e.id])  # noqa: B023 - used at once
+        live_bytes[pack_id] = stored - unneeded
     alive = set(by_pack)
     for pack_id in sorted(by_pack, key=lambda p: (live_bytes[p], p)):
         ids = [e.id for e in by_pack[pack_id] if e.id in holders and pack_id in holders[e.id]]
@@ -348,6 +348,23 @@ def _homes(
         where = current.get(chunk_id)
         homes[chunk_id] = where if where in alive and where in packs else next(p for p in packs if p in alive)
     return homes
+
+
+def _stored_bytes(entries: list[PackEntry], live: Callable[[PackEntry], bool]) -> tuple[int, int]:
+    """(bytes the entries of a pack occupy, bytes of those no *live* entry needs). The
+    members of a group (format v3) share its range, counted once; of a group some of
+    whose members are live, the share of its other members (by their raw sizes) is
+    not needed either: a repack stores the live ones again without them."""
+    ranges: dict[tuple[int, int], list[int]] = {}
+    for e in entries:
+        sizes = ranges.setdefault((e.offset, e.length), [0, 0])  # raw bytes: live, all
+        weight = e.raw_length or 1
+        sizes[1] += weight
+        if live(e):
+            sizes[0] += weight
+    total = sum(length for _, length in ranges)
+    unused = sum(length * (every - needed) // every for (_, length), (needed, every) in ranges.items())
+    return total, unused
 
 
 def plan_prune(
@@ -379,9 +396,9 @@ def plan_prune(
     for pack_id, entries in facts.indexed.items():
         if pack_id not in facts.stored:
             continue  # indexed but gone: nothing to delete (verify reports it)
-        total = sum(e.length for e in entries) or 1
+        total, unused = _stored_bytes(entries, lambda e: live(e, pack_id))  # noqa: B023 - used at once
+        total = total or 1
         n_live = sum(1 for e in entries if live(e, pack_id))
-        unused = sum(e.length for e in entries if not live(e, pack_id))
         plan.blobs_used += n_live
         plan.blobs_unused += len(entries) - n_live
         if unused == 0:
@@ -624,15 +641,14 @@ def _rewrite(
         with BlobSaver(repo, workers=workers, index_every_packs=10**9) as saver:
             for pack_id in plan.repack:
                 data = repo.read_pack(pack_id)
-                view = memoryview(data)
-                for e in facts.indexed[pack_id]:
+                for e, sealed in blob_views(data, facts.indexed[pack_id]):
                     if e.id not in facts.used or saver.known(e.id):
                         continue
                     try:
-                        plain = repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+                        plain = repo.codec.decode(e.blob_type, e.id, sealed)
                     except BlobError as exc:
                         raise Refused(f"pack {layout.pack_name(pack_id)} holds a damaged blob in use: {exc}", hint="run 'drkit verify --read-data'") from None
-                    saver.save(plain, e.blob_type)
+                    saver.save(plain, saved_type(e.blob_type))
     # One index covering everything that stays, superseding every old file: those
     # loaded, those already superseded but still stored (so that deleting the file
     # that superseded them cannot bring them back) and the repack's interim files.

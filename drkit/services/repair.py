@@ -43,9 +43,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from drkit.errors import DrkitError, IdentityRequired, IntegrityError, ObjectNotFound
 from drkit.repository import layout
-from drkit.repository.blob import BLOB_TREE, BlobError
+from drkit.repository.blob import BLOB_TREE, BlobError, saved_type
 from drkit.repository.index import Index
-from drkit.repository.pack import PackEntry
+from drkit.repository.pack import PackEntry, blob_views
 from drkit.repository.repo import Repository
 from drkit.repository.saver import BlobSaver
 from drkit.repository.snapshot import Snapshot, now_iso
@@ -174,14 +174,13 @@ def _check_pack(repo: Repository, pack_id: str, data: bytes, indexed: list[PackE
         entries = []
     candidates = {e.id: e for e in indexed}
     candidates.update({e.id: e for e in entries})  # the trailer wins where both exist
-    view = memoryview(data)
     good: list[PackEntry] = []
     bad: list[PackEntry] = []
-    for e in candidates.values():
+    for e, sealed in blob_views(data, sorted(candidates.values(), key=lambda e: e.offset)):
         try:
             if e.offset + e.length > len(data):
                 raise BlobError("outside the pack")
-            repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+            repo.codec.decode(e.blob_type, e.id, sealed)
             good.append(e)
         except BlobError as exc:
             bad.append(e)
@@ -291,12 +290,11 @@ def execute_repair(
         with saver:
             for d in salvage:
                 data = repo.storage.get(layout.pack_name(d.pack_id))
-                view = memoryview(data)
-                for e in d.salvageable:
+                for e, sealed in blob_views(data, d.salvageable):
                     if saver.known(e.id):
                         continue
-                    plain = repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
-                    saver.save(plain, e.blob_type)
+                    plain = repo.codec.decode(e.blob_type, e.id, sealed)
+                    saver.save(plain, saved_type(e.blob_type))
                     report.blobs_salvaged += 1
         interim = set(repo.index.files)
         new_packs = [(p, repo.index.pack_sizes[p], entries) for p, entries in repo.index.entries_by_pack().items()

@@ -55,7 +55,7 @@ from drkit.errors import DrkitError, IntegrityError, Refused, RestoreTargetError
 from drkit.gctune import fewer_collections
 from drkit.progress import ProgressSink
 from drkit.repository import layout
-from drkit.repository.blob import BlobError
+from drkit.repository.blob import BLOB_GROUP, BlobError
 from drkit.repository.index import BlobLocation
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
@@ -899,7 +899,7 @@ class _WindowWriter:
         finally:
             ordered.clear()  # (as in _do_task)
 
-    def _fetch(self, pack_id: str, ordered: list[BlobUse]) -> list[tuple[BlobUse, memoryview | None]]:
+    def _fetch(self, pack_id: str, ordered: list[BlobUse]) -> list[tuple[BlobUse, bytes | memoryview | None]]:
         """The sealed bytes of each blob of *ordered* (None: cut off by a truncated
         pack); none when stopping, or when the pack cannot be read (its files fail)."""
         if self._stop.is_set():
@@ -911,7 +911,7 @@ class _WindowWriter:
             return []
         return [(u, sealed) for group, data in reads for u, sealed in split_ranges(group, data)]
 
-    def _write_pieces(self, pack_id: str, pieces: list[tuple[BlobUse, memoryview | None]]) -> None:
+    def _write_pieces(self, pack_id: str, pieces: list[tuple[BlobUse, bytes | memoryview | None]]) -> None:
         """Check each blob and write it where it goes. Each blob is authenticated
         (AES-GCM) and checked against its keyed id, so the pack's SHA-256 (a keyless
         bitrot check) is not needed here."""
@@ -1059,6 +1059,8 @@ class _Window:
     small_files: int = 0
     chunks: int = 0
     bytes: int = 0
+    groups: set[tuple[str, int]] = field(default_factory=set)
+    """The groups (format v3) counted in ``bytes``: (pack, offset)."""
     futures: list[Future[TaskOutcome | None]] = field(default_factory=list)
     no: int = 0
 
@@ -1071,7 +1073,11 @@ class _Window:
         use = blobs.get(cid)
         if use is None:
             use = blobs[cid] = BlobUse(cid, loc.offset, loc.length, loc.blob_type, loc.raw_length)
-            self.bytes += loc.length
+            if loc.blob_type != BLOB_GROUP:
+                self.bytes += loc.length
+            elif (loc.pack, loc.offset) not in self.groups:  # its members share its bytes
+                self.groups.add((loc.pack, loc.offset))
+                self.bytes += loc.length
         return use
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFound
 from drkit.repository import layout
 from drkit.repository.blob import BLOB_TREE, BlobError
-from drkit.repository.pack import PackEntry
+from drkit.repository.pack import PackEntry, blob_views
 from drkit.repository.repo import Repository
 from drkit.repository.snapshot import Snapshot
 from drkit.repository.tree import iter_tree
@@ -211,10 +211,9 @@ def _read_pack(repo: Repository, pack_id: str, indexed: list[PackEntry], affecte
             problems.append(Problem(name, f"index entry for blob {e.id.hex()[:16]} does not match the pack trailer", affected))
     if not repo.can_read_content:
         return problems
-    view = memoryview(data)
-    for e in trailer:
+    for e, sealed in blob_views(data, trailer):
         try:
-            repo.codec.decode(e.blob_type, e.id, view[e.offset : e.offset + e.length])
+            repo.codec.decode(e.blob_type, e.id, sealed)
         except BlobError as exc:
             kind = "tree" if e.blob_type == BLOB_TREE else "data"
             problems.append(Problem(name, f"{kind} {exc}", affected))

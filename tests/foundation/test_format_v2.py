@@ -1,7 +1,8 @@
 """Format version 2 (docs/format.md): the config and key slots are authenticated by the
 repository key, a config rolled back to version 1 is refused, pack trailers are bound to
 their pack; version 1 is read as before and upgraded only by 'drkit upgrade-format'
-(issue #15, case 4)."""
+(issue #15, case 4). Version 3 (groups of small files, issue #18) keeps all of it, and
+'upgrade-format' brings version 1 and version 2 to it."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def packs(ws: Workspace) -> list[Path]:
     return sorted(p for p in (ws.repo / "data").rglob("*") if p.is_file())
 
 
-def test_init_writes_version_2_with_an_authenticated_config_and_bound_packs(ws: Workspace) -> None:
+def test_init_writes_version_3_with_an_authenticated_config_and_bound_packs(ws: Workspace) -> None:
     ws.ok("init")
     ws.ok("backup")
     config = json.loads((ws.repo / "config").read_text())
-    assert config["version"] == 2 and config["auth"]
+    assert config["version"] == 3 and config["auth"]
+    assert Repository.open(LocalStorage(ws.repo), PASSWORD).master.min_version == 3
     slot = json.loads(next((ws.repo / "keys").iterdir()).read_text())
     assert slot["version"] == 2
     assert packs(ws) and all(p.read_bytes().startswith(MAGIC_V2) for p in packs(ws))
@@ -122,11 +124,11 @@ def test_a_version_1_repository_is_upgraded_only_on_request_and_then_refuses_a_d
     c.ok("verify", "--read-data")
     assert (c.repo / "config").read_bytes() == v1_config, "reading never upgrades"
     out = c.ok("upgrade-format")
-    assert "upgraded from format version 1 to 2" in out
+    assert "upgraded from format version 1 to 3" in out
     config = json.loads((c.repo / "config").read_text())
-    assert config["version"] == 2 and config["auth"] and config["id"] == json.loads(v1_config)["id"]
+    assert config["version"] == 3 and config["auth"] and config["id"] == json.loads(v1_config)["id"]
     assert [json.loads(p.read_text())["version"] for p in (c.repo / "keys").iterdir()] == [2]
-    assert "already format version 2" in c.ok("upgrade-format")
+    assert "already format version 3" in c.ok("upgrade-format")
     for snap, want in ((SNAP1, FIRST), (SNAP2, SECOND)):
         target = tmp_path / f"restore-{snap[:8]}"
         c.ok("restore", snap[:8], "-s", "data", "--target", str(target))
@@ -168,3 +170,42 @@ def test_an_altered_identity_slot_does_not_open(ws: Workspace) -> None:
     assert r.code == EXIT_WRONG_KEY and "does not open" in one_error_line(r)
     slot.write_text(original)
     ws.ok("snapshots", "--identity", str(identity))
+
+
+def test_a_version_2_repository_is_upgraded_to_3_on_request_and_then_refuses_a_downgrade(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading never upgrades; 'upgrade-format' rewrites the config and the slot that
+    opened it (its master key now says version 3), keeps every snapshot restorable,
+    and a config put back to version 2 is then refused as a downgrade."""
+    with monkeypatch.context() as m:
+        m.setattr("drkit.repository.repo.FORMAT_VERSION", 2)
+        ws.ok("init")
+        ws.ok("backup")
+    want = {rel: state for rel, state in tree_state(ws.data).items() if rel != "skip.tmp"}  # (excluded by the config)
+    v2_config = (ws.repo / "config").read_bytes()
+    assert json.loads(v2_config)["version"] == 2
+    ws.ok("verify", "--read-data")
+    assert (ws.repo / "config").read_bytes() == v2_config, "reading never upgrades"
+    assert "upgraded from format version 2 to 3" in ws.ok("upgrade-format").out
+    config = json.loads((ws.repo / "config").read_text())
+    assert config["version"] == 3 and config["id"] == json.loads(v2_config)["id"]
+    assert Repository.open(LocalStorage(ws.repo), PASSWORD).master.min_version == 3
+    assert len(list((ws.repo / "keys").iterdir())) == 1  # the old slot was replaced
+    assert "already format version 3" in ws.ok("upgrade-format").out
+    ws.ok("restore", "latest", "--target", str(ws.root / "back"))
+    assert tree_state(ws.root / "back" / str(ws.data).lstrip("/")) == want
+    (ws.repo / "config").write_bytes(v2_config)
+    r = ws.run("snapshots")
+    assert r.code == EXIT_DAMAGE and "downgrade" in one_error_line(r)
+
+
+def test_a_drkit_that_reads_only_older_versions_refuses_a_version_3_repository(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a release before version 3 does with a version-3 repository: it refuses the
+    config before reading anything (so it never misreads a group)."""
+    ws.ok("init")
+    monkeypatch.setattr("drkit.repository.repo.READABLE_VERSIONS", (1, 2))
+    r = ws.run("snapshots")
+    assert r.code != 0 and "format version 3 is not supported" in one_error_line(r)

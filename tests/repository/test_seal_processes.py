@@ -57,6 +57,16 @@ def _data(root: Path, count: int) -> dict[str, bytes]:
     return contents
 
 
+def _sealed(blobs: Any, out: Any) -> tuple[int, list[bytes]]:
+    """(blobs sealed, the sealed bytes: one per blob, or per group in format v3) of a
+    :meth:`SealWorkers.seal` request and its answer."""
+    if isinstance(blobs, tuple):  # ("groups", files): (outcomes, [(sealed group, member numbers)])
+        _outcomes, groups = out
+        return sum(len(numbers) for _, numbers in groups), [group for group, _ in groups]
+    sealed = [blob for chunk_id, blob, _ in out if chunk_id is not None]
+    return len(sealed), sealed
+
+
 def _backup(repo: Repository, data: Path, processes: str) -> Any:
     source = FilesSource("data", FilesSource.Options(paths=[str(data)]))
     return run_backup(repo, [source], BackupOptions(env={"DRKIT_BACKUP_PROCESSES": processes}))
@@ -76,9 +86,10 @@ def test_a_backup_sealed_by_workers_restores_exactly_and_deduplicates(
     sealed = {"blobs": 0}
     real_seal = SealWorkers.seal
 
-    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
-        sealed["blobs"] += len(blobs)
-        return real_seal(self, blobs)
+    def seal(self: SealWorkers, blobs: Any) -> Any:
+        out = real_seal(self, blobs)
+        sealed["blobs"] += _sealed(blobs, out)[0]
+        return out
 
     monkeypatch.setattr(SealWorkers, "seal", seal)
     run = _backup(repo, tmp_path / "data", "2")
@@ -100,7 +111,7 @@ def test_a_recipient_mode_backup_is_sealed_by_workers_in_one_session_only_the_id
     backup ends nothing it stored opens without the identity; with it, every byte
     comes back."""
     from drkit.errors import IdentityRequired
-    from drkit.repository.blob import BLOB_DATA
+    from drkit.repository.blob import BLOB_DATA, BLOB_GROUP
     from drkit.repository.crypto import SCHEME_RECIPIENT, RecipientCipher
     from drkit.repository.identity import generate_identity
 
@@ -111,26 +122,30 @@ def test_a_recipient_mode_backup_is_sealed_by_workers_in_one_session_only_the_id
     assert not host.can_read_content
     contents = _data(tmp_path / "data", 3000)
     sessions: list[bytes] = []
+    count = {"blobs": 0}
     real_seal = SealWorkers.seal
 
-    def seal(self: SealWorkers, blobs: list[Any]) -> Any:
+    def seal(self: SealWorkers, blobs: Any) -> Any:
         out = real_seal(self, blobs)
-        sessions.extend(bytes(sealed[1:33]) for chunk_id, sealed, _ in out if chunk_id is not None)
-        assert all(sealed[0] == SCHEME_RECIPIENT for chunk_id, sealed, _ in out if chunk_id is not None)
+        n, sealed = _sealed(blobs, out)
+        count["blobs"] += n
+        sessions.extend(bytes(blob[1:33]) for blob in sealed)
+        assert all(blob[0] == SCHEME_RECIPIENT for blob in sealed)
         return out
 
     monkeypatch.setattr(SealWorkers, "seal", seal)
     run = _backup(host, tmp_path / "data", "2")
     assert not run.failed
     assert len(sealers_seen) == 1 and len(sealers_seen[0].pool.workers) == 2
-    assert len(sessions) > 2500 and len(set(sessions)) == 1  # one session, the main process's
+    assert count["blobs"] > 2500 and len(set(sessions)) == 1  # one session, the main process's
     assert all(w.proc.poll() is not None for w in sealers_seen[0].pool.workers)
     assert isinstance(host.codec.cipher, RecipientCipher) and host.codec.cipher._session is None  # ended
     host.load_index()
     with pytest.raises(IdentityRequired):
         host.load_snapshot(host.snapshot_ids()[0])
-    with pytest.raises(IdentityRequired):  # a blob a worker sealed
-        host.read_blob(next(cid for cid, loc in host.index.items() if loc.blob_type == BLOB_DATA))
+    for kind in (BLOB_DATA, BLOB_GROUP):  # a blob a thread sealed, a group member a worker sealed
+        with pytest.raises(IdentityRequired):
+            host.read_blob(next(cid for cid, loc in host.index.items() if loc.blob_type == kind))
     reader = Repository.open(storage, None, identity=identity)
     assert _restored(reader, tmp_path / "data", tmp_path / "t") == contents
 
