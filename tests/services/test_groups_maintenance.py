@@ -41,6 +41,7 @@ from drkit.services.restore import SnapshotReader
 from drkit.services.verify import verify_repository
 from drkit.sources.files import FilesSource
 from drkit.storage import LocalStorage
+from tests.repository.test_groups import _put as put_file
 from tests.cli import CliResult, invoke
 
 PASSWORD = "groups under maintenance"
@@ -89,13 +90,7 @@ def _backup(repo: Repository, data: Path, source: str = "data") -> Snapshot:
 
 
 def _put(root: Path, rel: str, data: bytes, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if mode is not None:
-        path.chmod(mode)
-    if mtime_ns is not None:
-        os.utime(path, ns=(mtime_ns, mtime_ns))
+    put_file(root, rel, data, {}, mode, mtime_ns)
 
 
 def _small_file(rng: random.Random, d: int, i: int) -> bytes:
