@@ -209,3 +209,36 @@ def test_a_drkit_that_reads_only_older_versions_refuses_a_version_3_repository(
     monkeypatch.setattr("drkit.repository.repo.READABLE_VERSIONS", (1, 2))
     r = ws.run("snapshots")
     assert r.code != 0 and "format version 3 is not supported" in one_error_line(r)
+
+
+def test_a_version_2_recipient_repository_is_upgraded_by_the_identity_holder(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recipient mode: the admin (identity, no passphrase) upgrades; the identity slot is
+    replaced by one whose master key says version 3, the backup host's passphrase still
+    backs up (its slot keeps version 2, below the config's 3: no downgrade), and every
+    snapshot, old and new, restores exactly with the identity."""
+    from drkit.repository.identity import load_identity
+
+    identity_file = ws.root / "id.json"
+    recipient = ws.ok("key", "generate-identity", "--output", str(identity_file)).out.strip()
+    with monkeypatch.context() as m:
+        m.setattr("drkit.repository.repo.FORMAT_VERSION", 2)
+        ws.ok("init", "--recipient", recipient)
+        ws.ok("backup")
+    want = {rel: state for rel, state in tree_state(ws.data).items() if rel != "skip.tmp"}  # (excluded by the config)
+    slots_before = {p.name for p in (ws.repo / "keys").iterdir()}
+    assert "upgraded from format version 2 to 3" in ws.ok("upgrade-format", "--identity", str(identity_file)).out
+    assert json.loads((ws.repo / "config").read_text())["version"] == 3
+    slots_after = {p.name for p in (ws.repo / "keys").iterdir()}
+    assert len(slots_after) == 2 and len(slots_after - slots_before) == 1, "the identity slot alone was replaced"
+    identity = load_identity(identity_file, lambda: "")
+    assert Repository.open(LocalStorage(ws.repo), None, identity=identity).master.min_version == 3
+    assert Repository.open(LocalStorage(ws.repo), PASSWORD).master.min_version == 2
+    (ws.data / "new.txt").write_text("after the upgrade")
+    want["new.txt"] = tree_state(ws.data)["new.txt"]
+    ws.ok("backup")
+    ws.ok("restore", "latest", "--target", str(ws.root / "back"), "--identity", str(identity_file))
+    assert tree_state(ws.root / "back" / str(ws.data).lstrip("/")) == want
+    report = json.loads(ws.ok("verify", "--read-data", "--json", "--identity", str(identity_file)).out)
+    assert report["ok"]
