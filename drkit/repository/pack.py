@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from drkit.repository.blob import BLOB_GROUP
 from drkit.repository.crypto import KIND_TRAILER, Cipher, DecryptError, aad
@@ -63,21 +63,24 @@ def anonymous_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
 
 
-def blob_views(data: bytes | memoryview, entries: Iterable[PackEntry]) -> Iterator[tuple[PackEntry, bytes | memoryview]]:
-    """Each of *entries* with the stored bytes it locates in the pack *data* (a view; a
-    range past the end comes back short). The members of a group (format v3) get one
-    object, a copy of the group's bytes, while they follow each other: the codec then
-    opens the group once for all of them, and keeps no view of the whole pack."""
+def blob_views(data: bytes | memoryview, entries: Iterable[Any], start: int = 0) -> Iterator[tuple[Any, bytes | memoryview]]:
+    """Each of *entries* (anything with ``blob_type``, ``offset`` and ``length``: a
+    :class:`PackEntry`, a restore's blob use) with the stored bytes it locates in *data*,
+    the pack's bytes from offset *start* on (a view; a range past the end comes back
+    short). The members of a group (format v3) get one object, a copy of the group's
+    bytes, while they follow each other: the codec then opens the group once for all
+    of them, and keeps no view of the whole read."""
     view = memoryview(data)
     last: tuple[int, int] | None = None
     group: bytes | memoryview = b""
     for e in entries:
+        at = e.offset - start
         if e.blob_type != BLOB_GROUP:
-            yield e, view[e.offset : e.offset + e.length]
+            yield e, view[at : at + e.length]
             continue
         if last != (e.offset, e.length):
             last = (e.offset, e.length)
-            group = bytes(view[e.offset : e.offset + e.length])
+            group = bytes(view[at : at + e.length])
         yield e, group
 
 

@@ -662,30 +662,25 @@ class BlobSaver:
                 else:
                     answers, groups = sealers.seal([(BLOB_DATA, *file) for file in run.files]), None
             outcomes: list[tuple[bytes | None, int, OSError | str | None]] = []
-            sealed: list[bytes | None] = []
+            claimed: list[bool] = []
             with self._lock:  # (as _claim, for each blob)
                 index, pending = self.repo.index, self._pending
                 for chunk_id, blob, size in answers:
                     if chunk_id is None:  # no blob: *blob* says why
                         outcomes.append((None, 0, _why_no_blob(blob, size)))
-                        sealed.append(None)
+                        claimed.append(False)
                         continue
-                    if groups is not None:  # (chunk id, size, None): its bytes are in a group
-                        blob, size = b"", blob
-                    outcomes.append((chunk_id, size, None))
-                    if chunk_id in index or chunk_id in pending:
-                        sealed.append(None)
-                    else:
+                    new = chunk_id not in index and chunk_id not in pending
+                    if new:
                         pending.add(chunk_id)
-                        sealed.append(blob)
-            if groups is not None:  # each group lists the members claimed above (if any)
-                run.groups = []
-                for group, numbers in groups:
-                    listed = [(outcomes[no][0], outcomes[no][1]) for no in numbers if sealed[no] is not None]
-                    if listed:
-                        run.groups.append((group, listed))  # type: ignore[arg-type]
-                sealed = [None] * len(sealed)
-            run.outcomes, run.sealed = outcomes, sealed
+                    outcomes.append((chunk_id, blob if groups is not None else size, None))  # (groups: (id, size, None))
+                    claimed.append(new)
+            run.outcomes = outcomes
+            if groups is None:
+                run.sealed = [blob if new else None for (_, blob, _), new in zip(answers, claimed, strict=True)]
+            else:  # each group lists the members claimed above (if any)
+                run.groups = [(group, [(outcomes[no][0], outcomes[no][1]) for no in numbers if claimed[no]])  # type: ignore[misc]
+                              for group, numbers in groups if any(claimed[no] for no in numbers)]
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the run
             future = run.future
             if future is not None and not future.done():
@@ -742,30 +737,32 @@ class BlobSaver:
     def _pack(self, blob_type: int, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
         """Add a new blob to the open pack (started if none is); hand the pack to an
         upload thread once full."""
-        builder = self._builder
-        if builder is None:
-            builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
-            self._pack_started = time.monotonic()
+        builder = self._open_pack()
         builder.add(blob_type, chunk_id, sealed, raw_length)
-        stats = self.stats
-        stats.blobs_new += 1
-        stats.bytes_new_raw += raw_length
-        stats.bytes_new_sealed += len(sealed)
-        if builder.size >= self.repo.pack_size:
-            self._flush_pack()
+        self._added(builder, 1, raw_length, len(sealed))
 
     def _pack_group(self, sealed: bytes, members: list[tuple[bytes, int]]) -> None:
         """Add a group (format v3) listing *members* (chunk id, size) to the open pack,
         as :meth:`_pack` adds a blob."""
+        builder = self._open_pack()
+        builder.add_group(sealed, members)
+        self._added(builder, len(members), sum(size for _, size in members), len(sealed))
+
+    def _open_pack(self) -> PackBuilder:
+        """The pack blobs are added to (started if none is)."""
         builder = self._builder
         if builder is None:
             builder = self._builder = PackBuilder(self.repo.pack_version, self._buffers.take())
             self._pack_started = time.monotonic()
-        builder.add_group(sealed, members)
+        return builder
+
+    def _added(self, builder: PackBuilder, blobs: int, raw: int, sealed: int) -> None:
+        """Count *blobs* new blobs (*raw* bytes, *sealed* stored) just added to *builder*;
+        hand the pack to an upload thread once full."""
         stats = self.stats
-        stats.blobs_new += len(members)
-        stats.bytes_new_raw += sum(size for _, size in members)
-        stats.bytes_new_sealed += len(sealed)
+        stats.blobs_new += blobs
+        stats.bytes_new_raw += raw
+        stats.bytes_new_sealed += sealed
         if builder.size >= self.repo.pack_size:
             self._flush_pack()
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 _MERGE_GAP = 1024 * 1024
-_GROUP = 2
-"""drkit.repository.blob.BLOB_GROUP (not imported: restore workers import little)."""
 
 
 class BlobUse:
@@ -63,18 +61,9 @@ def read_ranges(storage: Any, pack_id: str, ordered: list[BlobUse]) -> list[tupl
 def split_ranges(group: list[BlobUse], data: memoryview) -> Iterator[tuple[BlobUse, bytes | memoryview | None]]:
     """The sealed bytes of each blob of a merged read; None where the read came back
     short (a truncated pack: only the blobs cut off fail). The members of a group
-    (format v3, type 2) that follow each other get one object, a copy of the group
-    (see :func:`~drkit.repository.pack.blob_views`)."""
-    start = group[0].offset
-    last: tuple[int, int] | None = None
-    shared: bytes | None = None
-    for u in group:
-        piece = data[u.offset - start : u.offset - start + u.length]
-        if len(piece) != u.length:
-            yield u, None
-        elif u.blob_type != _GROUP:
-            yield u, piece
-        else:
-            if last != (u.offset, u.length):
-                last, shared = (u.offset, u.length), bytes(piece)
-            yield u, shared
+    (format v3) that follow each other get one object (see
+    :func:`~drkit.repository.pack.blob_views`)."""
+    from drkit.repository.pack import blob_views
+
+    for u, piece in blob_views(data, group, start=group[0].offset):
+        yield u, piece if len(piece) == u.length else None
